@@ -88,7 +88,7 @@ class Naming(StrictModel):
     profile_schema: DisplayText = "CJA audience profiles - {job_id}"
     profile_dataset: DisplayText = "CJA audience profiles - {job_id}"
     event_field_group: DisplayText = "CJA audience membership events - {job_id}"
-    event_schema: DisplayText = "CJA audience membership events - {job_id}"
+    event_schema: DisplayText = "CJA audience events - {job_id}"
     event_dataset: DisplayText = "CJA audience membership events - {job_id}"
 
     def render(self, job_id: str) -> Naming:
