@@ -1,0 +1,153 @@
+"""Typed errors that carry Adobe's own error body and request id.
+
+Pure module (no Airflow import). AEP answers errors in three shapes (reference section 2):
+gateway ``{"error_code", "message"}``, problem details ``{"type", "title", "status", "detail"}`` and
+IMS/OAuth ``{"error", "error_description"}``; :func:`api_error_from_response` reads all of them so
+a failure message always says what Adobe said, and the request id to quote to Adobe support.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_MAX_BODY_CHARS = 2000
+
+
+class AepError(Exception):
+    """Base class of everything this package raises about Adobe."""
+
+
+class AepConfigError(AepError, ValueError):
+    """Configuration or input that is wrong before anything is sent (names the field)."""
+
+
+class AepTransportError(AepError):
+    """The request did not get an HTTP answer: connection refused or reset, timeout, TLS failure."""
+
+    def __init__(self, message: str, *, method: str = "", url: str = "", ambiguous: bool = True):
+        super().__init__(message)
+        self.method = method
+        self.url = url
+        # True when the request may have reached the server (reset or read timeout), so a
+        # non-idempotent call must be reconciled before it is sent again.
+        self.ambiguous = ambiguous
+
+
+class AepApiError(AepError):
+    """An HTTP error answer from an Adobe API."""
+
+    def __init__(self, *, status: int, method: str, url: str, code: str | None, message: str,
+                 body: Any = None, request_id: str | None = None, retry_after: float | None = None):
+        self.status = status
+        self.method = method
+        self.url = url
+        self.code = code
+        self.message = message
+        self.body = body
+        self.request_id = request_id
+        self.retry_after = retry_after
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        code = f" {self.code}" if self.code else ""
+        rid = f" (x-request-id {self.request_id})" if self.request_id else ""
+        return f"{self.method} {self.url} -> HTTP {self.status}{code}: {self.message}{rid}"
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+class AepBadRequestError(AepApiError):
+    """400/409/415/422: the request itself is wrong; retrying will not help."""
+
+
+class AepAuthError(AepApiError):
+    """401/403: token, API key, org, product profile or sandbox permissions."""
+
+
+class AepNotFoundError(AepApiError):
+    """404: the resource does not exist (in this sandbox)."""
+
+
+class AepRateLimitError(AepApiError):
+    """429: throttled; retried honouring ``Retry-After``."""
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class AepServerError(AepApiError):
+    """5xx: Adobe's side failed; retried with backoff."""
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class AepNotImplementedError(AepApiError):
+    """501: a call the Adobe API (or the emulator) does not offer."""
+
+
+def _error_class(status: int) -> type[AepApiError]:
+    if status == 429:
+        return AepRateLimitError
+    if status in (401, 403):
+        return AepAuthError
+    if status == 404:
+        return AepNotFoundError
+    if status == 501:
+        return AepNotImplementedError
+    if status >= 500:
+        return AepServerError
+    return AepBadRequestError
+
+
+def parse_error_body(body: Any) -> tuple[str | None, str | None]:
+    """Return (code, message) from any of Adobe's error shapes, or (None, None)."""
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]
+    if not isinstance(body, dict):
+        return None, None
+    if "error_code" in body:  # gateway shape
+        return str(body["error_code"]), str(body.get("message", ""))
+    if "error" in body and isinstance(body["error"], str):  # IMS / OAuth shape
+        return body["error"], str(body.get("error_description", body["error"]))
+    if "title" in body or "detail" in body or "type" in body:  # problem details
+        type_uri = str(body.get("type", ""))
+        code = type_uri.rsplit("/", 1)[-1] if type_uri and "placeholder" not in type_uri else None
+        parts = [str(body[k]) for k in ("title", "detail") if body.get(k)]
+        return code or body.get("code"), ": ".join(parts) or type_uri
+    for key in ("errorMessage", "message", "msg"):
+        if key in body:
+            return body.get("code"), str(body[key])
+    return None, None
+
+
+def api_error_from_response(*, status: int, method: str, url: str, text: str,
+                            headers: dict[str, str] | Any) -> AepApiError:
+    """Build the typed error for an HTTP error answer (headers: any case-insensitive mapping)."""
+    try:
+        body: Any = json.loads(text) if text else None
+    except ValueError:
+        body = text[:_MAX_BODY_CHARS]
+    code, message = parse_error_body(body)
+    if message is None:
+        message = (text[:_MAX_BODY_CHARS] if text else "") or "no error body"
+    request_id = headers.get("x-request-id") or headers.get("X-Request-Id")
+    if request_id is None and isinstance(body, dict):
+        report = body.get("report")
+        if isinstance(report, dict):
+            request_id = report.get("requestId") or report.get("x-request-id")
+        request_id = request_id or body.get("requestId")
+    retry_after = None
+    raw_retry = headers.get("Retry-After") or headers.get("retry-after")
+    if raw_retry:
+        try:
+            retry_after = max(0.0, float(raw_retry))
+        except ValueError:
+            retry_after = None  # an HTTP-date; fall back to exponential backoff
+    return _error_class(status)(status=status, method=method, url=url, code=code, message=message,
+                                body=body, request_id=request_id, retry_after=retry_after)

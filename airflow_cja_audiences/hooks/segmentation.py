@@ -1,0 +1,167 @@
+"""Segmentation Service: audiences and profile export jobs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from airflow_cja_audiences.config import AudienceSelector
+from airflow_cja_audiences.errors import AepConfigError, AepNotFoundError
+from airflow_cja_audiences.hooks.platform import AdobePlatformHook, path_segment
+from airflow_cja_audiences.models import Audience, ExportJob, ExportJobRequest
+
+log = logging.getLogger(__name__)
+
+BASE = "/data/core/ups"
+AUDIENCE_PAGE = 100
+JOB_PAGE = 50
+
+
+@dataclass(frozen=True)
+class ResolvedAudience:
+    """An audience the job exports: its id, the name written to CJA, and AEP's own name."""
+
+    id: str
+    name: str
+    aep_name: str
+    lifecycle_state: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "aep_name": self.aep_name,
+                "lifecycle_state": self.lifecycle_state}
+
+
+class SegmentationHook(AdobePlatformHook):
+    """Segmentation Service API (audiences, export jobs)."""
+
+    hook_name = "Adobe Experience Platform Segmentation"
+
+    # ------------------------------------------------------------------ audiences
+
+    def get_audience(self, audience_id: str) -> Audience:
+        payload = self.request_json("GET", f"{BASE}/audiences/{path_segment(audience_id)}",
+                                    route="segmentation.get_audience")
+        return Audience.model_validate(payload)
+
+    def iter_audiences(self, *, name_contains: str | None = None) -> Iterator[Audience]:
+        start = 0
+        while True:
+            params: dict[str, Any] = {"start": start, "limit": AUDIENCE_PAGE}
+            if name_contains:
+                params["name"] = name_contains
+            payload = self.request_json("GET", f"{BASE}/audiences", route="segmentation.list_audiences",
+                                        params=params)
+            children = payload.get("children", []) if isinstance(payload, dict) else []
+            yield from (Audience.model_validate(child) for child in children)
+            next_start = ((payload or {}).get("_page") or {}).get("next")
+            if not children or next_start in (None, "", start, str(start)):
+                return
+            start = int(next_start)
+
+    def find_audiences_by_name(self, name: str) -> list[Audience]:
+        """Audiences whose name is exactly ``name`` (the API filter is 'contains', case-insensitive)."""
+        return [a for a in self.iter_audiences(name_contains=name) if a.name == name]
+
+    def resolve_audiences(self, selectors: Sequence[AudienceSelector]) -> list[ResolvedAudience]:
+        """Look up every configured audience; fail listing *all* problems before anything is written."""
+        problems: list[str] = []
+        resolved: list[ResolvedAudience] = []
+        for index, selector in enumerate(selectors):
+            field = f"audiences[{index}]"
+            if selector.id is not None:
+                try:
+                    audience = self.get_audience(selector.id)
+                except AepNotFoundError:
+                    problems.append(f"{field}.id: no audience {selector.id!r} in sandbox {self.sandbox!r}")
+                    continue
+            else:
+                matches = self.find_audiences_by_name(selector.name or "")
+                if len(matches) != 1:
+                    what = "no audience" if not matches else f"{len(matches)} audiences " \
+                        f"({', '.join(a.id for a in matches)})"
+                    problems.append(f"{field}.name: {what} named {selector.name!r} in sandbox {self.sandbox!r}"
+                                    f"{'; use the id instead' if matches else ''}")
+                    continue
+                audience = matches[0]
+            if audience.lifecycle_state and audience.lifecycle_state.lower() not in ("published", "active"):
+                log.warning("Audience %s (%r) is %s; its export may be empty", audience.id, audience.name,
+                            audience.lifecycle_state)
+            resolved.append(ResolvedAudience(id=audience.id, name=selector.display_name or audience.name,
+                                             aep_name=audience.name, lifecycle_state=audience.lifecycle_state))
+        ids = [a.id for a in resolved]
+        for dup in sorted({i for i in ids if ids.count(i) > 1}):
+            problems.append(f"audiences: {dup} is selected twice (by id and by name)")
+        if problems:
+            raise AepConfigError("invalid audiences:\n  " + "\n  ".join(problems))
+        return resolved
+
+    # ------------------------------------------------------------------ export jobs
+
+    def get_export_job(self, job_id: int) -> ExportJob:
+        payload = self.request_json("GET", f"{BASE}/export/jobs/{int(job_id)}", route="segmentation.get_export_job")
+        return ExportJob.model_validate(payload)
+
+    async def aget_export_job(self, job_id: int) -> ExportJob:
+        payload = await self.arequest_json("GET", f"{BASE}/export/jobs/{int(job_id)}",
+                                           route="segmentation.get_export_job")
+        return ExportJob.model_validate(payload)
+
+    def cancel_export_job(self, job_id: int) -> None:
+        self.request_json("DELETE", f"{BASE}/export/jobs/{int(job_id)}", route="segmentation.cancel_export_job")
+
+    async def acancel_export_job(self, job_id: int) -> None:
+        await self.arequest_json("DELETE", f"{BASE}/export/jobs/{int(job_id)}",
+                                 route="segmentation.cancel_export_job")
+
+    def iter_export_jobs(self, *, status: str | None = None) -> Iterator[ExportJob]:
+        """Export jobs, newest first (paging through ``link.next``'s offset)."""
+        params: dict[str, Any] = {"limit": JOB_PAGE}
+        if status:
+            params["status"] = status
+        while True:
+            payload = self.request_json("GET", f"{BASE}/export/jobs", route="segmentation.list_export_jobs",
+                                        params=params)
+            records = payload.get("records", []) if isinstance(payload, dict) else []
+            yield from (ExportJob.model_validate(r) for r in records)
+            next_link = ((payload or {}).get("link") or {}).get("next")
+            offset = parse_qs(urlparse(next_link).query).get("offset", [None])[0] if next_link else None
+            if not records or not offset:
+                return
+            params["offset"] = offset
+
+    def find_export_job(self, request: ExportJobRequest, *, created_after_ms: int) -> ExportJob | None:
+        """The newest job made from ``request`` since ``created_after_ms`` that has not failed.
+
+        This is how a retried task re-attaches to the job it started instead of starting another.
+        """
+        for job in self.iter_export_jobs():
+            if job.creation_time is not None and job.creation_time < created_after_ms:
+                return None  # newest first: everything further is older
+            if request.matches(job) and job.status.upper() not in ("FAILED", "CANCELLED"):
+                return job
+        return None
+
+    def create_export_job(self, request: ExportJobRequest, *, created_after_ms: int) -> ExportJob:
+        """Create the export job (never twice: an ambiguous failure is reconciled by listing jobs)."""
+        def create() -> ExportJob:
+            payload = self.request_json("POST", f"{BASE}/export/jobs", route="segmentation.create_export_job",
+                                        json=request.to_body())
+            return ExportJob.model_validate(payload)
+
+        job = self.create_once("create export job", create,
+                               lambda: self.find_export_job(request, created_after_ms=created_after_ms))
+        log.info("Export job %s created for %d audiences into dataset %s (status %s)", job.id,
+                 len(request.segment_ids), request.dataset_id, job.status)
+        return job
+
+    def require_export_fields(self, union_schema: dict[str, Any], fields: Sequence[str]) -> None:
+        """Fail before exporting when a field is not in the profile union schema."""
+        from airflow_cja_audiences.xdm import schema_has_path
+
+        missing = [f for f in fields if not schema_has_path(union_schema, f)]
+        if missing:
+            raise AepConfigError(f"identity.field: {', '.join(missing)} is not a field of the profile union "
+                                 f"schema in sandbox {self.sandbox!r}, so the export would not contain it")
