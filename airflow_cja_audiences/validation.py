@@ -29,11 +29,17 @@ MAX_TEXT = 256
 TENANT_PLACEHOLDER = "_{tenant}"
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """A bounded repr for error messages: hostile values can be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _check(pattern: re.Pattern[str], value: str, what: str, example: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{what} must be a string, got {type(value).__name__}")
     if not pattern.fullmatch(value):
-        raise ValueError(f"{what} {value!r} is not valid: expected something like {example!r} "
+        raise ValueError(f"{what} {shown(value)} is not valid: expected something like {example!r} "
                          f"(pattern {pattern.pattern})")
     return value
 
@@ -83,12 +89,12 @@ def field_path(value: str, *, allow_tenant_placeholder: bool = True) -> str:
         raise ValueError("field path must be a non-empty string such as '_{tenant}.identification.core.email'")
     parts = value.split(".")
     if len(parts) > MAX_PATH_DEPTH:
-        raise ValueError(f"field path {value!r} is deeper than {MAX_PATH_DEPTH} levels")
+        raise ValueError(f"field path {shown(value)} is deeper than {MAX_PATH_DEPTH} levels")
     for i, part in enumerate(parts):
         if i == 0 and allow_tenant_placeholder and part == TENANT_PLACEHOLDER:
             continue
         if not FIELD_NAME.fullmatch(part):
-            raise ValueError(f"field path {value!r}: segment {part!r} is not a valid XDM field name "
+            raise ValueError(f"field path {shown(value)}: segment {shown(part)} is not a valid XDM field name "
                              f"(letters, digits and '_', starting with a letter or '_<letter>')")
     return value
 
