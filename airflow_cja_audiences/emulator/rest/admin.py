@@ -1,0 +1,287 @@
+"""Test administration API under ``/emulator`` (no auth, never faulted). Times are RFC 3339 strings.
+
+Inspection
+  ``GET  /emulator/state``                     datasets (tags, schema, table), batches (status, files,
+                                               counts), export jobs, schemas, field groups, descriptors,
+                                               CJA connections/data views, tokens issued, knobs, clock
+  ``GET  /emulator/stats``                     requests and injected faults per route, tokens issued
+  ``GET  /emulator/routes``                    the stable route names (for fault rules)
+  ``GET  /emulator/datasets/{id}/records``     JSON Lines: records of the dataset's live batches
+  ``GET  /emulator/batches/{id}/rows``         JSON Lines: the rows an export batch appended
+
+Ground truth (JSON Lines; ``audience`` may repeat, default all audiences)
+  ``GET  /emulator/truth/snapshot?audience=&status=realized&status=existing&at=``
+  ``GET  /emulator/truth/events?audience=&start=&end=&observed_at=``   (see groundtruth.events)
+  ``GET  /emulator/truth/transitions?audience=&start=&end=``
+  ``GET  /emulator/truth/profiles/{index}``    one profile's synthetic attributes (JSON)
+
+Control
+  ``POST   /emulator/clock``        ``{"advance_seconds": 86400}`` or ``{"set": "2026-01-01T00:00:00Z"}``
+  ``POST   /emulator/memberships``  ``{"profile_index": 7, "audience_id": "...", "member": false, "at": "..."}``
+  ``GET|POST /emulator/knobs``      ``{"token_lifetime": 5, "export_job_seconds": 0.5, "batch_seconds": 0.2,
+                                    "cja_rate_limit": true, "export_job_failures": 1,
+                                    "export_batch_failures": 1, "ingestion_failures": 1}``
+  ``GET|POST|DELETE /emulator/faults``  rules as in :mod:`airflow_cja_audiences.emulator.faults`
+                                    (POST ``{"seed": 1, "rules": [...], "replace": true}``)
+  ``POST   /emulator/reset``        forget everything created; keep the synthetic data
+  ``POST   /emulator/cja/connections/{id}/datasets``  UI action "add dataset to connection":
+                                    ``{"dataSetId": "...", "type": "profile", "visitorId": "personID",
+                                    "identityNamespace": "Email"}``
+  ``POST   /emulator/cja/dataviews/{id}/dimensions``  UI action "add dimension":
+                                    ``{"schemaPath": "_tenant.audienceMembershipId", "name": "...",
+                                    "dataSetType": "profile"}``
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Any
+
+from starlette.responses import Response, StreamingResponse
+
+from airflow_cja_audiences.emulator import groundtruth
+from airflow_cja_audiences.emulator.clock import iso, parse_instant
+from airflow_cja_audiences.emulator.cja_model import dimension
+from airflow_cja_audiences.emulator.rest.common import Auth, Body, Call, Endpoint, ok
+
+log = logging.getLogger("airflow_cja_audiences.emulator.admin")
+PREFIX = "/emulator"
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _body(call: Call) -> dict:
+    try:
+        data = json.loads(call.body or b"{}")
+    except json.JSONDecodeError as exc:
+        raise AdminError(400, f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise AdminError(400, "body must be a JSON object")
+    return data
+
+
+def _instant(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(parse_instant(str(value)).timestamp())
+    except ValueError:
+        raise AdminError(400, f"{name} must be an RFC 3339 instant, got {value!r}") from None
+
+
+def _jsonl(rows: Iterator[Any]) -> StreamingResponse:
+    def lines() -> Iterator[bytes]:
+        for row in rows:
+            text = row if isinstance(row, str) else json.dumps(
+                {k: (iso(v) if hasattr(v, "astimezone") else v) for k, v in row.items()}, default=str)
+            yield (text + "\n").encode("utf-8")
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+def admin(handler: Any) -> Any:
+    """Render admin errors as ``{"error": message}``."""
+    def run(call: Call) -> Response:
+        try:
+            return handler(call)
+        except AdminError as exc:
+            return ok({"error": str(exc)}, exc.status)
+        except (ValueError, KeyError) as exc:
+            return ok({"error": str(exc).strip("'\"")}, 404 if isinstance(exc, KeyError) else 400)
+    return run
+
+
+# -- inspection ----------------------------------------------------------------------------------
+def state_view(call: Call) -> Response:
+    return ok(call.state.describe())
+
+
+def stats(call: Call) -> Response:
+    state = call.state
+    return ok({**state.faults.stats(), "tokensIssued": state.tokens.issued,
+               "tokenTimes": [t for t, _ in state.tokens.issued_log]})
+
+
+def route_names(call: Call) -> Response:
+    return ok(call.state.route_table)
+
+
+def dataset_records(call: Call) -> Response:
+    dataset_id = call.path_params["id"]
+    rows = groundtruth.dataset_records(call.state, dataset_id)
+    first = next(rows, None)  # raise "unknown dataset" before the response starts
+
+    def chain() -> Iterator[str]:
+        if first is not None:
+            yield first
+            yield from rows
+    return _jsonl(chain())
+
+
+def batch_rows(call: Call) -> Response:
+    return _jsonl(iter(call.state.export_rows(call.path_params["id"])))
+
+
+# -- ground truth ----------------------------------------------------------------------------------
+def _audiences(call: Call) -> list[str] | None:
+    return call.query.getlist("audience") or None
+
+
+def truth_snapshot(call: Call) -> Response:
+    sql = groundtruth.snapshot_sql(call.state, _audiences(call), call.query.getlist("status") or None,
+                                   _instant(call.param("at"), "at"))
+    return _jsonl(groundtruth.iter_rows(call.state, sql))
+
+
+def _window(call: Call) -> tuple[int, int]:
+    start, end = _instant(call.param("start"), "start"), _instant(call.param("end"), "end")
+    if start is None or end is None:
+        raise AdminError(400, "start and end are required")
+    return start, end
+
+
+def truth_events(call: Call) -> Response:
+    start, end = _window(call)
+    sql = groundtruth.events_sql(call.state, _audiences(call), start, end,
+                                 _instant(call.param("observed_at"), "observed_at"))
+    return _jsonl(groundtruth.iter_rows(call.state, sql))
+
+
+def truth_transitions(call: Call) -> Response:
+    start, end = _window(call)
+    return _jsonl(groundtruth.iter_rows(call.state, groundtruth.transitions_sql(call.state, _audiences(call),
+                                                                                start, end)))
+
+
+def truth_profile(call: Call) -> Response:
+    raw = call.path_params["index"]
+    if not raw.isdigit():
+        raise AdminError(400, "profile index must be an integer")
+    return ok(call.state.profile(int(raw)))
+
+
+# -- control -----------------------------------------------------------------------------------------
+def clock(call: Call) -> Response:
+    state = call.state
+    if call.method == "POST":
+        body = _body(call)
+        if "advance_seconds" in body:
+            seconds = body["advance_seconds"]
+            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+                raise AdminError(400, "advance_seconds must be a number")
+            state.clock.advance(float(seconds))
+        elif "set" in body:
+            state.clock.set(parse_instant(str(body["set"])))
+        else:
+            raise AdminError(400, 'give {"advance_seconds": n} or {"set": "<RFC 3339 instant>"}')
+        log.info("clock now %s", iso(state.clock.now()))
+    return ok({"now": iso(state.clock.now()), "anchor": iso(state.settings.anchor),
+               "offsetSeconds": state.clock.offset_seconds})
+
+
+def memberships(call: Call) -> Response:
+    body = _body(call)
+    try:
+        index, audience, member = int(body["profile_index"]), str(body["audience_id"]), body["member"]
+    except (KeyError, TypeError, ValueError):
+        raise AdminError(400, "give profile_index (int), audience_id and member (bool)") from None
+    if not isinstance(member, bool):
+        raise AdminError(400, "member must be true or false")
+    try:
+        intervals = call.state.set_membership(index, audience, member, _instant(body.get("at"), "at"))
+    except KeyError:
+        raise AdminError(404, f"unknown audience {audience}") from None
+    return ok({"profile_index": index, "audience_id": audience,
+               "intervals": [{"enter": iso_s(e), "exit": iso_s(x)} for e, x in intervals]})
+
+
+def iso_s(seconds: int | None) -> str | None:
+    return None if seconds is None else iso(datetime.fromtimestamp(seconds, tz=timezone.utc))
+
+
+def knobs(call: Call) -> Response:
+    if call.method == "POST":
+        call.state.knobs.update(_body(call))
+        log.info("knobs now %s", asdict(call.state.knobs))
+    return ok(asdict(call.state.knobs))
+
+
+def faults(call: Call) -> Response:
+    injector = call.state.faults
+    if call.method == "POST":
+        injector.configure(_body(call), replace=True)
+    elif call.method == "DELETE":
+        injector.clear()
+    return ok(injector.stats()["rules"])
+
+
+def reset(call: Call) -> Response:
+    call.state.reset()
+    return ok({"reset": True})
+
+
+def add_connection_dataset(call: Call) -> Response:
+    state = call.state
+    conn = state.cja.connections.get(call.path_params["id"])
+    if conn is None:
+        raise AdminError(404, f"unknown connection {call.path_params['id']}")
+    body = _body(call)
+    dataset = state.sandboxes[conn.sandbox].catalog.datasets.get(str(body.get("dataSetId")))
+    if dataset is None:
+        raise AdminError(400, f"dataSetId {body.get('dataSetId')!r} is not a dataset of sandbox {conn.sandbox}")
+    kind = body.get("type", "profile")
+    if kind not in ("event", "profile", "lookup", "summary"):
+        raise AdminError(400, "type must be event, profile, lookup or summary")
+    conn.datasets = [d for d in conn.datasets if d["dataSetId"] != dataset.id] + [{
+        "dataSetId": dataset.id, "type": kind, "domain": "catalog", "name": dataset.name,
+        "visitorId": body.get("visitorId", "personID"), "identityNamespace": body.get("identityNamespace"),
+        "usePrimaryIdNamespace": body.get("identityNamespace") is None, "schemaId": dataset.schema_id,
+        "timestampId": body.get("timestampId"), "streaming": False, "backfills": []}]
+    log.info("CJA UI action: dataset %s added to connection %s as %s", dataset.id, conn.id, kind)
+    return ok(conn.to_json({"name", "dataSets"}))
+
+
+def add_view_dimension(call: Call) -> Response:
+    view = call.state.cja.data_views.get(call.path_params["id"])
+    if view is None:
+        raise AdminError(404, f"unknown data view {call.path_params['id']}")
+    body = _body(call)
+    path = body.get("schemaPath")
+    if not isinstance(path, str) or not path:
+        raise AdminError(400, "schemaPath is required")
+    dim = dimension(path, body.get("name"), body.get("dataSetType", "profile"), body.get("type", "string"))
+    view.dimensions = [d for d in view.dimensions if d["id"] != dim["id"]] + [dim]
+    log.info("CJA UI action: dimension %s added to data view %s", dim["id"], view.id)
+    return ok(dim)
+
+
+def _ep(method: Any, path: str, name: str, handler: Any, *, body: bool = False, locked: bool = True) -> Endpoint:
+    return Endpoint(method, path, f"admin.{name}", admin(handler), auth=Auth.NONE,
+                    body=Body.BYTES if body else Body.NONE, locked=locked)
+
+
+ENDPOINTS = [
+    _ep("GET", "/state", "state", state_view, locked=False),
+    _ep("GET", "/stats", "stats", stats, locked=False),
+    _ep("GET", "/routes", "routes", route_names, locked=False),
+    _ep("GET", "/datasets/{id}/records", "dataset_records", dataset_records, locked=False),
+    _ep("GET", "/batches/{id}/rows", "batch_rows", batch_rows, locked=False),
+    _ep("GET", "/truth/snapshot", "truth_snapshot", truth_snapshot, locked=False),
+    _ep("GET", "/truth/events", "truth_events", truth_events, locked=False),
+    _ep("GET", "/truth/transitions", "truth_transitions", truth_transitions, locked=False),
+    _ep("GET", "/truth/profiles/{index}", "truth_profile", truth_profile, locked=False),
+    _ep(("GET", "POST"), "/clock", "clock", clock, body=True),
+    _ep("POST", "/memberships", "memberships", memberships, body=True, locked=False),
+    _ep(("GET", "POST"), "/knobs", "knobs", knobs, body=True),
+    _ep(("GET", "POST", "DELETE"), "/faults", "faults", faults, body=True),
+    _ep("POST", "/reset", "reset", reset, locked=False),
+    _ep("POST", "/cja/connections/{id}/datasets", "add_connection_dataset", add_connection_dataset, body=True),
+    _ep("POST", "/cja/dataviews/{id}/dimensions", "add_view_dimension", add_view_dimension, body=True),
+]

@@ -1,0 +1,128 @@
+"""The emulator's ASGI app: every service's routes, 501 catch-alls, and the outer middleware that
+sets the request id, logs each request and injects faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Match, Route
+from starlette.types import Message, Receive, Scope, Send
+
+from airflow_cja_audiences.emulator.faults import STATUS_KINDS, FaultRule
+from airflow_cja_audiences.emulator.rest import (admin, catalog, cja, common, ims, ingestion, query,
+                                                 schema_registry, segmentation)
+from airflow_cja_audiences.emulator.rest.errors import new_request_id
+
+if TYPE_CHECKING:  # pragma: no cover
+    from airflow_cja_audiences.emulator.state import EmulatorState
+
+log = logging.getLogger("airflow_cja_audiences.emulator.http")
+
+# (prefix, endpoints, service name of the 501 catch-all)
+SERVICES = [
+    ("/ims", ims.ENDPOINTS, "ims"),
+    (catalog.PREFIX, catalog.ENDPOINTS, "catalog"),
+    (segmentation.PREFIX, segmentation.ENDPOINTS, "segmentation"),
+    (schema_registry.PREFIX, schema_registry.ENDPOINTS, "schema_registry"),
+    (ingestion.PREFIX, ingestion.ENDPOINTS, "ingestion"),
+    (ingestion.EXPORT_PREFIX, ingestion.EXPORT_ENDPOINTS, "data_access"),
+    (query.PREFIX, query.ENDPOINTS, "query"),
+    ("", cja.ENDPOINTS, "cja"),
+    (admin.PREFIX, admin.ENDPOINTS, "admin"),
+]
+CATCH_ALLS = [(p, s) for p, _, s in SERVICES if p] + [("/data/connections", "cja"), ("/data/dataviews", "cja")]
+UNFAULTED = ("/emulator", "/health")
+_STATUS_TEXT = {429: "Too many requests", 500: "Internal server error", 502: "Bad gateway",
+                503: "Service unavailable"}
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def build_app(state: EmulatorState) -> EmulatorMiddleware:
+    routes: list[Route] = [Route("/health", health, methods=["GET"], name="health")]
+    for prefix, endpoints, _ in SERVICES:
+        routes += common.routes(prefix, endpoints, state)
+    for prefix, service in sorted(CATCH_ALLS, key=lambda ps: -len(ps[0])):
+        routes.append(common.unmodelled_route(prefix, f"{service}.unmodelled"))
+    routes.append(common.unmodelled_route("", "unknown"))
+    state.route_table = [{"name": r.name, "path": r.path, "methods": sorted(r.methods or [])} for r in routes]
+    return EmulatorMiddleware(Starlette(routes=routes), state)
+
+
+class EmulatorMiddleware:
+    """Outermost ASGI layer: it must see uvicorn's own ``send`` to drop connections on purpose."""
+
+    def __init__(self, app: Starlette, state: EmulatorState) -> None:
+        self.app, self.state = app, state
+
+    def route_name(self, scope: Scope) -> str:
+        for route in self.app.router.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return route.name
+        return "unknown"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = Headers(scope=scope).get("x-request-id") or new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        method, path = scope["method"], scope["path"]
+        name = self.route_name(scope)
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["x-request-id"] = request_id
+            await send(message)
+
+        if not path.startswith(UNFAULTED):
+            decision = self.state.faults.decide(name, method, path)
+            if decision.delay:
+                await asyncio.sleep(decision.delay)  # async: other requests proceed meanwhile
+            if decision.fault is not None:
+                await self._inject(decision.fault, send, request_id)
+                return
+        await self.app(scope, receive, send_with_id)
+        level = logging.INFO if self.state.settings.log_requests else logging.DEBUG
+        log.log(level, "%s %s -> %s [%s] %.1f ms x-request-id=%s", method, path, status, name,
+                (time.perf_counter() - started) * 1000, request_id)
+
+    async def _inject(self, rule: FaultRule, send: Send, request_id: str) -> None:
+        if rule.kind in STATUS_KINDS:
+            code = int(rule.kind)
+            body = json.dumps({"error_code": f"{code}050" if code == 429 else f"{code}000",
+                               "message": _STATUS_TEXT[code]}).encode()
+            headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json"),
+                                                  (b"content-length", str(len(body)).encode()),
+                                                  (b"x-request-id", request_id.encode())]
+            if rule.retry_after is not None:
+                value = int(rule.retry_after) if float(rule.retry_after).is_integer() else rule.retry_after
+                headers.append((b"retry-after", str(value).encode()))
+            await send({"type": "http.response.start", "status": code, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        # Connection-level faults: the client must see a broken connection, not an HTTP status.
+        if rule.kind == "truncate":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096"),
+                                    (b"x-request-id", request_id.encode())]})
+            await send({"type": "http.response.body", "body": b'{"partial": "', "more_body": True})
+        transport: Any = getattr(getattr(send, "__self__", None), "transport", None)
+        if transport is None:
+            raise ConnectionAbortedError("injected connection fault (no transport to abort)")
+        transport.abort()
