@@ -56,8 +56,10 @@ def create_export_job(state: EmulatorState, sandbox: SandboxState, request: Expo
     elif state.knobs.export_batch_failures > 0:
         state.knobs.export_batch_failures -= 1
         failure = "batch"
-    now_ms = state.now_ms()
-    job = ExportJob(id=state.next_job_id, sandbox=sandbox.name, request=request, at=int(state.clock.epoch()),
+    # One clock reading: the export reflects second int(creationTime / 1000) exactly.
+    now_epoch = state.clock.epoch()
+    now_ms = int(now_epoch * 1000)
+    job = ExportJob(id=state.next_job_id, sandbox=sandbox.name, request=request, at=int(now_epoch),
                     created_ms=now_ms, updated_ms=now_ms, processing_at=processing_at, done_at=done_at,
                     batch_id=cat.new_batch_id(), request_id=request_id, failure_mode=failure)
     state.next_job_id += 1

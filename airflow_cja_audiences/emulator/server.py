@@ -29,6 +29,16 @@ log = logging.getLogger("airflow_cja_audiences.emulator.server")
 READY_PREFIX = "AEP emulator ready: "
 
 
+class _InjectedFaultNoise(logging.Filter):
+    """uvicorn reports the connections the fault injector drops on purpose as ASGI errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("ASGI callable returned without")
+
+
+logging.getLogger("uvicorn.error").addFilter(_InjectedFaultNoise())
+
+
 class EmulatorStartError(RuntimeError):
     """The emulator could not start (port in use, Query Service missing, bad TLS files...)."""
 

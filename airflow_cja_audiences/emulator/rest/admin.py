@@ -77,11 +77,21 @@ def _instant(value: Any, name: str) -> int | None:
         raise AdminError(400, f"{name} must be an RFC 3339 instant, got {value!r}") from None
 
 
+def _jsonable(value: Any) -> Any:
+    """Timestamps as RFC 3339 UTC strings, recursively (DuckDB TIMESTAMPs are naive UTC)."""
+    if isinstance(value, datetime):
+        return iso(value if value.tzinfo else value.replace(tzinfo=timezone.utc))
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
 def _jsonl(rows: Iterator[Any]) -> StreamingResponse:
     def lines() -> Iterator[bytes]:
         for row in rows:
-            text = row if isinstance(row, str) else json.dumps(
-                {k: (iso(v) if hasattr(v, "astimezone") else v) for k, v in row.items()}, default=str)
+            text = row if isinstance(row, str) else json.dumps(_jsonable(row), default=str)
             yield (text + "\n").encode("utf-8")
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 

@@ -39,7 +39,7 @@ SERVICES = [
     (admin.PREFIX, admin.ENDPOINTS, "admin"),
 ]
 CATCH_ALLS = [(p, s) for p, _, s in SERVICES if p] + [("/data/connections", "cja"), ("/data/dataviews", "cja")]
-UNFAULTED = ("/emulator", "/health")
+UNFAULTED_PREFIX = "/emulator/"  # the admin API and /health are never faulted
 _STATUS_TEXT = {429: "Too many requests", 500: "Internal server error", 502: "Bad gateway",
                 503: "Service unavailable"}
 
@@ -90,7 +90,7 @@ class EmulatorMiddleware:
                 MutableHeaders(scope=message)["x-request-id"] = request_id
             await send(message)
 
-        if not path.startswith(UNFAULTED):
+        if path != "/health" and not path.startswith(UNFAULTED_PREFIX):
             decision = self.state.faults.decide(name, method, path)
             if decision.delay:
                 await asyncio.sleep(decision.delay)  # async: other requests proceed meanwhile
