@@ -154,6 +154,9 @@ class _Path:
         self.drop = drop
 
 
+_SLICE = 1_000  # rows per output chunk: ~300 kB, which stays in the L2 cache while joined and written
+
+
 class Chunk(NamedTuple):
     """Complete JSON lines (UTF-8, each ending in ``\\n``) and how many there are."""
 
@@ -209,8 +212,13 @@ class RecordEncoder:
 
     # -- shared row checks ----------------------------------------------------------------------
 
-    def _checked(self, batches: Iterable[Sequence[Row]]) -> Iterator[Sequence[Row]]:
-        """Count rows, check all qualification times at once, drop rows without a person id."""
+    def _checked(self, batches: Iterable[Sequence[Row]]) -> Iterator[tuple[Sequence[Row], bool]]:
+        """Check a batch at once, then hand it on in slices of ``_SLICE`` rows.
+
+        Counts rows, checks all qualification times, drops rows without a person id, and tells
+        whether every person id of the batch is plain text (nothing to escape). The slices keep each
+        output chunk small enough to stay in the CPU cache while it is joined, encoded and written.
+        """
         shape = b""
         for batch in batches:
             n = len(batch)
@@ -229,8 +237,13 @@ class RecordEncoder:
                 kept = [row for row in batch if row[0]]
                 self.skipped_rows += n - len(kept)
                 batch = kept
-            if batch:
-                yield batch
+            try:
+                pids = "".join(map(_first, batch))
+                plain = pids.isprintable() and '"' not in pids and "\\" not in pids
+            except TypeError:  # a person id that is not text: _person_json reports it
+                plain = False
+            for i in range(0, len(batch), _SLICE):
+                yield batch[i:i + _SLICE], plain
 
     @staticmethod
     def _raise_bad_time(batch: Sequence[Row]) -> None:
@@ -245,7 +258,7 @@ class RecordEncoder:
 
     @staticmethod
     def _person_json(pid: object) -> str:
-        """The JSON body of a person id (the callers inline the fast path for plain text)."""
+        """The JSON body of a person id (callers skip this when the batch's ids are all plain)."""
         if type(pid) is not str:
             raise ValueError(f"personID must be text, got {type(pid).__name__} {v.shown(pid)}")
         # isprintable() is False for control characters and lone surrogates: orjson escapes the
@@ -288,7 +301,7 @@ class RecordEncoder:
         self._nodes += 1
         return child
 
-    def _per_person(self, batches: Iterable[Sequence[Row]]) -> Iterator[tuple[str, int]]:
+    def _per_person(self, batches: Iterable[tuple[Sequence[Row], bool]]) -> Iterator[tuple[str, int]]:
         root = self._root
         id_prefix = self._id_prefix
         opening = f'","_{self.spec.tenant}":{{"{self.spec.fields.memberships}":['
@@ -296,7 +309,7 @@ class RecordEncoder:
         cur: object = None   # the open person (None: none yet)
         start = 0            # where the open person's record starts in `pieces`
         pieces: list[str] = []
-        for batch in batches:
+        for batch, plain in batches:
             ap = pieces.append
             closed = 0
             for pid, aud, st, qt in batch:
@@ -306,11 +319,7 @@ class RecordEncoder:
                             self._drop_duplicates(pieces, start, state.drop)
                         ap(state.tail)
                         closed += 1
-                    # inlined fast path of _person_json: plain text needs no escaping
-                    if type(pid) is str and pid.isprintable() and '"' not in pid and "\\" not in pid:
-                        pj = pid
-                    else:
-                        pj = self._person_json(pid)
+                    pj = pid if plain else self._person_json(pid)
                     if cur is not None and pid < cur:  # type: ignore[operator]
                         raise ValueError(f"rows are not ordered by personID: {v.shown(pid)} came after "
                                          f"{v.shown(cur)} (the query must ORDER BY personID)")
@@ -349,7 +358,7 @@ class RecordEncoder:
 
     # -- one record per row (membership or change event) ----------------------------------------
 
-    def _per_row(self, batches: Iterable[Sequence[Row]]) -> Iterator[tuple[str, int]]:
+    def _per_row(self, batches: Iterable[tuple[Sequence[Row], bool]]) -> Iterator[tuple[str, int]]:
         spec, f = self.spec, self.spec.fields
         tenant = f"_{spec.tenant}"
         events = spec.layout == "events"
@@ -369,14 +378,11 @@ class RecordEncoder:
             key_tail = {k: f"{_ID_SEPARATOR}{k[0]}" for k in self._members}
         id_prefix = self._id_prefix
         prev_key = None
-        for batch in batches:
+        for batch, plain in batches:
             pieces: list[str] = []
             ap = pieces.append
             for pid, aud, st, qt in batch:
-                if type(pid) is str and pid.isprintable() and '"' not in pid and "\\" not in pid:
-                    pj = pid
-                else:
-                    pj = self._person_json(pid)
+                pj = pid if plain else self._person_json(pid)
                 try:
                     key = id_prefix + pid + key_tail[aud, st] + (qt if events else "")
                     frag = body[aud, st]
@@ -548,7 +554,7 @@ class _Failure:
         self.exc = exc
 
 
-def prefetch_batches(cursor: Any, batch_size: int = 10_000, depth: int = 4) -> Iterator[list[Any]]:
+def prefetch_batches(cursor: Any, batch_size: int = 10_000, depth: int = 2) -> Iterator[list[Any]]:
     """Yield ``cursor.fetchmany(batch_size)`` batches, fetched ahead by a background thread.
 
     The driver releases the GIL while it waits on the network, so the server's work overlaps the
