@@ -2,8 +2,9 @@
 
 Export job: NEW (first quarter of ``export_job_seconds``) -> PROCESSING (the Catalog batch appears and
 ``destination.batchId`` is set) -> SUCCEEDED | FAILED once the time is up and the rows are computed.
-The rows are computed in the executor into a staging table as soon as the job is created, and only
-appended to the dataset's table when the job succeeds, so readers never see a partial export.
+The rows are computed in the executor into a per-batch table as soon as the job is created; the
+dataset's table (a view over its live batch tables) includes it only once the job succeeds, so
+readers never see a partial export and nothing is copied.
 
 Ingestion batch: loading -> (COMPLETE) processing -> success | failed after ``batch_seconds`` and the
 validation in the executor.
@@ -26,8 +27,9 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("airflow_cja_audiences.emulator.lifecycle")
 
 
-def staging_table(batch_id: str) -> str:
-    return f"_emu_stage_{batch_id}"
+def batch_table(batch_id: str) -> str:
+    """The DuckDB table holding the rows of one export batch."""
+    return f"_emu_batch_{batch_id}"
 
 
 def _compute_export(state: EmulatorState, job: ExportJob) -> int:
@@ -36,8 +38,8 @@ def _compute_export(state: EmulatorState, job: ExportJob) -> int:
     started = time.monotonic()
     cur = state.cursor()
     try:
-        cur.execute(f'CREATE TABLE "{staging_table(job.batch_id)}" AS {sql}')
-        rows = cur.execute(f'SELECT count(*) FROM "{staging_table(job.batch_id)}"').fetchone()[0]
+        cur.execute(f'CREATE TABLE "{batch_table(job.batch_id)}" AS {sql}')
+        rows = cur.execute(f'SELECT count(*) FROM "{batch_table(job.batch_id)}"').fetchone()[0]
     finally:
         cur.close()
     log.info("export job %s computed %d rows in %.2fs", job.id, rows, time.monotonic() - started)
@@ -81,7 +83,7 @@ def _fail_job(state: EmulatorState, sandbox: SandboxState, job: ExportJob, code:
         batch.errors = [{"code": code, "description": message}]
         batch.touch(now_ms)
     if job.work is not None:
-        state.stale_staging.append((job.work, staging_table(job.batch_id)))
+        state.drop_later.append((job.work, batch_table(job.batch_id)))
 
 
 def cancel_export_job(state: EmulatorState, sandbox: SandboxState, job: ExportJob) -> None:
@@ -124,11 +126,10 @@ def advance_export_job(state: EmulatorState, sandbox: SandboxState, job: ExportJ
         batch.errors = [{"code": "INGEST-1510-400",
                          "description": "Batch failed while writing to the dataset (failure injected by the "
                                         "emulator)"}]
-        state.stale_staging.append((job.work, staging_table(job.batch_id)))
+        state.drop_later.append((job.work, batch_table(job.batch_id)))
     else:
-        state.execute(f'INSERT INTO "{dataset.table}" BY NAME SELECT * FROM "{staging_table(job.batch_id)}"')
-        state.execute(f'DROP TABLE "{staging_table(job.batch_id)}"')
         batch.status = cat.SUCCESS
+        state.refresh_export_view(sandbox, dataset)
         batch.metrics = {"inputByteSize": rows * 512, "inputFileCount": 1 if rows else 0,
                          "inputRecordCount": rows, "outputRecordCount": rows, "failedRecordCount": 0}
     batch.completed = now_ms
@@ -203,7 +204,8 @@ def revert_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch) -> N
     batch.touch(now_ms)
     dataset = sandbox.catalog.datasets.get(batch.dataset_id)
     if batch.origin == "export" and dataset is not None and dataset.has_table:
-        state.execute(f'DELETE FROM "{dataset.table}" WHERE _acp_batchid = ?', [batch.id])
+        state.refresh_export_view(sandbox, dataset)
+        state.execute(f'DROP TABLE IF EXISTS "{batch_table(batch.id)}"')
     if batch.records_path is not None:
         batch.records_path.unlink(missing_ok=True)
     log.info("batch %s reverted (inactive)", batch.id)

@@ -109,7 +109,11 @@ class EmulatorServer:
             self.ca_bundle = files.ca_bundle
         sock = _bind(s.host, s.port)
         self.port = sock.getsockname()[1]
-        self.state = EmulatorState(s, state_dir)
+        try:
+            self.state = EmulatorState(s, state_dir)
+        except ValueError as exc:
+            sock.close()
+            raise EmulatorStartError(str(exc)) from exc
         if s.pg_port is not None:
             self._start_query_service()
         context = self.ssl_context

@@ -26,7 +26,7 @@ from airflow_cja_audiences.emulator.catalog import Catalog, Dataset, new_object_
 from airflow_cja_audiences.emulator.cja_model import (CjaStore, Connection, DataView, connection_id,
                                                        data_view_id, dimension)
 from airflow_cja_audiences.emulator.clock import Clock
-from airflow_cja_audiences.emulator.exports import ExportJob
+from airflow_cja_audiences.emulator.exports import ExportJob, table_ddl
 from airflow_cja_audiences.emulator.faults import FaultInjector
 from airflow_cja_audiences.emulator.memberships import OVERRIDE_TABLE, Timeline
 from airflow_cja_audiences.emulator.registry import SchemaRegistry
@@ -37,6 +37,7 @@ from airflow_cja_audiences.emulator.xdm import EVENT_CLASS
 
 log = logging.getLogger("airflow_cja_audiences.emulator.state")
 NAMESPACE = uuid.UUID("9a4c3e2b-1f6d-4e8a-b7c5-3d2e1f0a9b8c")
+EXPORT_TEMPLATE = "_emu_export_template"  # empty table with the export columns (typed empty datasets)
 FIRST_EXPORT_JOB_ID = 24115  # the id of Adobe's documented example, for familiar-looking ids
 
 
@@ -97,11 +98,15 @@ class EmulatorState:
         self.lock = threading.RLock()
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="emulator-work")
         self._db_lock = threading.Lock()
+        if settings.db_path is not None and Path(settings.db_path).exists():
+            # The emulator's state is not persistent; reusing a file would clash with its tables.
+            raise ValueError(f"DuckDB file {settings.db_path} already exists; give a new path")
         self.db = duckdb.connect(str(settings.db_path) if settings.db_path else ":memory:")
         if settings.db_memory_limit:
             self.db.execute(f"SET memory_limit = '{settings.db_memory_limit}'")
         self.db.execute(f"CREATE TABLE IF NOT EXISTS {OVERRIDE_TABLE} "
                         f"(idx BIGINT, aud INTEGER, ivs STRUCT(e BIGINT, x BIGINT)[])")
+        self.db.execute(f'CREATE TABLE "{EXPORT_TEMPLATE}" ({table_ddl(settings.tenant)})')
         self.pg_host: str | None = None
         self.pg_port: int | None = None
         self.route_table: list[dict] = []  # filled by the app (GET /emulator/routes)
@@ -123,7 +128,7 @@ class EmulatorState:
         self.next_job_id = FIRST_EXPORT_JOB_ID
         self.pending_jobs: set[tuple[str, int]] = set()
         self.pending_batches: set[tuple[str, str]] = set()
-        self.stale_staging: list[tuple[Any, str]] = []  # (future, staging table) to drop when done
+        self.drop_later: list[tuple[Any, str]] = []  # (future, batch table) to drop once computed
         self._seed_cja()
 
     def _seed_cja(self) -> None:
@@ -162,9 +167,11 @@ class EmulatorState:
         knobs, clock offset); keep the synthetic profiles and audiences."""
         with self.lock:
             for table in list(self.tables):
-                self.execute(f'DROP TABLE IF EXISTS "{table}"')
-            for _, staging in self.stale_staging:
-                self.execute(f'DROP TABLE IF EXISTS "{staging}"')
+                self.execute(f'DROP VIEW IF EXISTS "{table}"')
+            # Exports still computing write their staging tables later: drop those when done.
+            in_flight = [(job.work, lifecycle.batch_table(job.batch_id)) for sb in self.sandboxes.values()
+                         for job in sb.export_jobs.values() if job.work is not None and not job.terminal]
+            in_flight += self.drop_later
             self.execute(f"DELETE FROM {OVERRIDE_TABLE}")
             shutil.rmtree(self.files_dir, ignore_errors=True)
             self.tokens.reset()
@@ -172,6 +179,8 @@ class EmulatorState:
             self.faults.reset_counters()
             self.clock = Clock(self.settings.clock_start)
             self._init_objects()
+            self.drop_later = in_flight
+            self.tick()
         log.info("state reset")
 
     def close(self) -> None:
@@ -206,19 +215,30 @@ class EmulatorState:
                           content_type=content_type, table=table, has_table=has_table, created=now_ms,
                           updated=now_ms, description=description, tags=dict(tags or {}),
                           extra=dict(extra or {}), data_source_id=data_source_id)
-        if has_table:
-            from airflow_cja_audiences.emulator.exports import table_ddl
-
-            self.execute(f'CREATE TABLE "{table}" ({table_ddl(self.settings.tenant)})')
-            self.tables[table] = (sandbox.name, dataset.id)
         sandbox.catalog.datasets[dataset.id] = dataset
+        if has_table:
+            self.tables[table] = (sandbox.name, dataset.id)
+            self.refresh_export_view(sandbox, dataset)
         return dataset
+
+    def refresh_export_view(self, sandbox: SandboxState, dataset: Dataset) -> None:
+        """(Re)define a profile-union dataset's table: a view over the tables of its live export batches.
+
+        Appending or reverting a batch is then a change of the view, never a copy of rows; an empty
+        dataset reads the typed, empty template table.
+        """
+        parts = [f'SELECT * FROM "{EXPORT_TEMPLATE}"'] + [
+            f'SELECT * FROM "{lifecycle.batch_table(b.id)}"' for b in sandbox.catalog.dataset_batches(dataset.id)
+            if b.origin == "export" and b.status == "success"]
+        self.execute(f'CREATE OR REPLACE VIEW "{dataset.table}" AS ' + " UNION ALL BY NAME ".join(parts))
 
     def delete_dataset(self, sandbox: SandboxState, dataset: Dataset) -> None:
         if dataset.has_table:
-            self.execute(f'DROP TABLE IF EXISTS "{dataset.table}"')
+            self.execute(f'DROP VIEW IF EXISTS "{dataset.table}"')
             self.tables.pop(dataset.table, None)
         for batch in sandbox.catalog.dataset_batches(dataset.id):
+            if batch.origin == "export":
+                self.execute(f'DROP TABLE IF EXISTS "{lifecycle.batch_table(batch.id)}"')
             del sandbox.catalog.batches[batch.id]
             self.pending_batches.discard((sandbox.name, batch.id))
         del sandbox.catalog.datasets[dataset.id]
@@ -238,12 +258,12 @@ class EmulatorState:
             if batch is None or lifecycle.advance_batch(self, sandbox, batch):
                 self.pending_batches.discard(key)
         still = []
-        for future, staging in self.stale_staging:
+        for future, table in self.drop_later:
             if future.done():
-                self.execute(f'DROP TABLE IF EXISTS "{staging}"')
+                self.execute(f'DROP TABLE IF EXISTS "{table}"')
             else:
-                still.append((future, staging))
-        self.stale_staging = still
+                still.append((future, table))
+        self.drop_later = still
 
     # -- Query Service hooks (see query_service.server.QueryServiceServer) -------------------
     def qs_connect(self) -> duckdb.DuckDBPyConnection:

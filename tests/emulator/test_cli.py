@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from emulator_fixture import start_subprocess
+from emulator_testkit import Aep, iso
 
 from airflow_cja_audiences.emulator.server import READY_PREFIX
 
@@ -69,3 +70,26 @@ def test_bad_settings_exit_with_a_message():
     result = subprocess.run([sys.executable, "-m", "airflow_cja_audiences.emulator", "--tenant", "_bad"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "tenant" in result.stderr
+
+
+def test_exported_batch_is_queryable_over_the_postgres_wire(cli_emulator):
+    emu, api = cli_emulator, cli_emulator.api()
+    aep = Aep(emu, api)
+    audiences = [a["id"] for a in aep.audiences()]
+    dataset = aep.union_dataset("Queried export")
+    table = aep.ok(api.call("GET", f"/data/foundation/catalog/dataSets/{dataset}"))[dataset]["tags"]["adobe/pqs/table"][0]
+    first = aep.export(dataset, [{"segmentId": audiences[0]}], fields="_demoemea.identification.core.email")
+    second = aep.export(dataset, [{"segmentId": audiences[1]}], fields="_demoemea.identification.core.email")
+    batch = second["destination"]["batchId"]
+    sql = (f"SELECT personID, key AS audienceId, value.status FROM (SELECT _demoemea.identification.core.email "
+           f"AS personID, explode(segmentMembership.ups) FROM {table} WHERE _acp_batchid = %s) "
+           f"WHERE key = %s AND value.status IN ('realized', 'existing')")
+    with psycopg.connect(host=emu.pg_host, port=emu.pg_port, user=emu.credentials.org_id, password=api.token(),
+                         dbname="prod:all", sslmode="verify-full", sslrootcert=emu.ca_bundle,
+                         gssencmode="disable") as conn:
+        total = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        rows = conn.execute(sql, (batch, audiences[1])).fetchall()
+    assert total == first["metrics"]["totalExportedProfileCounter"] + second["metrics"]["totalExportedProfileCounter"]
+    truth = {(r["email"], r["status"]) for r in emu.admin.snapshot([audiences[1]], at=iso(second["creationTime"] // 1000))}
+    assert {(person, status) for person, _, status in rows} == truth
+    api.close()
