@@ -28,10 +28,10 @@ from __future__ import annotations
 import math
 import re
 import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from airflow_cja_audiences import validation as v
 
@@ -69,7 +69,7 @@ def quote_literal(value: object, what: str) -> str:
     return f"'{value}'"
 
 
-def _checked(check, value: object, what: str) -> str:  # type: ignore[no-untyped-def]
+def _checked(check: Callable[[Any], str], value: object, what: str) -> str:
     """Run a :mod:`validation` checker, prefixing its message with the field it guards."""
     try:
         return check(value)
@@ -274,7 +274,7 @@ def _member_status(value: object) -> str:
     return value  # type: ignore[return-value]
 
 
-def _check_tuple(values: object, what: str, check) -> None:  # type: ignore[no-untyped-def]
+def _check_tuple(values: object, what: str, check: Callable[[Any], str]) -> None:
     if not isinstance(values, tuple) or not values:
         raise ValueError(f"{what} must be a non-empty tuple")
     for item in values:
@@ -302,8 +302,8 @@ def build_membership_query(job: RefreshJob, *, table: str, batch_id: str, tenant
         if any(a.id is None for a in job.audiences):
             raise ValueError("audience_ids: the job selects audiences by name; pass the resolved ids")
         audience_ids = [a.id for a in job.audiences]  # type: ignore[misc]
-    if isinstance(audience_ids, str):  # a lone string would otherwise become its characters
-        raise ValueError("audience_ids must be a sequence of ids, not one string")
+    if isinstance(audience_ids, (str, bytes)) or not isinstance(audience_ids, Iterable):
+        raise ValueError("audience_ids must be a sequence of ids (a lone string would become its characters)")
     return MembershipQuery(table=table, person_field=person, audience_ids=tuple(audience_ids),
                            batch_id=batch_id, batch_id_column=job.batch_id_column,
                            statuses=tuple(job.statuses), template=template)

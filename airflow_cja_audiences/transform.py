@@ -23,7 +23,7 @@ U+001F (unit separator):
 
 Only ``personID`` can contain U+001F (the other parts come from strict grammars), so the key is
 unambiguous. The same inputs give the same ids on every run, on every machine, and the id can be
-recomputed in Query Service (``md5(concat('<job_id>', '\u001f', personID))``). MD5 is used as a
+recomputed in Query Service (``md5(concat('<job_id>', '\\u001f', personID))``). MD5 is used as a
 fast 128-bit fingerprint of non-secret values, not for security (it costs half of BLAKE2's time
 here, and hashing is the largest per-person cost).
 """
@@ -118,7 +118,8 @@ class RecordSpec:
         if statuses is None:
             statuses = (*MEMBER_STATUSES, EXITED) if self.layout == "events" else MEMBER_STATUSES
         allowed = (*MEMBER_STATUSES, EXITED) if self.layout == "events" else MEMBER_STATUSES
-        if not statuses or any(s not in allowed for s in statuses) or len(set(statuses)) != len(statuses):
+        if (not isinstance(statuses, (tuple, list)) or not statuses or any(s not in allowed for s in statuses)
+                or len(set(statuses)) != len(statuses)):
             raise ValueError(f"statuses {v.shown(statuses)} must be distinct values of {list(allowed)} "
                              f"for the {self.layout} layout")
         object.__setattr__(self, "statuses", tuple(statuses))
@@ -185,7 +186,6 @@ class RecordEncoder:
         self.duplicate_rows = 0
         f = spec.fields
         self._id_prefix = spec.job_id + _ID_SEPARATOR
-        self._names = {aud: _json_body(name, "audience name") for aud, name in spec.audience_names.items()}
         # '"audience_id":...,"audience_name":...[,"status":...]' by (audience, status): the JSON
         # members every layout shares (events carry an event type instead of the status).
         with_status = spec.layout != "events"
@@ -199,10 +199,11 @@ class RecordEncoder:
     # -- public ---------------------------------------------------------------------------------
 
     def encode(self, batches: Iterable[Sequence[Row]]) -> Iterator[Chunk]:
-        """Yield one :class:`Chunk` of complete records per input batch (none for empty output).
+        """Yield :class:`Chunk` s of complete records, about ``_SLICE`` rows' worth each.
 
-        One call is one ordered stream (e.g. one partition's query): for the per-person layout a
-        person's rows must be contiguous, and persons ascending; a violation raises ValueError.
+        ``batches`` are sequences of row tuples (e.g. ``fetchmany`` results). One call is one
+        ordered stream (e.g. one partition's query): for the per-person layout a person's rows must
+        be contiguous, and persons ascending; a violation raises ValueError.
         """
         encode = self._per_person if self.spec.layout == "per_person" else self._per_row
         for text, records in encode(self._checked(batches)):
@@ -227,7 +228,7 @@ class RecordEncoder:
             self.rows += n
             try:
                 joined = "\n".join(map(_time, batch)).encode()
-            except (TypeError, UnicodeEncodeError):  # NULL, not a string, lone surrogate
+            except (TypeError, UnicodeEncodeError, IndexError):  # NULL, not text, surrogate, short row
                 joined = b""
             if len(shape) != 21 * n - 1:
                 shape = b"\n".join([_TIME_SHAPE] * n)
@@ -248,6 +249,9 @@ class RecordEncoder:
     @staticmethod
     def _raise_bad_time(batch: Sequence[Row]) -> None:
         for row in batch:
+            if len(row) != 4:
+                raise ValueError(f"rows must have 4 columns (personID, audienceId, status, qualificationTime), "
+                                 f"got {len(row)}: {v.shown(row)}")
             t = row[3]
             if not row[0]:
                 continue  # unidentified rows are skipped anyway

@@ -251,8 +251,9 @@ def test_exited_is_not_a_member_status() -> None:
 def test_audience_ids_must_be_distinct_and_not_a_lone_string() -> None:
     with pytest.raises(ValueError, match="repeat"):
         make_query(audience_ids=["a", "a"])
-    with pytest.raises(ValueError, match="not one string"):
-        make_query(audience_ids="abc")
+    for bad in ("abc", b"abc", 7):
+        with pytest.raises(ValueError, match="audience_ids must be a sequence of ids"):
+            make_query(audience_ids=bad)
     with pytest.raises(ValueError, match="non-empty"):
         make_query(audience_ids=[])
 

@@ -171,6 +171,7 @@ def test_lone_surrogates_are_refused_clearly() -> None:
     (("p", "aud-1", "realized", "２026-11-28T02:00:00Z"), "is not an ISO-8601 UTC time"),
     (("p", "aud-1", "realized", "2026-11-28T02:00:00Z\n"), "is not an ISO-8601 UTC time"),
     (("p", "aud-1", "realized", 1764295200), "is not an ISO-8601 UTC time"),
+    (("p", "aud-1", "realized"), "rows must have 4 columns"),
 ])
 def test_malformed_rows_fail_naming_what_is_wrong(layout: tr.Layout, row: tuple[Any, ...], message: str) -> None:
     if layout == "events" and "'exited'" in message:
@@ -234,6 +235,7 @@ def test_duplicate_memberships_keep_the_first_row() -> None:
     ({"layout": "per_row"}, "layout"),
     ({"statuses": ("exited",)}, "statuses"),
     ({"statuses": ("realized", "realized")}, "statuses"),
+    ({"statuses": "realized"}, "statuses"),
     ({"fields": {"memberships": "m"}}, "OutputFields"),
 ])
 def test_spec_is_validated(kwargs: dict[str, Any], message: str) -> None:
