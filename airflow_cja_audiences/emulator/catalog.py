@@ -12,7 +12,6 @@ from typing import Any
 # Catalog batch statuses this emulator produces (a subset of the documented enum).
 LOADING, PROCESSING, SUCCESS, FAILED, ABORTED, INACTIVE = (
     "loading", "processing", "success", "failed", "aborted", "inactive")
-LIVE = (SUCCESS,)  # batches whose records a reader (Query Service, CJA) sees
 
 
 def new_object_id() -> str:

@@ -123,6 +123,11 @@ class FaultInjector:
             self.rules = rules if spec.get("replace", replace) else self.rules + rules
         log.info("fault rules now: %s", [r.to_json() for r in self.rules])
 
+    def unknown_routes(self, known: set[str]) -> list[str]:
+        """Route names in the rules that no route has (typos would otherwise never fire)."""
+        with self._lock:
+            return sorted({r.route for r in self.rules if r._regex is None and r.route != "*"} - known)
+
     def clear(self) -> None:
         with self._lock:
             self.rules = []

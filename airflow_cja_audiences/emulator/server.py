@@ -116,8 +116,13 @@ class EmulatorServer:
             raise EmulatorStartError(str(exc)) from exc
         if s.pg_port is not None:
             self._start_query_service()
+        app = build_app(self.state)
+        unknown = self.state.faults.unknown_routes({r["name"] for r in self.state.route_table})
+        if unknown:
+            sock.close()
+            raise EmulatorStartError(f"--faults names unknown routes {unknown}")
         context = self.ssl_context
-        config = uvicorn.Config(build_app(self.state), lifespan="off", access_log=False, log_level="warning",
+        config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning",
                                 timeout_keep_alive=30, server_header=False,
                                 ssl_context_factory=(lambda cfg, default: context) if context else None)
         self._server = uvicorn.Server(config)

@@ -99,3 +99,10 @@ def test_invalid_rules_are_rejected(emu):
 def test_routes_are_listed_for_rule_authors(emu):
     names = {r["name"] for r in emu.admin.request("GET", "/emulator/routes").json()}
     assert {"ims.token", "catalog.get_batch", "segmentation.get_export_job", "ingestion.put_file"} <= names
+
+
+def test_rules_naming_unknown_routes_are_refused(emu, api):
+    emu.admin.set_faults([{"route": "catalog.list_datasets", "kind": "500", "times": 1}])
+    typo = emu.admin.request("POST", "/emulator/faults", json={"rules": [{"route": "catalog.list_dataset", "kind": "500"}]})
+    assert typo.status_code == 400 and "catalog.list_dataset" in typo.json()["error"]
+    assert api.call("GET", DATASETS).status_code == 500  # the previous rules stay in force

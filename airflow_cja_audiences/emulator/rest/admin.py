@@ -226,7 +226,12 @@ def knobs(call: Call) -> Response:
 def faults(call: Call) -> Response:
     injector = call.state.faults
     if call.method == "POST":
+        previous = injector.stats()["rules"]
         injector.configure(_body(call), replace=True)
+        unknown = injector.unknown_routes({r["name"] for r in call.state.route_table})
+        if unknown:
+            injector.configure({"rules": [{k: v for k, v in r.items() if k != "injected"} for r in previous]})
+            raise AdminError(400, f"unknown route names {unknown}; see GET /emulator/routes")
     elif call.method == "DELETE":
         injector.clear()
     return ok(injector.stats()["rules"])

@@ -13,7 +13,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +61,6 @@ class Call:
     body_file: Path | None = None
     token: TokenInfo | None = None
     sandbox: SandboxState | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def json(self) -> Any:
         try:
