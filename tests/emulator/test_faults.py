@@ -106,3 +106,14 @@ def test_rules_naming_unknown_routes_are_refused(emu, api):
     typo = emu.admin.request("POST", "/emulator/faults", json={"rules": [{"route": "catalog.list_dataset", "kind": "500"}]})
     assert typo.status_code == 400 and "catalog.list_dataset" in typo.json()["error"]
     assert api.call("GET", DATASETS).status_code == 500  # the previous rules stay in force
+
+
+def test_action_verbs_have_their_own_route_names(emu, aep):
+    _, dataset = aep.cja_dataset()
+    emu.admin.set_faults([{"route": "ingestion.complete_batch", "kind": "503"}])
+    first, second = aep.batch_for(dataset), aep.batch_for(dataset)
+    assert aep.action(first, "COMPLETE").status_code == 503
+    assert aep.action(second, "ABORT").status_code == 200
+    routes = emu.admin.stats()["routes"]
+    assert routes["ingestion.complete_batch"]["faults"] == {"503": 1}
+    assert routes["ingestion.abort_batch"] == {"requests": 1, "faults": {}}

@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders, QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
@@ -33,12 +33,17 @@ SERVICES = [
     (segmentation.PREFIX, segmentation.ENDPOINTS, "segmentation"),
     (schema_registry.PREFIX, schema_registry.ENDPOINTS, "schema_registry"),
     (ingestion.PREFIX, ingestion.ENDPOINTS, "ingestion"),
-    (ingestion.EXPORT_PREFIX, ingestion.EXPORT_ENDPOINTS, "data_access"),
+    (ingestion.EXPORT_PREFIX, ingestion.EXPORT_ENDPOINTS, "export"),
     (query.PREFIX, query.ENDPOINTS, "query"),
     ("", cja.ENDPOINTS, "cja"),
     (admin.PREFIX, admin.ENDPOINTS, "admin"),
 ]
 CATCH_ALLS = [(p, s) for p, _, s in SERVICES if p] + [("/data/connections", "cja"), ("/data/dataviews", "cja")]
+# One route serves several ?action= verbs; faults and stats name them apart, as the hooks' logs do.
+ACTION_NAMES = {
+    "ingestion.file_action": {"INITIALIZE": "ingestion.initialize_file", "COMPLETE": "ingestion.complete_file"},
+    "ingestion.batch_action": {a: f"ingestion.{a.lower()}_batch" for a in ("COMPLETE", "ABORT", "FAIL", "REVERT")},
+}
 UNFAULTED_PREFIX = "/emulator/"  # the admin API and /health are never faulted
 _STATUS_TEXT = {429: "Too many requests", 500: "Internal server error", 502: "Bad gateway",
                 503: "Service unavailable"}
@@ -56,6 +61,8 @@ def build_app(state: EmulatorState) -> EmulatorMiddleware:
         routes.append(common.unmodelled_route(prefix, f"{service}.unmodelled"))
     routes.append(common.unmodelled_route("", "unknown"))
     state.route_table = [{"name": r.name, "path": r.path, "methods": sorted(r.methods or [])} for r in routes]
+    state.route_table += [{"name": name, "path": next(r.path for r in routes if r.name == route) + f"?action={action}",
+                           "methods": ["POST"]} for route, names in ACTION_NAMES.items() for action, name in names.items()]
     return EmulatorMiddleware(Starlette(routes=routes), state)
 
 
@@ -69,6 +76,10 @@ class EmulatorMiddleware:
         for route in self.app.router.routes:
             match, _ = route.matches(scope)
             if match is Match.FULL:
+                actions = ACTION_NAMES.get(route.name)
+                if actions:
+                    action = QueryParams(scope.get("query_string", b"")).get("action", "").upper()
+                    return actions.get(action, route.name)
                 return route.name
         return "unknown"
 

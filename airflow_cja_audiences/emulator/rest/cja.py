@@ -106,9 +106,9 @@ ENDPOINTS = [
     Endpoint("GET", "/data/connections", "cja.list_connections", list_connections, auth=Auth.CJA),
     Endpoint("GET", "/data/connections/search", "cja.search_connections", search_connections, auth=Auth.CJA),
     Endpoint("GET", "/data/connections/{id}", "cja.get_connection", get_connection, auth=Auth.CJA),
-    Endpoint("GET", "/data/dataviews", "cja.list_data_views", list_data_views, auth=Auth.CJA),
-    Endpoint("GET", "/data/dataviews/{id}", "cja.get_data_view", get_data_view, auth=Auth.CJA),
-    Endpoint("PUT", "/data/dataviews/{id}", "cja.update_data_view", update_data_view, auth=Auth.CJA,
+    Endpoint("GET", "/data/dataviews", "cja.list_dataviews", list_data_views, auth=Auth.CJA),
+    Endpoint("GET", "/data/dataviews/{id}", "cja.get_dataview", get_data_view, auth=Auth.CJA),
+    Endpoint("PUT", "/data/dataviews/{id}", "cja.update_dataview", update_data_view, auth=Auth.CJA,
              body=Body.BYTES, content_types=("application/json",)),
     Endpoint("GET", "/data/dataviews/{id}/dimensions", "cja.list_dimensions", list_dimensions, auth=Auth.CJA),
 ]

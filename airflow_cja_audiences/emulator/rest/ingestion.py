@@ -252,5 +252,5 @@ ENDPOINTS = [
 ]
 EXPORT_PREFIX = "/data/foundation/export"
 EXPORT_ENDPOINTS = [
-    Endpoint("GET", "/batches/{batch}/meta", "data_access.batch_meta", batch_meta),
+    Endpoint("GET", "/batches/{batch}/meta", "export.batch_meta", batch_meta),
 ]
