@@ -38,13 +38,15 @@ class AdobeConnectionSettings(BaseModel):
     ims_url: str = "https://ims-na1.adobelogin.com"
     platform_url: str = "https://platform.adobe.io"
     cja_url: str = "https://cja.adobe.io"
+    # Base of the AEP UI links on task pages (the emulator serves the same paths under /emulator/ui).
+    ui_url: str = "https://experience.adobe.com/#/platform"
     query_service_host: str | None = None
     query_service_port: int | None = None
     query_service_database: str | None = None
     ca_bundle: str | None = None
     timeout: float = 60.0
 
-    @field_validator("ims_url", "platform_url", "cja_url")
+    @field_validator("ims_url", "platform_url", "cja_url", "ui_url")
     @classmethod
     def _https_url(cls, value: str) -> str:
         value = value.rstrip("/")

@@ -95,6 +95,12 @@ class BatchIngestionHook(CatalogHook):
                      params={"action": action}, idempotent=True)
         log.info("Batch %s: %s sent", batch_id, action)
 
+    async def abatch_action(self, batch_id: str, action: BatchAction) -> None:
+        """Async twin of :meth:`batch_action` (inside ``async with hook.async_session()``)."""
+        await self.arequest_json("POST", f"{BASE}/batches/{path_segment(batch_id)}",
+                                 route=f"ingestion.{action.lower()}_batch", params={"action": action},
+                                 idempotent=True)
+
     def complete_batch(self, batch_id: str) -> None:
         self.batch_action(batch_id, "COMPLETE")
 

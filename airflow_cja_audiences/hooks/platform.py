@@ -161,7 +161,7 @@ class AdobePlatformHook(BaseHook):
 
         values: dict[str, Any] = {"client_id": conn.login or "", "client_secret": conn.password or "",
                                   "org_id": pick("org_id") or ""}
-        for key in ("sandbox", "scopes", "ims_url", "platform_url", "cja_url", "query_service_host",
+        for key in ("sandbox", "scopes", "ims_url", "platform_url", "cja_url", "ui_url", "query_service_host",
                     "query_service_port", "query_service_database", "ca_bundle", "timeout"):
             if pick(key) is not None:
                 values[key] = pick(key)

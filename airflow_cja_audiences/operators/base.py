@@ -1,0 +1,75 @@
+"""Shared plumbing of this package's operators: connection/sandbox parameters, hooks, event checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from airflow.sdk import BaseOperator, Context, conf
+from airflow.sdk.exceptions import AirflowException
+
+from airflow_cja_audiences import DEFAULT_CONN_ID
+from airflow_cja_audiences.hooks.platform import AdobePlatformHook
+
+H = TypeVar("H", bound=AdobePlatformHook)
+
+DEFAULT_DEFERRABLE: bool = conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
+class AdobeBaseOperator(BaseOperator):
+    """Base of every operator here: one Adobe connection and sandbox, hooks created lazily."""
+
+    template_fields: tuple[str, ...] = ("sandbox",)
+    ui_color = "#fa0f00"  # Adobe red
+    ui_fgcolor = "#ffffff"
+
+    def __init__(self, *, adobe_conn_id: str = DEFAULT_CONN_ID, sandbox: str | None = None,
+                 hook_params: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.adobe_conn_id = adobe_conn_id
+        self.sandbox = sandbox
+        self.hook_params = dict(hook_params or {})
+        self._hooks: dict[type, AdobePlatformHook] = {}
+
+    def hook(self, cls: type[H]) -> H:
+        """One hook per class per task run (they share the process-wide token)."""
+        if cls not in self._hooks:
+            self._hooks[cls] = cls(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params)
+        return self._hooks[cls]  # type: ignore[return-value]
+
+    def log_retries(self) -> dict[str, int]:
+        """Log (and return) how many retries each API route needed in this task."""
+        totals: dict[str, int] = {}
+        for hook in self._hooks.values():
+            for route, count in hook.retry_counts.items():
+                totals[route] = totals.get(route, 0) + count
+        if totals:
+            self.log.info("Retries per API route: %s", ", ".join(f"{k}={v}" for k, v in sorted(totals.items())))
+        return totals
+
+    def trigger_kwargs(self, poll_interval: float, deadline: float | None) -> dict[str, Any]:
+        return {"adobe_conn_id": self.adobe_conn_id, "sandbox": self.sandbox, "poll_interval": poll_interval,
+                "deadline": deadline, "hook_params": self.hook_params}
+
+
+def validate_event(event: Any, *, what: str, accept: Iterable[str] = ("success",)) -> dict[str, Any]:
+    """Reject a missing or malformed trigger event; return it when its status is accepted.
+
+    Statuses a trigger may send: success, failed, timeout, error. Anything else is a bug or a
+    corrupted event and fails the task rather than passing silently.
+    """
+    if not isinstance(event, dict) or "status" not in event:
+        raise AirflowException(f"{what}: the trigger returned no usable event ({event!r})")
+    status = event["status"]
+    if status not in ("success", "failed", "timeout", "error"):
+        raise AirflowException(f"{what}: unknown trigger event status {status!r}")
+    if status not in accept:
+        raise AirflowException(f"{what}: {status}: {event.get('message') or 'no details'}")
+    return event
+
+
+def xcom_push_all(context: Context, values: dict[str, Any]) -> None:
+    """Push each value under its own key, so downstream tasks can take ``op.output["key"]``."""
+    ti = context["ti"]
+    for key, value in values.items():
+        ti.xcom_push(key=key, value=value)

@@ -1,0 +1,183 @@
+"""Export audiences with a Segmentation export job and wait for it deferrably (pipeline step 3)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import Context
+from airflow.sdk.exceptions import AirflowException
+
+from airflow_cja_audiences.hooks.catalog import CatalogHook
+from airflow_cja_audiences.hooks.segmentation import SegmentationHook
+from airflow_cja_audiences.links import AepDatasetLink, AepExportJobLink, push_dataset_link, push_export_job_link
+from airflow_cja_audiences.models import ExportJob, ExportJobRequest
+from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, validate_event, xcom_push_all
+from airflow_cja_audiences.triggers.aep import BatchTrigger, ExportJobTrigger
+
+# task_state_store keys: survive a killed worker, so a retry re-attaches to the job it started.
+_STATE_JOB_ID = "export_job_id"
+_STATE_STARTED_MS = "export_create_started_ms"
+_CLOCK_SKEW_MS = 5 * 60 * 1000
+
+
+class ExportAudiencesOperator(AdobeBaseOperator):
+    """Export the members of audiences into a profile-union dataset and wait for the job.
+
+    One filter entry per audience; the job is created once per task instance: a retry (after a
+    crash, a kill or a lost answer) re-attaches to the job already started instead of starting a
+    second one. After the job SUCCEEDED, the batch it wrote is checked in Catalog (a job can
+    succeed while its batch fails).
+
+    :param dataset_id: destination dataset (profile union schema).
+    :param audience_ids: audiences (segment definition ids) to export.
+    :param fields: dot paths to export besides ``segmentMembership`` (e.g. the identity field).
+    :param statuses: membership statuses that select a profile (``exited`` only for change events).
+    :param qualification_start/qualification_end: RFC 3339 window on ``lastQualificationTime``.
+    :param deferrable: wait in the triggerer (no worker slot held) instead of polling in the worker.
+
+    XCom (keys): ``export_job_id``, ``export_batch_id``, ``export_dataset_id``, ``exported_profiles``.
+    """
+
+    template_fields = ("sandbox", "dataset_id", "audience_ids", "fields", "statuses", "merge_policy_id",
+                       "qualification_start", "qualification_end")
+    operator_extra_links = (AepExportJobLink(), AepDatasetLink())
+
+    def __init__(self, *, dataset_id: str, audience_ids: Sequence[str] | str, fields: Sequence[str] = (),
+                 statuses: Sequence[str] = ("realized", "existing"), merge_policy_id: str | None = None,
+                 qualification_start: str | None = None, qualification_end: str | None = None,
+                 poll_interval: float = 30.0, wait_timeout: timedelta = timedelta(hours=3),
+                 deferrable: bool = DEFAULT_DEFERRABLE, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dataset_id = dataset_id
+        self.audience_ids = audience_ids
+        self.fields = fields
+        self.statuses = statuses
+        self.merge_policy_id = merge_policy_id
+        self.qualification_start = qualification_start
+        self.qualification_end = qualification_end
+        self.poll_interval = poll_interval
+        self.wait_timeout = wait_timeout
+        self.deferrable = deferrable
+        self._job_id: int | None = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _request(self) -> ExportJobRequest:
+        ids = self.audience_ids
+        if isinstance(ids, str):
+            ids = [i for i in ids.split(",") if i]
+        return ExportJobRequest(dataset_id=self.dataset_id, segment_ids=tuple(ids), statuses=tuple(self.statuses),
+                                fields=tuple(self.fields), merge_policy_id=self.merge_policy_id,
+                                qualification_start=self.qualification_start or None,
+                                qualification_end=self.qualification_end or None)
+
+    @staticmethod
+    def _store(context: Context) -> Any:
+        return context.get("task_state_store")  # absent in some test harnesses
+
+    def _attach_or_create(self, context: Context, hook: SegmentationHook, request: ExportJobRequest) -> ExportJob:
+        store = self._store(context)
+        if store is not None and (job_id := store.get(_STATE_JOB_ID)) is not None:
+            job = hook.get_export_job(int(job_id))
+            if job.status.upper() not in ("FAILED", "CANCELLED"):
+                self.log.info("Re-attaching to export job %s (%s) started by an earlier try", job.id, job.status)
+                return job
+            self.log.info("Export job %s of an earlier try is %s; starting a new one", job.id, job.status)
+        started_ms = store.get(_STATE_STARTED_MS) if store is not None else None
+        if started_ms is None:
+            run_start = context["dag_run"].start_date
+            started_ms = int((run_start.timestamp() if run_start else time.time()) * 1000)
+        # A try killed between POST and store.set left no id: find its job by what it asked for.
+        existing = hook.find_export_job(request, created_after_ms=int(started_ms) - _CLOCK_SKEW_MS)
+        if existing is not None:
+            self.log.info("Re-attaching to export job %s (%s) that matches this request", existing.id, existing.status)
+            job = existing
+        else:
+            now_ms = int(time.time() * 1000)
+            if store is not None:
+                store.set(_STATE_STARTED_MS, now_ms)
+            job = hook.create_export_job(request, created_after_ms=now_ms - _CLOCK_SKEW_MS)
+        if store is not None:
+            store.set(_STATE_JOB_ID, job.id)
+        return job
+
+    # ------------------------------------------------------------------ execution
+
+    def execute(self, context: Context) -> dict[str, Any] | None:
+        hook = self.hook(SegmentationHook)
+        job = self._attach_or_create(context, hook, self._request())
+        self._job_id = job.id
+        push_export_job_link(context, hook.settings, job.id)
+        push_dataset_link(context, hook.settings, self.dataset_id)
+        if job.is_terminal:
+            return self._job_done(context, job)
+        deadline = time.time() + self.wait_timeout.total_seconds()
+        if self.deferrable:
+            self.defer(trigger=ExportJobTrigger(job_id=job.id, **self.trigger_kwargs(self.poll_interval, deadline)),
+                       method_name="execute_complete")
+        while not job.is_terminal:
+            if time.time() > deadline:
+                raise AirflowException(f"export job {job.id} still {job.status} after {self.wait_timeout}")
+            self.log.info("Export job %s is %s", job.id, job.status)
+            time.sleep(self.poll_interval)
+            job = hook.get_export_job(job.id)
+        return self._job_done(context, job)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        event = validate_event(event, what="export job", accept=("success", "failed"))
+        self._job_id = int(event["job_id"])
+        return self._job_done(context, self.hook(SegmentationHook).get_export_job(self._job_id))
+
+    def _job_done(self, context: Context, job: ExportJob) -> dict[str, Any] | None:
+        if job.status.upper() != "SUCCEEDED":
+            self._forget(context)
+            raise AirflowException(f"export job {job.id} ended {job.status}: {job.error_summary()} "
+                                   f"(request id {job.request_id or 'n/a'}). Check the audiences and the "
+                                   f"dataset in AEP, then clear this task to start a new export.")
+        batch_id = job.destination.batch_id
+        if not batch_id:
+            raise AirflowException(f"export job {job.id} SUCCEEDED without a destination batch id")
+        batch = self.hook(CatalogHook).get_batch(batch_id)
+        if not batch.is_terminal:
+            if self.deferrable:
+                self.defer(trigger=BatchTrigger(batch_id=batch_id, **self.trigger_kwargs(self.poll_interval, None)),
+                           method_name="batch_complete", kwargs={"job_id": job.id})
+            while not batch.is_terminal:
+                time.sleep(self.poll_interval)
+                batch = self.hook(CatalogHook).get_batch(batch_id)
+        return self._finish(context, job, batch.is_success, batch.status, batch.error_summary())
+
+    def batch_complete(self, context: Context, job_id: int, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        event = validate_event(event, what="export batch", accept=("success", "failed"))
+        job = self.hook(SegmentationHook).get_export_job(job_id)
+        return self._finish(context, job, event["status"] == "success", event.get("batch_status", "?"),
+                            event.get("message", ""))
+
+    def _finish(self, context: Context, job: ExportJob, ok: bool, batch_status: str, errors: str) -> dict[str, Any]:
+        self._forget(context)
+        if not ok:
+            raise AirflowException(f"export job {job.id} SUCCEEDED but its batch {job.destination.batch_id} is "
+                                   f"{batch_status}: {errors}. See Monitoring > Batches in AEP.")
+        result = {"export_job_id": job.id, "export_batch_id": job.destination.batch_id,
+                  "export_dataset_id": job.destination.dataset_id or self.dataset_id,
+                  "exported_profiles": job.exported_profiles}
+        self.log.info("Export job %s SUCCEEDED: %s profiles in batch %s", job.id, job.exported_profiles,
+                      job.destination.batch_id)
+        xcom_push_all(context, result)
+        self.log_retries()
+        return result
+
+    def _forget(self, context: Context) -> None:
+        """A finished job must not be re-attached by a later (cleared) run of this task."""
+        store = self._store(context)
+        if store is not None:
+            for key in (_STATE_JOB_ID, _STATE_STARTED_MS):
+                store.delete(key)
+
+    def on_kill(self) -> None:
+        if self._job_id is not None:
+            self.log.info("Cancelling export job %s", self._job_id)
+            self.hook(SegmentationHook).cancel_export_job(self._job_id)

@@ -1,0 +1,151 @@
+"""Read-only resolution and find-or-create setup steps (pipeline steps 1, 2 and 4)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from airflow.sdk import Context
+from airflow.sdk.exceptions import AirflowException
+
+from airflow_cja_audiences import validation
+from airflow_cja_audiences.config import AudienceSelector, OutputFields
+from airflow_cja_audiences.errors import AepConfigError
+from airflow_cja_audiences.hooks.catalog import CatalogHook
+from airflow_cja_audiences.hooks.schema_registry import SchemaRegistryHook
+from airflow_cja_audiences.hooks.segmentation import SegmentationHook
+from airflow_cja_audiences.links import AepDatasetLink, push_dataset_link
+from airflow_cja_audiences.models import EVENT_CLASS, PROFILE_CLASS, PROFILE_UNION_ALT_ID, PROFILE_UNION_SCHEMA
+from airflow_cja_audiences.operators.base import AdobeBaseOperator, xcom_push_all
+from airflow_cja_audiences import xdm
+
+
+class ResolveAudiencesOperator(AdobeBaseOperator):
+    """Validate and resolve the audiences, the tenant and the identity field; writes nothing.
+
+    Fails before anything is written to AEP when an audience id or name is unknown or ambiguous,
+    the tenant cannot be found, or the identity field is not in the profile union schema.
+
+    XCom (keys): ``audiences`` (list of ``{id, name, aep_name}``), ``tenant``, ``identity_path``.
+    """
+
+    template_fields = ("sandbox", "audiences", "identity_field", "tenant")
+
+    def __init__(self, *, audiences: Sequence[dict[str, Any]], identity_field: str, tenant: str | None = None,
+                 check_identity_field: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.audiences = list(audiences)
+        self.identity_field = identity_field
+        self.tenant = tenant
+        self.check_identity_field = check_identity_field
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        try:
+            selectors = [AudienceSelector.model_validate(a) for a in self.audiences]
+            if not selectors:
+                raise AepConfigError("audiences: the list is empty")
+            validation.field_path(self.identity_field)
+            tenant = validation.tenant_id(self.tenant) if self.tenant else \
+                self.hook(SchemaRegistryHook).get_tenant_id()
+            identity_path = validation.resolve_tenant_path(self.identity_field, tenant)
+        except ValueError as exc:
+            raise AirflowException(f"invalid input: {exc}") from None
+        resolved = self.hook(SegmentationHook).resolve_audiences(selectors)
+        if self.check_identity_field:
+            union = self.hook(SchemaRegistryHook).get_profile_union_schema()
+            self.hook(SegmentationHook).require_export_fields(union, [identity_path])
+        result = {"audiences": [a.to_dict() for a in resolved], "tenant": tenant, "identity_path": identity_path}
+        for audience in resolved:
+            self.log.info("Audience %s -> %r (AEP name %r, %s)", audience.id, audience.name, audience.aep_name,
+                          audience.lifecycle_state or "state unknown")
+        self.log.info("Tenant _%s; personID from %s", tenant, identity_path)
+        xcom_push_all(context, result)
+        self.log_retries()
+        return result
+
+
+class EnsureExportDatasetOperator(AdobeBaseOperator):
+    """Find or create the profile-union dataset export jobs write into (pipeline step 2).
+
+    XCom (keys): ``dataset_id``, ``table_name`` (the Query Service table, tag ``adobe/pqs/table``).
+    """
+
+    template_fields = ("sandbox", "dataset_name")
+    operator_extra_links = (AepDatasetLink(),)
+
+    def __init__(self, *, dataset_name: str, table_name_wait_seconds: float = 120.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dataset_name = dataset_name
+        self.table_name_wait_seconds = table_name_wait_seconds
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        catalog = self.hook(CatalogHook)
+        dataset, _ = catalog.ensure_dataset(
+            self.dataset_name, schema_id=PROFILE_UNION_ALT_ID, accepted_schema_ids=(PROFILE_UNION_SCHEMA,),
+            description="Segmentation export jobs of airflow-cja-audiences (read back with Query Service)")
+        deadline = time.monotonic() + self.table_name_wait_seconds
+        while dataset.table_name is None:  # Catalog may add the Query Service tag shortly after creation
+            if time.monotonic() > deadline:
+                raise AirflowException(f"dataset {dataset.id} has no 'adobe/pqs/table' tag after "
+                                       f"{self.table_name_wait_seconds:.0f} s; is Query Service enabled?")
+            time.sleep(5)
+            dataset = catalog.get_dataset(dataset.id)
+        validation.table_name(dataset.table_name)
+        result = {"dataset_id": dataset.id, "table_name": dataset.table_name}
+        push_dataset_link(context, catalog.settings, dataset.id)
+        xcom_push_all(context, result)
+        self.log_retries()
+        return result
+
+
+class EnsureCjaDatasetOperator(AdobeBaseOperator):
+    """Find or create field group, schema, primary identity descriptor and dataset for CJA (step 4).
+
+    ``kind="profile"``: XDM Individual Profile class with ``personID`` as primary identity.
+    ``kind="events"``: ExperienceEvent class with ``_<tenant>.personID`` as primary identity.
+
+    XCom (keys): ``dataset_id``, ``schema_id``, ``field_group_id``.
+    """
+
+    template_fields = ("sandbox", "tenant", "dataset_name", "schema_title", "field_group_title")
+    operator_extra_links = (AepDatasetLink(),)
+
+    def __init__(self, *, kind: Literal["profile", "events"], tenant: str, dataset_name: str, schema_title: str,
+                 field_group_title: str, identity_namespace: str = "Email",
+                 output_fields: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if kind not in ("profile", "events"):
+            raise ValueError(f"kind must be 'profile' or 'events', not {kind!r}")
+        self.kind = kind
+        self.tenant = tenant
+        self.dataset_name = dataset_name
+        self.schema_title = schema_title
+        self.field_group_title = field_group_title
+        self.identity_namespace = identity_namespace
+        self.output_fields = dict(output_fields or {})
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        tenant = validation.tenant_id(self.tenant)
+        fields = OutputFields.model_validate(self.output_fields)
+        registry = self.hook(SchemaRegistryHook)
+        if self.kind == "profile":
+            group_body = xdm.profile_field_group(self.field_group_title, tenant, fields)
+            class_id, identity_property = PROFILE_CLASS, "/personID"
+        else:
+            group_body = xdm.event_field_group(self.field_group_title, tenant, fields)
+            class_id, identity_property = EVENT_CLASS, f"/_{tenant}/personID"
+        group, _ = registry.ensure_field_group(group_body, tenant)
+        schema, _ = registry.ensure_schema(xdm.schema_body(self.schema_title, class_id, [group.id]))
+        registry.ensure_identity_descriptor(schema.id, identity_property, validation.namespace_code(
+            self.identity_namespace))
+        dataset, _ = self.hook(CatalogHook).ensure_dataset(
+            self.dataset_name, schema_id=schema.id,
+            accepted_schema_ids=tuple(i for i in (schema.alt_id,) if i),
+            description=f"AEP audience {'memberships' if self.kind == 'profile' else 'entries and exits'} for "
+                        f"Customer Journey Analytics (airflow-cja-audiences)")
+        result = {"dataset_id": dataset.id, "schema_id": schema.id, "field_group_id": group.id}
+        push_dataset_link(context, registry.settings, dataset.id)
+        xcom_push_all(context, result)
+        self.log_retries()
+        return result

@@ -1,0 +1,157 @@
+"""Deferrable waits on AEP: export jobs and ingestion batches.
+
+Triggers are rebuilt in the triggerer from plain JSON kwargs (``serialize``), open **one** HTTP session
+each and reuse it across polls, carry a wall-clock deadline (they may move between triggerer
+processes), and always end with exactly one event: ``success``, ``failed``, ``timeout`` or ``error``.
+The operator's ``execute_complete`` turns anything but ``success`` into a clear task failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import abstractmethod
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_cja_audiences import DEFAULT_CONN_ID
+from airflow_cja_audiences.errors import AepError
+from airflow_cja_audiences.hooks.catalog import CatalogHook
+from airflow_cja_audiences.hooks.ingestion import BatchIngestionHook
+from airflow_cja_audiences.hooks.segmentation import SegmentationHook
+
+# Log a "still waiting" line at most this often per trigger, plus on every state change.
+_PROGRESS_LOG_SECONDS = 60.0
+
+
+class _AepPollingTrigger(BaseTrigger):
+    """Poll one AEP resource until it is terminal or the deadline passes."""
+
+    def __init__(self, *, adobe_conn_id: str = DEFAULT_CONN_ID, sandbox: str | None = None,
+                 poll_interval: float = 30.0, deadline: float | None = None, started_at: float | None = None,
+                 hook_params: dict[str, Any] | None = None):
+        super().__init__()
+        self.adobe_conn_id = adobe_conn_id
+        self.sandbox = sandbox
+        self.poll_interval = float(poll_interval)
+        self.deadline = deadline  # epoch seconds (wall clock), or None for no deadline
+        self.started_at = started_at if started_at is not None else time.time()
+        self.hook_params = dict(hook_params or {})
+
+    def _common_kwargs(self) -> dict[str, Any]:
+        return {"adobe_conn_id": self.adobe_conn_id, "sandbox": self.sandbox, "poll_interval": self.poll_interval,
+                "deadline": self.deadline, "started_at": self.started_at, "hook_params": self.hook_params}
+
+    @abstractmethod
+    def _hook(self) -> Any: ...
+
+    @abstractmethod
+    async def _poll(self, hook: Any) -> tuple[bool, str, dict[str, Any]]:
+        """One poll: (terminal, state for logs, event payload when terminal)."""
+
+    @property
+    @abstractmethod
+    def _what(self) -> str: ...
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = self._hook()
+        last_state, last_log = None, 0.0
+        try:
+            async with hook.async_session():
+                while True:
+                    terminal, state, payload = await self._poll(hook)
+                    now = time.time()
+                    elapsed = now - self.started_at
+                    if terminal:
+                        self.log.info("%s is %s after %.0f s", self._what, state, elapsed)
+                        yield TriggerEvent({**payload, "elapsed_seconds": round(elapsed, 1)})
+                        return
+                    if state != last_state or now - last_log >= _PROGRESS_LOG_SECONDS:
+                        self.log.info("%s is %s (%.0f s elapsed)", self._what, state, elapsed)
+                        last_state, last_log = state, now
+                    if self.deadline is not None and now >= self.deadline:
+                        yield TriggerEvent({"status": "timeout", "state": state, "elapsed_seconds": round(elapsed, 1),
+                                            "message": f"{self._what} still {state} after {elapsed:.0f} s "
+                                                       f"(deadline reached)"})
+                        return
+                    sleep = self.poll_interval if self.deadline is None else \
+                        max(0.0, min(self.poll_interval, self.deadline - now))
+                    await asyncio.sleep(sleep)
+        except AepError as exc:
+            # Every failure becomes an event so the task fails with Adobe's message, not a traceback.
+            yield TriggerEvent({"status": "error", "message": f"{self._what}: {exc}"})
+
+
+class ExportJobTrigger(_AepPollingTrigger):
+    """Wait for a Segmentation export job to be SUCCEEDED or FAILED."""
+
+    def __init__(self, *, job_id: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.job_id = int(job_id)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{type(self).__module__}.{type(self).__qualname__}", {"job_id": self.job_id, **self._common_kwargs()}
+
+    @property
+    def _what(self) -> str:
+        return f"export job {self.job_id}"
+
+    def _hook(self) -> SegmentationHook:
+        return SegmentationHook(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params)
+
+    async def _poll(self, hook: SegmentationHook) -> tuple[bool, str, dict[str, Any]]:
+        job = await hook.aget_export_job(self.job_id)
+        status = job.status.upper()
+        if not job.is_terminal:
+            return False, status, {}
+        return True, status, {"status": "success" if status == "SUCCEEDED" else "failed", "job_id": job.id,
+                              "job_status": status, "batch_id": job.destination.batch_id,
+                              "dataset_id": job.destination.dataset_id,
+                              "exported_profiles": job.exported_profiles, "message": job.error_summary()}
+
+    async def on_kill(self) -> None:
+        """A user killed the waiting task: cancel the export job (best effort)."""
+        hook = self._hook()
+        async with hook.async_session():
+            await asyncio.wait_for(hook.acancel_export_job(self.job_id), timeout=20)
+        self.log.info("Export job %s cancelled", self.job_id)
+
+
+class BatchTrigger(_AepPollingTrigger):
+    """Wait for a Catalog batch to reach a terminal status (success/active or failed)."""
+
+    def __init__(self, *, batch_id: str, abort_on_kill: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.batch_id = batch_id
+        self.abort_on_kill = abort_on_kill
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{type(self).__module__}.{type(self).__qualname__}", {
+            "batch_id": self.batch_id, "abort_on_kill": self.abort_on_kill, **self._common_kwargs()}
+
+    @property
+    def _what(self) -> str:
+        return f"batch {self.batch_id}"
+
+    def _hook(self) -> CatalogHook:
+        return CatalogHook(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params)
+
+    async def _poll(self, hook: CatalogHook) -> tuple[bool, str, dict[str, Any]]:
+        batch = await hook.aget_batch(self.batch_id)
+        if not batch.is_terminal:
+            return False, batch.status, {}
+        return True, batch.status, {
+            "status": "success" if batch.is_success else "failed", "batch_id": batch.id,
+            "batch_status": batch.status, "records": batch.record_count,
+            "failed_records": batch.failed_record_count, "message": batch.error_summary()}
+
+    async def on_kill(self) -> None:
+        """Abort a batch still loading when a user kills the task (only if asked to)."""
+        if not self.abort_on_kill:
+            return
+        hook = BatchIngestionHook(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params)
+        async with hook.async_session():
+            await asyncio.wait_for(hook.abatch_action(self.batch_id, "ABORT"), timeout=20)
+        self.log.info("Batch %s aborted", self.batch_id)
