@@ -10,7 +10,9 @@ A rule (JSON)::
      "times": 3}                # stop after this many injections (omit = unlimited)
 
 ``reset`` closes the connection without any response; ``truncate`` sends the headers and part of
-the body, then closes it. Both reach the client as connection errors, not as HTTP statuses.
+the body, then closes it. Both reach the client as connection errors, not as HTTP statuses, and the
+request is **not** processed. ``lost_response`` processes the request, then drops the connection
+instead of answering (the client cannot tell whether it happened: the idempotency test).
 Routes are the stable names listed by ``GET /emulator/routes``; a value containing a space is
 ``METHOD regex`` matched against the request path (METHOD may be ``*``).
 """
@@ -28,7 +30,7 @@ from typing import Any
 log = logging.getLogger("airflow_cja_audiences.emulator.faults")
 
 STATUS_KINDS = ("429", "500", "502", "503")
-CONNECTION_KINDS = ("reset", "truncate")
+CONNECTION_KINDS = ("reset", "truncate", "lost_response")
 KINDS = STATUS_KINDS + CONNECTION_KINDS + ("latency",)
 _RULE_KEYS = {"route", "kind", "probability", "retry_after", "seconds", "times"}
 

@@ -117,3 +117,12 @@ def test_action_verbs_have_their_own_route_names(emu, aep):
     routes = emu.admin.stats()["routes"]
     assert routes["ingestion.complete_batch"]["faults"] == {"503": 1}
     assert routes["ingestion.abort_batch"] == {"requests": 1, "faults": {}}
+
+
+def test_lost_response_processes_the_request_then_drops_the_connection(emu, aep):
+    emu.admin.set_faults([{"route": "catalog.create_dataset", "kind": "lost_response", "times": 1}])
+    aep.api.token()
+    with pytest.raises(requests.exceptions.ConnectionError):
+        aep.union_dataset("Created but unanswered")
+    found = aep.ok(aep.api.call("GET", DATASETS, params={"property": "name==Created but unanswered"}))
+    assert len(found) == 1  # a client must look before it creates again

@@ -83,7 +83,8 @@ def test_revert_removes_the_records_and_replay_replaces_a_batch(emu, aep):
     assert aep.action(first["id"], "REVERT").status_code == 200
     assert aep.batch(first["id"])["status"] == "inactive"
     assert sorted(r["_id"] for r in emu.admin.dataset_records(dataset)) == ["r2", "r3"]
-    assert aep.action(first["id"], "REVERT").status_code == 400  # only a success batch can be reverted
+    failed = aep.ingest(dataset, [UNKNOWN_FIELD])
+    assert aep.action(failed["id"], "REVERT").status_code == 400  # only a success batch can be reverted
     replay = aep.ingest(dataset, GOOD[:1], replay={"predecessors": [second["id"]], "reason": "replace"})
     assert replay["status"] == "success" and replay["replay"]["predecessors"] == [second["id"]]
     assert aep.batch(second["id"])["status"] == "inactive"
@@ -98,7 +99,9 @@ def test_abort_and_state_machine_errors(aep):
     assert aep.batch(batch_id)["status"] == "aborted"
     assert aep.put_file(batch_id, dataset, "late.json", GOOD).status_code == 400
     assert aep.action(batch_id, "COMPLETE").status_code == 400
-    assert aep.action(batch_id, "ABORT").status_code == 400
+    done = aep.ingest(dataset, GOOD)
+    assert aep.action(done["id"], "ABORT").status_code == 400  # too late: finished
+    assert aep.action(done["id"], "FAIL").status_code == 400
     empty = aep.batch_for(dataset)
     assert aep.action(empty, "COMPLETE").status_code == 200
     failed = aep.wait_batch(empty)
@@ -179,3 +182,22 @@ def test_injected_ingestion_failure_knob(emu, aep):
     emu.admin.knobs(ingestion_failures=1)
     assert aep.ingest(dataset, GOOD)["status"] == "failed"
     assert aep.ingest(dataset, GOOD)["status"] == "success"
+
+
+def test_retried_chunks_and_actions_converge(aep):
+    _, dataset = aep.cja_dataset()
+    batch_id = aep.batch_for(dataset)
+    payload = "".join(json.dumps(r) + "\n" for r in GOOD).encode()
+    base, chunk = _large(aep, batch_id, dataset, "retried.json")
+    chunk(0, payload[:50])
+    chunk(0, payload[:50])  # the same chunk again, as a client retry after a lost answer sends it
+    chunk(50, payload[50:])
+    assert aep.api.call("POST", base, params={"action": "COMPLETE"}).status_code == 201
+    assert aep.action(batch_id, "COMPLETE").status_code == 200
+    assert aep.action(batch_id, "COMPLETE").status_code == 200
+    assert aep.wait_batch(batch_id)["status"] == "success"
+    assert aep.action(batch_id, "REVERT").status_code == 200
+    assert aep.action(batch_id, "REVERT").status_code == 200
+    aborted = aep.batch_for(dataset)
+    assert aep.action(aborted, "ABORT").status_code == 200
+    assert aep.action(aborted, "ABORT").status_code == 200

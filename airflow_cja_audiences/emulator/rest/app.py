@@ -105,6 +105,10 @@ class EmulatorMiddleware:
             decision = self.state.faults.decide(name, method, path)
             if decision.delay:
                 await asyncio.sleep(decision.delay)  # async: other requests proceed meanwhile
+            if decision.fault is not None and decision.fault.kind == "lost_response":
+                await self.app(scope, receive, _swallow)  # processed; the answer never leaves
+                _abort(send)
+                return
             if decision.fault is not None:
                 await self._inject(decision.fault, send, request_id)
                 return
@@ -133,7 +137,16 @@ class EmulatorMiddleware:
                         "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096"),
                                     (b"x-request-id", request_id.encode())]})
             await send({"type": "http.response.body", "body": b'{"partial": "', "more_body": True})
-        transport: Any = getattr(getattr(send, "__self__", None), "transport", None)
-        if transport is None:
-            raise ConnectionAbortedError("injected connection fault (no transport to abort)")
-        transport.abort()
+        _abort(send)
+
+
+async def _swallow(message: Message) -> None:
+    """An ASGI ``send`` that drops the response (for ``lost_response``)."""
+
+
+def _abort(send: Send) -> None:
+    """Close the client's connection at once (uvicorn's ``send`` is bound to its request cycle)."""
+    transport: Any = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None:
+        raise ConnectionAbortedError("injected connection fault (no transport to abort)")
+    transport.abort()

@@ -118,11 +118,14 @@ def batch_action(call: Call) -> Response:
         elif batch.status not in (cat.PROCESSING, cat.SUCCESS):  # completing again is a no-op success
             raise error(400, 1421, f"Batch {batch.id} is {batch.status} and cannot be completed")
     elif action == "ABORT":
-        if batch.status not in (cat.LOADING, cat.PROCESSING):
+        if batch.status == cat.ABORTED:
+            pass  # Guess: repeating ABORT converges (a retry after a lost answer must not fail)
+        elif batch.status not in (cat.LOADING, cat.PROCESSING):
             raise error(400, 1422, f"Batch {batch.id} is {batch.status}; ABORT is only possible while in progress")
-        batch.status, batch.work = cat.ABORTED, None
-        batch.touch(call.state.now_ms())
-        log.info("batch %s aborted", batch.id)
+        else:
+            batch.status, batch.work = cat.ABORTED, None
+            batch.touch(call.state.now_ms())
+            log.info("batch %s aborted", batch.id)
     elif action == "FAIL":
         if batch.status != cat.LOADING:
             raise error(400, 1423, f"Batch {batch.id} is {batch.status}; FAIL is only possible while loading")
@@ -130,9 +133,12 @@ def batch_action(call: Call) -> Response:
         batch.errors = [{"code": "INGEST-1000-400", "description": "Batch marked failed by the client"}]
         batch.touch(call.state.now_ms())
     elif action == "REVERT":
-        if batch.status != cat.SUCCESS:
+        if batch.status == cat.INACTIVE:
+            pass  # Guess: repeating REVERT converges, like COMPLETE
+        elif batch.status != cat.SUCCESS:
             raise error(400, 1424, f"Batch {batch.id} is {batch.status}; only a successful batch can be reverted")
-        lifecycle.revert_batch(call.state, call.sandbox, batch)
+        else:
+            lifecycle.revert_batch(call.state, call.sandbox, batch)
     else:
         raise error(400, 1425, f"action must be COMPLETE, ABORT, FAIL or REVERT, got {action or 'nothing'!r}")
     return empty(200)
@@ -201,7 +207,8 @@ def patch_file(call: Call) -> Response:
     with entry.disk.open("r+b") as out, call.body_file.open("rb") as chunk:
         out.seek(start)
         shutil.copyfileobj(chunk, out)
-    entry.ranges.append((start, end))
+    if (start, end) not in entry.ranges:  # a retried chunk rewrites the same bytes: not an overlap
+        entry.ranges.append((start, end))
     return ok({"name": path, "sizeInBytes": size})
 
 
