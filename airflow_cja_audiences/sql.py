@@ -17,6 +17,17 @@ are re-checked against the strict grammars of :mod:`airflow_cja_audiences.valida
 literal goes through :func:`quote_literal`, which *refuses* anything outside a small alphabet instead
 of escaping it (Spark reads ``'x''y'`` as two adjacent literals, so doubling quotes is not an escape).
 
+User SQL templates (:func:`check_template`, :func:`render_template`) replace the built-in snapshot
+query. A template is a string with the placeholders ``{table}``, ``{batch_filter}``, ``{person}``,
+``{audience_ids}``, ``{statuses}`` and ``{partition_filter}`` (the first two and the last are
+required; write literal braces as ``{{`` and ``}}``), filled only with values built here. It must
+return the same four columns with the same meaning: ``personID`` (the alias that
+``{partition_filter}`` hashes, so it must be in scope where the filter is placed), ``audienceId``,
+``status`` (``realized``/``existing``) and ``qualificationTime`` formatted with
+``date_format(..., "yyyy-MM-dd'T'HH:mm:ss'Z'")``, without NULL person ids, ``ORDER BY personID``
+first. The transform checks the times, statuses, audiences and person order, and fails clearly when
+a template breaks them. Templates apply to the snapshot query only, not to change events.
+
 Constructs used (and nothing else, see docs/ARCHITECTURE.md): ``explode(<map>)`` in an unaliased
 subquery, struct dot paths, ``key`` / ``value.<field>``, ``IN`` lists of quoted literals,
 ``IS NOT NULL``, comparisons with quoted literals, ``date_format``, ``count``, ``pmod(hash(x), n)``,
