@@ -138,7 +138,7 @@ class MessageReader:
 
 
 class PayloadParser:
-    """Cursor over one message payload."""
+    """Cursor over one message payload; a truncated message is a protocol violation."""
 
     __slots__ = ("data", "pos")
 
@@ -146,28 +146,38 @@ class PayloadParser:
         self.data = data
         self.pos = 0
 
-    def int16(self) -> int:
-        (value,) = _I16.unpack_from(self.data, self.pos)
-        self.pos += 2
+    def _unpack(self, fmt: struct.Struct) -> int:
+        try:
+            (value,) = fmt.unpack_from(self.data, self.pos)
+        except struct.error:
+            raise _malformed() from None
+        self.pos += fmt.size
         return value
+
+    def int16(self) -> int:
+        return self._unpack(_I16)
 
     def int32(self) -> int:
-        (value,) = _I32.unpack_from(self.data, self.pos)
-        self.pos += 4
-        return value
+        return self._unpack(_I32)
 
     def cstring(self) -> str:
-        end = self.data.index(b"\x00", self.pos)
+        end = self.data.find(b"\x00", self.pos)
+        if end < 0:
+            raise _malformed()
         value = self.data[self.pos:end].decode("utf-8")
         self.pos = end + 1
         return value
 
     def raw(self, n: int) -> bytes:
         value = self.data[self.pos:self.pos + n]
-        if len(value) != n:
-            raise QueryServiceError(PROTOCOL_VIOLATION, "message shorter than its fields")
+        if len(value) != n or n < 0:
+            raise _malformed()
         self.pos += n
         return value
+
+
+def _malformed() -> QueryServiceError:
+    return QueryServiceError(PROTOCOL_VIOLATION, "invalid message format", severity="FATAL")
 
 
 def parse_startup_params(payload: bytes) -> dict[str, str]:

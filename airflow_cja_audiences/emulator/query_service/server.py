@@ -218,11 +218,22 @@ class _Connection:
         finally:
             if self.session is not None:
                 self.session.close()
-            try:
-                self.sock.close()
-            except OSError:
-                pass
+            self._close_socket()
             self.server._forget(self)
+
+    def _close_socket(self) -> None:
+        if isinstance(self.sock, ssl.SSLSocket) and not self.server._stopping.is_set():
+            # Say close_notify: libpq reports an "unexpected eof" SSL error otherwise (notably after
+            # an encrypted CancelRequest, where the server is the one that ends the connection).
+            try:
+                self.sock.settimeout(0.5)
+                self.sock = self.sock.unwrap()  # type: ignore[assignment]
+            except (OSError, ValueError):
+                pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
     def _fatal(self, exc: QueryServiceError) -> None:
         exc.severity = "FATAL"

@@ -82,6 +82,13 @@ DEFAULT_SETTINGS: dict[str, str] = {
     "auto_to_json": "false",
     "drop_system_columns": "true",
 }
+# Statements PostgreSQL or Query Service know, which the emulator does not model (0A000, not 42601).
+_KNOWN_UNSUPPORTED = frozenset({
+    "CREATE", "INSERT", "UPDATE", "DELETE", "MERGE", "DROP", "ALTER", "TRUNCATE", "COPY", "GRANT", "REVOKE",
+    "ANALYZE", "VACUUM", "LISTEN", "UNLISTEN", "NOTIFY", "CALL", "DO", "LOCK", "REFRESH", "COMMENT", "CHECKPOINT",
+    "REINDEX", "CLUSTER", "SECURITY", "IMPORT", "LOAD", "INSTALL", "ATTACH", "DETACH", "PRAGMA", "USE", "DESCRIBE",
+    "EXPORT", "SUMMARIZE", "CHECKOUT",
+})
 _UTF8_NAMES = frozenset({"utf8", "utf-8", "unicode"})
 _FETCH_CHUNK = 10_000
 _TRUE = frozenset({"true", "on", "1", "yes", "t"})
@@ -634,8 +641,11 @@ class Session:
             if _CATALOG_RE.search(code_only(sql)):
                 return self._catalog_statement(sql, param_oids)
             return Statement(sql, "query", list(param_oids), translation=self._translate(sql))
-        raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
-                                f"{head or 'this'} statements are not supported by the Query Service emulator")
+        if head in _KNOWN_UNSUPPORTED or sql.lstrip().startswith("$$"):
+            raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
+                                    f"{head or 'anonymous block'} statements are not supported by the Query Service "
+                                    "emulator (it serves ad hoc queries; batch queries are not modelled)")
+        raise QueryServiceError(err.SYNTAX_ERROR, f'syntax error at or near "{sql.split()[0]}"')
 
     def _translate(self, sql: str) -> Translation:
         return self._translator.translate(sql, _StatementContext(self))

@@ -34,6 +34,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.dialects.spark import Spark
 from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokens import TokenType
 
 from airflow_cja_audiences.emulator.query_service import errors as err
 from airflow_cja_audiences.emulator.query_service.encoding import spark_json_sql, type_id
@@ -61,6 +62,9 @@ class QueryServiceSpark(Spark):
         # (standard_conforming_strings=on), so '' is the only escape; Spark's \ escapes would
         # corrupt every bound parameter that contains a quote or a backslash.
         STRING_ESCAPES = ["'"]
+        # Spark's TIMESTAMP is an instant shown in the session zone; sqlglot makes it TIMESTAMPTZ.
+        # Query Service sessions are UTC and report the type as plain timestamp, so keep it naive.
+        KEYWORDS = {**Spark.Tokenizer.KEYWORDS, "TIMESTAMP": TokenType.TIMESTAMP}
 
     class Parser(Spark.Parser):
         # Functions rewritten here rather than by sqlglot's generic transpilation, kept raw.
