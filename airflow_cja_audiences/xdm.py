@@ -20,6 +20,16 @@ XED_VERSIONED = "application/vnd.adobe.xed+json;version=1"
 XDM_DESCRIPTORS = "application/vnd.adobe.xdm+json"
 
 
+def schema_uri(ref: str) -> str:
+    """The ``$id`` URI of a schema reference given as URI or ``meta:altId``.
+
+    Adobe derives alt ids from URIs: ``https://ns.adobe.com/acme/schemas/x`` <-> ``_acme.schemas.x``.
+    """
+    if ref.startswith("_") and "://" not in ref:
+        return "https://ns.adobe.com/" + ref[1:].replace(".", "/")
+    return ref
+
+
 def _string(title: str) -> dict[str, str]:
     return {"type": "string", "title": title}
 

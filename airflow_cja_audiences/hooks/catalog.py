@@ -8,6 +8,7 @@ from typing import Any
 from airflow_cja_audiences.errors import AepConfigError, AepError
 from airflow_cja_audiences.hooks.platform import AdobePlatformHook, path_segment
 from airflow_cja_audiences.models import Batch, Dataset
+from airflow_cja_audiences.xdm import schema_uri
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,8 @@ class CatalogHook(AdobePlatformHook):
         existing = self.find_dataset(name)
         if existing is None:
             return self.create_dataset(name, schema_id=schema_id, description=description, tags=tags), True
-        actual = (existing.schema_ref or {}).get("id")
-        if actual not in (schema_id, *accepted_schema_ids):
+        actual = (existing.schema_ref or {}).get("id") or ""
+        if schema_uri(actual) not in {schema_uri(s) for s in (schema_id, *accepted_schema_ids)}:
             raise AepConfigError(f"dataset {name!r} ({existing.id}) exists with schema {actual!r}, not "
                                  f"{schema_id!r}; configure another dataset name")
         log.info("Using existing dataset %r (%s)", name, existing.id)

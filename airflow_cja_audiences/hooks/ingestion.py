@@ -34,13 +34,13 @@ class BatchIngestionHook(CatalogHook):
     def create_batch(self, dataset_id: str, *, external_id: str, replay_predecessors: list[str] | None = None,
                      partial_ingestion_percent: int | None = None) -> Batch:
         """Create a JSON Lines batch; ``external_id`` makes a lost create answer recoverable."""
+        # Error diagnostics: without them AEP only says INGEST-1211-400, not which record failed or why.
         body: dict[str, Any] = {"datasetId": dataset_id,
                                 "inputFormat": {"format": "json", "isMultiLineJson": False},
-                                "externalId": external_id}
+                                "externalId": external_id, "enableErrorDiagnostics": True}
         if replay_predecessors:
             body["replay"] = {"predecessors": replay_predecessors, "reason": "replace"}
         if partial_ingestion_percent is not None:
-            body["enableErrorDiagnostics"] = True
             body["partialIngestionPercent"] = partial_ingestion_percent
         started_ms = int(time.time() * 1000) - 60_000
 
@@ -63,14 +63,17 @@ class BatchIngestionHook(CatalogHook):
                 return batch
         return None
 
-    def upload_file(self, batch_id: str, dataset_id: str, name: str, local_path: Path,
-                    *, chunk_size: int = DEFAULT_CHUNK) -> int:
-        """Upload one file into the batch under ``name``; same name replaces (safe to retry)."""
+    def upload_file(self, batch_id: str, dataset_id: str, name: str, local_path: Path, *,
+                    chunk_size: int = DEFAULT_CHUNK, small_file_limit: int = SMALL_FILE_LIMIT) -> int:
+        """Upload one file into the batch under ``name``; same name replaces (safe to retry).
+
+        Files up to ``small_file_limit`` go in one PUT, larger ones in ``chunk_size`` parts.
+        """
         size = local_path.stat().st_size
         url = f"{BASE}/batches/{path_segment(batch_id)}/datasets/{path_segment(dataset_id)}/files/{_file_path(name)}"
         if size == 0:
             raise AepConfigError(f"{local_path}: refusing to upload an empty file (AEP fails the batch)")
-        if size <= SMALL_FILE_LIMIT:
+        if size <= small_file_limit:
             self.request("PUT", url, route="ingestion.put_file", data=local_path, content_type=OCTET)
         else:
             self._upload_large(url, local_path, size, chunk_size)

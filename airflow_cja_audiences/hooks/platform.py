@@ -256,6 +256,7 @@ class AdobePlatformHook(BaseHook):
     def session(self) -> requests.Session:
         session = requests.Session()
         session.verify = self.settings.verify  # the CA bundle or the system store; never False
+        session.trust_env = False  # no proxies or CA overrides from the environment behind our back
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
         session.mount("https://", adapter)
         return session
@@ -269,7 +270,9 @@ class AdobePlatformHook(BaseHook):
         if handle is not None:
             kwargs["data"] = handle
         try:
-            return self.session.request(method, url, timeout=self._timeout(), **kwargs)
+            # verify per request: requests lets REQUESTS_CA_BUNDLE override a Session's verify.
+            return self.session.request(method, url, timeout=self._timeout(), verify=self.settings.verify,
+                                        **kwargs)
         except requests.exceptions.SSLError as exc:
             raise AepConfigError(
                 f"{method} {url}: TLS verification failed ({exc.__class__.__name__}). If this is the "
