@@ -130,7 +130,8 @@ class Batch:
             body["metrics"] = dict(self.metrics)
             body["recordCount"] = self.metrics.get("outputRecordCount", 0)
             body["failedRecordCount"] = self.metrics.get("failedRecordCount", 0)
-            body["size"] = self.metrics.get("inputByteSize", 0)
+            if "inputByteSize" in self.metrics:
+                body["size"] = self.metrics["inputByteSize"]
         if self.errors:
             body["errors"] = [dict(e) for e in self.errors]
         return body

@@ -132,8 +132,8 @@ def advance_export_job(state: EmulatorState, sandbox: SandboxState, job: ExportJ
     else:
         batch.status = cat.SUCCESS
         state.refresh_export_view(sandbox, dataset)
-        batch.metrics = {"inputByteSize": rows * 512, "inputFileCount": 1 if rows else 0,
-                         "inputRecordCount": rows, "outputRecordCount": rows, "failedRecordCount": 0}
+        # Record counts only: an export writes no input files whose bytes could be reported.
+        batch.metrics = {"inputRecordCount": rows, "outputRecordCount": rows, "failedRecordCount": 0}
     batch.completed = now_ms
     batch.touch(now_ms)
     job.status, job.exported, job.updated_ms, job.end_ms = exports.SUCCEEDED, rows, now_ms, now_ms
