@@ -14,3 +14,45 @@ sys.path.insert(0, str(TESTS))  # emulator_fixture and friends (tests use --impo
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="cja-audiences-airflow-home-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+
+
+# ---------------------------------------------------------------------------------------------------
+# One emulator process for every suite that talks to "Adobe" (started on first use, over HTTPS, with
+# Query Service). Suites opt in with an autouse fixture that requests ``adobe_conn``.
+
+import json  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def emu() -> Iterator:
+    from emulator_fixture import start_subprocess
+
+    with start_subprocess(profiles=600, pg=True, args=["--export-job-seconds", "0.3", "--batch-seconds", "0.2"]) \
+            as running:
+        yield running
+
+
+@pytest.fixture
+def adobe_conn(emu, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
+    """The default Adobe connection pointed at the emulator; emulator state and token cache reset after."""
+    from airflow_cja_audiences import DEFAULT_CONN_ID
+    from airflow_cja_audiences.emulator.connection import airflow_connection
+    from airflow_cja_audiences.hooks.platform import clear_token_cache
+
+    conn = airflow_connection(emu.ready, emu.credentials.client_secret)
+    monkeypatch.setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}", json.dumps(conn))
+    clear_token_cache()
+    yield conn
+    clear_token_cache()
+    emu.admin.clear_faults()
+    emu.admin.knobs(export_job_failures=0, export_batch_failures=0, ingestion_failures=0)
+    emu.admin.reset()
+
+
+@pytest.fixture
+def fast_retries() -> dict:
+    """Hook parameters that keep retry waits short (Retry-After is still honoured)."""
+    return {"initial_retry_wait": 0.05, "max_retry_wait": 2.0}
