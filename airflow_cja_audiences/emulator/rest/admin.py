@@ -16,13 +16,15 @@ Ground truth (JSON Lines; ``audience`` may repeat, default all audiences)
   ``GET  /emulator/truth/profiles/{index}``    one profile's synthetic attributes (JSON)
 
 Control
-  ``POST   /emulator/clock``        ``{"advance_seconds": 86400}`` or ``{"set": "2026-01-01T00:00:00Z"}``
+  ``GET|POST /emulator/clock``      ``{"advance_seconds": 86400}`` or ``{"set": "2026-01-01T00:00:00Z"}``
+                                    (emulator time = real time + offset; data time only, see clock.py)
   ``POST   /emulator/memberships``  ``{"profile_index": 7, "audience_id": "...", "member": false, "at": "..."}``
   ``GET|POST /emulator/knobs``      ``{"token_lifetime": 5, "export_job_seconds": 0.5, "batch_seconds": 0.2,
                                     "cja_rate_limit": true, "export_job_failures": 1,
                                     "export_batch_failures": 1, "ingestion_failures": 1}``
   ``GET|POST|DELETE /emulator/faults``  rules as in :mod:`airflow_cja_audiences.emulator.faults`
-                                    (POST ``{"seed": 1, "rules": [...], "replace": true}``)
+                                    (POST ``{"seed": 1, "rules": [...]}`` replaces the rules; kinds
+                                    429/500/502/503, reset, truncate, lost_response, latency)
   ``POST   /emulator/reset``        forget everything created; keep the synthetic data
   ``POST   /emulator/cja/connections/{id}/datasets``  UI action "add dataset to connection":
                                     ``{"dataSetId": "...", "type": "profile", "visitorId": "personID",
