@@ -473,3 +473,31 @@ def test_prefetch_overlaps_a_slow_server_with_the_consumer() -> None:
 def test_prefetch_checks_its_arguments() -> None:
     with pytest.raises(ValueError):
         next(prefetch_batches(FakeCursor(1), batch_size=0))
+
+
+def test_memory_does_not_grow_with_the_number_of_rows() -> None:
+    """Streaming: the encoder's peak allocation is the same for 20k and 100k rows."""
+    import tracemalloc
+
+    def rows(n: int) -> Iterator[list[tuple[str, str, str, str]]]:
+        batch: list[tuple[str, str, str, str]] = []
+        for i in range(n):
+            batch.append((f"person{i // 3:08d}@example.com", AUDS[i % 3], "realized", T1))
+            if len(batch) == 1000:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def peak(n: int) -> int:
+        enc = RecordEncoder(spec(names=NAMES6))
+        tracemalloc.start()
+        try:
+            total = sum(c.records for c in enc.encode(rows(n)))
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            assert total == n // 3
+
+    small, large = peak(20_001), peak(100_002)
+    assert large < small * 1.5, (small, large)
