@@ -6,6 +6,19 @@ queries of :mod:`airflow_cja_audiences.sql` (ordered by person; ``qualificationT
 (:class:`RecordSpec`), written by :class:`JsonlFileWriter` into files that roll at a byte bound.
 Memory does not grow with the number of rows: only the current batch and one person are held.
 
+Typical use, one partition query at a time (files per partition, so that a partition that turns
+out to hit Query Service's 50,000-row cap - production truncates silently - can be thrown away,
+split with :meth:`Partition.split <airflow_cja_audiences.sql.Partition.split>` and read again
+before any of its files is uploaded)::
+
+    spec = RecordSpec.from_job(job, tenant=tenant, audience_names=names)
+    with conn.cursor(name="cja") as cur:          # server-side cursor: DECLARE / FETCH
+        cur.execute(sql.membership_sql(query, partition))
+        summary = write_jsonl(prefetch_batches(cur), spec, workdir, f"{run}-{partition.label}",
+                              max_file_bytes=job.max_file_bytes, on_file=files.append)
+    if summary.rows >= QUERY_SERVICE_ROW_LIMIT:   # maybe truncated: delete files, split, redo
+        ...
+
 Speed matters here (the target is >= 70% of the raw fetch rate, i.e. a few hundred ns per row in
 Python), so the per-person encoder does not build a dict per row. It keeps a small trie of the
 membership sequences seen so far: each node holds the ready-made JSON text of "this audience with
