@@ -501,3 +501,15 @@ def test_memory_does_not_grow_with_the_number_of_rows() -> None:
 
     small, large = peak(20_001), peak(100_002)
     assert large < small * 1.5, (small, large)
+
+
+def test_sql_and_transform_stay_pure() -> None:
+    """Neither module may pull in Airflow, the emulator or heavy data libraries."""
+    import subprocess
+    import sys
+
+    code = ("import sys, airflow_cja_audiences.sql, airflow_cja_audiences.transform; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('airflow', 'duckdb', 'pandas') "
+            "or '.emulator' in m))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
