@@ -462,12 +462,12 @@ def test_prefetch_is_bounded_and_stops_when_the_consumer_stops() -> None:
 
 
 def test_prefetch_overlaps_a_slow_server_with_the_consumer() -> None:
-    cursor = FakeCursor(100, delay=0.02)  # 10 fetches of 20 ms
+    cursor = FakeCursor(100, delay=0.05)  # 10 fetches of 50 ms (sleeping, as a driver waits on the network)
     start = time.perf_counter()
     for _ in prefetch_batches(cursor, batch_size=10):
-        time.sleep(0.02)  # 20 ms of "transform" per batch
+        time.sleep(0.05)  # 50 ms of "transform" per batch
     elapsed = time.perf_counter() - start
-    assert elapsed < 0.35  # serial would take >= 0.4 s
+    assert elapsed < 0.85  # serial takes >= 1.0 s; overlapped about 0.55 s
 
 
 def test_prefetch_checks_its_arguments() -> None:
