@@ -379,20 +379,18 @@ class RecordEncoder:
         spec, f = self.spec, self.spec.fields
         tenant = f"_{spec.tenant}"
         events = spec.layout == "events"
-        # Each record is '{"_id":"<id>' + head + <person> + body(audience, status) + <time> + end;
+        # Each record is '{"_id":"<id>' + head + <person> + body(audience, status) + <time> + end,
+        # and its id key is job_id + U+001F + <person> + key_tail(audience, status) [+ <time>].
         # JSON key order is free, so both layouts fit one shape.
         if events:
-            head = f'","{tenant}":{{"personID":"'
-            end = '"}\n'
-            body = {k: f'",{m},"{f.event_type}":"{EVENT_TYPES[k[1]]}"}},"timestamp":"'
-                    for k, m in self._members.items()}
-            key_tail = {k: f"{_ID_SEPARATOR}{k[0]}{_ID_SEPARATOR}{EVENT_TYPES[k[1]]}{_ID_SEPARATOR}"
-                        for k in self._members}
+            head, end = f'","{tenant}":{{"personID":"', '"}\n'
+            shape = {k: (f"{_ID_SEPARATOR}{k[0]}{_ID_SEPARATOR}{EVENT_TYPES[k[1]]}{_ID_SEPARATOR}",
+                         f'",{m},"{f.event_type}":"{EVENT_TYPES[k[1]]}"}},"timestamp":"')
+                     for k, m in self._members.items()}
         else:
-            head = '","personID":"'
-            end = '"}}\n'
-            body = {k: f'","{tenant}":{{{m},"{f.qualification_time}":"' for k, m in self._members.items()}
-            key_tail = {k: f"{_ID_SEPARATOR}{k[0]}" for k in self._members}
+            head, end = '","personID":"', '"}}\n'
+            shape = {k: (f"{_ID_SEPARATOR}{k[0]}", f'","{tenant}":{{{m},"{f.qualification_time}":"')
+                     for k, m in self._members.items()}
         id_prefix = self._id_prefix
         prev_key = None
         for batch, plain in batches:
@@ -401,15 +399,15 @@ class RecordEncoder:
             for pid, aud, st, qt in batch:
                 pj = pid if plain else self._person_json(pid)
                 try:
-                    key = id_prefix + pid + key_tail[aud, st] + (qt if events else "")
-                    frag = body[aud, st]
+                    key_tail, body = shape[aud, st]
                 except (KeyError, TypeError):
                     raise self._unknown(pid, aud, st) from None
+                key = id_prefix + pid + key_tail + qt if events else id_prefix + pid + key_tail
                 if key == prev_key:  # the same record again (duplicate input row)
                     self.duplicate_rows += 1
                     continue
                 prev_key = key
-                ap(f'{{"_id":"{_md5(key.encode()).hexdigest()}{head}{pj}{frag}{qt}{end}')
+                ap(f'{{"_id":"{_md5(key.encode()).hexdigest()}{head}{pj}{body}{qt}{end}')
             yield "".join(pieces), len(pieces)
 
 
