@@ -195,15 +195,17 @@ def pg_text_sql(expr: str, duck_type: Any, *, auto_to_json: bool) -> str:
 
 # --- DataRow messages -------------------------------------------------------------------------
 
-_NULL_LENGTH = 0xFFFFFFFF  # int32 -1 as printf('%08x') of a BIGINT
+def _int32_bytes(expr: str) -> str:
+    # DuckDB has no integer-to-bytes cast, but INTEGER -> BIT -> BLOB yields the 4 big-endian bytes
+    # (-1 gives ff ff ff ff, PostgreSQL's NULL length); ~3x cheaper than printf('%08x') + unhex.
+    return f"CAST(CAST(CAST({expr} AS INTEGER) AS BIT) AS BLOB)"
 
 
 def datarow_sql(source_sql: str, column_types: Sequence[Any], *, auto_to_json: bool) -> str:
     """Query returning one BLOB per row of ``source_sql``: the complete DataRow ('D') message.
 
     ``source_sql`` must yield exactly ``len(column_types)`` columns; they are renamed positionally
-    (``_q(c0, c1, ...)``) so duplicate or odd output names cannot collide. The length prefixes are
-    written with ``printf('%08x')`` + ``unhex`` because DuckDB has no integer-to-bytes cast.
+    (``_q(c0, c1, ...)``) so duplicate or odd output names cannot collide.
     """
     n = len(column_types)
     if n == 0:
@@ -212,10 +214,11 @@ def datarow_sql(source_sql: str, column_types: Sequence[Any], *, auto_to_json: b
     encoded = ", ".join(
         f"encode({pg_text_sql(f'c{i}', t, auto_to_json=auto_to_json)}) AS b{i}" for i, t in enumerate(column_types)
     )
-    lengths = [f"coalesce(octet_length(b{i}), {_NULL_LENGTH})" for i in range(n)]
-    total = " + ".join(["6"] + [f"4 + coalesce(octet_length(b{i}), 0)" for i in range(n)])
-    pieces = [f"unhex(printf('44%08x%04x%08x', {total}, {n}, {lengths[0]})) || coalesce(b0, ''::BLOB)"]
-    pieces += [f"unhex(printf('%08x', {lengths[i]})) || coalesce(b{i}, ''::BLOB)" for i in range(1, n)]
+    total = " + ".join(["6"] + [f"coalesce(octet_length(b{i}), 0)" for i in range(n)]) + f" + {4 * n}"
+    pieces = ["'D'::BLOB", _int32_bytes(total), f"'\\x{n >> 8:02x}\\x{n & 255:02x}'::BLOB"]
+    for i in range(n):
+        pieces.append(_int32_bytes(f"coalesce(octet_length(b{i}), -1)"))
+        pieces.append(f"coalesce(b{i}, ''::BLOB)")
     return f"SELECT {' || '.join(pieces)} FROM (SELECT {encoded} FROM ({source_sql}) AS _q({names}))"
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import queue
 import re
 import threading
 import time
@@ -233,49 +234,92 @@ class BufferedRows(RowSource):
 
 
 class StreamingRows(RowSource):
-    """Rows pulled from a live DuckDB result (only for the ``LIMIT 0`` override of the cap)."""
+    """Rows of a live DuckDB result (only the ``LIMIT 0`` override of the row cap streams).
+
+    A read-ahead thread keeps a few encoded chunks ready, so DuckDB works while the client parses
+    the previous FETCH (a cursor client waits for each answer before it asks again) and while the
+    socket is busy. DuckDB errors, including the interrupt of a timeout or cancel, travel through
+    the queue and are raised by :meth:`take` in the connection's thread.
+    """
+
+    _END = object()
 
     def __init__(self, columns: list[pg.Column], formats: list[int], cursor: duckdb.DuckDBPyConnection,
-                 encode: Callable[[list[tuple[Any, ...]]], list[bytes]]) -> None:
+                 encode: Callable[[list[tuple[Any, ...]]], list[bytes]], read_ahead: int = 3) -> None:
         self.columns, self.formats = columns, formats
         self._cursor: duckdb.DuckDBPyConnection | None = cursor
         self._encode = encode
         self._pending: list[bytes] = []
+        self._done = False
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=read_ahead)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="qs-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        cursor = self._cursor
+        assert cursor is not None
+        try:
+            while not self._stop.is_set():
+                fetched = cursor.fetchmany(_FETCH_CHUNK)
+                if not fetched:
+                    self._put(self._END)
+                    return
+                self._put(self._encode(fetched))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            self._put(exc)
+
+    def _put(self, item: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def take(self, limit: int | None) -> Iterator[list[bytes]]:
         remaining = limit
         while remaining is None or remaining > 0:
-            if self._pending:
-                n = len(self._pending) if remaining is None else min(remaining, len(self._pending))
-                chunk, self._pending = self._pending[:n], self._pending[n:]
-            else:
-                if self._cursor is None:
+            if not self._pending:
+                if self._done:
                     return
-                want = _FETCH_CHUNK if remaining is None else min(_FETCH_CHUNK, remaining)
-                fetched = self._cursor.fetchmany(want)
-                if not fetched:
+                item = self._queue.get()
+                if item is self._END or isinstance(item, BaseException):
+                    self._done = True
                     self.close()
-                    return
-                chunk = self._encode(fetched)
+                    if item is self._END:
+                        return
+                    raise item
+                self._pending = item
+            n = len(self._pending) if remaining is None else min(remaining, len(self._pending))
+            chunk, self._pending = self._pending[:n], self._pending[n:]
             if remaining is not None:
-                remaining -= len(chunk)
+                remaining -= n
             yield chunk
 
     @property
     def exhausted(self) -> bool:
-        return self._cursor is None and not self._pending
+        return self._done and not self._pending
 
     @property
     def live_cursor(self) -> duckdb.DuckDBPyConnection | None:
         return self._cursor
 
     def close(self) -> None:
-        if self._cursor is not None:
+        self._stop.set()
+        cursor, self._cursor = self._cursor, None
+        if cursor is None:
+            return
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             try:
-                self._cursor.close()
+                cursor.interrupt()  # a read-ahead blocked in DuckDB stops now
             except duckdb.Error:
                 pass
-            self._cursor = None
+            self._thread.join(timeout=10)
+        try:
+            cursor.close()
+        except duckdb.Error:
+            pass
 
 
 def _blob_rows(rows: list[tuple[Any, ...]]) -> list[bytes]:
@@ -1020,6 +1064,13 @@ class Session:
 
     def _start(self, translation: Translation, params: list[Any], formats: Sequence[int],
                running: _Running) -> RowSource:
+        """Run the query on a fresh DuckDB cursor and return its rows, enforcing the row cap.
+
+        A capped query must be counted before its first row goes out (the emulator fails, never
+        truncates), so its encoded rows - at most ``max_rows + 1`` - are fetched into memory first.
+        (Materialising them in a DuckDB temporary table instead measured no faster, and costs three
+        more statements per query.) ``LIMIT 0`` results stream through the read-ahead thread.
+        """
         cursor = self._new_cursor()
         running.cursor = cursor
         try:
@@ -1032,8 +1083,7 @@ class Session:
             capped = not translation.lift_row_cap and translation.explicit_limit is None
             source_sql = translation.sql
             if capped:
-                # Ask for one row more than allowed: that row decides "over the cap" without running
-                # the whole (possibly huge) result.
+                # One row more than allowed decides "over the cap" without running the whole result.
                 source_sql = f"SELECT * FROM ({source_sql}) AS _c LIMIT {self.limits.max_rows + 1}"
             if any(fmts):
                 # Text-typed columns (strings, complex values) are the same bytes in binary format.
@@ -1046,20 +1096,23 @@ class Session:
             if translation.lift_row_cap:
                 return StreamingRows(columns, fmts, cursor, encode)
             rows = cursor.fetchall()
-            cursor.close()
         except BaseException:
             cursor.close()
             raise
+        cursor.close()
         if capped and len(rows) > self.limits.max_rows:
-            raise QueryServiceError(
-                err.INSUFFICIENT_RESOURCES,
-                f"Query result exceeds the maximum of {self.limits.max_rows:,} rows for ad hoc queries "
-                "returned to PostgreSQL clients",
-                detail="Query Service documents an implicit LIMIT for this case; the emulator fails the query "
-                       "instead so that missing rows cannot go unnoticed.",
-                hint="Partition the query (for example WHERE pmod(hash(id), n) = i), add LIMIT, or run a batch "
-                     "query (CREATE TABLE AS SELECT).")
+            raise self._over_the_cap()
         return BufferedRows(columns, fmts, encode(rows))
+
+    def _over_the_cap(self) -> QueryServiceError:
+        return QueryServiceError(
+            err.INSUFFICIENT_RESOURCES,
+            f"Query result exceeds the maximum of {self.limits.max_rows:,} rows for ad hoc queries "
+            "returned to PostgreSQL clients",
+            detail="Query Service documents an implicit LIMIT for this case; the emulator fails the query "
+                   "instead so that missing rows cannot go unnoticed.",
+            hint="Partition the query (for example WHERE pmod(hash(id), n) = i), add LIMIT, or run a batch "
+                 "query (CREATE TABLE AS SELECT).")
 
     # -- shared by simple and extended protocol --
     def describe_statement(self, statement: Statement) -> list[pg.Column] | None:
