@@ -66,6 +66,14 @@ def test_psycopg3_text_and_binary_results_and_parameters(dsn: dict[str, Any]) ->
                 assert cur.fetchone() == (42,)
 
 
+def test_psycopg3_server_cursor_in_binary(dsn: dict[str, Any]) -> None:
+    """psycopg 3 asks FETCH for binary rows of a cursor declared as text: the server re-encodes."""
+    with psycopg.connect(**dsn) as conn, conn.cursor(name="typed", binary=True) as cur:
+        cur.execute(TYPES_SQL + " UNION ALL " + TYPES_SQL)
+        assert cur.fetchmany(1) == [TYPES_EXPECTED]
+        assert cur.fetchall() == [TYPES_EXPECTED]
+
+
 def test_plaintext_startup_is_refused(server: Any, dsn: dict[str, Any]) -> None:
     with pytest.raises(psycopg2.OperationalError, match="SSL connection is required"):
         psycopg2.connect(**{**dsn, "sslmode": "disable"})

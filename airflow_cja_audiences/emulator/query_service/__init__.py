@@ -1,9 +1,9 @@
 """Query Service emulator: a PostgreSQL wire-protocol server over DuckDB speaking Query Service's SQL.
 
 Modules: :mod:`.server` (listener, startup/TLS/auth, message loop), :mod:`.protocol` (message
-encoding/decoding), :mod:`.session` (per-connection state, limits, cursors), :mod:`.translate`
-(Spark SQL -> DuckDB), :mod:`.encoding` (value rendering and DataRow encoding in SQL),
-:mod:`.errors` (SQLSTATEs). Importing this package loads none of them (no DuckDB, no sqlglot).
+encoding/decoding), :mod:`.session` (per-connection state, limits, cursors), :mod:`.results` (row
+sources: buffered, streamed, FETCH slices), :mod:`.translate` (Spark SQL -> DuckDB),
+:mod:`.encoding` (value rendering and DataRow encoding in SQL), :mod:`.errors` (SQLSTATEs). Importing this package loads none of them (no DuckDB, no sqlglot).
 """
 
 from __future__ import annotations

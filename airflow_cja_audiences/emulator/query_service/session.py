@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import queue
 import re
 import threading
 import time
@@ -34,6 +33,15 @@ from airflow_cja_audiences.emulator.query_service import errors as err
 from airflow_cja_audiences.emulator.query_service import protocol as pg
 from airflow_cja_audiences.emulator.query_service.encoding import datarow_sql, pg_type_oid, values_sql
 from airflow_cja_audiences.emulator.query_service.errors import QueryServiceError
+from airflow_cja_audiences.emulator.query_service.results import (
+    BufferedRows,
+    FetchRows,
+    RowSource,
+    StreamingRows,
+    blob_rows,
+    expand_formats,
+    value_encoder,
+)
 from airflow_cja_audiences.emulator.query_service.translate import (
     Translation,
     Translator,
@@ -91,7 +99,6 @@ _KNOWN_UNSUPPORTED = frozenset({
     "EXPORT", "SUMMARIZE", "CHECKOUT",
 })
 _UTF8_NAMES = frozenset({"utf8", "utf-8", "unicode"})
-_FETCH_CHUNK = 10_000
 _TRUE = frozenset({"true", "on", "1", "yes", "t"})
 
 
@@ -183,223 +190,6 @@ class _Running:
                     pass  # the cursor finished and was closed in the meantime
 
 
-# --- row sources ------------------------------------------------------------------------------
-
-class RowSource:
-    """Rows of one result, already encoded as DataRow messages."""
-
-    columns: list[pg.Column]
-    formats: list[int]
-
-    def take(self, limit: int | None) -> Iterator[list[bytes]]:
-        """Yield chunks of DataRow messages, at most ``limit`` rows in total (None: all)."""
-        raise NotImplementedError
-
-    @property
-    def exhausted(self) -> bool:
-        raise NotImplementedError
-
-    @property
-    def live_cursor(self) -> duckdb.DuckDBPyConnection | None:
-        """The DuckDB cursor still producing rows (to interrupt), if any."""
-        return None
-
-    def close(self) -> None:
-        pass
-
-
-class BufferedRows(RowSource):
-    """Rows held in memory (results within the row cap, and canned answers)."""
-
-    def __init__(self, columns: list[pg.Column], formats: list[int], rows: list[bytes]) -> None:
-        self.columns, self.formats = columns, formats
-        self._rows = rows
-        self._pos = 0
-
-    @classmethod
-    def text(cls, names: Sequence[str], rows: Sequence[Sequence[str | None]]) -> BufferedRows:
-        columns = [pg.Column(n, pg.TEXT) for n in names]
-        encoded = [pg.data_row([None if v is None else v.encode("utf-8") for v in row]) for row in rows]
-        return cls(columns, [0] * len(columns), encoded)
-
-    def take(self, limit: int | None) -> Iterator[list[bytes]]:
-        end = len(self._rows) if limit is None else min(len(self._rows), self._pos + limit)
-        while self._pos < end:
-            start, self._pos = self._pos, min(end, self._pos + _FETCH_CHUNK * 4)
-            yield self._rows[start:self._pos]
-
-    @property
-    def exhausted(self) -> bool:
-        return self._pos >= len(self._rows)
-
-
-class StreamingRows(RowSource):
-    """Rows of a live DuckDB result (only the ``LIMIT 0`` override of the row cap streams).
-
-    A read-ahead thread keeps a few encoded chunks ready, so DuckDB works while the client parses
-    the previous FETCH (a cursor client waits for each answer before it asks again) and while the
-    socket is busy. DuckDB errors, including the interrupt of a timeout or cancel, travel through
-    the queue and are raised by :meth:`take` in the connection's thread.
-    """
-
-    _END = object()
-
-    def __init__(self, columns: list[pg.Column], formats: list[int], cursor: duckdb.DuckDBPyConnection,
-                 encode: Callable[[list[tuple[Any, ...]]], list[bytes]], read_ahead: int = 3) -> None:
-        self.columns, self.formats = columns, formats
-        self._cursor: duckdb.DuckDBPyConnection | None = cursor
-        self._encode = encode
-        self._pending: list[bytes] = []
-        self._done = False
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=read_ahead)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, name="qs-read-ahead", daemon=True)
-        self._thread.start()
-
-    def _produce(self) -> None:
-        cursor = self._cursor
-        assert cursor is not None
-        try:
-            while not self._stop.is_set():
-                fetched = cursor.fetchmany(_FETCH_CHUNK)
-                if not fetched:
-                    self._put(self._END)
-                    return
-                self._put(self._encode(fetched))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
-            self._put(exc)
-
-    def _put(self, item: Any) -> None:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def take(self, limit: int | None) -> Iterator[list[bytes]]:
-        remaining = limit
-        while remaining is None or remaining > 0:
-            if not self._pending:
-                if self._done:
-                    return
-                item = self._queue.get()
-                if item is self._END or isinstance(item, BaseException):
-                    self._done = True
-                    self.close()
-                    if item is self._END:
-                        return
-                    raise item
-                self._pending = item
-            n = len(self._pending) if remaining is None else min(remaining, len(self._pending))
-            chunk, self._pending = self._pending[:n], self._pending[n:]
-            if remaining is not None:
-                remaining -= n
-            yield chunk
-
-    @property
-    def exhausted(self) -> bool:
-        return self._done and not self._pending
-
-    @property
-    def live_cursor(self) -> duckdb.DuckDBPyConnection | None:
-        return self._cursor
-
-    def close(self) -> None:
-        self._stop.set()
-        cursor, self._cursor = self._cursor, None
-        if cursor is None:
-            return
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            try:
-                cursor.interrupt()  # a read-ahead blocked in DuckDB stops now
-            except duckdb.Error:
-                pass
-            self._thread.join(timeout=10)
-        try:
-            cursor.close()
-        except duckdb.Error:
-            pass
-
-
-def _blob_rows(rows: list[tuple[Any, ...]]) -> list[bytes]:
-    return [r[0] for r in rows]
-
-
-def _value_encoder(columns: Sequence[pg.Column], formats: Sequence[int]) -> Callable[[list[tuple[Any, ...]]], list[bytes]]:
-    """Python encoder for the (rare) binary-format path: text columns arrive pre-rendered."""
-    encoders: list[Callable[[Any], bytes]] = []
-    for col, fmt in zip(columns, formats):
-        if fmt == 0:
-            encoders.append(lambda v: v.encode("utf-8"))
-        else:
-            enc = pg.BINARY_ENCODERS.get(col.type_oid)
-            if enc is None:
-                raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
-                                        f"binary format is not supported for column \"{col.name}\"")
-            encoders.append(enc)
-
-    def encode(rows: list[tuple[Any, ...]]) -> list[bytes]:
-        return [pg.data_row([None if v is None else e(v) for e, v in zip(encoders, row)]) for row in rows]
-
-    return encode
-
-
-def transcode_to_binary(rows: list[bytes], columns: Sequence[pg.Column], formats: Sequence[int]) -> list[bytes]:
-    """Re-encode text DataRows with some columns in binary (FETCH of a text cursor asking for binary)."""
-    out = []
-    for row in rows:
-        parser = pg.PayloadParser(row)
-        parser.pos = 5
-        count = parser.int16()
-        values: list[bytes | None] = []
-        for i in range(count):
-            length = parser.int32()
-            raw = None if length < 0 else parser.raw(length)
-            if raw is not None and formats[i] == 1:
-                value = pg.decode_parameter(raw, columns[i].type_oid, 0)
-                encoder = pg.BINARY_ENCODERS.get(columns[i].type_oid)
-                if encoder is None:
-                    raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
-                                            f"binary format is not supported for column \"{columns[i].name}\"")
-                raw = encoder(value)
-            values.append(raw)
-        out.append(pg.data_row(values))
-    return out
-
-
-class FetchRows(RowSource):
-    """The rows one FETCH takes from a cursor, in the formats the FETCH asked for."""
-
-    def __init__(self, cursor: RowSource, count: int | None, formats: list[int]) -> None:
-        if formats != cursor.formats and any(cursor.formats):
-            raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
-                                    "FETCH in text format from a BINARY cursor is not supported by the emulator")
-        self.columns = cursor.columns
-        self.formats = formats
-        self._cursor = cursor
-        self._remaining = count  # None: all
-        self._transcode = formats != cursor.formats
-
-    def take(self, limit: int | None) -> Iterator[list[bytes]]:
-        if limit is None:
-            want = self._remaining
-        else:
-            want = limit if self._remaining is None else min(limit, self._remaining)
-        for chunk in self._cursor.take(want):
-            if self._remaining is not None:
-                self._remaining -= len(chunk)
-            yield transcode_to_binary(chunk, self.columns, self.formats) if self._transcode else chunk
-
-    @property
-    def exhausted(self) -> bool:
-        return self._remaining == 0 or self._cursor.exhausted
-
-    @property
-    def live_cursor(self) -> duckdb.DuckDBPyConnection | None:
-        return self._cursor.live_cursor
-
-
 # --- statements and portals -------------------------------------------------------------------
 
 @dataclass
@@ -438,17 +228,6 @@ class Portal:
     is_cursor: bool = False
     holdable: bool = False
     completed: bool = False
-
-
-def expand_formats(codes: Sequence[int], ncols: int) -> list[int]:
-    if not codes:
-        return [0] * ncols
-    if len(codes) == 1:
-        return [codes[0]] * ncols
-    if len(codes) != ncols:
-        raise QueryServiceError(err.PROTOCOL_VIOLATION,
-                                f"bind message has {len(codes)} result formats but query has {ncols} columns")
-    return list(codes)
 
 
 class _StatementContext:
@@ -1089,10 +868,10 @@ class Session:
                 # Text-typed columns (strings, complex values) are the same bytes in binary format.
                 as_text = [f == 0 or c.type_oid == pg.TEXT for f, c in zip(fmts, columns)]
                 cursor.execute(values_sql(source_sql, types, as_text, auto_to_json=auto_json), params)
-                encode = _value_encoder(columns, [0 if t else 1 for t in as_text])
+                encode = value_encoder(columns, [0 if t else 1 for t in as_text])
             else:
                 cursor.execute(datarow_sql(source_sql, types, auto_to_json=auto_json), params)
-                encode = _blob_rows
+                encode = blob_rows
             if translation.lift_row_cap:
                 return StreamingRows(columns, fmts, cursor, encode)
             rows = cursor.fetchall()
