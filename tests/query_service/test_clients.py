@@ -246,6 +246,36 @@ def test_psycopg2_named_cursors(dsn: dict[str, Any], qs: Any) -> None:
         held.close()
 
 
+def test_sql_cursor_prepare_and_explain_commands(dsn: dict[str, Any]) -> None:
+    with closing(psycopg2.connect(**dsn)) as conn:
+        conn.autocommit = True
+        cur = conn.cursor()
+
+        def run(sql: str) -> tuple[str, list[tuple[Any, ...]] | None]:
+            cur.execute(sql)
+            return cur.statusmessage, cur.fetchall() if cur.description else None
+
+        with pytest.raises(psycopg2.errors.NoActiveSqlTransaction):
+            cur.execute("DECLARE outside CURSOR FOR SELECT 1")
+        run("BEGIN")
+        assert run("DECLARE c CURSOR FOR SELECT i FROM range(10) r(i) ORDER BY i") == ("DECLARE CURSOR", None)
+        assert run("FETCH 2 FROM c") == ("FETCH 2", [(0,), (1,)])
+        assert run("MOVE 3 FROM c") == ("MOVE 3", None)
+        assert run("FETCH NEXT FROM c") == ("FETCH 1", [(5,)])
+        assert run("FETCH ABSOLUTE 9 FROM c") == ("FETCH 1", [(8,)])
+        assert run("FETCH ALL FROM c") == ("FETCH 1", [(9,)])
+        with pytest.raises(psycopg2.errors.ObjectNotInPrerequisiteState):
+            cur.execute("FETCH PRIOR FROM c")
+        run("ROLLBACK")
+        assert run("PREPARE twice (int) AS SELECT $1 * 2") == ("PREPARE", None)
+        assert run("EXECUTE twice (21)") == ("SELECT 1", [(42,)])
+        run("DEALLOCATE twice")
+        with pytest.raises(psycopg2.errors.InvalidSqlStatementName):
+            cur.execute("EXECUTE twice (1)")
+        status, plan = run("EXPLAIN SELECT count(*) FROM range(5) r(i)")
+        assert status == "EXPLAIN" and plan
+
+
 def _read_messages(sock: ssl.SSLSocket, until: bytes) -> list[tuple[bytes, bytes]]:
     messages, buf = [], b""
     while True:

@@ -37,6 +37,11 @@ class RowSource:
         raise NotImplementedError
 
     @property
+    def position(self) -> int:
+        """Rows taken so far (a cursor's position for FETCH ABSOLUTE/RELATIVE and MOVE)."""
+        raise NotImplementedError
+
+    @property
     def live_cursor(self) -> duckdb.DuckDBPyConnection | None:
         """The DuckDB cursor still producing rows (to interrupt), if any."""
         return None
@@ -69,6 +74,10 @@ class BufferedRows(RowSource):
     def exhausted(self) -> bool:
         return self._pos >= len(self._rows)
 
+    @property
+    def position(self) -> int:
+        return self._pos
+
 
 class StreamingRows(RowSource):
     """Rows of a live DuckDB result (only the ``LIMIT 0`` override of the row cap streams).
@@ -88,6 +97,7 @@ class StreamingRows(RowSource):
         self._encode = encode
         self._pending: list[bytes] = []
         self._done = False
+        self._taken = 0
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=read_ahead)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, name="qs-read-ahead", daemon=True)
@@ -132,11 +142,16 @@ class StreamingRows(RowSource):
             chunk, self._pending = self._pending[:n], self._pending[n:]
             if remaining is not None:
                 remaining -= n
+            self._taken += n
             yield chunk
 
     @property
     def exhausted(self) -> bool:
         return self._done and not self._pending
+
+    @property
+    def position(self) -> int:
+        return self._taken
 
     @property
     def live_cursor(self) -> duckdb.DuckDBPyConnection | None:
@@ -232,6 +247,10 @@ class FetchRows(RowSource):
     @property
     def exhausted(self) -> bool:
         return self._remaining == 0 or self._cursor.exhausted
+
+    @property
+    def position(self) -> int:
+        return self._cursor.position
 
     @property
     def live_cursor(self) -> duckdb.DuckDBPyConnection | None:

@@ -224,7 +224,6 @@ class Portal:
     params: list[Any]
     result_formats: list[int]
     outcome: Outcome | None = None
-    rows_sent: int = 0
     is_cursor: bool = False
     holdable: bool = False
     completed: bool = False
@@ -704,22 +703,16 @@ class Session:
             return portal
 
         def run(s: Session, params: Sequence[Any], formats: list[int] | None) -> Outcome:
-            portal = cursor(s)
-            source = portal.outcome.rows  # type: ignore[union-attr]
+            source = cursor(s).outcome.rows  # type: ignore[union-attr]
             assert source is not None
-            position = portal.rows_sent
-            to_skip = skip(position)
+            to_skip = skip(source.position)
             if to_skip is None:
                 raise QueryServiceError(err.OBJECT_NOT_IN_PREREQUISITE_STATE, "cursor can only scan forward",
                                         hint="Declare it with SCROLL to enable backward scan (not supported "
                                              "by the emulator).")
-            moved = 0
-            if to_skip:
-                moved = sum(len(c) for c in s._stream(source, to_skip))
-                portal.rows_sent += moved
+            moved = sum(len(c) for c in s._stream(source, to_skip)) if to_skip else 0
             if verb == "MOVE":
                 moved += sum(len(c) for c in s._stream(source, count))
-                portal.rows_sent = position + moved
                 return Outcome(f"MOVE {moved}")
             wanted = expand_formats(formats, len(source.columns)) if formats is not None else list(source.formats)
             return Outcome("FETCH", FetchRows(source, count, wanted), row_tag="FETCH")
@@ -1062,7 +1055,6 @@ class ExtendedProtocol:
                 write([pg.parameter_status(n, v) for n, v in outcome.reported])
                 return
             count, done = s.send_rows(outcome, max_rows if max_rows > 0 else None, write)
-            portal.rows_sent += count
             write([pg.command_complete(_row_tag(outcome, count)) if done else pg.PORTAL_SUSPENDED])
 
     def close_statement(self, name: str) -> None:
