@@ -183,6 +183,23 @@ def test_errors_carry_sqlstates_and_the_session_survives(dsn: dict[str, Any], qs
             assert cur.fetchone() == (1,)
 
 
+def test_an_emulator_bug_is_an_internal_error_not_a_dropped_connection(
+        dsn: dict[str, Any], server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(sql: str, ctx: Any) -> Any:
+        raise RuntimeError("translator bug")
+
+    with closing(psycopg2.connect(**dsn)) as conn:
+        conn.autocommit = True
+        cur = conn.cursor()
+        with monkeypatch.context() as patch:
+            patch.setattr(server.translator, "translate", broken)
+            with pytest.raises(psycopg2.errors.InternalError_) as info:
+                cur.execute("SELECT 1")
+        assert "translator bug" in info.value.pgerror
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
+
+
 def test_transaction_status_and_savepoints(dsn: dict[str, Any]) -> None:
     ext = psycopg2.extensions
     with psycopg2.connect(**dsn) as conn:

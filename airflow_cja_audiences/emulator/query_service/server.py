@@ -313,10 +313,9 @@ class _Connection:
             try:
                 if kind == b"Q":
                     skipping = False
-                    sql = body[:-1].decode("utf-8")
                     try:
-                        session.simple_query(sql, writer.write)
-                    except QueryServiceError as exc:
+                        session.simple_query(body[:-1].decode("utf-8"), writer.write)
+                    except Exception as exc:  # noqa: BLE001 - reported to the client, session goes on
                         self._error(session, writer, exc)
                     writer.write([pg.ready_for_query(session.tx_status)])
                     writer.flush()
@@ -329,14 +328,20 @@ class _Connection:
                     writer.flush()
                 else:
                     self._extended(extended, kind, body, writer)
-            except QueryServiceError as exc:
-                if exc.severity == "FATAL":
-                    raise
+            except (OSError, pg.ConnectionClosed):
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported to the client, session goes on
                 self._error(session, writer, exc)
                 skipping = True
 
-    @staticmethod
-    def _error(session: Session, writer: _Writer, exc: QueryServiceError) -> None:
+    def _error(self, session: Session, writer: _Writer, exc: Exception) -> None:
+        """Send an ErrorResponse; FATAL errors end the connection, anything unexpected is XX000."""
+        if isinstance(exc, (OSError, pg.ConnectionClosed)):
+            raise exc
+        if not isinstance(exc, QueryServiceError):
+            # A bug in the emulator, not in the client's SQL: say so, log it, keep the session.
+            log.exception("session %d: internal error", session.pid)
+            exc = QueryServiceError(err.INTERNAL_ERROR, f"internal error in the Query Service emulator: {exc!r}")
         if exc.severity == "FATAL":
             raise exc
         log.debug("session %d: %s %s", session.pid, exc.sqlstate, exc.message)

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import sqlglot
 from sqlglot import exp
 from sqlglot.dialects.spark import Spark
-from sqlglot.errors import ParseError, TokenError
+from sqlglot.errors import ParseError, SqlglotError, TokenError
 from sqlglot.tokens import TokenType
 
 from airflow_cja_audiences.emulator.query_service import errors as err
@@ -655,7 +655,10 @@ class Translator:
                 self._cache.move_to_end(key)
                 return hit
         job = _Job(sql, ctx)
-        translation = job.run()
+        try:
+            translation = job.run()
+        except SqlglotError as exc:  # anything sqlglot could not make sense of is the SQL's fault
+            raise QueryServiceError(err.SYNTAX_ERROR, f"syntax error: {_plain(str(exc).splitlines()[0])}") from exc
         log.debug("translated %r -> %r", sql, translation.sql)
         if not job.session_dependent:
             with self._lock:
