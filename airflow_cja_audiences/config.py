@@ -8,6 +8,7 @@ fails with a message naming the field before anything is written to AEP.
 from __future__ import annotations
 
 import math
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -109,7 +110,7 @@ class RefreshJob(StrictModel):
 
     job_id: Annotated[str, AfterValidator(v.job_id)]
     description: str = ""
-    conn_id: str = DEFAULT_CONN_ID
+    conn_id: str = Field(default=DEFAULT_CONN_ID, pattern=r"^[A-Za-z0-9_.-]{1,250}$")
     sandbox: Annotated[str, AfterValidator(v.sandbox)] | None = Field(
         default=None, description="AEP sandbox; default: the connection's sandbox")
     audiences: list[AudienceSelector] = Field(min_length=1, max_length=500)
@@ -133,6 +134,12 @@ class RefreshJob(StrictModel):
         "_acp_system_metadata.acp_sourceBatchId")
     output: OutputFields = OutputFields()
     naming: Naming = Naming()
+    start_date: date = Field(default=date(2026, 1, 1), description="First data interval of the schedule")
+    query_service_pool: str = Field(default="cja_audiences_query_service", pattern=r"^[A-Za-z0-9_.-]{1,100}$",
+                                    description="Airflow pool bounding concurrent Query Service queries")
+    retries: int = Field(default=3, ge=0, le=20, description="Task retries (each step is idempotent)")
+    poll_interval_seconds: float = Field(default=30.0, ge=1.0, le=3600.0,
+                                         description="How often deferred waits ask AEP for news")
     export_timeout_minutes: int = Field(default=180, ge=1, le=24 * 60)
     ingestion_timeout_minutes: int = Field(default=180, ge=1, le=24 * 60)
 

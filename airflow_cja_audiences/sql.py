@@ -128,6 +128,16 @@ class Partition:
         m, r = self.modulus, self.remainder
         return Partition(2 * m, r), Partition(2 * m, r + m)
 
+    def to_dict(self) -> dict[str, int]:
+        """JSON form (XCom, task mapping)."""
+        return {"modulus": self.modulus, "remainder": self.remainder}
+
+    @classmethod
+    def from_dict(cls, data: object) -> Partition:
+        if not isinstance(data, dict) or set(data) != {"modulus", "remainder"}:
+            raise ValueError(f"a partition is {{'modulus': m, 'remainder': r}}, got {v.shown(data)}")
+        return cls(int(data["modulus"]), int(data["remainder"]))
+
     @property
     def label(self) -> str:
         """Stable, file-name-safe name, e.g. ``p3of8``."""
@@ -428,3 +438,68 @@ def count_sql(q: MembershipQuery, partition: Partition = Partition(), window: Ti
     if window is None:
         return _select(q, q.statuses, partition, (), rows=False)
     return _select(q, (*q.statuses, EXITED), partition, window.conditions(), rows=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-audience counts (small results: one row per audience)
+# ---------------------------------------------------------------------------------------------
+
+#: Columns of :func:`change_counts_sql`.
+CHANGE_COLUMNS = ("audienceId", "members", "entered", "exited")
+
+
+def change_counts_sql(q: MembershipQuery, previous_batch_id: str | None) -> str:
+    """Per audience: members in this batch, and entered/exited compared with ``previous_batch_id``.
+
+    Both exports live in the same dataset, so one aggregate over the two batches answers it (no
+    join); without a previous batch everyone counts as entered. Audiences with no member in either
+    batch are absent from the result.
+    """
+    if q.template is not None:
+        raise ValueError("change counts use the built-in SQL; they are not available with a template")
+    new = quote_literal(q.batch_id, "batch id")
+    old = quote_literal(_checked(v.batch_id, previous_batch_id, "previous batch id"), "previous batch id") \
+        if previous_batch_id else None
+    val = _values(q, Partition())
+    batches = f"{new}, {old}" if old else new
+    in_old = f"max(CASE WHEN batchId = {old} THEN 1 ELSE 0 END)" if old else "0"
+    return (f"SELECT audienceId, sum(in_new) AS members,\n"
+            f"       sum(CASE WHEN in_new = 1 AND in_old = 0 THEN 1 ELSE 0 END) AS entered,\n"
+            f"       sum(CASE WHEN in_new = 0 AND in_old = 1 THEN 1 ELSE 0 END) AS exited\n"
+            f"FROM (\n"
+            f"    SELECT {PERSON}, key AS audienceId,\n"
+            f"           max(CASE WHEN batchId = {new} THEN 1 ELSE 0 END) AS in_new,\n"
+            f"           {in_old} AS in_old\n"
+            f"    FROM (\n"
+            f"        SELECT {val['person']} AS {PERSON}, {q.batch_id_column} AS batchId, "
+            f"explode(segmentMembership.ups)\n"
+            f"        FROM {val['table']}\n"
+            f"        WHERE {q.batch_id_column} IN ({batches})\n"
+            f"          AND {q.person_field} IS NOT NULL\n"
+            f"    )\n"
+            f"    WHERE key IN ({val['audience_ids']})\n"
+            f"      AND value.status IN ({val['statuses']})\n"
+            f"    GROUP BY {PERSON}, key\n"
+            f")\n"
+            f"GROUP BY audienceId\n"
+            f"ORDER BY audienceId")
+
+
+def event_counts_sql(q: MembershipQuery, window: TimeWindow) -> str:
+    """Per audience and event type (``entered``/``exited``): how many change events the window has."""
+    if not isinstance(window, TimeWindow):
+        raise ValueError(f"window must be a TimeWindow, got {type(window).__name__}")
+    val = _values(q, Partition())
+    event = f"CASE WHEN value.status = {quote_literal(EXITED, 'status')} THEN 'exited' ELSE 'entered' END"
+    where = [f"key IN ({val['audience_ids']})",
+             f"value.status IN ({_in_list((*q.statuses, EXITED), 'status')})", *window.conditions()]
+    return (f"SELECT key AS audienceId, {event} AS event, count(*) AS n\n"
+            f"FROM (\n"
+            f"    SELECT {val['person']} AS {PERSON}, explode(segmentMembership.ups)\n"
+            f"    FROM {val['table']}\n"
+            f"    WHERE {val['batch_filter']}\n"
+            f"      AND {q.person_field} IS NOT NULL\n"
+            f")\n"
+            f"WHERE " + "\n  AND ".join(where) + "\n"
+            f"GROUP BY key, {event}\n"
+            f"ORDER BY audienceId, event")

@@ -95,18 +95,25 @@ class QueryServiceHook(PostgresHook):
     def connection(self, value: Any) -> None:  # DbApiHook's setter exists for old providers only
         raise AttributeError("QueryServiceHook derives its connection from the Adobe connection")
 
-    def stream(self, sql: str, *, batch_size: int = 10_000) -> Iterator[Sequence[Sequence[Any]]]:
+    def stream(self, sql: str, *, batch_size: int = 10_000, prefetch: int = 2) -> Iterator[Sequence[Sequence[Any]]]:
         """Yield result batches (lists of rows) from a server-side cursor (``DECLARE``/``FETCH``).
 
         The whole result never sits in memory; Query Service's per-query row limit still applies.
+        With ``prefetch`` > 0, up to that many batches are fetched ahead in a background thread, so
+        the server's work overlaps the caller's (the driver releases the GIL while it waits).
         """
+        from airflow_cja_audiences.transform import prefetch_batches
+
         conn = self.get_conn()
         try:
             with conn.cursor(name=f"cja_{uuid.uuid4().hex[:12]}") as cursor:
                 try:
                     cursor.execute(sql)
-                    while batch := cursor.fetchmany(batch_size):
-                        yield batch
+                    if prefetch > 0:
+                        yield from prefetch_batches(cursor, batch_size, depth=prefetch)
+                    else:
+                        while batch := cursor.fetchmany(batch_size):
+                            yield batch
                 except Exception as exc:
                     raise _wrap(exc, sql) from None
             conn.rollback()  # read-only; ends the cursor's transaction

@@ -25,6 +25,9 @@ class AdobeBaseOperator(BaseOperator):
 
     def __init__(self, *, adobe_conn_id: str = DEFAULT_CONN_ID, sandbox: str | None = None,
                  hook_params: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        # Results are small dicts of ids and counts; each key is also pushed on its own so a
+        # downstream task can take ``op.output["dataset_id"]`` (None if this task was skipped).
+        kwargs.setdefault("multiple_outputs", True)
         super().__init__(**kwargs)
         self.adobe_conn_id = adobe_conn_id
         self.sandbox = sandbox
@@ -66,10 +69,3 @@ def validate_event(event: Any, *, what: str, accept: Iterable[str] = ("success",
     if status not in accept:
         raise AirflowException(f"{what}: {status}: {event.get('message') or 'no details'}")
     return event
-
-
-def xcom_push_all(context: Context, values: dict[str, Any]) -> None:
-    """Push each value under its own key, so downstream tasks can take ``op.output["key"]``."""
-    ti = context["ti"]
-    for key, value in values.items():
-        ti.xcom_push(key=key, value=value)

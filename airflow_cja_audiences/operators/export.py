@@ -14,13 +14,13 @@ from airflow_cja_audiences.hooks.catalog import CatalogHook
 from airflow_cja_audiences.hooks.segmentation import SegmentationHook
 from airflow_cja_audiences.links import AepDatasetLink, AepExportJobLink, push_dataset_link, push_export_job_link
 from airflow_cja_audiences.models import ExportJob, ExportJobRequest
-from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, validate_event, xcom_push_all
+from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, validate_event
 from airflow_cja_audiences.triggers.aep import BatchTrigger, ExportJobTrigger
 
 # task_state_store keys: survive a killed worker, so a retry re-attaches to the job it started.
 _STATE_JOB_ID = "export_job_id"
 _STATE_STARTED_MS = "export_create_started_ms"
-_CLOCK_SKEW_MS = 5 * 60 * 1000
+_CLOCK_SKEW_MS = 30 * 1000  # tolerated difference between our clock and AEP's
 
 
 class ExportAudiencesOperator(AdobeBaseOperator):
@@ -79,6 +79,12 @@ class ExportAudiencesOperator(AdobeBaseOperator):
         return context.get("task_state_store")  # absent in some test harnesses
 
     def _attach_or_create(self, context: Context, hook: SegmentationHook, request: ExportJobRequest) -> ExportJob:
+        """Re-attach to the job an earlier try of *this task instance* started, else create one.
+
+        The job id is stored right after the create; a try killed between the create and that
+        store leaves only the "about to create" time, and the job is then found by what it asked
+        for, created since then. A first try never looks: a matching job of an earlier run is not ours.
+        """
         store = self._store(context)
         if store is not None and (job_id := store.get(_STATE_JOB_ID)) is not None:
             job = hook.get_export_job(int(job_id))
@@ -86,20 +92,24 @@ class ExportAudiencesOperator(AdobeBaseOperator):
                 self.log.info("Re-attaching to export job %s (%s) started by an earlier try", job.id, job.status)
                 return job
             self.log.info("Export job %s of an earlier try is %s; starting a new one", job.id, job.status)
-        started_ms = store.get(_STATE_STARTED_MS) if store is not None else None
-        if started_ms is None:
-            run_start = context["dag_run"].start_date
-            started_ms = int((run_start.timestamp() if run_start else time.time()) * 1000)
-        # A try killed between POST and store.set left no id: find its job by what it asked for.
-        existing = hook.find_export_job(request, created_after_ms=int(started_ms) - _CLOCK_SKEW_MS)
-        if existing is not None:
-            self.log.info("Re-attaching to export job %s (%s) that matches this request", existing.id, existing.status)
-            job = existing
         else:
-            now_ms = int(time.time() * 1000)
-            if store is not None:
-                store.set(_STATE_STARTED_MS, now_ms)
-            job = hook.create_export_job(request, created_after_ms=now_ms - _CLOCK_SKEW_MS)
+            attempt_ms = store.get(_STATE_STARTED_MS) if store is not None else None
+            if attempt_ms is None and store is None and context["ti"].try_number > 1:
+                attempt_ms = int(context["dag_run"].start_date.timestamp() * 1000)  # no store: the run's start
+            if attempt_ms is not None:
+                run_start = context["dag_run"].start_date
+                floor = max(int(attempt_ms), int(run_start.timestamp() * 1000) if run_start else 0)
+                existing = hook.find_export_job(request, created_after_ms=floor - _CLOCK_SKEW_MS)
+                if existing is not None:
+                    self.log.info("Re-attaching to export job %s (%s), created by an earlier try whose answer "
+                                  "was lost", existing.id, existing.status)
+                    if store is not None:
+                        store.set(_STATE_JOB_ID, existing.id)
+                    return existing
+        now_ms = int(time.time() * 1000)
+        if store is not None:
+            store.set(_STATE_STARTED_MS, now_ms)
+        job = hook.create_export_job(request, created_after_ms=now_ms - _CLOCK_SKEW_MS)
         if store is not None:
             store.set(_STATE_JOB_ID, job.id)
         return job
@@ -166,7 +176,6 @@ class ExportAudiencesOperator(AdobeBaseOperator):
                   "exported_profiles": job.exported_profiles}
         self.log.info("Export job %s SUCCEEDED: %s profiles in batch %s", job.id, job.exported_profiles,
                       job.destination.batch_id)
-        xcom_push_all(context, result)
         self.log_retries()
         return result
 

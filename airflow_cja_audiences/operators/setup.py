@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any, Literal
 
-from airflow.sdk import Context
+from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_cja_audiences import validation
+from airflow_cja_audiences import validation, xdm
 from airflow_cja_audiences.config import AudienceSelector, OutputFields
 from airflow_cja_audiences.errors import AepConfigError
 from airflow_cja_audiences.hooks.catalog import CatalogHook
@@ -17,8 +18,8 @@ from airflow_cja_audiences.hooks.schema_registry import SchemaRegistryHook
 from airflow_cja_audiences.hooks.segmentation import SegmentationHook
 from airflow_cja_audiences.links import AepDatasetLink, push_dataset_link
 from airflow_cja_audiences.models import EVENT_CLASS, PROFILE_CLASS, PROFILE_UNION_ALT_ID, PROFILE_UNION_SCHEMA
-from airflow_cja_audiences.operators.base import AdobeBaseOperator, xcom_push_all
-from airflow_cja_audiences import xdm
+from airflow_cja_audiences.operators.base import AdobeBaseOperator
+from airflow_cja_audiences.runs import plan_run
 
 
 class ResolveAudiencesOperator(AdobeBaseOperator):
@@ -27,7 +28,8 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
     Fails before anything is written to AEP when an audience id or name is unknown or ambiguous,
     the tenant cannot be found, or the identity field is not in the profile union schema.
 
-    XCom (keys): ``audiences`` (list of ``{id, name, aep_name}``), ``tenant``, ``identity_path``.
+    XCom (keys): ``audiences`` (list of ``{id, name, aep_name}``), ``audience_ids``, ``tenant``,
+    ``identity_path``, ``export_fields`` (what the export job must include).
     """
 
     template_fields = ("sandbox", "audiences", "identity_field", "tenant")
@@ -55,14 +57,67 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
         if self.check_identity_field:
             union = self.hook(SchemaRegistryHook).get_profile_union_schema()
             self.hook(SegmentationHook).require_export_fields(union, [identity_path])
-        result = {"audiences": [a.to_dict() for a in resolved], "tenant": tenant, "identity_path": identity_path}
+        result = {"audiences": [a.to_dict() for a in resolved], "audience_ids": [a.id for a in resolved],
+                  "tenant": tenant, "identity_path": identity_path, "export_fields": [identity_path]}
         for audience in resolved:
             self.log.info("Audience %s -> %r (AEP name %r, %s)", audience.id, audience.name, audience.aep_name,
                           audience.lifecycle_state or "state unknown")
         self.log.info("Tenant _%s; personID from %s", tenant, identity_path)
-        xcom_push_all(context, result)
         self.log_retries()
         return result
+
+
+class PlanRunOperator(BaseOperator):
+    """Decide what this run publishes: the snapshot, its interval's change events, or both.
+
+    Scheduled runs: both (events for the data interval). Backfill runs: only events, so history never
+    overwrites the current snapshot. Manual runs (no data interval): the snapshot, plus events when
+    the trigger form gives ``events_interval_start``/``events_interval_end``.
+
+    XCom (keys): ``snapshot``, ``events``, ``interval_start``, ``interval_end``, ``export_statuses``,
+    ``qualification_start``, ``qualification_end``, ``warnings``.
+    """
+
+    def __init__(self, *, publish_events: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("multiple_outputs", True)
+        super().__init__(**kwargs)
+        self.publish_events = publish_events
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        params = context.get("params") or {}
+        start, end = context.get("data_interval_start"), context.get("data_interval_end")
+        interval = (start, end) if start is not None and end is not None and end > start else None
+        manual = None
+        if params.get("events_interval_start") or params.get("events_interval_end"):
+            try:
+                manual = (_instant(params.get("events_interval_start"), "events_interval_start"),
+                          _instant(params.get("events_interval_end"), "events_interval_end"))
+            except ValueError as exc:
+                raise AirflowException(str(exc)) from None
+        run_type = str(getattr(context["dag_run"], "run_type", "manual")).rsplit(".", 1)[-1].lower()
+        snapshot_param = params.get("publish_snapshot")
+        try:
+            plan = plan_run(run_type=run_type, interval=interval, publish_events=self.publish_events,
+                            now=datetime.now(timezone.utc), manual_interval=manual,
+                            force_snapshot=None if snapshot_param in (None, True) or run_type == "backfill"
+                            else bool(snapshot_param))
+        except ValueError as exc:
+            raise AirflowException(f"cannot plan this run: {exc}") from None
+        for warning in plan.warnings:
+            self.log.warning(warning)
+        self.log.info("Run type %s: snapshot=%s, events=%s %s", run_type, plan.snapshot, plan.events,
+                      f"[{plan.interval_start}, {plan.interval_end})" if plan.events else "")
+        return plan.to_dict()
+
+
+def _instant(value: Any, name: str) -> datetime:
+    if not value:
+        raise ValueError(f"{name} is required when the other bound is given")
+    try:
+        instant = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{name} {value!r} is not an ISO 8601 date-time") from None
+    return instant if instant.tzinfo else instant.replace(tzinfo=timezone.utc)
 
 
 class EnsureExportDatasetOperator(AdobeBaseOperator):
@@ -94,7 +149,6 @@ class EnsureExportDatasetOperator(AdobeBaseOperator):
         validation.table_name(dataset.table_name)
         result = {"dataset_id": dataset.id, "table_name": dataset.table_name}
         push_dataset_link(context, catalog.settings, dataset.id)
-        xcom_push_all(context, result)
         self.log_retries()
         return result
 
@@ -146,6 +200,5 @@ class EnsureCjaDatasetOperator(AdobeBaseOperator):
                         f"Customer Journey Analytics (airflow-cja-audiences)")
         result = {"dataset_id": dataset.id, "schema_id": schema.id, "field_group_id": group.id}
         push_dataset_link(context, registry.settings, dataset.id)
-        xcom_push_all(context, result)
         self.log_retries()
         return result

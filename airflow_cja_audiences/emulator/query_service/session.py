@@ -176,7 +176,7 @@ class _Running:
 
     def __init__(self) -> None:
         self.cursor: duckdb.DuckDBPyConnection | None = None
-        self.reason: str | None = None  # "timeout" | "cancel"
+        self.reason: str | None = None  # "timeout" | "cancel" | "shutdown"
         self.lock = threading.Lock()
 
     def interrupt(self, reason: str) -> None:
@@ -226,7 +226,6 @@ class Portal:
     outcome: Outcome | None = None
     is_cursor: bool = False
     holdable: bool = False
-    completed: bool = False
 
 
 class _StatementContext:

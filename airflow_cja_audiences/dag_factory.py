@@ -1,0 +1,175 @@
+"""Build one refresh DAG per job of a validated jobs file.
+
+The DAG wires the package's operators (DESIGN section 3)::
+
+    resolve_audiences -> plan_run -> ensure datasets -> export (deferred)
+        -> prepare_snapshot -> load_snapshot[partition...] -> publish_snapshot (guard, deferred, replace)
+        -> prepare_events   -> load_events[partition...]   -> publish_events   (replace the interval)
+        -> check_cja -> report (Asset event)       abort_open_batches runs only when something failed
+
+Work that grows with audience size (the partitions) is a mapped task under a pool sized to Query
+Service concurrency, so more workers mean more throughput. Importing this module must stay cheap:
+it runs every time the DAG processor parses the DAG file.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, Asset, Param
+from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
+
+from airflow_cja_audiences.config import JobsFile, RefreshJob, load_jobs_file
+from airflow_cja_audiences.operators.cja import CheckCjaOperator
+from airflow_cja_audiences.operators.export import ExportAudiencesOperator
+from airflow_cja_audiences.operators.load import LoadPartitionOperator, PrepareLoadOperator
+from airflow_cja_audiences.operators.publish import PublishBatchOperator
+from airflow_cja_audiences.operators.report import ReportOperator
+from airflow_cja_audiences.operators.setup import (
+    EnsureCjaDatasetOperator,
+    EnsureExportDatasetOperator,
+    PlanRunOperator,
+    ResolveAudiencesOperator,
+)
+
+DAG_ID_PREFIX = "cja_audiences__"
+
+
+def dag_id_for(job: RefreshJob) -> str:
+    return f"{DAG_ID_PREFIX}{job.job_id}"
+
+
+def asset_for(job: RefreshJob) -> Asset:
+    """The Asset each successful run updates (schedule other DAGs on it)."""
+    return Asset(uri=f"aep://{job.sandbox or 'default'}/cja-audiences/{job.job_id}",
+                 name=f"cja_audiences_{job.job_id}", group="adobe")
+
+
+def _params() -> dict[str, Param]:
+    return {
+        "force_replace": Param(False, type="boolean", title="Replace even if the snapshot shrinks",
+                               description="The shrink guard refuses to replace the live snapshot when the new one "
+                                           "is much smaller. Tick this when the drop is real."),
+        "publish_snapshot": Param(True, type="boolean", title="Refresh the profile snapshot",
+                                  description="Untick to publish only the events interval below (backfill runs never "
+                                              "touch the snapshot)."),
+        "events_interval_start": Param(None, type=["null", "string"], format="date-time",
+                                       title="Events interval start (manual runs)",
+                                       description="Publish the audience entries/exits whose qualification time is in "
+                                                   "[start, end). Scheduled and backfill runs use their data interval."),
+        "events_interval_end": Param(None, type=["null", "string"], format="date-time",
+                                     title="Events interval end (manual runs)",
+                                     description="End (exclusive) of the events interval; required with the start."),
+    }
+
+
+def _doc(job: RefreshJob) -> str:
+    names = ", ".join(a.display_name or a.name or a.id or "?" for a in job.audiences)
+    return (f"### CJA audience refresh: `{job.job_id}`\n\n{job.description or ''}\n\n"
+            f"Keeps CJA's profile dataset *{job.names.profile_dataset}* in sync with the AEP audiences "
+            f"{names} (sandbox `{job.sandbox or 'from the connection'}`), and publishes each interval's "
+            f"entries and exits to *{job.names.event_dataset}*.\n\n"
+            "Backfill from the UI (Trigger > Backfill) or `airflow backfill create --dag-id <this DAG> "
+            "--from-date ... --to-date ...`: backfill runs fill their intervals' events and never touch the "
+            "snapshot.")
+
+
+def build_dag(job: RefreshJob) -> DAG:
+    """The refresh DAG of one job."""
+    names = job.names
+    common: dict[str, Any] = {"adobe_conn_id": job.conn_id, "sandbox": job.sandbox}
+    schedule = CronDataIntervalTimetable(job.schedule, timezone="UTC") if job.schedule else None
+    start = datetime(job.start_date.year, job.start_date.month, job.start_date.day, tzinfo=timezone.utc)
+    with DAG(
+        dag_id=dag_id_for(job), schedule=schedule, start_date=start, catchup=False, max_active_runs=1,
+        params=_params(), tags=["adobe", "cja", "audiences"], doc_md=_doc(job),
+        default_args={"retries": job.retries, "retry_delay": timedelta(seconds=30),
+                      "retry_exponential_backoff": True, "max_retry_delay": timedelta(minutes=10)},
+    ) as dag:
+        resolve = ResolveAudiencesOperator(task_id="resolve_audiences", **common,
+                                           audiences=[a.model_dump(exclude_none=True) for a in job.audiences],
+                                           identity_field=job.identity.field, tenant=job.tenant)
+        plan = PlanRunOperator(task_id="plan_run", publish_events=job.publish_events)
+        export_dataset = EnsureExportDatasetOperator(task_id="ensure_export_dataset", **common,
+                                                     dataset_name=names.export_dataset)
+        profile_dataset = EnsureCjaDatasetOperator(
+            task_id="ensure_profile_dataset", **common, kind="profile", tenant=resolve.output["tenant"],
+            dataset_name=names.profile_dataset, schema_title=names.profile_schema,
+            field_group_title=names.field_group, identity_namespace=job.identity.namespace,
+            output_fields=job.output.model_dump())
+        export = ExportAudiencesOperator(
+            task_id="export_audiences", **common, dataset_id=export_dataset.output["dataset_id"],
+            audience_ids=resolve.output["audience_ids"], fields=resolve.output["export_fields"],
+            statuses=plan.output["export_statuses"], merge_policy_id=job.merge_policy_id,
+            qualification_start=plan.output["qualification_start"],
+            qualification_end=plan.output["qualification_end"],
+            wait_timeout=timedelta(minutes=job.export_timeout_minutes), poll_interval=job.poll_interval_seconds,
+            deferrable=True)
+        resolve >> plan >> export
+
+        job_json = job.model_dump(mode="json")
+        loads = {}
+        for kind, dataset, enabled, guard in (
+                ("snapshot", profile_dataset, plan.output["snapshot"], job.shrink_guard),
+                ("events", None, plan.output["events"], None)):
+            if kind == "events":
+                if not job.publish_events:
+                    continue
+                dataset = EnsureCjaDatasetOperator(
+                    task_id="ensure_event_dataset", **common, kind="events", tenant=resolve.output["tenant"],
+                    dataset_name=names.event_dataset, schema_title=names.event_schema,
+                    field_group_title=names.event_field_group, identity_namespace=job.identity.namespace,
+                    output_fields=job.output.model_dump())
+            query_args = {"job": job_json, "kind": kind, "tenant": resolve.output["tenant"],
+                          "table_name": export_dataset.output["table_name"],
+                          "export_batch_id": export.output["export_batch_id"],
+                          "audiences": resolve.output["audiences"], "dataset_id": dataset.output["dataset_id"],
+                          "interval_start": plan.output["interval_start"],
+                          "interval_end": plan.output["interval_end"], "enabled": enabled}
+            prepare = PrepareLoadOperator(task_id=f"prepare_{kind}", **common, **query_args)
+            load = LoadPartitionOperator.partial(
+                task_id=f"load_{kind}", **common, **query_args, batch_id=prepare.output["batch_id"],
+                pool=job.query_service_pool,
+            ).expand(partition=prepare.output)
+            publish = PublishBatchOperator(
+                task_id=f"publish_{kind}", **common, dataset_id=dataset.output["dataset_id"],
+                batch_id=prepare.output["batch_id"], external_id=prepare.output["external_id"],
+                load_results=load.output, shrink_guard=guard, enabled=enabled,
+                force="{{ params.force_replace }}", wait_timeout=timedelta(minutes=job.ingestion_timeout_minutes),
+                poll_interval=job.poll_interval_seconds,
+                deferrable=True, trigger_rule="none_failed")
+            load >> publish
+            loads[kind] = (dataset, prepare, publish)
+
+        check = CheckCjaOperator(
+            task_id="check_cja", **common, connection_id=job.cja_connection_id, data_view_id=job.cja_data_view_id,
+            tenant=resolve.output["tenant"],
+            datasets={kind: ds.output["dataset_id"] for kind, (ds, _, _) in loads.items()},
+            dimension_fields=_dimension_fields(job), trigger_rule="none_failed")
+        report = ReportOperator(
+            task_id="report", job_id=job.job_id, sandbox=job.sandbox, trigger_rule="none_failed",
+            outlets=[asset_for(job)],
+            task_ids={"resolve": resolve.task_id, "plan": plan.task_id, "export": export.task_id,
+                      "check_cja": check.task_id,
+                      **{role: task.task_id for kind, (ds, prep, pub) in loads.items()
+                         for role, task in ((f"prepare_{kind}", prep), (f"publish_{kind}", pub),
+                                            ("profile_dataset" if kind == "snapshot" else "event_dataset", ds))}})
+        [publish for _, _, publish in loads.values()] >> check >> report
+    return dag
+
+
+def _dimension_fields(job: RefreshJob) -> list[str]:
+    """Fields (under the tenant namespace) a data view needs as dimensions for this job's layout."""
+    f = job.output
+    fields = [f.audience_names, f.audience_ids] if job.layout == "per_person" else [f.audience_name, f.audience_id]
+    if job.publish_events:
+        fields.append(f.event_type)
+    return fields
+
+
+def dags_from_file(path: str | Path) -> dict[str, DAG]:
+    """``{dag_id: DAG}`` for every job in a YAML/JSON jobs file (validated; errors name the field)."""
+    jobs: JobsFile = load_jobs_file(path)
+    return {dag_id_for(job): build_dag(job) for job in jobs.jobs}

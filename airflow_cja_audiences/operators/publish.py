@@ -1,0 +1,157 @@
+"""Publish a loaded batch and replace what it supersedes (pipeline steps 6 and 7).
+
+Order matters for "nothing already published is lost": the shrink guard runs *before* the batch is
+completed (a tripped guard aborts the new batch; the old snapshot stays), the batch is completed and
+waited for deferrably, and only once it succeeded are the batches it replaces reverted, so the
+dataset ends with exactly one live batch per slot (the snapshot, or one interval's events).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import Context
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+
+from airflow_cja_audiences.hooks.ingestion import BatchIngestionHook
+from airflow_cja_audiences.links import AepBatchLink, push_batch_link
+from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, validate_event
+from airflow_cja_audiences.operators.load import live_batches
+from airflow_cja_audiences.runs import BatchLabel
+from airflow_cja_audiences.triggers.aep import BatchTrigger
+
+
+class PublishBatchOperator(AdobeBaseOperator):
+    """Complete a loaded batch, wait for Catalog's verdict, then revert the batches it replaces.
+
+    :param dataset_id: the dataset the batch belongs to.
+    :param batch_id: the loaded batch (None: nothing to publish, the slot becomes empty).
+    :param external_id: the batch's label (:class:`~airflow_cja_audiences.runs.BatchLabel`); batches
+        with the same job, kind and scope are the ones replaced.
+    :param load_results: the load tasks' return values (their ``records`` are summed).
+    :param shrink_guard: refuse to replace when the new batch has fewer than ``(1 - shrink_guard)``
+        times the records of the live one (None: no guard, e.g. for events).
+    :param force: replace even when the guard would refuse (a manual run's Param).
+    :param deferrable: wait in the triggerer rather than in a worker slot.
+
+    XCom (keys): ``batch_id``, ``records``, ``replaced_batch_ids``.
+    """
+
+    template_fields = ("sandbox", "dataset_id", "batch_id", "external_id", "load_results", "force", "enabled")
+    operator_extra_links = (AepBatchLink(),)
+
+    def __init__(self, *, dataset_id: str, batch_id: str | None, external_id: str, load_results: Any = (),
+                 shrink_guard: float | None = None, force: bool | str = False, enabled: bool | str = True,
+                 poll_interval: float = 15.0, wait_timeout: timedelta = timedelta(hours=3),
+                 deferrable: bool = DEFAULT_DEFERRABLE, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dataset_id = dataset_id
+        self.batch_id = batch_id
+        self.external_id = external_id
+        self.load_results = load_results
+        self.shrink_guard = shrink_guard
+        self.force = force
+        self.enabled = enabled
+        self.poll_interval = poll_interval
+        self.wait_timeout = wait_timeout
+        self.deferrable = deferrable
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _truthy(value: Any) -> bool:
+        return value not in (False, None, "", "False", "false", "None", 0)
+
+    def _label(self) -> BatchLabel:
+        label = BatchLabel.parse(self.external_id)
+        if label is None:
+            raise AirflowException(f"external_id {self.external_id!r} is not a batch label of this package")
+        return label
+
+    def _records(self) -> int:
+        results = [r for r in (self.load_results or []) if isinstance(r, dict)]
+        return sum(int(r.get("records", 0)) for r in results)
+
+    def _predecessors(self) -> list[Any]:
+        ingestion = self.hook(BatchIngestionHook)
+        return [b for b in live_batches(ingestion, self.dataset_id, self._label()) if b.id != self.batch_id]
+
+    def _guard(self, records: int, previous: list[Any]) -> None:
+        if self.shrink_guard is None or not previous:
+            return
+        before = sum(b.record_count for b in previous)
+        floor = (1.0 - self.shrink_guard) * before
+        if records >= floor:
+            return
+        message = (f"shrink guard: the new snapshot has {records} records, the live one {before}; that is a drop of "
+                   f"more than {self.shrink_guard:.0%}. The live snapshot is kept. If the drop is real (audiences "
+                   f"emptied, members left), trigger the DAG with force_replace=true.")
+        if self._truthy(self.force):
+            self.log.warning("%s -- forced, replacing anyway", message)
+            return
+        if self.batch_id:
+            self.hook(BatchIngestionHook).abort_batch(self.batch_id)
+        raise AirflowFailException(message)  # retrying would not change the numbers
+
+    # ------------------------------------------------------------------ execution
+
+    def execute(self, context: Context) -> dict[str, Any] | None:
+        if not self._truthy(self.enabled):
+            raise AirflowSkipException("this run publishes nothing of this kind")
+        records = self._records()
+        previous = self._predecessors()
+        self._guard(records, previous)
+        ingestion = self.hook(BatchIngestionHook)
+        if not self.batch_id:
+            self.log.info("Nothing to publish (0 records)")
+            return self._replace(context, None, 0, previous)
+        push_batch_link(context, ingestion.settings, self.batch_id)
+        batch = ingestion.get_batch(self.batch_id)
+        if batch.status.lower() == "loading":
+            ingestion.complete_batch(self.batch_id)
+        elif not batch.is_terminal:
+            self.log.info("Batch %s is already %s (completed by an earlier try)", batch.id, batch.status)
+        if not batch.is_terminal:
+            deadline = time.time() + self.wait_timeout.total_seconds()
+            if self.deferrable:
+                self.defer(trigger=BatchTrigger(batch_id=self.batch_id,
+                                                **self.trigger_kwargs(self.poll_interval, deadline)),
+                           method_name="execute_complete")
+            while not batch.is_terminal:
+                if time.time() > deadline:
+                    raise AirflowException(f"batch {batch.id} still {batch.status} after {self.wait_timeout}")
+                time.sleep(self.poll_interval)
+                batch = ingestion.get_batch(self.batch_id)
+        return self._verdict(context, batch.is_success, batch.status, batch.failed_record_count,
+                             batch.error_summary())
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        event = validate_event(event, what=f"batch {self.batch_id}", accept=("success", "failed"))
+        return self._verdict(context, event["status"] == "success", event.get("batch_status", "?"),
+                             int(event.get("failed_records") or 0), event.get("message", ""))
+
+    def _verdict(self, context: Context, ok: bool, status: str, failed_records: int, errors: str) -> dict[str, Any]:
+        ingestion = self.hook(BatchIngestionHook)
+        if ok and failed_records:
+            # A partial snapshot must not stay visible: take it back; the previous one is still live.
+            ingestion.revert_batch(self.batch_id)
+            ok, status = False, f"{status} with {failed_records} failed records (reverted)"
+        if not ok:
+            reasons = ingestion.get_row_errors(self.batch_id, limit=5)
+            detail = "; ".join(
+                f"{(r.get('_errors') or [{}])[0].get('message', r)}" for r in reasons) or "no row diagnostics"
+            raise AirflowException(f"batch {self.batch_id} {status}: {errors}. First failed records: {detail}. "
+                                   f"The previous data is untouched. See AEP > Monitoring > Batches.")
+        self.log.info("Batch %s is %s", self.batch_id, status)
+        return self._replace(context, self.batch_id, self._records(), self._predecessors())
+
+    def _replace(self, context: Context, batch_id: str | None, records: int, previous: list[Any]) -> dict[str, Any]:
+        ingestion = self.hook(BatchIngestionHook)
+        for old in previous:
+            ingestion.revert_batch(old.id)
+            self.log.info("Reverted batch %s (%d records), replaced by %s", old.id, old.record_count, batch_id)
+        result = {"batch_id": batch_id, "records": records, "replaced_batch_ids": [b.id for b in previous]}
+        self.log_retries()
+        return result
