@@ -196,7 +196,10 @@ class JobsFile(StrictModel):
 
 def load_jobs_file(path: str | Path) -> JobsFile:
     """Read and validate a YAML or JSON jobs file; errors name the file and the field."""
+    import json
+
     import yaml  # PyYAML ships with Airflow; imported lazily to keep this module cheap
+    from pydantic import ValidationError
 
     path = Path(path)
     raw = path.read_bytes()
@@ -204,5 +207,11 @@ def load_jobs_file(path: str | Path) -> JobsFile:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not valid UTF-8 at byte {exc.start}") from None
-    data: Any = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else __import__("json").loads(text)
-    return JobsFile.model_validate(data)
+    try:
+        data: Any = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot be parsed: {exc}") from None
+    try:
+        return JobsFile.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"{path}: invalid jobs file: {exc}") from None

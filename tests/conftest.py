@@ -13,7 +13,9 @@ sys.path.insert(0, str(TESTS))  # emulator_fixture and friends (tests use --impo
 # Airflow reads its configuration at import time: isolate it before any test imports airflow.
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="cja-audiences-airflow-home-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+# DAG tests write their DAG files here; Airflow reads the folder's location once, at import.
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(os.environ["AIRFLOW_HOME"]) / "dags"))
+Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).mkdir(parents=True, exist_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------

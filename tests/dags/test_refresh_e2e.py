@@ -1,0 +1,130 @@
+"""The refresh DAG end to end with ``dag.test()`` against the emulator, checked against its ground truth.
+
+Two runs with memberships changed in between (the emulator's clock moves a day, and two people are
+moved in and out explicitly): after each run the CJA profile dataset holds exactly the ground-truth
+snapshot (one record per person, people who left gone), the events dataset holds exactly the
+interval's entries and exits, and the report's entered/exited counts equal the ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from airflow_cja_audiences.config import RefreshJob
+
+pytestmark = pytest.mark.slow
+EMAIL = "personID"
+
+
+def _job(audience_ids: list[str], **overrides) -> RefreshJob:
+    return RefreshJob.model_validate({
+        "job_id": "e2e", "schedule": "0 2 * * *", "poll_interval_seconds": 1, "retries": 0,
+        "audiences": [{"id": a} for a in audience_ids],
+        "identity": {"field": "_{tenant}.identification.core.email", "namespace": "Email"}, **overrides})
+
+
+def _run(dag, logical_date: datetime, **conf) -> tuple[str, dict]:
+    """Run the DAG; return (state, report) with the report read from the report task's XCom."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    dag_run = dag.test(logical_date=logical_date, run_conf=conf or None)
+    with create_session() as session:
+        raw = session.scalar(select(XComModel.value).where(
+            XComModel.dag_id == dag.dag_id, XComModel.run_id == dag_run.run_id, XComModel.task_id == "report",
+            XComModel.key == "return_value"))
+    report = XComModel.deserialize_value(type("X", (), {"value": raw})()) if raw is not None else {}
+    return str(dag_run.state), report
+
+
+def _prod(emu) -> dict:
+    return emu.admin.state()["sandboxes"]["prod"]
+
+
+def _dataset_id(emu, name: str) -> str:
+    matches = [i for i, d in _prod(emu)["datasets"].items() if d["name"] == name]
+    assert len(matches) == 1, f"{len(matches)} datasets named {name!r}"
+    return matches[0]
+
+
+def _snapshot_records(emu, dataset_id: str, tenant: str) -> dict[str, set[tuple]]:
+    records = emu.admin.dataset_records(dataset_id)
+    people = [r[EMAIL] for r in records]
+    assert len(people) == len(set(people)), "a person appears in two live records"
+    return {r[EMAIL]: {(m["audienceMembershipId"], m["status"], m["lastQualificationTime"])
+                       for m in r[f"_{tenant}"]["audienceMembership"]} for r in records}
+
+
+def _truth_snapshot(emu, audience_ids: list[str]) -> dict[str, set[tuple]]:
+    truth: dict[str, set[tuple]] = defaultdict(set)
+    for row in emu.admin.snapshot(audience_ids, ["realized", "existing"]):
+        truth[row["email"]].add((row["audience_id"], row["status"], row["last_qualification_time"]))
+    return dict(truth)
+
+
+def _live_batches(emu, dataset_id: str) -> list[dict]:
+    return [b for b in _prod(emu)["batches"].values() if b["status"] == "success"
+            and any(o.get("id") == dataset_id for o in b.get("relatedObjects", []))]
+
+
+def _interval_end(days_ago: int) -> datetime:
+    end = datetime.now(timezone.utc).replace(hour=2, minute=0, second=0, microsecond=0)
+    if end > datetime.now(timezone.utc):
+        end -= timedelta(days=1)
+    return end - timedelta(days=days_ago)
+
+
+def test_two_runs_converge_to_ground_truth(emu, airflow_db, dags_folder):
+    audiences = [a["id"] for a in emu.admin.state()["audiences"][:3]]
+    job = _job(audiences)
+    dag = dags_folder(job)
+    tenant = emu.credentials.tenant
+    now = emu.admin.clock()["now"]
+    emu.admin.advance_clock(-86_400)
+    try:
+        state, report1 = _run(dag, _interval_end(1))
+        assert state == "success", report1
+        profile_ds = _dataset_id(emu, job.names.profile_dataset)
+        first = _truth_snapshot(emu, audiences)
+        assert _snapshot_records(emu, profile_ds, tenant) == first
+    finally:
+        emu.admin.set_clock(now)
+
+    # Change memberships for the second run: time passes, and two people move explicitly.
+    leaver = next(iter(sorted(first)))
+    leaver_index = next(r["profile_index"] for r in emu.admin.snapshot(audiences) if r["email"] == leaver)
+    for audience_id, _, _ in first[leaver]:
+        emu.admin.set_membership(leaver_index, audience_id, member=False)
+    joiner_index = next(i for i in range(600) if emu.admin.profile(i)["email"] not in first)
+    emu.admin.set_membership(joiner_index, audiences[0], member=True)
+
+    state, report2 = _run(dag, _interval_end(0))
+    assert state == "success", report2
+    second = _truth_snapshot(emu, audiences)
+    records = _snapshot_records(emu, profile_ds, tenant)
+    assert records == second
+    assert leaver not in records and emu.admin.profile(joiner_index)["email"] in records
+    assert len(_live_batches(emu, profile_ds)) == 1  # exactly one live snapshot
+
+    old = {(p, a) for p, ms in first.items() for a, _, _ in ms}
+    new = {(p, a) for p, ms in second.items() for a, _, _ in ms}
+    by_audience = {row["id"]: row for row in report2["audiences"]}
+    for audience_id in audiences:
+        assert by_audience[audience_id]["members"] == sum(1 for _, a in new if a == audience_id)
+        assert by_audience[audience_id]["entered"] == sum(1 for _, a in new - old if a == audience_id)
+        assert by_audience[audience_id]["exited"] == sum(1 for _, a in old - new if a == audience_id)
+
+    # The second run's interval events equal what AEP can show for that interval.
+    start, end = report2["interval"]
+    event_ds = _dataset_id(emu, job.names.event_dataset)
+    events = {(r[f"_{tenant}"]["personID"], r[f"_{tenant}"]["audienceMembershipId"],
+               r[f"_{tenant}"]["audienceEventType"], r["timestamp"]) for r in emu.admin.dataset_records(event_ds)
+              if start <= r["timestamp"] < end}
+    truth_events = {(e["email"], e["audience_id"], e["event"], e["time"]) for e in emu.admin.events(audiences, start, end)}
+    assert events == truth_events and events
+    assert json.dumps(report2)  # the report is plain JSON (it is also the Asset event's extra)
