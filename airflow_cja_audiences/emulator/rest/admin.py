@@ -15,6 +15,10 @@ Ground truth (JSON Lines; ``audience`` may repeat, default all audiences)
   ``GET  /emulator/truth/transitions?audience=&start=&end=``
   ``GET  /emulator/truth/profiles/{index}``    one profile's synthetic attributes (JSON)
 
+AEP UI stand-ins (targets of the operators' extra links; HTML)
+  ``GET  /emulator/ui/dataset/browse/{id}``, ``/emulator/ui/monitoring/batches/{id}``,
+  ``/emulator/ui/segmentation/export-jobs/{id}`` (``?sandbox=``, default prod)
+
 Control
   ``GET|POST /emulator/clock``      ``{"advance_seconds": 86400}`` or ``{"set": "2026-01-01T00:00:00Z"}``
                                     (emulator time = real time + offset; data time only, see clock.py)
@@ -139,6 +143,28 @@ def dataset_records(call: Call) -> Response:
 
 def batch_rows(call: Call) -> Response:
     return _jsonl(iter(call.state.export_rows(call.path_params["id"])))
+
+
+# -- "AEP UI" pages: where the operators' extra links point when the connection's ui_url is
+# ``{base}/emulator/ui``. A page shows the resource as the emulator holds it (404 when unknown).
+_UI_KINDS = {"dataset": "datasets", "batches": "batches", "export-jobs": "exportJobs"}
+
+
+def ui_page(call: Call, kind: str) -> Response:
+    import html
+
+    key, resource_id = _UI_KINDS[kind], call.path_params["id"]
+    sandbox = call.param("sandbox") or "prod"
+    objects = (call.state.describe().get("sandboxes") or {}).get(sandbox, {}).get(key) or {}
+    if isinstance(objects, list):  # export jobs are a list of jobs with integer ids
+        objects = {str(o.get("id")): o for o in objects}
+    found = objects.get(resource_id)
+    if found is None:
+        raise AdminError(404, f"no {kind} {resource_id!r} in sandbox {sandbox!r}")
+    body = (f"<!doctype html><title>AEP emulator: {html.escape(kind)} {html.escape(resource_id)}</title>"
+            f"<h1>{html.escape(kind)} {html.escape(resource_id)}</h1><p>sandbox {html.escape(sandbox)}</p>"
+            f"<pre>{html.escape(json.dumps(_jsonable(found), indent=2, sort_keys=True))}</pre>")
+    return Response(body, media_type="text/html")
 
 
 # -- ground truth ----------------------------------------------------------------------------------
@@ -301,4 +327,7 @@ ENDPOINTS = [
     _ep("POST", "/reset", "reset", reset, locked=False),
     _ep("POST", "/cja/connections/{id}/datasets", "add_connection_dataset", add_connection_dataset, body=True),
     _ep("POST", "/cja/dataviews/{id}/dimensions", "add_view_dimension", add_view_dimension, body=True),
+    *(_ep("GET", path, f"ui_{kind}", lambda call, kind=kind: ui_page(call, kind), locked=False)
+      for path, kind in (("/ui/dataset/browse/{id}", "dataset"), ("/ui/monitoring/batches/{id}", "batches"),
+                         ("/ui/segmentation/export-jobs/{id}", "export-jobs"))),
 ]
