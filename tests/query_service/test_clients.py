@@ -105,6 +105,19 @@ def test_gssenc_declined_then_tls_and_cleartext_auth(server: Any, tls: Any, qs: 
             assert (kind, auth) == (b"R", 3)  # cleartext password, the only type Query Service accepts
 
 
+def test_newer_protocol_minor_version_is_negotiated_down(server: Any, tls: Any, qs: Any) -> None:
+    """A 3.2 startup (libpq 18 can ask for it) gets NegotiateProtocolVersion: 3.0, then auth as usual."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+        raw.sendall(_startup_packet(80877103))
+        assert raw.recv(1) == b"S"
+        with ssl.create_default_context(cafile=str(tls.ca)).wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            params = b"user\x00u\x00database\x00prod:all\x00_pq_.future\x00x\x00\x00"
+            sock.sendall(_startup_packet((3 << 16) | 2, params))
+            negotiate, auth = _read_messages(sock, b"R")
+            assert negotiate == (b"v", struct.pack("!ii", 0, 1) + b"_pq_.future\x00")
+            assert auth == (b"R", struct.pack("!i", 3))
+
+
 def test_sqlalchemy_engine_probes_and_pandas(dsn: dict[str, Any], qs: Any) -> None:
     """SQLAlchemy's connect-time probes (version, current_schema, isolation level, hstore) get answers."""
     import pandas as pd
