@@ -25,7 +25,7 @@ from airflow_cja_audiences.config import JobsFile, RefreshJob, load_jobs_file
 from airflow_cja_audiences.operators.cja import CheckCjaOperator
 from airflow_cja_audiences.operators.export import ExportAudiencesOperator
 from airflow_cja_audiences.operators.load import LoadPartitionOperator, PrepareLoadOperator
-from airflow_cja_audiences.operators.publish import PublishBatchOperator
+from airflow_cja_audiences.operators.publish import AbortOpenBatchesOperator, PublishBatchOperator
 from airflow_cja_audiences.operators.report import ReportOperator
 from airflow_cja_audiences.operators.setup import (
     EnsureCjaDatasetOperator,
@@ -141,22 +141,26 @@ def build_dag(job: RefreshJob) -> DAG:
                 poll_interval=job.poll_interval_seconds,
                 deferrable=True, trigger_rule="none_failed")
             load >> publish
-            loads[kind] = (dataset, prepare, publish)
+            loads[kind] = (dataset, prepare, publish, load)
 
         check = CheckCjaOperator(
             task_id="check_cja", **common, connection_id=job.cja_connection_id, data_view_id=job.cja_data_view_id,
             tenant=resolve.output["tenant"],
-            datasets={kind: ds.output["dataset_id"] for kind, (ds, _, _) in loads.items()},
+            datasets={kind: ds.output["dataset_id"] for kind, (ds, _, _, _) in loads.items()},
             dimension_fields=_dimension_fields(job), trigger_rule="none_failed")
         report = ReportOperator(
             task_id="report", job_id=job.job_id, sandbox=job.sandbox, trigger_rule="none_failed",
             outlets=[asset_for(job)],
             task_ids={"resolve": resolve.task_id, "plan": plan.task_id, "export": export.task_id,
                       "check_cja": check.task_id,
-                      **{role: task.task_id for kind, (ds, prep, pub) in loads.items()
+                      **{role: task.task_id for kind, (ds, prep, pub, _) in loads.items()
                          for role, task in ((f"prepare_{kind}", prep), (f"publish_{kind}", pub),
                                             ("profile_dataset" if kind == "snapshot" else "event_dataset", ds))}})
-        [publish for _, _, publish in loads.values()] >> check >> report
+        [publish for _, _, publish, _ in loads.values()] >> check >> report
+        abort = AbortOpenBatchesOperator(
+            task_id="abort_open_batches", **common,
+            batch_ids=[prep.output["batch_id"] for _, prep, _, _ in loads.values()])
+        [task for _, _, publish, load in loads.values() for task in (load, publish)] >> abort
     return dag
 
 

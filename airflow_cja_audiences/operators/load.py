@@ -19,7 +19,7 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from airflow_cja_audiences import sql
-from airflow_cja_audiences.config import RefreshJob
+from airflow_cja_audiences.config import QUERY_SERVICE_ROW_LIMIT, RefreshJob
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
 from airflow_cja_audiences.operators.base import AdobeBaseOperator
 from airflow_cja_audiences.runs import BatchLabel, Kind
@@ -232,15 +232,27 @@ class LoadPartitionOperator(_MembershipQueryOperator):
         from airflow_cja_audiences.transform import write_jsonl
 
         prefix = f"{self.kind}-part-{part.modulus:05d}-{part.remainder:05d}"
+        reason = None
         try:
             summary = write_jsonl(self.query_service.stream(self.rows_sql(part)), spec, tmp, prefix,
                                   max_file_bytes=self.job_config.max_file_bytes)
+            if summary.rows >= QUERY_SERVICE_ROW_LIMIT:
+                # Query Service may cut an ad hoc result at the limit without an error: a full
+                # result is indistinguishable from a truncated one, so never trust it.
+                reason = f"it returned {summary.rows} rows, Query Service's limit (the result may be cut)"
+                for written in summary.files:
+                    written.path.unlink()
         except QueryServiceError as exc:
-            if not exc.is_limit or depth >= self.max_split_depth:
+            if not exc.is_limit:
                 raise AirflowException(f"partition {part.label}: {exc}") from None
+            reason = str(exc)
+        if reason is not None:
+            if depth >= self.max_split_depth:
+                raise AirflowException(f"partition {part.label} is still over the limit after {depth} splits: "
+                                       f"{reason}; lower max_rows_per_query or check for a skewed person id")
             left, right = part.split()
-            self.log.warning("Partition %s is over Query Service's limit (%s); splitting into %s and %s",
-                             part.label, exc, left.label, right.label)
+            self.log.warning("Partition %s is too big: %s; splitting into %s and %s", part.label, reason,
+                             left.label, right.label)
             for child in (left, right):
                 self._load(child, spec, tmp, totals, depth + 1)
             return

@@ -155,3 +155,30 @@ class PublishBatchOperator(AdobeBaseOperator):
         result = {"batch_id": batch_id, "records": records, "replaced_batch_ids": [b.id for b in previous]}
         self.log_retries()
         return result
+
+
+class AbortOpenBatchesOperator(AdobeBaseOperator):
+    """Abort the run's batches that are still open (``loading``) after a failure.
+
+    An open batch is never visible, but aborting it says so in AEP at once (instead of it being
+    abandoned later) and frees the dataset's activity view. Batches already completed are left alone.
+    """
+
+    template_fields = ("sandbox", "batch_ids")
+
+    def __init__(self, *, batch_ids: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", "one_failed")
+        super().__init__(**kwargs)
+        self.batch_ids = batch_ids
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        ingestion = self.hook(BatchIngestionHook)
+        aborted = []
+        for batch_id in [b for b in (self.batch_ids or []) if b]:
+            status = ingestion.get_batch(batch_id).status
+            if status.lower() == "loading" and ingestion.abort_batch(batch_id):
+                aborted.append(batch_id)
+            else:
+                self.log.info("Batch %s is %s; left as it is", batch_id, status)
+        self.log.info("Aborted open batches: %s", aborted or "none")
+        return {"aborted_batch_ids": aborted}
