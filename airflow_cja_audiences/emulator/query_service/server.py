@@ -60,7 +60,15 @@ class _Writer:
 
 
 class QueryServiceServer:
-    """PostgreSQL wire-protocol front of the emulator's DuckDB database, with Query Service's rules."""
+    """PostgreSQL wire-protocol front of the emulator's DuckDB database, with Query Service's rules.
+
+    ``connect`` returns a new cursor of the shared database (one per session and per query, so a
+    timeout interrupts exactly one query); ``authenticate(user, password, database)`` raises
+    ``PermissionError(message)`` to refuse a login (FATAL 28P01); ``list_tables()`` names the
+    readable tables (``name``, ``dataSetId``, ``dataSet``, ``description``: ``SHOW TABLES``).
+    ``max_rows`` (50,000) and ``timeout_seconds`` (600) are production's ad hoc limits,
+    ``max_explicit_limit`` (100,000) its cap on a query's own ``LIMIT``.
+    """
 
     def __init__(
         self,
