@@ -8,13 +8,14 @@ emulator, which serves the same paths.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from airflow.sdk import BaseOperatorLink
 from airflow.sdk.bases.xcom import BaseXCom
 
-from airflow_cja_audiences.models import AdobeConnectionSettings
+if TYPE_CHECKING:
+    from airflow_cja_audiences.models import AdobeConnectionSettings
 
 DATASET_URL_KEY = "aep_dataset_url"
 BATCH_URL_KEY = "aep_batch_url"

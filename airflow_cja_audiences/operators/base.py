@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk import BaseOperator, Context, conf
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_cja_audiences import DEFAULT_CONN_ID
-from airflow_cja_audiences.hooks.platform import AdobePlatformHook
+if TYPE_CHECKING:
+    from airflow_cja_audiences.hooks.platform import AdobePlatformHook
 
-H = TypeVar("H", bound=AdobePlatformHook)
+H = TypeVar("H", bound="AdobePlatformHook")
 
 DEFAULT_DEFERRABLE: bool = conf.getboolean("operators", "default_deferrable", fallback=False)
 
@@ -32,7 +33,7 @@ class AdobeBaseOperator(BaseOperator):
         self.adobe_conn_id = adobe_conn_id
         self.sandbox = sandbox
         self.hook_params = dict(hook_params or {})
-        self._hooks: dict[type, AdobePlatformHook] = {}
+        self._hooks: dict[type, Any] = {}
 
     def hook(self, cls: type[H]) -> H:
         """One hook per class per task run (they share the process-wide token)."""

@@ -8,8 +8,7 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_cja_audiences import validation
-from airflow_cja_audiences.hooks.cja import CjaHook
+from airflow_cja_audiences import hooks, validation
 from airflow_cja_audiences.operators.base import AdobeBaseOperator
 
 
@@ -45,7 +44,7 @@ class CheckCjaOperator(AdobeBaseOperator):
             return {"ok": True, "connection_id": None, "data_view_id": None, "problems": []}
         tenant = validation.tenant_id(self.tenant)
         datasets = {label: ds for label, ds in dict(self.datasets).items() if ds}
-        result = self.hook(CjaHook).check_setup(
+        result = self.hook(hooks.cja.CjaHook).check_setup(
             connection_id=self.connection_id, data_view_id=self.data_view_id, datasets=datasets,
             dimension_paths=[f"_{tenant}.{f}" for f in self.dimension_fields]).to_dict()
         if result["ok"]:

@@ -5,17 +5,19 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_cja_audiences.hooks.catalog import CatalogHook
-from airflow_cja_audiences.hooks.segmentation import SegmentationHook
+from airflow_cja_audiences import hooks
 from airflow_cja_audiences.links import AepDatasetLink, AepExportJobLink, push_dataset_link, push_export_job_link
-from airflow_cja_audiences.models import ExportJob, ExportJobRequest
 from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, validate_event
 from airflow_cja_audiences.triggers.aep import BatchTrigger, ExportJobTrigger
+
+if TYPE_CHECKING:
+    from airflow_cja_audiences.hooks.segmentation import SegmentationHook
+    from airflow_cja_audiences.models import ExportJob, ExportJobRequest
 
 # task_state_store keys: survive a killed worker, so a retry re-attaches to the job it started.
 _STATE_JOB_ID = "export_job_id"
@@ -66,6 +68,8 @@ class ExportAudiencesOperator(AdobeBaseOperator):
     # ------------------------------------------------------------------ helpers
 
     def _request(self) -> ExportJobRequest:
+        from airflow_cja_audiences.models import ExportJobRequest
+
         ids = self.audience_ids
         if isinstance(ids, str):
             ids = [i for i in ids.split(",") if i]
@@ -117,7 +121,7 @@ class ExportAudiencesOperator(AdobeBaseOperator):
     # ------------------------------------------------------------------ execution
 
     def execute(self, context: Context) -> dict[str, Any] | None:
-        hook = self.hook(SegmentationHook)
+        hook = self.hook(hooks.segmentation.SegmentationHook)
         job = self._attach_or_create(context, hook, self._request())
         self._job_id = job.id
         push_export_job_link(context, hook.settings, job.id)
@@ -139,7 +143,7 @@ class ExportAudiencesOperator(AdobeBaseOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any] | None:
         event = validate_event(event, what="export job", accept=("success", "failed"))
         self._job_id = int(event["job_id"])
-        return self._job_done(context, self.hook(SegmentationHook).get_export_job(self._job_id))
+        return self._job_done(context, self.hook(hooks.segmentation.SegmentationHook).get_export_job(self._job_id))
 
     def _job_done(self, context: Context, job: ExportJob) -> dict[str, Any] | None:
         if job.status.upper() != "SUCCEEDED":
@@ -150,19 +154,19 @@ class ExportAudiencesOperator(AdobeBaseOperator):
         batch_id = job.destination.batch_id
         if not batch_id:
             raise AirflowException(f"export job {job.id} SUCCEEDED without a destination batch id")
-        batch = self.hook(CatalogHook).get_batch(batch_id)
+        batch = self.hook(hooks.catalog.CatalogHook).get_batch(batch_id)
         if not batch.is_terminal:
             if self.deferrable:
                 self.defer(trigger=BatchTrigger(batch_id=batch_id, **self.trigger_kwargs(self.poll_interval, None)),
                            method_name="batch_complete", kwargs={"job_id": job.id})
             while not batch.is_terminal:
                 time.sleep(self.poll_interval)
-                batch = self.hook(CatalogHook).get_batch(batch_id)
+                batch = self.hook(hooks.catalog.CatalogHook).get_batch(batch_id)
         return self._finish(context, job, batch.is_success, batch.status, batch.error_summary())
 
     def batch_complete(self, context: Context, job_id: int, event: dict[str, Any] | None = None) -> dict[str, Any]:
         event = validate_event(event, what="export batch", accept=("success", "failed"))
-        job = self.hook(SegmentationHook).get_export_job(job_id)
+        job = self.hook(hooks.segmentation.SegmentationHook).get_export_job(job_id)
         return self._finish(context, job, event["status"] == "success", event.get("batch_status", "?"),
                             event.get("message", ""))
 
@@ -189,4 +193,4 @@ class ExportAudiencesOperator(AdobeBaseOperator):
     def on_kill(self) -> None:
         if self._job_id is not None:
             self.log.info("Cancelling export job %s", self._job_id)
-            self.hook(SegmentationHook).cancel_export_job(self._job_id)
+            self.hook(hooks.segmentation.SegmentationHook).cancel_export_job(self._job_id)

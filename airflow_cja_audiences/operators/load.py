@@ -18,7 +18,7 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
-from airflow_cja_audiences import sql
+from airflow_cja_audiences import hooks, sql
 from airflow_cja_audiences.config import QUERY_SERVICE_ROW_LIMIT, RefreshJob
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
 from airflow_cja_audiences.operators.base import AdobeBaseOperator
@@ -81,9 +81,7 @@ class _MembershipQueryOperator(AdobeBaseOperator):
 
     @cached_property
     def query_service(self) -> Any:
-        from airflow_cja_audiences.hooks.query_service import QueryServiceHook  # psycopg: only when run
-
-        return QueryServiceHook(self.adobe_conn_id, sandbox=self.sandbox)
+        return hooks.query_service.QueryServiceHook(self.adobe_conn_id, sandbox=self.sandbox)
 
     def label(self, context: Context) -> BatchLabel:
         return BatchLabel.for_run(job_id=self.job_config.job_id, kind=self.kind,
@@ -91,9 +89,7 @@ class _MembershipQueryOperator(AdobeBaseOperator):
                                   interval_start=self.interval_start, interval_end=self.interval_end)
 
     def ingestion(self) -> Any:
-        from airflow_cja_audiences.hooks.ingestion import BatchIngestionHook
-
-        return self.hook(BatchIngestionHook)
+        return self.hook(hooks.ingestion.BatchIngestionHook)
 
 
 class PrepareLoadOperator(_MembershipQueryOperator):

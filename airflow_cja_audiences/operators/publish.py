@@ -15,7 +15,7 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from airflow_cja_audiences.hooks.ingestion import BatchIngestionHook
+from airflow_cja_audiences import hooks
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
 from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, validate_event
 from airflow_cja_audiences.operators.load import live_batches
@@ -75,7 +75,7 @@ class PublishBatchOperator(AdobeBaseOperator):
         return sum(int(r.get("records", 0)) for r in results)
 
     def _predecessors(self) -> list[Any]:
-        ingestion = self.hook(BatchIngestionHook)
+        ingestion = self.hook(hooks.ingestion.BatchIngestionHook)
         return [b for b in live_batches(ingestion, self.dataset_id, self._label()) if b.id != self.batch_id]
 
     def _guard(self, records: int, previous: list[Any]) -> None:
@@ -92,7 +92,7 @@ class PublishBatchOperator(AdobeBaseOperator):
             self.log.warning("%s -- forced, replacing anyway", message)
             return
         if self.batch_id:
-            self.hook(BatchIngestionHook).abort_batch(self.batch_id)
+            self.hook(hooks.ingestion.BatchIngestionHook).abort_batch(self.batch_id)
         raise AirflowFailException(message)  # retrying would not change the numbers
 
     # ------------------------------------------------------------------ execution
@@ -103,7 +103,7 @@ class PublishBatchOperator(AdobeBaseOperator):
         records = self._records()
         previous = self._predecessors()
         self._guard(records, previous)
-        ingestion = self.hook(BatchIngestionHook)
+        ingestion = self.hook(hooks.ingestion.BatchIngestionHook)
         if not self.batch_id:
             self.log.info("Nothing to publish (0 records)")
             return self._replace(context, None, 0, previous)
@@ -133,7 +133,7 @@ class PublishBatchOperator(AdobeBaseOperator):
                              int(event.get("failed_records") or 0), event.get("message", ""))
 
     def _verdict(self, context: Context, ok: bool, status: str, failed_records: int, errors: str) -> dict[str, Any]:
-        ingestion = self.hook(BatchIngestionHook)
+        ingestion = self.hook(hooks.ingestion.BatchIngestionHook)
         if ok and failed_records:
             # A partial snapshot must not stay visible: take it back; the previous one is still live.
             ingestion.revert_batch(self.batch_id)
@@ -148,7 +148,7 @@ class PublishBatchOperator(AdobeBaseOperator):
         return self._replace(context, self.batch_id, self._records(), self._predecessors())
 
     def _replace(self, context: Context, batch_id: str | None, records: int, previous: list[Any]) -> dict[str, Any]:
-        ingestion = self.hook(BatchIngestionHook)
+        ingestion = self.hook(hooks.ingestion.BatchIngestionHook)
         for old in previous:
             ingestion.revert_batch(old.id)
             self.log.info("Reverted batch %s (%d records), replaced by %s", old.id, old.record_count, batch_id)
@@ -172,7 +172,7 @@ class AbortOpenBatchesOperator(AdobeBaseOperator):
         self.batch_ids = batch_ids
 
     def execute(self, context: Context) -> dict[str, Any]:
-        ingestion = self.hook(BatchIngestionHook)
+        ingestion = self.hook(hooks.ingestion.BatchIngestionHook)
         aborted = []
         for batch_id in [b for b in (self.batch_ids or []) if b]:
             status = ingestion.get_batch(batch_id).status

@@ -10,12 +10,9 @@ from typing import Any, Literal
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_cja_audiences import validation, xdm
+from airflow_cja_audiences import hooks, validation, xdm
 from airflow_cja_audiences.config import AudienceSelector, OutputFields
 from airflow_cja_audiences.errors import AepConfigError
-from airflow_cja_audiences.hooks.catalog import CatalogHook
-from airflow_cja_audiences.hooks.schema_registry import SchemaRegistryHook
-from airflow_cja_audiences.hooks.segmentation import SegmentationHook
 from airflow_cja_audiences.links import AepDatasetLink, push_dataset_link
 from airflow_cja_audiences.models import EVENT_CLASS, PROFILE_CLASS, PROFILE_UNION_ALT_ID, PROFILE_UNION_SCHEMA
 from airflow_cja_audiences.operators.base import AdobeBaseOperator
@@ -49,14 +46,14 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
                 raise AepConfigError("audiences: the list is empty")
             validation.field_path(self.identity_field)
             tenant = validation.tenant_id(self.tenant) if self.tenant else \
-                self.hook(SchemaRegistryHook).get_tenant_id()
+                self.hook(hooks.schema_registry.SchemaRegistryHook).get_tenant_id()
             identity_path = validation.resolve_tenant_path(self.identity_field, tenant)
         except ValueError as exc:
             raise AirflowException(f"invalid input: {exc}") from None
-        resolved = self.hook(SegmentationHook).resolve_audiences(selectors)
+        resolved = self.hook(hooks.segmentation.SegmentationHook).resolve_audiences(selectors)
         if self.check_identity_field:
-            union = self.hook(SchemaRegistryHook).get_profile_union_schema()
-            self.hook(SegmentationHook).require_export_fields(union, [identity_path])
+            union = self.hook(hooks.schema_registry.SchemaRegistryHook).get_profile_union_schema()
+            self.hook(hooks.segmentation.SegmentationHook).require_export_fields(union, [identity_path])
         result = {"audiences": [a.to_dict() for a in resolved], "audience_ids": [a.id for a in resolved],
                   "tenant": tenant, "identity_path": identity_path, "export_fields": [identity_path]}
         for audience in resolved:
@@ -135,7 +132,7 @@ class EnsureExportDatasetOperator(AdobeBaseOperator):
         self.table_name_wait_seconds = table_name_wait_seconds
 
     def execute(self, context: Context) -> dict[str, Any]:
-        catalog = self.hook(CatalogHook)
+        catalog = self.hook(hooks.catalog.CatalogHook)
         dataset, _ = catalog.ensure_dataset(
             self.dataset_name, schema_id=PROFILE_UNION_ALT_ID, accepted_schema_ids=(PROFILE_UNION_SCHEMA,),
             description="Segmentation export jobs of airflow-cja-audiences (read back with Query Service)")
@@ -182,7 +179,7 @@ class EnsureCjaDatasetOperator(AdobeBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         tenant = validation.tenant_id(self.tenant)
         fields = OutputFields.model_validate(self.output_fields)
-        registry = self.hook(SchemaRegistryHook)
+        registry = self.hook(hooks.schema_registry.SchemaRegistryHook)
         if self.kind == "profile":
             group_body = xdm.profile_field_group(self.field_group_title, tenant, fields)
             class_id, identity_property = PROFILE_CLASS, "/personID"
@@ -193,7 +190,7 @@ class EnsureCjaDatasetOperator(AdobeBaseOperator):
         schema, _ = registry.ensure_schema(xdm.schema_body(self.schema_title, class_id, [group.id]))
         registry.ensure_identity_descriptor(schema.id, identity_property, validation.namespace_code(
             self.identity_namespace))
-        dataset, _ = self.hook(CatalogHook).ensure_dataset(
+        dataset, _ = self.hook(hooks.catalog.CatalogHook).ensure_dataset(
             self.dataset_name, schema_id=schema.id,
             accepted_schema_ids=tuple(i for i in (schema.alt_id,) if i),
             description=f"AEP audience {'memberships' if self.kind == 'profile' else 'entries and exits'} for "

@@ -9,9 +9,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_cja_audiences import DEFAULT_CONN_ID
-from airflow_cja_audiences.hooks.catalog import CatalogHook
-from airflow_cja_audiences.hooks.segmentation import SegmentationHook
+from airflow_cja_audiences import DEFAULT_CONN_ID, hooks
 from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, validate_event
 from airflow_cja_audiences.triggers.aep import BatchTrigger, ExportJobTrigger
 
@@ -61,7 +59,7 @@ class ExportJobSensor(_AepSensor):
         self.job_id = job_id
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
-        job = SegmentationHook(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params).get_export_job(
+        job = hooks.segmentation.SegmentationHook(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params).get_export_job(
             int(self.job_id))
         self.log.info("Export job %s is %s", job.id, job.status)
         if job.status.upper() in ("FAILED", "CANCELLED"):
@@ -85,7 +83,7 @@ class BatchSensor(_AepSensor):
         self.batch_id = batch_id
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
-        batch = CatalogHook(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params).get_batch(self.batch_id)
+        batch = hooks.catalog.CatalogHook(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params).get_batch(self.batch_id)
         self.log.info("Batch %s is %s", batch.id, batch.status)
         if batch.is_failed:
             raise AirflowException(f"batch {batch.id} is {batch.status}: {batch.error_summary()}")

@@ -16,11 +16,8 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_cja_audiences import DEFAULT_CONN_ID
+from airflow_cja_audiences import DEFAULT_CONN_ID, hooks
 from airflow_cja_audiences.errors import AepError
-from airflow_cja_audiences.hooks.catalog import CatalogHook
-from airflow_cja_audiences.hooks.ingestion import BatchIngestionHook
-from airflow_cja_audiences.hooks.segmentation import SegmentationHook
 
 # Log a "still waiting" line at most this often per trigger, plus on every state change.
 _PROGRESS_LOG_SECONDS = 60.0
@@ -98,10 +95,10 @@ class ExportJobTrigger(_AepPollingTrigger):
     def _what(self) -> str:
         return f"export job {self.job_id}"
 
-    def _hook(self) -> SegmentationHook:
-        return SegmentationHook(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params)
+    def _hook(self) -> Any:
+        return hooks.segmentation.SegmentationHook(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params)
 
-    async def _poll(self, hook: SegmentationHook) -> tuple[bool, str, dict[str, Any]]:
+    async def _poll(self, hook: Any) -> tuple[bool, str, dict[str, Any]]:
         job = await hook.aget_export_job(self.job_id)
         status = job.status.upper()
         if not job.is_terminal:
@@ -135,10 +132,10 @@ class BatchTrigger(_AepPollingTrigger):
     def _what(self) -> str:
         return f"batch {self.batch_id}"
 
-    def _hook(self) -> CatalogHook:
-        return CatalogHook(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params)
+    def _hook(self) -> Any:
+        return hooks.catalog.CatalogHook(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params)
 
-    async def _poll(self, hook: CatalogHook) -> tuple[bool, str, dict[str, Any]]:
+    async def _poll(self, hook: Any) -> tuple[bool, str, dict[str, Any]]:
         batch = await hook.aget_batch(self.batch_id)
         if not batch.is_terminal:
             return False, batch.status, {}
@@ -151,7 +148,7 @@ class BatchTrigger(_AepPollingTrigger):
         """Abort a batch still loading when a user kills the task (only if asked to)."""
         if not self.abort_on_kill:
             return
-        hook = BatchIngestionHook(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params)
+        hook = hooks.ingestion.BatchIngestionHook(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params)
         async with hook.async_session():
             await asyncio.wait_for(hook.abatch_action(self.batch_id, "ABORT"), timeout=20)
         self.log.info("Batch %s aborted", self.batch_id)
