@@ -128,7 +128,11 @@ class RefreshJob(StrictModel):
     shrink_guard: float = Field(default=0.5, ge=0.0, le=1.0, description=(
         "Refuse to replace the snapshot when it would shrink by more than this fraction"))
     publish_events: bool = Field(default=True, description="Publish entered/exited events for each interval")
-    max_rows_per_query: int = Field(default=40_000, ge=100, lt=QUERY_SERVICE_ROW_LIMIT)
+    max_rows_per_query: int = Field(default=40_000, ge=100, description=(
+        "Rows one partition query should return; must leave headroom below query_service_row_limit"))
+    query_service_row_limit: int = Field(default=QUERY_SERVICE_ROW_LIMIT, ge=101, description=(
+        "Query Service's cap on an ad hoc result (50,000); a partition that returns this many rows may "
+        "have been cut and is split"))
     max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=SMALL_FILE_LIMIT)
     batch_id_column: Literal["_acp_system_metadata.acp_sourceBatchId", "_acp_batchid"] = (
         "_acp_system_metadata.acp_sourceBatchId")
@@ -142,6 +146,13 @@ class RefreshJob(StrictModel):
                                          description="How often deferred waits ask AEP for news")
     export_timeout_minutes: int = Field(default=180, ge=1, le=24 * 60)
     ingestion_timeout_minutes: int = Field(default=180, ge=1, le=24 * 60)
+
+    @model_validator(mode="after")
+    def _headroom(self) -> RefreshJob:
+        if self.max_rows_per_query >= self.query_service_row_limit:
+            raise ValueError(f"max_rows_per_query ({self.max_rows_per_query}) must be below "
+                             f"query_service_row_limit ({self.query_service_row_limit})")
+        return self
 
     @field_validator("description")
     @classmethod

@@ -43,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     add("--state-dir", type=Path, help="where certificates and uploads go (default: a temporary directory)")
     add("--pg-port", type=int, help="also serve Query Service (PostgreSQL wire) on this port; 0 = free port")
     add("--qs-max-rows", type=int, default=DEFAULTS.qs_max_rows, help="rows per ad hoc query (default %(default)s)")
+    add("--qs-over-limit", choices=("truncate", "error"), default=DEFAULTS.qs_over_limit,
+        help="a result above --qs-max-rows is cut silently as production does (truncate, default) or fails "
+             "with SQLSTATE 53400 (error)")
     add("--qs-timeout-seconds", type=float, default=DEFAULTS.qs_timeout_seconds,
         help="ad hoc query time limit (default %(default)s)")
     add("--clock-start", help="RFC 3339 instant: the clock starts there and timelines spread around it "
@@ -68,7 +71,7 @@ def settings_from(args: argparse.Namespace) -> EmulatorSettings:
         client_secret=args.client_secret, org_id=args.org_id, sandboxes=tuple(args.sandboxes or ("prod",)),
         tenant=args.tenant, token_lifetime=args.token_lifetime, tls=not args.no_tls, tls_cert=args.tls_cert,
         tls_key=args.tls_key, tls_ca=args.tls_ca, state_dir=args.state_dir, pg_port=args.pg_port,
-        qs_max_rows=args.qs_max_rows, qs_timeout_seconds=args.qs_timeout_seconds,
+        qs_max_rows=args.qs_max_rows, qs_over_limit=args.qs_over_limit, qs_timeout_seconds=args.qs_timeout_seconds,
         clock_start=parse_instant(args.clock_start) if args.clock_start else None,
         export_job_seconds=args.export_job_seconds, batch_seconds=args.batch_seconds,
         audiences=load_audiences_file(args.audiences_file) if args.audiences_file else None,

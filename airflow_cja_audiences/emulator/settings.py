@@ -71,6 +71,7 @@ class EmulatorSettings:
     state_dir: Path | None = None  # default: a fresh temporary directory
     pg_port: int | None = None  # None = no Query Service; 0 = pick a free port
     qs_max_rows: int = 50_000
+    qs_over_limit: str = "truncate"  # production's implicit LIMIT, or "error"
     qs_timeout_seconds: float = 600.0
     clock_start: datetime | None = None  # anchor of the membership timelines; default today 00:00 UTC
     export_job_seconds: float = 2.0

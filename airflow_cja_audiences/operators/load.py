@@ -19,7 +19,7 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from airflow_cja_audiences import hooks, sql
-from airflow_cja_audiences.config import QUERY_SERVICE_ROW_LIMIT, RefreshJob
+from airflow_cja_audiences.config import RefreshJob
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
 from airflow_cja_audiences.operators.base import AdobeBaseOperator
 from airflow_cja_audiences.runs import BatchLabel, Kind
@@ -232,7 +232,7 @@ class LoadPartitionOperator(_MembershipQueryOperator):
         try:
             summary = write_jsonl(self.query_service.stream(self.rows_sql(part)), spec, tmp, prefix,
                                   max_file_bytes=self.job_config.max_file_bytes)
-            if summary.rows >= QUERY_SERVICE_ROW_LIMIT:
+            if summary.rows >= self.job_config.query_service_row_limit:
                 # Query Service may cut an ad hoc result at the limit without an error: a full
                 # result is indistinguishable from a truncated one, so never trust it.
                 reason = f"it returned {summary.rows} rows, Query Service's limit (the result may be cut)"

@@ -24,7 +24,29 @@ def _members(qs: Any, extra: str = "") -> str:
     return MEMBERS_SQL.format(table=qs.BIG_TABLE, batch=qs.BIG_BATCH[0], extra=extra)
 
 
-def test_over_the_row_cap_fails_everywhere_never_truncates(dsn: dict[str, Any], qs: Any) -> None:
+def test_over_the_row_cap_is_cut_silently_as_in_production(dsn: dict[str, Any], qs: Any) -> None:
+    """Production applies an implicit LIMIT 50000 to ad hoc results: no error, rows just missing."""
+    sql = _members(qs)
+    with psycopg2.connect(**dsn) as conn:
+        cur = conn.cursor()
+        cur.execute(sql)
+        assert len(cur.fetchall()) == 50_000
+        named = conn.cursor("cut")
+        named.execute(sql)
+        assert sum(len(b) for b in iter(lambda: named.fetchmany(7_000), [])) == 50_000
+    with psycopg.connect(**dsn) as conn:
+        assert len(conn.execute(sql).fetchall()) == 50_000
+
+
+def test_over_the_row_cap_fails_in_error_mode(database: Any, tls: Any, qs: Any) -> None:
+    server = qs.start_server(database, tls, over_limit="error")
+    try:
+        _assert_over_the_cap_fails(qs.dsn_for(server, tls), qs)
+    finally:
+        server.stop()
+
+
+def _assert_over_the_cap_fails(dsn: dict[str, Any], qs: Any) -> None:
     sql = _members(qs)
     with psycopg2.connect(**dsn) as conn:
         cur = conn.cursor()

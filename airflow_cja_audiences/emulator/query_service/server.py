@@ -67,7 +67,8 @@ class QueryServiceServer:
     ``PermissionError(message)`` to refuse a login (FATAL 28P01); ``list_tables()`` names the
     readable tables (``name``, ``dataSetId``, ``dataSet``, ``description``: ``SHOW TABLES``).
     ``max_rows`` (50,000) and ``timeout_seconds`` (600) are production's ad hoc limits,
-    ``max_explicit_limit`` (100,000) its cap on a query's own ``LIMIT``.
+    ``max_explicit_limit`` (100,000) its cap on a query's own ``LIMIT``. ``over_limit`` says what a
+    result above ``max_rows`` does: ``"truncate"`` (production's implicit LIMIT) or ``"error"`` (53400).
     """
 
     def __init__(
@@ -82,7 +83,10 @@ class QueryServiceServer:
         max_rows: int = 50_000,
         timeout_seconds: float = 600.0,
         max_explicit_limit: int = 100_000,
+        over_limit: str = "truncate",
     ) -> None:
+        if over_limit not in ("truncate", "error"):
+            raise ValueError(f"over_limit must be 'truncate' or 'error', not {over_limit!r}")
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
@@ -90,7 +94,7 @@ class QueryServiceServer:
         self._authenticate = authenticate
         self._list_tables = list_tables
         self.limits = Limits(max_rows=max_rows, max_explicit_limit=max_explicit_limit,
-                             timeout_seconds=timeout_seconds)
+                             timeout_seconds=timeout_seconds, over_limit=over_limit)
         self.translator = Translator()
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None

@@ -8,8 +8,9 @@ timeout or cancel interrupts exactly that query.
 Query Service limits (guardrails.md, writing-queries.md, troubleshooting-guide.md):
 
 * an ad hoc query returning more than ``max_rows`` rows: production documents an implicit
-  ``LIMIT 50000``; the emulator **fails** the query instead (SQLSTATE 53400, before any row is sent)
-  so that a pipeline silently losing rows above the cap cannot pass its tests. Deliberate deviation.
+  ``LIMIT 50000``, so by default (``over_limit="truncate"``) the emulator silently returns the first
+  ``max_rows`` rows, exactly the trap the recipe falls into; ``over_limit="error"`` fails the query
+  with SQLSTATE 53400 before any row is sent instead (a stricter mode for debugging clients).
 * an explicit ``LIMIT`` above ``max_explicit_limit`` (100,000): 53400 "LIMIT exceeds max value".
 * ``LIMIT 0`` lifts the row cap (documented override); the timeout still applies.
 * a query running longer than ``timeout_seconds``: interrupted, 53400 "statement timeout".
@@ -122,6 +123,7 @@ def _unquote_value(value: str) -> str:
 @dataclass(frozen=True)
 class Limits:
     max_rows: int = 50_000
+    over_limit: str = "truncate"  # production's implicit LIMIT; or "error" (53400)
     max_explicit_limit: int = 100_000
     timeout_seconds: float = 600.0
 
@@ -837,8 +839,8 @@ class Session:
                running: _Running) -> RowSource:
         """Run the query on a fresh DuckDB cursor and return its rows, enforcing the row cap.
 
-        A capped query must be counted before its first row goes out (the emulator fails, never
-        truncates), so its encoded rows - at most ``max_rows + 1`` - are fetched into memory first.
+        A capped query must be counted before its first row goes out (to truncate or fail as
+        configured), so its encoded rows - at most ``max_rows + 1`` - are fetched into memory first.
         (Materialising them in a DuckDB temporary table instead measured no faster, and costs three
         more statements per query.) ``LIMIT 0`` results stream through the read-ahead thread.
         """
@@ -872,7 +874,10 @@ class Session:
             raise
         cursor.close()
         if capped and len(rows) > self.limits.max_rows:
-            raise self._over_the_cap()
+            if self.limits.over_limit == "error":
+                raise self._over_the_cap()
+            log.info("ad hoc result cut at %d rows (production's implicit LIMIT)", self.limits.max_rows)
+            del rows[self.limits.max_rows:]
         return BufferedRows(columns, fmts, encode(rows))
 
     def _over_the_cap(self) -> QueryServiceError:
@@ -880,8 +885,8 @@ class Session:
             err.INSUFFICIENT_RESOURCES,
             f"Query result exceeds the maximum of {self.limits.max_rows:,} rows for ad hoc queries "
             "returned to PostgreSQL clients",
-            detail="Query Service documents an implicit LIMIT for this case; the emulator fails the query "
-                   "instead so that missing rows cannot go unnoticed.",
+            detail="Query Service documents an implicit LIMIT for this case (the emulator's default, "
+                   "over_limit='truncate'); this emulator runs with over_limit='error'.",
             hint="Partition the query (for example WHERE pmod(hash(id), n) = i), add LIMIT, or run a batch "
                  "query (CREATE TABLE AS SELECT).")
 
