@@ -24,13 +24,13 @@ required; write literal braces as ``{{`` and ``}}``), filled only with values bu
 return the same four columns with the same meaning: ``personID`` (the alias that
 ``{partition_filter}`` hashes, so it must be in scope where the filter is placed), ``audienceId``,
 ``status`` (``realized``/``existing``) and ``qualificationTime`` formatted with
-``date_format(..., "yyyy-MM-dd'T'HH:mm:ss'Z'")``, without NULL person ids, ``ORDER BY personID``
+``concat(date_format(...), 'T', ...)``, without NULL person ids, ``ORDER BY personID``
 first. The transform checks the times, statuses, audiences and person order, and fails clearly when
 a template breaks them. Templates apply to the snapshot query only, not to change events.
 
 Constructs used (and nothing else, see docs/ARCHITECTURE.md): ``explode(<map>)`` in an unaliased
 subquery, struct dot paths, ``key`` / ``value.<field>``, ``IN`` lists of quoted literals,
-``IS NOT NULL``, comparisons with quoted literals, ``date_format``, ``count``, ``pmod(hash(x), n)``,
+``IS NOT NULL``, comparisons with quoted literals, ``concat``/``date_format``, ``count``, ``pmod(hash(x), n)``,
 ``ORDER BY``. Timestamps assume the Query Service session time zone is UTC (it is in production).
 """
 
@@ -56,9 +56,14 @@ MEMBER_STATUSES = ("realized", "existing")
 EXITED = "exited"
 #: The batch-id system columns a query may filter on (reference section 8.2a).
 BATCH_ID_COLUMNS = ("_acp_system_metadata.acp_sourceBatchId", "_acp_batchid")
-#: Spark ``date_format`` pattern giving ISO-8601 UTC with a literal ``Z``. It contains single quotes,
-#: so it is written as a double-quoted string (Spark's default dialect reads those as literals).
-TIME_FORMAT = "yyyy-MM-dd'T'HH:mm:ss'Z'"
+#: ISO-8601 UTC with a literal ``Z``, built from single-quoted pieces: a ``date_format`` pattern with
+#: quoted letters would need a double-quoted string, which Query Service documents as an identifier.
+TIME_FORMAT = "yyyy-MM-dd'T'HH:mm:ss'Z'"  # what the expression below produces
+
+
+def iso_utc(timestamp_sql: str) -> str:
+    """SQL for ``timestamp_sql`` formatted as ``TIME_FORMAT`` (session time zone UTC)."""
+    return f"concat(date_format({timestamp_sql}, 'yyyy-MM-dd'), 'T', date_format({timestamp_sql}, 'HH:mm:ss'), 'Z')"
 
 # The only alphabet a SQL string literal may use: enough for audience ids, statuses, batch ids and
 # ISO timestamps, and nothing that can end a literal or start a comment/escape (' " \ ; / * space).
@@ -363,7 +368,7 @@ def render_template(q: MembershipQuery, partition: Partition = Partition()) -> s
 
 
 _ROW_SELECT = (f"{PERSON}, key AS {ROW_COLUMNS[1]}, value.status AS {ROW_COLUMNS[2]},\n"
-               f"       date_format(value.lastQualificationTime, \"{TIME_FORMAT}\") AS {ROW_COLUMNS[3]}")
+               f"       {iso_utc('value.lastQualificationTime')} AS {ROW_COLUMNS[3]}")
 #: Columns of :func:`count_sql`'s single row.
 COUNT_COLUMNS = ("memberships", "identified")
 _COUNT_SELECT = f"count(*) AS {COUNT_COLUMNS[0]}, count({PERSON}) AS {COUNT_COLUMNS[1]}"

@@ -42,7 +42,7 @@ def make_query(**overrides: Any) -> MembershipQuery:
 def test_membership_sql_golden() -> None:
     assert sql.membership_sql(make_query(), Partition(4, 1)) == """\
 SELECT personID, key AS audienceId, value.status AS status,
-       date_format(value.lastQualificationTime, "yyyy-MM-dd'T'HH:mm:ss'Z'") AS qualificationTime
+       concat(date_format(value.lastQualificationTime, 'yyyy-MM-dd'), 'T', date_format(value.lastQualificationTime, 'HH:mm:ss'), 'Z') AS qualificationTime
 FROM (
     SELECT _acme.identification.core.email AS personID, explode(segmentMembership.ups)
     FROM audience_export
@@ -74,7 +74,7 @@ def test_events_sql_golden() -> None:
     window = TimeWindow("2026-11-28T00:00:00Z", datetime(2026, 11, 29, 1, 0, tzinfo=timezone(timedelta(hours=1))))
     assert sql.events_sql(make_query(), window, Partition(2, 1)) == """\
 SELECT personID, key AS audienceId, value.status AS status,
-       date_format(value.lastQualificationTime, "yyyy-MM-dd'T'HH:mm:ss'Z'") AS qualificationTime
+       concat(date_format(value.lastQualificationTime, 'yyyy-MM-dd'), 'T', date_format(value.lastQualificationTime, 'HH:mm:ss'), 'Z') AS qualificationTime
 FROM (
     SELECT _acme.identification.core.email AS personID, explode(segmentMembership.ups)
     FROM audience_export
@@ -122,8 +122,8 @@ def test_every_literal_is_quoted_from_the_safe_alphabet() -> None:
     window = TimeWindow("2026-11-28T00:00:00.5Z", "2026-11-29T00:00:00Z")
     q = make_query()
     for text in (sql.membership_sql(q, Partition(8, 3)), sql.count_sql(q), sql.events_sql(q, window)):
-        outside_pattern = text.replace(f'"{sql.TIME_FORMAT}"', "")
-        assert '"' not in outside_pattern
+        outside_pattern = text
+        assert '"' not in outside_pattern  # Query Service documents double quotes as identifiers
         assert outside_pattern.count("'") % 2 == 0
         for literal in LITERAL.findall(outside_pattern):
             assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]*", literal), literal
@@ -289,7 +289,7 @@ def test_window_is_normalised_to_utc_and_ordered() -> None:
 # --- templates ----------------------------------------------------------------------------------
 
 TEMPLATE = """SELECT personID, key AS audienceId, value.status AS status,
-       date_format(value.lastQualificationTime, "yyyy-MM-dd'T'HH:mm:ss'Z'") AS qualificationTime
+       concat(date_format(value.lastQualificationTime, 'yyyy-MM-dd'), 'T', date_format(value.lastQualificationTime, 'HH:mm:ss'), 'Z') AS qualificationTime
 FROM (SELECT {person} AS personID, explode(segmentMembership.ups) FROM {table} WHERE {batch_filter})
 WHERE key IN ({audience_ids}) AND value.status IN ({statuses}) AND {partition_filter} AND '{{x}}' = '{{x}}'
 ORDER BY personID, audienceId"""
