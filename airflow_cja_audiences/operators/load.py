@@ -96,7 +96,7 @@ class PrepareLoadOperator(_MembershipQueryOperator):
     """Count, check identities, plan partitions, compute per-audience counts, open the target batch.
 
     Return value: the partitions (``[{modulus, remainder}, ...]``) to map the load over. XCom keys:
-    ``batch_id`` (None when there is nothing to upload), ``external_id`` (the batch label),
+    ``batch_id`` ("" when there is nothing to upload), ``external_id`` (the batch label, "" when disabled),
     ``memberships``, ``audience_counts`` (audience id -> counts), ``previous_batch_ids``.
 
     When the run publishes nothing of this kind (``enabled`` false) it returns no partitions and
@@ -112,7 +112,7 @@ class PrepareLoadOperator(_MembershipQueryOperator):
     def execute(self, context: Context) -> list[dict[str, int]]:
         if self.enabled in (False, "False", "false", "", None):
             self.log.info("This run publishes no %s", self.kind)
-            _push(context, {"batch_id": None, "external_id": None, "memberships": 0, "audience_counts": None,
+            _push(context, {"batch_id": NO_BATCH, "external_id": "", "memberships": 0, "audience_counts": None,
                             "previous_batch_ids": []})
             return []
         from airflow_cja_audiences.hooks.query_service import QueryServiceError
@@ -134,7 +134,7 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         ingestion = self.ingestion()
         previous = live_batches(ingestion, self.dataset_id, label)
         counts = self._audience_counts(q, window, previous)
-        batch_id = None
+        batch_id = NO_BATCH
         if identified:
             batch = ingestion.find_batch(self.dataset_id, external_id=label.external_id) or \
                 ingestion.create_batch(self.dataset_id, external_id=label.external_id)
@@ -170,6 +170,11 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         if previous_export is None:
             self.log.info("No previous snapshot of this job: everyone counts as entered")
         return counts
+
+
+# Airflow 3 reads a stored None XCom as "not pushed": publish_* and abort_open_batches template
+# ``batch_id``/``external_id``, and would fail with XComNotFound. "No batch" is therefore "".
+NO_BATCH = ""
 
 
 def _push(context: Context, values: dict[str, Any]) -> None:
