@@ -199,7 +199,7 @@ class LoadPartitionOperator(_MembershipQueryOperator):
     (files are uploaded only after a partition's query completed, so a failed or split partition
     leaves nothing behind). File names are deterministic, so a retried task replaces its files.
 
-    XCom (return value): ``{partition, rows, records, files, bytes, skipped_rows}``.
+    XCom (return value): ``{partition, rows, records, files, bytes, skipped_rows, splits}``.
     """
 
     template_fields = (*_TEMPLATE_FIELDS, "batch_id", "partition")
@@ -220,7 +220,8 @@ class LoadPartitionOperator(_MembershipQueryOperator):
         spec = RecordSpec.from_job(self.job_config, tenant=self.tenant,
                                    audience_names={a["id"]: a["name"] for a in self.audiences},
                                    events=self.kind == "events")
-        totals = {"partition": part.to_dict(), "rows": 0, "records": 0, "files": 0, "bytes": 0, "skipped_rows": 0}
+        totals = {"partition": part.to_dict(), "rows": 0, "records": 0, "files": 0, "bytes": 0, "skipped_rows": 0,
+                  "splits": 0}
         with tempfile.TemporaryDirectory(prefix="cja-load-") as tmp:
             self._load(part, spec, Path(tmp), totals, depth=0)
         self.log.info("Partition %s: %d rows -> %d records in %d files (%d bytes) uploaded to batch %s",
@@ -252,6 +253,7 @@ class LoadPartitionOperator(_MembershipQueryOperator):
                 raise AirflowException(f"partition {part.label} is still over the limit after {depth} splits: "
                                        f"{reason}; lower max_rows_per_query or check for a skewed person id")
             left, right = part.split()
+            totals["splits"] += 1
             self.log.warning("Partition %s is too big: %s; splitting into %s and %s", part.label, reason,
                              left.label, right.label)
             for child in (left, right):

@@ -1,0 +1,193 @@
+"""Each pipeline step run twice (a retry after the first try did its work) converges: no duplicate
+datasets, schemas, field groups, descriptors, export jobs or live batches.
+
+The operators run directly (no scheduler) with a small stand-in for the task context: an XCom
+sink, the run id, and a ``task_state_store`` that survives between the "tries" as Airflow's does.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from airflow_cja_audiences import DEFAULT_CONN_ID
+from airflow_cja_audiences.config import RefreshJob
+from airflow_cja_audiences.operators.export import ExportAudiencesOperator
+from airflow_cja_audiences.operators.load import LoadPartitionOperator, PrepareLoadOperator
+from airflow_cja_audiences.operators.publish import PublishBatchOperator
+from airflow_cja_audiences.operators.setup import EnsureCjaDatasetOperator, EnsureExportDatasetOperator
+
+TENANT = "demoemea"
+
+
+class FakeTI:
+    def __init__(self, try_number: int = 1) -> None:
+        self.try_number = try_number
+        self.xcoms: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcoms[key] = value
+
+
+class FakeStore(dict):
+    def set(self, key: str, value: Any, **_: Any) -> None:
+        self[key] = value
+
+    def delete(self, key: str) -> None:
+        self.pop(key, None)
+
+
+def _context(store: FakeStore | None = None, try_number: int = 1, run_id: str = "manual__retry-test") -> dict:
+    return {"ti": FakeTI(try_number), "run_id": run_id, "task_state_store": store, "params": {},
+            "dag_run": SimpleNamespace(start_date=datetime.now(timezone.utc), run_type="manual")}
+
+
+def _prod(emu) -> dict:
+    return emu.admin.state()["sandboxes"]["prod"]
+
+
+def _named(emu, kind: str, name: str) -> list:
+    objects = _prod(emu)[kind]
+    items = objects.values() if isinstance(objects, dict) else objects
+    return [o for o in items if (o.get("name") or o.get("title")) == name]
+
+
+def _job(audiences: list[str], **extra) -> RefreshJob:
+    return RefreshJob.model_validate({"job_id": "retries", "audiences": [{"id": a} for a in audiences],
+                                      "identity": {"field": "_{tenant}.identification.core.email"},
+                                      "tenant": TENANT, **extra})
+
+
+def _export(emu, job: RefreshJob, dataset_id: str, store: FakeStore | None = None, try_number: int = 1):
+    op = ExportAudiencesOperator(task_id="export", dataset_id=dataset_id, audience_ids=[a.id for a in job.audiences],
+                                 fields=[job.identity_path(TENANT)], poll_interval=0.1, deferrable=False)
+    return op, op.execute(_context(store, try_number))
+
+
+@pytest.fixture
+def audiences(emu) -> list[str]:
+    return [a["id"] for a in emu.admin.state()["audiences"][:3]]
+
+
+def test_setup_steps_run_twice_create_once(emu):
+    job = _job(["a-1"])
+    names = job.names
+    export_op = EnsureExportDatasetOperator(task_id="x", dataset_name=names.export_dataset)
+    first, second = export_op.execute(_context()), export_op.execute(_context(try_number=2))
+    assert first == second and len(_named(emu, "datasets", names.export_dataset)) == 1
+    cja_op = EnsureCjaDatasetOperator(task_id="y", kind="profile", tenant=TENANT, dataset_name=names.profile_dataset,
+                                      schema_title=names.profile_schema, field_group_title=names.field_group)
+    first, second = cja_op.execute(_context()), cja_op.execute(_context(try_number=2))
+    assert first == second
+    state = _prod(emu)
+    assert len(_named(emu, "datasets", names.profile_dataset)) == 1
+    assert sum(1 for s in state["schemas"] if s.get("title") == names.profile_schema) == 1
+    assert sum(1 for g in state["fieldGroups"] if g.get("title") == names.field_group) == 1
+    assert sum(1 for d in state["descriptors"] if d.get("xdm:sourceSchema") == first["schema_id"]) == 1
+
+
+def test_export_retry_reattaches_instead_of_exporting_twice(emu, audiences):
+    job = _job(audiences)
+    dataset = EnsureExportDatasetOperator(task_id="x", dataset_name=job.names.export_dataset).execute(_context())
+    store = FakeStore()
+    op, _ = _export(emu, job, dataset["dataset_id"], store)  # warm-up: a finished export forgets its job
+    jobs_before = len(_prod(emu)["exportJobs"])
+
+    # Try 1 dies right after creating the job (the id is stored), try 2 must re-attach.
+    from airflow_cja_audiences.hooks.segmentation import SegmentationHook
+
+    hook = SegmentationHook()
+    created = op._attach_or_create(_context(store), hook, op._request())
+    _, result = _export(emu, job, dataset["dataset_id"], store, try_number=2)
+    assert result["export_job_id"] == created.id
+    # Try 1 dies between the POST and storing the id: try 2 finds the job by what it asked for.
+    store.clear()
+    store.set("export_create_started_ms", int(datetime.now(timezone.utc).timestamp() * 1000))
+    lost = hook.create_export_job(op._request(), created_after_ms=0)
+    _, result = _export(emu, job, dataset["dataset_id"], store, try_number=2)
+    assert result["export_job_id"] == lost.id
+    assert len(_prod(emu)["exportJobs"]) == jobs_before + 2  # two exports, never a third
+    # A new run (first try, empty store) exports afresh instead of taking an earlier run's job.
+    _, fresh = _export(emu, job, dataset["dataset_id"], FakeStore())
+    assert fresh["export_job_id"] not in (created.id, lost.id)
+
+
+def _load_all(job: RefreshJob, export: dict, dataset_id: str, audiences: list[str], *, try_number: int = 1):
+    common = {"job": job.model_dump(mode="json"), "kind": "snapshot", "tenant": TENANT,
+              "table_name": export["table_name"], "export_batch_id": export["export_batch_id"],
+              "audiences": [{"id": a, "name": f"Audience {a[:4]}"} for a in audiences], "dataset_id": dataset_id}
+    ctx = _context(try_number=try_number)
+    partitions = PrepareLoadOperator(task_id="prepare", **common).execute(ctx)
+    batch_id = ctx["ti"].xcoms["batch_id"]
+    results = [LoadPartitionOperator(task_id="load", batch_id=batch_id, partition=p, **common).execute(_context())
+               for p in partitions]
+    return ctx["ti"].xcoms, results
+
+
+def _profile_dataset(job: RefreshJob) -> str:
+    n = job.names
+    return EnsureCjaDatasetOperator(task_id="c", kind="profile", tenant=TENANT, dataset_name=n.profile_dataset,
+                                    schema_title=n.profile_schema, field_group_title=n.field_group
+                                    ).execute(_context())["dataset_id"]
+
+
+def _snapshot_export(emu, job: RefreshJob) -> dict:
+    dataset = EnsureExportDatasetOperator(task_id="x", dataset_name=job.names.export_dataset).execute(_context())
+    _, result = _export(emu, job, dataset["dataset_id"], FakeStore())
+    return {**result, "table_name": dataset["table_name"]}
+
+
+def test_prepare_load_publish_retried_leave_one_live_snapshot(emu, audiences):
+    job = _job(audiences, max_rows_per_query=100)
+    export = _snapshot_export(emu, job)
+    dataset_id = _profile_dataset(job)
+    pushed, results = _load_all(job, export, dataset_id, audiences)
+    again, results_again = _load_all(job, export, dataset_id, audiences, try_number=2)
+    assert again["batch_id"] == pushed["batch_id"]  # the open batch is found by its label
+    assert results_again == results and len(results) > 1
+    publish = PublishBatchOperator(task_id="publish", dataset_id=dataset_id, batch_id=pushed["batch_id"],
+                                   external_id=pushed["external_id"], load_results=results, shrink_guard=0.5,
+                                   poll_interval=0.1, deferrable=False)
+    first = publish.execute(_context())
+    second = publish.execute(_context(try_number=2))
+    live = [b for b in _prod(emu)["batches"].values() if b["status"] == "success"
+            and any(o.get("id") == dataset_id for o in b.get("relatedObjects", []))]
+    assert [b["id"] for b in live] == [pushed["batch_id"]] and first["records"] == second["records"]
+    records = emu.admin.dataset_records(dataset_id)
+    truth = {r["email"] for r in emu.admin.snapshot(audiences, ["realized", "existing"])}
+    assert sorted(r["personID"] for r in records) == sorted(truth)
+    assert sum(r["files"] for r in results) == len(emu.admin.state()["sandboxes"]["prod"]["batches"][
+        pushed["batch_id"]]["files"])  # the retry replaced its files rather than adding to them
+
+
+def test_partition_cut_at_the_row_cap_is_split(audiences, monkeypatch):
+    """An emulator with a 150-row cap cuts results silently (as production does at 50,000); a job
+    whose partitions are too big for it still loads every membership, by splitting them."""
+    from emulator_fixture import start_subprocess
+
+    from airflow_cja_audiences.emulator.connection import airflow_connection
+    from airflow_cja_audiences.hooks.platform import clear_token_cache
+
+    with start_subprocess(profiles=400, pg=True, args=["--qs-max-rows", "150", "--export-job-seconds", "0.2",
+                                                       "--batch-seconds", "0.1"]) as small:
+        monkeypatch.setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}",
+                           json.dumps(airflow_connection(small.ready, small.credentials.client_secret)))
+        clear_token_cache()
+        job = _job(audiences, max_rows_per_query=140, query_service_row_limit=150)
+        export = _snapshot_export(small, job)
+        dataset_id = _profile_dataset(job)
+        pushed, results = _load_all(job, export, dataset_id, audiences)
+        assert pushed["memberships"] > 150
+        assert sum(r["rows"] for r in results) == pushed["memberships"]
+        # The whole result as one partition is certainly cut at 150 rows: it must be split until it fits.
+        whole = LoadPartitionOperator(
+            task_id="load", batch_id=pushed["batch_id"], partition={"modulus": 1, "remainder": 0},
+            job=job.model_dump(mode="json"), kind="snapshot", tenant=TENANT, table_name=export["table_name"],
+            export_batch_id=export["export_batch_id"], dataset_id=dataset_id,
+            audiences=[{"id": a, "name": a} for a in audiences]).execute(_context())
+        assert whole["splits"] >= 1 and whole["rows"] == pushed["memberships"]
+        clear_token_cache()
