@@ -81,6 +81,23 @@ class OutputFields(StrictModel):
         return self
 
 
+class ApiRetries(StrictModel):
+    """How each Adobe API call is retried on throttling (429), server errors and dropped connections.
+
+    Waits grow exponentially from ``initial_wait_seconds`` (with jitter) up to ``max_wait_seconds``,
+    which also caps a ``Retry-After`` header. The defaults suit real Adobe; tests shorten them.
+    """
+
+    max_attempts: int = Field(default=8, ge=1, le=20, description="Attempts per call, the first included")
+    initial_wait_seconds: float = Field(default=0.5, gt=0.0, le=60.0)
+    max_wait_seconds: float = Field(default=60.0, gt=0.0, le=600.0)
+
+    def hook_params(self) -> dict[str, float | int]:
+        """The :class:`~airflow_cja_audiences.hooks.platform.AdobePlatformHook` keyword arguments."""
+        return {"max_attempts": self.max_attempts, "initial_retry_wait": self.initial_wait_seconds,
+                "max_retry_wait": self.max_wait_seconds}
+
+
 class Naming(StrictModel):
     """Names of what the pipeline creates in AEP; ``{job_id}`` is substituted."""
 
@@ -142,6 +159,9 @@ class RefreshJob(StrictModel):
     query_service_pool: str = Field(default="cja_audiences_query_service", pattern=r"^[A-Za-z0-9_.-]{1,100}$",
                                     description="Airflow pool bounding concurrent Query Service queries")
     retries: int = Field(default=3, ge=0, le=20, description="Task retries (each step is idempotent)")
+    retry_delay_seconds: float = Field(default=30.0, ge=0.0, le=3600.0,
+                                       description="Wait before a task's first retry (doubling, up to 10 min)")
+    api_retries: ApiRetries = ApiRetries()
     poll_interval_seconds: float = Field(default=30.0, ge=1.0, le=3600.0,
                                          description="How often deferred waits ask AEP for news")
     export_timeout_minutes: int = Field(default=180, ge=1, le=24 * 60)

@@ -79,13 +79,14 @@ def _doc(job: RefreshJob) -> str:
 def build_dag(job: RefreshJob) -> DAG:
     """The refresh DAG of one job."""
     names = job.names
-    common: dict[str, Any] = {"adobe_conn_id": job.conn_id, "sandbox": job.sandbox}
+    common: dict[str, Any] = {"adobe_conn_id": job.conn_id, "sandbox": job.sandbox,
+                              "hook_params": job.api_retries.hook_params()}
     schedule = CronDataIntervalTimetable(job.schedule, timezone="UTC") if job.schedule else None
     start = datetime(job.start_date.year, job.start_date.month, job.start_date.day, tzinfo=timezone.utc)
     with DAG(
         dag_id=dag_id_for(job), schedule=schedule, start_date=start, catchup=False, max_active_runs=1,
         params=_params(), tags=["adobe", "cja", "audiences"], doc_md=_doc(job),
-        default_args={"retries": job.retries, "retry_delay": timedelta(seconds=30),
+        default_args={"retries": job.retries, "retry_delay": timedelta(seconds=job.retry_delay_seconds),
                       "retry_exponential_backoff": True, "max_retry_delay": timedelta(minutes=10)},
     ) as dag:
         resolve = ResolveAudiencesOperator(task_id="resolve_audiences", **common,

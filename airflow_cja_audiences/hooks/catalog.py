@@ -88,7 +88,8 @@ class CatalogHook(AdobePlatformHook):
                                         params={"requestDataSource": "true"}, json=body)
             return self.get_dataset(_created_id(payload))
 
-        dataset = self.create_once(f"create dataset {name!r}", create, lambda: self.find_dataset(name))
+        dataset = self.create_once(f"create dataset {name!r}", create, lambda: self.find_dataset(name),
+                                   route="catalog.create_dataset")
         log.info("Created dataset %r (%s)", name, dataset.id)
         return dataset
 

@@ -51,7 +51,7 @@ class BatchIngestionHook(CatalogHook):
         def find() -> Batch | None:
             return self.find_batch(dataset_id, external_id=external_id, created_after_ms=started_ms)
 
-        batch = self.create_once(f"create batch {external_id!r}", create, find)
+        batch = self.create_once(f"create batch {external_id!r}", create, find, route="ingestion.create_batch")
         log.info("Created batch %s in dataset %s (externalId %s)", batch.id, dataset_id, external_id)
         return batch
 

@@ -109,7 +109,8 @@ class _WaitRetryAfterOrExponential(tenacity.wait.wait_base):
 
     def __init__(self, initial: float, maximum: float):
         self.maximum = maximum
-        self.exponential = tenacity.wait_exponential_jitter(initial=initial, max=maximum)
+        # Jitter in proportion to the first wait (1 s at the default 0.5 s), so short waits stay short.
+        self.exponential = tenacity.wait_exponential_jitter(initial=initial, max=maximum, jitter=2 * initial)
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
@@ -365,11 +366,12 @@ class AdobePlatformHook(BaseHook):
         except ValueError:
             raise AepError(f"{method} {path}: expected JSON, got {response.text[:200]!r}") from None
 
-    def create_once(self, what: str, create: Callable[[], T], find: Callable[[], T | None]) -> T:
+    def create_once(self, what: str, create: Callable[[], T], find: Callable[[], T | None], *, route: str) -> T:
         """Run a non-idempotent create so that retries never duplicate.
 
         ``create`` is retried only after ``find`` confirmed that the failed attempt left nothing
         behind; if it did create the object (the answer was lost), that object is returned.
+        Retries are counted under ``route``, the create call's route, like every other call's.
         """
         def attempt() -> T:
             try:
@@ -383,7 +385,7 @@ class AdobePlatformHook(BaseHook):
                     return existing
                 raise
 
-        return tenacity.Retrying(**self._retrying_args(what, idempotent=True))(attempt)
+        return tenacity.Retrying(**self._retrying_args(route, idempotent=True))(attempt)
 
     # ---------------------------------------------------------------- async path (triggerer)
 

@@ -66,7 +66,8 @@ class SchemaRegistryHook(AdobePlatformHook):
                                         json=body, accept="application/vnd.adobe.xed+json")
             return XdmResource.model_validate(payload)
 
-        resource = self.create_once(f"create {kind[:-1]} {title!r}", create, lambda: self.find_by_title(kind, title))
+        resource = self.create_once(f"create {kind[:-1]} {title!r}", create, lambda: self.find_by_title(kind, title),
+                                    route=f"schema_registry.create_{kind}")
         log.info("Created %s %r (%s)", kind[:-1], title, resource.id)
         return resource
 
@@ -120,6 +121,6 @@ class SchemaRegistryHook(AdobePlatformHook):
 
         self.create_once("create identity descriptor", lambda: self.request_json(
             "POST", f"{BASE}/tenant/descriptors", route="schema_registry.create_descriptor", json=body,
-            accept="application/vnd.adobe.xdm+json"), find)
+            accept="application/vnd.adobe.xdm+json"), find, route="schema_registry.create_descriptor")
         log.info("Created primary identity descriptor %s (%s) on %s", source_property, namespace, schema_id)
         return True

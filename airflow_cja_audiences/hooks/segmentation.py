@@ -152,7 +152,8 @@ class SegmentationHook(AdobePlatformHook):
             return ExportJob.model_validate(payload)
 
         job = self.create_once("create export job", create,
-                               lambda: self.find_export_job(request, created_after_ms=created_after_ms))
+                               lambda: self.find_export_job(request, created_after_ms=created_after_ms),
+                               route="segmentation.create_export_job")
         log.info("Export job %s created for %d audiences into dataset %s (status %s)", job.id,
                  len(request.segment_ids), request.dataset_id, job.status)
         return job
