@@ -6,7 +6,9 @@ A rule (JSON)::
      "kind": "429" | "500" | "502" | "503" | "reset" | "truncate" | "latency",
      "probability": 1.0,        # chance per matching request
      "retry_after": 2,          # 429 only: adds "Retry-After: 2" (omit for none)
-     "seconds": 0.5,            # latency only: delay before the request is handled (async)
+     "seconds": 0.5,            # latency only: delay before the request is handled (async); it
+                                #   ends early when the rules are replaced or cleared (a test
+                                #   holds a request, acts, then releases it)
      "times": 3}                # stop after this many injections (omit = unlimited)
 
 ``reset`` closes the connection without any response; ``truncate`` sends the headers and part of
@@ -14,21 +16,31 @@ the body, then closes it. Both reach the client as connection errors, not as HTT
 request is **not** processed. ``lost_response`` processes the request, then drops the connection
 instead of answering (the client cannot tell whether it happened: the idempotency test).
 Routes are the stable names listed by ``GET /emulator/routes``; a value containing a space is
-``METHOD regex`` matched against the request path (METHOD may be ``*``).
+``METHOD regex`` matched against the request path (METHOD may be ``*``). Query Service statements
+are route ``query_service.query``, method ``QUERY``, "path" the SQL text on one line (``QUERY
+.*pmod.*`` holds only partition queries): latency holds the statement, the connection kinds drop
+the connection, the status kinds fail the statement (SQLSTATE 57P03).
+
+Draws are seeded per rule and route: how often one route is called (e.g. polls, whose number
+depends on timing) never moves the faults another route gets, so a seeded run is repeatable.
+Stats count, per route, the requests, the injected faults and the requests still in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import re
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger("airflow_cja_audiences.emulator.faults")
 
+QUERY_SERVICE_ROUTE = "query_service.query"
 STATUS_KINDS = ("429", "500", "502", "503")
 CONNECTION_KINDS = ("reset", "truncate", "lost_response")
 KINDS = STATUS_KINDS + CONNECTION_KINDS + ("latency",)
@@ -102,12 +114,21 @@ class Decision:
 class FaultInjector:
     def __init__(self, spec: dict[str, Any] | None = None) -> None:
         self._lock = threading.Lock()
-        self._rng = random.Random(0)
+        self._seed = 0
+        self._rngs: dict[tuple[int, str], random.Random] = {}
         self.rules: list[FaultRule] = []
+        self.generation = 0  # bumped whenever the rules change: pending latencies end early
         self.requests: dict[str, int] = defaultdict(int)
         self.injected: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.in_flight: dict[str, int] = defaultdict(int)
         if spec:
             self.configure(spec)
+
+    def _rng(self, rule_index: int, name: str) -> random.Random:
+        key = (rule_index, name)
+        if key not in self._rngs:
+            self._rngs[key] = random.Random(f"{self._seed}:{rule_index}:{name}")
+        return self._rngs[key]
 
     def configure(self, spec: Any, *, replace: bool = True) -> None:
         """``{"seed": 7, "rules": [...]}`` or a bare list of rules. Validates everything first."""
@@ -121,8 +142,10 @@ class FaultInjector:
         rules = [FaultRule.from_json(r) for r in spec.get("rules", [])]
         with self._lock:
             if "seed" in spec:
-                self._rng = random.Random(int(spec["seed"]))
+                self._seed = int(spec["seed"])
+            self._rngs.clear()
             self.rules = rules if spec.get("replace", replace) else self.rules + rules
+            self.generation += 1
         log.info("fault rules now: %s", [r.to_json() for r in self.rules])
 
     def unknown_routes(self, known: set[str]) -> list[str]:
@@ -133,18 +156,19 @@ class FaultInjector:
     def clear(self) -> None:
         with self._lock:
             self.rules = []
+            self.generation += 1
         log.info("fault rules cleared")
 
     def decide(self, name: str, method: str, path: str) -> Decision:
         decision = Decision()
         with self._lock:
             self.requests[name] += 1
-            for rule in self.rules:
+            for index, rule in enumerate(self.rules):
                 if not rule.matches(name, method, path):
                     continue
                 if rule.times is not None and rule.injected >= rule.times:
                     continue
-                if self._rng.random() >= rule.probability:
+                if self._rng(index, name).random() >= rule.probability:
                     continue
                 if rule.kind == "latency":
                     decision.delay += rule.seconds
@@ -159,11 +183,33 @@ class FaultInjector:
                      f" after {decision.delay:g}s" if decision.delay else "", method, path, name)
         return decision
 
+    def hold(self, seconds: float) -> None:
+        """Block this thread for ``seconds``, or until the rules change (Query Service threads)."""
+        generation, deadline = self.generation, time.monotonic() + seconds
+        while self.generation == generation and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.05))
+
+    async def ahold(self, seconds: float) -> None:
+        """:meth:`hold` for the event loop (other requests proceed meanwhile)."""
+        generation, deadline = self.generation, time.monotonic() + seconds
+        while self.generation == generation and (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 0.05))
+
+    def started(self, name: str) -> None:
+        """A request of route ``name`` is being handled (counted until :meth:`finished`)."""
+        with self._lock:
+            self.in_flight[name] += 1
+
+    def finished(self, name: str) -> None:
+        with self._lock:
+            self.in_flight[name] -= 1
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             routes = sorted(set(self.requests) | set(self.injected))
             return {
-                "routes": {r: {"requests": self.requests.get(r, 0), "faults": dict(self.injected.get(r, {}))}
+                "routes": {r: {"requests": self.requests.get(r, 0), "faults": dict(self.injected.get(r, {})),
+                               **({"inFlight": self.in_flight[r]} if self.in_flight.get(r) else {})}
                            for r in routes},
                 "rules": [rule.to_json() for rule in self.rules],
             }

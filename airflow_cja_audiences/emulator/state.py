@@ -27,8 +27,9 @@ from airflow_cja_audiences.emulator.cja_model import (CjaStore, Connection, Data
                                                        data_view_id, dimension)
 from airflow_cja_audiences.emulator.clock import Clock
 from airflow_cja_audiences.emulator.exports import ExportJob, table_ddl
-from airflow_cja_audiences.emulator.faults import FaultInjector
+from airflow_cja_audiences.emulator.faults import QUERY_SERVICE_ROUTE, STATUS_KINDS, FaultInjector
 from airflow_cja_audiences.emulator.memberships import OVERRIDE_TABLE, Timeline
+from airflow_cja_audiences.emulator.query_service.errors import QueryServiceError
 from airflow_cja_audiences.emulator.registry import SchemaRegistry
 from airflow_cja_audiences.emulator.settings import EmulatorSettings
 from airflow_cja_audiences.emulator.synthetic import default_audiences
@@ -281,6 +282,23 @@ class EmulatorState:
         if suffix != "all" or sandbox not in self.sandboxes:
             raise PermissionError(f"database must be '<sandbox>:all' for one of {sorted(self.sandboxes)}, "
                                   f"got {database!r}")
+
+    def qs_statement(self, sql: str) -> None:
+        """Query Service fault injection, before each statement runs (rules as in faults.py)."""
+        route = QUERY_SERVICE_ROUTE
+        self.faults.started(route)
+        try:
+            decision = self.faults.decide(route, "QUERY", " ".join(sql.split()))
+            if decision.delay:
+                self.faults.hold(decision.delay)
+        finally:
+            self.faults.finished(route)
+        fault = decision.fault
+        if fault is None:
+            return
+        if fault.kind in STATUS_KINDS:  # the service is busy or failing: the statement fails
+            raise QueryServiceError("57P03", f"Query Service is temporarily unavailable (injected {fault.kind})")
+        raise ConnectionResetError(f"injected {fault.kind}")  # the server drops the connection
 
     def qs_list_tables(self) -> list[dict]:
         with self.lock:

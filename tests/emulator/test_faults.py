@@ -126,3 +126,35 @@ def test_lost_response_processes_the_request_then_drops_the_connection(emu, aep)
         aep.union_dataset("Created but unanswered")
     found = aep.ok(aep.api.call("GET", DATASETS, params={"property": "name==Created but unanswered"}))
     assert len(found) == 1  # a client must look before it creates again
+
+
+def test_seeded_draws_of_a_route_ignore_other_routes_traffic(emu, api):
+    """Faults are drawn per rule and route: extra polls of one route do not move another's faults."""
+    api.token()
+
+    def pattern(polls: int) -> list[int]:
+        emu.admin.set_faults([{"route": "*", "kind": "500", "probability": 0.5}], seed=5)
+        codes = []
+        for i in range(12):
+            for _ in range(polls if i % 3 == 0 else 0):
+                api.call("GET", "/data/foundation/catalog/batches")
+            codes.append(api.call("GET", DATASETS).status_code)
+        return codes
+
+    assert pattern(0) == pattern(3)
+
+
+def test_a_held_request_is_released_when_the_rules_change(emu, api):
+    api.token()
+    emu.admin.set_faults([{"route": "catalog.list_datasets", "kind": "latency", "seconds": 60}])
+    done: dict[str, int] = {}
+    thread = threading.Thread(target=lambda: done.setdefault("status", api.call("GET", DATASETS).status_code))
+    started = time.monotonic()
+    thread.start()
+    while emu.admin.stats()["routes"].get("catalog.list_datasets", {}).get("inFlight") != 1:
+        assert time.monotonic() - started < 10, "the request was not held"
+        time.sleep(0.02)
+    emu.admin.clear_faults()
+    thread.join(timeout=10)
+    assert done == {"status": 200} and time.monotonic() - started < 10
+    assert "inFlight" not in emu.admin.stats()["routes"]["catalog.list_datasets"]

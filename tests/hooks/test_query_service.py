@@ -6,6 +6,7 @@ corrected, checked against the emulator's ground truth rather than against itsel
 
 from __future__ import annotations
 
+import threading
 import time
 
 import psycopg2
@@ -146,3 +147,28 @@ def test_change_counts_between_two_exports_equal_ground_truth(emu, audiences):
                     sum(1 for _, x in old - new if x == a)) for a in wanted}
     assert {a: got.get(a, (0, 0, 0)) for a in wanted} == expected
     assert any(v[1] or v[2] for v in expected.values())  # the clock move really changed memberships
+
+
+def test_query_service_faults_hold_fail_or_drop_a_statement(emu):
+    """The emulator's Query Service faults (route query_service.query) as a PostgreSQL client sees them."""
+    from airflow_cja_audiences.hooks.query_service import QueryServiceError
+
+    hook = QueryServiceHook()
+    emu.admin.set_faults([{"route": "QUERY SELECT 2", "kind": "503", "times": 1}])
+    with pytest.raises(QueryServiceError) as failed:
+        hook.query_all("SELECT 2")
+    assert failed.value.sqlstate == "57P03" and hook.query_all("SELECT 2") == [(2,)]
+    emu.admin.set_faults([{"route": "query_service.query", "kind": "reset", "times": 1}])
+    with pytest.raises(QueryServiceError, match="closed|EOF|connection"):
+        hook.query_all("SELECT 3")
+    emu.admin.set_faults([{"route": "query_service.query", "kind": "latency", "seconds": 60, "times": 1}])
+    started = time.monotonic()
+    held = threading.Thread(target=lambda: hook.query_all("SELECT 4"))
+    held.start()
+    while emu.admin.stats()["routes"]["query_service.query"].get("inFlight") != 1:
+        assert time.monotonic() - started < 30, "the statement was not held"
+        time.sleep(0.05)
+    emu.admin.clear_faults()  # releases the held statement at once
+    held.join(timeout=30)
+    assert not held.is_alive() and time.monotonic() - started < 30
+    assert "inFlight" not in emu.admin.stats()["routes"]["query_service.query"]

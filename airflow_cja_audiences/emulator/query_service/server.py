@@ -66,6 +66,8 @@ class QueryServiceServer:
     timeout interrupts exactly one query); ``authenticate(user, password, database)`` raises
     ``PermissionError(message)`` to refuse a login (FATAL 28P01); ``list_tables()`` names the
     readable tables (``name``, ``dataSetId``, ``dataSet``, ``description``: ``SHOW TABLES``).
+    ``before_statement(sql)`` runs before each statement (fault injection: it may delay, raise a
+    ``QueryServiceError`` to fail the statement, or an ``OSError`` to drop the connection).
     ``max_rows`` (50,000) and ``timeout_seconds`` (600) are production's ad hoc limits,
     ``max_explicit_limit`` (100,000) its cap on a query's own ``LIMIT``. ``over_limit`` says what a
     result above ``max_rows`` does: ``"truncate"`` (production's implicit LIMIT) or ``"error"`` (53400).
@@ -84,6 +86,7 @@ class QueryServiceServer:
         timeout_seconds: float = 600.0,
         max_explicit_limit: int = 100_000,
         over_limit: str = "truncate",
+        before_statement: Callable[[str], None] | None = None,
     ) -> None:
         if over_limit not in ("truncate", "error"):
             raise ValueError(f"over_limit must be 'truncate' or 'error', not {over_limit!r}")
@@ -93,6 +96,7 @@ class QueryServiceServer:
         self._connect = connect
         self._authenticate = authenticate
         self._list_tables = list_tables
+        self._before_statement = before_statement
         self.limits = Limits(max_rows=max_rows, max_explicit_limit=max_explicit_limit,
                              timeout_seconds=timeout_seconds, over_limit=over_limit)
         self.translator = Translator()
@@ -326,7 +330,9 @@ class _Connection:
                 if kind == b"Q":
                     skipping = False
                     try:
-                        session.simple_query(body[:-1].decode("utf-8"), writer.write)
+                        sql = body[:-1].decode("utf-8")
+                        self._statement_starts(sql)
+                        session.simple_query(sql, writer.write)
                     except Exception as exc:  # noqa: BLE001 - reported to the client, session goes on
                         self._error(session, writer, exc)
                     writer.write([pg.ready_for_query(session.tx_status)])
@@ -345,6 +351,10 @@ class _Connection:
             except Exception as exc:  # noqa: BLE001 - reported to the client, session goes on
                 self._error(session, writer, exc)
                 skipping = True
+
+    def _statement_starts(self, sql: str) -> None:
+        if self.server._before_statement is not None:
+            self.server._before_statement(sql)
 
     def _error(self, session: Session, writer: _Writer, exc: Exception) -> None:
         """Send an ErrorResponse; FATAL errors end the connection, anything unexpected is XX000."""
@@ -365,6 +375,7 @@ class _Connection:
         if kind == b"P":
             name, sql = p.cstring(), p.cstring()
             oids = [p.int32() for _ in range(p.int16())]
+            self._statement_starts(sql)
             extended.parse(name, sql, oids)
             writer.write([pg.PARSE_COMPLETE])
         elif kind == b"B":

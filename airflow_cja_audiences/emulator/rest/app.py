@@ -3,7 +3,6 @@ sets the request id, logs each request and injects faults."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -16,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import Message, Receive, Scope, Send
 
-from airflow_cja_audiences.emulator.faults import STATUS_KINDS, FaultRule
+from airflow_cja_audiences.emulator.faults import QUERY_SERVICE_ROUTE, STATUS_KINDS, FaultRule
 from airflow_cja_audiences.emulator.rest import (admin, catalog, cja, common, ims, ingestion, query,
                                                  schema_registry, segmentation)
 from airflow_cja_audiences.emulator.rest.errors import new_request_id
@@ -63,6 +62,8 @@ def build_app(state: EmulatorState) -> EmulatorMiddleware:
     state.route_table = [{"name": r.name, "path": r.path, "methods": sorted(r.methods or [])} for r in routes]
     state.route_table += [{"name": name, "path": next(r.path for r in routes if r.name == route) + f"?action={action}",
                            "methods": ["POST"]} for route, names in ACTION_NAMES.items() for action, name in names.items()]
+    state.route_table.append({"name": QUERY_SERVICE_ROUTE, "path": "(PostgreSQL protocol: each statement)",
+                              "methods": ["QUERY"]})
     return EmulatorMiddleware(Starlette(routes=routes), state)
 
 
@@ -101,10 +102,15 @@ class EmulatorMiddleware:
                 MutableHeaders(scope=message)["x-request-id"] = request_id
             await send(message)
 
-        if path != "/health" and not path.startswith(UNFAULTED_PREFIX):
-            decision = self.state.faults.decide(name, method, path)
+        if path == "/health" or path.startswith(UNFAULTED_PREFIX):
+            await self.app(scope, receive, send_with_id)
+            return
+        faults = self.state.faults
+        faults.started(name)
+        try:
+            decision = faults.decide(name, method, path)
             if decision.delay:
-                await asyncio.sleep(decision.delay)  # async: other requests proceed meanwhile
+                await faults.ahold(decision.delay)
             if decision.fault is not None and decision.fault.kind == "lost_response":
                 await self.app(scope, receive, _swallow)  # processed; the answer never leaves
                 _abort(send)
@@ -112,7 +118,9 @@ class EmulatorMiddleware:
             if decision.fault is not None:
                 await self._inject(decision.fault, send, request_id)
                 return
-        await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_id)
+        finally:
+            faults.finished(name)
         level = logging.INFO if self.state.settings.log_requests else logging.DEBUG
         log.log(level, "%s %s -> %s [%s] %.1f ms x-request-id=%s", method, path, status, name,
                 (time.perf_counter() - started) * 1000, request_id)
