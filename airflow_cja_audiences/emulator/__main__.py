@@ -39,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
     add("--tls-cert", type=Path, help="server certificate (PEM); default: generate a private CA in --state-dir")
     add("--tls-key", type=Path, help="private key of --tls-cert")
     add("--tls-ca", type=Path, help="CA bundle clients should trust for --tls-cert (default: --tls-cert)")
+    add("--tls-hostname", action="append", dest="tls_hostnames", metavar="NAME",
+        help="also make the generated certificate valid for NAME (repeatable), e.g. the docker-compose "
+             "service name clients use; needed when listening on 0.0.0.0")
     add("--no-tls", action="store_true", help="plain HTTP (for debugging only; clients should use TLS)")
     add("--state-dir", type=Path, help="where certificates and uploads go (default: a temporary directory)")
     add("--pg-port", type=int, help="also serve Query Service (PostgreSQL wire) on this port; 0 = free port")
@@ -70,7 +73,7 @@ def settings_from(args: argparse.Namespace) -> EmulatorSettings:
         host=args.host, port=args.port, profiles=args.profiles, seed=args.seed, client_id=args.client_id,
         client_secret=args.client_secret, org_id=args.org_id, sandboxes=tuple(args.sandboxes or ("prod",)),
         tenant=args.tenant, token_lifetime=args.token_lifetime, tls=not args.no_tls, tls_cert=args.tls_cert,
-        tls_key=args.tls_key, tls_ca=args.tls_ca, state_dir=args.state_dir, pg_port=args.pg_port,
+        tls_key=args.tls_key, tls_ca=args.tls_ca, tls_hostnames=tuple(args.tls_hostnames or ()), state_dir=args.state_dir, pg_port=args.pg_port,
         qs_max_rows=args.qs_max_rows, qs_over_limit=args.qs_over_limit, qs_timeout_seconds=args.qs_timeout_seconds,
         clock_start=parse_instant(args.clock_start) if args.clock_start else None,
         export_job_seconds=args.export_job_seconds, batch_seconds=args.batch_seconds,

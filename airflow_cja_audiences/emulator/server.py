@@ -104,7 +104,7 @@ class EmulatorServer:
             if s.tls_cert is not None:
                 files = tls.TlsFiles(ca_bundle=Path(s.tls_ca or s.tls_cert), cert=Path(s.tls_cert), key=Path(s.tls_key))
             else:
-                files = tls.generate(state_dir / "tls", [s.host])
+                files = tls.generate(state_dir / "tls", [s.host, *s.tls_hostnames])
             self.ssl_context = tls.server_context(files)
             self.ca_bundle = files.ca_bundle
         sock = _bind(s.host, s.port)

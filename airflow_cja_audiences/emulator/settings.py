@@ -68,6 +68,7 @@ class EmulatorSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None  # CA bundle to advertise when tls_cert is given (default: tls_cert)
+    tls_hostnames: tuple[str, ...] = ()  # extra names the generated certificate is valid for (e.g. a service name)
     state_dir: Path | None = None  # default: a fresh temporary directory
     pg_port: int | None = None  # None = no Query Service; 0 = pick a free port
     qs_max_rows: int = 50_000
