@@ -14,6 +14,7 @@ never duplicates a dataset, schema or export job.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import ssl
@@ -88,6 +89,13 @@ def clear_token_cache() -> None:
     """Forget every cached access token (tests; credential rotation)."""
     with _TOKENS_LOCK:
         _TOKENS.clear()
+
+
+@functools.lru_cache(maxsize=8)
+def _ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """One verifying context per CA bundle, shared by every async session of the process: loading a
+    trust store costs milliseconds, which 500 triggers starting together would spend on the loop."""
+    return ssl.create_default_context(cafile=ca_bundle) if ca_bundle else ssl.create_default_context()
 
 
 # ------------------------------------------------------------------------------ retry policy
@@ -390,8 +398,7 @@ class AdobePlatformHook(BaseHook):
     # ---------------------------------------------------------------- async path (triggerer)
 
     def _ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=self.settings.ca_bundle) if self.settings.ca_bundle \
-            else ssl.create_default_context()
+        return _ssl_context(self.settings.ca_bundle)
 
     @asynccontextmanager
     async def async_session(self) -> AsyncIterator[AdobePlatformHook]:

@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_cja_audiences import hooks
+from airflow_cja_audiences import hooks, triggers
 from airflow_cja_audiences.links import AepDatasetLink, AepExportJobLink, push_dataset_link, push_export_job_link
 from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, validate_event
-from airflow_cja_audiences.triggers.aep import BatchTrigger, ExportJobTrigger
 
 if TYPE_CHECKING:
     from airflow_cja_audiences.hooks.segmentation import SegmentationHook
@@ -130,8 +129,8 @@ class ExportAudiencesOperator(AdobeBaseOperator):
             return self._job_done(context, job)
         deadline = time.time() + self.wait_timeout.total_seconds()
         if self.deferrable:
-            self.defer(trigger=ExportJobTrigger(job_id=job.id, **self.trigger_kwargs(self.poll_interval, deadline)),
-                       method_name="execute_complete")
+            trigger = triggers.aep.ExportJobTrigger(job_id=job.id, **self.trigger_kwargs(self.poll_interval, deadline))
+            self.defer(trigger=trigger, method_name="execute_complete")
         while not job.is_terminal:
             if time.time() > deadline:
                 raise AirflowException(f"export job {job.id} still {job.status} after {self.wait_timeout}")
@@ -157,8 +156,8 @@ class ExportAudiencesOperator(AdobeBaseOperator):
         batch = self.hook(hooks.catalog.CatalogHook).get_batch(batch_id)
         if not batch.is_terminal:
             if self.deferrable:
-                self.defer(trigger=BatchTrigger(batch_id=batch_id, **self.trigger_kwargs(self.poll_interval, None)),
-                           method_name="batch_complete", kwargs={"job_id": job.id})
+                trigger = triggers.aep.BatchTrigger(batch_id=batch_id, **self.trigger_kwargs(self.poll_interval, None))
+                self.defer(trigger=trigger, method_name="batch_complete", kwargs={"job_id": job.id})
             while not batch.is_terminal:
                 time.sleep(self.poll_interval)
                 batch = self.hook(hooks.catalog.CatalogHook).get_batch(batch_id)

@@ -15,12 +15,11 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from airflow_cja_audiences import hooks
+from airflow_cja_audiences import hooks, triggers
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
 from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, validate_event
 from airflow_cja_audiences.operators.load import live_batches
 from airflow_cja_audiences.runs import BatchLabel
-from airflow_cja_audiences.triggers.aep import BatchTrigger
 
 
 class PublishBatchOperator(AdobeBaseOperator):
@@ -116,7 +115,7 @@ class PublishBatchOperator(AdobeBaseOperator):
         if not batch.is_terminal:
             deadline = time.time() + self.wait_timeout.total_seconds()
             if self.deferrable:
-                self.defer(trigger=BatchTrigger(batch_id=self.batch_id,
+                self.defer(trigger=triggers.aep.BatchTrigger(batch_id=self.batch_id,
                                                 **self.trigger_kwargs(self.poll_interval, deadline)),
                            method_name="execute_complete")
             while not batch.is_terminal:

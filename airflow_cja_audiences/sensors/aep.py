@@ -9,9 +9,8 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_cja_audiences import DEFAULT_CONN_ID, hooks
+from airflow_cja_audiences import DEFAULT_CONN_ID, hooks, triggers
 from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, validate_event
-from airflow_cja_audiences.triggers.aep import BatchTrigger, ExportJobTrigger
 
 
 class _AepSensor(BaseSensorOperator):
@@ -69,8 +68,8 @@ class ExportJobSensor(_AepSensor):
         return PokeReturnValue(True, {"job_id": job.id, "batch_id": job.destination.batch_id,
                                       "exported_profiles": job.exported_profiles})
 
-    def _trigger(self) -> ExportJobTrigger:
-        return ExportJobTrigger(job_id=int(self.job_id), **self._trigger_kwargs())
+    def _trigger(self) -> Any:
+        return triggers.aep.ExportJobTrigger(job_id=int(self.job_id), **self._trigger_kwargs())
 
 
 class BatchSensor(_AepSensor):
@@ -94,5 +93,5 @@ class BatchSensor(_AepSensor):
         return PokeReturnValue(True, {"batch_id": batch.id, "batch_status": batch.status,
                                       "records": batch.record_count, "failed_records": batch.failed_record_count})
 
-    def _trigger(self) -> BatchTrigger:
-        return BatchTrigger(batch_id=self.batch_id, **self._trigger_kwargs())
+    def _trigger(self) -> Any:
+        return triggers.aep.BatchTrigger(batch_id=self.batch_id, **self._trigger_kwargs())
