@@ -151,16 +151,18 @@ def test_change_counts_between_two_exports_equal_ground_truth(emu, audiences):
 
 def test_query_service_faults_hold_fail_or_drop_a_statement(emu):
     """The emulator's Query Service faults (route query_service.query) as a PostgreSQL client sees them."""
+    from airflow_cja_audiences.hooks.platform import AdobePlatformHook
     from airflow_cja_audiences.hooks.query_service import QueryServiceError
 
-    hook = QueryServiceHook()
+    hook = QueryServiceHook(platform_hook=AdobePlatformHook(max_attempts=1))  # see each failure as it is
     emu.admin.set_faults([{"route": "QUERY SELECT 2", "kind": "503", "times": 1}])
     with pytest.raises(QueryServiceError) as failed:
         hook.query_all("SELECT 2")
-    assert failed.value.sqlstate == "57P03" and hook.query_all("SELECT 2") == [(2,)]
+    assert failed.value.sqlstate == "57P03" and failed.value.transient and hook.query_all("SELECT 2") == [(2,)]
     emu.admin.set_faults([{"route": "query_service.query", "kind": "reset", "times": 1}])
-    with pytest.raises(QueryServiceError, match="closed|EOF|connection"):
+    with pytest.raises(QueryServiceError, match="closed|EOF|connection") as dropped:
         hook.query_all("SELECT 3")
+    assert dropped.value.transient
     emu.admin.set_faults([{"route": "query_service.query", "kind": "latency", "seconds": 60, "times": 1}])
     started = time.monotonic()
     held = threading.Thread(target=lambda: hook.query_all("SELECT 4"))
@@ -172,3 +174,45 @@ def test_query_service_faults_hold_fail_or_drop_a_statement(emu):
     held.join(timeout=30)
     assert not held.is_alive() and time.monotonic() - started < 30
     assert "inFlight" not in emu.admin.stats()["routes"]["query_service.query"]
+
+
+def test_unmodified_postgres_hook_reads_the_export(emu, audiences, monkeypatch):
+    """A plain PostgresHook (psycopg 3) with a postgres connection: user = org, password = a token."""
+    import json
+
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    wanted = audiences[:2]
+    table, batch_id = _export(wanted)
+    platform = QueryServiceHook().platform
+    s = platform.settings
+    monkeypatch.setenv("AIRFLOW_CONN_AEP_QUERY_SERVICE", json.dumps({
+        "conn_type": "postgres", "host": s.query_service_host, "port": s.query_service_port,
+        "login": s.org_id, "password": platform.get_access_token(), "schema": f"{s.sandbox}:all",
+        "extra": {"sslmode": "verify-full", "sslrootcert": s.ca_bundle}}))
+    q = sql.build_membership_query(_job(wanted), table=table, batch_id=batch_id)
+    rows = PostgresHook(postgres_conn_id="aep_query_service").get_records(sql.membership_sql(q))
+    assert {tuple(r) for r in rows} == _truth(emu, wanted)
+
+
+def test_transient_query_service_errors_are_retried_on_a_new_connection(emu, audiences, fast_retries):
+    """A dropped connection or a busy Query Service costs a retry (counted per route), not a failure;
+    a wrong statement is not retried."""
+    from airflow_cja_audiences.hooks.platform import AdobePlatformHook
+    from airflow_cja_audiences.hooks.query_service import QueryServiceError
+
+    table, batch_id = _export(audiences[:2])
+    platform = AdobePlatformHook(**fast_retries)
+    hook = QueryServiceHook(platform_hook=platform)
+    q = sql.build_membership_query(_job(audiences[:2]), table=table, batch_id=batch_id)
+    partition = sql.Partition(1, 0)
+    expected = [tuple(r) for batch in hook.stream(sql.membership_sql(q, partition)) for r in batch]
+    emu.admin.set_faults([{"route": "query_service.query", "kind": kind, "times": 1} for kind in ("503", "reset")])
+    assert hook.query_all(sql.count_sql(q))[0][0] == len(expected)
+    emu.admin.set_faults([{"route": "QUERY .*FETCH.*", "kind": "reset", "times": 1}])  # mid-stream
+    rows = hook.retrying(lambda: [tuple(r) for batch in hook.stream(sql.membership_sql(q, partition)) for r in batch])
+    assert rows == expected
+    assert platform.retry_counts["query_service.query"] == 3
+    with pytest.raises(QueryServiceError) as wrong:
+        hook.query_all("SELECT no_such_column FROM no_such_table")
+    assert not wrong.value.transient and platform.retry_counts["query_service.query"] == 3
