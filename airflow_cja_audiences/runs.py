@@ -74,7 +74,7 @@ def plan_run(*, run_type: str, interval: tuple[datetime, datetime] | None, publi
     :param manual_interval: an events interval given in a manual run's trigger form.
     :param force_snapshot: override (e.g. a manual events-only run sets False).
     """
-    backfill = run_type == "backfill"
+    backfill = run_type in ("backfill", "backfill_job")  # the value, or the enum member name
     snapshot = not backfill if force_snapshot is None else force_snapshot
     window = manual_interval or interval
     events = publish_events and window is not None

@@ -96,8 +96,7 @@ class PlanRunOperator(BaseOperator):
         try:
             plan = plan_run(run_type=run_type, interval=interval, publish_events=self.publish_events,
                             now=datetime.now(timezone.utc), manual_interval=manual,
-                            force_snapshot=None if snapshot_param in (None, True) or run_type == "backfill"
-                            else bool(snapshot_param))
+                            force_snapshot=None if snapshot_param in (None, True) else bool(snapshot_param))
         except ValueError as exc:
             raise AirflowException(f"cannot plan this run: {exc}") from None
         for warning in plan.warnings:
