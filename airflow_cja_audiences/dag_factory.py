@@ -158,9 +158,12 @@ def build_dag(job: RefreshJob) -> DAG:
                          for role, task in ((f"prepare_{kind}", prep), (f"publish_{kind}", pub),
                                             ("profile_dataset" if kind == "snapshot" else "event_dataset", ds))}})
         [publish for _, _, publish, _ in loads.values()] >> check >> report
+        # Pulled by the template (None when absent), not as XComArgs: a prepare_* that failed before it
+        # pushed its batch id must not fail this clean-up with XComNotFound, leaving the other open.
         abort = AbortOpenBatchesOperator(
             task_id="abort_open_batches", **common,
-            batch_ids=[prep.output["batch_id"] for _, prep, _, _ in loads.values()])
+            batch_ids=[f"{{{{ ti.xcom_pull(task_ids='{prep.task_id}', key='batch_id') or '' }}}}"
+                       for _, prep, _, _ in loads.values()])
         [task for _, _, publish, load in loads.values() for task in (load, publish)] >> abort
     return dag
 

@@ -4,6 +4,11 @@ Query Service speaks the PostgreSQL wire protocol: user = IMS org id, password =
 database ``{sandbox}:all``, TLS required. This hook derives all of that from the Adobe connection
 (fetching a fresh token for every new database connection) and streams results through a
 server-side cursor so memory does not grow with the result.
+
+A statement that fails because the connection dropped or Query Service was briefly unavailable is
+run again on a new connection, with the Adobe connection's retry policy (and counted under route
+``query_service.query``): Query Service closes connections now and then, and a whole task retry
+for each would make a run slow and, with several queries per task, fragile.
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
+
+import tenacity
 
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 from airflow.sdk import Connection
@@ -27,14 +34,19 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 80  # Query Service listens on 80 and still requires TLS
 ROW_LIMIT_SQLSTATE = "53400"  # production's "too many rows / too long" ad hoc limits
+ROUTE = "query_service.query"  # retry counts and logs, like the REST routes
+# Connection exceptions (class 08), shutdown/restart/busy (57P01-57P03), too many connections (53300).
+_TRANSIENT_SQLSTATES = ("57P01", "57P02", "57P03", "53300")
+T = TypeVar("T")
 
 
 class QueryServiceError(AepError):
-    """A Query Service statement failed; carries the SQLSTATE."""
+    """A Query Service statement failed; carries the SQLSTATE and whether trying again may help."""
 
-    def __init__(self, message: str, sqlstate: str | None):
+    def __init__(self, message: str, sqlstate: str | None, *, transient: bool = False):
         super().__init__(message)
         self.sqlstate = sqlstate
+        self.transient = transient
 
     @property
     def is_limit(self) -> bool:
@@ -95,10 +107,18 @@ class QueryServiceHook(PostgresHook):
     def connection(self, value: Any) -> None:  # DbApiHook's setter exists for old providers only
         raise AttributeError("QueryServiceHook derives its connection from the Adobe connection")
 
+    def retrying(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (which opens its own connection), again after a transient Query Service error."""
+        args = self.platform._retrying_args(ROUTE, idempotent=True)
+        args["retry"] = tenacity.retry_if_exception(lambda e: isinstance(e, QueryServiceError) and e.transient)
+        return tenacity.Retrying(**args)(work)
+
     def stream(self, sql: str, *, batch_size: int = 10_000, prefetch: int = 2) -> Iterator[Sequence[Sequence[Any]]]:
         """Yield result batches (lists of rows) from a server-side cursor (``DECLARE``/``FETCH``).
 
         The whole result never sits in memory; Query Service's per-query row limit still applies.
+        Rows already yielded cannot be taken back, so a caller that wants a transient failure retried
+        consumes the stream inside :meth:`retrying` and discards what a failed attempt produced.
         With ``prefetch`` > 0, up to that many batches are fetched ahead in a background thread, so
         the server's work overlaps the caller's (the driver releases the GIL while it waits).
         """
@@ -121,17 +141,24 @@ class QueryServiceHook(PostgresHook):
             conn.close()
 
     def query_all(self, sql: str) -> list[tuple[Any, ...]]:
-        """Run a statement whose result is small (counts, aggregates) and return its rows."""
-        try:
-            return [tuple(r) for r in self.get_records(sql)]
-        except Exception as exc:
-            raise _wrap(exc, sql) from None
+        """Run a statement whose result is small (counts, aggregates) and return its rows
+        (again on a new connection after a transient error)."""
+        def attempt() -> list[tuple[Any, ...]]:
+            try:
+                return [tuple(r) for r in self.get_records(sql)]
+            except Exception as exc:
+                raise _wrap(exc, sql) from None
+
+        return self.retrying(attempt)
 
 
 def _wrap(exc: Exception, sql: str) -> Exception:
     sqlstate = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
     if sqlstate is None and not exc.__class__.__module__.startswith(("psycopg", "psycopg2")):
         return exc
+    # A lost connection has no SQLSTATE; both drivers raise the DB-API OperationalError for it.
+    lost = sqlstate is None and any(c.__name__ == "OperationalError" for c in type(exc).__mro__)
+    transient = lost or (sqlstate or "").startswith("08") or sqlstate in _TRANSIENT_SQLSTATES
     first_line = " ".join(sql.split())[:300]
     return QueryServiceError(f"Query Service error {sqlstate or '?'}: {str(exc).strip()} -- in: {first_line}",
-                             sqlstate)
+                             sqlstate, transient=transient)

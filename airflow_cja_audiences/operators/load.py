@@ -81,7 +81,9 @@ class _MembershipQueryOperator(AdobeBaseOperator):
 
     @cached_property
     def query_service(self) -> Any:
-        return hooks.query_service.QueryServiceHook(self.adobe_conn_id, sandbox=self.sandbox)
+        # Shares the task's platform hook: its token, retry policy and retry counts.
+        return hooks.query_service.QueryServiceHook(self.adobe_conn_id, sandbox=self.sandbox,
+                                                    platform_hook=self.hook(hooks.platform.AdobePlatformHook))
 
     def label(self, context: Context) -> BatchLabel:
         return BatchLabel.for_run(job_id=self.job_config.job_id, kind=self.kind,
@@ -236,8 +238,11 @@ class LoadPartitionOperator(_MembershipQueryOperator):
         prefix = f"{self.kind}-part-{part.modulus:05d}-{part.remainder:05d}"
         reason = None
         try:
-            summary = write_jsonl(self.query_service.stream(self.rows_sql(part)), spec, tmp, prefix,
-                                  max_file_bytes=self.job_config.max_file_bytes)
+            # A transient failure re-runs the whole partition query; files keep their names, so the
+            # next attempt overwrites what the failed one wrote, and only its own files are uploaded.
+            summary = self.query_service.retrying(lambda: write_jsonl(
+                self.query_service.stream(self.rows_sql(part)), spec, tmp, prefix,
+                max_file_bytes=self.job_config.max_file_bytes))
             if summary.rows >= self.job_config.query_service_row_limit:
                 # Query Service may cut an ad hoc result at the limit without an error: a full
                 # result is indistinguishable from a truncated one, so never trust it.
