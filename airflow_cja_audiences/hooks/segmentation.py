@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -132,27 +132,39 @@ class SegmentationHook(AdobePlatformHook):
                 return
             params["offset"] = offset
 
-    def find_export_job(self, request: ExportJobRequest, *, created_after_ms: int) -> ExportJob | None:
-        """The newest job made from ``request`` since ``created_after_ms`` that has not failed.
+    def _recent_jobs(self, request: ExportJobRequest, created_after_ms: int) -> Iterator[ExportJob]:
+        for job in self.iter_export_jobs():
+            if job.creation_time is not None and job.creation_time < created_after_ms:
+                return  # newest first: everything further is older
+            if request.matches(job):
+                yield job
+
+    def export_job_ids(self, request: ExportJobRequest, *, created_after_ms: int) -> set[int]:
+        """Ids of the jobs made from ``request`` since ``created_after_ms`` (whatever their status)."""
+        return {job.id for job in self._recent_jobs(request, created_after_ms)}
+
+    def find_export_job(self, request: ExportJobRequest, *, created_after_ms: int,
+                        exclude: Collection[int] = ()) -> ExportJob | None:
+        """The newest job made from ``request`` since ``created_after_ms`` that has not failed, and
+        is not one of ``exclude`` (the jobs that existed before ours was created).
 
         This is how a retried task re-attaches to the job it started instead of starting another.
         """
-        for job in self.iter_export_jobs():
-            if job.creation_time is not None and job.creation_time < created_after_ms:
-                return None  # newest first: everything further is older
-            if request.matches(job) and job.status.upper() not in ("FAILED", "CANCELLED"):
-                return job
-        return None
+        return next((job for job in self._recent_jobs(request, created_after_ms)
+                     if job.status.upper() not in ("FAILED", "CANCELLED") and job.id not in exclude), None)
 
-    def create_export_job(self, request: ExportJobRequest, *, created_after_ms: int) -> ExportJob:
-        """Create the export job (never twice: an ambiguous failure is reconciled by listing jobs)."""
+    def create_export_job(self, request: ExportJobRequest, *, created_after_ms: int,
+                          exclude: Collection[int] = ()) -> ExportJob:
+        """Create the export job (never twice: an ambiguous failure is reconciled by listing jobs;
+        ``exclude``: matching jobs that existed before, which are never taken for this one)."""
         def create() -> ExportJob:
             payload = self.request_json("POST", f"{BASE}/export/jobs", route="segmentation.create_export_job",
                                         json=request.to_body())
             return ExportJob.model_validate(payload)
 
         job = self.create_once("create export job", create,
-                               lambda: self.find_export_job(request, created_after_ms=created_after_ms),
+                               lambda: self.find_export_job(request, created_after_ms=created_after_ms,
+                                                            exclude=exclude),
                                route="segmentation.create_export_job")
         log.info("Export job %s created for %d audiences into dataset %s (status %s)", job.id,
                  len(request.segment_ids), request.dataset_id, job.status)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 # task_state_store keys: survive a killed worker, so a retry re-attaches to the job it started.
 _STATE_JOB_ID = "export_job_id"
 _STATE_STARTED_MS = "export_create_started_ms"
+_STATE_EARLIER_JOBS = "export_jobs_before_create"  # identical jobs that existed already: never ours
 _CLOCK_SKEW_MS = 30 * 1000  # tolerated difference between our clock and AEP's
 
 
@@ -86,7 +87,9 @@ class ExportAudiencesOperator(AdobeBaseOperator):
 
         The job id is stored right after the create; a try killed between the create and that
         store leaves only the "about to create" time, and the job is then found by what it asked
-        for, created since then. A first try never looks: a matching job of an earlier run is not ours.
+        for, created since then (less a clock-skew margin) - except the identical jobs that existed
+        before the create (an earlier run's a few seconds ago), recorded before it. A first try never
+        looks: a matching job of an earlier run is not ours.
         """
         store = self._store(context)
         if store is not None and (job_id := store.get(_STATE_JOB_ID)) is not None:
@@ -102,7 +105,8 @@ class ExportAudiencesOperator(AdobeBaseOperator):
             if attempt_ms is not None:
                 run_start = context["dag_run"].start_date
                 floor = max(int(attempt_ms), int(run_start.timestamp() * 1000) if run_start else 0)
-                existing = hook.find_export_job(request, created_after_ms=floor - _CLOCK_SKEW_MS)
+                earlier = set(store.get(_STATE_EARLIER_JOBS) or []) if store is not None else set()
+                existing = hook.find_export_job(request, created_after_ms=floor - _CLOCK_SKEW_MS, exclude=earlier)
                 if existing is not None:
                     self.log.info("Re-attaching to export job %s (%s), created by an earlier try whose answer "
                                   "was lost", existing.id, existing.status)
@@ -110,9 +114,11 @@ class ExportAudiencesOperator(AdobeBaseOperator):
                         store.set(_STATE_JOB_ID, existing.id)
                     return existing
         now_ms = int(time.time() * 1000)
+        earlier = hook.export_job_ids(request, created_after_ms=now_ms - _CLOCK_SKEW_MS)
         if store is not None:
+            store.set(_STATE_EARLIER_JOBS, sorted(earlier))
             store.set(_STATE_STARTED_MS, now_ms)
-        job = hook.create_export_job(request, created_after_ms=now_ms - _CLOCK_SKEW_MS)
+        job = hook.create_export_job(request, created_after_ms=now_ms - _CLOCK_SKEW_MS, exclude=earlier)
         if store is not None:
             store.set(_STATE_JOB_ID, job.id)
         return job
@@ -186,7 +192,7 @@ class ExportAudiencesOperator(AdobeBaseOperator):
         """A finished job must not be re-attached by a later (cleared) run of this task."""
         store = self._store(context)
         if store is not None:
-            for key in (_STATE_JOB_ID, _STATE_STARTED_MS):
+            for key in (_STATE_JOB_ID, _STATE_STARTED_MS, _STATE_EARLIER_JOBS):
                 store.delete(key)
 
     def on_kill(self) -> None:

@@ -99,6 +99,22 @@ def test_lost_export_job_answer_is_not_duplicated(emu, audiences, fast_retries):
     assert len(jobs) == 1
 
 
+def test_a_recent_identical_export_job_is_never_taken_for_ours(emu, audiences, fast_retries):
+    """An earlier run's identical job a few seconds ago (inside the clock-skew window) is excluded:
+    after an ambiguous create failure the hook finds its own job, or creates one, never that one."""
+    dataset, _ = CatalogHook().ensure_dataset("Export target 3", schema_id=PROFILE_UNION_ALT_ID)
+    hook = SegmentationHook(**fast_retries)
+    request = ExportJobRequest(dataset_id=dataset.id, segment_ids=(audiences[0]["id"],))
+    window = int(time.time() * 1000) - 30_000
+    earlier = hook.create_export_job(request, created_after_ms=window)
+    assert hook.export_job_ids(request, created_after_ms=window) == {earlier.id}
+    assert hook.find_export_job(request, created_after_ms=window, exclude={earlier.id}) is None
+    emu.admin.set_faults([{"route": "segmentation.create_export_job", "kind": "lost_response", "times": 1}])
+    ours = hook.create_export_job(request, created_after_ms=window, exclude={earlier.id})
+    assert ours.id != earlier.id
+    assert hook.export_job_ids(request, created_after_ms=window) == {earlier.id, ours.id}
+
+
 def test_identity_field_must_exist_in_union_schema():
     union = SchemaRegistryHook().get_profile_union_schema()
     hook = SegmentationHook()
