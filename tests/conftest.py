@@ -58,3 +58,39 @@ def adobe_conn(emu, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
 def fast_retries() -> dict:
     """Hook parameters that keep retry waits short (Retry-After is still honoured)."""
     return {"initial_retry_wait": 0.05, "max_retry_wait": 2.0}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Suites that run the refresh DAG (dags, reliability): a migrated SQLite metadata DB under the
+# session's AIRFLOW_HOME, and the jobs file the DAG file of the session's DAG folder reads.
+
+ROOT = TESTS.parent
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    import subprocess
+
+    airflow = Path(sys.executable).with_name("airflow")
+    result = subprocess.run([str(airflow), "db", "migrate"], env=os.environ.copy(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    subprocess.run([str(airflow), "pools", "set", "cja_audiences_query_service", "4", "test"], env=os.environ.copy(),
+                   capture_output=True, check=True)
+
+
+@pytest.fixture
+def dags_folder(monkeypatch: pytest.MonkeyPatch):
+    """Put jobs into a DAG folder of their own (``dag.test()`` syncs the DAG from its bundle);
+    returns a function ``(job, ...) -> DAG`` giving the DAG of the first job."""
+    from airflow_cja_audiences.dag_factory import build_dag
+
+    folder = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])  # fixed when Airflow was imported
+    (folder / "cja_audiences.py").write_text((ROOT / "dags" / "cja_audiences.py").read_text())
+
+    def make(*jobs):
+        config = folder / "jobs.json"
+        config.write_text(json.dumps({"jobs": [j.model_dump(mode="json") for j in jobs]}))
+        monkeypatch.setenv("CJA_AUDIENCES_CONFIG", str(config))
+        return build_dag(jobs[0])
+
+    return make
