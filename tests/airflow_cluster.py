@@ -116,6 +116,9 @@ class AirflowCluster:
         self.database = f"cja_audiences_test_{tag}"
         self.queue = f"cja-audiences-{tag}"
         self.api_port = free_port()
+        # Log servers are not used (every process runs with --skip-serve-logs and the api-server reads
+        # the files under AIRFLOW_HOME), but their fixed default ports would collide between clusters.
+        self._log_ports = (free_port(), free_port())
         self.base_url = f"http://127.0.0.1:{self.api_port}"
         self.processes: dict[str, Process] = {}
         self._db_created = False
@@ -152,11 +155,10 @@ class AirflowCluster:
                 "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
-            # Fixed ports 8793/8794/8974 would collide between workers and between clusters: every
-            # process writes its logs under AIRFLOW_HOME, which the api-server reads directly.
+            # Fixed ports 8793/8794/8974 would collide between workers and between clusters.
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self._log_ports[0]),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self._log_ports[1]),
             # Quicker reactions than production defaults, so tests stay short.
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "300",
@@ -196,7 +198,7 @@ class AirflowCluster:
                 self._spawn(f"worker-{n}", "celery", "worker", "--celery-hostname", f"worker-{n}@%h",
                             "--queues", self.queue, "--concurrency", str(self.spec.worker_concurrency),
                             "--skip-serve-logs", "--without-mingle", "--without-gossip")
-        poll(lambda: self._healthy(), timeout=max(5.0, deadline - time.monotonic()), interval=1.0,
+        poll(self._healthy, timeout=max(5.0, deadline - time.monotonic()), interval=1.0,
              what="api-server, scheduler, dag-processor and triggerer to report healthy")
         for name in self.worker_names:
             poll(lambda name=name: " ready." in self.process_log(name), timeout=max(5.0, deadline - time.monotonic()),

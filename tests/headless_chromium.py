@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,9 @@ class Browser:
         port = int(port_file.read_text().split()[0])
         page = next(t for t in requests.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
                     if t["type"] == "page")
-        self.ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=timeout)
+        self._closing = ExitStack()
+        self.ws = self._closing.enter_context(connect(page["webSocketDebuggerUrl"], max_size=None,
+                                                      open_timeout=timeout))
         self._ids = itertools.count(1)
 
     def call(self, method: str, **params: Any) -> dict:
@@ -97,8 +100,8 @@ class Browser:
         return path
 
     def close(self) -> None:
-        if getattr(self, "ws", None) is not None:
-            self.ws.close()
+        if getattr(self, "_closing", None) is not None:
+            self._closing.close()
         if self.process.poll() is None:
             self.process.terminate()
             try:

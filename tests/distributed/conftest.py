@@ -61,7 +61,9 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
     from airflow_cja_audiences.emulator.connection import airflow_connection_env
 
     work = tmp_path_factory.mktemp("distributed")
-    emu = start_subprocess(profiles=3000, pg=True, args=["--export-job-seconds", "5", "--batch-seconds", "3"])
+    # Export jobs and ingestion batches take 5 s: several times what a worker needs to release the
+    # slot of a task that deferred (about 1 s), so "waited without a slot" is measurable.
+    emu = start_subprocess(profiles=3000, pg=True, args=["--export-job-seconds", "5", "--batch-seconds", "5"])
     cluster = None
     try:
         audiences = [a["id"] for a in emu.admin.state()["audiences"][:3]]
