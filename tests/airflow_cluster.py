@@ -409,6 +409,36 @@ class AirflowCluster:
         return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
                         params={"limit": 1000})["task_instances"]
 
+    def task_instance(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict:
+        suffix = f"/{map_index}" if map_index >= 0 else ""
+        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}{suffix}")
+
+    def wait_for_task(self, dag_id: str, run_id: str, task_id: str, states: Iterable[str], *, map_index: int = -1,
+                      timeout: float = 120) -> dict:
+        """Wait until the task instance is in one of ``states``; return it (REST API shape)."""
+        wanted = set(states)
+
+        def reached() -> dict | None:
+            self.check_alive()
+            ti = self.task_instance(dag_id, run_id, task_id, map_index)
+            return ti if ti["state"] in wanted else None
+        return poll(reached, timeout=timeout, interval=0.2, what=f"{task_id}[{map_index}] of {run_id} in {wanted}")
+
+    def kill_task_process(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1,
+                          sig: int = signal.SIGKILL) -> int:
+        """Signal the process running a task instance now (crash tests); returns its pid.
+
+        The pid comes from the task instance (``airflow worker -- <ti id>``); it must descend from
+        one of this cluster's processes (worker > supervisor > task), so a foreign process is never
+        signalled.
+        """
+        ti = self.wait_for_task(dag_id, run_id, task_id, ["running"], map_index=map_index)
+        pid = int(ti["pid"])
+        if not _descends_from(pid, {p.popen.pid for p in self.processes.values()}):
+            raise ClusterError(f"pid {pid} of {task_id} is not a descendant of this cluster's processes")
+        os.kill(pid, sig)
+        return pid
+
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
         return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
                         params={"map_index": map_index, "deserialize": True})["value"]
@@ -471,6 +501,19 @@ def _log_time(line: str) -> datetime:
 def ti_name(ti: dict) -> str:
     """``task_id`` or ``task_id[map_index]`` of a task instance from the REST API."""
     return ti["task_id"] if ti["map_index"] < 0 else f"{ti['task_id']}[{ti['map_index']}]"
+
+
+def _descends_from(pid: int, ancestors: set[int]) -> bool:
+    """Whether ``pid``'s chain of parents (from /proc) reaches one of ``ancestors``."""
+    while pid > 1:
+        if pid in ancestors:
+            return True
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # field 4, after the parenthesised command name
+    return False
 
 
 def _signal_group(popen: subprocess.Popen, sig: int) -> None:
