@@ -108,7 +108,9 @@ def build_dag(job: RefreshJob) -> DAG:
             qualification_end=plan.output["qualification_end"],
             wait_timeout=timedelta(minutes=job.export_timeout_minutes), poll_interval=job.poll_interval_seconds,
             deferrable=True)
-        resolve >> plan >> export
+        # Nothing that writes starts before the job is validated: resolve_audiences (audiences, tenant,
+        # identity field, sandbox, credentials) and plan_run (the trigger form's values) only read.
+        resolve >> plan >> [export_dataset, profile_dataset, export]
 
         job_json = job.model_dump(mode="json")
         loads = {}
@@ -123,6 +125,7 @@ def build_dag(job: RefreshJob) -> DAG:
                     dataset_name=names.event_dataset, schema_title=names.event_schema,
                     field_group_title=names.event_field_group, identity_namespace=job.identity.namespace,
                     output_fields=job.output.model_dump())
+                plan >> dataset
             query_args = {"job": job_json, "kind": kind, "tenant": resolve.output["tenant"],
                           "table_name": export_dataset.output["table_name"],
                           "export_batch_id": export.output["export_batch_id"],

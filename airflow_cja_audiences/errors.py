@@ -47,12 +47,20 @@ class AepApiError(AepError):
         self.body = body
         self.request_id = request_id
         self.retry_after = retry_after
+        self.hint: str | None = None
         super().__init__(self._render())
 
     def _render(self) -> str:
         code = f" {self.code}" if self.code else ""
         rid = f" (x-request-id {self.request_id})" if self.request_id else ""
-        return f"{self.method} {self.url} -> HTTP {self.status}{code}: {self.message}{rid}"
+        hint = f". {self.hint}" if self.hint else ""
+        return f"{self.method} {self.url} -> HTTP {self.status}{code}: {self.message}{rid}{hint}"
+
+    def add_hint(self, hint: str | None) -> None:
+        """Say what to do next (e.g. which connection field to check) after Adobe's own message."""
+        if hint:
+            self.hint = hint
+            self.args = (self._render(),)
 
     @property
     def retryable(self) -> bool:

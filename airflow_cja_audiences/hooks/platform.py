@@ -298,11 +298,29 @@ class AdobePlatformHook(BaseHook):
             if handle is not None:
                 handle.close()
 
-    @staticmethod
-    def _raise_for(response: requests.Response, method: str, url: str) -> None:
+    def _raise_for(self, response: requests.Response, method: str, url: str) -> None:
         if response.status_code >= 400:
-            raise api_error_from_response(status=response.status_code, method=method, url=url,
-                                          text=response.text, headers=response.headers)
+            raise self._api_error(status=response.status_code, method=method, url=url, text=response.text,
+                                  headers=response.headers)
+
+    def _api_error(self, *, status: int, method: str, url: str, text: str, headers: Any) -> AepApiError:
+        """The typed error; when Adobe refused the credentials, it also names what to check."""
+        error = api_error_from_response(status=status, method=method, url=url, text=text, headers=headers)
+        if isinstance(error, AepAuthError):
+            error.add_hint(self._auth_hint(error))
+        return error
+
+    def _auth_hint(self, error: AepAuthError) -> str | None:
+        conn = f"Airflow connection {self.adobe_conn_id!r}"
+        if error.url.endswith("/ims/token/v3"):
+            return (f"Adobe IMS refused the credentials: check the login (client id) and password (client "
+                    f"secret) of {conn}; they must be an OAuth Server-to-Server credential")
+        if error.code == "403025":  # the gateway's "Profile is not valid"
+            return (f"check the 'org_id' extra of {conn} (the IMS org of the credential), and that the "
+                    f"credential's product profiles include sandbox {self.sandbox!r}")
+        if error.code == "403003":  # "Api Key is invalid"
+            return f"the API key (the login of {conn}) is not the client id the token was issued to"
+        return None
 
     def _usable(self, key: str, stale: str | None) -> _CachedToken | None:
         cached = _TOKENS.get(key)
@@ -450,8 +468,7 @@ class AdobePlatformHook(BaseHook):
                 status, text, headers = await self._asend("POST", url, data=self._token_form(),
                                                           headers={"Accept": JSON})
                 if status >= 400:
-                    raise api_error_from_response(status=status, method="POST", url=url, text=text,
-                                                  headers=headers)
+                    raise self._api_error(status=status, method="POST", url=url, text=text, headers=headers)
                 return self._token_from_response(_json.loads(text), url)
 
             token = await tenacity.AsyncRetrying(**self._retrying_args("ims.token", idempotent=True))(fetch)
@@ -483,8 +500,7 @@ class AdobePlatformHook(BaseHook):
                     token = await self.aget_access_token(stale=token)
                     continue
                 if status >= 400:
-                    raise api_error_from_response(status=status, method=method, url=url, text=text,
-                                                  headers=headers)
+                    raise self._api_error(status=status, method=method, url=url, text=text, headers=headers)
                 return _json.loads(text) if text else None
             raise AssertionError("unreachable")
 

@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from airflow_cja_audiences import hooks, validation, xdm
 from airflow_cja_audiences.config import AudienceSelector, OutputFields
-from airflow_cja_audiences.errors import AepConfigError
+from airflow_cja_audiences.errors import AepApiError, AepConfigError, AepError
 from airflow_cja_audiences.links import AepDatasetLink, push_dataset_link
 from airflow_cja_audiences.models import EVENT_CLASS, PROFILE_CLASS, PROFILE_UNION_ALT_ID, PROFILE_UNION_SCHEMA
 from airflow_cja_audiences.operators.base import AdobeBaseOperator
@@ -45,8 +45,12 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
             if not selectors:
                 raise AepConfigError("audiences: the list is empty")
             validation.field_path(self.identity_field)
-            tenant = validation.tenant_id(self.tenant) if self.tenant else \
-                self.hook(hooks.schema_registry.SchemaRegistryHook).get_tenant_id()
+            registry = self.hook(hooks.schema_registry.SchemaRegistryHook)
+            if self.tenant:
+                tenant = validation.tenant_id(self.tenant)
+                _check_tenant(registry, tenant)
+            else:
+                tenant = registry.get_tenant_id()
             identity_path = validation.resolve_tenant_path(self.identity_field, tenant)
         except ValueError as exc:
             raise AirflowException(f"invalid input: {exc}") from None
@@ -62,6 +66,20 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
         self.log.info("Tenant _%s; personID from %s", tenant, identity_path)
         self.log_retries()
         return result
+
+
+def _check_tenant(registry: Any, tenant: str) -> None:
+    """A configured tenant must be the sandbox's: a wrong one would otherwise surface later, as the
+    identity field missing from the schema or records written under a namespace nobody reads."""
+    try:
+        actual = registry.get_tenant_id()
+    except AepApiError:
+        raise
+    except AepError:
+        return  # Schema Registry names no tenant: the configured one is all there is to go by
+    if actual != tenant:
+        raise AepConfigError(f"tenant: {tenant!r} is not the tenant of sandbox {registry.sandbox!r} (Schema "
+                             f"Registry says {actual!r}); set tenant to {actual!r} or leave it out")
 
 
 class PlanRunOperator(BaseOperator):

@@ -75,6 +75,11 @@ class RunOutcome:
         """The highest attempt number any single call needed (1 = no call was retried)."""
         return max((int(m["attempt"]) + 1 for m in _RETRY.finditer(self.log)), default=1)
 
+    def task_log(self, task_id: str) -> str:
+        """The log lines of one task (every try; a mapped task's every index)."""
+        sections = re.split(r"(?=\[DAG TEST\] starting task_id=)", self.log)
+        return "".join(s for s in sections if re.match(rf"\[DAG TEST\] starting task_id={re.escape(task_id)}\b", s))
+
     def failed_tasks(self) -> list[str]:
         return sorted(t for t, s in self.tasks.items() if s in ("failed", "upstream_failed"))
 
