@@ -50,7 +50,7 @@ def adobe_conn(emu, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     yield conn
     clear_token_cache()
     emu.admin.clear_faults()
-    emu.admin.knobs(export_job_failures=0, export_batch_failures=0, ingestion_failures=0)
+    emu.admin.knobs(export_job_failures=0, export_batch_failures=0, ingestion_failures=0, partial_ingestion_failures=0)
     emu.admin.reset()
 
 

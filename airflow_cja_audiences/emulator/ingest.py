@@ -69,11 +69,12 @@ def _records(text: str, multiline: bool) -> list[tuple[str, object | None]]:
 
 
 def process(files: list[tuple[str, Path]], schema: xdm.RecordSchema, *, multiline: bool,
-            records_out: Path, row_errors_dir: Path | None) -> IngestResult:
+            records_out: Path, row_errors_dir: Path | None, reject_first: int = 0) -> IngestResult:
     """Validate every record of the batch's files; write accepted records and (if enabled) row errors.
 
     ``row_errors_dir`` is None when the batch was created without ``enableErrorDiagnostics``:
-    AEP then keeps no per-row diagnostics.
+    AEP then keeps no per-row diagnostics. ``reject_first`` records are rejected whatever they hold
+    (fault injection).
     """
     result = IngestResult(file_count=len(files))
     if not files:
@@ -94,6 +95,8 @@ def process(files: list[tuple[str, Path]], schema: xdm.RecordSchema, *, multilin
                 result.input_records += 1
                 problems = [(xdm.PARSE, "Row is corrupted and cannot be read, please fix and resend.")] \
                     if record is None else schema.validate(record)
+                if result.input_records <= reject_first:
+                    problems = [(xdm.SCHEMA, "record rejected (failure injected by the emulator)")]
                 if not problems:
                     result.output_records += 1
                     accepted.write((raw if not multiline else json.dumps(record)) + "\n")

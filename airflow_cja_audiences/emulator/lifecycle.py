@@ -159,9 +159,13 @@ def complete_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch, sc
         batch.records_path = directory / "accepted.jsonl"
         batch.row_errors_dir = directory / "row_errors" if batch.diagnostics else None
         files = [(name, f.disk) for name, f in sorted(batch.files.items())]
+        reject = 0
+        if state.knobs.partial_ingestion_failures > 0:
+            state.knobs.partial_ingestion_failures -= 1
+            reject, batch.partial_percent = 1, 100.0  # one record fails; the batch succeeds without it
         batch.work = state.executor.submit(
             ingest.process, files, schema, multiline=bool(batch.input_format.get("isMultiLineJson")),
-            records_out=batch.records_path, row_errors_dir=batch.row_errors_dir)
+            records_out=batch.records_path, row_errors_dir=batch.row_errors_dir, reject_first=reject)
     state.pending_batches.add((sandbox.name, batch.id))
 
 

@@ -53,6 +53,9 @@ class Knobs:
     export_job_failures: int = 0  # the next N export jobs end FAILED
     export_batch_failures: int = 0  # the next N export jobs SUCCEED but their Catalog batch fails
     ingestion_failures: int = 0  # the next N completed ingestion batches fail (internal error)
+    # The next N completed ingestion batches reject their first record and still succeed, as AEP
+    # reports a batch ingested with partial ingestion allowed: success, with failedRecordCount > 0.
+    partial_ingestion_failures: int = 0
 
     def update(self, changes: Any) -> None:
         if not isinstance(changes, dict):

@@ -184,6 +184,16 @@ def test_injected_ingestion_failure_knob(emu, aep):
     assert aep.ingest(dataset, GOOD)["status"] == "success"
 
 
+def test_injected_partial_ingestion_knob(emu, aep):
+    """A batch that AEP reports as ingested with a failed record: success, failedRecordCount 1."""
+    _, dataset = aep.cja_dataset()
+    emu.admin.knobs(partial_ingestion_failures=1)
+    partial = aep.ingest(dataset, GOOD)
+    assert partial["status"] == "success" and partial["metrics"]["failedRecordCount"] == 1
+    assert partial["metrics"]["outputRecordCount"] == len(GOOD) - 1
+    assert aep.ingest(dataset, GOOD)["metrics"]["failedRecordCount"] == 0
+
+
 def test_retried_chunks_and_actions_converge(aep):
     _, dataset = aep.cja_dataset()
     batch_id = aep.batch_for(dataset)

@@ -25,7 +25,9 @@ Control
   ``POST   /emulator/memberships``  ``{"profile_index": 7, "audience_id": "...", "member": false, "at": "..."}``
   ``GET|POST /emulator/knobs``      ``{"token_lifetime": 5, "export_job_seconds": 0.5, "batch_seconds": 0.2,
                                     "cja_rate_limit": true, "export_job_failures": 1,
-                                    "export_batch_failures": 1, "ingestion_failures": 1}``
+                                    "export_batch_failures": 1, "ingestion_failures": 1,
+                                    "partial_ingestion_failures": 1}`` (failures: the next N jobs or
+                                    batches; a partial one succeeds with its first record rejected)
   ``GET|POST|DELETE /emulator/faults``  rules as in :mod:`airflow_cja_audiences.emulator.faults`
                                     (POST ``{"seed": 1, "rules": [...]}`` replaces the rules; kinds
                                     429/500/502/503, reset, truncate, lost_response, latency)
