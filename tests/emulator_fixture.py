@@ -83,6 +83,10 @@ class AdminClient(_Http):
     def stats(self) -> dict:
         return self._json("GET", "/emulator/stats")
 
+    def tokens(self) -> list[str]:
+        """The access tokens the emulator issued (the last 1000)."""
+        return self._json("GET", "/emulator/tokens")["tokens"]
+
     def reset(self) -> None:
         self._json("POST", "/emulator/reset")
 

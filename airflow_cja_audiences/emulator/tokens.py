@@ -52,6 +52,7 @@ class TokenService:
         self._lock = threading.Lock()
         self.issued = 0
         self.issued_log: list[tuple[float, str]] = []  # (real time, client id); bounded below
+        self.issued_tokens: list[str] = []  # the tokens themselves (secret scans in tests); bounded below
 
     def issue(self, client_id: str, scope: str, lifetime_seconds: float) -> tuple[str, int]:
         """Return (access token, expires_in seconds)."""
@@ -80,7 +81,11 @@ class TokenService:
             self.issued += 1
             self.issued_log.append((time.time(), client_id))
             del self.issued_log[:-1000]
-        return f"{signing_input}.{_b64(signature)}", max(1, int(lifetime_seconds))
+        token = f"{signing_input}.{_b64(signature)}"
+        with self._lock:
+            self.issued_tokens.append(token)
+            del self.issued_tokens[:-1000]
+        return token, max(1, int(lifetime_seconds))
 
     def validate(self, token: str) -> TokenInfo:
         parts = token.split(".")
@@ -105,3 +110,4 @@ class TokenService:
         with self._lock:
             self.issued = 0
             self.issued_log.clear()
+            self.issued_tokens.clear()

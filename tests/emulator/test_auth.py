@@ -35,6 +35,7 @@ def test_token_is_a_jwt_with_millisecond_claims(emu, api):
     assert claims["expires_in"] == "86399000" and isinstance(claims["created_at"], str)
     assert abs(int(claims["created_at"]) / 1000 - time.time()) < 60
     assert emu.admin.stats()["tokensIssued"] == 1
+    assert emu.admin.tokens() == [body["access_token"]]  # what secret scans search for
 
 
 @pytest.mark.parametrize("overrides,status,error", [

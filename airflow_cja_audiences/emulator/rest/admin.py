@@ -6,6 +6,7 @@ Inspection
                                                CJA connections/data views, tokens issued, knobs, clock
   ``GET  /emulator/stats``                     requests and injected faults per route, tokens issued
   ``GET  /emulator/routes``                    the stable route names (for fault rules)
+  ``GET  /emulator/tokens``                    the access tokens issued (the last 1000), for secret scans
   ``GET  /emulator/datasets/{id}/records``     JSON Lines: records of the dataset's live batches
   ``GET  /emulator/batches/{id}/rows``         JSON Lines: the rows an export batch appended
 
@@ -125,6 +126,10 @@ def stats(call: Call) -> Response:
     state = call.state
     return ok({**state.faults.stats(), "tokensIssued": state.tokens.issued,
                "tokenTimes": [t for t, _ in state.tokens.issued_log]})
+
+
+def issued_tokens(call: Call) -> Response:
+    return ok({"tokens": list(call.state.tokens.issued_tokens)})
 
 
 def route_names(call: Call) -> Response:
@@ -316,6 +321,7 @@ ENDPOINTS = [
     _ep("GET", "/state", "state", state_view, locked=False),
     _ep("GET", "/stats", "stats", stats, locked=False),
     _ep("GET", "/routes", "routes", route_names, locked=False),
+    _ep("GET", "/tokens", "tokens", issued_tokens, locked=False),
     _ep("GET", "/datasets/{id}/records", "dataset_records", dataset_records, locked=False),
     _ep("GET", "/batches/{id}/rows", "batch_rows", batch_rows, locked=False),
     _ep("GET", "/truth/snapshot", "truth_snapshot", truth_snapshot, locked=False),
