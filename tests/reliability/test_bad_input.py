@@ -217,3 +217,37 @@ def test_every_task_that_writes_waits_for_validation(make_pipeline):
     for task in dag.tasks:
         if task.task_id not in validating:
             assert validating <= task.get_flat_relative_ids(upstream=True), f"{task.task_id} may run first"
+
+
+# ------------------------------------------------------------------ legitimate: an audience nobody is in
+
+ZERO_MEMBERS = "Lapsed VIP - archive"  # the emulator's built-in audience that nobody qualifies for
+
+
+def test_zero_member_audiences_end_as_documented(make_pipeline, emu, audience_ids, figures):
+    """An audience nobody is in is no error: it is reported with 0 members. When every audience of the
+    job is empty, the run succeeds and publishes no snapshot batch (nothing to publish)."""
+    from aep_truth import JobView
+    from reliability_checks import assert_converged
+
+    empty = next(a["id"] for a in emu.admin.state()["audiences"] if a["name"] == ZERO_MEMBERS)
+    assert emu.admin.snapshot([empty]) == []
+    mixed = make_pipeline("zero_mixed", audiences=[{"id": audience_ids[0]}, {"id": empty}])
+    outcome = mixed.run(logical_date())
+    assert outcome.state == "success", outcome.log[-5000:]
+    assert_converged(JobView(emu, "zero_mixed", [audience_ids[0], empty], emu.credentials.tenant), mixed.job)
+    members = {row["id"]: row["members"] for row in mixed.xcom(outcome.run_id, "report")["audiences"]}
+    assert members[empty] == 0 and members[audience_ids[0]] > 0
+    figures.record("bad input", "a zero-member audience next to others", "success; reported with 0 members",
+                   seconds=outcome.seconds, where="run (legitimate)")
+
+    alone = make_pipeline("zero_only", audiences=[{"id": empty}])
+    outcome = alone.run(logical_date())
+    assert outcome.state == "success", outcome.log[-5000:]
+    assert "Nothing to publish (0 records)" in outcome.task_log("publish_snapshot")
+    view = JobView(emu, "zero_only", [empty], emu.credentials.tenant)
+    assert view.live_batches(view.dataset_id(alone.job.names.profile_dataset), "snapshot") == []
+    report = alone.xcom(outcome.run_id, "report")
+    assert [row["members"] for row in report["audiences"]] == [0]
+    figures.record("bad input", "only zero-member audiences", "success; nothing published (0 records)",
+                   seconds=outcome.seconds, where="run (legitimate)")
