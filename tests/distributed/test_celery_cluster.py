@@ -10,8 +10,9 @@ The tests run in order on one deployment (module fixture), each building on the 
 3. ``airflow backfill create`` over 7 daily intervals (runs started by the scheduler): each
    interval's events equal the ground truth; the snapshot is untouched; a retention warning names
    exactly the intervals older than 30 days;
-4. re-running one interval replaces its events (one live batch, no duplicates);
-5. the scheduled run re-run after the backfill replaces the snapshot (ground truth, one live batch).
+4. the scheduled run re-run after the backfill replaces the snapshot (ground truth, one live batch);
+5. re-running one backfilled interval replaces its events (one live batch, no duplicates) and
+   leaves the snapshot alone.
 """
 
 from __future__ import annotations
@@ -235,7 +236,7 @@ def test_backfill_seven_days_fills_events_and_keeps_the_snapshot(dep):
         backfill_runs = poll(lambda: [r for r in cluster.dag_runs(dep.dag_id) if r["run_type"] == "backfill"] or None,
                              timeout=30, what="the backfill's runs")
         dep.runs.update({f"backfill-{r['data_interval_start'][:10]}": r["dag_run_id"] for r in backfill_runs})
-        _wait_for_backfills(cluster, dep.dag_id, timeout=300)
+        cluster.wait_for_runs(dep.dag_id, [r["dag_run_id"] for r in backfill_runs], timeout=300)
     finally:
         dep.emu.admin.knobs(export_job_seconds=5)
     elapsed = time.monotonic() - started
@@ -273,28 +274,6 @@ def test_backfill_seven_days_fills_events_and_keeps_the_snapshot(dep):
           f"task instances per worker: {per_worker}")
 
 
-def test_rerunning_one_interval_replaces_its_events(dep):
-    cluster = dep.cluster
-    if "backfill_events" not in dep.facts:
-        pytest.fail("needs test_backfill_seven_days_fills_events_and_keeps_the_snapshot")
-    end = _when(dep.facts["scheduled_interval"][0])
-    start = end - timedelta(days=RERUN_DAYS_AGO)
-    interval = (_iso(start), _iso(start + timedelta(days=1)))
-    view = _view(dep)
-    events_ds = view.dataset_id(_names(dep).event_dataset)
-    before = [b.id for b in view.live_batches(events_ds, "events") if b.label.scope == interval_scope(*interval)]
-    cluster.cli("backfill", "create", "--dag-id", dep.dag_id, "--from-date", start.date().isoformat(),
-                "--to-date", (start + timedelta(days=1)).date().isoformat(), "--reprocess-behavior", "completed")
-    _wait_for_backfills(cluster, dep.dag_id, timeout=180)
-    run = next(r for r in cluster.dag_runs(dep.dag_id) if r["data_interval_start"] == interval[0])
-    assert run["state"] == "success" and run["run_type"] == "backfill"
-    assert len([r for r in cluster.dag_runs(dep.dag_id) if r["data_interval_start"] == interval[0]]) == 1
-    batch, count = _check_interval_events(dep, *interval)  # exactly one live batch, records == truth
-    assert batch and batch not in before, f"the re-run did not publish a new batch ({batch}, before {before})"
-    print(f"\n[distributed] re-ran [{interval[0]}, {interval[1]}): batch {before} replaced by {batch}; "
-          f"{count} events (first run: {dep.facts['backfill_events'][interval[0][:10]]})")
-
-
 def test_scheduled_run_after_the_backfill_replaces_the_snapshot(dep):
     cluster = dep.cluster
     if "backfill_events" not in dep.facts:
@@ -315,9 +294,39 @@ def test_scheduled_run_after_the_backfill_replaces_the_snapshot(dep):
           f"replaced by {batch}; events batch {dep.facts['scheduled_events_batch']} -> {events_batch}")
 
 
+def test_rerunning_one_interval_replaces_its_events(dep):
+    cluster = dep.cluster
+    if "backfill_events" not in dep.facts:
+        pytest.fail("needs test_backfill_seven_days_fills_events_and_keeps_the_snapshot")
+    end = _when(dep.facts["scheduled_interval"][0])
+    start = end - timedelta(days=RERUN_DAYS_AGO)
+    interval = (_iso(start), _iso(start + timedelta(days=1)))
+    view = _view(dep)
+    events_ds = view.dataset_id(_names(dep).event_dataset)
+    before = [b.id for b in view.live_batches(events_ds, "events") if b.label.scope == interval_scope(*interval)]
+    profile_ds = view.dataset_id(_names(dep).profile_dataset)
+    snapshot_before = (view.live_batches(profile_ds, "snapshot"), view.snapshot_records(profile_ds))
+    first = next(r for r in cluster.dag_runs(dep.dag_id) if r["data_interval_start"] == interval[0])
+    _wait_for_backfills(cluster, dep.dag_id, timeout=60)  # one backfill at a time per DAG
+    cluster.cli("backfill", "create", "--dag-id", dep.dag_id, "--from-date", start.date().isoformat(),
+                "--to-date", (start + timedelta(days=1)).date().isoformat(), "--reprocess-behavior", "completed")
+    # The backfill clears the completed run, which runs again under the same run id.
+    poll(lambda: cluster.dag_run(dep.dag_id, first["dag_run_id"])["end_date"] != first["end_date"], timeout=60,
+         interval=0.5, what="the backfill to clear the completed run")
+    assert cluster.wait_for_run(dep.dag_id, first["dag_run_id"], timeout=180) == "success"
+    run = cluster.dag_run(dep.dag_id, first["dag_run_id"])
+    assert run["run_type"] == "backfill" and run["end_date"] > first["end_date"]
+    assert len([r for r in cluster.dag_runs(dep.dag_id) if r["data_interval_start"] == interval[0]]) == 1
+    batch, count = _check_interval_events(dep, *interval)  # exactly one live batch, records == truth
+    assert batch and batch not in before, f"the re-run did not publish a new batch ({batch}, before {before})"
+    assert (view.live_batches(profile_ds, "snapshot"), view.snapshot_records(profile_ds)) == snapshot_before
+    print(f"\n[distributed] re-ran [{interval[0]}, {interval[1]}): batch {before} replaced by {batch}; "
+          f"{count} events (first run: {dep.facts['backfill_events'][interval[0][:10]]})")
+
+
 # ---------------------------------------------------------------------------------------------------
 def _wait_for_backfills(cluster, dag_id: str, timeout: float) -> None:
-    """Wait until every backfill of the DAG is complete (the scheduler marks it when its runs finish)."""
+    """Wait until every backfill of the DAG is complete (the scheduler marks that every 30 s)."""
     def done() -> bool:
         cluster.check_alive()
         backfills = cluster.api("GET", "/api/v2/backfills", params={"dag_id": dag_id})["backfills"]
