@@ -1,7 +1,7 @@
 """The refresh DAG on real Airflow: CeleryExecutor with two workers, scheduler, dag-processor,
 triggerer and api-server as separate processes, PostgreSQL metadata DB, Redis broker, the emulator.
 
-The tests run in order on one deployment (module fixture), each building on the previous one:
+The tests run in order on one deployment (session fixture), each building on the previous one:
 
 1. a run triggered through the REST API, and the scheduled run the scheduler adds once the DAG is
    unpaused: both succeed; the snapshot and the interval's events equal the ground truth; which
