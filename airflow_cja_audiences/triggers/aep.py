@@ -9,6 +9,7 @@ The operator's ``execute_complete`` turns anything but ``success`` into a clear 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator
@@ -22,6 +23,9 @@ from airflow_cja_audiences.errors import AepError
 
 # Log a "still waiting" line at most this often per trigger, plus on every state change.
 _PROGRESS_LOG_SECONDS = 60.0
+# Triggers deferred together (a backfill, many DAGs at 02:00) would all set up and poll at once:
+# each waits a stable pseudo-random part of this before its first poll (never past its deadline).
+_FIRST_POLL_SPREAD_SECONDS = 2.0
 
 
 class _AepPollingTrigger(BaseTrigger):
@@ -53,7 +57,14 @@ class _AepPollingTrigger(BaseTrigger):
     @abstractmethod
     def _what(self) -> str: ...
 
+    def _first_poll_delay(self) -> float:
+        spread = min(self.poll_interval, _FIRST_POLL_SPREAD_SECONDS)
+        fraction = int(hashlib.sha256(self._what.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        delay = spread * fraction
+        return delay if self.deadline is None else max(0.0, min(delay, self.deadline - time.time()))
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        await asyncio.sleep(self._first_poll_delay())
         hook = self._hook()
         last_state, last_log = None, 0.0
         try:
