@@ -23,15 +23,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from airflow_cja_audiences.config import RefreshJob
 from airflow_cja_audiences.dag_factory import dag_id_for
 
 DRIVER = Path(__file__).with_name("driver.py")
+# The figures script sets this: every case runs. By default (make test) a representative subset
+# runs, so the suite takes a few minutes; each test says which of its cases are in it.
+FULL = os.environ.get("CJA_RELIABILITY_FULL") == "1"
 RESULT_PREFIX = "DRIVER-RESULT "
 # The hooks' retry warning (hooks/platform.py): "<route>: attempt 2/8 failed (...); retrying in 0.1 s".
+T = TypeVar("T")
 _RETRY = re.compile(r"\] (?P<route>[A-Za-z0-9_.]+): attempt (?P<attempt>\d+)/(?P<of>\d+) failed")
+
+
+def pick(cases: list[T], quick: Callable[[T], bool]) -> list[T]:
+    """All ``cases`` under ``CJA_RELIABILITY_FULL=1``, else those ``quick`` selects."""
+    return list(cases) if FULL else [case for case in cases if quick(case)]
 
 
 def poll(condition: Callable[[], Any], *, timeout: float, interval: float = 0.05, what: str) -> Any:
@@ -164,8 +173,12 @@ class Pipeline:
                 XComModel.key == key, XComModel.map_index == -1))
         return None if raw is None else XComModel.deserialize_value(type("X", (), {"value": raw})())
 
+    def task_retries(self, run_id: str) -> int:
+        """How many task retries the run needed (tries beyond the first, of the tasks that ran)."""
+        return sum(max(0, tries - 1) for tries in self.try_numbers(run_id).values())
+
     def try_numbers(self, run_id: str) -> dict[str, int]:
-        """Task (``task[map_index]`` when mapped) -> its latest try number."""
+        """Task (``task[map_index]`` when mapped) -> its latest try number (0: it never ran)."""
         from airflow.models.taskinstance import TaskInstance
         from airflow.utils.session import create_session
         from sqlalchemy import select
