@@ -66,9 +66,13 @@ class CjaHook(AdobePlatformHook):
             page += 1
 
     def check_setup(self, *, connection_id: str | None, data_view_id: str | None,
-                    datasets: Mapping[str, str], dimension_paths: Sequence[str]) -> CjaCheckResult:
+                    datasets: Mapping[str, str], dimension_paths: Sequence[str],
+                    dataset_settings: Mapping[str, str] | None = None) -> CjaCheckResult:
         """Verify that ``datasets`` (label -> dataset id) are in the connection and the data view
-        has dimensions for ``dimension_paths``; say precisely what to add in the UI when not."""
+        has dimensions for ``dimension_paths``; say precisely what to add in the UI when not.
+
+        ``dataset_settings`` (label -> text) says how to configure each dataset when adding it.
+        """
         result = CjaCheckResult(connection_id, data_view_id)
         if connection_id:
             connection = self.get_cja_connection(connection_id)
@@ -78,8 +82,9 @@ class CjaHook(AdobePlatformHook):
                     result.problems.append(
                         f"CJA connection {connection.name or connection_id!r} ({connection_id}) does not include the "
                         f"{label} dataset {dataset_id}: in CJA open Data management > Connections > "
-                        f"{connection.name or connection_id} > Edit connection > Add datasets, select it and use "
-                        f"personID as Person ID (the CJA API cannot add datasets to a connection)")
+                        f"{connection.name or connection_id} > Edit connection > Add datasets, select it "
+                        f"{(dataset_settings or {}).get(label, '')}(the CJA API cannot add datasets to a "
+                        f"connection)")
         if data_view_id:
             view = self.get_data_view(data_view_id)
             if connection_id and view.parent_data_group_id and view.parent_data_group_id != connection_id:

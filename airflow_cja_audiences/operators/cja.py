@@ -46,7 +46,10 @@ class CheckCjaOperator(AdobeBaseOperator):
         datasets = {label: ds for label, ds in dict(self.datasets).items() if ds}
         result = self.hook(hooks.cja.CjaHook).check_setup(
             connection_id=self.connection_id, data_view_id=self.data_view_id, datasets=datasets,
-            dimension_paths=[f"_{tenant}.{f}" for f in self.dimension_fields]).to_dict()
+            dimension_paths=[f"_{tenant}.{f}" for f in self.dimension_fields],
+            dataset_settings={"snapshot": "as a Profile dataset with personID as Person ID ",
+                              "events": f"as an Event dataset with timestamp as Timestamp and _{tenant}.personID as "
+                                        f"Person ID "}).to_dict()
         if result["ok"]:
             self.log.info("CJA connection %s and data view %s are set up for %s", self.connection_id,
                           self.data_view_id, ", ".join(datasets))
