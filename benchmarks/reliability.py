@@ -65,6 +65,9 @@ def render(tables: dict[str, list[dict]]) -> str:
         cases = [r for r in faults if r.get("faults_per_route") is not None]
         routes = sorted({route for r in cases for route in (*r["retries"], *r["faults_per_route"])})
         out += ["### Retries per API route (retries / faults injected; equal means one retry per fault)", "",
+                "A lost answer to a create costs no retry: the create is found. A reset on a route the "
+                "triggers poll (get_export_job, get_batch) may cost none either: aiohttp re-sends an "
+                "idempotent request once, at once, when a reused connection drops.", "",
                 table(["route", *(short(r["case"]) for r in cases)],
                       [[route, *(f"{r['retries'].get(route, 0)}/{r['faults_per_route'].get(route, 0)}"
                                  if route in r["retries"] or route in r["faults_per_route"] else "" for r in cases)]

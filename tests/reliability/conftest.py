@@ -63,9 +63,12 @@ def audience_ids(emu) -> list[str]:
 
 
 @pytest.fixture
-def make_pipeline(airflow_db, dags_folder, audience_ids, tmp_path) -> Callable[..., Pipeline]:
-    """``make_pipeline(job_id=..., **job settings) -> Pipeline`` for a job over ``audience_ids``."""
+def make_pipeline(airflow_db, dags_folder, audience_ids, tmp_path) -> Iterator[Callable[..., Pipeline]]:
+    """``make_pipeline(job_id=..., **job settings) -> Pipeline`` for a job over ``audience_ids``;
+    every driver process still running at the end of the test is killed."""
     from airflow_cja_audiences.config import RefreshJob
+
+    made: list[Pipeline] = []
 
     def make(job_id: str = "rel", **overrides: Any) -> Pipeline:
         job = RefreshJob.model_validate({
@@ -73,9 +76,12 @@ def make_pipeline(airflow_db, dags_folder, audience_ids, tmp_path) -> Callable[.
             "retry_delay_seconds": 0, "api_retries": FAST_API_RETRIES,
             "audiences": [{"id": a} for a in audience_ids],
             "identity": {"field": "_{tenant}.identification.core.email", "namespace": "Email"}, **overrides})
-        return Pipeline(job, dags_folder, tmp_path / job_id)
+        made.append(Pipeline(job, dags_folder, tmp_path / f"{job_id}-{len(made)}"))
+        return made[-1]
 
-    return make
+    yield make
+    for pipeline in made:
+        pipeline.close()
 
 
 @pytest.fixture

@@ -144,14 +144,21 @@ class Pipeline:
         self.dag_id = dag_id_for(job)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="cja-reliability-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._runs = 0
+        self._drivers: list[DriverProcess] = []
 
     def start(self, when: datetime, *, mode: str = "run", conf: dict | None = None) -> DriverProcess:
-        self._runs += 1
         command = [sys.executable, str(DRIVER), mode, "--dag-id", self.dag_id, "--logical-date", when.isoformat()]
         if conf:
             command += ["--conf", json.dumps(conf)]
-        return DriverProcess(command, self.workdir / f"run-{self._runs:02d}-{mode}.log", os.environ.copy())
+        log = self.workdir / f"run-{len(self._drivers) + 1:02d}-{mode}.log"
+        self._drivers.append(DriverProcess(command, log, os.environ.copy()))
+        return self._drivers[-1]
+
+    def close(self) -> None:
+        """Kill any driver still running (a test that failed between starting and killing one)."""
+        for driver in self._drivers:
+            if driver.popen.poll() is None:
+                driver.kill()
 
     def run(self, when: datetime, *, conf: dict | None = None, timeout: float = 300) -> RunOutcome:
         return self.start(when, conf=conf).wait(timeout)

@@ -49,6 +49,9 @@ KINDS: dict[str, dict[str, Any]] = {
     "truncated answer": {"kind": "truncate"},
     f"timeout (answer after {CLIENT_TIMEOUT + 1:g} s)": {"kind": "latency", "seconds": CLIENT_TIMEOUT + 1},
 }
+# Triggers poll these with aiohttp, which re-sends an idempotent request once, at once, when a reused
+# keep-alive connection drops (RFC 9112 section 9.3.1): a reset there may cost no retry of ours.
+POLLED_BY_TRIGGERS = {"segmentation.get_export_job", "catalog.get_batch"}
 MIXED = "all of the above, mixed"
 LOST = "lost answer (processed, then dropped)"
 QUERY_CASE = "Query Service: statement fails (57P03) / connection dropped"
@@ -146,7 +149,13 @@ def test_status_and_connection_faults_cost_one_retry_each(case, make_pipeline, e
         rules = rest_rules(emu, make_pipeline, figures, KINDS[case])
     outcome, faults = run_with_faults(case, rules, make_pipeline, emu, connection, figures)
     assert sum(faults.values()) > 0
-    assert dict(outcome.retries) == faults, "each injected fault must cost exactly one retry of its route"
+    resets = any(rule["kind"] == "reset" for rule in rules)
+    for route in set(outcome.retries) | set(faults):
+        retries, injected_here = outcome.retries[route], faults.get(route, 0)
+        if resets and route in POLLED_BY_TRIGGERS:
+            assert retries <= injected_here, f"{route}: {retries} retries for {injected_here} faults"
+        else:
+            assert retries == injected_here, f"{route}: {retries} retries for {injected_here} faults (want one each)"
 
 
 def test_lost_answers_are_found_not_created_twice(make_pipeline, emu, connection, figures):
