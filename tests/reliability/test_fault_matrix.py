@@ -19,7 +19,7 @@ The Query Service retry is also covered by tests/hooks/test_query_service.py.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -57,15 +57,13 @@ LOST = "lost answer (processed, then dropped)"
 QUERY_CASE = "Query Service: statement fails (57P03) / connection dropped"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Baseline:
     """The fault-free run: routes it called, and its snapshot with the instant its export reflects."""
 
-    outcome: RunOutcome
     routes: dict[str, int]
     snapshot: dict[str, set[tuple]]
     observed_at: str
-    truth: dict[str, set[tuple]] = field(default_factory=dict)
 
 
 _BASELINE: list[Baseline] = []
@@ -86,9 +84,8 @@ def baseline(make_pipeline, emu, figures) -> Baseline:
         profile = view.dataset_id(pipeline.job.names.profile_dataset)
         (live,) = view.live_batches(profile, "snapshot")
         snapshot = view.snapshot_records(profile)
-        truth = view.truth_snapshot(live.observed_at)
-        assert snapshot == truth
-        _BASELINE.append(Baseline(outcome, routes, snapshot, live.observed_at, truth))
+        assert snapshot == view.truth_snapshot(live.observed_at)
+        _BASELINE.append(Baseline(routes, snapshot, live.observed_at))
         figures.record("faults", "no faults (baseline)", "success; snapshot = ground truth",
                        seconds=outcome.seconds, retries={}, faults=0, requests=sum(routes.values()),
                        max_attempts=outcome.max_attempt)
@@ -104,7 +101,9 @@ def injected(emu) -> dict[str, int]:
     return {r: sum(v["faults"].values()) for r, v in emu.admin.stats()["routes"].items() if v["faults"]}
 
 
-def run_with_faults(case: str, rules: list[dict], make_pipeline, emu, connection, figures) -> tuple[RunOutcome, Any]:
+def run_with_faults(case: str, rules: list[dict], make_pipeline, emu, connection,
+                    figures) -> tuple[RunOutcome, dict[str, int]]:
+    """Run the refresh under ``rules``; check the end state; return the outcome and faults per route."""
     base = baseline(make_pipeline, emu, figures)
     connection(timeout=CLIENT_TIMEOUT)
     pipeline = make_pipeline("rel")
@@ -142,7 +141,7 @@ CASES = [*KINDS] if FULL else []
 def test_status_and_connection_faults_cost_one_retry_each(case, make_pipeline, emu, connection, figures):
     if case == MIXED:  # every kind, each at RATE / len(KINDS): RATE in all, per route
         rules = [rule for spec in KINDS.values()
-                 for rule in rest_rules(emu, make_pipeline, figures, {**spec})]
+                 for rule in rest_rules(emu, make_pipeline, figures, spec)]
         for rule in rules:
             rule["probability"] = RATE / len(KINDS)
     else:
