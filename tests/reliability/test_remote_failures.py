@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import pytest
 from aep_truth import JobView
 from harness import FULL, Pipeline, logical_date, pick
+from reliability_checks import export_jobs_of
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +73,7 @@ def test_remote_failures_end_as_documented_and_keep_the_snapshot(make_pipeline, 
     pipeline = make_pipeline("remote", publish_events=False, retries=0)
     view = _view(pipeline, emu)
     failures = pick(FAILURES, lambda f: f.name in QUICK)
-    days = len(failures) + 3
+    days = len(failures) + 4
     first = pipeline.run(logical_date(days_ago=days))
     assert first.state == "success", first.log[-5000:]
     (live,) = view.live_batches(view.dataset_id(pipeline.job.names.profile_dataset), "snapshot")
@@ -92,6 +93,18 @@ def test_remote_failures_end_as_documented_and_keep_the_snapshot(make_pipeline, 
                        f"{failure.task} failed with AEP's reason; previous snapshot live and whole"
                        + (f"; new batch {failure.new_batch_status}" if failure.new_batch_status else ""),
                        seconds=outcome.seconds, retries=dict(outcome.retries))
+
+    if FULL:  # with one task retry, a FAILED export is followed by a new export job, and the run succeeds
+        retrying = make_pipeline("remote", publish_events=False, retries=1)
+        emu.admin.knobs(export_job_failures=1)
+        recovered = retrying.run(logical_date(days_ago=3))
+        assert recovered.state == "success", recovered.log[-5000:]
+        assert retrying.try_numbers(recovered.run_id)["export_audiences"] == 2
+        assert [j["status"] for j in export_jobs_of(emu, retrying.job)][-2:] == ["FAILED", "SUCCEEDED"]
+        (live,) = view.live_batches(view.dataset_id(pipeline.job.names.profile_dataset), "snapshot")
+        figures.record("remote failures", "export job FAILED, with one task retry",
+                       "success: the retry started a new export job (FAILED, then SUCCEEDED)",
+                       seconds=recovered.seconds, retries=dict(recovered.retries))
 
     # The shrink guard: the same job, now over its smallest audience only (far fewer people).
     smaller = make_pipeline("remote", publish_events=False, retries=0, audiences=[{"id": audience_ids[0]}])
