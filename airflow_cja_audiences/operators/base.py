@@ -56,6 +56,11 @@ class AdobeBaseOperator(BaseOperator):
                 "deadline": deadline, "hook_params": self.hook_params}
 
 
+def truthy(value: Any) -> bool:
+    """A flag that may arrive rendered from a template or an XCom ("False", "", None, ...)."""
+    return value not in (False, None, "", "False", "false", "None", 0)
+
+
 def validate_event(event: Any, *, what: str, accept: Iterable[str] = ("success",)) -> dict[str, Any]:
     """Reject a missing or malformed trigger event; return it when its status is accepted.
 

@@ -21,7 +21,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from airflow_cja_audiences import hooks, sql
 from airflow_cja_audiences.config import RefreshJob
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
-from airflow_cja_audiences.operators.base import AdobeBaseOperator
+from airflow_cja_audiences.operators.base import AdobeBaseOperator, truthy
 from airflow_cja_audiences.runs import BatchLabel, Kind
 
 _TEMPLATE_FIELDS = ("sandbox", "tenant", "table_name", "export_batch_id", "audiences", "interval_start",
@@ -57,7 +57,7 @@ class _MembershipQueryOperator(AdobeBaseOperator):
         return RefreshJob.model_validate(self.job)
 
     def _skip_unless_enabled(self) -> None:
-        if self.enabled in (False, "False", "false", "", None):
+        if not truthy(self.enabled):
             raise AirflowSkipException(f"this run publishes no {self.kind}")
 
     def query(self) -> sql.MembershipQuery:
@@ -112,7 +112,7 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         super().__init__(**kwargs)
 
     def execute(self, context: Context) -> list[dict[str, int]]:
-        if self.enabled in (False, "False", "false", "", None):
+        if not truthy(self.enabled):
             self.log.info("This run publishes no %s", self.kind)
             _push(context, {"batch_id": NO_BATCH, "external_id": "", "memberships": 0, "audience_counts": None,
                             "previous_batch_ids": []})

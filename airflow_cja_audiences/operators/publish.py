@@ -17,7 +17,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 
 from airflow_cja_audiences import hooks, triggers
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
-from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, validate_event
+from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, truthy, validate_event
 from airflow_cja_audiences.operators.load import live_batches
 from airflow_cja_audiences.runs import BatchLabel
 
@@ -59,10 +59,6 @@ class PublishBatchOperator(AdobeBaseOperator):
 
     # ------------------------------------------------------------------ helpers
 
-    @staticmethod
-    def _truthy(value: Any) -> bool:
-        return value not in (False, None, "", "False", "false", "None", 0)
-
     def _label(self) -> BatchLabel:
         label = BatchLabel.parse(self.external_id)
         if label is None:
@@ -87,7 +83,7 @@ class PublishBatchOperator(AdobeBaseOperator):
         message = (f"shrink guard: the new snapshot has {records} records, the live one {before}; that is a drop of "
                    f"more than {self.shrink_guard:.0%}. The live snapshot is kept. If the drop is real (audiences "
                    f"emptied, members left), trigger the DAG with force_replace=true.")
-        if self._truthy(self.force):
+        if truthy(self.force):
             self.log.warning("%s -- forced, replacing anyway", message)
             return
         if self.batch_id:
@@ -97,7 +93,7 @@ class PublishBatchOperator(AdobeBaseOperator):
     # ------------------------------------------------------------------ execution
 
     def execute(self, context: Context) -> dict[str, Any] | None:
-        if not self._truthy(self.enabled):
+        if not truthy(self.enabled):
             raise AirflowSkipException("this run publishes nothing of this kind")
         records = self._records()
         previous = self._predecessors()
@@ -115,9 +111,9 @@ class PublishBatchOperator(AdobeBaseOperator):
         if not batch.is_terminal:
             deadline = time.time() + self.wait_timeout.total_seconds()
             if self.deferrable:
-                self.defer(trigger=triggers.aep.BatchTrigger(batch_id=self.batch_id,
-                                                **self.trigger_kwargs(self.poll_interval, deadline)),
-                           method_name="execute_complete")
+                trigger = triggers.aep.BatchTrigger(batch_id=self.batch_id,
+                                                    **self.trigger_kwargs(self.poll_interval, deadline))
+                self.defer(trigger=trigger, method_name="execute_complete")
             while not batch.is_terminal:
                 if time.time() > deadline:
                     raise AirflowException(f"batch {batch.id} still {batch.status} after {self.wait_timeout}")
