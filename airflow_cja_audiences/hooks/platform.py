@@ -118,14 +118,17 @@ class _WaitRetryAfterOrExponential(tenacity.wait.wait_base):
     def __init__(self, initial: float, maximum: float):
         self.maximum = maximum
         # Jitter in proportion to the first wait (1 s at the default 0.5 s), so short waits stay short.
-        self.exponential = tenacity.wait_exponential_jitter(initial=initial, max=maximum, jitter=2 * initial)
+        # (wait_exponential + wait_random rather than wait_exponential_jitter, whose 'initial' is
+        # deprecated in tenacity 9.2 while its replacement does not exist in 9.0.)
+        self.exponential = (tenacity.wait_exponential(multiplier=initial, max=maximum)
+                            + tenacity.wait_random(0, 2 * initial))
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             return min(float(retry_after), self.maximum)
-        return self.exponential(retry_state)
+        return min(self.exponential(retry_state), self.maximum)
 
 
 # ------------------------------------------------------------------------------ the hook
