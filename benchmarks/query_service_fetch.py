@@ -6,7 +6,7 @@ Runs ``python -m benchmarks.query_service_fetch [--rows 1000000]``. One run:
   export-shaped table of ``rows / 2`` profiles with two member audiences each, TLS with a private CA
   (clients use ``sslmode=verify-full``);
 * reads the membership rows ``(personID, audienceId, status, qualificationTime)`` - the explode +
-  filter + ``date_format`` query shape the pipeline sends - with each client, in a fresh process:
+  filter + ``concat(date_format ...)`` query shape the pipeline sends - with each client, in a fresh process:
 
   - ``psycopg2 named cursor`` (DECLARE/FETCH, itersize 10,000), ``psycopg2 fetchall``,
     ``psycopg 3 server cursor``, ``psycopg 3 fetchall``; and 4 psycopg2 named-cursor clients at once;
@@ -14,7 +14,7 @@ Runs ``python -m benchmarks.query_service_fetch [--rows 1000000]``. One run:
 * in two server modes: ``stream`` - the query ends with ``LIMIT 0``, Query Service's documented
   override of the row cap, so rows stream while DuckDB produces them; ``capped`` - the server's row
   cap is raised above the result and the query has no LIMIT, so the server must hold the whole result
-  before the first row (it fails queries over the cap instead of truncating them);
+  before the first row;
 * also prints the server-side encoding rate alone (DuckDB query -> DataRow bytes, no socket).
 
 The DESIGN's fetch floor is about 1.2 M rows/s per client on the 2-core reference machine.
@@ -33,13 +33,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from airflow_cja_audiences.sql import iso_utc  # noqa: E402
+from benchmarks import _qs_server  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = "bench_export"
-TOKEN = "bench-token"
-DATABASE = "prod:all"
-USER = "BENCH@AdobeOrg"
 QUERY = f"""SELECT personID, key AS audienceId, value.status AS status,
-       date_format(value.lastQualificationTime, "yyyy-MM-dd'T'HH:mm:ss'Z'") AS qualificationTime
+       {iso_utc('value.lastQualificationTime')} AS qualificationTime
 FROM (SELECT _bench.identification.core.email AS personID, explode(segmentMembership.ups)
       FROM {TABLE} WHERE _acp_batchid = 'bench-batch')
 WHERE key IN ('aud-a', 'aud-b') AND value.status IN ('realized', 'existing')"""
@@ -68,54 +68,9 @@ def build_table(db: Any, rows: int) -> None:
 
 # --- server process -----------------------------------------------------------------------------
 
-def serve(state_dir: Path, rows: int, max_rows: int) -> None:
-    """Build the table, start the server over TLS, print READY, serve until stdin closes."""
-    import duckdb
-
-    from airflow_cja_audiences.emulator import tls
-    from airflow_cja_audiences.emulator.query_service.server import QueryServiceServer
-
-    db = duckdb.connect()
-    build_table(db, rows)
-    files = tls.generate(state_dir / "tls", [])
-
-    def authenticate(user: str, password: str, database: str) -> None:
-        if password != TOKEN or database != DATABASE:
-            raise PermissionError("Invalid authentication token")
-
-    server = QueryServiceServer(
-        host="127.0.0.1", port=0, ssl_context=tls.server_context(files), connect=db.cursor,
-        authenticate=authenticate, max_rows=max_rows,
-        list_tables=lambda: [{"name": TABLE, "dataSetId": "bench", "dataSet": "bench", "description": None}])
-    server.start()
-    print("READY " + json.dumps({"port": server.port, "ca": str(files.ca_bundle)}), flush=True)
-    try:
-        sys.stdin.read()  # the parent closes our stdin when it is done
-    finally:
-        server.stop()
-
-
-class ServerProcess:
-    def __init__(self, state_dir: Path, rows: int, max_rows: int) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.query_service_fetch", "--serve", str(state_dir), "--rows", str(rows),
-             "--max-rows", str(max_rows)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline() if self.proc.stdout else ""
-        if not line.startswith("READY "):
-            self.stop()
-            raise RuntimeError(f"the Query Service emulator did not start (said {line!r})")
-        info = json.loads(line[len("READY "):])
-        self.dsn = {"host": "127.0.0.1", "port": info["port"], "user": USER, "password": TOKEN, "dbname": DATABASE,
-                    "sslmode": "verify-full", "sslrootcert": info["ca"]}
-
-    def stop(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def start_server(state_dir: Path, rows: int, max_rows: int) -> _qs_server.ServerProcess:
+    return _qs_server.ServerProcess("benchmarks.query_service_fetch", state_dir, "--rows", str(rows),
+                                    "--max-rows", str(max_rows))
 
 
 # --- client processes ---------------------------------------------------------------------------
@@ -218,7 +173,7 @@ def main() -> None:
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.rows, args.max_rows)
+        _qs_server.serve(args.serve, TABLE, lambda db: build_table(db, args.rows), args.max_rows)
         return
     if args.client:
         job = json.loads(sys.stdin.read())
@@ -232,7 +187,7 @@ def main() -> None:
     modes = {"stream": (QUERY + "\nLIMIT 0", 50_000), "capped": (QUERY, rows + 1)}
     with tempfile.TemporaryDirectory() as tmp:
         for mode, (sql, max_rows) in modes.items():
-            server = ServerProcess(Path(tmp) / mode, rows, max_rows)
+            server = start_server(Path(tmp) / mode, rows, max_rows)
             try:
                 print(f"  mode {mode} ({'LIMIT 0 override, rows stream' if mode == 'stream' else 'row cap raised to ' + format(max_rows, ',') + ', result held before sending'}):")
                 for client in CLIENTS:

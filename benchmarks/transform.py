@@ -48,12 +48,11 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import _qs_server  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 TENANT = "bench"
 TABLE = "bench_audience_export"
-TOKEN = "bench-token"
-DATABASE = "prod:all"
-USER = "BENCH0000000000000000@AdobeOrg"
 AUDIENCES = [f"4d4c6a59-2b4d-4bbd-9aa4-7c3b3f54d2{j:02d}" for j in range(10)]
 JOB_AUDIENCES = AUDIENCES[:9]  # the tenth is exported but not asked for: the IN filter matters
 NAMES = {a: f"Luma - Segment {j} \"{'Gold' if j % 2 else 'Silver'}\", EU" for j, a in enumerate(AUDIENCES)}
@@ -96,16 +95,10 @@ def profiles_for(rows: int) -> int:
 # The server process
 # ---------------------------------------------------------------------------------------------
 
-def serve(state_dir: Path, max_rows: int) -> None:
-    """Build the table, start the Query Service emulator over TLS, print READY, serve until stdin closes."""
-    import duckdb
-
-    from airflow_cja_audiences.emulator import tls
-    from airflow_cja_audiences.emulator.query_service.server import QueryServiceServer
-
-    db = duckdb.connect()
+def build_table(db: Any) -> None:
+    """One export batch per size in one table, same profiles (the smaller one a prefix)."""
     db.execute(f"CREATE TABLE {TABLE} ({EXPORT_COLUMNS})")
-    for label, rows in SIZES.items():  # one export batch per size, same profiles (a prefix)
+    for label, rows in SIZES.items():
         db.execute(f"""
             INSERT INTO {TABLE}
             SELECT
@@ -127,47 +120,15 @@ def serve(state_dir: Path, max_rows: int) -> None:
                 {{'acp_sourceBatchId': 'bench-{label}'}}
             FROM range({profiles_for(rows)}) r(i)
         """)
-    files = tls.generate(state_dir / "tls", [])
-
-    def authenticate(user: str, password: str, database: str) -> None:
-        if password != TOKEN or database != DATABASE:
-            raise PermissionError("Invalid authentication token")
-
-    server = QueryServiceServer(
-        host="127.0.0.1", port=0, ssl_context=tls.server_context(files), connect=db.cursor,
-        authenticate=authenticate, max_rows=max_rows,
-        list_tables=lambda: [{"name": TABLE, "dataSetId": "bench", "dataSet": "bench", "description": None}])
-    server.start()
-    print("READY " + json.dumps({"port": server.port, "ca": str(files.ca_bundle)}), flush=True)
-    try:
-        sys.stdin.read()  # the parent closes our stdin when it is done
-    finally:
-        server.stop()
 
 
-class ServerProcess:
-    """The server in a child process (its DuckDB and threads do not disturb the clients' RSS)."""
+def serve(state_dir: Path, max_rows: int) -> None:
+    """Build the table, start the Query Service emulator over TLS, print READY, serve until stdin closes."""
+    _qs_server.serve(state_dir, TABLE, build_table, max_rows)
 
-    def __init__(self, state_dir: Path, max_rows: int) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.transform", "--serve", str(state_dir),
-                                      "--max-rows", str(max_rows)],
-                                     cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline() if self.proc.stdout else ""
-        if not line.startswith("READY "):
-            self.stop()
-            raise RuntimeError(f"the Query Service emulator did not start (said {line!r})")
-        info = json.loads(line[len("READY "):])
-        self.dsn = {"host": "127.0.0.1", "port": info["port"], "user": USER, "password": TOKEN,
-                    "dbname": DATABASE, "sslmode": "verify-full", "sslrootcert": info["ca"]}
 
-    def stop(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def start_server(state_dir: Path, max_rows: int) -> _qs_server.ServerProcess:
+    return _qs_server.ServerProcess("benchmarks.transform", state_dir, "--max-rows", str(max_rows))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for mode in modes:
         with tempfile.TemporaryDirectory(prefix="bench-transform-") as tmp:
-            server = ServerProcess(Path(tmp), MODES[mode])
+            server = start_server(Path(tmp), MODES[mode])
             try:
                 for size in sizes:
                     run = f"{mode} {size}"
