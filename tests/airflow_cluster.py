@@ -36,6 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import polling
 import requests
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
@@ -73,15 +74,8 @@ def free_port() -> int:
 
 
 def poll(condition: Callable[[], Any], *, timeout: float, interval: float = 0.5, what: str = "condition") -> Any:
-    """Call ``condition`` until it returns something truthy; raise :class:`ClusterError` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    """:func:`polling.poll` raising :class:`ClusterError` (the harness's own failures)."""
+    return polling.poll(condition, timeout=timeout, interval=interval, what=what, error=ClusterError)
 
 
 @dataclass

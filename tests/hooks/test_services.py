@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from polling import poll
 
 from airflow_cja_audiences import xdm
 from airflow_cja_audiences.config import AudienceSelector, OutputFields
@@ -25,14 +26,7 @@ def audiences(emu) -> list[dict]:
 
 
 def _wait(fn, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    return poll(fn, timeout=timeout, what=what)
 
 
 # --------------------------------------------------------------------------- Catalog

@@ -25,6 +25,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+import polling
+
 from airflow_cja_audiences.config import RefreshJob
 from airflow_cja_audiences.dag_factory import dag_id_for
 
@@ -44,15 +46,8 @@ def pick(cases: list[T], quick: Callable[[T], bool]) -> list[T]:
 
 
 def poll(condition: Callable[[], Any], *, timeout: float, interval: float = 0.05, what: str) -> Any:
-    """Call ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    """:func:`polling.poll`, checking often (the crash matrix waits for short windows)."""
+    return polling.poll(condition, timeout=timeout, interval=interval, what=what)
 
 
 def logical_date(days_ago: int = 0) -> datetime:
