@@ -48,6 +48,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from airflow_cja_audiences.emulator.exports import table_ddl  # noqa: E402
 from benchmarks import _qs_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,17 +64,7 @@ FETCH_BATCH = 10_000
 #: mode -> the emulator's row limit: production's for partitioned queries, lifted for one big query.
 MODES = {"partitioned": 50_000, "single": 10**9}
 
-EXPORT_COLUMNS = f"""
-    identityMap MAP(VARCHAR, STRUCT(id VARCHAR, "primary" BOOLEAN, authenticatedState VARCHAR)[]),
-    _{TENANT} STRUCT(identification STRUCT(core STRUCT(email VARCHAR, ecid VARCHAR, crmId VARCHAR,
-                                                          phoneNumber VARCHAR))),
-    person STRUCT(name STRUCT(firstName VARCHAR, lastName VARCHAR), gender VARCHAR),
-    personalEmail STRUCT(address VARCHAR),
-    segmentMembership STRUCT(ups MAP(VARCHAR, STRUCT(status VARCHAR, lastQualificationTime TIMESTAMP,
-                                                     version VARCHAR, validUntil TIMESTAMP))),
-    _acp_batchid VARCHAR,
-    _acp_system_metadata STRUCT(acp_sourceBatchId VARCHAR)
-"""
+EXPORT_COLUMNS = table_ddl(TENANT)  # the emulator's own export-table schema (docs/ARCHITECTURE.md)
 # Profile i is in audience j when the condition holds; statuses cycle, a sixth are 'exited'.
 MEMBER_OF = "(i * 7 + j * 13) % 4 = 0 OR (i + j) % 5 = 0"
 AUDIENCE_SQL = "'4d4c6a59-2b4d-4bbd-9aa4-7c3b3f54d2' || lpad(j::VARCHAR, 2, '0')"

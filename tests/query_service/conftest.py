@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from airflow_cja_audiences.emulator.exports import table_ddl
 from airflow_cja_audiences.emulator.query_service.server import QueryServiceServer
 
 TENANT = "demoemea"
@@ -38,17 +39,7 @@ BATCHES = (("01HBATCH0001", "src-batch-1"), ("01HBATCH0002", "src-batch-2"), ("0
 BIG_PROFILES = 250_000  # two member audiences each: 500,000 memberships
 BIG_BATCH = ("01HBIGBATCH", "src-big")
 
-EXPORT_COLUMNS = f"""
-    identityMap MAP(VARCHAR, STRUCT(id VARCHAR, "primary" BOOLEAN, authenticatedState VARCHAR)[]),
-    _{TENANT} STRUCT(identification STRUCT(core STRUCT(email VARCHAR, ecid VARCHAR, crmId VARCHAR,
-                                                          phoneNumber VARCHAR))),
-    person STRUCT(name STRUCT(firstName VARCHAR, lastName VARCHAR), gender VARCHAR),
-    personalEmail STRUCT(address VARCHAR),
-    segmentMembership STRUCT(ups MAP(VARCHAR, STRUCT(status VARCHAR, lastQualificationTime TIMESTAMP,
-                                                     version VARCHAR, validUntil TIMESTAMP))),
-    _acp_batchid VARCHAR,
-    _acp_system_metadata STRUCT(acp_sourceBatchId VARCHAR)
-"""
+EXPORT_COLUMNS = table_ddl(TENANT)  # the emulator's own export-table schema (docs/ARCHITECTURE.md)
 
 
 @dataclass(frozen=True)
