@@ -395,8 +395,8 @@ def _select(q: MembershipQuery, statuses: Sequence[str], partition: Partition,
            f"    SELECT {val['person']} AS {PERSON}, explode(segmentMembership.ups)\n"
            f"    FROM {val['table']}\n"
            f"    WHERE " + "\n      AND ".join(inner) + "\n"
-           f")\n"
-           f"WHERE " + "\n  AND ".join(outer))
+           ")\n"
+           "WHERE " + "\n  AND ".join(outer))
     if rows:
         # personID first: the transform needs a person's rows to be contiguous. The rest makes the
         # order total, so a retried query writes byte-identical files.

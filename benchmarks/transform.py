@@ -34,7 +34,6 @@ import argparse
 import gc
 import importlib
 import json
-import os
 import resource
 import subprocess
 import sys
