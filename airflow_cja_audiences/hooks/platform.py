@@ -98,6 +98,23 @@ def _ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_bundle) if ca_bundle else ssl.create_default_context()
 
 
+# ------------------------------------------------------------------------------ shared async sessions
+
+
+@dataclass
+class _SharedSession:
+    loop: asyncio.AbstractEventLoop
+    session: aiohttp.ClientSession
+    users: int = 0
+
+
+# One aiohttp session per event loop and (CA bundle, timeout), shared by every trigger of a triggerer:
+# hundreds of waits polling the same Adobe hosts reuse warm keep-alive connections (no TLS handshake
+# per poll) and hold one pool between them instead of one each. Closed when its last user leaves.
+_SHARED_SESSIONS: dict[tuple[int, str | None, float], _SharedSession] = {}
+_SHARED_POOL_SIZE = 100  # connections per shared session; requests beyond it wait for a free one
+
+
 # ------------------------------------------------------------------------------ retry policy
 
 
@@ -423,18 +440,32 @@ class AdobePlatformHook(BaseHook):
 
     @asynccontextmanager
     async def async_session(self) -> AsyncIterator[AdobePlatformHook]:
-        """Open one aiohttp session for the ``a*`` methods (one per trigger, reused across polls)."""
+        """Enable the ``a*`` methods in this block, on the HTTP session this event loop shares with
+        every other hook of the same CA bundle and timeout (a trigger holds it across its polls)."""
         import aiohttp
 
-        await self.aget_settings()
-        connector = aiohttp.TCPConnector(ssl=self._ssl_context(), limit=4)
-        timeout = aiohttp.ClientTimeout(total=self.settings.timeout, connect=min(10.0, self.settings.timeout))
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            self._aiohttp_session = session
-            try:
-                yield self
-            finally:
-                self._aiohttp_session = None
+        settings = await self.aget_settings()
+        loop = asyncio.get_running_loop()
+        key = (id(loop), settings.ca_bundle, settings.timeout)
+        shared = _SHARED_SESSIONS.get(key)
+        if shared is None or shared.loop is not loop or shared.session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._ssl_context(), limit=_SHARED_POOL_SIZE)
+            timeout = aiohttp.ClientTimeout(total=settings.timeout, connect=min(10.0, settings.timeout))
+            # No cookie jar: nothing of one trigger's responses may travel with another's requests.
+            session = aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                            cookie_jar=aiohttp.DummyCookieJar())
+            shared = _SHARED_SESSIONS[key] = _SharedSession(loop, session)
+        shared.users += 1
+        self._aiohttp_session = shared.session
+        try:
+            yield self
+        finally:
+            self._aiohttp_session = None
+            shared.users -= 1
+            if shared.users == 0:
+                if _SHARED_SESSIONS.get(key) is shared:
+                    del _SHARED_SESSIONS[key]
+                await shared.session.close()
 
     async def _asend(self, method: str, url: str, **kwargs: Any) -> tuple[int, str, Any]:
         import aiohttp

@@ -1,8 +1,9 @@
 """Deferrable waits on AEP: export jobs and ingestion batches.
 
-Triggers are rebuilt in the triggerer from plain JSON kwargs (``serialize``), open **one** HTTP session
-each and reuse it across polls, carry a wall-clock deadline (they may move between triggerer
-processes), and always end with exactly one event: ``success``, ``failed``, ``timeout`` or ``error``.
+Triggers are rebuilt in the triggerer from plain JSON kwargs (``serialize``), poll through the one
+HTTP session their event loop shares (``AdobePlatformHook.async_session``: warm keep-alive connections,
+no pool per wait), carry a wall-clock deadline (they may move between triggerer processes), and
+always end with exactly one event: ``success``, ``failed``, ``timeout`` or ``error``.
 The operator's ``execute_complete`` turns anything but ``success`` into a clear task failure.
 """
 

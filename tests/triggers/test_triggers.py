@@ -113,6 +113,29 @@ async def test_transient_faults_are_retried_in_the_trigger(emu):
 
 
 @pytest.mark.asyncio
+async def test_waits_of_one_loop_share_one_http_session_until_the_last_ends(emu):
+    from airflow_cja_audiences.hooks import platform
+
+    job_id = _start_export(emu)
+    first, second = SegmentationHook(), SegmentationHook()
+    async with first.async_session():
+        shared = first._aiohttp_session
+        async with second.async_session():
+            assert second._aiohttp_session is shared
+            assert (await first.aget_export_job(job_id)).id == (await second.aget_export_job(job_id)).id == job_id
+        assert not shared.closed, "closed while a hook still used it"
+    assert shared.closed and not platform._SHARED_SESSIONS
+    async with first.async_session():  # a later wait opens a new one
+        assert first._aiohttp_session is not shared and not first._aiohttp_session.closed
+
+    triggers = [ExportJobTrigger(job_id=_start_export(emu), poll_interval=0.1, deadline=time.time() + 60)
+                for _ in range(5)]
+    events = await asyncio.gather(*(_first_event(t) for t in triggers))
+    assert [e["status"] for e in events] == ["success"] * 5
+    assert not platform._SHARED_SESSIONS, "the last trigger to end must close the shared session"
+
+
+@pytest.mark.asyncio
 async def test_on_kill_cancels_the_export_job(emu):
     seconds = emu.admin.knobs()["export_job_seconds"]
     emu.admin.knobs(export_job_seconds=30)
