@@ -247,26 +247,23 @@ class AirflowCluster:
         return self.processes[name]
 
     def _create_database(self) -> None:
-        import psycopg2
-
-        conn = psycopg2.connect(PG_ADMIN_DSN)
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{self.database}"')
-            self._db_created = True
-        finally:
-            conn.close()
+        self._admin_statement(f'CREATE DATABASE "{self.database}"')
+        self._db_created = True
 
     def _drop_database(self) -> None:
+        self._admin_statement(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        self._db_created = False
+
+    @staticmethod
+    def _admin_statement(sql: str) -> None:
+        """Run one statement outside a transaction (CREATE/DROP DATABASE need it) as the admin user."""
         import psycopg2
 
         conn = psycopg2.connect(PG_ADMIN_DSN)
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-            self._db_created = False
+                cur.execute(sql)
         finally:
             conn.close()
 
