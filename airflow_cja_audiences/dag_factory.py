@@ -57,8 +57,9 @@ def _params() -> dict[str, Param]:
                                               "touch the snapshot)."),
         "events_interval_start": Param(None, type=["null", "string"], format="date-time",
                                        title="Events interval start (manual runs)",
-                                       description="Publish the audience entries/exits whose qualification time is in "
-                                                   "[start, end). Scheduled and backfill runs use their data interval."),
+                                       description="Publish the audience entries and exits that happened in [start, end) "
+                                                   "(each event once, whatever was published before). Scheduled runs use "
+                                                   "their data interval; backfill runs always do and ignore this."),
         "events_interval_end": Param(None, type=["null", "string"], format="date-time",
                                      title="Events interval end (manual runs)",
                                      description="End (exclusive) of the events interval; required with the start."),
@@ -132,9 +133,15 @@ def build_dag(job: RefreshJob) -> DAG:
                           "audiences": resolve.output["audiences"], "dataset_id": dataset.output["dataset_id"],
                           "interval_start": plan.output["interval_start"],
                           "interval_end": plan.output["interval_end"], "enabled": enabled}
-            prepare = PrepareLoadOperator(task_id=f"prepare_{kind}", **common, **query_args)
+            prepare = PrepareLoadOperator(task_id=f"prepare_{kind}", **common, **query_args,
+                                          export_dataset_id=export.output["export_dataset_id"],
+                                          force="{{ params.force_replace }}")
+            # The loads read what prepare decided: the events interval may be widened over live
+            # batches it overlaps, and the events are read from several exports.
+            load_args = {**query_args, "interval_start": prepare.output["interval_start"],
+                         "interval_end": prepare.output["interval_end"], "sources": prepare.output["sources"]}
             load = LoadPartitionOperator.partial(
-                task_id=f"load_{kind}", **common, **query_args, batch_id=prepare.output["batch_id"],
+                task_id=f"load_{kind}", **common, **load_args, batch_id=prepare.output["batch_id"],
                 pool=job.query_service_pool,
             ).expand(partition=prepare.output)
             publish = PublishBatchOperator(

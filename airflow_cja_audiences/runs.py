@@ -4,6 +4,11 @@ A run publishes the profile **snapshot** (who is in which audience now) and/or t
 **change events** of its data interval. Scheduled and manual runs refresh the snapshot; backfill
 runs only fill their interval's events, so history never overwrites the current snapshot.
 
+Events are published exactly once, whatever intervals the runs have: the live events batches of a
+job always cover pairwise disjoint intervals. A run whose interval overlaps live batches widens its
+own to their hull (:func:`events_hull`), re-reads every event of the hull and replaces them all, so
+overlapping manual intervals, schedule changes and re-runs never publish an event twice.
+
 Batches carry a label in ``externalId`` (job, kind, scope, export batch, run). AEP keeps it with the
 batch, so "which batches does this one replace" and "what did the previous snapshot export" are
 answered from AEP itself, not from Airflow's metadata (which a user may clear).
@@ -47,7 +52,9 @@ class RunPlan:
 
     @property
     def export_statuses(self) -> tuple[str, ...]:
-        return ("realized", "existing", "exited") if self.events else ("realized", "existing")
+        """Always all three: members for the snapshot, ``realized``/``exited`` prove events, and
+        ``exited`` tells an exit from a member the report can no longer trace."""
+        return ("realized", "existing", "exited")
 
     @property
     def qualification_window(self) -> tuple[str | None, str | None]:
@@ -75,10 +82,22 @@ def plan_run(*, run_type: str, interval: tuple[datetime, datetime] | None, publi
     :param force_snapshot: override (e.g. a manual events-only run sets False).
     """
     backfill = run_type in ("backfill", "backfill_job")  # the value, or the enum member name
+    warnings: list[str] = []
+    if backfill:
+        # The UI's Backfill dialog can "override parameters": every run of the backfill would then carry
+        # the same manual interval (and publish it N times over). A backfill run publishes its own
+        # data interval's events and never the snapshot, whatever the form said.
+        if manual_interval is not None:
+            warnings.append(f"backfill run: the trigger form's events interval [{utc_iso(manual_interval[0])}, "
+                            f"{utc_iso(manual_interval[1])}) is ignored; a backfill run publishes its own data "
+                            f"interval")
+            manual_interval = None
+        if force_snapshot:
+            warnings.append("backfill run: publish_snapshot is ignored; backfill runs never replace the snapshot")
+        force_snapshot = None
     snapshot = not backfill if force_snapshot is None else force_snapshot
     window = manual_interval or interval
     events = publish_events and window is not None
-    warnings: list[str] = []
     start = end = None
     if window is not None and events:
         s, e = window
@@ -89,8 +108,9 @@ def plan_run(*, run_type: str, interval: tuple[datetime, datetime] | None, publi
         start, end = utc_iso(s), utc_iso(e)
         if s < now - EXIT_RETENTION:
             warnings.append(f"interval [{start}, {end}) starts more than {EXIT_RETENTION.days} days ago: AEP has "
-                            f"purged exits older than {utc_iso(now - EXIT_RETENTION)}, so this interval's exited "
-                            f"events are incomplete (entries are complete only for people still in the audience)")
+                            f"purged exits older than {utc_iso(now - EXIT_RETENTION)}, so only what this job's "
+                            f"exports of that time still show can be published; the report counts the rest "
+                            f"as not recoverable")
     if not snapshot and not events:
         raise ValueError("this run would publish nothing: a backfill run needs an interval and publish_events")
     return RunPlan(snapshot=snapshot, events=events, interval_start=start, interval_end=end,
@@ -142,6 +162,159 @@ class BatchLabel:
         except ValueError:
             return None
 
-    def same_slot(self, other: BatchLabel) -> bool:
-        """Whether ``other`` holds the data this batch replaces (same job, kind and scope)."""
-        return (self.job_id, self.kind, self.scope) == (other.job_id, other.kind, other.scope)
+    @property
+    def interval(self) -> tuple[datetime, datetime] | None:
+        """An events batch's interval (None for a snapshot)."""
+        return scope_interval(self.scope) if self.kind == "events" else None
+
+    def supersedes(self, other: BatchLabel) -> bool:
+        """Whether publishing this batch replaces ``other``: same job and kind, and for events an
+        interval inside this one's (a run publishes the hull of the intervals it overlaps)."""
+        if (self.job_id, self.kind) != (other.job_id, other.kind):
+            return False
+        if self.kind == "snapshot":
+            return self.scope == other.scope
+        mine, theirs = self.interval, other.interval
+        return mine is not None and theirs is not None and mine[0] <= theirs[0] and theirs[1] <= mine[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Events intervals: the hull a run publishes, and who may publish it
+# ---------------------------------------------------------------------------------------------
+
+def parse_utc(text: str) -> datetime:
+    """An RFC 3339 UTC instant (``...Z``) as an aware datetime."""
+    if not isinstance(text, str) or not text.endswith("Z"):
+        raise ValueError(f"{v.shown(text)} is not an RFC 3339 UTC instant ending in 'Z'")
+    return datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)
+
+
+def scope_interval(scope: str) -> tuple[datetime, datetime] | None:
+    """The interval of an events batch's scope (``20261128T020000Z_20261129T020000Z``), or None."""
+    try:
+        start, end = (datetime.strptime(part, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+                      for part in scope.split("_"))
+    except ValueError:
+        return None
+    return (start, end) if start < end else None
+
+
+def overlaps(a: tuple[datetime, datetime], b: tuple[datetime, datetime]) -> bool:
+    """Whether two half-open intervals share an instant (touching ends do not)."""
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def events_hull(interval: tuple[datetime, datetime],
+                live: list[tuple[datetime, datetime]]) -> tuple[tuple[datetime, datetime], list[int]]:
+    """The smallest interval that contains ``interval`` and every live interval overlapping it,
+    transitively; and the indexes of those live intervals (the batches it replaces).
+
+    Live events batches cover disjoint intervals (this function keeps it so), so after publishing
+    the hull and reverting what it contains, each event time lies in at most one live batch.
+    """
+    start, end = interval
+    taken: set[int] = set()
+    grown = True
+    while grown:
+        grown = False
+        for i, other in enumerate(live):
+            if i not in taken and overlaps((start, end), other):
+                taken.add(i)
+                start, end = min(start, other[0]), max(end, other[1])
+                grown = True
+    return (start, end), sorted(taken)
+
+
+@dataclass(frozen=True)
+class OpenEventsBatch:
+    """Another run's events batch of the same job, as Catalog lists it."""
+
+    batch_id: str
+    interval: tuple[datetime, datetime]
+    created_ms: int
+    run_key: str
+    live: bool  # succeeded (published); else still open
+
+
+def events_publish_conflict(*, mine_id: str, mine_created_ms: int, run_key: str, interval: tuple[datetime, datetime],
+                            replaced: set[str], others: list[OpenEventsBatch]) -> str | None:
+    """Why this run must not publish its events batch yet, or None when it may.
+
+    Two runs of one job can publish overlapping intervals at once (a backfill next to the schedule,
+    up to ``max_active_runs`` backfill runs). The rule that keeps the live intervals disjoint: of the
+    open batches whose intervals overlap, the one created first goes on; the others give way, and a
+    run whose hull was computed before an overlapping batch went live must compute it again.
+    """
+    for other in others:
+        if other.batch_id == mine_id or other.run_key == run_key or not overlaps(interval, other.interval):
+            continue
+        if other.live and other.batch_id not in replaced:
+            return (f"events batch {other.batch_id} [{utc_iso(other.interval[0])}, {utc_iso(other.interval[1])}) "
+                    f"went live after this run planned its interval")
+        if not other.live and (other.created_ms, other.batch_id) < (mine_created_ms, mine_id):
+            return (f"events batch {other.batch_id} [{utc_iso(other.interval[0])}, {utc_iso(other.interval[1])}) "
+                    f"of another run is being published for an overlapping interval")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Which exports prove an interval's events
+# ---------------------------------------------------------------------------------------------
+
+#: At most this many export batches are read for one events query (the rest is reported).
+MAX_EVENT_SOURCES = 400
+
+
+@dataclass(frozen=True)
+class ExportRef:
+    """One export this job made into its export dataset."""
+
+    batch_id: str
+    at_ms: int  # the instant the export reflects (its job's creationTime)
+    filtered: bool = False  # time-filtered (an events-only run's): proves events, is no full member list
+    segment_ids: tuple[str, ...] = ()  # the audiences it exported
+
+    @property
+    def at(self) -> str:
+        return utc_iso(datetime.fromtimestamp(self.at_ms / 1000, tz=timezone.utc))
+
+
+@dataclass(frozen=True)
+class EventSources:
+    """The exports an events query reads, and the pair whose difference bounds what none can date."""
+
+    batches: tuple[ExportRef, ...]
+    untimed_pair: tuple[ExportRef, ExportRef] | None  # (before, after) unfiltered, consecutive
+    dropped: int = 0  # exports left out past MAX_EVENT_SOURCES
+
+    @property
+    def batch_ids(self) -> list[str]:
+        return [e.batch_id for e in self.batches]
+
+
+def choose_event_sources(exports: list[ExportRef], interval: tuple[datetime, datetime], *,
+                         must_read: tuple[str, ...] = (), limit: int = MAX_EVENT_SOURCES) -> EventSources:
+    """Pick the exports that can prove an event in ``interval``.
+
+    An export at T shows a membership's latest status only: a fresh entry as ``realized`` with its
+    time, an exit as ``exited`` for 30 days. So every export made during the interval counts, plus the
+    first one made after it (it shows what happened since the one before), plus ``must_read`` (this
+    run's export, and those the batches being replaced were read from, so a re-publication never
+    proves less than what it replaces). Exports made before the interval cannot show anything in it.
+
+    The untimed pair is the first unfiltered export at or after the interval's end and the unfiltered
+    export just before it: people who are members in the later one, not in the earlier one, and not
+    ``realized`` entered between the two, but AEP no longer says when.
+    """
+    start_ms, end_ms = (int(t.timestamp() * 1000) for t in interval)
+    ordered = sorted({e.batch_id: e for e in exports}.values(), key=lambda e: (e.at_ms, e.batch_id))
+    within = [e for e in ordered if start_ms <= e.at_ms <= end_ms]
+    after = next((e for e in ordered if e.at_ms > end_ms), None)
+    dropped = max(0, len(within) - limit)
+    chosen = within[:limit] + ([after] if after else [])
+    chosen += [e for e in ordered if e.batch_id in must_read and e not in chosen]
+    full = [e for e in ordered if not e.filtered]
+    later = next((i for i, e in enumerate(full) if e.at_ms >= end_ms), None)
+    pair = (full[later - 1], full[later]) if later else None
+    return EventSources(batches=tuple(sorted(chosen, key=lambda e: (e.at_ms, e.batch_id))), untimed_pair=pair,
+                        dropped=dropped)

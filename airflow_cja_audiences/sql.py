@@ -54,6 +54,8 @@ ROW_COLUMNS = ("personID", "audienceId", "status", "qualificationTime")
 #: Statuses that make someone a member (``exited`` people are not members).
 MEMBER_STATUSES = ("realized", "existing")
 EXITED = "exited"
+#: Statuses that prove a change event, at ``lastQualificationTime``: entered, exited.
+EVENT_STATUSES = ("realized", EXITED)
 #: The batch-id system columns a query may filter on (reference section 8.2a).
 BATCH_ID_COLUMNS = ("_acp_system_metadata.acp_sourceBatchId", "_acp_batchid")
 #: ISO-8601 UTC with a literal ``Z``, built from single-quoted pieces: a ``date_format`` pattern with
@@ -374,30 +376,47 @@ COUNT_COLUMNS = ("memberships", "identified")
 _COUNT_SELECT = f"count(*) AS {COUNT_COLUMNS[0]}, count({PERSON}) AS {COUNT_COLUMNS[1]}"
 
 
+def _batches_filter(q: MembershipQuery, sources: Sequence[str] | None) -> str:
+    """``<batch column> = <this run's batch>``, or ``IN (...)`` over several export batches."""
+    if not sources:
+        return f"{q.batch_id_column} = {quote_literal(q.batch_id, 'batch id')}"
+    if isinstance(sources, (str, bytes)):
+        raise ValueError("sources must be a sequence of batch ids")
+    ids = list(dict.fromkeys(sources))
+    for batch in ids:
+        _checked(v.batch_id, batch, "source batch id")
+    return f"{q.batch_id_column} IN ({_in_list(ids, 'source batch id')})"
+
+
 def _select(q: MembershipQuery, statuses: Sequence[str], partition: Partition,
-            extra: Sequence[str], *, rows: bool) -> str:
-    """The shared shape: explode this batch's membership maps and filter them.
+            extra: Sequence[str], *, rows: bool, sources: Sequence[str] | None = None,
+            distinct: bool = False, order: bool = True) -> str:
+    """The shared shape: explode the membership maps of the export batch(es) and filter them.
 
     ``rows``: select the row columns of identified persons, ordered; else count all matches.
+    ``sources``: read these export batches instead of ``q.batch_id`` alone. ``distinct``: one row per
+    (person, audience, status, time), however many of the batches show it (counts count those too).
     """
     val = _values(q, partition)
     # Conditions on the person go inside, on the field path, so that rows are dropped before the
     # membership maps are exploded (about 20% less work per partition query in the emulator).
-    inner = [val["batch_filter"]]
+    inner = [_batches_filter(q, sources)]
     if rows:
         inner.append(f"{q.person_field} IS NOT NULL")
     if partition.modulus > 1:  # the whole result needs no filter (and counts NULL persons whatever hash(NULL) is)
         inner.append(partition.sql(q.person_field))
     outer = [f"key IN ({val['audience_ids']})", f"value.status IN ({_in_list(statuses, 'status')})", *extra]
-    columns = _ROW_SELECT if rows else _COUNT_SELECT
-    sql = (f"SELECT {columns}\n"
-           f"FROM (\n"
-           f"    SELECT {val['person']} AS {PERSON}, explode(segmentMembership.ups)\n"
-           f"    FROM {val['table']}\n"
-           f"    WHERE " + "\n      AND ".join(inner) + "\n"
-           ")\n"
-           "WHERE " + "\n  AND ".join(outer))
-    if rows:
+    columns = _ROW_SELECT if rows or distinct else _COUNT_SELECT
+    body = (f"FROM (\n"
+            f"    SELECT {val['person']} AS {PERSON}, explode(segmentMembership.ups)\n"
+            f"    FROM {val['table']}\n"
+            f"    WHERE " + "\n      AND ".join(inner) + "\n"
+            ")\n"
+            "WHERE " + "\n  AND ".join(outer))
+    sql = f"SELECT {'DISTINCT ' if distinct else ''}{columns}\n{body}"
+    if distinct and not rows:
+        return f"SELECT {_COUNT_SELECT}\nFROM (\n{sql}\n)"
+    if rows and order:
         # personID first: the transform needs a person's rows to be contiguous. The rest makes the
         # order total, so a retried query writes byte-identical files.
         sql += f"\nORDER BY {', '.join(ROW_COLUMNS[:2])}, {ROW_COLUMNS[3]}, {ROW_COLUMNS[2]}"
@@ -415,26 +434,35 @@ def membership_sql(q: MembershipQuery, partition: Partition = Partition()) -> st
     return _select(q, q.statuses, partition, (), rows=True)
 
 
-def events_sql(q: MembershipQuery, window: TimeWindow, partition: Partition = Partition()) -> str:
-    """Membership changes of the data interval: rows whose ``lastQualificationTime`` is in ``window``.
+def events_sql(q: MembershipQuery, window: TimeWindow, partition: Partition = Partition(),
+               sources: Sequence[str] | None = None) -> str:
+    """Membership changes proven in ``window``: the rows of :data:`EVENT_STATUSES` whose
+    ``lastQualificationTime`` is in it, from the export batches ``sources`` (default: this run's).
 
-    Same columns, batch filter, partitioning and order as :func:`membership_sql`; statuses are the
-    job's member statuses (event ``entered``) plus ``exited`` (event ``exited``).
+    AEP keeps one status per membership: ``realized`` while a new membership is fresh (its
+    ``lastQualificationTime`` is when it was entered), ``existing`` once it is not (its time is only
+    when membership was last asserted: never an event), ``exited`` for 30 days after leaving (its
+    time is the exit). So a ``realized`` row is an entry and an ``exited`` row an exit, at the true
+    time, and the union over several exports proves more than one export alone. Rows that several
+    exports show alike are returned once. Same columns, partitioning and order as
+    :func:`membership_sql`.
     """
     if q.template is not None:
         raise ValueError("sql templates apply to the snapshot query only; events use the built-in SQL")
     if not isinstance(window, TimeWindow):
         raise ValueError(f"window must be a TimeWindow, got {type(window).__name__}")
-    return _select(q, (*q.statuses, EXITED), partition, window.conditions(), rows=True)
+    return _select(q, EVENT_STATUSES, partition, window.conditions(), rows=True, sources=sources, distinct=True)
 
 
-def count_sql(q: MembershipQuery, partition: Partition = Partition(), window: TimeWindow | None = None) -> str:
+def count_sql(q: MembershipQuery, partition: Partition = Partition(), window: TimeWindow | None = None,
+              sources: Sequence[str] | None = None) -> str:
     """One row ``(memberships, identified)``: matching rows, and those with a non-NULL person id.
 
     ``memberships - identified`` rows lack a person id; when ``identified`` is 0 but ``memberships``
     is not, the identity field is empty for everyone (wrong field, or not requested in the export).
-    With ``window``, counts the events query instead. Check identities on the whole result: in a
-    partition's count the NULL-person rows appear only where ``hash(NULL)`` falls.
+    With ``window`` (and ``sources``), counts the events query's distinct rows instead. Check
+    identities on the whole result: in a partition's count the NULL-person rows appear only where
+    ``hash(NULL)`` falls.
     """
     if q.template is not None:
         if window is not None:
@@ -442,7 +470,7 @@ def count_sql(q: MembershipQuery, partition: Partition = Partition(), window: Ti
         return f"SELECT {_COUNT_SELECT}\nFROM (\n{render_template(q, partition)}\n)"
     if window is None:
         return _select(q, q.statuses, partition, (), rows=False)
-    return _select(q, (*q.statuses, EXITED), partition, window.conditions(), rows=False)
+    return _select(q, EVENT_STATUSES, partition, window.conditions(), rows=False, sources=sources, distinct=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,61 +478,91 @@ def count_sql(q: MembershipQuery, partition: Partition = Partition(), window: Ti
 # ---------------------------------------------------------------------------------------------
 
 #: Columns of :func:`change_counts_sql`.
-CHANGE_COLUMNS = ("audienceId", "members", "entered", "exited")
+CHANGE_COLUMNS = ("audienceId", "members", "entered", "entered_untimed", "exited", "untraced")
 
 
-def change_counts_sql(q: MembershipQuery, previous_batch_id: str | None) -> str:
-    """Per audience: members in this batch, and entered/exited compared with ``previous_batch_id``.
+def change_counts_sql(q: MembershipQuery, previous_batch_id: str | None, *, batch_id: str | None = None) -> str:
+    """Per audience, between the export ``previous_batch_id`` and ``batch_id`` (default: this run's):
 
-    Both exports live in the same dataset, so one aggregate over the two batches answers it (no
-    join); without a previous batch everyone counts as entered. Audiences with no member in either
-    batch are absent from the result.
+    * ``members``: members in the newer export;
+    * ``entered``: members now who were not before; ``entered_untimed`` of them show ``existing``,
+      not ``realized``: they entered in between, but AEP no longer says when;
+    * ``exited``: members before whose membership now shows ``exited`` (a proven exit);
+    * ``untraced``: members before who are absent now under the same person id: their membership
+      was purged, or the person lost the identity field or was merged; not an exit.
+
+    Persons are matched by the identity field (rows without it are left out: see
+    :func:`unidentified_counts_sql`). Both exports live in the same dataset, so one aggregate over the
+    two batches answers it (no join). Without a previous batch, only ``members`` is meaningful.
+    Audiences with no row in either batch are absent from the result.
     """
     if q.template is not None:
         raise ValueError("change counts use the built-in SQL; they are not available with a template")
-    new = quote_literal(q.batch_id, "batch id")
+    new = quote_literal(_checked(v.batch_id, batch_id or q.batch_id, "batch id"), "batch id")
     old = quote_literal(_checked(v.batch_id, previous_batch_id, "previous batch id"), "previous batch id") \
         if previous_batch_id else None
     val = _values(q, Partition())
     batches = f"{new}, {old}" if old else new
-    in_old = f"max(CASE WHEN batchId = {old} THEN 1 ELSE 0 END)" if old else "0"
+    member = f"status IN ({val['statuses']})"
+
+    def flag(batch: str | None, condition: str) -> str:
+        return f"max(CASE WHEN batchId = {batch} AND {condition} THEN 1 ELSE 0 END)" if batch else "0"
+
     return (f"SELECT audienceId, sum(in_new) AS members,\n"
             f"       sum(CASE WHEN in_new = 1 AND in_old = 0 THEN 1 ELSE 0 END) AS entered,\n"
-            f"       sum(CASE WHEN in_new = 0 AND in_old = 1 THEN 1 ELSE 0 END) AS exited\n"
+            f"       sum(CASE WHEN in_new = 1 AND in_old = 0 AND realized_new = 0 THEN 1 ELSE 0 END) AS entered_untimed,\n"
+            f"       sum(CASE WHEN in_new = 0 AND in_old = 1 AND exited_new = 1 THEN 1 ELSE 0 END) AS exited,\n"
+            f"       sum(CASE WHEN in_new = 0 AND in_old = 1 AND exited_new = 0 THEN 1 ELSE 0 END) AS untraced\n"
             f"FROM (\n"
-            f"    SELECT {PERSON}, key AS audienceId,\n"
-            f"           max(CASE WHEN batchId = {new} THEN 1 ELSE 0 END) AS in_new,\n"
-            f"           {in_old} AS in_old\n"
+            f"    SELECT {PERSON}, audienceId,\n"
+            f"           {flag(new, member)} AS in_new,\n"
+            f"           {flag(new, 'status = ' + quote_literal('realized', 'status'))} AS realized_new,\n"
+            f"           {flag(new, 'status = ' + quote_literal(EXITED, 'status'))} AS exited_new,\n"
+            f"           {flag(old, member)} AS in_old\n"
             f"    FROM (\n"
-            f"        SELECT {val['person']} AS {PERSON}, {q.batch_id_column} AS batchId, "
+            f"        SELECT {PERSON}, batchId, key AS audienceId, value.status AS status\n"
+            f"        FROM (\n"
+            f"            SELECT {val['person']} AS {PERSON}, {q.batch_id_column} AS batchId, "
             f"explode(segmentMembership.ups)\n"
-            f"        FROM {val['table']}\n"
-            f"        WHERE {q.batch_id_column} IN ({batches})\n"
-            f"          AND {q.person_field} IS NOT NULL\n"
+            f"            FROM {val['table']}\n"
+            f"            WHERE {q.batch_id_column} IN ({batches})\n"
+            f"              AND {q.person_field} IS NOT NULL\n"
+            f"        )\n"
+            f"        WHERE key IN ({val['audience_ids']})\n"
             f"    )\n"
-            f"    WHERE key IN ({val['audience_ids']})\n"
-            f"      AND value.status IN ({val['statuses']})\n"
-            f"    GROUP BY {PERSON}, key\n"
+            f"    GROUP BY {PERSON}, audienceId\n"
             f")\n"
             f"GROUP BY audienceId\n"
             f"ORDER BY audienceId")
 
 
-def event_counts_sql(q: MembershipQuery, window: TimeWindow) -> str:
-    """Per audience and event type (``entered``/``exited``): how many change events the window has."""
-    if not isinstance(window, TimeWindow):
-        raise ValueError(f"window must be a TimeWindow, got {type(window).__name__}")
+def unidentified_counts_sql(q: MembershipQuery) -> str:
+    """Per audience: members in this run's export without the identity field (CJA cannot use them)."""
+    if q.template is not None:
+        raise ValueError("change counts use the built-in SQL; they are not available with a template")
     val = _values(q, Partition())
-    event = f"CASE WHEN value.status = {quote_literal(EXITED, 'status')} THEN 'exited' ELSE 'entered' END"
-    where = [f"key IN ({val['audience_ids']})",
-             f"value.status IN ({_in_list((*q.statuses, EXITED), 'status')})", *window.conditions()]
-    return (f"SELECT key AS audienceId, {event} AS event, count(*) AS n\n"
+    return (f"SELECT key AS audienceId, count(*) AS unidentified\n"
             f"FROM (\n"
-            f"    SELECT {val['person']} AS {PERSON}, explode(segmentMembership.ups)\n"
+            f"    SELECT explode(segmentMembership.ups)\n"
             f"    FROM {val['table']}\n"
             f"    WHERE {val['batch_filter']}\n"
-            f"      AND {q.person_field} IS NOT NULL\n"
+            f"      AND {q.person_field} IS NULL\n"
             f")\n"
-            f"WHERE " + "\n  AND ".join(where) + "\n"
-            f"GROUP BY key, {event}\n"
-            f"ORDER BY audienceId, event")
+            f"WHERE key IN ({val['audience_ids']})\n"
+            f"  AND value.status IN ({val['statuses']})\n"
+            f"GROUP BY key\n"
+            f"ORDER BY audienceId")
+
+
+def event_counts_sql(q: MembershipQuery, window: TimeWindow, sources: Sequence[str] | None = None) -> str:
+    """Per audience and event type (``entered``/``exited``): how many change events
+    :func:`events_sql` publishes for the window (the same distinct rows)."""
+    if not isinstance(window, TimeWindow):
+        raise ValueError(f"window must be a TimeWindow, got {type(window).__name__}")
+    rows = _select(q, EVENT_STATUSES, Partition(), window.conditions(), rows=True, sources=sources,
+                   distinct=True, order=False)
+    event = f"CASE WHEN {ROW_COLUMNS[2]} = {quote_literal(EXITED, 'status')} THEN 'exited' ELSE 'entered' END"
+    return (f"SELECT {ROW_COLUMNS[1]}, {event} AS event, count(*) AS n\n"
+            f"FROM (\n{rows}\n)\n"
+            f"GROUP BY {ROW_COLUMNS[1]}, {event}\n"
+            f"ORDER BY {ROW_COLUMNS[1]}, event")

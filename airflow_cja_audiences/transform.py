@@ -63,13 +63,14 @@ except ImportError:  # pragma: no cover - builds without it; same digests
 
 from airflow_cja_audiences import validation as v
 from airflow_cja_audiences.config import OutputFields, RefreshJob
-from airflow_cja_audiences.sql import EXITED, MEMBER_STATUSES
+from airflow_cja_audiences.sql import EVENT_STATUSES, EXITED, MEMBER_STATUSES
 
 Row = Sequence[Any]
 """``(personID, audienceId, status, qualificationTime)``."""
 Layout = Literal["per_person", "per_membership", "events"]
-#: Event type of a change-event row, by membership status.
-EVENT_TYPES = {"realized": "entered", "existing": "entered", EXITED: "exited"}
+#: Event type of a change-event row, by membership status. ``existing`` is no event: it only says the
+#: membership was asserted again (see :func:`airflow_cja_audiences.sql.events_sql`).
+EVENT_TYPES = {"realized": "entered", EXITED: "exited"}
 #: What :func:`airflow_cja_audiences.sql` returns: ISO-8601 UTC, whole seconds, literal Z.
 TIME_PATTERN = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"
 _TIME = re.compile(TIME_PATTERN)
@@ -102,7 +103,7 @@ class RecordSpec:
 
     ``audience_names`` maps every audience id the rows may carry to its friendly name; a row with
     another id is an error. ``statuses`` are the accepted input statuses (default: member statuses,
-    plus ``exited`` for the ``events`` layout).
+    ``realized`` and ``exited`` for the ``events`` layout).
     """
 
     job_id: str
@@ -129,8 +130,8 @@ class RecordSpec:
         object.__setattr__(self, "audience_names", dict(self.audience_names))  # a private, stable copy
         statuses = self.statuses
         if statuses is None:
-            statuses = (*MEMBER_STATUSES, EXITED) if self.layout == "events" else MEMBER_STATUSES
-        allowed = (*MEMBER_STATUSES, EXITED) if self.layout == "events" else MEMBER_STATUSES
+            statuses = EVENT_STATUSES if self.layout == "events" else MEMBER_STATUSES
+        allowed = EVENT_STATUSES if self.layout == "events" else MEMBER_STATUSES
         if (not isinstance(statuses, (tuple, list)) or not statuses or any(s not in allowed for s in statuses)
                 or len(set(statuses)) != len(statuses)):
             raise ValueError(f"statuses {v.shown(statuses)} must be distinct values of {list(allowed)} "
@@ -141,7 +142,7 @@ class RecordSpec:
     def from_job(cls, job: RefreshJob, *, tenant: str, audience_names: Mapping[str, str],
                  events: bool = False) -> RecordSpec:
         """The spec of a job's snapshot (``events=False``) or of its change events."""
-        statuses = (*job.statuses, EXITED) if events else tuple(job.statuses)
+        statuses = EVENT_STATUSES if events else tuple(job.statuses)
         return cls(job_id=job.job_id, tenant=tenant, audience_names=audience_names,
                    layout="events" if events else job.layout, fields=job.output, statuses=statuses)
 

@@ -77,9 +77,51 @@ class JobView:
         return Counter((r[t]["personID"], r[t]["audienceMembershipId"], r[t]["audienceEventType"], r["timestamp"])
                        for r in self.emu.admin.dataset_records(dataset_id) if start <= r["timestamp"] < end)
 
-    def truth_events(self, start: str, end: str, observed_at: str) -> Counter:
-        return Counter((e["email"], e["audience_id"], e["event"], e["time"])
-                       for e in self.emu.admin.events(self.audiences, start, end, observed_at=observed_at))
+    def truth_transitions(self, start: str, end: str) -> Counter:
+        """What really happened in [start, end): the emulator's membership timeline (first principles)."""
+        return Counter((t["email"], t["audience_id"], t["event"], t["time"])
+                       for t in self.emu.admin.transitions(self.audiences, start, end))
+
+    def export_times(self, export_dataset_name: str) -> list[str]:
+        """The instants the job's successful exports reflect (their jobs' ``creationTime``)."""
+        state = self._state()
+        dataset = self.dataset_id(export_dataset_name)
+        return sorted(_iso(j["creationTime"] // 1000) for j in state["exportJobs"]
+                      if j["status"] == "SUCCEEDED" and j["destination"].get("datasetId") == dataset)
+
+    def provable_events(self, start: str, end: str, observed_at: list[str]) -> set[tuple]:
+        """The transitions in [start, end) that AEP's statuses at the given instants still show: an entry
+        while ``realized`` (its lastQualificationTime), an exit while ``exited``. From the emulator's
+        status model (what an export contains), not from the provider's SQL."""
+        shown = set()
+        for at in observed_at:
+            for row in self.emu.admin.snapshot(self.audiences, ["realized", "exited"], at=at):
+                if start <= row["last_qualification_time"] < end:
+                    event = "entered" if row["status"] == "realized" else "exited"
+                    shown.add((row["email"], row["audience_id"], event, row["last_qualification_time"]))
+        return shown
+
+    def check_events(self, dataset_id: str, start: str, end: str, *, exact: bool,
+                     export_dataset_name: str | None = None) -> Counter:
+        """The live events with a time in [start, end): no duplicate, each one a true transition at its
+        true time; ``exact``: all of them; else at least every one AEP's exports could show."""
+        records = self.event_records(dataset_id, start, end)
+        duplicated = {k: n for k, n in records.items() if n > 1}
+        assert not duplicated, f"[{start}, {end}): {len(duplicated)} events published more than once: " \
+                               f"{list(duplicated.items())[:5]}"
+        truth = self.truth_transitions(start, end)
+        false = set(records) - set(truth)
+        assert not false, f"[{start}, {end}): {len(false)} published events never happened: {sorted(false)[:5]}"
+        if exact:
+            missing = set(truth) - set(records)
+            assert not missing, f"[{start}, {end}): {len(missing)} transitions not published: {sorted(missing)[:5]}"
+        else:
+            assert export_dataset_name, "a non-exact check needs the export dataset to know what AEP showed"
+            shown = self.provable_events(start, end, self.export_times(export_dataset_name))
+            missing = shown - set(records)
+            assert not missing, (f"[{start}, {end}): {len(missing)} events an export showed were not published: "
+                                 f"{sorted(missing)[:5]}")
+        return records
 
 
 def interval_scope(start: str, end: str) -> str:

@@ -102,8 +102,14 @@ class AdminClient(_Http):
     def advance_clock(self, seconds: float) -> dict:
         return self._json("POST", "/emulator/clock", json={"advance_seconds": seconds})
 
-    def set_clock(self, instant: str) -> dict:
-        return self._json("POST", "/emulator/clock", json={"set": instant})
+    def set_clock(self, instant: str, frozen: bool | None = None) -> dict:
+        body: dict[str, Any] = {"set": instant}
+        if frozen is not None:
+            body["frozen"] = frozen
+        return self._json("POST", "/emulator/clock", json=body)
+
+    def freeze_clock(self, frozen: bool) -> dict:
+        return self._json("POST", "/emulator/clock", json={"frozen": frozen})
 
     def clock(self) -> dict:
         return self._json("GET", "/emulator/clock")
@@ -118,12 +124,6 @@ class AdminClient(_Http):
                  at: str | None = None) -> list[dict]:
         return self._jsonl("/emulator/truth/snapshot", {"audience": audiences or [], "status": statuses or [],
                                                         **({"at": at} if at else {})})
-
-    def events(self, audiences: list[str] | None, start: str, end: str, observed_at: str | None = None) -> list[dict]:
-        params: dict[str, Any] = {"audience": audiences or [], "start": start, "end": end}
-        if observed_at:
-            params["observed_at"] = observed_at
-        return self._jsonl("/emulator/truth/events", params)
 
     def transitions(self, audiences: list[str] | None, start: str, end: str) -> list[dict]:
         return self._jsonl("/emulator/truth/transitions", {"audience": audiences or [], "start": start, "end": end})

@@ -34,10 +34,25 @@ class Clock:
     def __init__(self, start: datetime | None = None) -> None:
         self._lock = threading.Lock()
         self._offset = 0.0 if start is None else start.timestamp() - time.time()
+        self._frozen: float | None = None  # a test's "AEP evaluated exactly at T" (data time stands still)
 
     def epoch(self) -> float:
         with self._lock:
-            return time.time() + self._offset
+            return self._frozen if self._frozen is not None else time.time() + self._offset
+
+    @property
+    def frozen(self) -> bool:
+        with self._lock:
+            return self._frozen is not None
+
+    def freeze(self, frozen: bool) -> datetime:
+        """Stop data time where it is (``True``) or let it run on from there (``False``)."""
+        with self._lock:
+            if frozen and self._frozen is None:
+                self._frozen = time.time() + self._offset
+            elif not frozen and self._frozen is not None:
+                self._offset, self._frozen = self._frozen - time.time(), None
+        return self.now()
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.epoch(), tz=timezone.utc)
@@ -48,11 +63,15 @@ class Clock:
     def advance(self, seconds: float) -> datetime:
         with self._lock:
             self._offset += seconds
+            if self._frozen is not None:
+                self._frozen += seconds
         return self.now()
 
     def set(self, instant: datetime) -> datetime:
         with self._lock:
             self._offset = instant.timestamp() - time.time()
+            if self._frozen is not None:
+                self._frozen = instant.timestamp()
         return self.now()
 
     @property

@@ -1,7 +1,14 @@
 """Ground truth for tests: what an export at time T must contain, and what happened when.
 
-Everything is computed by the same SQL the exports use (:mod:`memberships`), from the seed and the
-test overrides, never from what the emulator has exported before.
+Everything is computed from the membership timeline (:mod:`memberships`: the seed and the test
+overrides), never from what the emulator has exported before, and shares nothing with the
+provider's SQL or transform. Two kinds of truth, kept apart on purpose:
+
+* :func:`snapshot`: the statuses AEP shows at T (what an export at T contains): a model of AEP;
+* :func:`transitions`: what really happened (entries and exits, at their times): the oracle for the
+  published change events. There is deliberately no "events as an export shows them": deriving
+  events from statuses is the provider's job, and an oracle that did it the same way would share
+  the provider's blind spots (it once did: ``existing`` rows were counted as entries).
 """
 
 from __future__ import annotations
@@ -95,30 +102,6 @@ def snapshot(state: EmulatorState, audience_ids: list[str] | None, statuses: lis
     Rows: profile_index, email, ecid, crm_id, audience_id, status, last_qualification_time (UTC).
     """
     return list(iter_rows(state, snapshot_sql(state, audience_ids, statuses, at)))
-
-
-def events_sql(state: EmulatorState, audience_ids: list[str] | None, start: datetime | int, end: datetime | int,
-               observed_at: datetime | int | None) -> str:
-    when = epoch(observed_at) if observed_at is not None else int(state.clock.epoch())
-    tl = state.timeline
-    inner = tl.long_rows(_audiences(state, audience_ids), list(STATUSES), epoch(start), epoch(end))
-    return (f"{tl.chain(when)} " + _with_profile(
-        state, inner, "r.audience_id, r.status, CASE WHEN r.status = 'exited' THEN 'exited' ELSE 'entered' END "
-                      "AS event, r.qualified AS time") + " ORDER BY profile_index, audience_id")
-
-
-def events(state: EmulatorState, audience_ids: list[str] | None, start: datetime | int, end: datetime | int,
-           observed_at: datetime | int | None) -> list[dict]:
-    """Entered / exited memberships as an export at ``observed_at`` (default: now) filtered with
-    ``segmentQualificationTime`` [start, end) and all three statuses shows them.
-
-    AEP keeps only the **latest** status of each membership, with lastQualificationTime = the time of
-    that last status change. So an entry that a later exit superseded before ``observed_at`` shows
-    only as the exit; a realized membership that turned ``existing`` is dated 24 h after its entry;
-    an exit older than 30 days at ``observed_at`` is gone. ``event`` is ``entered`` for
-    realized/existing, ``exited`` for exited; ``time`` = lastQualificationTime.
-    """
-    return list(iter_rows(state, events_sql(state, audience_ids, start, end, observed_at)))
 
 
 def transitions_sql(state: EmulatorState, audience_ids: list[str] | None, start: datetime | int,

@@ -318,10 +318,6 @@ class EmulatorState:
                  at: datetime | int | None = None) -> list[dict]:
         return groundtruth.snapshot(self, audience_ids, statuses, at)
 
-    def events(self, audience_ids: list[str] | None, start: datetime | int, end: datetime | int,
-               observed_at: datetime | int | None = None) -> list[dict]:
-        return groundtruth.events(self, audience_ids, start, end, observed_at)
-
     def transitions(self, audience_ids: list[str] | None, start: datetime | int, end: datetime | int) -> list[dict]:
         return groundtruth.transitions(self, audience_ids, start, end)
 

@@ -11,21 +11,27 @@ through local disk: each task uploads what it wrote.
 from __future__ import annotations
 
 import tempfile
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from airflow.sdk.exceptions import (
+    AirflowException,
+    AirflowFailException,
+    AirflowRescheduleException,
+    AirflowSkipException,
+)
 
-from airflow_cja_audiences import hooks, sql
+from airflow_cja_audiences import hooks, runs, sql
 from airflow_cja_audiences.config import RefreshJob
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
 from airflow_cja_audiences.operators.base import AdobeBaseOperator, truthy
 from airflow_cja_audiences.runs import BatchLabel, Kind
 
 _TEMPLATE_FIELDS = ("sandbox", "tenant", "table_name", "export_batch_id", "audiences", "interval_start",
-                    "interval_end", "dataset_id", "enabled")
+                    "interval_end", "dataset_id", "enabled", "sources")
 
 
 class _MembershipQueryOperator(AdobeBaseOperator):
@@ -35,7 +41,8 @@ class _MembershipQueryOperator(AdobeBaseOperator):
 
     def __init__(self, *, job: dict[str, Any], kind: Kind, tenant: str, table_name: str, export_batch_id: str,
                  audiences: list[dict[str, Any]], dataset_id: str, interval_start: str | None = None,
-                 interval_end: str | None = None, enabled: bool | str = True, **kwargs: Any) -> None:
+                 interval_end: str | None = None, enabled: bool | str = True, sources: Any = None,
+                 **kwargs: Any) -> None:
         kwargs.setdefault("sandbox", job.get("sandbox"))
         kwargs.setdefault("adobe_conn_id", job.get("conn_id") or "adobe_experience_platform_default")
         super().__init__(**kwargs)
@@ -51,6 +58,7 @@ class _MembershipQueryOperator(AdobeBaseOperator):
         self.interval_start = interval_start
         self.interval_end = interval_end
         self.enabled = enabled
+        self.sources = sources  # events: the export batches to read (prepare_events decides)
 
     @cached_property
     def job_config(self) -> RefreshJob:
@@ -77,7 +85,9 @@ class _MembershipQueryOperator(AdobeBaseOperator):
     def rows_sql(self, partition: sql.Partition) -> str:
         window = self.window()
         q = self.query()
-        return sql.membership_sql(q, partition) if window is None else sql.events_sql(q, window, partition)
+        if window is None:
+            return sql.membership_sql(q, partition)
+        return sql.events_sql(q, window, partition, list(self.sources or ()) or None)
 
     @cached_property
     def query_service(self) -> Any:
@@ -99,7 +109,9 @@ class PrepareLoadOperator(_MembershipQueryOperator):
 
     Return value: the partitions (``[{modulus, remainder}, ...]``) to map the load over. XCom keys:
     ``batch_id`` ("" when there is nothing to upload), ``external_id`` (the batch label, "" when disabled),
-    ``memberships``, ``audience_counts`` (audience id -> counts), ``previous_batch_ids``.
+    ``memberships``, ``audience_counts`` (audience id -> counts), ``previous_batch_ids``, and for the
+    load tasks ``sources`` (the export batches to read) with ``interval_start``/``interval_end`` (the
+    events interval actually published: the run's, widened to the live intervals it overlaps).
 
     When the run publishes nothing of this kind (``enabled`` false) it returns no partitions and
     pushes empty values rather than skipping, so downstream tasks can still read its keys.
@@ -107,71 +119,255 @@ class PrepareLoadOperator(_MembershipQueryOperator):
 
     operator_extra_links = (AepBatchLink(),)
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, export_dataset_id: str = "", force: bool | str = False, **kwargs: Any) -> None:
         kwargs.setdefault("multiple_outputs", False)  # the return value is the list to map over
         super().__init__(**kwargs)
+        self.export_dataset_id = export_dataset_id
+        self.force = force
+
+    template_fields = (*_TEMPLATE_FIELDS, "export_dataset_id", "force")
 
     def execute(self, context: Context) -> list[dict[str, int]]:
         if not truthy(self.enabled):
             self.log.info("This run publishes no %s", self.kind)
             _push(context, {"batch_id": NO_BATCH, "external_id": "", "memberships": 0, "audience_counts": None,
-                            "previous_batch_ids": []})
+                            "previous_batch_ids": [], "sources": [], "interval_start": "", "interval_end": "",
+                            "coverage": None})
             return []
         from airflow_cja_audiences.hooks.query_service import QueryServiceError
 
-        q, window = self.query(), self.window()
+        q, ingestion = self.query(), self.ingestion()
+        exports = _ExportHistory(self)
+        if self.kind == "events":
+            events = self._plan_events(ingestion, exports)
+            window, sources, label = events.window, events.sources.batch_ids, events.label(context)
+        else:
+            events, window, sources, label = None, None, None, self.label(context)
         try:
-            (total, identified), = self.query_service.query_all(sql.count_sql(q, window=window))
+            (total, identified), = self.query_service.query_all(sql.count_sql(q, window=window, sources=sources))
         except QueryServiceError as exc:
             raise AirflowException(f"counting the export failed: {exc}") from None
         if total and not identified:
-            raise AirflowException(
+            raise AirflowFailException(
                 f"identity.field {q.person_field} is empty in all {total} exported memberships of batch "
                 f"{self.export_batch_id}: is it the right field, and populated in the profiles?")
         if identified < total:
             self.log.warning("%d of %d memberships have no %s and are skipped (CJA skips records without a "
                              "person ID)", total - identified, total, q.person_field)
+        previous = events.replaced if events else live_batches(ingestion, self.dataset_id, label)
+        if events:
+            events.guard(identified, truthy(self.force))
         partitions = sql.plan_partitions(identified, self.job_config.max_rows_per_query) if identified else []
-        label = self.label(context)
-        ingestion = self.ingestion()
-        previous = live_batches(ingestion, self.dataset_id, label)
-        counts = self._audience_counts(q, window, previous)
+        counts, coverage = (self._event_counts(q, events) if events
+                            else self._snapshot_counts(q, previous, exports))
         batch_id = NO_BATCH
         if identified:
             batch = ingestion.find_batch(self.dataset_id, external_id=label.external_id) or \
                 ingestion.create_batch(self.dataset_id, external_id=label.external_id)
             batch_id = batch.id
             push_batch_link(context, ingestion.settings, batch_id)
+            if events:
+                events.claim(ingestion, batch)
         self.log.info("%s: %d memberships (%d with a person id) in %d partitions of <= %d rows; batch %s; "
                       "replaces %s", self.kind, total, identified, len(partitions),
                       self.job_config.max_rows_per_query, batch_id, [b.id for b in previous] or "nothing")
         _push(context, {"batch_id": batch_id, "memberships": identified, "audience_counts": counts,
-                        "previous_batch_ids": [b.id for b in previous], "external_id": label.external_id})
+                        "previous_batch_ids": [b.id for b in previous], "external_id": label.external_id,
+                        "sources": sources or [], "coverage": coverage,
+                        "interval_start": window.start if window else "", "interval_end": window.end if window else ""})
         self.log_retries()
         return [p.to_dict() for p in partitions]
 
-    def _audience_counts(self, q: sql.MembershipQuery, window: sql.TimeWindow | None,
-                         previous: list[Any]) -> dict[str, dict[str, int]]:
-        """Snapshot: members, entered and exited since the previous snapshot's export. Events: per type."""
-        counts: dict[str, dict[str, int]] = {a["id"]: {} for a in self.audiences}
-        if window is not None:
-            for audience_id, event, n in self.query_service.query_all(sql.event_counts_sql(q, window)):
-                counts[audience_id][event] = int(n)
-            return counts
+    # -- events ----------------------------------------------------------------------------------
+
+    def _plan_events(self, ingestion: Any, exports: _ExportHistory) -> _EventsPlan:
+        """The interval to publish (the run's, widened over the live intervals it overlaps), the
+        batches it replaces, and the exports that prove its events."""
+        if not (self.interval_start and self.interval_end):
+            raise AirflowException("an events load needs interval_start and interval_end")
+        requested = (runs.parse_utc(self.interval_start), runs.parse_utc(self.interval_end))
+        live = [(b, lbl) for b in ingestion.list_batches(self.dataset_id)
+                if b.is_success and (lbl := BatchLabel.parse(b.external_id)) is not None
+                and lbl.job_id == self.job_config.job_id and lbl.kind == "events" and lbl.interval is not None]
+        hull, taken = runs.events_hull(requested, [lbl.interval for _, lbl in live])  # type: ignore[misc]
+        replaced = [live[i][0] for i in taken]
+        if hull != requested:
+            self.log.info("Events interval [%s, %s) overlaps live events batches %s: publishing their hull "
+                          "[%s, %s) once instead", runs.utc_iso(requested[0]), runs.utc_iso(requested[1]),
+                          [b.id for b in replaced], runs.utc_iso(hull[0]), runs.utc_iso(hull[1]))
+        must_read = (self.export_batch_id, *(lbl.export_batch_id for i, (_, lbl) in enumerate(live) if i in taken))
+        sources = runs.choose_event_sources(exports.since(hull[0]), hull, must_read=must_read)
+        if self.export_batch_id not in sources.batch_ids:  # its job is not listed (yet): read it all the same
+            sources = runs.EventSources(batches=(*sources.batches, runs.ExportRef(self.export_batch_id, 0)),
+                                        untimed_pair=sources.untimed_pair, dropped=sources.dropped)
+        if sources.dropped:
+            self.log.warning("%d exports of [%s, %s) are not read (at most %d per run): events only they prove "
+                             "are missing", sources.dropped, runs.utc_iso(hull[0]), runs.utc_iso(hull[1]),
+                             runs.MAX_EVENT_SOURCES)
+        self.log.info("Events of [%s, %s) read from %d exports: %s", runs.utc_iso(hull[0]), runs.utc_iso(hull[1]),
+                      len(sources.batches), ", ".join(f"{e.batch_id} ({e.at})" for e in sources.batches))
+        return _EventsPlan(self, requested, hull, replaced, sources)
+
+    def _event_counts(self, q: sql.MembershipQuery, events: _EventsPlan) -> tuple[dict[str, Any], dict[str, Any]]:
+        counts: dict[str, dict[str, Any]] = {a["id"]: {"entered": 0, "exited": 0} for a in self.audiences}
+        for audience_id, event, n in self.query_service.query_all(
+                sql.event_counts_sql(q, events.window, events.sources.batch_ids)):
+            counts[audience_id][event] = int(n)
+        pair = events.sources.untimed_pair
+        untimed: dict[str, int] | None = None
+        if pair is not None:
+            untimed = {a["id"]: 0 for a in self.audiences}
+            for row in self.query_service.query_all(sql.change_counts_sql(q, pair[0].batch_id,
+                                                                          batch_id=pair[1].batch_id)):
+                untimed[row[0]] = int(row[3])
+            for audience_id, n in untimed.items():
+                counts[audience_id]["entered_untimed"] = n
+        coverage = {"interval": [events.window.start, events.window.end],
+                    "requested": [runs.utc_iso(events.requested[0]), runs.utc_iso(events.requested[1])],
+                    "sources": [{"batch_id": e.batch_id, "at": e.at if e.at_ms else None}
+                                for e in events.sources.batches],
+                    "untimed_window": [pair[0].at, pair[1].at] if pair else None,
+                    "dropped_sources": events.sources.dropped}
+        if pair is None:
+            self.log.warning("No two consecutive full exports of this job bracket [%s, %s): entries that AEP no longer "
+                             "shows as realized cannot be counted, let alone published", *coverage["interval"])
+        return counts, coverage
+
+    # -- snapshot --------------------------------------------------------------------------------
+
+    def _snapshot_counts(self, q: sql.MembershipQuery, previous: list[Any],
+                         exports: _ExportHistory) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Members; entered/exited between the previous snapshot's export and this one (None where the
+        previous snapshot did not have the audience); members without a person id."""
+        counts: dict[str, dict[str, Any]] = {
+            a["id"]: {"members": 0, "entered": 0, "entered_untimed": 0, "exited": 0, "untraced": 0, "unidentified": 0}
+            for a in self.audiences}
         previous_export = next((lbl.export_batch_id for b in previous if (lbl := BatchLabel.parse(b.external_id))),
                                None)
         if previous_export == self.export_batch_id:
             previous_export = None
-        rows = self.query_service.query_all(sql.change_counts_sql(q, previous_export))
-        for audience_id, members, entered, exited in rows:
-            counts[audience_id] = {"members": int(members), "entered": int(entered), "exited": int(exited)}
-        for value in counts.values():
-            value.setdefault("members", 0)
-            value.setdefault("entered", 0)
-            value.setdefault("exited", 0)
+        for audience_id, members, entered, untimed, exited, untraced in self.query_service.query_all(
+                sql.change_counts_sql(q, previous_export)):
+            counts[audience_id].update(members=int(members), entered=int(entered), entered_untimed=int(untimed),
+                                       exited=int(exited), untraced=int(untraced))
+        for audience_id, n in self.query_service.query_all(sql.unidentified_counts_sql(q)):
+            counts[audience_id]["unidentified"] = int(n)
+        earlier = exports.find(previous_export) if previous_export else None
+        for audience_id, value in counts.items():
+            new = previous_export is None or (earlier is not None and audience_id not in earlier.segment_ids)
+            value["new"] = new
+            if new:  # no earlier snapshot of this audience: its members did not "enter"
+                for key in ("entered", "entered_untimed", "exited", "untraced"):
+                    value[key] = None
         if previous_export is None:
-            self.log.info("No previous snapshot of this job: everyone counts as entered")
-        return counts
+            self.log.info("No previous snapshot of this job: no entered/exited counts for this run")
+        current = exports.find(self.export_batch_id)
+        coverage = {"from": earlier.at if earlier else None, "from_batch_id": previous_export,
+                    "to": current.at if current else None, "to_batch_id": self.export_batch_id}
+        return counts, coverage
+
+
+class _ExportHistory:
+    """This job's successful export jobs into its export dataset, newest first, read lazily."""
+
+    def __init__(self, op: PrepareLoadOperator) -> None:
+        self._op = op
+        self._seen: list[Any] = []
+        self._pages: Any = None
+
+    def _more(self) -> Any:
+        if self._pages is None:
+            if not self._op.export_dataset_id:
+                return None
+            self._pages = iter(self._op.hook(hooks.segmentation.SegmentationHook).iter_export_jobs(status="SUCCEEDED"))
+        for job in self._pages:
+            if job.destination.dataset_id == self._op.export_dataset_id and job.destination.batch_id \
+                    and job.creation_time:
+                self._seen.append(job)
+                return job
+        return None
+
+    def find(self, batch_id: str) -> runs.ExportRef | None:
+        """The export job that wrote ``batch_id`` (None when it is no longer listed)."""
+        for job in self._seen:
+            if job.destination.batch_id == batch_id:
+                return _export_ref(job)
+        while (job := self._more()) is not None:
+            if job.destination.batch_id == batch_id:
+                return _export_ref(job)
+        return None
+
+    def since(self, start: Any) -> list[runs.ExportRef]:
+        """Every export made at or after ``start``, plus the newest full export before it."""
+        start_ms = int(start.timestamp() * 1000)
+        refs = [_export_ref(j) for j in self._seen]
+        while not any(r.at_ms < start_ms and not r.filtered for r in refs):
+            job = self._more()
+            if job is None:
+                break
+            refs.append(_export_ref(job))
+        return refs
+
+
+def _export_ref(job: Any) -> runs.ExportRef:
+    return runs.ExportRef(batch_id=job.destination.batch_id, at_ms=int(job.creation_time),
+                          filtered=any("segmentQualificationTime" in s for s in job.filter.get("segments", [])),
+                          segment_ids=tuple(job.segment_ids))
+
+
+class _EventsPlan:
+    """What an events load publishes: its interval (hull), what it replaces and what it reads."""
+
+    def __init__(self, op: PrepareLoadOperator, requested: tuple[Any, Any], hull: tuple[Any, Any],
+                 replaced: list[Any], sources: runs.EventSources) -> None:
+        self.op, self.requested, self.hull, self.replaced, self.sources = op, requested, hull, replaced, sources
+        self.window = sql.TimeWindow(hull[0], hull[1])
+
+    def label(self, context: Context) -> BatchLabel:
+        return BatchLabel.for_run(job_id=self.op.job_config.job_id, kind="events",
+                                  export_batch_id=self.op.export_batch_id, run_id=context["run_id"],
+                                  interval_start=self.window.start, interval_end=self.window.end)
+
+    def guard(self, events: int, force: bool) -> None:
+        """Never publish fewer events for an interval than are live in it (an export they were read
+        from was reverted, or an earlier version published more): keep what is live, unless forced."""
+        live = sum(b.record_count for b in self.replaced)
+        if events >= live:
+            return
+        message = (f"re-publishing events of [{self.window.start}, {self.window.end}) would replace {live} live events "
+                   f"(batches {[b.id for b in self.replaced]}) with {events}: the exports that proved the others are "
+                   f"gone, or an earlier version of this package published them. The live events are kept; trigger "
+                   f"with force_replace=true to replace them anyway.")
+        if not force:
+            raise AirflowFailException(message)
+        self.op.log.warning("%s -- forced, replacing anyway", message)
+
+    def claim(self, ingestion: Any, mine: Any) -> None:
+        """Give way when another run publishes an overlapping interval (see
+        :func:`runs.events_publish_conflict`): abort this batch and try again later."""
+        label = BatchLabel.parse(mine.external_id)
+        others = []
+        for batch in ingestion.list_batches(self.op.dataset_id):
+            other = BatchLabel.parse(batch.external_id)
+            if (other is None or other.job_id != label.job_id or other.kind != "events" or other.interval is None
+                    or batch.is_failed or batch.status.lower() in batch.GONE):
+                continue
+            others.append(runs.OpenEventsBatch(batch.id, other.interval, int(batch.created or 0), other.run_key,
+                                               live=batch.is_success))
+        reason = runs.events_publish_conflict(
+            mine_id=mine.id, mine_created_ms=int(mine.created or 0), run_key=label.run_key, interval=self.hull,
+            replaced={b.id for b in self.replaced}, others=others)
+        if reason is None:
+            return
+        ingestion.abort_batch(mine.id)
+        retry_at = datetime.now(timezone.utc) + timedelta(seconds=RECLAIM_SECONDS)
+        self.op.log.warning("%s: this run's events batch %s is aborted; trying again at %s", reason, mine.id,
+                            runs.utc_iso(retry_at))
+        raise AirflowRescheduleException(retry_at)
+
+
+#: How long an events run that gave way to an overlapping one waits before it plans again.
+RECLAIM_SECONDS = 60
 
 
 # Airflow 3 reads a stored None XCom as "not pushed": publish_* and abort_open_batches template
@@ -185,11 +381,11 @@ def _push(context: Context, values: dict[str, Any]) -> None:
 
 
 def live_batches(ingestion: Any, dataset_id: str, label: BatchLabel) -> list[Any]:
-    """Our successful batches in the dataset that hold the same slot as ``label`` (newest first)."""
+    """Our successful batches in the dataset that publishing ``label`` replaces (newest first)."""
     found = []
     for batch in ingestion.list_batches(dataset_id):
         other = BatchLabel.parse(batch.external_id)
-        if other is not None and batch.is_success and label.same_slot(other):
+        if other is not None and batch.is_success and label.supersedes(other):
             found.append(batch)
     return found
 

@@ -19,7 +19,7 @@ from airflow_cja_audiences import hooks, triggers
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
 from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, truthy, validate_event
 from airflow_cja_audiences.operators.load import live_batches
-from airflow_cja_audiences.runs import BatchLabel
+from airflow_cja_audiences.runs import BatchLabel, overlaps
 
 
 class PublishBatchOperator(AdobeBaseOperator):
@@ -71,7 +71,26 @@ class PublishBatchOperator(AdobeBaseOperator):
 
     def _predecessors(self) -> list[Any]:
         ingestion = self.hook(hooks.ingestion.BatchIngestionHook)
-        return [b for b in live_batches(ingestion, self.dataset_id, self._label()) if b.id != self.batch_id]
+        label = self._label()
+        if label.interval is not None:
+            self._check_disjoint(ingestion, label)
+        return [b for b in live_batches(ingestion, self.dataset_id, label) if b.id != self.batch_id]
+
+    def _check_disjoint(self, ingestion: Any, label: BatchLabel) -> None:
+        """Live events intervals stay disjoint: refuse to publish next to a live batch that overlaps
+        this one's interval without lying inside it (prepare_events widens the interval over every
+        overlapping batch; one that went live since then means the plan is stale)."""
+        mine = label.interval
+        for batch in ingestion.list_batches(self.dataset_id):
+            other = BatchLabel.parse(batch.external_id)
+            if (batch.id == self.batch_id or not batch.is_success or other is None or other.interval is None
+                    or (other.job_id, other.kind) != (label.job_id, label.kind)):
+                continue
+            if overlaps(mine, other.interval) and not label.supersedes(other):
+                raise AirflowFailException(
+                    f"events batch {batch.id} [{other.scope}] went live after this run planned [{label.scope}] and "
+                    f"overlaps it; publishing both would duplicate events. Clear this run's prepare_events task "
+                    f"(and its downstream tasks) to plan again.")
 
     def _guard(self, records: int, previous: list[Any]) -> None:
         if self.shrink_guard is None or not previous:

@@ -48,7 +48,9 @@ class ReportOperator(BaseOperator):
             datasets={"snapshot": self._pull(context, "profile_dataset", "dataset_id"),
                       "events": self._pull(context, "event_dataset", "dataset_id"),
                       "export": self._pull(context, "export", "export_dataset_id")},
-            cja=self._pull(context, "check_cja"))
+            cja=self._pull(context, "check_cja"),
+            snapshot_coverage=self._pull(context, "prepare_snapshot", "coverage"),
+            events_coverage=self._pull(context, "prepare_events", "coverage"))
         self.log.info("\n%s\n", format_report(report))
         summary = {"job_id": self.job_id, "snapshot_batch": (report["snapshot"] or {}).get("batch_id"),
                    "events_batch": (report["events"] or {}).get("batch_id"), "interval": report["interval"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -55,22 +56,19 @@ def test_snapshot_follows_the_documented_status_rules(emu, offset_days):
     assert {s for s, _ in actual.values()} == set(ALL)
 
 
-def test_events_are_what_an_export_can_observe(emu):
-    state = emu.state
-    start, end = epoch(CLOCK_START) - 20 * DAY, epoch(CLOCK_START) - 10 * DAY
-    observed = epoch(CLOCK_START)
-    events = state.events(None, start, end, observed_at=observed)
-    real = {(t["profile_index"], t["audience_id"], int(t["time"].timestamp()), t["event"])
-            for t in state.transitions(None, start - DAY, end)}
-    assert events
-    for ev in events:
-        at = int(ev["time"].timestamp())
-        assert start <= at < end
-        key = (ev["profile_index"], ev["audience_id"])
-        if ev["event"] == "exited":
-            assert (*key, at, "exited") in real
-        else:  # existing memberships are dated 24 h after the entry (the realized -> existing change)
-            assert (*key, at - DAY, "entered") in real and ev["status"] == "existing"
+def test_a_frozen_clock_stands_still_and_moves_only_when_told(emu):
+    start = emu.admin.clock()["now"]
+    try:
+        frozen = emu.admin.set_clock("2026-03-01T02:00:00Z", frozen=True)
+        assert frozen["frozen"] and frozen["now"] == "2026-03-01T02:00:00Z"
+        time.sleep(1.2)  # real time passes; data time must not
+        assert emu.admin.clock()["now"] == "2026-03-01T02:00:00Z"
+        assert emu.admin.advance_clock(86_400)["now"] == "2026-03-02T02:00:00Z"
+        thawed = emu.admin.freeze_clock(False)
+        assert not thawed["frozen"] and thawed["now"].startswith("2026-03-02T02:00")
+    finally:
+        emu.admin.freeze_clock(False)
+        emu.admin.set_clock(start)
 
 
 def test_advancing_the_clock_changes_the_snapshot_and_the_exports(emu, aep):

@@ -83,11 +83,21 @@ def test_pipeline_sql_builder_queries(cur: Any, qs: Any) -> None:
         parts.extend(cur.fetchall())
     assert sorted(parts) == expected
     window = qsql.TimeWindow("2026-11-10T00:00:00Z", "2026-11-20T00:00:00Z")
+
+    def events(sources: set[str]) -> list[tuple]:  # realized = entered, exited = exited; existing is no event
+        return sorted({(m.email, m.audience, m.status, m.qualified.strftime("%Y-%m-%dT%H:%M:%SZ"))
+                       for m in qs.memberships() if m.source_batch in sources and m.email is not None
+                       and m.audience in ("aud-1", "aud-3") and m.status in ("realized", "exited")
+                       and dt.datetime(2026, 11, 10) <= m.qualified < dt.datetime(2026, 11, 20)},
+                      key=lambda r: (r[0], r[1], r[3], r[2]))  # the query's ORDER BY
+
     cur.execute(qsql.events_sql(query, window))
-    assert cur.fetchall() == sorted(
-        (m.email, m.audience, m.status, m.qualified.strftime("%Y-%m-%dT%H:%M:%SZ")) for m in qs.memberships()
-        if m.source_batch == source and m.email is not None and m.audience in ("aud-1", "aud-3")
-        and dt.datetime(2026, 11, 10) <= m.qualified < dt.datetime(2026, 11, 20))
+    assert cur.fetchall() == events({source})
+    both = [s for _, s in qs.BATCHES[:2]]
+    cur.execute(qsql.events_sql(query, window, sources=both))  # what both exports show, once
+    assert cur.fetchall() == events(set(both)) and len(events(set(both))) >= len(events({source}))
+    cur.execute(qsql.count_sql(query, window=window, sources=both))
+    assert cur.fetchone()[1] == len(events(set(both)))
 
 
 def test_quotes_backslashes_and_postgres_casts(cur: Any) -> None:

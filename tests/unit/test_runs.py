@@ -6,7 +6,15 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from airflow_cja_audiences.runs import BatchLabel, plan_run
+from airflow_cja_audiences.runs import (
+    BatchLabel,
+    ExportRef,
+    OpenEventsBatch,
+    choose_event_sources,
+    events_hull,
+    events_publish_conflict,
+    plan_run,
+)
 
 NOW = datetime(2026, 11, 29, 6, 0, tzinfo=timezone.utc)
 DAY = (datetime(2026, 11, 28, 2, tzinfo=timezone.utc), datetime(2026, 11, 29, 2, tzinfo=timezone.utc))
@@ -30,7 +38,7 @@ def test_backfill_publishes_only_its_events_with_a_filtered_export(run_type):
 def test_manual_run_without_interval_refreshes_the_snapshot_only():
     plan = plan_run(run_type="manual", interval=None, publish_events=True, now=NOW)
     assert (plan.snapshot, plan.events) == (True, False)
-    assert plan.export_statuses == ("realized", "existing")
+    assert plan.export_statuses == ("realized", "existing", "exited")  # exits tell exits from untraced people
 
 
 def test_manual_events_interval_from_the_trigger_form():
@@ -62,9 +70,94 @@ def test_labels_round_trip_and_name_their_slot():
     events = BatchLabel.for_run(job_id="luma", kind="events", export_batch_id="01ABC", run_id="r",
                                 interval_start="2026-11-28T02:00:00Z", interval_end="2026-11-29T02:00:00Z")
     assert BatchLabel.parse(snap.external_id) == snap
-    assert snap.same_slot(again) and not snap.same_slot(events)
-    assert events.scope == "20261128T020000Z_20261129T020000Z"
+    assert snap.supersedes(again) and not snap.supersedes(events) and not events.supersedes(snap)
+    assert events.scope == "20261128T020000Z_20261129T020000Z" and events.interval == DAY
     other_job = BatchLabel.for_run(job_id="other", kind="snapshot", export_batch_id="01ABC", run_id="r")
-    assert not snap.same_slot(other_job)
+    assert not snap.supersedes(other_job)
     for foreign in (None, "", "somebody-else's-batch", "cjaaud|x|weird|s|b|r", "cjaaud|bad id!|snapshot|s|b|r"):
         assert BatchLabel.parse(foreign) is None
+
+
+def _events_label(start: datetime, end: datetime) -> BatchLabel:
+    return BatchLabel.for_run(job_id="luma", kind="events", export_batch_id="01ABC", run_id="r",
+                              interval_start=start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                              interval_end=end.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def test_events_batches_supersede_the_intervals_inside_theirs_only():
+    week = _events_label(DAY[0] - timedelta(days=6), DAY[1])
+    assert week.supersedes(_events_label(*DAY))
+    assert not _events_label(*DAY).supersedes(week)
+    shifted = _events_label(DAY[0] + timedelta(hours=1), DAY[1] + timedelta(hours=1))  # 02:00 -> 03:00
+    assert not shifted.supersedes(_events_label(*DAY))
+
+
+def test_backfill_ignores_the_trigger_forms_interval_and_says_so():
+    """The Backfill dialog's "override parameters" gives every run the same form values."""
+    form = (DAY[0] - timedelta(days=3), DAY[0] - timedelta(days=2))
+    plan = plan_run(run_type="backfill", interval=DAY, publish_events=True, now=NOW, manual_interval=form,
+                    force_snapshot=True)
+    assert (plan.snapshot, plan.events) == (False, True)
+    assert (plan.interval_start, plan.interval_end) == ("2026-11-28T02:00:00Z", "2026-11-29T02:00:00Z")
+    assert any("ignored" in w and "2026-11-25T02:00:00Z" in w for w in plan.warnings)
+    assert any("publish_snapshot is ignored" in w for w in plan.warnings)
+
+
+H = timedelta(hours=1)
+
+
+@pytest.mark.parametrize("live, hull, taken", [
+    ([], DAY, []),
+    ([(DAY[0] - 24 * H, DAY[0]), (DAY[1], DAY[1] + 24 * H)], DAY, []),  # touching is not overlapping
+    ([(DAY[0] + H, DAY[1] + H)], (DAY[0], DAY[1] + H), [0]),  # schedule moved from 02:00 to 03:00
+    ([(DAY[0] + 2 * H, DAY[0] + 3 * H), (DAY[0] - 5 * H, DAY[0] + H)], (DAY[0] - 5 * H, DAY[1]), [0, 1]),
+    # transitively: the first widens the hull into the second
+    ([(DAY[1] + H, DAY[1] + 30 * H), (DAY[1] - H, DAY[1] + 2 * H)], (DAY[0], DAY[1] + 30 * H), [0, 1]),
+])
+def test_events_hull_covers_every_overlapping_live_interval(live, hull, taken):
+    assert events_hull(DAY, live) == (hull, taken)
+
+
+def _ms(t: datetime) -> int:
+    return int(t.timestamp() * 1000)
+
+
+def test_event_sources_are_the_exports_during_the_interval_and_the_first_after_it():
+    before = ExportRef("B0", _ms(DAY[0] - 20 * H))
+    during = ExportRef("B1", _ms(DAY[0] + H))
+    filtered = ExportRef("F1", _ms(DAY[0] + 2 * H), filtered=True)
+    after = ExportRef("B2", _ms(DAY[1] + timedelta(seconds=30)))
+    later = ExportRef("B3", _ms(DAY[1] + 24 * H))
+    chosen = choose_event_sources([later, after, filtered, during, before], DAY, must_read=("B3",))
+    assert chosen.batch_ids == ["B1", "F1", "B2", "B3"]
+    assert chosen.untimed_pair == (during, after)  # consecutive full exports around the interval's end
+    # Nothing made before the interval's end: no pair to count untimed entries with.
+    assert choose_event_sources([after], DAY).untimed_pair is None
+    assert choose_event_sources([before, after], DAY).untimed_pair == (before, after)
+
+
+def test_event_sources_are_bounded():
+    many = [ExportRef(f"B{i:03d}", _ms(DAY[0] + timedelta(minutes=i))) for i in range(30)]
+    chosen = choose_event_sources(many, DAY, limit=10)
+    assert len(chosen.batches) == 10 and chosen.dropped == 20
+
+
+def _open(batch_id: str, interval, created: int, live: bool = False, run_key: str = "other") -> OpenEventsBatch:
+    return OpenEventsBatch(batch_id, interval, created, run_key, live)
+
+
+def test_the_first_of_two_overlapping_open_batches_publishes_the_other_waits():
+    shifted = (DAY[0] + H, DAY[1] + H)
+    kwargs = {"run_key": "mine", "interval": DAY, "replaced": set()}
+    assert events_publish_conflict(mine_id="M", mine_created_ms=100, others=[_open("X", shifted, 200)], **kwargs) is None
+    assert "being published" in events_publish_conflict(mine_id="M", mine_created_ms=100,
+                                                         others=[_open("X", shifted, 50)], **kwargs)
+    # A live batch this run planned to replace is no conflict; one that went live since is.
+    assert events_publish_conflict(mine_id="M", mine_created_ms=100, others=[_open("X", shifted, 50, live=True)],
+                                   run_key="mine", interval=DAY, replaced={"X"}) is None
+    assert "went live" in events_publish_conflict(mine_id="M", mine_created_ms=100,
+                                                  others=[_open("X", shifted, 50, live=True)], **kwargs)
+    # Disjoint intervals and this run's own earlier batches never conflict.
+    assert events_publish_conflict(mine_id="M", mine_created_ms=100,
+                                   others=[_open("X", (DAY[1], DAY[1] + 24 * H), 50),
+                                           _open("Y", DAY, 50, run_key="mine")], **kwargs) is None

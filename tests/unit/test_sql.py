@@ -71,23 +71,29 @@ WHERE key IN ('4d4c6a59-2b4d-4bbd-9aa4-7c3b3f54d2e1', 'aud-7')
 
 
 def test_events_sql_golden() -> None:
+    """Only realized (entered) and exited rows are events; existing is a re-assertion. Several exports
+    are read and what they show alike comes back once."""
     window = TimeWindow("2026-11-28T00:00:00Z", datetime(2026, 11, 29, 1, 0, tzinfo=timezone(timedelta(hours=1))))
-    assert sql.events_sql(make_query(), window, Partition(2, 1)) == """\
-SELECT personID, key AS audienceId, value.status AS status,
+    assert sql.events_sql(make_query(), window, Partition(2, 1), sources=["01PREVIOUS", "01EQ1C48TR4GD4FE7NH2522TCQ"]) \
+        == """\
+SELECT DISTINCT personID, key AS audienceId, value.status AS status,
        concat(date_format(value.lastQualificationTime, 'yyyy-MM-dd'), 'T', date_format(value.lastQualificationTime, 'HH:mm:ss'), 'Z') AS qualificationTime
 FROM (
     SELECT _acme.identification.core.email AS personID, explode(segmentMembership.ups)
     FROM audience_export
-    WHERE _acp_system_metadata.acp_sourceBatchId = '01EQ1C48TR4GD4FE7NH2522TCQ'
+    WHERE _acp_system_metadata.acp_sourceBatchId IN ('01PREVIOUS', '01EQ1C48TR4GD4FE7NH2522TCQ')
       AND _acme.identification.core.email IS NOT NULL
       AND pmod(hash(_acme.identification.core.email), 2) = 1
 )
 WHERE key IN ('4d4c6a59-2b4d-4bbd-9aa4-7c3b3f54d2e1', 'aud-7')
-  AND value.status IN ('realized', 'existing', 'exited')
+  AND value.status IN ('realized', 'exited')
   AND value.lastQualificationTime >= '2026-11-28T00:00:00Z'
   AND value.lastQualificationTime < '2026-11-29T00:00:00Z'
 ORDER BY personID, audienceId, qualificationTime, status"""
-    assert "'exited'" in sql.count_sql(make_query(), window=window)
+    # Without sources: this run's export alone.
+    assert "acp_sourceBatchId = '01EQ1C48TR4GD4FE7NH2522TCQ'" in sql.events_sql(make_query(), window)
+    with pytest.raises(ValueError, match="source batch id"):
+        sql.events_sql(make_query(), window, sources=["01X' OR '1'='1"])
 
 
 def test_job_choices_reach_the_sql() -> None:

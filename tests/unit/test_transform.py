@@ -74,7 +74,7 @@ def test_per_membership_record_has_a_stable_id_per_person_and_audience() -> None
 
 
 def test_event_records() -> None:
-    rows = [("jane@example.com", "aud-1", "existing", T1), ("jane@example.com", "aud-7", "exited", T2)]
+    rows = [("jane@example.com", "aud-1", "realized", T1), ("jane@example.com", "aud-7", "exited", T2)]
     out = records(rows, spec("events"))
     assert out == [
         {"_id": md5_hex("luma", "jane@example.com", "aud-1", "entered", T1), "timestamp": T1,
@@ -99,7 +99,13 @@ def test_spec_from_job() -> None:
     s = RecordSpec.from_job(job, tenant="acme", audience_names={"aud-1": "A"})
     assert (s.layout, s.statuses, s.job_id) == ("per_membership", ("existing",), "j1")
     e = RecordSpec.from_job(job, tenant="acme", audience_names={"aud-1": "A"}, events=True)
-    assert (e.layout, e.statuses) == ("events", ("existing", "exited"))
+    assert (e.layout, e.statuses) == ("events", ("realized", "exited"))
+
+
+def test_existing_is_never_an_event() -> None:
+    """``existing`` only says the membership was asserted again: its time is no entry."""
+    with pytest.raises(ValueError, match="status 'existing' is not accepted"):
+        records([("jane@example.com", "aud-1", "existing", T1)], spec("events"))
 
 
 def test_the_output_is_exactly_the_bytes_we_expect() -> None:
@@ -291,6 +297,8 @@ def test_every_row_appears_exactly_once_per_person(m: dict[Any, Any], cuts: list
 @given(memberships, st.sampled_from(["per_membership", "events"]))
 def test_one_record_per_row_layouts(m: dict[Any, Any], layout: tr.Layout) -> None:
     rows = as_rows(m)
+    if layout == "events":  # events are read from realized (entered) and exited rows only
+        rows = [(p, a, "exited" if s == "existing" else s, t) for p, a, s, t in rows]
     recs = [json.loads(x) for x in encode_all(spec(layout, names=NAMES6), [rows])]
     assert len(recs) == len(rows)
     if layout == "per_membership":
@@ -301,7 +309,8 @@ def test_one_record_per_row_layouts(m: dict[Any, Any], layout: tr.Layout) -> Non
     else:
         got = [(r["_acme"]["personID"], r["_acme"]["audienceMembershipId"], r["timestamp"]) for r in recs]
         assert got == [(p, a, t) for p, a, _, t in rows]
-        assert {r["_acme"]["audienceEventType"] for r in recs} <= {"entered"}
+        assert [r["_acme"]["audienceEventType"] for r in recs] == [
+            "entered" if s == "realized" else "exited" for _, _, s, _ in rows]
     assert len({r["_id"] for r in recs}) == len(recs)
 
 

@@ -12,7 +12,6 @@ Inspection
 
 Ground truth (JSON Lines; ``audience`` may repeat, default all audiences)
   ``GET  /emulator/truth/snapshot?audience=&status=realized&status=existing&at=``
-  ``GET  /emulator/truth/events?audience=&start=&end=&observed_at=``   (see groundtruth.events)
   ``GET  /emulator/truth/transitions?audience=&start=&end=``
   ``GET  /emulator/truth/profiles/{index}``    one profile's synthetic attributes (JSON)
 
@@ -21,7 +20,9 @@ AEP UI stand-ins (targets of the operators' extra links; HTML)
   ``/emulator/ui/segmentation/export-jobs/{id}`` (``?sandbox=``, default prod)
 
 Control
-  ``GET|POST /emulator/clock``      ``{"advance_seconds": 86400}`` or ``{"set": "2026-01-01T00:00:00Z"}``
+  ``GET|POST /emulator/clock``      ``{"advance_seconds": 86400}`` or ``{"set": "2026-01-01T00:00:00Z"}``,
+                                    with ``"frozen": true`` to stop data time there (an export then
+                                    reflects exactly that instant), ``false`` to let it run again
                                     (emulator time = real time + offset; data time only, see clock.py)
   ``POST   /emulator/memberships``  ``{"profile_index": 7, "audience_id": "...", "member": false, "at": "..."}``
   ``GET|POST /emulator/knobs``      ``{"token_lifetime": 5, "export_job_seconds": 0.5, "batch_seconds": 0.2,
@@ -192,13 +193,6 @@ def _window(call: Call) -> tuple[int, int]:
     return start, end
 
 
-def truth_events(call: Call) -> Response:
-    start, end = _window(call)
-    sql = groundtruth.events_sql(call.state, _audiences(call), start, end,
-                                 _instant(call.param("observed_at"), "observed_at"))
-    return _jsonl(groundtruth.iter_rows(call.state, sql))
-
-
 def truth_transitions(call: Call) -> Response:
     start, end = _window(call)
     return _jsonl(groundtruth.iter_rows(call.state, groundtruth.transitions_sql(call.state, _audiences(call),
@@ -217,6 +211,8 @@ def clock(call: Call) -> Response:
     state = call.state
     if call.method == "POST":
         body = _body(call)
+        if "frozen" in body and not isinstance(body["frozen"], bool):
+            raise AdminError(400, "frozen must be true or false")
         if "advance_seconds" in body:
             seconds = body["advance_seconds"]
             if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
@@ -224,11 +220,13 @@ def clock(call: Call) -> Response:
             state.clock.advance(float(seconds))
         elif "set" in body:
             state.clock.set(parse_instant(str(body["set"])))
-        else:
-            raise AdminError(400, 'give {"advance_seconds": n} or {"set": "<RFC 3339 instant>"}')
-        log.info("clock now %s", iso(state.clock.now()))
+        elif "frozen" not in body:
+            raise AdminError(400, 'give {"advance_seconds": n}, {"set": "<RFC 3339 instant>"} and/or {"frozen": bool}')
+        if "frozen" in body:
+            state.clock.freeze(body["frozen"])
+        log.info("clock now %s%s", iso(state.clock.now()), " (frozen)" if state.clock.frozen else "")
     return ok({"now": iso(state.clock.now()), "anchor": iso(state.settings.anchor),
-               "offsetSeconds": state.clock.offset_seconds})
+               "offsetSeconds": state.clock.offset_seconds, "frozen": state.clock.frozen})
 
 
 def memberships(call: Call) -> Response:
@@ -325,7 +323,6 @@ ENDPOINTS = [
     _ep("GET", "/datasets/{id}/records", "dataset_records", dataset_records, locked=False),
     _ep("GET", "/batches/{id}/rows", "batch_rows", batch_rows, locked=False),
     _ep("GET", "/truth/snapshot", "truth_snapshot", truth_snapshot, locked=False),
-    _ep("GET", "/truth/events", "truth_events", truth_events, locked=False),
     _ep("GET", "/truth/transitions", "truth_transitions", truth_transitions, locked=False),
     _ep("GET", "/truth/profiles/{index}", "truth_profile", truth_profile, locked=False),
     _ep(("GET", "POST"), "/clock", "clock", clock, body=True),
