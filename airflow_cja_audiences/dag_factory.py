@@ -91,7 +91,8 @@ def build_dag(job: RefreshJob) -> DAG:
     ) as dag:
         resolve = ResolveAudiencesOperator(task_id="resolve_audiences", **common,
                                            audiences=[a.model_dump(exclude_none=True) for a in job.audiences],
-                                           identity_field=job.identity.field, tenant=job.tenant)
+                                           identity_field=job.identity.field, tenant=job.tenant,
+                                           job_id=job.job_id, profile_dataset_name=names.profile_dataset)
         plan = PlanRunOperator(task_id="plan_run", publish_events=job.publish_events)
         export_dataset = EnsureExportDatasetOperator(task_id="ensure_export_dataset", **common,
                                                      dataset_name=names.export_dataset)
