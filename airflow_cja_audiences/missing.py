@@ -160,30 +160,29 @@ def classify(unresolved: Sequence[Unresolved], *, sandbox: str | None, previous:
 
     names = [u for u in unresolved if u.by == "name"]
     candidates = [o for o in orphans if o.gone or (previous is not None and _renamed_since_exported(o, previous))]
-    if len(names) == 1 and len(candidates) == 1:
-        item, now = names[0], candidates[0]
-        if now.gone:
+    pairs = _pair(names, candidates) if names and len(names) == len(candidates) else None
+    gone_ids = ", ".join(sorted(c.id for c in candidates if c.gone))
+    for item, now in pairs or ():
+        found = suggestions.get(item.index, ())
+        if now is None:  # several names, several deleted audiences: which is which is not recorded
+            out.append(MissingAudience(
+                item.field, None, item.value, "deleted",
+                f"no audience named {item.value!r} in {where}: it is one of the audiences this job exported before "
+                f"that no selector matches now and AEP no longer has ({gone_ids}). The run refreshes the other "
+                f"audiences; remove it from the job", found))
+        elif now.gone:
             out.append(MissingAudience(
                 item.field, now.id, item.value, "deleted",
                 f"no audience named {item.value!r} in {where}: audience {now.id}, which this job exported before "
                 f"and no other selector matches, is no longer in AEP (deleted). The run refreshes the other "
-                f"audiences; remove it from the job", suggestions.get(item.index, ())))
+                f"audiences; remove it from the job", found))
         else:
             out.append(MissingAudience(
                 item.field, now.id, item.value, "renamed",
                 f"no audience named {item.value!r} in {where}: audience {now.id}, which this job exported before, "
                 f"was renamed to {now.name!r} since. The run keeps refreshing {now.id} under its new name; "
-                f"update the job to {{id: {now.id}}} (or name {now.name!r})", suggestions.get(item.index, ()),
-                new_name=now.name))
-    elif len(names) > 1 and len(candidates) == len(names) and all(c.gone for c in candidates):
-        ids = ", ".join(sorted(c.id for c in candidates))
-        for item in names:
-            out.append(MissingAudience(
-                item.field, None, item.value, "deleted",
-                f"no audience named {item.value!r} in {where}: the {len(names)} audiences this job exported before "
-                f"and no selector matches now ({ids}) are all deleted, so this is one of them. The run refreshes "
-                f"the other audiences; remove it from the job", suggestions.get(item.index, ())))
-    else:
+                f"update the job to {{id: {now.id}}} (or name {now.name!r})", found, new_name=now.name))
+    if names and pairs is None:
         hint = ""
         if candidates:
             hint = "; this job exported before " + ", ".join(
@@ -196,6 +195,34 @@ def classify(unresolved: Sequence[Unresolved], *, sandbox: str | None, previous:
                                        found))
     order = {u.field: i for i, u in enumerate(sorted(unresolved, key=lambda u: u.index))}
     return sorted(out, key=lambda m: order[m.field])
+
+
+def _pair(names: Sequence[Unresolved], candidates: Sequence[AepAudienceNow]
+          ) -> list[tuple[Unresolved, AepAudienceNow | None]] | None:
+    """Pair names that match nothing with as many audiences AEP deleted or renamed since this job
+    exported them; None when the pairing is not certain enough to act on.
+
+    One name and one candidate pair directly. With several, each renamed audience takes the name
+    closest to its new one (none close: no pairing); the names left over are the deleted ones (with
+    their id when only one is left, else ``None``: AEP keeps no name for a deleted audience).
+    """
+    if len(names) == 1 and len(candidates) == 1:
+        return [(names[0], candidates[0])]
+    free = list(names)
+    pairs: list[tuple[Unresolved, AepAudienceNow | None]] = []
+    for now in (c for c in candidates if not c.gone):
+        match = close_matches(now.name or "", [n.value for n in free], limit=1)
+        if not match:
+            return None
+        item = next(n for n in free if n.value == match[0])
+        free.remove(item)
+        pairs.append((item, now))
+    gone = [c for c in candidates if c.gone]
+    if len(gone) == 1 and len(free) == 1:
+        pairs.append((free[0], gone[0]))
+    else:
+        pairs += [(item, None) for item in free]
+    return pairs
 
 
 def _named(name: str | None) -> str:

@@ -82,12 +82,24 @@ def test_unchanged_orphan_is_an_audience_dropped_from_the_config_not_a_rename():
     assert m.reason == "unknown" and "did you mean 'Luma - Gold members'?" in m.detail
 
 
+def test_several_names_pair_a_rename_by_its_close_new_name_and_the_rest_as_deleted():
+    orphans = [AepAudienceNow("gold", None), AepAudienceNow("cart", "Cart abandoners (EU)", T0 + 1, "published")]
+    out = classify([Unresolved(0, "name", "Luma - Gold members"), Unresolved(1, "name", "Cart abandoners")],
+                   sandbox=None, previous=PREVIOUS, orphans=orphans, suggestions={})
+    assert [(m.field, m.reason, m.id) for m in out] == [("audiences[0].name", "deleted", "gold"),
+                                                        ("audiences[1].name", "renamed", "cart")]
+
+
 def test_ambiguous_pairing_is_a_typo_with_the_candidates_named():
-    orphans = [AepAudienceNow("gold", None), AepAudienceNow("cart", "Cart 2027", T0 + 1, "published")]
+    """A rename to a name close to none of the names that match nothing cannot be paired safely."""
+    orphans = [AepAudienceNow("gold", None), AepAudienceNow("cart", "Q3 promo", T0 + 1, "published")]
     out = classify([Unresolved(0, "name", "A"), Unresolved(1, "name", "B")], sandbox=None, previous=PREVIOUS,
                    orphans=orphans, suggestions={})
     assert [m.reason for m in out] == ["unknown", "unknown"]
-    assert "gold (deleted)" in out[0].detail and "cart (now named 'Cart 2027')" in out[0].detail
+    assert "gold (deleted)" in out[0].detail and "cart (now named 'Q3 promo')" in out[0].detail
+    more_names = classify([Unresolved(0, "name", "A"), Unresolved(1, "name", "B")], sandbox=None,
+                          previous=PREVIOUS, orphans=[AepAudienceNow("gold", None)], suggestions={})
+    assert [m.reason for m in more_names] == ["unknown", "unknown"]
 
 
 def test_several_names_all_deleted_are_all_deleted():
