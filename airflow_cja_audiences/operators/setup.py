@@ -151,6 +151,19 @@ def previous_exports(catalog: Any, segmentation: Any, *, dataset_name: str, job_
     return PreviousExports(audience_ids=audience_ids, first_exported_ms=first, snapshots=len(created))
 
 
+def _refuse_other_jobs(catalog: Any, dataset_id: str, dataset_name: str, job_id: str) -> None:
+    """Fail when the dataset holds live batches another job wrote (their label names the job)."""
+    others = sorted({label.job_id for batch in catalog.list_batches(dataset_id, max_items=MAX_SNAPSHOT_BATCHES)
+                     if batch.is_success and (label := BatchLabel.parse(batch.external_id)) is not None
+                     and label.job_id != job_id})
+    if others:
+        raise AirflowFailException(
+            f"dataset {dataset_name!r} ({dataset_id}) holds live batches of job(s) {', '.join(others)}: two jobs "
+            f"must not share a CJA dataset (each replaces only its own batches, so both would stay live). "
+            f"Give job {job_id!r} its own dataset (naming.*_dataset with {{job_id}}), or revert the other job's "
+            f"batches if it no longer exists")
+
+
 def _check_tenant(registry: Any, tenant: str) -> None:
     """A configured tenant must be the sandbox's: a wrong one would otherwise surface later, as the
     identity field missing from the schema or records written under a namespace nobody reads."""
@@ -256,6 +269,9 @@ class EnsureCjaDatasetOperator(AdobeBaseOperator):
     ``kind="profile"``: XDM Individual Profile class with ``personID`` as primary identity.
     ``kind="events"``: ExperienceEvent class with ``_<tenant>.personID`` as primary identity.
 
+    With ``job_id``, an existing dataset that holds live batches of *another* job is refused: each
+    job replaces only its own batches, so both jobs' snapshots (or events) would stay live in it.
+
     XCom (keys): ``dataset_id``, ``schema_id``, ``field_group_id``.
     """
 
@@ -264,8 +280,9 @@ class EnsureCjaDatasetOperator(AdobeBaseOperator):
 
     def __init__(self, *, kind: Literal["profile", "events"], tenant: str, dataset_name: str, schema_title: str,
                  field_group_title: str, identity_namespace: str = "Email",
-                 output_fields: dict[str, str] | None = None, **kwargs: Any) -> None:
+                 output_fields: dict[str, str] | None = None, job_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.job_id = job_id
         if kind not in ("profile", "events"):
             raise ValueError(f"kind must be 'profile' or 'events', not {kind!r}")
         self.kind = kind
@@ -295,6 +312,8 @@ class EnsureCjaDatasetOperator(AdobeBaseOperator):
             accepted_schema_ids=tuple(i for i in (schema.alt_id,) if i),
             description=f"AEP audience {'memberships' if self.kind == 'profile' else 'entries and exits'} for "
                         f"Customer Journey Analytics (airflow-cja-audiences)")
+        if self.job_id:
+            _refuse_other_jobs(self.hook(hooks.catalog.CatalogHook), dataset.id, self.dataset_name, self.job_id)
         result = {"dataset_id": dataset.id, "schema_id": schema.id, "field_group_id": group.id}
         push_dataset_link(context, registry.settings, dataset.id)
         self.log_retries()
