@@ -116,8 +116,9 @@ def previous_exports(catalog: Any, segmentation: Any, *, dataset_name: str, job_
 
     Each snapshot batch we publish carries a label in ``externalId`` naming the export batch it was
     made from (:class:`~airflow_cja_audiences.runs.BatchLabel`); replaced snapshots stay in Catalog as
-    ``inactive``. The export job whose ``destination.batchId`` is that export batch lists the audience
-    ids in ``filter.segments``. Airflow's metadata (which a user may clear) is not used.
+    ``inactive`` (later ``deleted``). The export job whose ``destination.batchId`` is that export
+    batch lists the audience ids in ``filter.segments``. Airflow's metadata (which a user may clear)
+    is not used.
     """
     dataset = catalog.find_dataset(dataset_name)
     if dataset is None:
@@ -126,7 +127,8 @@ def previous_exports(catalog: Any, segmentation: Any, *, dataset_name: str, job_
     created: dict[str, int] = {}  # export batch id -> creation of the earliest snapshot batch made from it
     for batch in catalog.list_batches(dataset.id, created_after_ms=since, max_items=MAX_SNAPSHOT_BATCHES):
         label = BatchLabel.parse(batch.external_id)
-        published = batch.is_success or batch.status.lower() == "inactive"  # live, or replaced by a later run
+        # Live, or replaced by a later run (REVERT -> inactive, later garbage-collected to deleted).
+        published = batch.is_success or batch.status.lower() in ("inactive", "deleted")
         if label is None or label.job_id != job_id or label.kind != "snapshot" or not published:
             continue
         when = batch.created or now_ms
