@@ -82,8 +82,8 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
             raise AirflowFailException(str(exc)) from None  # a typo: retrying cannot fix it
         resolved = resolution.resolved
         for gone in resolution.missing:
-            self.log.warning("Audience %s (last known as %r) %s in AEP: %s", gone.id or "?", gone.name,
-                             "was DELETED" if gone.reason == "deleted" else "was RENAMED",
+            self.log.warning("Audience %s (last known as %s) was %s in AEP: %s", gone.id or "(id: see below)",
+                             repr(gone.name) if gone.name else "an unnamed id selector", gone.reason.upper(),
                              gone.message())
         if self.check_identity_field:
             union = self.hook(hooks.schema_registry.SchemaRegistryHook).get_profile_union_schema()
