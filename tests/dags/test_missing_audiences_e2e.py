@@ -88,7 +88,7 @@ def _day(days_ago: int) -> datetime:
     return end - timedelta(days=days_ago)
 
 
-def test_deleted_and_renamed_audiences_do_not_stop_the_others(emu, airflow_db, dags_folder):
+def test_deleted_and_renamed_audiences_do_not_stop_the_others(emu, airflow_db, dags_folder, capfd):
     ids = {a["name"]: a["id"] for a in emu.admin.state()["audiences"]}
     cart, gold = ids["Cart abandoners"], ids["Luma - Gold members"]
     job = _job([{"name": "Cart abandoners"}, {"name": "Luma - Gold members"}], "missing_e2e")
@@ -103,8 +103,12 @@ def test_deleted_and_renamed_audiences_do_not_stop_the_others(emu, airflow_db, d
 
     # 2. Gold is deleted in AEP: the run refreshes Cart abandoners alone and says what happened to Gold.
     emu.admin.delete_audience(gold)
+    capfd.readouterr()
     state, report, resolved, tasks = _run(dag, _day(1))
     assert state == "success", (tasks, report)
+    warnings = [line for line in capfd.readouterr().out.splitlines() if "was DELETED in AEP" in line]
+    assert len(warnings) == 1 and "[warning" in warnings[0] and gold in warnings[0], warnings
+    assert "'Luma - Gold members'" in warnings[0], warnings
     assert resolved["audience_ids"] == [cart]
     [missing] = resolved["missing_audiences"]
     assert (missing["id"], missing["name"], missing["reason"]) == (gold, "Luma - Gold members", "deleted")
