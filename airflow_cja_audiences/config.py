@@ -224,6 +224,22 @@ class JobsFile(StrictModel):
             raise ValueError(f"job ids must be unique; repeated: {dupes}")
         return value
 
+    @field_validator("jobs")
+    @classmethod
+    def _own_cja_datasets(cls, value: list[RefreshJob]) -> list[RefreshJob]:
+        """Two jobs must not write into one CJA dataset: each replaces only its own batches, so the
+        dataset would hold both jobs' snapshots (two records per person) or both jobs' events."""
+        owner: dict[tuple[str, str | None, str], str] = {}
+        for job in value:
+            names = job.names
+            for kind, name in (("profile_dataset", names.profile_dataset), ("event_dataset", names.event_dataset)):
+                key = (job.conn_id, job.sandbox, name)
+                if key in owner and owner[key] != job.job_id:
+                    raise ValueError(f"jobs {owner[key]!r} and {job.job_id!r} both write CJA dataset {name!r} "
+                                     f"(naming.{kind}); give each job its own dataset (keep {{job_id}} in the name)")
+                owner[key] = job.job_id
+        return value
+
 
 def load_jobs_file(path: str | Path) -> JobsFile:
     """Read and validate a YAML or JSON jobs file; errors name the file and the field."""

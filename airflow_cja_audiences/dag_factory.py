@@ -92,7 +92,8 @@ def build_dag(job: RefreshJob) -> DAG:
     ) as dag:
         resolve = ResolveAudiencesOperator(task_id="resolve_audiences", **common,
                                            audiences=[a.model_dump(exclude_none=True) for a in job.audiences],
-                                           identity_field=job.identity.field, tenant=job.tenant)
+                                           identity_field=job.identity.field, tenant=job.tenant,
+                                           job_id=job.job_id, profile_dataset_name=names.profile_dataset)
         plan = PlanRunOperator(task_id="plan_run", publish_events=job.publish_events)
         export_dataset = EnsureExportDatasetOperator(task_id="ensure_export_dataset", **common,
                                                      dataset_name=names.export_dataset)
@@ -100,7 +101,7 @@ def build_dag(job: RefreshJob) -> DAG:
             task_id="ensure_profile_dataset", **common, kind="profile", tenant=resolve.output["tenant"],
             dataset_name=names.profile_dataset, schema_title=names.profile_schema,
             field_group_title=names.field_group, identity_namespace=job.identity.namespace,
-            output_fields=job.output.model_dump())
+            output_fields=job.output.model_dump(), job_id=job.job_id)
         export = ExportAudiencesOperator(
             task_id="export_audiences", **common, dataset_id=export_dataset.output["dataset_id"],
             audience_ids=resolve.output["audience_ids"], fields=resolve.output["export_fields"],
@@ -125,7 +126,7 @@ def build_dag(job: RefreshJob) -> DAG:
                     task_id="ensure_event_dataset", **common, kind="events", tenant=resolve.output["tenant"],
                     dataset_name=names.event_dataset, schema_title=names.event_schema,
                     field_group_title=names.event_field_group, identity_namespace=job.identity.namespace,
-                    output_fields=job.output.model_dump())
+                    output_fields=job.output.model_dump(), job_id=job.job_id)
                 plan >> dataset
             query_args = {"job": job_json, "kind": kind, "tenant": resolve.output["tenant"],
                           "table_name": export_dataset.output["table_name"],

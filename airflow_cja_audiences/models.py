@@ -157,6 +157,7 @@ class Audience(AdobeModel):
     namespace: str | None = None
     lifecycle_state: str | None = Field(default=None, alias="lifecycleState")
     merge_policy_id: str | None = Field(default=None, alias="mergePolicyId")
+    update_time: int | None = Field(default=None, alias="updateTime")  # epoch ms (renames move it)
 
 
 ExportJobStatus = Literal["NEW", "PROCESSING", "SUCCEEDED", "FAILED", "CANCELLED"]

@@ -20,8 +20,13 @@ def build_report(*, job_id: str, sandbox: str | None, audiences: Sequence[Mappin
                  events: Mapping[str, Any] | None, event_counts: Mapping[str, Mapping[str, Any]] | None,
                  datasets: Mapping[str, str | None], cja: Mapping[str, Any] | None,
                  snapshot_coverage: Mapping[str, Any] | None = None,
-                 events_coverage: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Assemble the report from the tasks' small XCom outputs (ids and counts only)."""
+                 events_coverage: Mapping[str, Any] | None = None,
+                 missing_audiences: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Assemble the report from the tasks' small XCom outputs (ids and counts only).
+
+    ``missing_audiences``: the resolve step's audiences that AEP deleted or renamed (``{id, name,
+    reason, suggestions, detail, new_name}``); the report says what happened to their members.
+    """
     rows = []
     for audience in audiences:
         aid = audience["id"]
@@ -47,7 +52,25 @@ def build_report(*, job_id: str, sandbox: str | None, audiences: Sequence[Mappin
         "audiences": rows,
         "cja": dict(cja) if cja else None,
         "warnings": list(plan.get("warnings") or []),
+        "missing_in_aep": [_missing_row(m, snapshot=bool(plan.get("snapshot"))) for m in missing_audiences or ()],
     }
+
+
+def _missing_row(missing: Mapping[str, Any], *, snapshot: bool) -> dict[str, Any]:
+    """One audience AEP no longer has under the configured id/name, and what happened to its members."""
+    if missing.get("reason") == "renamed":
+        members = (f"still refreshed under its id: its members are in this run's snapshot under the new name "
+                   f"{missing.get('new_name')!r}")
+    elif snapshot:
+        members = ("not exported: the snapshot this run published no longer lists them (they left the CJA "
+                   "profile dataset with the snapshot it replaced); the events dataset keeps their history "
+                   "and no exit events were published for them")
+    else:
+        members = ("not exported by this run (it published no snapshot); the events dataset keeps their "
+                   "history and no exit events were published for them")
+    return {"id": missing.get("id"), "name": missing.get("name"), "reason": missing.get("reason"),
+            "new_name": missing.get("new_name"), "suggestions": list(missing.get("suggestions") or []),
+            "detail": missing.get("detail"), "members": members}
 
 
 def _cell(value: Any) -> str:
@@ -113,6 +136,12 @@ def format_report(report: Mapping[str, Any]) -> str:
     if cja:
         lines.append("  CJA: " + ("ok" if cja.get("ok") else "to do in the CJA UI:"))
         lines += [f"    - {problem}" for problem in (cja.get("problems") or [])]
+    missing = report.get("missing_in_aep") or []
+    if missing:
+        lines.append("  missing in AEP:")
+        for row in missing:
+            lines.append(f"    - {row.get('name') or '(name unknown)'} ({row.get('id') or 'id unknown'}): "
+                         f"{row.get('reason')}; members {row.get('members')}")
     for warning in report.get("warnings", []):
         lines.append(f"  warning: {warning}")
     return "\n".join(lines)

@@ -120,6 +120,12 @@ class AdminClient(_Http):
             body["at"] = at
         return self._json("POST", "/emulator/memberships", json=body)
 
+    def rename_audience(self, audience_id: str, name: str) -> dict:
+        return self._json("PATCH", f"/emulator/audiences/{audience_id}", json={"name": name})
+
+    def delete_audience(self, audience_id: str) -> dict:
+        return self._json("DELETE", f"/emulator/audiences/{audience_id}")
+
     def snapshot(self, audiences: list[str] | None = None, statuses: list[str] | None = None,
                  at: str | None = None) -> list[dict]:
         return self._jsonl("/emulator/truth/snapshot", {"audience": audiences or [], "status": statuses or [],

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from airflow_cja_audiences.emulator.faults import QUERY_SERVICE_ROUTE, STATUS_KI
 from airflow_cja_audiences.emulator.memberships import OVERRIDE_TABLE, Timeline
 from airflow_cja_audiences.emulator.query_service.errors import QueryServiceError
 from airflow_cja_audiences.emulator.registry import SchemaRegistry
-from airflow_cja_audiences.emulator.settings import EmulatorSettings
+from airflow_cja_audiences.emulator.settings import AudienceSpec, EmulatorSettings
 from airflow_cja_audiences.emulator.synthetic import default_audiences
 from airflow_cja_audiences.emulator.tokens import InvalidToken, TokenService
 from airflow_cja_audiences.emulator.xdm import EVENT_CLASS
@@ -133,6 +133,10 @@ class EmulatorState:
         self.pending_jobs: set[tuple[str, int]] = set()
         self.pending_batches: set[tuple[str, str]] = set()
         self.drop_later: list[tuple[Any, str]] = []  # (future, batch table) to drop once computed
+        # Audiences renamed or deleted through the admin API (the synthetic timelines keep every
+        # audience: memberships are data, the audience definition is what AEP forgets).
+        self.audience_renames: dict[str, tuple[str, int]] = {}  # id -> (new name, update time ms)
+        self.deleted_audiences: dict[str, int] = {}  # id -> deletion time ms
         self._seed_cja()
 
     def _seed_cja(self) -> None:
@@ -168,7 +172,7 @@ class EmulatorState:
 
     def reset(self) -> None:
         """Forget everything created (datasets, batches, jobs, schemas, tokens, overrides, faults,
-        knobs, clock offset); keep the synthetic profiles and audiences."""
+        knobs, clock offset, audience renames and deletions); keep the synthetic profiles and audiences."""
         with self.lock:
             for table in list(self.tables):
                 self.execute(f'DROP VIEW IF EXISTS "{table}"')
@@ -203,6 +207,41 @@ class EmulatorState:
             return cur.execute(sql, params or []).fetchall()
         finally:
             cur.close()
+
+    # -- audiences as the Segmentation API shows them -----------------------------------------
+    def live_audiences(self) -> list[AudienceSpec]:
+        """The audiences AEP still has, under their current names (renames applied, deleted ones gone)."""
+        return [replace(a, name=self.audience_renames[a.id][0]) if a.id in self.audience_renames else a
+                for a in self.audiences if a.id not in self.deleted_audiences]
+
+    def live_audience(self, audience_id: str) -> AudienceSpec | None:
+        return next((a for a in self.live_audiences() if a.id == audience_id), None)
+
+    def audience_updated_ms(self, audience_id: str) -> int | None:
+        """When the audience was last changed (renamed), or None when never changed since start-up."""
+        renamed = self.audience_renames.get(audience_id)
+        return renamed[1] if renamed else None
+
+    def rename_audience(self, audience_id: str, name: str) -> AudienceSpec:
+        """Rename a live audience (the AEP UI's "edit audience" -> name). Call under the lock."""
+        if self.live_audience(audience_id) is None:
+            raise KeyError(f"no audience {audience_id} (unknown or deleted)")
+        if not name.strip() or len(name) > 256 or any(ord(c) < 32 for c in name):
+            raise ValueError("name must be 1-256 printable characters")
+        # Guess: AEP refuses two audiences with the same name in one sandbox (the UI does; the API
+        # answer for it is not in the sources read), so the emulator refuses it too.
+        if any(a.name == name and a.id != audience_id for a in self.live_audiences()):
+            raise ValueError(f"another audience is already named {name!r}")
+        self.audience_renames[audience_id] = (name, self.now_ms())
+        log.info("audience %s renamed to %r", audience_id, name)
+        return self.live_audience(audience_id)  # type: ignore[return-value]
+
+    def delete_audience(self, audience_id: str) -> None:
+        """Delete a live audience (``DELETE /audiences/{id}`` in AEP). Call under the lock."""
+        if self.live_audience(audience_id) is None:
+            raise KeyError(f"no audience {audience_id} (unknown or already deleted)")
+        self.deleted_audiences[audience_id] = self.now_ms()
+        log.info("audience %s deleted", audience_id)
 
     # -- lookups ---------------------------------------------------------------------------
     def sandbox(self, name: str | None) -> SandboxState | None:
@@ -357,7 +396,9 @@ class EmulatorState:
             return {"clock": {"now": self.clock.now().isoformat(), "anchor": self.settings.anchor.isoformat(),
                               "offsetSeconds": self.clock.offset_seconds},
                     "profiles": self.settings.profiles, "seed": self.settings.seed,
-                    "audiences": [asdict(a) for a in self.audiences],
+                    "audiences": [asdict(a) for a in self.audiences],  # as configured (ids, timelines)
+                    "liveAudiences": [asdict(a) for a in self.live_audiences()],  # as AEP shows them now
+                    "deletedAudiences": sorted(self.deleted_audiences),
                     "tokensIssued": self.tokens.issued, "knobs": asdict(self.knobs),
                     "sandboxes": sandboxes, "cja": self.cja.to_json(org),
                     "tables": {t: {"sandbox": s, "dataSetId": d} for t, (s, d) in self.tables.items()}}

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from airflow_cja_audiences.config import AudienceSelector
 from airflow_cja_audiences.errors import AepConfigError, AepNotFoundError
 from airflow_cja_audiences.hooks.platform import AdobePlatformHook, path_segment
+from airflow_cja_audiences.missing import (
+    DELETED_STATES,
+    AepAudienceNow,
+    MissingAudience,
+    PreviousExports,
+    Unresolved,
+    classify,
+    close_matches,
+)
 from airflow_cja_audiences.models import Audience, ExportJob, ExportJobRequest
 
 log = logging.getLogger(__name__)
@@ -32,6 +41,14 @@ class ResolvedAudience:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "aep_name": self.aep_name,
                 "lifecycle_state": self.lifecycle_state}
+
+
+@dataclass(frozen=True)
+class AudienceResolution:
+    """The audiences a run exports (config order), and the selected ones AEP deleted or renamed."""
+
+    resolved: list[ResolvedAudience]
+    missing: list[MissingAudience] = field(default_factory=list)  # reasons "deleted" and "renamed"
 
 
 class SegmentationHook(AdobePlatformHook):
@@ -66,37 +83,106 @@ class SegmentationHook(AdobePlatformHook):
         return [a for a in self.iter_audiences(name_contains=name) if a.name == name]
 
     def resolve_audiences(self, selectors: Sequence[AudienceSelector]) -> list[ResolvedAudience]:
-        """Look up every configured audience; fail listing *all* problems before anything is written."""
+        """Look up every configured audience; fail listing *all* problems before anything is written.
+
+        Strict: any selected audience AEP does not answer for is an error (see
+        :meth:`resolve_selection` to tell deleted and renamed audiences from typos).
+        """
+        resolution = self.resolve_selection(selectors)
+        if resolution.missing:
+            raise AepConfigError("invalid audiences:\n  " + "\n  ".join(m.message() for m in resolution.missing))
+        return resolution.resolved
+
+    def resolve_selection(self, selectors: Sequence[AudienceSelector], *,
+                          previous_exports: Callable[[], PreviousExports | None] | None = None
+                          ) -> AudienceResolution:
+        """Resolve the selectors, telling audiences deleted or renamed in AEP from typos.
+
+        :param previous_exports: called only when a selector matches nothing: what this job's earlier
+            snapshots exported, per AEP (see :mod:`airflow_cja_audiences.missing`).
+        :raises AepConfigError: listing every unknown (typo), ambiguous or duplicate selector, with
+            close-match suggestions for names; or when every selected audience is missing.
+        """
         problems: list[str] = []
-        resolved: list[ResolvedAudience] = []
+        found: dict[int, ResolvedAudience] = {}
+        unresolved: list[Unresolved] = []
+        missing: list[MissingAudience] = []
         for index, selector in enumerate(selectors):
-            field = f"audiences[{index}]"
             if selector.id is not None:
+                where = f"audiences[{index}].id"
                 try:
                     audience = self.get_audience(selector.id)
                 except AepNotFoundError:
-                    problems.append(f"{field}.id: no audience {selector.id!r} in sandbox {self.sandbox!r}")
+                    unresolved.append(Unresolved(index, "id", selector.id, selector.display_name))
                     continue
             else:
+                where = f"audiences[{index}].name"
                 matches = self.find_audiences_by_name(selector.name or "")
-                if len(matches) != 1:
-                    what = "no audience" if not matches else f"{len(matches)} audiences " \
-                        f"({', '.join(a.id for a in matches)})"
-                    problems.append(f"{field}.name: {what} named {selector.name!r} in sandbox {self.sandbox!r}"
-                                    f"{'; use the id instead' if matches else ''}")
+                if not matches:
+                    unresolved.append(Unresolved(index, "name", selector.name or "", selector.display_name))
+                    continue
+                if len(matches) > 1:
+                    problems.append(f"{where}: {len(matches)} audiences ({', '.join(a.id for a in matches)}) named "
+                                    f"{selector.name!r} in sandbox {self.sandbox!r}; use the id instead")
                     continue
                 audience = matches[0]
-            if audience.lifecycle_state and audience.lifecycle_state.lower() not in ("published", "active"):
+            state = (audience.lifecycle_state or "").lower()
+            if state in DELETED_STATES:  # AEP itself says it is deleted: no history needed
+                missing.append(MissingAudience(
+                    where, audience.id, selector.display_name or audience.name, "deleted",
+                    f"audience {audience.id} ({audience.name!r}) is {audience.lifecycle_state} in AEP (deleted). "
+                    f"The run refreshes the other audiences; remove it from the job"))
+                continue
+            if state and state not in ("published", "active"):
                 log.warning("Audience %s (%r) is %s; its export may be empty", audience.id, audience.name,
                             audience.lifecycle_state)
-            resolved.append(ResolvedAudience(id=audience.id, name=selector.display_name or audience.name,
-                                             aep_name=audience.name, lifecycle_state=audience.lifecycle_state))
-        ids = [a.id for a in resolved]
+            found[index] = ResolvedAudience(id=audience.id, name=selector.display_name or audience.name,
+                                            aep_name=audience.name, lifecycle_state=audience.lifecycle_state)
+        if unresolved:
+            by_field = {u.field: u for u in unresolved}
+            for item in self._classify(unresolved, found, missing, previous_exports):
+                if item.reason == "unknown":
+                    problems.append(item.message())
+                    continue
+                missing.append(item)
+                if item.reason == "renamed" and item.id and item.new_name:
+                    selector_index = by_field[item.field].index
+                    found[selector_index] = ResolvedAudience(
+                        id=item.id, name=selectors[selector_index].display_name or item.new_name,
+                        aep_name=item.new_name)
+        ids = [a.id for a in found.values()]
         for dup in sorted({i for i in ids if ids.count(i) > 1}):
             problems.append(f"audiences: {dup} is selected twice (by id and by name)")
         if problems:
             raise AepConfigError("invalid audiences:\n  " + "\n  ".join(problems))
-        return resolved
+        missing.sort(key=lambda m: int(m.field.split("[", 1)[1].split("]", 1)[0]))
+        if not found:
+            raise AepConfigError("every audience of the job is missing in AEP, nothing to refresh:\n  "
+                                 + "\n  ".join(m.message() for m in missing))
+        return AudienceResolution(resolved=[found[i] for i in sorted(found)], missing=missing)
+
+    def _classify(self, unresolved: list[Unresolved], found: dict[int, ResolvedAudience],
+                  missing: list[MissingAudience],
+                  previous_exports: Callable[[], PreviousExports | None] | None) -> list[MissingAudience]:
+        previous = previous_exports() if previous_exports is not None else None
+        names = [u for u in unresolved if u.by == "name"]
+        orphans: list[AepAudienceNow] = []
+        if previous is not None and names:
+            taken = {a.id for a in found.values()} | {u.value for u in unresolved if u.by == "id"} | \
+                {m.id for m in missing if m.id}
+            for audience_id in sorted(set(previous.audience_ids) - taken):
+                try:
+                    now = self.get_audience(audience_id)
+                except AepNotFoundError:
+                    orphans.append(AepAudienceNow(audience_id, None))
+                    continue
+                orphans.append(AepAudienceNow(audience_id, now.name, now.update_time, now.lifecycle_state))
+        suggestions: dict[int, tuple[str, ...]] = {}
+        if names:
+            every_name = [a.name for a in self.iter_audiences()]
+            suggestions = {u.index: close_matches(u.value, every_name) for u in names}
+        return classify(unresolved, sandbox=self.sandbox, previous=previous, orphans=orphans,
+                        suggestions=suggestions)
 
     # ------------------------------------------------------------------ export jobs
 

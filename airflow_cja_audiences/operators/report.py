@@ -48,13 +48,14 @@ class ReportOperator(BaseOperator):
             datasets={"snapshot": self._pull(context, "profile_dataset", "dataset_id"),
                       "events": self._pull(context, "event_dataset", "dataset_id"),
                       "export": self._pull(context, "export", "export_dataset_id")},
-            cja=self._pull(context, "check_cja"),
+            cja=self._pull(context, "check_cja"), missing_audiences=resolved.get("missing_audiences"),
             snapshot_coverage=self._pull(context, "prepare_snapshot", "coverage"),
             events_coverage=self._pull(context, "prepare_events", "coverage"))
         self.log.info("\n%s\n", format_report(report))
         summary = {"job_id": self.job_id, "snapshot_batch": (report["snapshot"] or {}).get("batch_id"),
                    "events_batch": (report["events"] or {}).get("batch_id"), "interval": report["interval"],
-                   "members": {r["id"]: r["members"] for r in report["audiences"]}}
+                   "members": {r["id"]: r["members"] for r in report["audiences"]},
+                   "missing_in_aep": [{k: m[k] for k in ("id", "name", "reason")} for m in report["missing_in_aep"]]}
         for asset in self.outlets:
             context["outlet_events"][asset].extra = summary
         return report

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_cja_audiences import hooks, validation, xdm
 from airflow_cja_audiences.config import AudienceSelector, OutputFields
@@ -16,28 +16,49 @@ from airflow_cja_audiences.errors import AepApiError, AepConfigError, AepError
 from airflow_cja_audiences.links import AepDatasetLink, push_dataset_link
 from airflow_cja_audiences.models import EVENT_CLASS, PROFILE_CLASS, PROFILE_UNION_ALT_ID, PROFILE_UNION_SCHEMA
 from airflow_cja_audiences.operators.base import AdobeBaseOperator
-from airflow_cja_audiences.runs import plan_run
+from airflow_cja_audiences.missing import PreviousExports
+from airflow_cja_audiences.runs import BatchLabel, plan_run
+
+# How far back the resolve step looks for this job's earlier snapshots (evidence that an audience
+# AEP no longer has was deleted or renamed, not mistyped), and how much earlier than a snapshot
+# batch the export job that fed it may have been created.
+PREVIOUS_SNAPSHOT_DAYS = 30
+EXPORT_BEFORE_SNAPSHOT_MS = 2 * 86_400_000
+MAX_SNAPSHOT_BATCHES = 500
 
 
 class ResolveAudiencesOperator(AdobeBaseOperator):
     """Validate and resolve the audiences, the tenant and the identity field; writes nothing.
 
-    Fails before anything is written to AEP when an audience id or name is unknown or ambiguous,
+    Fails (without retries: retrying cannot fix a config) before anything is written to AEP when an
+    audience id or name is unknown (a typo: names get "did you mean ...?" suggestions) or ambiguous,
     the tenant cannot be found, or the identity field is not in the profile union schema.
 
+    An audience AEP no longer has that an earlier snapshot of this job exported (evidence read from
+    AEP: the job's snapshot batches in ``profile_dataset_name`` and the export jobs that fed them) is
+    *deleted*: the run goes on without it and warns. A name that matches nothing but whose audience
+    this job exported before and AEP renamed since is *renamed*: the run keeps refreshing that id
+    under its new name and warns. Both are listed under ``missing_audiences``. Without ``job_id``
+    and ``profile_dataset_name`` no history is read and every unknown audience is an error.
+
     XCom (keys): ``audiences`` (list of ``{id, name, aep_name}``), ``audience_ids``, ``tenant``,
-    ``identity_path``, ``export_fields`` (what the export job must include).
+    ``identity_path``, ``export_fields`` (what the export job must include), ``missing_audiences``
+    (list of ``{id, name, reason, suggestions, detail, field, new_name}``, reason ``deleted`` or
+    ``renamed``).
     """
 
-    template_fields = ("sandbox", "audiences", "identity_field", "tenant")
+    template_fields = ("sandbox", "audiences", "identity_field", "tenant", "profile_dataset_name")
 
     def __init__(self, *, audiences: Sequence[dict[str, Any]], identity_field: str, tenant: str | None = None,
-                 check_identity_field: bool = True, **kwargs: Any) -> None:
+                 check_identity_field: bool = True, job_id: str | None = None,
+                 profile_dataset_name: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.audiences = list(audiences)
         self.identity_field = identity_field
         self.tenant = tenant
         self.check_identity_field = check_identity_field
+        self.job_id = job_id
+        self.profile_dataset_name = profile_dataset_name
 
     def execute(self, context: Context) -> dict[str, Any]:
         try:
@@ -54,18 +75,95 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
             identity_path = validation.resolve_tenant_path(self.identity_field, tenant)
         except ValueError as exc:
             raise AirflowException(f"invalid input: {exc}") from None
-        resolved = self.hook(hooks.segmentation.SegmentationHook).resolve_audiences(selectors)
+        try:
+            resolution = self.hook(hooks.segmentation.SegmentationHook).resolve_selection(
+                selectors, previous_exports=self._previous_exports)
+        except AepConfigError as exc:
+            raise AirflowFailException(str(exc)) from None  # a typo: retrying cannot fix it
+        resolved = resolution.resolved
+        for gone in resolution.missing:
+            self.log.warning("Audience %s (last known as %s) was %s in AEP: %s", gone.id or "(id: see below)",
+                             repr(gone.name) if gone.name else "an unnamed id selector", gone.reason.upper(),
+                             gone.message())
         if self.check_identity_field:
             union = self.hook(hooks.schema_registry.SchemaRegistryHook).get_profile_union_schema()
             self.hook(hooks.segmentation.SegmentationHook).require_export_fields(union, [identity_path])
         result = {"audiences": [a.to_dict() for a in resolved], "audience_ids": [a.id for a in resolved],
-                  "tenant": tenant, "identity_path": identity_path, "export_fields": [identity_path]}
+                  "tenant": tenant, "identity_path": identity_path, "export_fields": [identity_path],
+                  "missing_audiences": [m.to_dict() for m in resolution.missing]}
         for audience in resolved:
             self.log.info("Audience %s -> %r (AEP name %r, %s)", audience.id, audience.name, audience.aep_name,
                           audience.lifecycle_state or "state unknown")
         self.log.info("Tenant _%s; personID from %s", tenant, identity_path)
         self.log_retries()
         return result
+
+    def _previous_exports(self) -> PreviousExports | None:
+        """This job's earlier snapshot exports, from AEP (read only when an audience is not found)."""
+        if not (self.job_id and self.profile_dataset_name):
+            return None
+        previous = previous_exports(self.hook(hooks.catalog.CatalogHook), self.hook(hooks.segmentation.SegmentationHook),
+                                    dataset_name=self.profile_dataset_name, job_id=self.job_id,
+                                    now_ms=int(time.time() * 1000))
+        self.log.info("Earlier snapshots of job %s in AEP: %d, exporting %d audience(s)", self.job_id,
+                      previous.snapshots, len(previous.audience_ids))
+        return previous
+
+
+def previous_exports(catalog: Any, segmentation: Any, *, dataset_name: str, job_id: str, now_ms: int,
+                     days: int = PREVIOUS_SNAPSHOT_DAYS) -> PreviousExports:
+    """What the snapshots this job published in the last ``days`` exported, read from AEP only.
+
+    Each snapshot batch we publish carries a label in ``externalId`` naming the export batch it was
+    made from (:class:`~airflow_cja_audiences.runs.BatchLabel`); replaced snapshots stay in Catalog as
+    ``inactive`` (later ``deleted``). The export job whose ``destination.batchId`` is that export
+    batch lists the audience ids in ``filter.segments``. Airflow's metadata (which a user may clear)
+    is not used.
+    """
+    dataset = catalog.find_dataset(dataset_name)
+    if dataset is None:
+        return PreviousExports()
+    since = now_ms - days * 86_400_000
+    created: dict[str, int] = {}  # export batch id -> creation of the earliest snapshot batch made from it
+    for batch in catalog.list_batches(dataset.id, created_after_ms=since, max_items=MAX_SNAPSHOT_BATCHES):
+        label = BatchLabel.parse(batch.external_id)
+        # Live, or replaced by a later run (REVERT -> inactive, later garbage-collected to deleted).
+        published = batch.is_success or batch.status.lower() in ("inactive", "deleted")
+        if label is None or label.job_id != job_id or label.kind != "snapshot" or not published:
+            continue
+        when = batch.created or now_ms
+        created[label.export_batch_id] = min(when, created.get(label.export_batch_id, when))
+    if not created:
+        return PreviousExports()
+    audience_ids: dict[str, int] = {}
+    first: dict[str, int] = {}
+    oldest = min(created.values()) - EXPORT_BEFORE_SNAPSHOT_MS
+    wanted = dict(created)
+    for job in segmentation.iter_export_jobs(status="SUCCEEDED"):  # newest first
+        if job.creation_time is not None and job.creation_time < oldest:
+            break
+        snapshot_ms = wanted.pop(job.destination.batch_id or "", None)
+        if snapshot_ms is None:
+            continue
+        for audience_id in job.segment_ids:
+            audience_ids.setdefault(audience_id, job.id)  # newest first: the latest export that listed it
+            first[audience_id] = min(snapshot_ms, first.get(audience_id, snapshot_ms))
+        if not wanted:
+            break
+    return PreviousExports(audience_ids=audience_ids, first_exported_ms=first, snapshots=len(created))
+
+
+def _refuse_other_jobs(catalog: Any, dataset_id: str, dataset_name: str, job_id: str) -> None:
+    """Fail when the dataset holds live batches another job wrote (their label names the job)."""
+    others = sorted({label.job_id for batch in catalog.list_batches(dataset_id, max_items=MAX_SNAPSHOT_BATCHES)
+                     if batch.is_success and (label := BatchLabel.parse(batch.external_id)) is not None
+                     and label.job_id != job_id})
+    if others:
+        raise AirflowFailException(
+            f"dataset {dataset_name!r} ({dataset_id}) holds live batches of job(s) {', '.join(others)}: two jobs "
+            f"must not share a CJA dataset (each replaces only its own batches, so both would stay live). "
+            f"Give job {job_id!r} its own dataset (naming.*_dataset with {{job_id}}), or revert the other job's "
+            f"batches if it no longer exists")
 
 
 def _check_tenant(registry: Any, tenant: str) -> None:
@@ -173,6 +271,9 @@ class EnsureCjaDatasetOperator(AdobeBaseOperator):
     ``kind="profile"``: XDM Individual Profile class with ``personID`` as primary identity.
     ``kind="events"``: ExperienceEvent class with ``_<tenant>.personID`` as primary identity.
 
+    With ``job_id``, an existing dataset that holds live batches of *another* job is refused: each
+    job replaces only its own batches, so both jobs' snapshots (or events) would stay live in it.
+
     XCom (keys): ``dataset_id``, ``schema_id``, ``field_group_id``.
     """
 
@@ -181,8 +282,9 @@ class EnsureCjaDatasetOperator(AdobeBaseOperator):
 
     def __init__(self, *, kind: Literal["profile", "events"], tenant: str, dataset_name: str, schema_title: str,
                  field_group_title: str, identity_namespace: str = "Email",
-                 output_fields: dict[str, str] | None = None, **kwargs: Any) -> None:
+                 output_fields: dict[str, str] | None = None, job_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.job_id = job_id
         if kind not in ("profile", "events"):
             raise ValueError(f"kind must be 'profile' or 'events', not {kind!r}")
         self.kind = kind
@@ -212,6 +314,8 @@ class EnsureCjaDatasetOperator(AdobeBaseOperator):
             accepted_schema_ids=tuple(i for i in (schema.alt_id,) if i),
             description=f"AEP audience {'memberships' if self.kind == 'profile' else 'entries and exits'} for "
                         f"Customer Journey Analytics (airflow-cja-audiences)")
+        if self.job_id:
+            _refuse_other_jobs(self.hook(hooks.catalog.CatalogHook), dataset.id, self.dataset_name, self.job_id)
         result = {"dataset_id": dataset.id, "schema_id": schema.id, "field_group_id": group.id}
         push_dataset_link(context, registry.settings, dataset.id)
         self.log_retries()

@@ -25,6 +25,18 @@ Control
                                     reflects exactly that instant), ``false`` to let it run again
                                     (emulator time = real time + offset; data time only, see clock.py)
   ``POST   /emulator/memberships``  ``{"profile_index": 7, "audience_id": "...", "member": false, "at": "..."}``
+  ``PATCH  /emulator/audiences/{id}``  ``{"name": "New name"}``: rename an audience as a user would in
+                                    the AEP UI (its ``updateTime`` moves to the emulator's now; another
+                                    live audience's name is refused, 409). 404 when unknown or deleted.
+  ``DELETE /emulator/audiences/{id}``  delete an audience: from then on ``GET /audiences/{id}`` answers
+                                    404 with AEP's "audience entity ... is not found" body (the same
+                                    as for an id that never existed), ``GET /audiences`` and
+                                    ``/segment/definitions/{id}`` no longer show it, and a new export
+                                    job naming it fails with 400 on ``filter.segments[i].segmentId``
+                                    (a guess, see rest/segmentation.py). Export jobs created before
+                                    keep running; exported profiles keep the membership rows (AEP's
+                                    purge of them is not modelled). ``POST /emulator/reset`` undoes
+                                    renames and deletions.
   ``GET|POST /emulator/knobs``      ``{"token_lifetime": 5, "export_job_seconds": 0.5, "batch_seconds": 0.2,
                                     "cja_rate_limit": true, "export_job_failures": 1,
                                     "export_batch_failures": 1, "ingestion_failures": 1,
@@ -245,6 +257,28 @@ def memberships(call: Call) -> Response:
                "intervals": [{"enter": iso_s(e), "exit": iso_s(x)} for e, x in intervals]})
 
 
+def audience(call: Call) -> Response:
+    audience_id = call.path_params["id"]
+    state = call.state
+    if call.method == "DELETE":
+        try:
+            state.delete_audience(audience_id)
+        except KeyError as exc:
+            raise AdminError(404, str(exc).strip("'\"")) from None
+        return ok({"id": audience_id, "deleted": True})
+    body = _body(call)
+    name = body.get("name")
+    if not isinstance(name, str) or set(body) != {"name"}:
+        raise AdminError(400, 'give {"name": "<new name>"} (only the name can be changed)')
+    try:
+        renamed = state.rename_audience(audience_id, name)
+    except KeyError as exc:
+        raise AdminError(404, str(exc).strip("'\"")) from None
+    except ValueError as exc:
+        raise AdminError(409 if "already named" in str(exc) else 400, str(exc)) from None
+    return ok({"id": renamed.id, "name": renamed.name, "updateTime": state.audience_updated_ms(renamed.id)})
+
+
 def iso_s(seconds: int | None) -> str | None:
     return None if seconds is None else iso(datetime.fromtimestamp(seconds, tz=timezone.utc))
 
@@ -327,6 +361,7 @@ ENDPOINTS = [
     _ep("GET", "/truth/profiles/{index}", "truth_profile", truth_profile, locked=False),
     _ep(("GET", "POST"), "/clock", "clock", clock, body=True),
     _ep("POST", "/memberships", "memberships", memberships, body=True, locked=False),
+    _ep(("PATCH", "DELETE"), "/audiences/{id}", "audience", audience, body=True),
     _ep(("GET", "POST"), "/knobs", "knobs", knobs, body=True),
     _ep(("GET", "POST", "DELETE"), "/faults", "faults", faults, body=True),
     _ep("POST", "/reset", "reset", reset, locked=False),

@@ -14,6 +14,7 @@ from airflow_cja_audiences.emulator.errors import ServiceError
 from airflow_cja_audiences.emulator.filters import FilterError, apply_property_filters, sort_items
 from airflow_cja_audiences.emulator.memberships import DAY
 from airflow_cja_audiences.emulator.rest.common import Body, Call, Endpoint, ok
+from airflow_cja_audiences.emulator.rest.errors import HttpError
 from airflow_cja_audiences.emulator.settings import AudienceSpec
 
 log = logging.getLogger("airflow_cja_audiences.emulator.segmentation")
@@ -29,6 +30,7 @@ def audience_json(call: Call, aud: AudienceSpec) -> dict:
     """An audience as ``GET /audiences`` shows it (also the segment definition's fields)."""
     sandbox, settings = call.sandbox, call.state.settings
     created_ms = (call.state.timeline.anchor - 200 * DAY) * 1000
+    updated_ms = call.state.audience_updated_ms(aud.id) or created_ms
     # The emulator's memberships are synthetic timelines, not evaluated rules; the PQL says so.
     pql = f'_{settings.tenant}.emulator.syntheticAudience = "{aud.id}"'
     return {
@@ -43,23 +45,37 @@ def audience_json(call: Call, aud: AudienceSpec) -> dict:
         "dataGovernancePolicy": {"excludeOptOut": True},
         "definedOn": [{"meta:resourceType": "unions", "meta:containerId": "tenant", "$ref": xdm.UNION_ID}],
         "labels": [], "dependents": [], "dependencies": [], "ttlInDays": 30,
-        "creationTime": created_ms, "updateTime": created_ms, "createEpoch": created_ms // 1000,
-        "updateEpoch": created_ms // 1000,
+        "creationTime": created_ms, "updateTime": updated_ms, "createEpoch": created_ms // 1000,
+        "updateEpoch": updated_ms // 1000,
         "_etag": '"' + hashlib.sha1(f"{aud.id}{aud.name}".encode()).hexdigest()[:16] + '"',
     }
 
 
+def audience_not_found(call: Call, audience_id: str) -> HttpError:
+    """``GET /audiences/{id}`` of an unknown *or deleted* audience: the spec's own 404 example
+    (segmentation.json, "Audience not found"). AEP answers a deleted audience exactly like one that
+    never existed (reference 4.3: DELETE 204, then GET 404), so a client cannot tell them apart from
+    this answer alone."""
+    message = f"The audience entity {audience_id} is not found. Use a valid entity and try again."
+    return HttpError(404, {"requestId": call.request_id, "errors": {"404": [{"code": 404, "message": message}]},
+                           "type": "https://ns.adobe.com/aep/errors/UPAPI-113430-404", "title": message,
+                           "status": 404})
+
+
 def _audience(call: Call, audience_id: str, what: str = "Audience") -> AudienceSpec:
-    for aud in call.state.audiences:
-        if aud.id == audience_id:
-            return aud
+    # Deleted audiences are gone from every Segmentation answer (list, get, segment definition).
+    aud = call.state.live_audience(audience_id)
+    if aud is not None:
+        return aud
+    if what == "Audience":
+        raise audience_not_found(call, audience_id)
     raise error(404, 1404, f"{what} {audience_id} was not found", "Not found")
 
 
 def list_audiences(call: Call) -> Response:
     start = call.int_param("start", 0, service="UPS")
     limit = call.int_param("limit", 20, minimum=1, maximum=100, service="UPS")
-    items = [audience_json(call, a) for a in call.state.audiences]
+    items = [audience_json(call, a) for a in call.state.live_audiences()]
     try:
         items = apply_property_filters(items, call.query.getlist("property"))
         for key in ("name", "description"):
@@ -106,8 +122,11 @@ def _dataset_kind(call: Call):
 
 
 def create_export_job(call: Call) -> Response:
+    # A new job naming a deleted audience fails like one naming an id that never existed (400 naming
+    # filter.segments[i].segmentId). Guess: the reference does not say what AEP answers here; the
+    # other plausible answer, a job that SUCCEEDS with no rows for that segment, would hide the problem.
     request = exports.validate_request(
-        call.json(), audience_ids={a.id for a in call.state.audiences}, dataset_kind=_dataset_kind(call),
+        call.json(), audience_ids={a.id for a in call.state.live_audiences()}, dataset_kind=_dataset_kind(call),
         tree=synthetic.profile_field_tree(call.state.settings.tenant), merge_policy_id=call.sandbox.merge_policy_id)
     job = lifecycle.create_export_job(call.state, call.sandbox, request, call.request_id)
     log.info("export job %s created in %s for %d segment(s) into dataset %s", job.id, call.sandbox.name,
