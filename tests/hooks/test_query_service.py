@@ -128,14 +128,17 @@ def test_too_many_rows_are_cut_like_production_and_partitions_fit(audiences, mon
 
 
 def test_change_counts_between_two_exports_equal_ground_truth(emu, audiences):
-    """Members, entered and exited per audience between two snapshots, counted by Query Service."""
+    """Per audience between two exports, counted by Query Service: members; entered (and those of
+    them AEP no longer shows as realized); exited (proven by an exited status); untraced (absent)."""
     wanted = audiences[:4]
-    _, first_batch = _export(wanted)
+    everything = ("realized", "existing", "exited")
+    _, first_batch = _export(wanted, everything)
     before = _truth(emu, wanted)
     emu.admin.advance_clock(3 * 86_400)
     try:
-        table, second_batch = _export(wanted)
+        table, second_batch = _export(wanted, everything)
         after = _truth(emu, wanted)
+        exited_now = {(r["email"], r["audience_id"]) for r in emu.admin.snapshot(wanted, ["exited"])}
     finally:
         emu.admin.advance_clock(-3 * 86_400)
     q = sql.build_membership_query(_job(wanted), table=table, batch_id=second_batch)
@@ -143,10 +146,16 @@ def test_change_counts_between_two_exports_equal_ground_truth(emu, audiences):
     got = {r[0]: tuple(int(x) for x in r[1:]) for r in rows}
     old = {(e, a) for e, a, _, _ in before}
     new = {(e, a) for e, a, _, _ in after}
-    expected = {a: (sum(1 for _, x in new if x == a), sum(1 for _, x in new - old if x == a),
-                    sum(1 for _, x in old - new if x == a)) for a in wanted}
-    assert {a: got.get(a, (0, 0, 0)) for a in wanted} == expected
-    assert any(v[1] or v[2] for v in expected.values())  # the clock move really changed memberships
+    status_now = {(e, a): s for e, a, s, _ in after}
+
+    def per(audience: str, pairs: set) -> int:
+        return sum(1 for _, x in pairs if x == audience)
+
+    expected = {a: (per(a, new), per(a, new - old), per(a, {p for p in new - old if status_now[p] == "existing"}),
+                    per(a, (old - new) & exited_now), per(a, (old - new) - exited_now)) for a in wanted}
+    assert {a: got.get(a, (0, 0, 0, 0, 0)) for a in wanted} == expected
+    assert any(v[1] and v[3] for v in expected.values())  # the clock move really changed memberships
+    assert any(v[2] for v in expected.values())  # and 3 days turn some entries existing: untimed
 
 
 def test_query_service_faults_hold_fail_or_drop_a_statement(emu):
