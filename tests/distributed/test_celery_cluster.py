@@ -102,17 +102,21 @@ def _check_snapshot(dep) -> str:
 
 
 def _check_interval_events(dep, start: str, end: str) -> tuple[str, int]:
-    """Exactly one live events batch for [start, end), and the dataset's events in that interval are
+    """Exactly one live events batch covering [start, end) (its own, or the hull of intervals that
+    overlapped it), and the dataset's events in that interval are
     true transitions at their true times, none twice, and every one AEP's exports showed (see
     ``JobView.check_events``). Returns (batch, n)."""
     view = _view(dep)
     dataset = view.dataset_id(_names(dep).event_dataset)
-    scope = interval_scope(start, end)
-    live = [b for b in view.live_batches(dataset, "events") if b.label.scope == scope]
+    day = (_when(start), _when(end))
+    live = [b for b in view.live_batches(dataset, "events")
+            if b.label.interval[0] < day[1] and day[0] < b.label.interval[1]]  # overlapping: at most one
+    if live:
+        assert live[0].label.interval[0] <= day[0] and day[1] <= live[0].label.interval[1], live
     records = view.check_events(dataset, start, end, exact=False, export_dataset_name=_names(dep).export_dataset)
-    if not records:  # an interval without changes publishes nothing (no batch)
-        assert not live, f"[{start}, {end}): no records, but live batches {live}"
-        return "", 0
+    if not records:  # an interval without changes publishes no batch of its own (a hull may cover it)
+        assert not live or live[0].label.interval != day, f"[{start}, {end}): no records, but live batches {live}"
+        return (live[0].id if live else ""), 0
     assert len(live) == 1, f"[{start}, {end}): expected one live events batch, got {[b.id for b in live]}"
     return live[0].id, sum(records.values())
 
@@ -223,6 +227,14 @@ def test_backfill_seven_days_fills_events_and_keeps_the_snapshot(dep):
     end = _when(dep.facts["scheduled_interval"][0])  # backfill intervals end before the scheduled one
     starts = [end - timedelta(days=d) for d in BACKFILL_DAYS_AGO]
     from_date, to_date = starts[0].date().isoformat(), (starts[-1] + timedelta(days=1)).date().isoformat()
+    # A manual run first publishes one events interval over two of the days the backfill will cover:
+    # those two backfill runs widen theirs to it, contend for it (at most one publishes at a time) and
+    # leave each event once.
+    covered = (_iso(end - timedelta(days=30)), _iso(end - timedelta(days=28)))
+    manual = cluster.trigger(dep.dag_id, conf={"events_interval_start": covered[0],
+                                               "events_interval_end": covered[1], "publish_snapshot": False})
+    assert cluster.wait_for_run(dep.dag_id, manual, timeout=240) == "success"
+    manual_batch, manual_events = _check_interval_events(dep, *covered)
     # Slow exports during the backfill, so its 7 runs' waits overlap: more deferred tasks than worker slots.
     dep.emu.admin.knobs(export_job_seconds=20)
     started = time.monotonic()
@@ -261,6 +273,12 @@ def test_backfill_seven_days_fills_events_and_keeps_the_snapshot(dep):
         warned = RETENTION_WARNING in plan_log and f"[{start}, {end_})" in plan_log
         assert warned == old, f"{run_id}: retention warning {'missing' if old else 'unexpected'}:\n{plan_log[-3000:]}"
     assert sum(totals.values()) > 0, "the backfill published no events at all"
+    events_ds = view.dataset_id(_names(dep).event_dataset)
+    hull = [b for b in view.live_batches(events_ds, "events") if b.label.scope == interval_scope(*covered)]
+    if manual_events:  # the manual interval's batch was replaced by one covering the same hull, once
+        assert len(hull) == 1 and hull[0].id != manual_batch, (hull, manual_batch)
+    covered_runs = [r for s_, _, r in intervals if covered[0] <= s_ < covered[1]]
+    gave_way = [r for r in covered_runs if "trying again at" in cluster.task_log(dep.dag_id, r, "prepare_events")]
     assert (view.live_batches(profile_ds, "snapshot"), view.snapshot_records(profile_ds)) == snapshot_before, \
         "the backfill changed the profile snapshot"
 
@@ -273,7 +291,9 @@ def test_backfill_seven_days_fills_events_and_keeps_the_snapshot(dep):
     warned = [s[:10] for s, _, r in intervals if RETENTION_WARNING in cluster.task_log(dep.dag_id, r, "plan_run")]
     dep.facts["backfill_events"] = totals
     print(f"\n[distributed] backfill {from_date}..{to_date}: 7 runs in {elapsed:.0f} s; events per interval {totals}; "
-          f"retention warning for {warned}; up to {overlap} deferred tasks waited at once with {slots} worker slots; "
+          f"retention warning for {warned}; manual interval {covered} ({manual_events} events) re-published once by "
+          f"the backfill runs over it ({len(gave_way)} of {len(covered_runs)} gave way to the other first); "
+          f"up to {overlap} deferred tasks waited at once with {slots} worker slots; "
           f"task instances per worker: {per_worker}")
 
 
