@@ -262,6 +262,17 @@ def _is_transient(exc: BaseException, idempotent: bool) -> bool:
     return False
 
 
+def _not_processed(exc: AepError, route: str) -> bool:
+    """True when ``exc`` proves the create request itself (``route``) was not processed: throttled, or
+    the connection failed before sending. Anything else (a 5xx, a reset, another request of the create
+    failing afterwards) leaves the create's fate unknown, so a look-up comes before trying again."""
+    if exc.__dict__.get(_ROUTE_ATTR) != route:
+        return False
+    if isinstance(exc, AepApiError):
+        return exc.status == 429
+    return isinstance(exc, AepTransportError) and not exc.ambiguous
+
+
 def retry_wait(error: BaseException | None, failures: int, initial: float, maximum: float) -> float:
     """Seconds before the next try: ``Retry-After`` clamped to [initial, maximum] (a hostile 0 does not
     busy-loop, a hostile 1e9 does not sleep for hours), else exponential backoff with jitter."""
@@ -591,7 +602,6 @@ class AdobePlatformHook(BaseHook):
         session = requests.Session()
         session.verify = self.settings.verify  # the CA bundle or the system store; never False
         session.trust_env = False  # no proxies or CA overrides from the environment behind our back
-        session.max_redirects = 0  # belt and braces: every request also says allow_redirects=False
         adapter = _WatchedAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
         session.mount("https://", adapter)
         return session
@@ -780,7 +790,7 @@ class AdobePlatformHook(BaseHook):
             try:
                 return create()
             except AepError as exc:
-                unsure = _is_transient(exc, idempotent=True)
+                unsure = _is_transient(exc, idempotent=True) and not _not_processed(exc, route)
                 raise
 
         return self._run(route, True, attempt)

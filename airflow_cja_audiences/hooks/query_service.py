@@ -53,6 +53,16 @@ class QueryServiceError(AepError):
         return self.sqlstate == ROW_LIMIT_SQLSTATE
 
 
+class _QueryServiceConnection(Connection):
+    """The derived Postgres connection; its password is an access token, so repr/str never show it."""
+
+    def __repr__(self) -> str:
+        return (f"Connection(conn_id={self.conn_id!r}, conn_type={self.conn_type!r}, host={self.host!r}, "
+                f"port={self.port!r}, schema={self.schema!r}, login={self.login!r}, password='***')")
+
+    __str__ = __repr__
+
+
 class QueryServiceHook(PostgresHook):
     """PostgresHook for AEP Query Service built from an ``adobe_experience_platform`` connection.
 
@@ -71,6 +81,10 @@ class QueryServiceHook(PostgresHook):
         self.adobe_conn_id = adobe_conn_id
         self.sandbox_override = sandbox
         self._platform_hook = platform_hook
+
+    def __repr__(self) -> str:
+        sandbox = f", sandbox={self.sandbox_override!r}" if self.sandbox_override else ""
+        return f"{type(self).__name__}(adobe_conn_id={self.adobe_conn_id!r}{sandbox})"
 
     @cached_property
     def platform(self) -> AdobePlatformHook:
@@ -100,7 +114,7 @@ class QueryServiceHook(PostgresHook):
         # verify-full: TLS *and* certificate/host checks (Adobe's docs say 'require', which checks nothing).
         extra = {"sslmode": "verify-full", "sslrootcert": s.ca_bundle or "system",
                  "application_name": "airflow-cja-audiences", "connect_timeout": 30, "gssencmode": "disable"}
-        return Connection(conn_id=f"{self.adobe_conn_id}__query_service", conn_type="postgres", host=host,
+        return _QueryServiceConnection(conn_id=f"{self.adobe_conn_id}__query_service", conn_type="postgres", host=host,
                           port=port, login=s.org_id, password=token, schema=database, extra=json.dumps(extra))
 
     @connection.setter
