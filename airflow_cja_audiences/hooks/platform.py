@@ -195,7 +195,9 @@ def _deadline_error(call: _Call, method: str, url: str) -> AepDeadlineError:
 
 class _Watch:
     """Shuts the socket of one sync request down when the call deadline passes (a drip never trips
-    ``requests``' per-read timeout). Attached by the connection when the request goes out."""
+    ``requests``' per-read timeout). Attached by the connection when the request goes out; connecting
+    and the TLS handshake before that are bounded as a whole by the connect timeout, which is never
+    longer than what is left of the deadline (CPython applies a socket timeout to the whole handshake)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -213,6 +215,10 @@ class _Watch:
             self.expired = True
             if self._sock is not None:
                 _shutdown(self._sock)
+
+    def close(self) -> None:
+        with self._lock:
+            self._sock = None
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -652,6 +658,7 @@ class AdobePlatformHook(BaseHook):
         finally:
             timer.cancel()
             _WATCH.current = None
+            watch.close()
             if handle is not None:
                 handle.close()
             if response is not None and not done:

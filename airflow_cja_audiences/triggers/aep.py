@@ -74,7 +74,7 @@ class _AepPollingTrigger(BaseTrigger):
             raise
         except AepError as exc:
             event = self._error_event(str(exc))
-        except Exception as exc:  # noqa: BLE001 - nothing may escape run(); say what it was
+        except Exception as exc:
             self.log.exception("%s: unexpected failure while waiting", self._what)
             event = self._error_event(_describe(exc))
         yield event
@@ -109,10 +109,8 @@ class _AepPollingTrigger(BaseTrigger):
 
 def _describe(exc: BaseException) -> str:
     """A short, clear message for a failure that is not one of ours (e.g. an answer of the wrong shape)."""
-    try:
-        from pydantic import ValidationError
-    except ImportError:  # pragma: no cover - pydantic is a dependency
-        ValidationError = ()  # type: ignore[assignment,misc]  # noqa: N806
+    from pydantic import ValidationError
+
     if isinstance(exc, ValidationError):
         fields = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5])
         return (f"Adobe's answer does not have the documented shape ({exc.error_count()} problem(s): {fields}); "

@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # server (tests use importlib mode)
 
-from server import HostileSite, start_site  # noqa: E402
+from server import HostileSite, start_site
 
 # Retry waits short enough for a suite, long enough to be real waits.
 FAST = {"initial_retry_wait": 0.02, "max_retry_wait": 0.1}

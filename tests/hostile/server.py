@@ -13,6 +13,7 @@ headers, body) so a test can count calls and check what was sent where.
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import tempfile
 import threading
@@ -73,7 +74,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep the tests' output clean
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _handle(self) -> None:
@@ -239,3 +240,47 @@ def start_site(directory: Path | None = None) -> HostileSite:
                        plain=HostileServer(tls_files=None), ca_bundle=str(files.ca_bundle))
 
 
+
+
+class HandshakeDripServer:
+    """A TCP server that answers a TLS ClientHello with one byte every ``interval`` seconds, so a
+    client's handshake never completes while each read returns in time (per-read timeouts never fire)."""
+
+    def __init__(self, *, interval: float = 0.3, limit_seconds: float = 60.0) -> None:
+        self.interval, self.limit_seconds = interval, limit_seconds
+        self.stop_event = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.url = f"https://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.connections = 0
+        self._thread = threading.Thread(target=self._serve, name="hostile-handshake-drip", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.connections += 1
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        # A TLS handshake record header, then its body a byte at a time.
+        record = b"\x16\x03\x03\x40\x00" + b"\x02" * 0x4000
+        waited = 0.0
+        with conn:
+            try:
+                conn.recv(4096)  # the ClientHello
+                for byte in record:
+                    if waited >= self.limit_seconds or self.stop_event.wait(self.interval):
+                        return
+                    waited += self.interval
+                    conn.sendall(bytes([byte]))
+            except OSError:
+                return  # the client gave up
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self._thread.join(timeout=5)
+        self._listener.close()

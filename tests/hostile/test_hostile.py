@@ -201,6 +201,22 @@ def test_silent_server_ends_at_the_call_deadline(site: HostileSite, connect, pat
 
 
 @pytest.mark.parametrize("path", PATHS)
+def test_tls_handshake_that_drips_ends_at_the_call_deadline(connect, path):
+    """Each handshake read returns within the per-read timeout; the handshake as a whole may not."""
+    from server import HandshakeDripServer
+
+    slow = HandshakeDripServer(interval=0.3)
+    try:
+        connect(ims_url=slow.url, timeout=30, call_deadline=1.5)
+        error, seconds = timed(get_token(path, max_attempts=3))
+        assert isinstance(error, AepDeadlineError), error
+        assert seconds < 1.5 + SLACK
+        assert slow.connections == 1  # the deadline ends the call: no second connection
+    finally:
+        slow.close()
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_deadline_bounds_retries_and_their_waits(site: HostileSite, connect, path):
     """20 attempts with a huge Retry-After: the deadline, not the attempts, ends the call."""
     connect(call_deadline=2)

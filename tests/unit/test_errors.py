@@ -6,7 +6,12 @@ from email.utils import formatdate
 
 import pytest
 
-from airflow_cja_audiences.errors import AepRedirectError, api_error_from_response, parse_retry_after, redirect_error
+from airflow_cja_audiences.errors import (
+    AepRedirectError,
+    api_error_from_response,
+    parse_retry_after,
+    redirect_error,
+)
 
 
 @pytest.mark.parametrize("raw, expected", [("3", 3.0), ("0", 0.0), ("1.5", 1.5), (" 7 ", 7.0), ("1e9", 1e9)])
