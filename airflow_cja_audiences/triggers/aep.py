@@ -75,8 +75,13 @@ class _AepPollingTrigger(BaseTrigger):
         except AepError as exc:
             event = self._error_event(str(exc))
         except Exception as exc:
-            self.log.exception("%s: unexpected failure while waiting", self._what)
+            from pydantic import ValidationError
+
             event = self._error_event(_describe(exc))
+            if isinstance(exc, ValidationError):  # a bad answer, not a bug: the message says it all
+                self.log.error("%s", event.payload["message"])
+            else:
+                self.log.exception("%s: unexpected failure while waiting", self._what)
         yield event
 
     def _error_event(self, message: str) -> TriggerEvent:

@@ -96,3 +96,26 @@ async def test_trigger_still_succeeds_after_a_hostile_answer_is_retried(site: Ho
     site.adobe.script = platform(answer)
     (event,) = await events(batch_trigger(attempts=3))  # token, the 503, the retry
     assert event["status"] == "success" and event["batch_id"] == "b1"
+
+
+@pytest.mark.asyncio
+async def test_unexpected_exception_is_one_error_event_and_cancellation_is_not(site: HostileSite, connect,
+                                                                               monkeypatch):
+    from airflow_cja_audiences.hooks.catalog import CatalogHook
+
+    async def broken(self, batch_id):
+        raise KeyError("relatedObjects")
+
+    monkeypatch.setattr(CatalogHook, "aget_batch", broken)
+    (event,) = await events(batch_trigger())
+    assert event["status"] == "error" and "unexpected KeyError: 'relatedObjects'" in event["message"]
+
+    async def hangs(self, batch_id):
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(CatalogHook, "aget_batch", hangs)
+    task = asyncio.ensure_future(events(batch_trigger()))
+    await asyncio.sleep(0)  # let it start (first-poll spread, then the hanging poll)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task  # the triggerer cancelling a trigger gets no event, it gets its cancellation back
