@@ -138,9 +138,10 @@ class QueryServiceHook(PostgresHook):
         """
         from airflow_cja_audiences.transform import prefetch_batches
 
-        conn = self.get_conn()
+        conn = _unchained(self.get_conn, "(connecting)")
         try:
             with conn.cursor(name=f"cja_{uuid.uuid4().hex[:12]}") as cursor:
+                error: Exception | None = None
                 try:
                     cursor.execute(sql)
                     if prefetch > 0:
@@ -149,7 +150,9 @@ class QueryServiceHook(PostgresHook):
                         while batch := cursor.fetchmany(batch_size):
                             yield batch
                 except Exception as exc:
-                    raise _wrap(exc, sql) from None
+                    error = _wrap(exc, sql)
+                if error is not None:
+                    raise error  # outside the except block: see _unchained
             conn.rollback()  # read-only; ends the cursor's transaction
         finally:
             conn.close()
@@ -157,13 +160,19 @@ class QueryServiceHook(PostgresHook):
     def query_all(self, sql: str) -> list[tuple[Any, ...]]:
         """Run a statement whose result is small (counts, aggregates) and return its rows
         (again on a new connection after a transient error)."""
-        def attempt() -> list[tuple[Any, ...]]:
-            try:
-                return [tuple(r) for r in self.get_records(sql)]
-            except Exception as exc:
-                raise _wrap(exc, sql) from None
+        return self.retrying(lambda: [tuple(r) for r in _unchained(lambda: self.get_records(sql), sql)])
 
-        return self.retrying(attempt)
+
+def _unchained(work: Callable[[], T], sql: str) -> T:
+    """Run ``work``; a driver error becomes a :class:`QueryServiceError` raised *outside* the except block,
+    so the driver's exception is not its ``__context__``: psycopg's error for a failed connection
+    attempt holds the libpq connection, whose ``password`` is the IMS access token."""
+    error: Exception | None = None
+    try:
+        return work()
+    except Exception as exc:
+        error = _wrap(exc, sql)
+    raise error
 
 
 def _wrap(exc: Exception, sql: str) -> Exception:

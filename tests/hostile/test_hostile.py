@@ -126,6 +126,19 @@ def test_failing_ims_is_called_max_attempts_times(site: HostileSite, connect, pa
 
 
 @pytest.mark.parametrize("path", PATHS)
+def test_hanging_ims_is_called_max_attempts_times(site: HostileSite, connect, path):
+    """Before: IMS not answering cost max_attempts squared timeouts (8 x 8 x 60 s, about 70 min with
+    the defaults); now max_attempts timeouts, and never more than the call deadline."""
+    connect(timeout=0.5, call_deadline=30)
+    site.adobe.script = lambda r: site.adobe.hang(r, limit_seconds=5)
+    _, call = get_batch(path, max_attempts=3)
+    error, seconds = timed(call)
+    assert isinstance(error, AepTransportError) and not isinstance(error, AepDeadlineError), error
+    assert site.adobe.calls(IMS_PATH) == 3
+    assert seconds < 3 * 0.5 + 2 * FAST["max_retry_wait"] + SLACK
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_failing_read_with_cold_token_stays_within_max_attempts(site: HostileSite, connect, path):
     site.adobe.script = platform(lambda r: Reply(503, {"error_code": "503000", "message": "unavailable"}))
     hook, call = get_batch(path, max_attempts=4)
@@ -447,3 +460,16 @@ def test_reprs_show_no_secret_or_token(site: HostileSite, connect):
                  f"{connection}"):
         assert TOKEN not in text and CLIENT_SECRET not in text, text
     assert "adobe_conn_id=" in repr(hook) and "password='***'" in repr(connection)
+
+
+@pytest.mark.parametrize("how", ["query_all", "stream"])
+def test_query_service_connection_error_does_not_carry_the_token(site: HostileSite, connect, how):
+    """psycopg's error for a failed connection attempt holds the libpq connection, password (the access
+    token) included; what the hook raises must not chain it."""
+    from airflow_cja_audiences.hooks.query_service import QueryServiceError, QueryServiceHook
+
+    connect(query_service_host="127.0.0.1", query_service_port=9)  # nothing listens there
+    hook = QueryServiceHook(platform_hook=AdobePlatformHook(max_attempts=1))
+    with pytest.raises(QueryServiceError, match="Query Service error") as info:
+        hook.query_all("SELECT 1") if how == "query_all" else list(hook.stream("SELECT 1"))
+    _assert_clean(info.value)
