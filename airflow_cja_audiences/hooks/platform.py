@@ -399,10 +399,12 @@ class AdobePlatformHook(BaseHook):
                                             ("org_id", "extra 'org_id' (IMS org ID)")) if not values[key]]
         if missing:
             raise AepConfigError(f"Airflow connection {conn.conn_id!r} is missing {', '.join(missing)}")
+        message = ""
         try:
             return AdobeConnectionSettings.model_validate(values)
-        except ValueError as exc:  # pydantic names the field; keep the secret out of the message
-            raise AepConfigError(f"Airflow connection {conn.conn_id!r} is invalid: {exc}") from None
+        except ValueError as exc:  # pydantic names the field (a SecretStr never shows the secret)
+            message = f"Airflow connection {conn.conn_id!r} is invalid: {exc}"
+        raise AepConfigError(message)  # unchained: pydantic's error holds the values it was given
 
     @cached_property
     def settings(self) -> AdobeConnectionSettings:

@@ -473,3 +473,14 @@ def test_query_service_connection_error_does_not_carry_the_token(site: HostileSi
     with pytest.raises(QueryServiceError, match="Query Service error") as info:
         hook.query_all("SELECT 1") if how == "query_all" else list(hook.stream("SELECT 1"))
     _assert_clean(info.value)
+
+
+@pytest.mark.parametrize("extra", [{"call_deadline": "nan"}, {"call_deadline": 0}, {"max_response_bytes": -1},
+                                   {"max_pages": 0}, {"timeout": "inf"}])
+def test_bad_limits_in_the_connection_name_the_field(site: HostileSite, connect, extra):
+    from airflow_cja_audiences.errors import AepConfigError
+
+    connect(**extra)
+    with pytest.raises(AepConfigError, match=next(iter(extra))) as info:
+        AdobePlatformHook().settings
+    _assert_clean(info.value)
