@@ -148,6 +148,19 @@ def test_failing_read_with_cold_token_stays_within_max_attempts(site: HostileSit
     assert hook.retry_counts == {"catalog.get_batch": 2}
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_api_that_always_answers_401_gets_one_token_refresh(site: HostileSite, connect, path):
+    """A 401 replaces the token once per call, inside the budget: max_attempts + 1 requests at most
+    (the resend is the request the refreshed token is for), and the auth error is final."""
+    from airflow_cja_audiences.errors import AepAuthError
+
+    site.adobe.script = platform(lambda r: Reply(401, {"error_code": "401013", "message": "Oauth token is not valid"}))
+    _, call = get_batch(path, max_attempts=3)
+    with pytest.raises(AepAuthError, match="401013"):
+        call()
+    assert site.adobe.calls(IMS_PATH) == 2 and site.adobe.calls(BATCH) == 2
+
+
 @pytest.mark.parametrize("status, posts", [(429, 3), (500, 2)])
 def test_create_sends_at_most_max_attempts_requests(site: HostileSite, connect, status, posts):
     """Before: create_once wrapped a call that retried itself (3 attempts -> 9 POSTs of one create).
