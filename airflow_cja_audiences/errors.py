@@ -9,9 +9,14 @@ a failure message always says what Adobe said, and the request id to quote to Ad
 from __future__ import annotations
 
 import json
+import math
+import time
+from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 _MAX_BODY_CHARS = 2000
+_MAX_LOCATION_CHARS = 300
 
 
 class AepError(Exception):
@@ -32,6 +37,28 @@ class AepTransportError(AepError):
         # True when the request may have reached the server (reset or read timeout), so a
         # non-idempotent call must be reconciled before it is sent again.
         self.ambiguous = ambiguous
+
+
+class AepDeadlineError(AepTransportError):
+    """The call's wall-clock deadline (connection extra ``call_deadline``) passed: no more tries.
+
+    The hook never retries it (the deadline bounds the call, retries included); a task retry may.
+    """
+
+
+class AepResponseError(AepError):
+    """Adobe's answer is not what the API documents: not JSON, the wrong shape, an unusable IMS token.
+
+    Usually something else answered (a proxy, a captive portal, a gateway); retrying will not help.
+    """
+
+
+class AepResponseTooLargeError(AepResponseError):
+    """The answer is larger than the connection's ``max_response_bytes``; it was not read into memory."""
+
+
+class AepPagingError(AepResponseError):
+    """A list did not end: more pages than ``max_pages``, or the next page was one already read."""
 
 
 class AepApiError(AepError):
@@ -99,6 +126,35 @@ class AepNotImplementedError(AepApiError):
     """501: a call the Adobe API (or the emulator) does not offer."""
 
 
+class AepRedirectError(AepApiError):
+    """3xx: redirects are never followed (they would carry credentials to wherever they point)."""
+
+
+def _shown_location(url: str, location: str | None) -> str:
+    """The redirect target as scheme://host/path (no user info, query or fragment), bounded in length."""
+    if not location:
+        return "(no Location header)"
+    try:
+        parts = urlsplit(urljoin(url, location.strip()))
+        shown = urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))
+        if parts.port:
+            shown = urlunsplit((parts.scheme, f"{parts.hostname}:{parts.port}", parts.path, "", ""))
+    except ValueError:
+        shown = "(an unparsable Location)"
+    return shown if len(shown) <= _MAX_LOCATION_CHARS else shown[:_MAX_LOCATION_CHARS] + "..."
+
+
+def redirect_error(*, status: int, method: str, url: str, location: str | None,
+                   request_id: str | None = None) -> AepRedirectError:
+    """The error for a 3xx answer: names the status and where it pointed; nothing was sent there."""
+    target = _shown_location(url, location)
+    message = (f"redirect to {target} refused (redirects are never followed, so neither credentials nor "
+               f"request bodies travel to another URL). Something other than Adobe answered: check the "
+               f"connection's base URLs, or a proxy or captive portal on the way")
+    return AepRedirectError(status=status, method=method, url=url, code=None, message=message,
+                            body=None, request_id=request_id)
+
+
 def _error_class(status: int) -> type[AepApiError]:
     if status == 429:
         return AepRateLimitError
@@ -150,12 +206,32 @@ def api_error_from_response(*, status: int, method: str, url: str, text: str,
         if isinstance(report, dict):
             request_id = report.get("requestId") or report.get("x-request-id")
         request_id = request_id or body.get("requestId")
-    retry_after = None
-    raw_retry = headers.get("Retry-After") or headers.get("retry-after")
-    if raw_retry:
-        try:
-            retry_after = max(0.0, float(raw_retry))
-        except ValueError:
-            retry_after = None  # an HTTP-date; fall back to exponential backoff
+    retry_after = parse_retry_after(headers.get("Retry-After") or headers.get("retry-after"))
     return _error_class(status)(status=status, method=method, url=url, code=code, message=message,
                                 body=body, request_id=request_id, retry_after=retry_after)
+
+
+def parse_retry_after(raw: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP-date), or None.
+
+    None (the caller backs off exponentially) for anything that is not a finite, non-negative delay:
+    ``nan``, ``inf``, negative numbers, garbage. The caller clamps what it gets between its shortest
+    and longest wait, so a hostile ``0`` or ``1e9`` neither busy-loops nor sleeps for hours.
+    """
+    if raw is None or not str(raw).strip():
+        return None
+    text = str(raw).strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None or when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+        seconds = max(0.0, seconds)  # a date in the past means "now"
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds

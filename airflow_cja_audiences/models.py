@@ -44,7 +44,14 @@ class AdobeConnectionSettings(BaseModel):
     query_service_port: int | None = None
     query_service_database: str | None = None
     ca_bundle: str | None = None
-    timeout: float = 60.0
+    # Per request: connect/read timeout (seconds; the whole exchange on the async path).
+    timeout: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    # Per call: wall-clock bound on everything one call does (token fetch, retries, waits, body read).
+    call_deadline: float = Field(default=600.0, gt=0, allow_inf_nan=False)
+    # Largest answer read into memory; a larger one fails the call instead of growing the process.
+    max_response_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    # Longest list a list call reads (pages); a list that never ends fails with a clear error.
+    max_pages: int = Field(default=1000, ge=1)
 
     @field_validator("ims_url", "platform_url", "cja_url", "ui_url")
     @classmethod

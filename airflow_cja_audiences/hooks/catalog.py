@@ -54,10 +54,13 @@ class CatalogHook(AdobePlatformHook):
         """Datasets whose name is exactly ``name`` (names are not guaranteed unique)."""
         found: list[Dataset] = []
         start = 0
+        guard = self.page_guard("catalog.list_datasets")
         while True:
+            guard.next_page(start)
             payload = self.request_json("GET", f"{BASE}/dataSets", route="catalog.list_datasets",
                                         params={"property": f"name=={name}", "limit": PAGE, "start": start})
             page = _id_keyed(payload, Dataset)
+            guard.seen(d.id for d in page)
             found += [d for d in page if d.name == name]  # the filter is a hint; compare exactly
             if len(page) < PAGE:
                 return found
@@ -130,10 +133,13 @@ class CatalogHook(AdobePlatformHook):
             params["createdAfter"] = created_after_ms
         found: list[Batch] = []
         start = 0
+        guard = self.page_guard("catalog.list_batches")
         while len(found) < max_items:
+            guard.next_page(start)
             payload = self.request_json("GET", f"{BASE}/batches", route="catalog.list_batches",
                                         params={**params, "start": start})
             page = _id_keyed(payload, Batch)
+            guard.seen(b.id for b in page)
             found += page
             if len(page) < PAGE:
                 break

@@ -55,12 +55,16 @@ class CjaHook(AdobePlatformHook):
     def list_dimensions(self, data_view_id: str) -> list[CjaComponent]:
         found: list[CjaComponent] = []
         page = 0
+        guard = self.page_guard("cja.list_dimensions")
         while True:
+            guard.next_page(page)
             payload = self.request_json("GET", f"/data/dataviews/{path_segment(data_view_id)}/dimensions",
                                         service="cja", route="cja.list_dimensions",
                                         params={"limit": PAGE, "page": page, "expansion": "schemaPath"})
             content = payload.get("content", []) if isinstance(payload, dict) else (payload or [])
-            found += [CjaComponent.model_validate(c) for c in content]
+            components = [CjaComponent.model_validate(c) for c in content]
+            guard.seen(c.id for c in components)
+            found += components
             if not isinstance(payload, dict) or payload.get("lastPage", True) or not content:
                 return found
             page += 1

@@ -53,6 +53,16 @@ class QueryServiceError(AepError):
         return self.sqlstate == ROW_LIMIT_SQLSTATE
 
 
+class _QueryServiceConnection(Connection):
+    """The derived Postgres connection; its password is an access token, so repr/str never show it."""
+
+    def __repr__(self) -> str:
+        return (f"Connection(conn_id={self.conn_id!r}, conn_type={self.conn_type!r}, host={self.host!r}, "
+                f"port={self.port!r}, schema={self.schema!r}, login={self.login!r}, password='***')")
+
+    __str__ = __repr__
+
+
 class QueryServiceHook(PostgresHook):
     """PostgresHook for AEP Query Service built from an ``adobe_experience_platform`` connection.
 
@@ -71,6 +81,10 @@ class QueryServiceHook(PostgresHook):
         self.adobe_conn_id = adobe_conn_id
         self.sandbox_override = sandbox
         self._platform_hook = platform_hook
+
+    def __repr__(self) -> str:
+        sandbox = f", sandbox={self.sandbox_override!r}" if self.sandbox_override else ""
+        return f"{type(self).__name__}(adobe_conn_id={self.adobe_conn_id!r}{sandbox})"
 
     @cached_property
     def platform(self) -> AdobePlatformHook:
@@ -100,7 +114,7 @@ class QueryServiceHook(PostgresHook):
         # verify-full: TLS *and* certificate/host checks (Adobe's docs say 'require', which checks nothing).
         extra = {"sslmode": "verify-full", "sslrootcert": s.ca_bundle or "system",
                  "application_name": "airflow-cja-audiences", "connect_timeout": 30, "gssencmode": "disable"}
-        return Connection(conn_id=f"{self.adobe_conn_id}__query_service", conn_type="postgres", host=host,
+        return _QueryServiceConnection(conn_id=f"{self.adobe_conn_id}__query_service", conn_type="postgres", host=host,
                           port=port, login=s.org_id, password=token, schema=database, extra=json.dumps(extra))
 
     @connection.setter
@@ -124,9 +138,10 @@ class QueryServiceHook(PostgresHook):
         """
         from airflow_cja_audiences.transform import prefetch_batches
 
-        conn = self.get_conn()
+        conn = _unchained(self.get_conn, "(connecting)")
         try:
             with conn.cursor(name=f"cja_{uuid.uuid4().hex[:12]}") as cursor:
+                error: Exception | None = None
                 try:
                     cursor.execute(sql)
                     if prefetch > 0:
@@ -135,7 +150,9 @@ class QueryServiceHook(PostgresHook):
                         while batch := cursor.fetchmany(batch_size):
                             yield batch
                 except Exception as exc:
-                    raise _wrap(exc, sql) from None
+                    error = _wrap(exc, sql)
+                if error is not None:
+                    raise error  # outside the except block: see _unchained
             conn.rollback()  # read-only; ends the cursor's transaction
         finally:
             conn.close()
@@ -143,13 +160,19 @@ class QueryServiceHook(PostgresHook):
     def query_all(self, sql: str) -> list[tuple[Any, ...]]:
         """Run a statement whose result is small (counts, aggregates) and return its rows
         (again on a new connection after a transient error)."""
-        def attempt() -> list[tuple[Any, ...]]:
-            try:
-                return [tuple(r) for r in self.get_records(sql)]
-            except Exception as exc:
-                raise _wrap(exc, sql) from None
+        return self.retrying(lambda: [tuple(r) for r in _unchained(lambda: self.get_records(sql), sql)])
 
-        return self.retrying(attempt)
+
+def _unchained(work: Callable[[], T], sql: str) -> T:
+    """Run ``work``; a driver error becomes a :class:`QueryServiceError` raised *outside* the except block,
+    so the driver's exception is not its ``__context__``: psycopg's error for a failed connection
+    attempt holds the libpq connection, whose ``password`` is the IMS access token."""
+    error: Exception | None = None
+    try:
+        return work()
+    except Exception as exc:
+        error = _wrap(exc, sql)
+    raise error
 
 
 def _wrap(exc: Exception, sql: str) -> Exception:

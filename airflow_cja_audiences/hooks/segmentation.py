@@ -64,19 +64,24 @@ class SegmentationHook(AdobePlatformHook):
         return Audience.model_validate(payload)
 
     def iter_audiences(self, *, name_contains: str | None = None) -> Iterator[Audience]:
-        start = 0
+        start: Any = 0
+        guard = self.page_guard("segmentation.list_audiences")
         while True:
+            guard.next_page(str(start))
             params: dict[str, Any] = {"start": start, "limit": AUDIENCE_PAGE}
             if name_contains:
                 params["name"] = name_contains
             payload = self.request_json("GET", f"{BASE}/audiences", route="segmentation.list_audiences",
                                         params=params)
             children = payload.get("children", []) if isinstance(payload, dict) else []
-            yield from (Audience.model_validate(child) for child in children)
-            next_start = ((payload or {}).get("_page") or {}).get("next")
-            if not children or next_start in (None, "", start, str(start)):
+            audiences = [Audience.model_validate(child) for child in children]
+            guard.seen(a.id for a in audiences)
+            yield from audiences
+            page = (payload.get("_page") if isinstance(payload, dict) else None) or {}
+            next_start = page.get("next") if isinstance(page, dict) else None
+            if not children or next_start in (None, ""):
                 return
-            start = int(next_start)
+            start = next_start  # a repeated cursor fails in the guard instead of ending the list silently
 
     def find_audiences_by_name(self, name: str) -> list[Audience]:
         """Audiences whose name is exactly ``name`` (the API filter is 'contains', case-insensitive)."""
@@ -207,11 +212,15 @@ class SegmentationHook(AdobePlatformHook):
         params: dict[str, Any] = {"limit": JOB_PAGE}
         if status:
             params["status"] = status
+        guard = self.page_guard("segmentation.list_export_jobs")
         while True:
+            guard.next_page(str(params.get("offset")))
             payload = self.request_json("GET", f"{BASE}/export/jobs", route="segmentation.list_export_jobs",
                                         params=params)
             records = payload.get("records", []) if isinstance(payload, dict) else []
-            yield from (ExportJob.model_validate(r) for r in records)
+            jobs = [ExportJob.model_validate(r) for r in records]
+            guard.seen(j.id for j in jobs)
+            yield from jobs
             next_link = ((payload or {}).get("link") or {}).get("next")
             offset = parse_qs(urlparse(next_link).query).get("offset", [None])[0] if next_link else None
             if not records or not offset:

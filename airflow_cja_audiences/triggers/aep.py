@@ -65,33 +65,63 @@ class _AepPollingTrigger(BaseTrigger):
         return delay if self.deadline is None else max(0.0, min(delay, self.deadline - time.time()))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        # Exactly one event, whatever happens: the wait returns its event, and every failure inside it
+        # (Adobe's errors, a 200 with HTML or an unexpected shape, transport errors, the call deadline,
+        # a bug) becomes one error event with a clear message. Only cancellation goes through.
+        try:
+            event = await self._wait()
+        except asyncio.CancelledError:
+            raise
+        except AepError as exc:
+            event = self._error_event(str(exc))
+        except Exception as exc:
+            from pydantic import ValidationError
+
+            event = self._error_event(_describe(exc))
+            if isinstance(exc, ValidationError):  # a bad answer, not a bug: the message says it all
+                self.log.error("%s", event.payload["message"])
+            else:
+                self.log.exception("%s: unexpected failure while waiting", self._what)
+        yield event
+
+    def _error_event(self, message: str) -> TriggerEvent:
+        return TriggerEvent({"status": "error", "message": f"{self._what}: {message}",
+                             "elapsed_seconds": round(time.time() - self.started_at, 1)})
+
+    async def _wait(self) -> TriggerEvent:
         await asyncio.sleep(self._first_poll_delay())
         hook = self._hook()
         last_state, last_log = None, 0.0
-        try:
-            async with hook.async_session():
-                while True:
-                    terminal, state, payload = await self._poll(hook)
-                    now = time.time()
-                    elapsed = now - self.started_at
-                    if terminal:
-                        self.log.info("%s is %s after %.0f s", self._what, state, elapsed)
-                        yield TriggerEvent({**payload, "elapsed_seconds": round(elapsed, 1)})
-                        return
-                    if state != last_state or now - last_log >= _PROGRESS_LOG_SECONDS:
-                        self.log.info("%s is %s (%.0f s elapsed)", self._what, state, elapsed)
-                        last_state, last_log = state, now
-                    if self.deadline is not None and now >= self.deadline:
-                        yield TriggerEvent({"status": "timeout", "state": state, "elapsed_seconds": round(elapsed, 1),
-                                            "message": f"{self._what} still {state} after {elapsed:.0f} s "
-                                                       f"(deadline reached)"})
-                        return
-                    sleep = self.poll_interval if self.deadline is None else \
-                        max(0.0, min(self.poll_interval, self.deadline - now))
-                    await asyncio.sleep(sleep)
-        except AepError as exc:
-            # Every failure becomes an event so the task fails with Adobe's message, not a traceback.
-            yield TriggerEvent({"status": "error", "message": f"{self._what}: {exc}"})
+        async with hook.async_session():
+            while True:
+                terminal, state, payload = await self._poll(hook)
+                now = time.time()
+                elapsed = now - self.started_at
+                if terminal:
+                    self.log.info("%s is %s after %.0f s", self._what, state, elapsed)
+                    return TriggerEvent({**payload, "elapsed_seconds": round(elapsed, 1)})
+                if state != last_state or now - last_log >= _PROGRESS_LOG_SECONDS:
+                    self.log.info("%s is %s (%.0f s elapsed)", self._what, state, elapsed)
+                    last_state, last_log = state, now
+                if self.deadline is not None and now >= self.deadline:
+                    return TriggerEvent({"status": "timeout", "state": state, "elapsed_seconds": round(elapsed, 1),
+                                         "message": f"{self._what} still {state} after {elapsed:.0f} s "
+                                                    f"(deadline reached)"})
+                sleep = self.poll_interval if self.deadline is None else \
+                    max(0.0, min(self.poll_interval, self.deadline - now))
+                await asyncio.sleep(sleep)
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, clear message for a failure that is not one of ours (e.g. an answer of the wrong shape)."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        fields = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5])
+        return (f"Adobe's answer does not have the documented shape ({exc.error_count()} problem(s): {fields}); "
+                f"something other than Adobe may have answered")
+    text = " ".join(str(exc).split())[:300]
+    return f"unexpected {type(exc).__name__}: {text}" if text else f"unexpected {type(exc).__name__}"
 
 
 class ExportJobTrigger(_AepPollingTrigger):

@@ -30,7 +30,11 @@ def test_connection_form_is_declarative():
     fields = conn_type["conn-fields"]
     assert conn_type["connection-type"] == "adobe_experience_platform"
     assert {"org_id", "sandbox", "scopes", "ims_url", "platform_url", "cja_url", "query_service_host",
-            "query_service_port", "ca_bundle"} <= set(fields)
+            "query_service_port", "ca_bundle", "timeout", "call_deadline", "max_response_bytes", "max_pages"} \
+        <= set(fields)
+    from airflow_cja_audiences.hooks.platform import AdobePlatformHook
+
+    assert set(fields) - {"org_id"} <= set(AdobePlatformHook._EXTRAS)  # every form field is read
     assert all(f["label"] for f in fields.values())
     assert conn_type["ui-field-behaviour"]["relabeling"] == {"login": "Client ID", "password": "Client secret"}
 

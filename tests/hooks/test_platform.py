@@ -123,11 +123,20 @@ def test_transient_faults_on_reads_are_retried(emu, fast_retries, kind):
 
 
 def test_retries_are_bounded(emu, fast_retries):
+    """max_attempts bounds the HTTP requests of one call, the token fetch included."""
     emu.admin.set_faults([{"route": "catalog.list_datasets", "kind": "503"}])
+    hook = CatalogHook(max_attempts=3, **fast_retries)
+    hook.get_access_token()  # a call of its own: the list call below starts with a cached token
+    with pytest.raises(AepServerError, match="503"):
+        hook.find_datasets_by_name("x")
+    assert hook.retry_counts["catalog.list_datasets"] == 2  # 3 requests: the first try and 2 retries
+    from airflow_cja_audiences.hooks.platform import clear_token_cache
+
+    clear_token_cache()  # cold: the token fetch is one of the 3 requests
     hook = CatalogHook(max_attempts=3, **fast_retries)
     with pytest.raises(AepServerError, match="503"):
         hook.find_datasets_by_name("x")
-    assert hook.retry_counts["catalog.list_datasets"] == 2
+    assert hook.retry_counts["catalog.list_datasets"] == 1
 
 
 def test_rate_limit_without_retry_after_backs_off(emu, fast_retries):
