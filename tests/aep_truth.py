@@ -82,6 +82,36 @@ class JobView:
                        for e in self.emu.admin.events(self.audiences, start, end, observed_at=observed_at))
 
 
+    # -- checks (assertions) -----------------------------------------------------------------------
+    def check_snapshot(self, dataset_id: str) -> str:
+        """The live profile snapshot equals the ground truth at its export; returns its batch id."""
+        live = self.live_batches(dataset_id, "snapshot")
+        assert len(live) == 1, f"expected exactly one live snapshot batch, got {[b.id for b in live]}"
+        records = self.snapshot_records(dataset_id)
+        truth = self.truth_snapshot(at=live[0].observed_at)
+        assert records == truth and records, (
+            f"snapshot differs from the ground truth at {live[0].observed_at}: {len(records)} people vs {len(truth)}; "
+            f"only in records: {sorted(set(records) - set(truth))[:5]}, "
+            f"only in truth: {sorted(set(truth) - set(records))[:5]}")
+        return live[0].id
+
+    def check_interval_events(self, dataset_id: str, start: str, end: str) -> tuple[str, int]:
+        """Exactly one live events batch for [start, end), and the dataset's events in that interval
+        equal the ground truth observed at that batch's export (duplicates counted). Returns (batch, n)."""
+        scope = interval_scope(start, end)
+        live = [b for b in self.live_batches(dataset_id, "events") if b.label.scope == scope]
+        records = self.event_records(dataset_id, start, end)
+        truth = self.truth_events(start, end, live[0].observed_at) if len(live) == 1 else None
+        if not records:  # an interval without changes publishes nothing (no batch)
+            assert not live and not truth, f"[{start}, {end}): no records, but live batches {live} / truth {truth}"
+            return "", 0
+        assert len(live) == 1, f"[{start}, {end}): expected one live events batch, got {[b.id for b in live]}"
+        assert records == truth, (f"[{start}, {end}) events differ from the ground truth at {live[0].observed_at}: "
+                                  f"extra {list((records - truth).items())[:5]}, "
+                                  f"missing {list((truth - records).items())[:5]}")
+        return live[0].id, sum(records.values())
+
+
 def interval_scope(start: str, end: str) -> str:
     """The ``scope`` part of an events batch label for [start, end) (see ``BatchLabel.for_run``)."""
     def compact(iso: str) -> str:

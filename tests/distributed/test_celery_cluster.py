@@ -90,33 +90,13 @@ def _deferral_timeline(dep, run_id: str, task_id: str) -> dict:
 def _check_snapshot(dep) -> str:
     """The live profile snapshot equals the ground truth at its export; returns its batch id."""
     view = _view(dep)
-    dataset = view.dataset_id(_names(dep).profile_dataset)
-    live = view.live_batches(dataset, "snapshot")
-    assert len(live) == 1, f"expected exactly one live snapshot batch, got {[b.id for b in live]}"
-    records = view.snapshot_records(dataset)
-    truth = view.truth_snapshot(at=live[0].observed_at)
-    assert records == truth and records, (
-        f"snapshot differs from the ground truth at {live[0].observed_at}: {len(records)} people vs {len(truth)}; "
-        f"only in records: {sorted(set(records) - set(truth))[:5]}, only in truth: {sorted(set(truth) - set(records))[:5]}")
-    return live[0].id
+    return view.check_snapshot(view.dataset_id(_names(dep).profile_dataset))
 
 
 def _check_interval_events(dep, start: str, end: str) -> tuple[str, int]:
-    """Exactly one live events batch for [start, end), and the dataset's events in that interval
-    equal the ground truth observed at that batch's export (duplicates counted). Returns (batch, n)."""
+    """Exactly one live events batch for [start, end), equal to the ground truth. Returns (batch, n)."""
     view = _view(dep)
-    dataset = view.dataset_id(_names(dep).event_dataset)
-    scope = interval_scope(start, end)
-    live = [b for b in view.live_batches(dataset, "events") if b.label.scope == scope]
-    records = view.event_records(dataset, start, end)
-    truth = view.truth_events(start, end, live[0].observed_at) if len(live) == 1 else None
-    if not records:  # an interval without changes publishes nothing (no batch)
-        assert not live and not truth, f"[{start}, {end}): no records, but live batches {live} / truth {truth}"
-        return "", 0
-    assert len(live) == 1, f"[{start}, {end}): expected one live events batch, got {[b.id for b in live]}"
-    assert records == truth, (f"[{start}, {end}) events differ from the ground truth at {live[0].observed_at}: "
-                              f"extra {list((records - truth).items())[:5]}, missing {list((truth - records).items())[:5]}")
-    return live[0].id, sum(records.values())
+    return view.check_interval_events(view.dataset_id(_names(dep).event_dataset), start, end)
 
 
 # ---------------------------------------------------------------------------------------------------
