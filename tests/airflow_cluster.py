@@ -195,6 +195,24 @@ class AirflowApi:
             return ti if ti["state"] in wanted else None
         return poll(reached, timeout=timeout, interval=0.2, what=f"{task_id}[{map_index}] of {run_id} in {wanted}")
 
+    def runs_report(self, runs: Iterable[tuple[str, str]], logs_dir: Path) -> list[str]:
+        """For a failing test: each run's task instance states, and the end of its failed tasks' log
+        files (``dag_id=/run_id=/task_id=/.../attempt=N.log`` under ``logs_dir``)."""
+        out = []
+        for dag_id, run_id in runs:
+            try:
+                tis = self.task_instances(dag_id, run_id)
+            except Exception as exc:  # noqa: BLE001 - diagnostics must not hide the real failure
+                out.append(f"(task instances of {run_id} unavailable: {exc})")
+                continue
+            out.append(f"----- {dag_id} {run_id}: " + ", ".join(f"{ti_name(t)}={t['state']}" for t in tis))
+            base = logs_dir / f"dag_id={dag_id}" / f"run_id={run_id}"
+            for ti in tis:
+                if ti["state"] in ("failed", "upstream_failed", "up_for_retry"):
+                    for path in sorted(base.glob(f"task_id={ti['task_id']}/**/attempt=*")):
+                        out.append(f"=== {path.relative_to(logs_dir)}\n{path.read_text(errors='replace')[-6000:]}")
+        return out
+
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
         return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
                         params={"map_index": map_index, "deserialize": True})["value"]
@@ -419,16 +437,7 @@ class AirflowCluster(AirflowApi):
             lines = process.log.read_text(errors="replace").splitlines() if process.log.exists() else []
             out.append(f"----- {name} (last {tail} of {len(lines)} lines) -----")
             out.extend(lines[-tail:])
-        for dag_id, run_id in runs:
-            try:
-                tis = self.task_instances(dag_id, run_id)
-            except Exception as exc:  # noqa: BLE001 - diagnostics must not hide the real failure
-                out.append(f"(task instances of {run_id} unavailable: {exc})")
-                continue
-            out.append(f"----- {dag_id} {run_id}: " + ", ".join(f"{ti_name(t)}={t['state']}" for t in tis))
-            for ti in tis:
-                if ti["state"] in ("failed", "upstream_failed", "up_for_retry"):
-                    out.append(self.task_log(dag_id, run_id, ti["task_id"])[-6000:])
+        out.extend(self.runs_report(runs, self.home / "logs"))
         print("\n".join(out), file=sys.stderr, flush=True)
 
     # -- processes by pid --------------------------------------------------------------------------
