@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.fernet import Fernet
 from aep_truth import JobView
 from airflow_cluster import AirflowApi, ClusterError, free_port, poll
 from emulator_fixture import Credentials, RunningEmulator
@@ -165,9 +166,9 @@ class Stack(AirflowApi):
         self.proj_dir = workdir / "project"  # AIRFLOW_PROJ_DIR: dags, logs, config, plugins
         self.api_port, self.emulator_port = free_port(), free_port()
         password = secrets.token_urlsafe(16)
-        from cryptography.fernet import Fernet
-
-        clean = {k: v for k, v in engine.env.items() if not k.startswith(("AIRFLOW", "CJA_AUDIENCES", "COMPOSE_", "_AIRFLOW"))}
+        # Only what the test sets reaches compose's variable substitution (not this session's AIRFLOW_*).
+        clean = {k: v for k, v in engine.env.items()
+                 if not k.startswith(("AIRFLOW", "CJA_AUDIENCES", "COMPOSE_", "_AIRFLOW", "EMULATOR_"))}
         self.env = {**clean,
                     "AIRFLOW_PROJ_DIR": str(self.proj_dir),
                     "AIRFLOW_API_PORT": f"127.0.0.1:{self.api_port}",
@@ -230,18 +231,7 @@ class Stack(AirflowApi):
         out.append(result.stdout + result.stderr)
         result = self.compose("logs", "--no-color", "--tail", "150", check=False, timeout=120)
         out.append(result.stdout[-60000:] + result.stderr[-4000:])
-        for dag_id, run_id in runs:
-            try:
-                tis = self.task_instances(dag_id, run_id)
-            except Exception as exc:  # noqa: BLE001 - diagnostics must not hide the real failure
-                out.append(f"(task instances of {run_id} unavailable: {exc})")
-                continue
-            out.append(f"----- {dag_id} {run_id}: " + ", ".join(f"{t['task_id']}={t['state']}" for t in tis))
-            base = self.proj_dir / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
-            for ti in tis:
-                if ti["state"] in ("failed", "upstream_failed", "up_for_retry"):
-                    for path in sorted(base.glob(f"task_id={ti['task_id']}/**/attempt=*")):
-                        out.append(f"=== {path.relative_to(base)}\n{path.read_text(errors='replace')[-6000:]}")
+        out.extend(self.runs_report(runs, self.proj_dir / "logs"))
         print("\n".join(out), file=sys.stderr, flush=True)
 
 
@@ -296,7 +286,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         env = {**engine.env, "DOCKER": tools["docker"], "CJA_STANDIN_CACHE": CACHE}
         built = subprocess.run([str(ROOT / "docker" / "build-standins.sh")], env=env, capture_output=True, text=True,
                                timeout=900, stdin=subprocess.DEVNULL)
-        assert built.returncode == 0, f"docker/build-standins.sh failed:\n{built.stdout[-3000:]}\n{built.stderr[-6000:]}"
+        assert built.returncode == 0, \
+            f"docker/build-standins.sh failed:\n{built.stdout[-3000:]}\n{built.stderr[-6000:]}"
         print(built.stderr.strip(), flush=True)
         timer.lap("stand-in images ready")
         # The project image, from the real Dockerfile, under the name the compose file uses by default.
@@ -310,7 +301,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
                 shutil.copy2(path, stack.proj_dir / "dags" / path.name)
         try:
             stack.compose("up", "-d", timeout=600)
-            poll(stack.healthy, timeout=300, interval=2.0, what="every compose service to be healthy")
+            poll(stack.healthy, timeout=420, interval=2.0, what="every compose service to be healthy")
         except BaseException:
             stack.dump_logs("start-up failed")
             raise
@@ -417,6 +408,7 @@ def _end_to_end(stack: Stack, job: RefreshJob, dag_id: str, runs: list[tuple[str
 
     state = emu.admin.state()["sandboxes"]["prod"]
     print(f"\n[compose] snapshot batch {snapshot_batch}: {len(view.snapshot_records(profile_ds))} people; events "
-          f"scheduled interval {scheduled_events}, backfill {events}; emulator holds {len(state['datasets'])} datasets, "
-          f"{len(state['batches'])} batches, {len(state['exportJobs'])} export jobs", flush=True)
+          f"scheduled interval {scheduled_events}, backfill {events}; emulator holds "
+          f"{len(state['datasets'])} datasets, {len(state['batches'])} batches, {len(state['exportJobs'])} export jobs",
+          flush=True)
     emu.admin.close()
