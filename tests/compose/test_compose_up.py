@@ -272,7 +272,7 @@ class Timer:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Iterator[Stack]:
+def stack() -> Iterator[Stack]:
     tools = _tools()
     timer = Timer()
     workdir = Path(tempfile.mkdtemp(prefix="cja-compose-test-", dir="/var/tmp"))
