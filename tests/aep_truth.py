@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow_cja_audiences.runs import BatchLabel
+from airflow_cja_audiences.runs import BatchLabel, parse_utc
 
 
 def _iso(epoch_seconds: int) -> str:
@@ -122,6 +122,37 @@ class JobView:
             assert not missing, (f"[{start}, {end}): {len(missing)} events an export showed were not published: "
                                  f"{sorted(missing)[:5]}")
         return records
+
+    # -- checks (assertions) -----------------------------------------------------------------------
+    def check_snapshot(self, dataset_id: str) -> str:
+        """The live profile snapshot equals the ground truth at its export; returns its batch id."""
+        live = self.live_batches(dataset_id, "snapshot")
+        assert len(live) == 1, f"expected exactly one live snapshot batch, got {[b.id for b in live]}"
+        records = self.snapshot_records(dataset_id)
+        truth = self.truth_snapshot(at=live[0].observed_at)
+        assert records == truth and records, (
+            f"snapshot differs from the ground truth at {live[0].observed_at}: {len(records)} people vs {len(truth)}; "
+            f"only in records: {sorted(set(records) - set(truth))[:5]}, "
+            f"only in truth: {sorted(set(truth) - set(records))[:5]}")
+        return live[0].id
+
+    def check_interval_events(self, dataset_id: str, start: str, end: str,
+                               export_dataset_name: str) -> tuple[str, int]:
+        """One live events batch covering [start, end) (its own, or the hull of intervals that
+        overlapped it), and the dataset's events in that interval are true transitions at their true
+        times, none twice, and every one AEP's exports showed (:meth:`check_events`). Returns (batch, n)."""
+        day = (parse_utc(start), parse_utc(end))
+        live = [b for b in self.live_batches(dataset_id, "events")
+                if b.label.interval and b.label.interval[0] < day[1] and day[0] < b.label.interval[1]]
+        assert len(live) <= 1, f"[{start}, {end}): overlapping live events batches {[b.id for b in live]}"
+        if live:
+            assert live[0].label.interval[0] <= day[0] and day[1] <= live[0].label.interval[1], live
+        records = self.check_events(dataset_id, start, end, exact=False, export_dataset_name=export_dataset_name)
+        if not records:  # an interval without changes publishes no batch of its own (a hull may cover it)
+            assert not live or live[0].label.interval != day, f"[{start}, {end}): no records, but live batches {live}"
+            return (live[0].id if live else ""), 0
+        assert live, f"[{start}, {end}): {sum(records.values())} events but no live events batch covers them"
+        return live[0].id, sum(records.values())
 
 
 def interval_scope(start: str, end: str) -> str:

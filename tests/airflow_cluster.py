@@ -98,7 +98,127 @@ class Process:
     log: Path
 
 
-class AirflowCluster:
+class AirflowApi:
+    """The REST API of one Airflow api-server, as a SimpleAuthManager user: the helpers tests drive
+    a deployment with (trigger, wait, read task instances). :class:`AirflowCluster` is one; a test of
+    another deployment (the docker-compose stack) makes its own with the api-server's URL and login."""
+
+    def __init__(self, base_url: str, username: str, password: str) -> None:
+        self.base_url = base_url
+        self._username = username
+        self._password = password
+        self._session = requests.Session()
+
+    def check_alive(self) -> None:
+        """Raise when the deployment died (called on every poll); subclasses know how to tell."""
+
+    def token(self) -> str:
+        """A JWT from the SimpleAuthManager (``POST /auth/token``), cached on the session."""
+        if "Authorization" not in self._session.headers:
+            response = requests.post(f"{self.base_url}/auth/token", json={"username": self._username,
+                                                                           "password": self._password}, timeout=30)
+            response.raise_for_status()
+            self._session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+        return self._session.headers["Authorization"].split(" ", 1)[1]
+
+    def api(self, method: str, path: str, *, expect: int | tuple[int, ...] = (200,), **kwargs: Any) -> Any:
+        """Call the api-server (``/api/v2/...`` or ``/ui/...``) as the user; return the JSON body."""
+        self.token()
+        kwargs.setdefault("timeout", 60)
+        response = self._session.request(method, f"{self.base_url}{path}", **kwargs)
+        expected = (expect,) if isinstance(expect, int) else expect
+        if response.status_code not in expected:
+            raise ClusterError(f"{method} {path} -> {response.status_code}: {response.text[:2000]}")
+        return response.json() if response.content and "json" in response.headers.get("content-type", "") \
+            else response.text
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 120) -> dict:
+        """Wait until the dag-processor has parsed and serialized ``dag_id``; fail on an import error."""
+        def parsed() -> dict | None:
+            self.check_alive()
+            errors = self.api("GET", "/api/v2/importErrors")["import_errors"]
+            if errors:
+                raise ClusterError(f"DAG import errors: {json.dumps(errors, indent=1)[:4000]}")
+            response = self._session.get(f"{self.base_url}/api/v2/dags/{dag_id}", timeout=30)
+            return response.json() if response.status_code == 200 else None
+        return poll(parsed, timeout=timeout, interval=1.0, what=f"DAG {dag_id} to be parsed")
+
+    def set_paused(self, dag_id: str, paused: bool) -> dict:
+        return self.api("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": paused})
+
+    def trigger(self, dag_id: str, *, conf: dict | None = None, logical_date: str | None = None) -> str:
+        """``POST /api/v2/dags/{dag_id}/dagRuns``; returns the run id."""
+        body = {"logical_date": logical_date, "conf": conf or {}}
+        return self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]
+
+    def dag_runs(self, dag_id: str, **params: Any) -> list[dict]:
+        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns",
+                        params={"limit": 100, "order_by": "id", **params})["dag_runs"]
+
+    def dag_run(self, dag_id: str, run_id: str) -> dict:
+        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 300,
+                     on_poll: Callable[[], None] | None = None) -> str:
+        """Wait until the run is success or failed; return that state. ``on_poll`` runs each time."""
+        def finished() -> str | None:
+            self.check_alive()
+            if on_poll is not None:
+                on_poll()
+            state = self.dag_run(dag_id, run_id)["state"]
+            return state if state in TERMINAL_RUN_STATES else None
+        return poll(finished, timeout=timeout, interval=1.0, what=f"run {run_id} of {dag_id} to finish")
+
+    def wait_for_runs(self, dag_id: str, run_ids: Iterable[str], timeout: float = 300) -> dict[str, str]:
+        pending, states = set(run_ids), {}
+        deadline = time.monotonic() + timeout
+        for run_id in sorted(pending):
+            states[run_id] = self.wait_for_run(dag_id, run_id, timeout=max(1.0, deadline - time.monotonic()))
+        return states
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
+                        params={"limit": 1000})["task_instances"]
+
+    def task_instance(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict:
+        suffix = f"/{map_index}" if map_index >= 0 else ""
+        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}{suffix}")
+
+    def wait_for_task(self, dag_id: str, run_id: str, task_id: str, states: Iterable[str], *, map_index: int = -1,
+                      timeout: float = 120) -> dict:
+        """Wait until the task instance is in one of ``states``; return it (REST API shape)."""
+        wanted = set(states)
+
+        def reached() -> dict | None:
+            self.check_alive()
+            ti = self.task_instance(dag_id, run_id, task_id, map_index)
+            return ti if ti["state"] in wanted else None
+        return poll(reached, timeout=timeout, interval=0.2, what=f"{task_id}[{map_index}] of {run_id} in {wanted}")
+
+    def runs_report(self, runs: Iterable[tuple[str, str]], logs_dir: Path) -> list[str]:
+        """For a failing test: each run's task instance states, and the end of its failed tasks' log
+        files (``dag_id=/run_id=/task_id=/.../attempt=N.log`` under ``logs_dir``)."""
+        out = []
+        for dag_id, run_id in runs:
+            try:
+                tis = self.task_instances(dag_id, run_id)
+            except Exception as exc:  # noqa: BLE001 - diagnostics must not hide the real failure
+                out.append(f"(task instances of {run_id} unavailable: {exc})")
+                continue
+            out.append(f"----- {dag_id} {run_id}: " + ", ".join(f"{ti_name(t)}={t['state']}" for t in tis))
+            base = logs_dir / f"dag_id={dag_id}" / f"run_id={run_id}"
+            for ti in tis:
+                if ti["state"] in ("failed", "upstream_failed", "up_for_retry"):
+                    for path in sorted(base.glob(f"task_id={ti['task_id']}/**/attempt=*")):
+                        out.append(f"=== {path.relative_to(logs_dir)}\n{path.read_text(errors='replace')[-6000:]}")
+        return out
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+                        params={"map_index": map_index, "deserialize": True})["value"]
+
+
+class AirflowCluster(AirflowApi):
     """Start, drive and stop one Airflow deployment (see the module docstring)."""
 
     def __init__(self, spec: ClusterSpec, workdir: Path | None = None) -> None:
@@ -113,11 +233,9 @@ class AirflowCluster:
         # Log servers are not used (every process runs with --skip-serve-logs and the api-server reads
         # the files under AIRFLOW_HOME), but their fixed default ports would collide between clusters.
         self._log_ports = (free_port(), free_port())
-        self.base_url = f"http://127.0.0.1:{self.api_port}"
+        super().__init__(f"http://127.0.0.1:{self.api_port}", "admin", secrets.token_urlsafe(12))
         self.processes: dict[str, Process] = {}
         self._db_created = False
-        self._session = requests.Session()
-        self._password = secrets.token_urlsafe(12)
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -319,102 +437,10 @@ class AirflowCluster:
             lines = process.log.read_text(errors="replace").splitlines() if process.log.exists() else []
             out.append(f"----- {name} (last {tail} of {len(lines)} lines) -----")
             out.extend(lines[-tail:])
-        for dag_id, run_id in runs:
-            try:
-                tis = self.task_instances(dag_id, run_id)
-            except Exception as exc:  # noqa: BLE001 - diagnostics must not hide the real failure
-                out.append(f"(task instances of {run_id} unavailable: {exc})")
-                continue
-            out.append(f"----- {dag_id} {run_id}: " + ", ".join(f"{ti_name(t)}={t['state']}" for t in tis))
-            for ti in tis:
-                if ti["state"] in ("failed", "upstream_failed", "up_for_retry"):
-                    out.append(self.task_log(dag_id, run_id, ti["task_id"])[-6000:])
+        out.extend(self.runs_report(runs, self.home / "logs"))
         print("\n".join(out), file=sys.stderr, flush=True)
 
-    # -- REST API --------------------------------------------------------------------------------
-    def token(self) -> str:
-        """A JWT from the SimpleAuthManager (``POST /auth/token``), cached on the session."""
-        if "Authorization" not in self._session.headers:
-            response = requests.post(f"{self.base_url}/auth/token", json={"username": "admin",
-                                                                           "password": self._password}, timeout=30)
-            response.raise_for_status()
-            self._session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
-        return self._session.headers["Authorization"].split(" ", 1)[1]
-
-    def api(self, method: str, path: str, *, expect: int | tuple[int, ...] = (200,), **kwargs: Any) -> Any:
-        """Call the api-server (``/api/v2/...`` or ``/ui/...``) as the admin; return the JSON body."""
-        self.token()
-        kwargs.setdefault("timeout", 60)
-        response = self._session.request(method, f"{self.base_url}{path}", **kwargs)
-        expected = (expect,) if isinstance(expect, int) else expect
-        if response.status_code not in expected:
-            raise ClusterError(f"{method} {path} -> {response.status_code}: {response.text[:2000]}")
-        return response.json() if response.content and "json" in response.headers.get("content-type", "") \
-            else response.text
-
-    def wait_for_dag(self, dag_id: str, timeout: float = 120) -> dict:
-        """Wait until the dag-processor has parsed and serialized ``dag_id``; fail on an import error."""
-        def parsed() -> dict | None:
-            self.check_alive()
-            errors = self.api("GET", "/api/v2/importErrors")["import_errors"]
-            if errors:
-                raise ClusterError(f"DAG import errors: {json.dumps(errors, indent=1)[:4000]}")
-            response = self._session.get(f"{self.base_url}/api/v2/dags/{dag_id}", timeout=30)
-            return response.json() if response.status_code == 200 else None
-        return poll(parsed, timeout=timeout, interval=1.0, what=f"DAG {dag_id} to be parsed")
-
-    def set_paused(self, dag_id: str, paused: bool) -> dict:
-        return self.api("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": paused})
-
-    def trigger(self, dag_id: str, *, conf: dict | None = None, logical_date: str | None = None) -> str:
-        """``POST /api/v2/dags/{dag_id}/dagRuns``; returns the run id."""
-        body = {"logical_date": logical_date, "conf": conf or {}}
-        return self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]
-
-    def dag_runs(self, dag_id: str, **params: Any) -> list[dict]:
-        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns",
-                        params={"limit": 100, "order_by": "id", **params})["dag_runs"]
-
-    def dag_run(self, dag_id: str, run_id: str) -> dict:
-        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
-
-    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 300,
-                     on_poll: Callable[[], None] | None = None) -> str:
-        """Wait until the run is success or failed; return that state. ``on_poll`` runs each time."""
-        def finished() -> str | None:
-            self.check_alive()
-            if on_poll is not None:
-                on_poll()
-            state = self.dag_run(dag_id, run_id)["state"]
-            return state if state in TERMINAL_RUN_STATES else None
-        return poll(finished, timeout=timeout, interval=1.0, what=f"run {run_id} of {dag_id} to finish")
-
-    def wait_for_runs(self, dag_id: str, run_ids: Iterable[str], timeout: float = 300) -> dict[str, str]:
-        pending, states = set(run_ids), {}
-        deadline = time.monotonic() + timeout
-        for run_id in sorted(pending):
-            states[run_id] = self.wait_for_run(dag_id, run_id, timeout=max(1.0, deadline - time.monotonic()))
-        return states
-
-    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
-                        params={"limit": 1000})["task_instances"]
-
-    def task_instance(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict:
-        suffix = f"/{map_index}" if map_index >= 0 else ""
-        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}{suffix}")
-
-    def wait_for_task(self, dag_id: str, run_id: str, task_id: str, states: Iterable[str], *, map_index: int = -1,
-                      timeout: float = 120) -> dict:
-        """Wait until the task instance is in one of ``states``; return it (REST API shape)."""
-        wanted = set(states)
-
-        def reached() -> dict | None:
-            self.check_alive()
-            ti = self.task_instance(dag_id, run_id, task_id, map_index)
-            return ti if ti["state"] in wanted else None
-        return poll(reached, timeout=timeout, interval=0.2, what=f"{task_id}[{map_index}] of {run_id} in {wanted}")
-
+    # -- processes by pid --------------------------------------------------------------------------
     def kill_task_process(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1,
                           sig: int = signal.SIGKILL) -> int:
         """Signal the process running a task instance now (crash tests); returns its pid.
@@ -429,10 +455,6 @@ class AirflowCluster:
             raise ClusterError(f"pid {pid} of {task_id} is not a descendant of this cluster's processes")
         os.kill(pid, sig)
         return pid
-
-    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
-        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
-                        params={"map_index": map_index, "deserialize": True})["value"]
 
     # -- Celery evidence -------------------------------------------------------------------------
     def worker_executions(self) -> list[Execution]:

@@ -165,3 +165,35 @@ def test_dockerfile_installs_this_package_pinned_on_the_matching_image():
     install = dockerfile[dockerfile.index("RUN pip install"):]
     assert "--constraint" in install and "requirements/constraints.txt" in install
     assert '"apache-airflow==${AIRFLOW_VERSION}"' in install and "[emulator,celery]" in install
+
+
+def test_what_the_first_real_up_needed(stack):
+    """Static guards for the defects ``test_compose_up.py`` found when the stack first ran."""
+    services = stack["services"]
+    # The init fails when any step fails (without -e only the last command's status counted) and
+    # migrates once: the commands after the first run with the migration switched off.
+    script = services["airflow-init"]["command"][-1]
+    assert script.splitlines()[0].startswith("set -e"), script
+    later = [line for line in script.splitlines() if "/entrypoint airflow" in line][1:]
+    assert later and all("_AIRFLOW_DB_MIGRATE= " in line for line in later), later
+    # The connection test (UI button, REST) is on in every Airflow service.
+    for name in AIRFLOW_SERVICES:
+        assert services[name]["environment"]["AIRFLOW__CORE__TEST_CONNECTION"] == "Enabled", name
+    # CLI health checks get time for the CLI's start-up on a small machine.
+    for name in ("airflow-dag-processor", "airflow-triggerer", "airflow-worker"):
+        assert _seconds(services[name]["healthcheck"]["timeout"]) >= 30, name
+    # Published ports can move (and stay on loopback) without editing the file.
+    moved = _render(AIRFLOW_API_PORT="127.0.0.1:18080", EMULATOR_PORT="127.0.0.1:18443")["services"]
+    for name, port, target in (("airflow-apiserver", 18080, 8080), ("aep-emulator", 18443, 8443)):
+        (published,) = moved[name]["ports"]
+        if isinstance(published, str):  # docker-compose v1 renders a port with a host IP as "ip:port:target"
+            host_ip, host_port, container = published.split("/")[0].split(":")
+            published = {"host_ip": host_ip, "published": host_port, "target": int(container)}
+        assert (published["host_ip"], int(published["published"]), published["target"]) == \
+            ("127.0.0.1", port, target), published
+
+
+def _seconds(duration: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    number, unit = re.fullmatch(r"([\d.]+)(ms|s|m|h)", duration).groups()
+    return float(number) * units[unit]

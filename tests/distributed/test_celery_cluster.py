@@ -90,35 +90,14 @@ def _deferral_timeline(dep, run_id: str, task_id: str) -> dict:
 def _check_snapshot(dep) -> str:
     """The live profile snapshot equals the ground truth at its export; returns its batch id."""
     view = _view(dep)
-    dataset = view.dataset_id(_names(dep).profile_dataset)
-    live = view.live_batches(dataset, "snapshot")
-    assert len(live) == 1, f"expected exactly one live snapshot batch, got {[b.id for b in live]}"
-    records = view.snapshot_records(dataset)
-    truth = view.truth_snapshot(at=live[0].observed_at)
-    assert records == truth and records, (
-        f"snapshot differs from the ground truth at {live[0].observed_at}: {len(records)} people vs {len(truth)}; "
-        f"only in records: {sorted(set(records) - set(truth))[:5]}, only in truth: {sorted(set(truth) - set(records))[:5]}")
-    return live[0].id
+    return view.check_snapshot(view.dataset_id(_names(dep).profile_dataset))
 
 
 def _check_interval_events(dep, start: str, end: str) -> tuple[str, int]:
-    """Exactly one live events batch covering [start, end) (its own, or the hull of intervals that
-    overlapped it), and the dataset's events in that interval are
-    true transitions at their true times, none twice, and every one AEP's exports showed (see
-    ``JobView.check_events``). Returns (batch, n)."""
+    """See ``JobView.check_interval_events``. Returns (batch, n)."""
     view = _view(dep)
-    dataset = view.dataset_id(_names(dep).event_dataset)
-    day = (_when(start), _when(end))
-    live = [b for b in view.live_batches(dataset, "events")
-            if b.label.interval[0] < day[1] and day[0] < b.label.interval[1]]  # overlapping: at most one
-    if live:
-        assert live[0].label.interval[0] <= day[0] and day[1] <= live[0].label.interval[1], live
-    records = view.check_events(dataset, start, end, exact=False, export_dataset_name=_names(dep).export_dataset)
-    if not records:  # an interval without changes publishes no batch of its own (a hull may cover it)
-        assert not live or live[0].label.interval != day, f"[{start}, {end}): no records, but live batches {live}"
-        return (live[0].id if live else ""), 0
-    assert len(live) == 1, f"[{start}, {end}): expected one live events batch, got {[b.id for b in live]}"
-    return live[0].id, sum(records.values())
+    return view.check_interval_events(view.dataset_id(_names(dep).event_dataset), start, end,
+                                      _names(dep).export_dataset)
 
 
 # ---------------------------------------------------------------------------------------------------
