@@ -236,6 +236,10 @@ class OpenEventsBatch:
     live: bool  # succeeded (published); else still open
 
 
+#: An open events batch older than this is abandoned (its run died before aborting it): ignored.
+ABANDONED_AFTER = timedelta(hours=6)
+
+
 def events_publish_conflict(*, mine_id: str, mine_created_ms: int, run_key: str, interval: tuple[datetime, datetime],
                             replaced: set[str], others: list[OpenEventsBatch]) -> str | None:
     """Why this run must not publish its events batch yet, or None when it may.
@@ -251,7 +255,8 @@ def events_publish_conflict(*, mine_id: str, mine_created_ms: int, run_key: str,
         if other.live and other.batch_id not in replaced:
             return (f"events batch {other.batch_id} [{utc_iso(other.interval[0])}, {utc_iso(other.interval[1])}) "
                     f"went live after this run planned its interval")
-        if not other.live and (other.created_ms, other.batch_id) < (mine_created_ms, mine_id):
+        abandoned = other.created_ms < mine_created_ms - ABANDONED_AFTER.total_seconds() * 1000
+        if not other.live and not abandoned and (other.created_ms, other.batch_id) < (mine_created_ms, mine_id):
             return (f"events batch {other.batch_id} [{utc_iso(other.interval[0])}, {utc_iso(other.interval[1])}) "
                     f"of another run is being published for an overlapping interval")
     return None

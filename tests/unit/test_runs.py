@@ -152,6 +152,9 @@ def test_the_first_of_two_overlapping_open_batches_publishes_the_other_waits():
     assert events_publish_conflict(mine_id="M", mine_created_ms=100, others=[_open("X", shifted, 200)], **kwargs) is None
     assert "being published" in events_publish_conflict(mine_id="M", mine_created_ms=100,
                                                          others=[_open("X", shifted, 50)], **kwargs)
+    # An open batch left behind by a run that died hours ago does not block anyone for ever.
+    assert events_publish_conflict(mine_id="M", mine_created_ms=7 * 3600_000,
+                                   others=[_open("X", shifted, 50)], **kwargs) is None
     # A live batch this run planned to replace is no conflict; one that went live since is.
     assert events_publish_conflict(mine_id="M", mine_created_ms=100, others=[_open("X", shifted, 50, live=True)],
                                    run_key="mine", interval=DAY, replaced={"X"}) is None
