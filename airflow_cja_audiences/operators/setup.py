@@ -34,7 +34,8 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
     def __init__(self, *, audiences: Sequence[dict[str, Any]], identity_field: str, tenant: str | None = None,
                  check_identity_field: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.audiences = list(audiences)
+        # A list, or a value rendered at run time (a template, an XComArg, a literal()).
+        self.audiences = list(audiences) if isinstance(audiences, (list, tuple)) else audiences
         self.identity_field = identity_field
         self.tenant = tenant
         self.check_identity_field = check_identity_field
@@ -149,6 +150,7 @@ class EnsureExportDatasetOperator(AdobeBaseOperator):
         self.table_name_wait_seconds = table_name_wait_seconds
 
     def execute(self, context: Context) -> dict[str, Any]:
+        validation.display_text(self.dataset_name, "dataset_name")  # again, as rendered
         catalog = self.hook(hooks.catalog.CatalogHook)
         dataset, _ = catalog.ensure_dataset(
             self.dataset_name, schema_id=PROFILE_UNION_ALT_ID, accepted_schema_ids=(PROFILE_UNION_SCHEMA,),
@@ -195,6 +197,8 @@ class EnsureCjaDatasetOperator(AdobeBaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         tenant = validation.tenant_id(self.tenant)
+        for name in ("dataset_name", "schema_title", "field_group_title"):  # again, as rendered
+            validation.display_text(getattr(self, name), name)
         fields = OutputFields.model_validate(self.output_fields)
         registry = self.hook(hooks.schema_registry.SchemaRegistryHook)
         if self.kind == "profile":
