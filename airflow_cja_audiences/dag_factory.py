@@ -50,11 +50,10 @@ def asset_for(job: RefreshJob) -> Asset:
                  name=f"cja_audiences_{job.job_id}", group="adobe")
 
 
-# The trigger form's schemas say which JSON Schema draft they are written in. Airflow validates every
-# Param of every task (each task holds a copy of the DAG's params) with ``jsonschema.validate``, which
-# first checks the schema itself against its draft's meta-schema; for the default draft (2020-12) that
-# check costs about twice draft-07's, and it dominated the time to parse and serialize a jobs file
-# (benchmarks/dag_import.py). These schemas use nothing newer than draft-07.
+# The trigger form's schemas say which JSON Schema draft they are written in: Airflow validates each
+# Param with ``jsonschema.validate``, which first checks the schema against its draft's meta-schema,
+# and for the default draft (2020-12) that check costs about twice draft-07's (a tenth of the time to
+# build a DAG; benchmarks/dag_import.py). These schemas use nothing newer than draft-07.
 _DRAFT = {"$schema": "http://json-schema.org/draft-07/schema#"}
 
 
@@ -96,7 +95,7 @@ def build_dag(job: RefreshJob) -> DAG:
     start = datetime(job.start_date.year, job.start_date.month, job.start_date.day, tzinfo=timezone.utc)
     with DAG(
         dag_id=dag_id_for(job), schedule=schedule, start_date=start, catchup=False, max_active_runs=1,
-        params=_params(), tags=["adobe", "cja", "audiences"], doc_md=_doc(job),
+        tags=["adobe", "cja", "audiences"], doc_md=_doc(job),
         default_args={"retries": job.retries, "retry_delay": timedelta(seconds=job.retry_delay_seconds),
                       "retry_exponential_backoff": True, "max_retry_delay": timedelta(minutes=10)},
     ) as dag:
@@ -183,6 +182,11 @@ def build_dag(job: RefreshJob) -> DAG:
             batch_ids=[f"{{{{ ti.xcom_pull(task_ids='{prep.task_id}', key='batch_id') or '' }}}}"
                        for _, prep, _, _ in loads.values()])
         [task for _, _, publish, load in loads.values() for task in (load, publish)] >> abort
+    # Set once the tasks exist, so they hold no copies: Airflow merges the DAG's params into each task's
+    # at run time (and the trigger form is the DAG's). A copy per task (and per class of its hierarchy)
+    # made building and serializing a DAG 5x slower: a jobs file of 1,000 jobs would outgrow the DAG
+    # processor's time limits (benchmarks/dag_import.py).
+    dag.params = _params()
     return dag
 
 

@@ -41,12 +41,18 @@ T = TypeVar("T")
 
 
 class QueryServiceError(AepError):
-    """A Query Service statement failed; carries the SQLSTATE and whether trying again may help."""
+    """A Query Service statement failed; carries the SQLSTATE and whether trying again may help.
 
-    def __init__(self, message: str, sqlstate: str | None, *, transient: bool = False):
+    ``transient``: a new connection may succeed at once (dropped connection, restart). ``permanent``:
+    no retry can succeed (authentication refused, TLS certificate not trusted, a statement Query
+    Service rejects) - see :func:`airflow_cja_audiences.errors.is_permanent`.
+    """
+
+    def __init__(self, message: str, sqlstate: str | None, *, transient: bool = False, permanent: bool = False):
         super().__init__(message)
         self.sqlstate = sqlstate
         self.transient = transient
+        self.permanent = permanent
 
     @property
     def is_limit(self) -> bool:
@@ -66,11 +72,12 @@ class QueryServiceHook(PostgresHook):
     hook_name = "Adobe Experience Platform Query Service"
 
     def __init__(self, adobe_conn_id: str = DEFAULT_CONN_ID, *, sandbox: str | None = None,
-                 platform_hook: AdobePlatformHook | None = None, **kwargs: Any) -> None:
+                 platform_hook: AdobePlatformHook | None = None, connect_timeout: int = 30, **kwargs: Any) -> None:
         super().__init__(adobe_conn_id=adobe_conn_id, **kwargs)
         self.adobe_conn_id = adobe_conn_id
         self.sandbox_override = sandbox
         self._platform_hook = platform_hook
+        self.connect_timeout = connect_timeout
 
     @cached_property
     def platform(self) -> AdobePlatformHook:
@@ -99,13 +106,55 @@ class QueryServiceHook(PostgresHook):
         mask_secret(token)
         # verify-full: TLS *and* certificate/host checks (Adobe's docs say 'require', which checks nothing).
         extra = {"sslmode": "verify-full", "sslrootcert": s.ca_bundle or "system",
-                 "application_name": "airflow-cja-audiences", "connect_timeout": 30, "gssencmode": "disable"}
+                 "application_name": "airflow-cja-audiences", "connect_timeout": self.connect_timeout,
+                 "gssencmode": "disable"}
         return Connection(conn_id=f"{self.adobe_conn_id}__query_service", conn_type="postgres", host=host,
                           port=port, login=s.org_id, password=token, schema=database, extra=json.dumps(extra))
 
     @connection.setter
     def connection(self, value: Any) -> None:  # DbApiHook's setter exists for old providers only
         raise AttributeError("QueryServiceHook derives its connection from the Adobe connection")
+
+    def check(self) -> str:
+        """Connect (TLS with certificate checks, IMS token as password) and run ``SELECT 1``, once.
+
+        Returns what was reached; raises :class:`QueryServiceError` saying what failed and what to check
+        (``permanent`` for refused credentials or an untrusted certificate, else it may be the network).
+        """
+        host, port, database = self._endpoint
+        where = f"Query Service at {host}:{port} (database {database!r})"
+        try:
+            conn = self.get_conn()
+        except Exception as exc:
+            error = _wrap(exc, "connect")
+            if not isinstance(error, QueryServiceError):
+                raise
+            hint = ("check the connection's ca_bundle (TLS is always verified)" if _is_tls(exc) else
+                    "check the org id, the credentials' Query Service permissions and the sandbox" if error.permanent
+                    else "is the port reachable from the workers (a firewall or proxy may block it; Adobe's is 80)? "
+                         "Set the query_service_host/query_service_port extras if it is elsewhere")
+            raise QueryServiceError(f"cannot connect to {where}: {_first_line(exc)}; {hint}", error.sqlstate,
+                                    transient=error.transient, permanent=error.permanent) from None
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+                row = cursor.fetchone()
+            if not row or row[0] != 1:
+                raise QueryServiceError(f"{where} answered SELECT 1 with {row!r}", None, permanent=True)
+        except QueryServiceError:
+            raise
+        except Exception as exc:
+            raise _wrap(exc, "SELECT 1") from None
+        finally:
+            conn.close()
+        return f"{where} answered SELECT 1"
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Airflow's connection test for Query Service: TLS, authentication, ``SELECT 1``."""
+        try:
+            return True, self.check()
+        except AepError as exc:
+            return False, str(exc)
 
     def retrying(self, work: Callable[[], T]) -> T:
         """Run ``work`` (which opens its own connection), again after a transient Query Service error."""
@@ -152,13 +201,26 @@ class QueryServiceHook(PostgresHook):
         return self.retrying(attempt)
 
 
+def _is_tls(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "certificate verify failed" in text or "ssl error" in text or "sslmode" in text
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
 def _wrap(exc: Exception, sql: str) -> Exception:
     sqlstate = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
     if sqlstate is None and not exc.__class__.__module__.startswith(("psycopg", "psycopg2")):
         return exc
+    tls = sqlstate is None and _is_tls(exc)
     # A lost connection has no SQLSTATE; both drivers raise the DB-API OperationalError for it.
-    lost = sqlstate is None and any(c.__name__ == "OperationalError" for c in type(exc).__mro__)
+    lost = sqlstate is None and not tls and any(c.__name__ == "OperationalError" for c in type(exc).__mro__)
     transient = lost or (sqlstate or "").startswith("08") or sqlstate in _TRANSIENT_SQLSTATES
+    # Refused credentials (class 28) and an untrusted certificate stay so however often we ask.
+    permanent = tls or (sqlstate or "").startswith("28")
     first_line = " ".join(sql.split())[:300]
     return QueryServiceError(f"Query Service error {sqlstate or '?'}: {str(exc).strip()} -- in: {first_line}",
-                             sqlstate, transient=transient)
+                             sqlstate, transient=transient, permanent=permanent)

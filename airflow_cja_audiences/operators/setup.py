@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_cja_audiences import hooks, validation, xdm
 from airflow_cja_audiences.config import AudienceSelector, OutputFields
@@ -23,7 +23,9 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
     """Validate and resolve the audiences, the tenant and the identity field; writes nothing.
 
     Fails before anything is written to AEP when an audience id or name is unknown or ambiguous,
-    the tenant cannot be found, or the identity field is not in the profile union schema.
+    the tenant cannot be found, the identity field is not in the profile union schema, or Query
+    Service cannot be reached (TLS, authentication, ``SELECT 1``; ``check_query_service``), so that a
+    blocked Query Service port is found before the export job and the datasets are created.
 
     XCom (keys): ``audiences`` (list of ``{id, name, aep_name}``), ``audience_ids``, ``tenant``,
     ``identity_path``, ``export_fields`` (what the export job must include).
@@ -32,13 +34,14 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
     template_fields = ("sandbox", "audiences", "identity_field", "tenant")
 
     def __init__(self, *, audiences: Sequence[dict[str, Any]], identity_field: str, tenant: str | None = None,
-                 check_identity_field: bool = True, **kwargs: Any) -> None:
+                 check_identity_field: bool = True, check_query_service: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # A list, or a value rendered at run time (a template, an XComArg, a literal()).
         self.audiences = list(audiences) if isinstance(audiences, (list, tuple)) else audiences
         self.identity_field = identity_field
         self.tenant = tenant
         self.check_identity_field = check_identity_field
+        self.check_query_service = check_query_service
 
     def execute(self, context: Context) -> dict[str, Any]:
         try:
@@ -54,11 +57,16 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
                 tenant = registry.get_tenant_id()
             identity_path = validation.resolve_tenant_path(self.identity_field, tenant)
         except ValueError as exc:
-            raise AirflowException(f"invalid input: {exc}") from None
+            raise AirflowFailException(f"invalid input: {exc}") from exc
         resolved = self.hook(hooks.segmentation.SegmentationHook).resolve_audiences(selectors)
         if self.check_identity_field:
             union = self.hook(hooks.schema_registry.SchemaRegistryHook).get_profile_union_schema()
             self.hook(hooks.segmentation.SegmentationHook).require_export_fields(union, [identity_path])
+        _check_resolved(resolved)
+        if self.check_query_service:
+            self.log.info("Query Service: %s", hooks.query_service.QueryServiceHook(
+                self.adobe_conn_id, platform_hook=self.hook(hooks.platform.AdobePlatformHook),
+                connect_timeout=15).check())
         result = {"audiences": [a.to_dict() for a in resolved], "audience_ids": [a.id for a in resolved],
                   "tenant": tenant, "identity_path": identity_path, "export_fields": [identity_path]}
         for audience in resolved:
@@ -67,6 +75,16 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
         self.log.info("Tenant _%s; personID from %s", tenant, identity_path)
         self.log_retries()
         return result
+
+
+def _check_resolved(resolved: Sequence[Any]) -> None:
+    """What AEP answered goes into the export job and into SQL: each id must be a well-formed audience
+    id (that a look-up by id answers with that id is checked by the hook)."""
+    for audience in resolved:
+        try:
+            validation.audience_id(audience.id)
+        except ValueError as exc:
+            raise AepError(f"AEP answered an audience look-up with an id that is not one: {exc}") from None
 
 
 def _check_tenant(registry: Any, tenant: str) -> None:
@@ -109,7 +127,7 @@ class PlanRunOperator(BaseOperator):
                 manual = (_instant(params.get("events_interval_start"), "events_interval_start"),
                           _instant(params.get("events_interval_end"), "events_interval_end"))
             except ValueError as exc:
-                raise AirflowException(str(exc)) from None
+                raise AirflowFailException(str(exc)) from exc
         run_type = str(getattr(context["dag_run"], "run_type", "manual")).rsplit(".", 1)[-1].lower()
         snapshot_param = params.get("publish_snapshot")
         try:
@@ -117,7 +135,7 @@ class PlanRunOperator(BaseOperator):
                             now=datetime.now(timezone.utc), manual_interval=manual,
                             force_snapshot=None if snapshot_param in (None, True) else bool(snapshot_param))
         except ValueError as exc:
-            raise AirflowException(f"cannot plan this run: {exc}") from None
+            raise AirflowFailException(f"cannot plan this run: {exc}") from exc
         for warning in plan.warnings:
             self.log.warning(warning)
         self.log.info("Run type %s: snapshot=%s, events=%s %s", run_type, plan.snapshot, plan.events,
