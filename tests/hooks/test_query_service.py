@@ -216,3 +216,58 @@ def test_transient_query_service_errors_are_retried_on_a_new_connection(emu, aud
     with pytest.raises(QueryServiceError) as wrong:
         hook.query_all("SELECT no_such_column FROM no_such_table")
     assert not wrong.value.transient and platform.retry_counts["query_service.query"] == 3
+
+
+# ------------------------------------------------------------------ the connection test checks Query Service too
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_connection_test_runs_select_1_on_query_service(emu):
+    from airflow_cja_audiences.hooks.platform import AdobePlatformHook
+
+    ok, message = QueryServiceHook().test_connection()
+    assert ok and "answered SELECT 1" in message, message
+    ok, message = AdobePlatformHook().test_connection()
+    assert ok and "answered SELECT 1" in message and emu.credentials.org_id in message, message
+
+
+def test_connection_test_fails_when_query_service_is_unreachable(emu, adobe_conn, monkeypatch):
+    import json
+
+    from airflow_cja_audiences import DEFAULT_CONN_ID
+    from airflow_cja_audiences.hooks.platform import AdobePlatformHook
+
+    port = _closed_port()
+    extra = {**adobe_conn["extra"], "query_service_port": port}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}", json.dumps({**adobe_conn, "extra": extra}))
+    ok, message = AdobePlatformHook().test_connection()
+    assert not ok
+    assert f"Query Service did not: cannot connect to Query Service at 127.0.0.1:{port}" in message
+    assert "Connected" not in message and adobe_conn["password"] not in message
+
+
+def test_untrusted_query_service_certificate_is_permanent(emu, adobe_conn, monkeypatch, tmp_path):
+    """TLS stays verified: a CA bundle that does not sign Query Service's certificate fails the check as
+    permanent (no retry can fix it), naming ca_bundle."""
+    import json
+
+    from airflow_cja_audiences import DEFAULT_CONN_ID
+    from airflow_cja_audiences.hooks.platform import AdobePlatformHook
+    from airflow_cja_audiences.hooks.query_service import QueryServiceError
+
+    platform = AdobePlatformHook()
+    platform.get_access_token()  # with the right CA, then point Query Service at a CA that signs nothing of ours
+    import certifi
+
+    settings = platform.settings.model_copy(update={"ca_bundle": certifi.where()})
+    monkeypatch.setattr(type(platform), "settings", property(lambda self: settings), raising=False)
+    with pytest.raises(QueryServiceError) as info:
+        QueryServiceHook(platform_hook=platform, connect_timeout=5).check()
+    assert info.value.permanent and not info.value.transient
+    assert "ca_bundle" in str(info.value)
