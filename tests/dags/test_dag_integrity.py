@@ -38,6 +38,19 @@ def test_dag_shape(dagbag):
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
 
 
+def test_params_are_the_dags_and_reach_every_task(dagbag):
+    """The DAG holds the trigger form's params, the tasks no copies (building and serializing those copies
+    cost most of a DAG's parse time); at run time Airflow merges them into each task's context."""
+    from airflow.sdk.definitions.param import process_params
+
+    dag = dagbag.dags["cja_audiences__luma_loyalty"]
+    assert set(dag.params) == {"force_replace", "publish_snapshot", "events_interval_start", "events_interval_end"}
+    for task in dag.tasks:
+        assert not task.params, task.task_id
+        params = process_params(dag, task, {"force_replace": True}, suppress_exception=False)
+        assert params["force_replace"] is True and params["publish_snapshot"] is True
+
+
 def test_dag_without_events_or_schedule():
     job = JobsFile.model_validate({"jobs": [{"job_id": "manual_only", "schedule": None, "publish_events": False,
                                              "audiences": [{"id": "a-1"}],
