@@ -7,6 +7,10 @@ imported first (every DAG file pays that), then the DAG file is executed and tim
 are serialized the way the DAG processor does and timed. Targets: importing 1,000 jobs takes under
 5 s, and the cost per job grows roughly linearly (per job at 1,000 at most 1.5x per job at 100).
 
+For scale, the same run measures Airflow's own floor: a DAG file building as many DAGs with as many
+tasks (chained EmptyOperators, no params), so a loaded machine shows up in both; the ratio of the two
+is what this package adds on top of Airflow.
+
     python -m benchmarks.dag_import [--runs 3] [--jobs 10,100,1000]
 """
 
@@ -24,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 IMPORT_TARGET_S = 5.0  # 1,000 jobs
 LINEAR_FACTOR = 1.5
+TASKS_PER_DAG = 15  # a refresh DAG with events: 13 tasks and 2 mapped ones
 
 MEASURE = '''
 import sys, time, runpy
@@ -43,6 +48,18 @@ print(f"{imported:.4f} {serialized:.4f} {len(dags)} {broken}")
 '''
 
 
+FLOOR_DAG_FILE = '''
+import os
+from datetime import datetime
+from airflow.sdk import DAG, chain
+from airflow.providers.standard.operators.empty import EmptyOperator
+for i in range(int(os.environ["FLOOR_DAGS"])):
+    with DAG(f"floor_{i}", schedule="0 2 * * *", start_date=datetime(2026, 1, 1)) as dag:
+        chain(*[EmptyOperator(task_id=f"t{k}") for k in range(int(os.environ["FLOOR_TASKS"]))])
+    globals()[dag.dag_id] = dag
+'''
+
+
 def jobs_file(n: int) -> dict:
     """``n`` jobs shaped like real ones: a few audiences by id and by name, the defaults elsewhere."""
     return {"version": 1, "jobs": [{
@@ -55,8 +72,8 @@ def jobs_file(n: int) -> dict:
         for i in range(n)]}
 
 
-def measure(dag_file: Path, config: Path) -> tuple[float, float, int, int]:
-    env = {**os.environ, "CJA_AUDIENCES_CONFIG": str(config)}
+def measure(dag_file: Path, config: Path, **extra_env: str) -> tuple[float, float, int, int]:
+    env = {**os.environ, "CJA_AUDIENCES_CONFIG": str(config), **extra_env}
     out = subprocess.run([sys.executable, "-c", MEASURE, str(dag_file)], check=True, capture_output=True, text=True,
                          cwd=ROOT, env=env).stdout.split()
     return float(out[0]), float(out[1]), int(out[2]), int(out[3])
@@ -71,16 +88,24 @@ def main(argv: list[str] | None = None) -> int:
     dag_file = ROOT / "dags" / "cja_audiences.py"
     results: dict[int, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        floor_file = Path(tmp) / "floor_dags.py"
+        floor_file.write_text(FLOOR_DAG_FILE)
         for n in sizes:
             config = Path(tmp) / f"jobs_{n}.json"
             config.write_text(json.dumps(jobs_file(n)))
-            runs = [measure(dag_file, config) for _ in range(args.runs)]
+            runs, floors = [], []
+            for _ in range(args.runs):  # alternate, so machine noise hits both alike
+                runs.append(measure(dag_file, config))
+                floors.append(measure(floor_file, config, FLOOR_DAGS=str(n), FLOOR_TASKS=str(TASKS_PER_DAG)))
             assert all(r[2] == n and r[3] == 0 for r in runs), f"expected {n} valid DAGs, got {runs[0][2:]}"
             imported = statistics.median(r[0] for r in runs)
             serialized = statistics.median(r[1] for r in runs)
+            floor = statistics.median(f[0] + f[1] for f in floors)
             results[n] = (imported, serialized)
             print(f"{n:6d} jobs: import {imported:7.2f} s ({imported / n * 1000:5.1f} ms/job), serialize "
-                  f"{serialized:7.2f} s ({serialized / n * 1000:5.1f} ms/job); median of {args.runs}", flush=True)
+                  f"{serialized:7.2f} s ({serialized / n * 1000:5.1f} ms/job); Airflow's floor (as many DAGs of "
+                  f"{TASKS_PER_DAG} empty tasks, import + serialize) {floor:6.2f} s: ours x{(imported + serialized) / floor:.1f}; "
+                  f"median of {args.runs}", flush=True)
     ok = True
     if 1000 in results:
         t = results[1000][0]
