@@ -148,7 +148,7 @@ class RefreshJob(StrictModel):
     layout: Literal["per_person", "per_membership"] = "per_person"
     merge_policy_id: Annotated[str, AfterValidator(v.audience_id)] | None = None
     schedule: Annotated[str, AfterValidator(lambda s: cron_schedule(s))] | None = Field(
-        default="@daily", description="Cron expression (5 fields, UTC) or preset (@hourly, @daily, ...); null = manual only")
+        default="@daily", description="Cron expression (UTC) or preset (@hourly, @daily, ...); null = manual only")
     cja_connection_id: Annotated[str, AfterValidator(lambda s: v._check(
         v.CJA_CONNECTION_ID, s, "CJA connection id", "dg_0123abcd-..."))] | None = None
     cja_data_view_id: Annotated[str, AfterValidator(lambda s: v._check(
@@ -240,7 +240,6 @@ class JobsFile(StrictModel):
 # bounded in size, in YAML alias expansion, in job count and in error text, and takes linear time.
 
 
-
 @dataclass(frozen=True)
 class JobError:
     """A job of the file that did not validate: its position, its id when it has a usable one, why."""
@@ -280,7 +279,7 @@ def cron_schedule(value: str) -> str:
 
     if not isinstance(value, str):
         raise ValueError(f"schedule must be a string, got {type(value).__name__}")
-    expression = CRON_PRESETS.get(value.strip(), value)
+    expression = CRON_PRESETS.get(value, value)  # exactly as Airflow resolves it
     if len(value) > 100 or not expression.strip():
         raise ValueError(f"schedule {v.shown(value)} is not a cron expression")
     if expression.startswith("@"):

@@ -185,7 +185,7 @@ def build_dag(job: RefreshJob) -> DAG:
         [task for _, _, publish, load in loads.values() for task in (load, publish)] >> abort
     # Set once the tasks exist, so they hold no copies: Airflow merges the DAG's params into each task's
     # at run time (and the trigger form is the DAG's). A copy per task (and per class of its hierarchy)
-    # made building and serializing a DAG 5x slower: a jobs file of 1,000 jobs would outgrow the DAG
+    # made building and serializing a DAG about 4x slower: a jobs file of 1,000 jobs would outgrow the DAG
     # processor's time limits (benchmarks/dag_import.py).
     dag.params = _params()
     return dag

@@ -77,6 +77,14 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
         return result
 
 
+def _rendered_text(op: Any, name: str) -> None:
+    """Names may be templates in a user's own DAG: the rendered value must be a valid name too."""
+    try:
+        validation.display_text(getattr(op, name), name)
+    except ValueError as exc:
+        raise AepConfigError(f"{name} as rendered: {exc}") from None
+
+
 def _check_resolved(resolved: Sequence[Any]) -> None:
     """What AEP answered goes into the export job and into SQL: each id must be a well-formed audience
     id (that a look-up by id answers with that id is checked by the hook)."""
@@ -168,7 +176,7 @@ class EnsureExportDatasetOperator(AdobeBaseOperator):
         self.table_name_wait_seconds = table_name_wait_seconds
 
     def execute(self, context: Context) -> dict[str, Any]:
-        validation.display_text(self.dataset_name, "dataset_name")  # again, as rendered
+        _rendered_text(self, "dataset_name")
         catalog = self.hook(hooks.catalog.CatalogHook)
         dataset, _ = catalog.ensure_dataset(
             self.dataset_name, schema_id=PROFILE_UNION_ALT_ID, accepted_schema_ids=(PROFILE_UNION_SCHEMA,),
@@ -215,8 +223,8 @@ class EnsureCjaDatasetOperator(AdobeBaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         tenant = validation.tenant_id(self.tenant)
-        for name in ("dataset_name", "schema_title", "field_group_title"):  # again, as rendered
-            validation.display_text(getattr(self, name), name)
+        for name in ("dataset_name", "schema_title", "field_group_title"):
+            _rendered_text(self, name)
         fields = OutputFields.model_validate(self.output_fields)
         registry = self.hook(hooks.schema_registry.SchemaRegistryHook)
         if self.kind == "profile":

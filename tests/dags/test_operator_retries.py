@@ -281,3 +281,14 @@ def test_blocked_query_service_port_fails_resolve_before_any_write(emu, audience
     # the check is the first task's: without it, resolve alone passes
     assert _resolve([{"id": audiences[0]}], check_query_service=False).execute(_context())["audience_ids"] == \
         [audiences[0]]
+
+
+def test_a_name_that_renders_invalid_fails_at_once(emu):
+    """In a user's own DAG a name may be a template: what it renders to is validated like the config."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    op = EnsureExportDatasetOperator(task_id="x", dataset_name="{{ params.name }}")
+    op.render_template_fields({"params": {"name": "Profiles\x00"}})
+    with pytest.raises(AirflowFailException, match="dataset_name as rendered"):
+        op.execute(_context())
+    assert not _named(emu, "datasets", "Profiles\x00")
