@@ -116,37 +116,33 @@ class QueryServiceHook(PostgresHook):
         raise AttributeError("QueryServiceHook derives its connection from the Adobe connection")
 
     def check(self) -> str:
-        """Connect (TLS with certificate checks, IMS token as password) and run ``SELECT 1``, once.
+        """Connect (TLS with certificate checks, IMS token as password) and run ``SELECT 1``.
 
         Returns what was reached; raises :class:`QueryServiceError` saying what failed and what to check
-        (``permanent`` for refused credentials or an untrusted certificate, else it may be the network).
+        (``permanent`` for refused credentials or an untrusted certificate). A connection that cannot be
+        opened is reported at once (no retry here: a blocked port would only make the caller wait); a
+        statement that fails on an open connection is run again like any other (:meth:`retrying`).
         """
         host, port, database = self._endpoint
         where = f"Query Service at {host}:{port} (database {database!r})"
-        try:
-            conn = self.get_conn()
-        except Exception as exc:
-            error = _wrap(exc, "connect")
-            if not isinstance(error, QueryServiceError):
-                raise
-            hint = ("check the connection's ca_bundle (TLS is always verified)" if _is_tls(exc) else
-                    "check the org id, the credentials' Query Service permissions and the sandbox" if error.permanent
-                    else "is the port reachable from the workers (a firewall or proxy may block it; Adobe's is 80)? "
-                         "Set the query_service_host/query_service_port extras if it is elsewhere")
-            raise QueryServiceError(f"cannot connect to {where}: {_first_line(exc)}; {hint}", error.sqlstate,
-                                    transient=error.transient, permanent=error.permanent) from None
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute("SELECT 1")
-                row = cursor.fetchone()
+
+        def select_1() -> None:
+            try:
+                conn = self.get_conn()
+            except Exception as exc:
+                raise _connect_error(exc, where) from None
+            try:
+                with conn.cursor() as cursor:
+                    cursor.execute("SELECT 1")
+                    row = cursor.fetchone()
+            except Exception as exc:
+                raise _wrap(exc, "SELECT 1") from None
+            finally:
+                conn.close()
             if not row or row[0] != 1:
                 raise QueryServiceError(f"{where} answered SELECT 1 with {row!r}", None, permanent=True)
-        except QueryServiceError:
-            raise
-        except Exception as exc:
-            raise _wrap(exc, "SELECT 1") from None
-        finally:
-            conn.close()
+
+        self.retrying(select_1)
         return f"{where} answered SELECT 1"
 
     def test_connection(self) -> tuple[bool, str]:
@@ -201,9 +197,29 @@ class QueryServiceHook(PostgresHook):
         return self.retrying(attempt)
 
 
+def _connect_error(exc: Exception, where: str) -> Exception:
+    """Why a connection could not be opened, with what to check; never retried by :meth:`check`."""
+    error = _wrap(exc, "connect")
+    if not isinstance(error, QueryServiceError):
+        return exc
+    hint = ("check the connection's ca_bundle (TLS is always verified)" if _is_tls(exc) else
+            "check the org id, the credentials' Query Service permissions and the sandbox" if error.permanent
+            else "is the port reachable from the workers (a firewall or proxy may block it; Adobe's is 80)? Set the "
+                 "query_service_host/query_service_port extras if it is elsewhere")
+    return QueryServiceError(f"cannot connect to {where}: {_first_line(exc)}; {hint}", error.sqlstate,
+                             permanent=error.permanent)
+
+
 def _is_tls(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "certificate verify failed" in text or "ssl error" in text or "sslmode" in text
+
+
+def _login_refused(text: str) -> bool:
+    """The server answered the connection with FATAL about who we are or where we asked to go."""
+    if "authentication failed" in text:
+        return True
+    return "fatal:" in text and any(w in text for w in ("password", "token", "role", "database", "permission"))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -216,11 +232,14 @@ def _wrap(exc: Exception, sql: str) -> Exception:
     if sqlstate is None and not exc.__class__.__module__.startswith(("psycopg", "psycopg2")):
         return exc
     tls = sqlstate is None and _is_tls(exc)
+    # The drivers give a login the server refused while connecting no SQLSTATE, only its FATAL message.
+    refused = sqlstate is None and _login_refused(str(exc).lower())
     # A lost connection has no SQLSTATE; both drivers raise the DB-API OperationalError for it.
-    lost = sqlstate is None and not tls and any(c.__name__ == "OperationalError" for c in type(exc).__mro__)
+    lost = sqlstate is None and not (tls or refused) and any(c.__name__ == "OperationalError"
+                                                              for c in type(exc).__mro__)
     transient = lost or (sqlstate or "").startswith("08") or sqlstate in _TRANSIENT_SQLSTATES
     # Refused credentials (class 28) and an untrusted certificate stay so however often we ask.
-    permanent = tls or (sqlstate or "").startswith("28")
+    permanent = tls or refused or (sqlstate or "").startswith("28")
     first_line = " ".join(sql.split())[:300]
     return QueryServiceError(f"Query Service error {sqlstate or '?'}: {str(exc).strip()} -- in: {first_line}",
                              sqlstate, transient=transient, permanent=permanent)

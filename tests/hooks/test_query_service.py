@@ -271,3 +271,15 @@ def test_untrusted_query_service_certificate_is_permanent(emu, adobe_conn, monke
         QueryServiceHook(platform_hook=platform, connect_timeout=5).check()
     assert info.value.permanent and not info.value.transient
     assert "ca_bundle" in str(info.value)
+
+
+def test_refused_query_service_login_is_permanent(emu, monkeypatch):
+    from airflow_cja_audiences.hooks.platform import AdobePlatformHook
+    from airflow_cja_audiences.hooks.query_service import QueryServiceError
+
+    platform = AdobePlatformHook()
+    monkeypatch.setattr(platform, "get_access_token", lambda *a, **k: "not-a-token-Adobe-issued")
+    with pytest.raises(QueryServiceError) as info:
+        QueryServiceHook(platform_hook=platform, connect_timeout=5).check()
+    assert info.value.permanent and not info.value.transient, str(info.value)
+    assert "Query Service permissions" in str(info.value) and "not-a-token" not in str(info.value)
