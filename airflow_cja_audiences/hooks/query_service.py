@@ -182,6 +182,13 @@ class QueryServiceHook(PostgresHook):
                 except Exception as exc:
                     raise _wrap(exc, sql) from None
             conn.rollback()  # read-only; ends the cursor's transaction
+        except Exception as exc:
+            # Closing the server-side cursor on a connection that just dropped fails too, and that error
+            # would replace the one that says what happened (a drop to retry, a row limit to split on).
+            first = exc if isinstance(exc, QueryServiceError) else exc.__context__
+            if isinstance(first, QueryServiceError):
+                raise first from None
+            raise _wrap(exc, sql) from None
         finally:
             conn.close()
 
@@ -211,8 +218,10 @@ def _connect_error(exc: Exception, where: str) -> Exception:
 
 
 def _is_tls(exc: BaseException) -> bool:
+    """The certificate is not trusted (or TLS is misconfigured): not "SSL SYSCALL error: EOF detected"
+    and the like, which are connections dropped under TLS and worth a retry."""
     text = str(exc).lower()
-    return "certificate verify failed" in text or "ssl error" in text or "sslmode" in text
+    return "certificate verify failed" in text or "invalid sslmode" in text or "sslrootcert" in text
 
 
 def _login_refused(text: str) -> bool:

@@ -283,3 +283,53 @@ def test_refused_query_service_login_is_permanent(emu, monkeypatch):
         QueryServiceHook(platform_hook=platform, connect_timeout=5).check()
     assert info.value.permanent and not info.value.transient, str(info.value)
     assert "Query Service permissions" in str(info.value) and "not-a-token" not in str(info.value)
+
+
+@pytest.mark.parametrize("message, transient, permanent", [
+    ("SSL SYSCALL error: EOF detected", True, False),
+    ("SSL error: unexpected eof while reading", True, False),
+    ("server closed the connection unexpectedly", True, False),
+    ("connection to server at \"h\", port 80 failed: Connection refused", True, False),
+    ("SSL error: certificate verify failed", False, True),
+    ("connection to server failed: FATAL:  password authentication failed for user \"x\"", False, True),
+    ("connection to server failed: FATAL:  database \"nope:all\" does not exist", False, True),
+    ("connection to server failed: FATAL:  sorry, too many clients already", True, False),
+])
+def test_driver_errors_without_sqlstate_are_classified(message, transient, permanent):
+    from airflow_cja_audiences.hooks.query_service import _wrap
+
+    OperationalError = type("OperationalError", (Exception,), {"__module__": "psycopg"})
+    error = _wrap(OperationalError(message), "SELECT 1")
+    assert (error.transient, error.permanent) == (transient, permanent), message
+
+
+def test_a_failing_cursor_close_does_not_hide_what_happened(monkeypatch):
+    """A server-side cursor is closed on a connection that may just have dropped: that second error must
+    not replace the first (a row limit to split on, a drop to retry)."""
+    from airflow_cja_audiences.hooks.query_service import QueryServiceError
+
+    OperationalError = type("OperationalError", (Exception,), {"__module__": "psycopg"})
+    ProgramLimitExceeded = type("ProgramLimitExceeded", (Exception,), {"__module__": "psycopg", "sqlstate": "53400"})
+
+    class Cursor:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            raise OperationalError("consuming input failed: SSL connection has been closed unexpectedly")
+
+        def execute(self, sql):
+            raise ProgramLimitExceeded("result exceeds 50000 rows")
+
+    class Conn:
+        def cursor(self, name=None):
+            return Cursor()
+
+        def close(self):
+            pass
+
+    hook = QueryServiceHook()
+    monkeypatch.setattr(hook, "get_conn", lambda: Conn())
+    with pytest.raises(QueryServiceError) as info:
+        list(hook.stream("SELECT 1", prefetch=0))
+    assert info.value.is_limit, str(info.value)
