@@ -18,8 +18,9 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from airflow_cja_audiences import hooks, sql
+from airflow_cja_audiences import hooks, sql, validation
 from airflow_cja_audiences.config import RefreshJob
+from airflow_cja_audiences.errors import AepError
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
 from airflow_cja_audiences.operators.base import AdobeBaseOperator, truthy
 from airflow_cja_audiences.runs import BatchLabel, Kind
@@ -140,7 +141,7 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         if identified:
             batch = ingestion.find_batch(self.dataset_id, external_id=label.external_id) or \
                 ingestion.create_batch(self.dataset_id, external_id=label.external_id)
-            batch_id = batch.id
+            batch_id = _checked_batch_id(batch.id)
             push_batch_link(context, ingestion.settings, batch_id)
         self.log.info("%s: %d memberships (%d with a person id) in %d partitions of <= %d rows; batch %s; "
                       "replaces %s", self.kind, total, identified, len(partitions),
@@ -172,6 +173,14 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         if previous_export is None:
             self.log.info("No previous snapshot of this job: everyone counts as entered")
         return counts
+
+
+def _checked_batch_id(batch_id: str) -> str:
+    """A batch id from Batch Ingestion goes into URLs, XCom and the clean-up task's template."""
+    try:
+        return validation.batch_id(batch_id)
+    except ValueError as exc:
+        raise AepError(f"Batch Ingestion answered with a batch id that is not one: {exc}") from None
 
 
 def _query_failed(message: str, exc: Exception) -> AirflowException:
