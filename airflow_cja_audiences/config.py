@@ -8,6 +8,8 @@ fails with a message naming the field before anything is written to AEP.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,6 +23,14 @@ DEFAULT_CONN_ID = "adobe_experience_platform_default"
 # buckets of uneven size still fit (an overfull bucket is split again at run time).
 QUERY_SERVICE_ROW_LIMIT = 50_000
 SMALL_FILE_LIMIT = 256 * 1024 * 1024
+# Jobs file limits: it is read whenever the DAG processor parses the DAG file (see read_jobs_file).
+MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_JOBS = 1000
+# Nodes the YAML document may have once its aliases are expanded: far above any real file (a job is
+# a few dozen nodes), far below what an "alias bomb" expands to (billions from a few hundred bytes).
+MAX_EXPANDED_NODES = 1_000_000
+MAX_ERRORS_SHOWN = 10
+_MAX_ERROR_CHARS = 300
 
 AudienceId = Annotated[str, AfterValidator(v.audience_id)]
 FieldName = Annotated[str, AfterValidator(v.field_name)]
@@ -88,7 +98,7 @@ class ApiRetries(StrictModel):
     which also caps a ``Retry-After`` header. The defaults suit real Adobe; tests shorten them.
     """
 
-    max_attempts: int = Field(default=8, ge=1, le=20, description="Attempts per call, the first included")
+    max_attempts: int = Field(default=8, ge=1, le=20, description="HTTP requests per call, the first and any token fetch included")
     initial_wait_seconds: float = Field(default=0.5, gt=0.0, le=60.0)
     max_wait_seconds: float = Field(default=60.0, gt=0.0, le=600.0)
 
@@ -137,7 +147,8 @@ class RefreshJob(StrictModel):
     statuses: list[MembershipStatus] = Field(default_factory=lambda: ["realized", "existing"], min_length=1)
     layout: Literal["per_person", "per_membership"] = "per_person"
     merge_policy_id: Annotated[str, AfterValidator(v.audience_id)] | None = None
-    schedule: str | None = Field(default="@daily", description="Cron expression or preset; null = manual only")
+    schedule: Annotated[str, AfterValidator(lambda s: cron_schedule(s))] | None = Field(
+        default="@daily", description="Cron expression (UTC) or preset (@hourly, @daily, ...); null = manual only")
     cja_connection_id: Annotated[str, AfterValidator(lambda s: v._check(
         v.CJA_CONNECTION_ID, s, "CJA connection id", "dg_0123abcd-..."))] | None = None
     cja_data_view_id: Annotated[str, AfterValidator(lambda s: v._check(
@@ -213,15 +224,14 @@ class JobsFile(StrictModel):
     """The DAG config file: a list of refresh jobs (one DAG each)."""
 
     version: Literal[1] = 1
-    jobs: list[RefreshJob] = Field(min_length=1)
+    jobs: list[RefreshJob] = Field(min_length=1, max_length=MAX_JOBS)
 
     @field_validator("jobs")
     @classmethod
     def _unique_job_ids(cls, value: list[RefreshJob]) -> list[RefreshJob]:
-        ids = [j.job_id for j in value]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        dupes = sorted(i for i, n in Counter(j.job_id for j in value).items() if n > 1)
         if dupes:
-            raise ValueError(f"job ids must be unique; repeated: {dupes}")
+            raise ValueError(f"job ids must be unique; repeated: {dupes[:20]}")
         return value
 
     @field_validator("jobs")
@@ -241,24 +251,240 @@ class JobsFile(StrictModel):
         return value
 
 
-def load_jobs_file(path: str | Path) -> JobsFile:
-    """Read and validate a YAML or JSON jobs file; errors name the file and the field."""
-    import json
+# ---------------------------------------------------------------------------------------------------
+# Reading the jobs file. It is read each time the DAG processor parses the DAG file, so reading it is
+# bounded in size, in YAML alias expansion, in job count and in error text, and takes linear time.
 
-    import yaml  # PyYAML ships with Airflow; imported lazily to keep this module cheap
+
+@dataclass(frozen=True)
+class JobError:
+    """A job of the file that did not validate: its position, its id when it has a usable one, why."""
+
+    index: int
+    job_id: str | None
+    message: str
+
+    @property
+    def label(self) -> str:
+        return f"job #{self.index}" + (f" ({self.job_id!r})" if self.job_id else "")
+
+
+@dataclass(frozen=True)
+class JobsFileResult:
+    """What a jobs file holds: the valid jobs, and one error per invalid job (in file order)."""
+
+    path: Path
+    jobs: list[RefreshJob]
+    errors: list[JobError]
+
+    def error_text(self, limit: int = MAX_ERRORS_SHOWN) -> str:
+        lines = [f"{self.path}: {e.label}: {e.message}" for e in self.errors[:limit]]
+        if len(self.errors) > limit:
+            lines.append(f"... and {len(self.errors) - limit} more invalid jobs")
+        return "\n".join(lines)
+
+
+def cron_schedule(value: str) -> str:
+    """A schedule the refresh DAG's cron timetable accepts: an Airflow preset or a cron expression.
+
+    Checked the way Airflow's cron timetable checks it (presets resolved, then croniter), but when
+    the file is read, so the error names the job and the field instead of surfacing later from the
+    DAG processor without either.
+    """
+    from croniter import CroniterBadCronError, CroniterBadDateError, croniter  # Airflow's own cron parser
+
+    if not isinstance(value, str):
+        raise ValueError(f"schedule must be a string, got {type(value).__name__}")
+    expression = CRON_PRESETS.get(value, value)  # exactly as Airflow resolves it
+    if len(value) > 100 or not expression.strip():
+        raise ValueError(f"schedule {v.shown(value)} is not a cron expression")
+    if expression.startswith("@"):
+        raise ValueError(f"schedule {v.shown(value)} is not a known preset; use one of {sorted(CRON_PRESETS)} or "
+                         f"a cron expression such as '0 2 * * *' (null for manual runs only)")
+    try:
+        croniter(expression)
+    except (CroniterBadCronError, CroniterBadDateError, ValueError, KeyError) as exc:
+        raise ValueError(f"schedule {v.shown(value)} is not a valid cron expression ({str(exc)[:120]}); expected "
+                         f"e.g. '0 2 * * *' (minute hour day month weekday, UTC) or a preset such as '@daily'"
+                         ) from None
+    return value
+
+
+# Airflow's presets (airflow.sdk.definitions.timetables._cron.CRON_PRESETS), repeated here because
+# this module imports no Airflow; tests/unit/test_config.py checks that the two stay equal.
+CRON_PRESETS: dict[str, str] = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@quarterly": "0 0 1 */3 *",
+    "@yearly": "0 0 1 1 *",
+}
+
+
+def read_jobs_file(path: str | Path) -> JobsFileResult:
+    """Read a YAML or JSON jobs file and validate each job on its own.
+
+    Raises ``ValueError`` naming the file for what spoils the whole file (too big, not UTF-8, not
+    YAML/JSON, aliases expanding too far, no ``jobs`` list, too many jobs); an invalid job is returned
+    as a :class:`JobError` (naming the job and the field) next to the valid ones, so that one job's
+    mistake does not hide the others. Two jobs with the same id are both invalid.
+    """
+    path = Path(path)
+    data = _parse(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping with a 'jobs' list at the top, got {type(data).__name__}")
+    unknown = sorted(str(k) for k in data if k not in ("version", "jobs"))
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level keys {v.shown(unknown)}; expected 'version' and 'jobs'")
+    if data.get("version", 1) != 1:
+        raise ValueError(f"{path}: version: {v.shown(data.get('version'))} is not supported; expected 1")
+    raw_jobs = data.get("jobs")
+    if not isinstance(raw_jobs, list) or not raw_jobs:
+        raise ValueError(f"{path}: jobs: expected a non-empty list of jobs")
+    if len(raw_jobs) > MAX_JOBS:
+        raise ValueError(f"{path}: jobs: {len(raw_jobs)} jobs, more than the {MAX_JOBS} one jobs file may hold (each "
+                         f"is a DAG built whenever the DAG file is parsed); split them over several jobs files, "
+                         f"each read by its own copy of the DAG file (see the README)")
     from pydantic import ValidationError
 
-    path = Path(path)
-    raw = path.read_bytes()
+    jobs: list[tuple[int, RefreshJob]] = []
+    errors: list[JobError] = []
+    for index, raw in enumerate(raw_jobs):
+        try:
+            jobs.append((index, RefreshJob.model_validate(raw)))
+        except ValidationError as exc:
+            errors.append(JobError(index, _usable_job_id(raw), _describe(exc, f"jobs.{index}")))
+    counts = Counter(job.job_id for _, job in jobs)
+    good = []
+    for index, job in jobs:
+        if counts[job.job_id] > 1:
+            errors.append(JobError(index, job.job_id, f"jobs.{index}.job_id: {job.job_id!r} is used by "
+                                                      f"{counts[job.job_id]} jobs; job ids must be unique"))
+        else:
+            good.append(job)
+    errors.sort(key=lambda e: e.index)
+    return JobsFileResult(path, good, errors)
+
+
+def load_jobs_file(path: str | Path) -> JobsFile:
+    """Read and validate a YAML or JSON jobs file, all or nothing; errors name the file, job and field."""
+    result = read_jobs_file(path)
+    if result.errors:
+        raise ValueError(f"{result.path}: invalid jobs file:\n{result.error_text()}")
+    return JobsFile.model_construct(version=1, jobs=result.jobs)
+
+
+def _usable_job_id(raw: Any) -> str | None:
+    job_id = raw.get("job_id") if isinstance(raw, dict) else None
+    return job_id if isinstance(job_id, str) and v.JOB_ID.fullmatch(job_id) else None
+
+
+def _describe(exc: Any, prefix: str) -> str:
+    """pydantic's errors as ``location: message`` lines, bounded, without echoing the input values
+    (an input can be huge: pydantic's own text repeats it)."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False)[:MAX_ERRORS_SHOWN]:
+        loc = ".".join(str(p) for p in (prefix, *err.get("loc", ())))
+        msg = str(err.get("msg", "invalid"))
+        parts.append(f"{loc}: {msg if len(msg) <= _MAX_ERROR_CHARS else msg[:_MAX_ERROR_CHARS - 3] + '...'}")
+    if exc.error_count() > MAX_ERRORS_SHOWN:
+        parts.append(f"... and {exc.error_count() - MAX_ERRORS_SHOWN} more errors")
+    return "; ".join(parts)
+
+
+def _parse(path: Path) -> Any:
+    import json
+
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB, the limit of a jobs file; split "
+                         f"the jobs over several files")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not valid UTF-8 at byte {exc.start}") from None
     try:
-        data: Any = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        if path.suffix in (".yaml", ".yml"):
+            return _load_yaml(text)
+        return json.loads(text)
+    except _YamlRefused as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: cannot be parsed: nested too deeply") from None
+    except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: cannot be parsed: {exc}") from None
+
+
+class _YamlRefused(ValueError):
+    """The YAML document is malformed or expands too far."""
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with the document's size after alias expansion bounded before it is built."""
+    import yaml
+
+    loader_class = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    loader = loader_class(text)
     try:
-        return JobsFile.model_validate(data)
-    except ValidationError as exc:
-        raise ValueError(f"{path}: invalid jobs file: {exc}") from None
+        try:
+            node = loader.get_single_node()
+        except yaml.YAMLError as exc:
+            raise _YamlRefused(f"cannot be parsed: {_bounded(str(exc))}") from None
+        if node is None:
+            return None
+        _check_expansion(node, MAX_EXPANDED_NODES)
+        try:
+            return loader.construct_document(node)
+        except yaml.YAMLError as exc:
+            raise _YamlRefused(f"cannot be parsed: {_bounded(str(exc))}") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: Any, limit: int) -> None:
+    """Count the nodes of the document as if every alias were copied out, in time linear in the
+    distinct nodes (sizes are memoised per node); refuse recursive aliases and blown-up documents."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            on_path.discard(key)
+            if isinstance(node, yaml.MappingNode):
+                children = [c for pair in node.value for c in pair]
+            else:
+                children = node.value
+            size = 1 + sum(sizes[id(c)] for c in children)
+            if size > limit:
+                raise _YamlRefused(f"YAML aliases expand the document to more than {limit:,} nodes (an 'alias bomb'?); "
+                                 f"write the values out or use fewer aliases")
+            sizes[key] = size
+            continue
+        if key in sizes:
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            sizes[key] = 1
+            continue
+        if key in on_path:
+            raise _YamlRefused("a YAML alias refers to a node that contains it (recursive document)")
+        on_path.add(key)
+        stack.append((node, True))
+        children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else node.value
+        for child in children:
+            if id(child) in on_path:
+                raise _YamlRefused("a YAML alias refers to a node that contains it (recursive document)")
+            if id(child) not in sizes:
+                stack.append((child, False))
+
+
+def _bounded(text: str, limit: int = 500) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."

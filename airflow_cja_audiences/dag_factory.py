@@ -14,14 +14,17 @@ it runs every time the DAG processor parses the DAG file.
 
 from __future__ import annotations
 
+import gc
+import logging
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Asset, Param
+from airflow.sdk import DAG, Asset, BaseOperator, Context, Param, literal
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
+from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_cja_audiences.config import JobsFile, RefreshJob, load_jobs_file
+from airflow_cja_audiences.config import JobError, RefreshJob, read_jobs_file
 from airflow_cja_audiences.operators.cja import CheckCjaOperator
 from airflow_cja_audiences.operators.export import ExportAudiencesOperator
 from airflow_cja_audiences.operators.load import LoadPartitionOperator, PrepareLoadOperator
@@ -35,6 +38,7 @@ from airflow_cja_audiences.operators.setup import (
 )
 
 DAG_ID_PREFIX = "cja_audiences__"
+log = logging.getLogger(__name__)
 
 
 def dag_id_for(job: RefreshJob) -> str:
@@ -47,8 +51,15 @@ def asset_for(job: RefreshJob) -> Asset:
                  name=f"cja_audiences_{job.job_id}", group="adobe")
 
 
+# The trigger form's schemas say which JSON Schema draft they are written in: Airflow validates each
+# Param with ``jsonschema.validate``, which first checks the schema against its draft's meta-schema,
+# and for the default draft (2020-12) that check costs about twice draft-07's (a tenth of the time to
+# build a DAG; benchmarks/dag_import.py). These schemas use nothing newer than draft-07.
+_DRAFT = {"$schema": "http://json-schema.org/draft-07/schema#"}
+
+
 def _params() -> dict[str, Param]:
-    return {
+    return {name: Param(p.value, p.description, schema={**_DRAFT, **p.schema}) for name, p in {
         "force_replace": Param(False, type="boolean", title="Replace even if the snapshot shrinks",
                                description="The shrink guard refuses to replace the live snapshot when the new one "
                                            "is much smaller. Tick this when the drop is real."),
@@ -63,7 +74,7 @@ def _params() -> dict[str, Param]:
         "events_interval_end": Param(None, type=["null", "string"], format="date-time",
                                      title="Events interval end (manual runs)",
                                      description="End (exclusive) of the events interval; required with the start."),
-    }
+    }.items()}
 
 
 def _doc(job: RefreshJob) -> str:
@@ -86,21 +97,25 @@ def build_dag(job: RefreshJob) -> DAG:
     start = datetime(job.start_date.year, job.start_date.month, job.start_date.day, tzinfo=timezone.utc)
     with DAG(
         dag_id=dag_id_for(job), schedule=schedule, start_date=start, catchup=False, max_active_runs=1,
-        params=_params(), tags=["adobe", "cja", "audiences"], doc_md=_doc(job),
+        tags=["adobe", "cja", "audiences"], doc_md=_doc(job),
         default_args={"retries": job.retries, "retry_delay": timedelta(seconds=job.retry_delay_seconds),
                       "retry_exponential_backoff": True, "max_retry_delay": timedelta(minutes=10)},
     ) as dag:
+        # Names and titles from the jobs file are data: passed as literals, they are never rendered as
+        # Jinja templates ("{{ conn.x.password }}" in a display name stays that text; "{{" in an AEP
+        # audience name is no template error). The operators validate them again after rendering.
         resolve = ResolveAudiencesOperator(task_id="resolve_audiences", **common,
-                                           audiences=[a.model_dump(exclude_none=True) for a in job.audiences],
+                                           audiences=literal([a.model_dump(exclude_none=True)
+                                                              for a in job.audiences]),
                                            identity_field=job.identity.field, tenant=job.tenant,
-                                           job_id=job.job_id, profile_dataset_name=names.profile_dataset)
+                                           job_id=job.job_id, profile_dataset_name=literal(names.profile_dataset))
         plan = PlanRunOperator(task_id="plan_run", publish_events=job.publish_events)
         export_dataset = EnsureExportDatasetOperator(task_id="ensure_export_dataset", **common,
-                                                     dataset_name=names.export_dataset)
+                                                     dataset_name=literal(names.export_dataset))
         profile_dataset = EnsureCjaDatasetOperator(
             task_id="ensure_profile_dataset", **common, kind="profile", tenant=resolve.output["tenant"],
-            dataset_name=names.profile_dataset, schema_title=names.profile_schema,
-            field_group_title=names.field_group, identity_namespace=job.identity.namespace,
+            dataset_name=literal(names.profile_dataset), schema_title=literal(names.profile_schema),
+            field_group_title=literal(names.field_group), identity_namespace=job.identity.namespace,
             output_fields=job.output.model_dump(), job_id=job.job_id)
         export = ExportAudiencesOperator(
             task_id="export_audiences", **common, dataset_id=export_dataset.output["dataset_id"],
@@ -124,8 +139,8 @@ def build_dag(job: RefreshJob) -> DAG:
                     continue
                 dataset = EnsureCjaDatasetOperator(
                     task_id="ensure_event_dataset", **common, kind="events", tenant=resolve.output["tenant"],
-                    dataset_name=names.event_dataset, schema_title=names.event_schema,
-                    field_group_title=names.event_field_group, identity_namespace=job.identity.namespace,
+                    dataset_name=literal(names.event_dataset), schema_title=literal(names.event_schema),
+                    field_group_title=literal(names.event_field_group), identity_namespace=job.identity.namespace,
                     output_fields=job.output.model_dump(), job_id=job.job_id)
                 plan >> dataset
             query_args = {"job": job_json, "kind": kind, "tenant": resolve.output["tenant"],
@@ -176,6 +191,11 @@ def build_dag(job: RefreshJob) -> DAG:
             batch_ids=[f"{{{{ ti.xcom_pull(task_ids='{prep.task_id}', key='batch_id') or '' }}}}"
                        for _, prep, _, _ in loads.values()])
         [task for _, _, publish, load in loads.values() for task in (load, publish)] >> abort
+    # Set once the tasks exist, so they hold no copies: Airflow merges the DAG's params into each task's
+    # at run time (and the trigger form is the DAG's). A copy per task (and per class of its hierarchy)
+    # made building and serializing a DAG about 4x slower: a jobs file of 1,000 jobs would outgrow the DAG
+    # processor's time limits (benchmarks/dag_import.py).
+    dag.params = _params()
     return dag
 
 
@@ -189,6 +209,62 @@ def _dimension_fields(job: RefreshJob) -> list[str]:
 
 
 def dags_from_file(path: str | Path) -> dict[str, DAG]:
-    """``{dag_id: DAG}`` for every job in a YAML/JSON jobs file (validated; errors name the field)."""
-    jobs: JobsFile = load_jobs_file(path)
-    return {dag_id_for(job): build_dag(job) for job in jobs.jobs}
+    """``{dag_id: DAG}`` for every job in a YAML/JSON jobs file.
+
+    A problem with the file as a whole (unreadable, too big, not YAML/JSON, too many jobs) raises
+    ``ValueError`` naming the file: the DAG processor shows it as the DAG file's import error. An
+    invalid job does not hide the others: the valid jobs get their DAGs, and the invalid one gets a
+    placeholder DAG under the same id (:func:`config_error_dag`) that shows the error, naming the file,
+    the job and the field, in the DAG list and on its page, and fails if run.
+    """
+    result = read_jobs_file(path)
+    # A DAG is thousands of long-lived objects, none of them garbage: with the cyclic GC on, each of its
+    # full collections rescans everything built so far, so building N DAGs grew faster than N.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        dags = {dag_id_for(job): build_dag(job) for job in result.jobs}
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    broken: dict[str, list[JobError]] = {}
+    for error in result.errors:
+        dag_id = f"{DAG_ID_PREFIX}{error.job_id}" if error.job_id else f"{DAG_ID_PREFIX}invalid_job_{error.index}"
+        broken.setdefault(dag_id, []).append(error)
+    for dag_id, errors in broken.items():
+        dags[dag_id] = config_error_dag(dag_id, result.path, errors)
+    return dags
+
+
+class JobConfigErrorOperator(BaseOperator):
+    """Stands in for the pipeline of a job whose configuration is invalid: fails, saying why."""
+
+    ui_color = "#ffd6d6"
+
+    def __init__(self, *, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("retries", 0)
+        super().__init__(**kwargs)
+        self.message = message
+
+    def execute(self, context: Context) -> None:
+        raise AirflowFailException(self.message)
+
+
+def config_error_dag(dag_id: str, path: Path, errors: list[JobError]) -> DAG:
+    """A placeholder DAG for an invalid job: the error is its description (the DAG list), its doc (the
+    DAG page) and the failure of its only task; it has no schedule and touches nothing in AEP."""
+    details = "\n".join(f"{e.label}: {e.message}" for e in errors)
+    message = (f"Invalid job in the jobs file {path}, so its refresh DAG was not built:\n{details}\n"
+               f"Fix the jobs file: the real DAG replaces this placeholder once the job validates.")
+    log.error("%s", message)
+    first = f"{errors[0].label}: {errors[0].message}"
+    description = f"CONFIG ERROR in {path.name}: {first}"
+    fence = "~~~~"
+    with DAG(dag_id=dag_id, schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc), catchup=False,
+             description=description if len(description) <= 1000 else description[:997] + "...",
+             tags=["adobe", "cja", "audiences", "config-error"],
+             doc_md=(f"### Configuration error\n\nThe job of this DAG in `{path}` is invalid, so its refresh DAG "
+                     f"was not built. Fix the jobs file; the real DAG replaces this one once the job validates."
+                     f"\n\n{fence}text\n{details.replace(fence, '~~~')}\n{fence}\n")) as dag:
+        JobConfigErrorOperator(task_id="config_error", message=message)
+    return dag

@@ -235,3 +235,29 @@ def parse_retry_after(raw: str | None, *, now: float | None = None) -> float | N
     if not math.isfinite(seconds) or seconds < 0:
         return None
     return seconds
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True when trying the same task again cannot succeed: bad configuration or input, credentials or
+    permissions (a 401 is answered only after one token refresh), a resource that does not exist, a
+    request AEP rejects (4xx other than 429). Throttling, server errors, dropped connections and
+    timeouts are not permanent. Other errors of this package say so with a ``permanent`` attribute
+    (e.g. a Query Service authentication failure)."""
+    if isinstance(exc, AepConfigError):
+        return True
+    if isinstance(exc, AepApiError):
+        return not exc.retryable
+    flag = getattr(exc, "permanent", None)
+    return flag if isinstance(flag, bool) else False
+
+
+def permanent_reason(exc: BaseException) -> str:
+    """What a person should do about a permanent error (appended to the task's failure message)."""
+    if isinstance(exc, AepAuthError):
+        return ("credentials or permissions: check the connection's client id and secret, IMS org, API key, the "
+                "product profile's permissions and the sandbox")
+    if isinstance(exc, AepNotFoundError):
+        return "it does not exist in this sandbox: check the ids in the jobs file and the sandbox"
+    if isinstance(exc, AepApiError):
+        return "AEP rejects this request as it is: retrying it unchanged cannot succeed"
+    return "the configuration or input is wrong: fix it, then run again"

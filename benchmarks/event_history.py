@@ -29,7 +29,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path

@@ -44,7 +44,7 @@ def main() -> int:
     import airflow_cja_audiences
     from airflow_cja_audiences import DEFAULT_CONN_ID
     from airflow_cja_audiences.hooks.catalog import CatalogHook
-    from airflow_cja_audiences.hooks.platform import AdobePlatformHook, clear_token_cache
+    from airflow_cja_audiences.hooks.platform import clear_token_cache
     from airflow_cja_audiences.triggers.aep import BatchTrigger
 
     site = hostile.start_site()

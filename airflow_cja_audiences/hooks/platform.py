@@ -944,7 +944,8 @@ class AdobePlatformHook(BaseHook):
     # ---------------------------------------------------------------- connection test
 
     def test_connection(self) -> tuple[bool, str]:
-        """Get a token and read one cheap resource (one dataset id from Catalog)."""
+        """Get a token, read one cheap resource (one dataset id from Catalog), and run ``SELECT 1`` on Query
+        Service (TLS, authentication): the pipeline needs both."""
         try:
             with _TOKENS_LOCK:  # prove the credentials now, not with a cached token
                 _TOKENS.pop(_token_key(self.settings), None)
@@ -953,8 +954,14 @@ class AdobePlatformHook(BaseHook):
                               params={"limit": 1, "properties": "name"})
         except AepError as exc:
             return False, str(exc)
+        from airflow_cja_audiences.hooks.query_service import QueryServiceHook  # it imports this module
+
+        qs_ok, query_service = QueryServiceHook(self.adobe_conn_id, platform_hook=self, connect_timeout=10).test_connection()
+        if not qs_ok:
+            return False, f"The AEP APIs answered, but Query Service did not: {query_service}"
         s = self.settings
-        return True, f"Connected to AEP org {s.org_id}, sandbox {s.sandbox!r} as client {s.client_id}"
+        return True, (f"Connected to AEP org {s.org_id}, sandbox {s.sandbox!r} as client {s.client_id}; "
+                      f"{query_service}")
 
 
 def path_segment(value: str) -> str:

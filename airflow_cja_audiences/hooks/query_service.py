@@ -41,12 +41,18 @@ T = TypeVar("T")
 
 
 class QueryServiceError(AepError):
-    """A Query Service statement failed; carries the SQLSTATE and whether trying again may help."""
+    """A Query Service statement failed; carries the SQLSTATE and whether trying again may help.
 
-    def __init__(self, message: str, sqlstate: str | None, *, transient: bool = False):
+    ``transient``: a new connection may succeed at once (dropped connection, restart). ``permanent``:
+    no retry can succeed (authentication refused, TLS certificate not trusted, a statement Query
+    Service rejects) - see :func:`airflow_cja_audiences.errors.is_permanent`.
+    """
+
+    def __init__(self, message: str, sqlstate: str | None, *, transient: bool = False, permanent: bool = False):
         super().__init__(message)
         self.sqlstate = sqlstate
         self.transient = transient
+        self.permanent = permanent
 
     @property
     def is_limit(self) -> bool:
@@ -76,11 +82,12 @@ class QueryServiceHook(PostgresHook):
     hook_name = "Adobe Experience Platform Query Service"
 
     def __init__(self, adobe_conn_id: str = DEFAULT_CONN_ID, *, sandbox: str | None = None,
-                 platform_hook: AdobePlatformHook | None = None, **kwargs: Any) -> None:
+                 platform_hook: AdobePlatformHook | None = None, connect_timeout: int = 30, **kwargs: Any) -> None:
         super().__init__(adobe_conn_id=adobe_conn_id, **kwargs)
         self.adobe_conn_id = adobe_conn_id
         self.sandbox_override = sandbox
         self._platform_hook = platform_hook
+        self.connect_timeout = connect_timeout
 
     def __repr__(self) -> str:
         sandbox = f", sandbox={self.sandbox_override!r}" if self.sandbox_override else ""
@@ -113,13 +120,51 @@ class QueryServiceHook(PostgresHook):
         mask_secret(token)
         # verify-full: TLS *and* certificate/host checks (Adobe's docs say 'require', which checks nothing).
         extra = {"sslmode": "verify-full", "sslrootcert": s.ca_bundle or "system",
-                 "application_name": "airflow-cja-audiences", "connect_timeout": 30, "gssencmode": "disable"}
+                 "application_name": "airflow-cja-audiences", "connect_timeout": self.connect_timeout,
+                 "gssencmode": "disable"}
         return _QueryServiceConnection(conn_id=f"{self.adobe_conn_id}__query_service", conn_type="postgres", host=host,
                           port=port, login=s.org_id, password=token, schema=database, extra=json.dumps(extra))
 
     @connection.setter
     def connection(self, value: Any) -> None:  # DbApiHook's setter exists for old providers only
         raise AttributeError("QueryServiceHook derives its connection from the Adobe connection")
+
+    def check(self) -> str:
+        """Connect (TLS with certificate checks, IMS token as password) and run ``SELECT 1``.
+
+        Returns what was reached; raises :class:`QueryServiceError` saying what failed and what to check
+        (``permanent`` for refused credentials or an untrusted certificate). A connection that cannot be
+        opened is reported at once (no retry here: a blocked port would only make the caller wait); a
+        statement that fails on an open connection is run again like any other (:meth:`retrying`).
+        """
+        host, port, database = self._endpoint
+        where = f"Query Service at {host}:{port} (database {database!r})"
+
+        def select_1() -> None:
+            try:
+                conn = self.get_conn()
+            except Exception as exc:
+                raise _connect_error(exc, where) from None
+            try:
+                with conn.cursor() as cursor:
+                    cursor.execute("SELECT 1")
+                    row = cursor.fetchone()
+            except Exception as exc:
+                raise _wrap(exc, "SELECT 1") from None
+            finally:
+                conn.close()
+            if not row or row[0] != 1:
+                raise QueryServiceError(f"{where} answered SELECT 1 with {row!r}", None, permanent=True)
+
+        self.retrying(select_1)
+        return f"{where} answered SELECT 1"
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Airflow's connection test for Query Service: TLS, authentication, ``SELECT 1``."""
+        try:
+            return True, self.check()
+        except AepError as exc:
+            return False, str(exc)
 
     def retrying(self, work: Callable[[], T]) -> T:
         """Run ``work`` (which opens its own connection), again after a transient Query Service error."""
@@ -139,9 +184,9 @@ class QueryServiceHook(PostgresHook):
         from airflow_cja_audiences.transform import prefetch_batches
 
         conn = _unchained(self.get_conn, "(connecting)")
+        error: Exception | None = None
         try:
             with conn.cursor(name=f"cja_{uuid.uuid4().hex[:12]}") as cursor:
-                error: Exception | None = None
                 try:
                     cursor.execute(sql)
                     if prefetch > 0:
@@ -152,10 +197,21 @@ class QueryServiceHook(PostgresHook):
                 except Exception as exc:
                     error = _wrap(exc, sql)
                 if error is not None:
-                    raise error  # outside the except block: see _unchained
+                    raise error
             conn.rollback()  # read-only; ends the cursor's transaction
+        except QueryServiceError as exc:
+            error = exc
+        except Exception as exc:
+            # Closing the server-side cursor on a connection that just dropped fails too, and that error
+            # would replace the one that says what happened (a drop to retry, a row limit to split on).
+            error = exc.__context__ if isinstance(exc.__context__, QueryServiceError) else _wrap(exc, sql)
         finally:
             conn.close()
+        if error is not None:
+            # Raised outside every except block (see _unchained): no driver exception, which may hold the
+            # connection and so the token, is chained to it.
+            error.__context__ = None
+            raise error
 
     def query_all(self, sql: str) -> list[tuple[Any, ...]]:
         """Run a statement whose result is small (counts, aggregates) and return its rows
@@ -175,13 +231,51 @@ def _unchained(work: Callable[[], T], sql: str) -> T:
     raise error
 
 
+def _connect_error(exc: Exception, where: str) -> Exception:
+    """Why a connection could not be opened, with what to check; never retried by :meth:`check`."""
+    error = _wrap(exc, "connect")
+    if not isinstance(error, QueryServiceError):
+        return exc
+    hint = ("check the connection's ca_bundle (TLS is always verified)" if _is_tls(exc) else
+            "check the org id, the credentials' Query Service permissions and the sandbox" if error.permanent
+            else "is the port reachable from the workers (a firewall or proxy may block it; Adobe's is 80)? Set the "
+                 "query_service_host/query_service_port extras if it is elsewhere")
+    return QueryServiceError(f"cannot connect to {where}: {_first_line(exc)}; {hint}", error.sqlstate,
+                             permanent=error.permanent)
+
+
+def _is_tls(exc: BaseException) -> bool:
+    """The certificate is not trusted (or TLS is misconfigured): not "SSL SYSCALL error: EOF detected"
+    and the like, which are connections dropped under TLS and worth a retry."""
+    text = str(exc).lower()
+    return "certificate verify failed" in text or "invalid sslmode" in text or "sslrootcert" in text
+
+
+def _login_refused(text: str) -> bool:
+    """The server answered the connection with FATAL about who we are or where we asked to go."""
+    if "authentication failed" in text:
+        return True
+    return "fatal:" in text and any(w in text for w in ("password", "token", "role", "database", "permission"))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
 def _wrap(exc: Exception, sql: str) -> Exception:
     sqlstate = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
     if sqlstate is None and not exc.__class__.__module__.startswith(("psycopg", "psycopg2")):
         return exc
+    tls = sqlstate is None and _is_tls(exc)
+    # The drivers give a login the server refused while connecting no SQLSTATE, only its FATAL message.
+    refused = sqlstate is None and _login_refused(str(exc).lower())
     # A lost connection has no SQLSTATE; both drivers raise the DB-API OperationalError for it.
-    lost = sqlstate is None and any(c.__name__ == "OperationalError" for c in type(exc).__mro__)
+    lost = sqlstate is None and not (tls or refused) and any(c.__name__ == "OperationalError"
+                                                              for c in type(exc).__mro__)
     transient = lost or (sqlstate or "").startswith("08") or sqlstate in _TRANSIENT_SQLSTATES
+    # Refused credentials (class 28) and an untrusted certificate stay so however often we ask.
+    permanent = tls or refused or (sqlstate or "").startswith("28")
     first_line = " ".join(sql.split())[:300]
     return QueryServiceError(f"Query Service error {sqlstate or '?'}: {str(exc).strip()} -- in: {first_line}",
-                             sqlstate, transient=transient)
+                             sqlstate, transient=transient, permanent=permanent)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from airflow_cja_audiences import xdm
+from airflow_cja_audiences import validation, xdm
 from airflow_cja_audiences.errors import AepConfigError, AepError
 from airflow_cja_audiences.hooks.platform import AdobePlatformHook, path_segment
 from airflow_cja_audiences.models import PROFILE_UNION_SCHEMA, IdentityDescriptor, XdmResource
@@ -30,7 +30,10 @@ class SchemaRegistryHook(AdobePlatformHook):
         tenant = (payload or {}).get("tenantId")
         if not tenant:
             raise AepError("Schema Registry /stats returned no tenantId; set 'tenant' in the job config")
-        return str(tenant)
+        try:  # it becomes an XDM namespace and part of SQL, whether or not the identity path uses it
+            return validation.tenant_id(tenant)
+        except ValueError as exc:
+            raise AepError(f"Schema Registry /stats returned a tenantId that is not one: {exc}") from None
 
     # ------------------------------------------------------------------ look-ups
 

@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from airflow_cja_audiences.config import AudienceSelector
-from airflow_cja_audiences.errors import AepConfigError, AepNotFoundError
+from airflow_cja_audiences.errors import AepConfigError, AepError, AepNotFoundError
 from airflow_cja_audiences.hooks.platform import AdobePlatformHook, path_segment
 from airflow_cja_audiences.missing import (
     DELETED_STATES,
@@ -21,6 +21,7 @@ from airflow_cja_audiences.missing import (
     close_matches,
 )
 from airflow_cja_audiences.models import Audience, ExportJob, ExportJobRequest
+from airflow_cja_audiences.validation import shown
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,10 @@ class SegmentationHook(AdobePlatformHook):
     def get_audience(self, audience_id: str) -> Audience:
         payload = self.request_json("GET", f"{BASE}/audiences/{path_segment(audience_id)}",
                                     route="segmentation.get_audience")
-        return Audience.model_validate(payload)
+        audience = Audience.model_validate(payload)
+        if audience.id != audience_id:  # it goes into the export job and into SQL as the one asked for
+            raise AepError(f"GET audience {audience_id!r} answered with audience {shown(audience.id)}; not using it")
+        return audience
 
     def iter_audiences(self, *, name_contains: str | None = None) -> Iterator[Audience]:
         start: Any = 0

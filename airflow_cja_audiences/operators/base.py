@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from airflow.sdk import BaseOperator, conf
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk import BaseOperator, Context, conf
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_cja_audiences import DEFAULT_CONN_ID
+from airflow_cja_audiences.errors import is_permanent, permanent_reason
 if TYPE_CHECKING:
     from airflow_cja_audiences.hooks.platform import AdobePlatformHook
 
@@ -17,8 +20,47 @@ H = TypeVar("H", bound="AdobePlatformHook")
 DEFAULT_DEFERRABLE: bool = conf.getboolean("operators", "default_deferrable", fallback=False)
 
 
+@contextmanager
+def failing_fast(task_id: str) -> Iterator[None]:
+    """Turn an error that retrying cannot fix into ``AirflowFailException`` (no task retries), chaining
+    the typed error; everything else (throttling, 5xx, network, timeouts) propagates and is retried."""
+    try:
+        yield
+    except AirflowException:
+        raise
+    except Exception as exc:
+        if not is_permanent(exc):
+            raise
+        raise AirflowFailException(f"{task_id}: {exc} -- not retried: {permanent_reason(exc)}") from exc
+
+
+def _fails_fast(execute: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(execute)
+    def wrapper(self: AdobeBaseOperator, *args: Any, **kwargs: Any) -> Any:
+        with failing_fast(self.task_id):
+            return execute(self, *args, **kwargs)
+
+    wrapper.__fails_fast__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class AdobeBaseOperator(BaseOperator):
-    """Base of every operator here: one Adobe connection and sandbox, hooks created lazily."""
+    """Base of every operator here: one Adobe connection and sandbox, hooks created lazily.
+
+    Errors that retrying cannot fix (:func:`~airflow_cja_audiences.errors.is_permanent`: bad config,
+    credentials, unknown resources, requests AEP rejects) fail the task at once, from ``execute`` and
+    from the methods a deferred task resumes in; other errors are retried as configured.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        execute = cls.__dict__.get("execute")
+        if execute is not None and not getattr(execute, "__fails_fast__", False):
+            cls.execute = _fails_fast(execute)  # type: ignore[method-assign]
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        with failing_fast(self.task_id):
+            return super().resume_execution(next_method, next_kwargs, context)
 
     template_fields: tuple[str, ...] = ("sandbox",)
     ui_color = "#fa0f00"  # Adobe red

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_cja_audiences import hooks, validation
 from airflow_cja_audiences.operators.base import AdobeBaseOperator
@@ -54,6 +54,6 @@ class CheckCjaOperator(AdobeBaseOperator):
             self.log.info("CJA connection %s and data view %s are set up for %s", self.connection_id,
                           self.data_view_id, ", ".join(datasets))
         elif self.fail_on_problems:
-            raise AirflowException("CJA is not set up:\n  " + "\n  ".join(result["problems"]))
+            raise AirflowFailException("CJA is not set up:\n  " + "\n  ".join(result["problems"]))
         self.log_retries()
         return result

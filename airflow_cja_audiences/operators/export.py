@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_cja_audiences import hooks, triggers
+from airflow_cja_audiences import hooks, triggers, validation
+from airflow_cja_audiences.errors import AepError
 from airflow_cja_audiences.links import AepDatasetLink, AepExportJobLink, push_dataset_link, push_export_job_link
 from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, validate_event
 
@@ -159,6 +160,10 @@ class ExportAudiencesOperator(AdobeBaseOperator):
         batch_id = job.destination.batch_id
         if not batch_id:
             raise AirflowException(f"export job {job.id} SUCCEEDED without a destination batch id")
+        try:  # it is read back with SQL that filters on it
+            validation.batch_id(batch_id)
+        except ValueError as exc:
+            raise AepError(f"export job {job.id} names a destination batch id that is not one: {exc}") from None
         batch = self.hook(hooks.catalog.CatalogHook).get_batch(batch_id)
         if not batch.is_terminal:
             if self.deferrable:

@@ -24,8 +24,9 @@ from airflow.sdk.exceptions import (
     AirflowSkipException,
 )
 
-from airflow_cja_audiences import hooks, runs, sql
+from airflow_cja_audiences import hooks, runs, sql, validation
 from airflow_cja_audiences.config import RefreshJob
+from airflow_cja_audiences.errors import AepError
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
 from airflow_cja_audiences.operators.base import AdobeBaseOperator, truthy
 from airflow_cja_audiences.runs import BatchLabel, Kind
@@ -73,13 +74,13 @@ class _MembershipQueryOperator(AdobeBaseOperator):
             return sql.build_membership_query(self.job_config, table=self.table_name, batch_id=self.export_batch_id,
                                               tenant=self.tenant, audience_ids=[a["id"] for a in self.audiences])
         except ValueError as exc:
-            raise AirflowException(f"invalid query input: {exc}") from None
+            raise AirflowFailException(f"invalid query input: {exc}") from exc
 
     def window(self) -> sql.TimeWindow | None:
         if self.kind != "events":
             return None
         if not (self.interval_start and self.interval_end):
-            raise AirflowException("an events load needs interval_start and interval_end")
+            raise AirflowFailException("an events load needs interval_start and interval_end")
         return sql.TimeWindow(self.interval_start, self.interval_end)
 
     def rows_sql(self, partition: sql.Partition) -> str:
@@ -146,7 +147,7 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         try:
             (total, identified), = self.query_service.query_all(sql.count_sql(q, window=window, sources=sources))
         except QueryServiceError as exc:
-            raise AirflowException(f"counting the export failed: {exc}") from None
+            raise _query_failed(f"counting the export failed: {exc}", exc) from exc
         if total and not identified:
             raise AirflowFailException(
                 f"identity.field {q.person_field} is empty in all {total} exported memberships of batch "
@@ -164,7 +165,7 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         if identified:
             batch = ingestion.find_batch(self.dataset_id, external_id=label.external_id) or \
                 ingestion.create_batch(self.dataset_id, external_id=label.external_id)
-            batch_id = batch.id
+            batch_id = _checked_batch_id(batch.id)
             push_batch_link(context, ingestion.settings, batch_id)
             if events:
                 events.claim(ingestion, batch)
@@ -370,6 +371,19 @@ class _EventsPlan:
 RECLAIM_SECONDS = 60
 
 
+def _checked_batch_id(batch_id: str) -> str:
+    """A batch id from Batch Ingestion goes into URLs, XCom and the clean-up task's template."""
+    try:
+        return validation.batch_id(batch_id)
+    except ValueError as exc:
+        raise AepError(f"Batch Ingestion answered with a batch id that is not one: {exc}") from None
+
+
+def _query_failed(message: str, exc: Exception) -> AirflowException:
+    """A Query Service failure: retried unless retrying cannot fix it (authentication, a bad statement)."""
+    return AirflowFailException(message) if getattr(exc, "permanent", False) else AirflowException(message)
+
+
 # Airflow 3 reads a stored None XCom as "not pushed": publish_* and abort_open_batches template
 # ``batch_id``/``external_id``, and would fail with XComNotFound. "No batch" is therefore "".
 NO_BATCH = ""
@@ -412,6 +426,7 @@ class LoadPartitionOperator(_MembershipQueryOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         self._skip_unless_enabled()
+        self._require_open_batch()
         from airflow_cja_audiences.transform import RecordSpec
 
         part = sql.Partition.from_dict(self.partition)
@@ -426,6 +441,16 @@ class LoadPartitionOperator(_MembershipQueryOperator):
                       part.label, totals["rows"], totals["records"], totals["files"], totals["bytes"], self.batch_id)
         self.log_retries()
         return totals
+
+    def _require_open_batch(self) -> None:
+        """Files can only go into a batch that is still open: a load task cleared (on its own) after its
+        run published or aborted the batch would otherwise retry an upload AEP refuses, for minutes."""
+        batch = self.ingestion().get_batch(self.batch_id)
+        if batch.status.lower() != "loading":
+            raise AirflowFailException(
+                f"batch {self.batch_id} of this run is '{batch.status}', no longer open for files: this load task "
+                f"was probably cleared on its own after its run had published or aborted the batch. One partition "
+                f"cannot be loaded again into it: clear the whole DAG run (all its tasks) or trigger a new run.")
 
     def _load(self, part: sql.Partition, spec: Any, tmp: Path, totals: dict[str, Any], depth: int) -> None:
         from airflow_cja_audiences.hooks.query_service import QueryServiceError
@@ -447,7 +472,7 @@ class LoadPartitionOperator(_MembershipQueryOperator):
                     written.path.unlink()
         except QueryServiceError as exc:
             if not exc.is_limit:
-                raise AirflowException(f"partition {part.label}: {exc}") from None
+                raise _query_failed(f"partition {part.label}: {exc}", exc) from exc
             reason = str(exc)
         if reason is not None:
             if depth >= self.max_split_depth:

@@ -32,7 +32,9 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
 
     Fails (without retries: retrying cannot fix a config) before anything is written to AEP when an
     audience id or name is unknown (a typo: names get "did you mean ...?" suggestions) or ambiguous,
-    the tenant cannot be found, or the identity field is not in the profile union schema.
+    the tenant cannot be found, the identity field is not in the profile union schema, or Query
+    Service cannot be reached (TLS, authentication, ``SELECT 1``; ``check_query_service``), so that a
+    blocked Query Service port is found before the export job and the datasets are created.
 
     An audience AEP no longer has that an earlier snapshot of this job exported (evidence read from
     AEP: the job's snapshot batches in ``profile_dataset_name`` and the export jobs that fed them) is
@@ -50,13 +52,15 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
     template_fields = ("sandbox", "audiences", "identity_field", "tenant", "profile_dataset_name")
 
     def __init__(self, *, audiences: Sequence[dict[str, Any]], identity_field: str, tenant: str | None = None,
-                 check_identity_field: bool = True, job_id: str | None = None,
+                 check_identity_field: bool = True, check_query_service: bool = True, job_id: str | None = None,
                  profile_dataset_name: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.audiences = list(audiences)
+        # A list, or a value rendered at run time (a template, an XComArg, a literal()).
+        self.audiences = list(audiences) if isinstance(audiences, (list, tuple)) else audiences
         self.identity_field = identity_field
         self.tenant = tenant
         self.check_identity_field = check_identity_field
+        self.check_query_service = check_query_service
         self.job_id = job_id
         self.profile_dataset_name = profile_dataset_name
 
@@ -74,12 +78,12 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
                 tenant = registry.get_tenant_id()
             identity_path = validation.resolve_tenant_path(self.identity_field, tenant)
         except ValueError as exc:
-            raise AirflowException(f"invalid input: {exc}") from None
+            raise AirflowFailException(f"invalid input: {exc}") from exc
         try:
             resolution = self.hook(hooks.segmentation.SegmentationHook).resolve_selection(
                 selectors, previous_exports=self._previous_exports)
         except AepConfigError as exc:
-            raise AirflowFailException(str(exc)) from None  # a typo: retrying cannot fix it
+            raise AirflowFailException(str(exc)) from exc  # a typo: retrying cannot fix it
         resolved = resolution.resolved
         for gone in resolution.missing:
             self.log.warning("Audience %s (last known as %s) was %s in AEP: %s", gone.id or "(id: see below)",
@@ -88,6 +92,11 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
         if self.check_identity_field:
             union = self.hook(hooks.schema_registry.SchemaRegistryHook).get_profile_union_schema()
             self.hook(hooks.segmentation.SegmentationHook).require_export_fields(union, [identity_path])
+        _check_resolved(resolved)
+        if self.check_query_service:
+            self.log.info("Query Service: %s", hooks.query_service.QueryServiceHook(
+                self.adobe_conn_id, platform_hook=self.hook(hooks.platform.AdobePlatformHook),
+                connect_timeout=15).check())
         result = {"audiences": [a.to_dict() for a in resolved], "audience_ids": [a.id for a in resolved],
                   "tenant": tenant, "identity_path": identity_path, "export_fields": [identity_path],
                   "missing_audiences": [m.to_dict() for m in resolution.missing]}
@@ -166,6 +175,24 @@ def _refuse_other_jobs(catalog: Any, dataset_id: str, dataset_name: str, job_id:
             f"batches if it no longer exists")
 
 
+def _rendered_text(op: Any, name: str) -> None:
+    """Names may be templates in a user's own DAG: the rendered value must be a valid name too."""
+    try:
+        validation.display_text(getattr(op, name), name)
+    except ValueError as exc:
+        raise AepConfigError(f"{name} as rendered: {exc}") from None
+
+
+def _check_resolved(resolved: Sequence[Any]) -> None:
+    """What AEP answered goes into the export job and into SQL: each id must be a well-formed audience
+    id (that a look-up by id answers with that id is checked by the hook)."""
+    for audience in resolved:
+        try:
+            validation.audience_id(audience.id)
+        except ValueError as exc:
+            raise AepError(f"AEP answered an audience look-up with an id that is not one: {exc}") from None
+
+
 def _check_tenant(registry: Any, tenant: str) -> None:
     """A configured tenant must be the sandbox's: a wrong one would otherwise surface later, as the
     identity field missing from the schema or records written under a namespace nobody reads."""
@@ -206,7 +233,7 @@ class PlanRunOperator(BaseOperator):
                 manual = (_instant(params.get("events_interval_start"), "events_interval_start"),
                           _instant(params.get("events_interval_end"), "events_interval_end"))
             except ValueError as exc:
-                raise AirflowException(str(exc)) from None
+                raise AirflowFailException(str(exc)) from exc
         run_type = str(getattr(context["dag_run"], "run_type", "manual")).rsplit(".", 1)[-1].lower()
         snapshot_param = params.get("publish_snapshot")
         try:
@@ -214,7 +241,7 @@ class PlanRunOperator(BaseOperator):
                             now=datetime.now(timezone.utc), manual_interval=manual,
                             force_snapshot=None if snapshot_param in (None, True) else bool(snapshot_param))
         except ValueError as exc:
-            raise AirflowException(f"cannot plan this run: {exc}") from None
+            raise AirflowFailException(f"cannot plan this run: {exc}") from exc
         for warning in plan.warnings:
             self.log.warning(warning)
         self.log.info("Run type %s: snapshot=%s, events=%s %s", run_type, plan.snapshot, plan.events,
@@ -247,6 +274,7 @@ class EnsureExportDatasetOperator(AdobeBaseOperator):
         self.table_name_wait_seconds = table_name_wait_seconds
 
     def execute(self, context: Context) -> dict[str, Any]:
+        _rendered_text(self, "dataset_name")
         catalog = self.hook(hooks.catalog.CatalogHook)
         dataset, _ = catalog.ensure_dataset(
             self.dataset_name, schema_id=PROFILE_UNION_ALT_ID, accepted_schema_ids=(PROFILE_UNION_SCHEMA,),
@@ -297,6 +325,8 @@ class EnsureCjaDatasetOperator(AdobeBaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         tenant = validation.tenant_id(self.tenant)
+        for name in ("dataset_name", "schema_title", "field_group_title"):
+            _rendered_text(self, name)
         fields = OutputFields.model_validate(self.output_fields)
         registry = self.hook(hooks.schema_registry.SchemaRegistryHook)
         if self.kind == "profile":

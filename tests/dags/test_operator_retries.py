@@ -1,6 +1,10 @@
 """Each pipeline step run twice (a retry after the first try did its work) converges: no duplicate
 datasets, schemas, field groups, descriptors, export jobs or live batches.
 
+And what a retry cannot fix (bad config, refused credentials, an unknown resource, a load task cleared
+after its run published, an unreachable Query Service found by the first task) fails at once, before
+anything is written where it can be, while transient errors are left to the task's retries.
+
 The operators run directly (no scheduler) with a small stand-in for the task context: an XCom
 sink, the run id, and a ``task_state_store`` that survives between the "tries" as Airflow's does.
 """
@@ -191,3 +195,100 @@ def test_partition_cut_at_the_row_cap_is_split(audiences, monkeypatch):
             audiences=[{"id": a, "name": a} for a in audiences]).execute(_context())
         assert whole["splits"] >= 1 and whole["rows"] == pushed["memberships"]
         clear_token_cache()
+
+
+# ------------------------------------------------------------------ what a retry cannot fix fails at once
+
+def test_cleared_load_task_of_a_published_run_fails_fast(emu, audiences):
+    """Clearing one load_* task after its run published the batch: a clear failure at once, saying to
+    re-run the whole DAG run, instead of retrying an upload AEP refuses; the live batch is untouched."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    job = _job(audiences, max_rows_per_query=100)
+    export = _snapshot_export(emu, job)
+    dataset_id = _profile_dataset(job)
+    pushed, results = _load_all(job, export, dataset_id, audiences)
+    PublishBatchOperator(task_id="publish", dataset_id=dataset_id, batch_id=pushed["batch_id"],
+                         external_id=pushed["external_id"], load_results=results, poll_interval=0.1,
+                         deferrable=False).execute(_context())
+    files_before = len(_prod(emu)["batches"][pushed["batch_id"]]["files"])
+    cleared = LoadPartitionOperator(
+        task_id="load", batch_id=pushed["batch_id"], partition=results[0]["partition"], job=job.model_dump(mode="json"),
+        kind="snapshot", tenant=TENANT, table_name=export["table_name"], export_batch_id=export["export_batch_id"],
+        dataset_id=dataset_id, audiences=[{"id": a, "name": a} for a in audiences])
+    with pytest.raises(AirflowFailException, match="clear the whole DAG run") as info:
+        cleared.execute(_context(try_number=1, run_id="scheduled__old-run"))
+    assert pushed["batch_id"] in str(info.value) and "'success'" in str(info.value)
+    assert len(_prod(emu)["batches"][pushed["batch_id"]]["files"]) == files_before
+    assert _prod(emu)["batches"][pushed["batch_id"]]["status"] == "success"
+
+
+def _resolve(audiences: list[dict], **kwargs):
+    from airflow_cja_audiences.operators.setup import ResolveAudiencesOperator
+
+    return ResolveAudiencesOperator(task_id="resolve_audiences", audiences=audiences,
+                                    identity_field="_{tenant}.identification.core.email", **kwargs)
+
+
+def test_permanent_errors_fail_without_retries_transient_ones_retry(emu, audiences, adobe_conn, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_cja_audiences.errors import AepAuthError, AepConfigError, AepNotFoundError, AepServerError
+    from airflow_cja_audiences.hooks.platform import clear_token_cache
+
+    # An unknown audience: the configuration is wrong.
+    with pytest.raises(AirflowFailException, match="not retried") as info:
+        _resolve([{"id": audiences[0]}, {"id": "00000000-0000-4000-8000-000000000000"}]).execute(_context())
+    assert isinstance(info.value.__cause__, AepConfigError) and "audiences[1].id" in str(info.value)
+
+    # A deferred task resumed into a call AEP answers 404: failed at once too.
+    op = ExportAudiencesOperator(task_id="export", dataset_id="ds", audience_ids=[audiences[0]], deferrable=True)
+    with pytest.raises(AirflowFailException) as info:
+        op.resume_execution("execute_complete", {"event": {"status": "success", "job_id": 987654321}}, _context())
+    assert isinstance(info.value.__cause__, AepNotFoundError)
+
+    # A server error that outlasts the hook's own retries: left to the task's retries.
+    emu.admin.set_faults([{"route": "schema_registry.stats", "kind": "503"}])
+    hook_params = {"max_attempts": 2, "initial_retry_wait": 0.01, "max_retry_wait": 0.05}
+    with pytest.raises(AepServerError):
+        _resolve([{"id": audiences[0]}], hook_params=hook_params).execute(_context())
+    emu.admin.clear_faults()
+
+    # Refused credentials (after the one token refresh): failed at once, and the secret is not in the message.
+    monkeypatch.setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}", json.dumps({**adobe_conn, "password": "wrong-secret"}))
+    clear_token_cache()
+    with pytest.raises(AirflowFailException, match="credentials or permissions") as info:
+        _resolve([{"id": audiences[0]}]).execute(_context())
+    assert isinstance(info.value.__cause__, AepAuthError) and "wrong-secret" not in str(info.value)
+    clear_token_cache()
+
+
+def test_blocked_query_service_port_fails_resolve_before_any_write(emu, audiences, adobe_conn, monkeypatch):
+    import socket
+
+    from airflow_cja_audiences.hooks.query_service import QueryServiceError
+
+    with socket.socket() as s:  # a port nobody listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    extra = {**adobe_conn["extra"], "query_service_port": closed_port}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}", json.dumps({**adobe_conn, "extra": extra}))
+    before = {k: v for k, v in emu.admin.state().items() if k in ("sandboxes", "cja", "tables")}
+    with pytest.raises(QueryServiceError, match=f"cannot connect to Query Service at 127.0.0.1:{closed_port}") as info:
+        _resolve([{"id": audiences[0]}]).execute(_context())
+    assert "is the port reachable" in str(info.value)
+    assert {k: v for k, v in emu.admin.state().items() if k in ("sandboxes", "cja", "tables")} == before
+    # the check is the first task's: without it, resolve alone passes
+    assert _resolve([{"id": audiences[0]}], check_query_service=False).execute(_context())["audience_ids"] == \
+        [audiences[0]]
+
+
+def test_a_name_that_renders_invalid_fails_at_once(emu):
+    """In a user's own DAG a name may be a template: what it renders to is validated like the config."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    op = EnsureExportDatasetOperator(task_id="x", dataset_name="{{ params.name }}")
+    op.render_template_fields({"params": {"name": "Profiles\x00"}})
+    with pytest.raises(AirflowFailException, match="dataset_name as rendered"):
+        op.execute(_context())
+    assert not _named(emu, "datasets", "Profiles\x00")

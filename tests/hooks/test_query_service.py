@@ -225,3 +225,118 @@ def test_transient_query_service_errors_are_retried_on_a_new_connection(emu, aud
     with pytest.raises(QueryServiceError) as wrong:
         hook.query_all("SELECT no_such_column FROM no_such_table")
     assert not wrong.value.transient and platform.retry_counts["query_service.query"] == 3
+
+
+# ------------------------------------------------------------------ the connection test checks Query Service too
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_connection_test_runs_select_1_on_query_service(emu):
+    from airflow_cja_audiences.hooks.platform import AdobePlatformHook
+
+    ok, message = QueryServiceHook().test_connection()
+    assert ok and "answered SELECT 1" in message, message
+    ok, message = AdobePlatformHook().test_connection()
+    assert ok and "answered SELECT 1" in message and emu.credentials.org_id in message, message
+
+
+def test_connection_test_fails_when_query_service_is_unreachable(emu, adobe_conn, monkeypatch):
+    import json
+
+    from airflow_cja_audiences import DEFAULT_CONN_ID
+    from airflow_cja_audiences.hooks.platform import AdobePlatformHook
+
+    port = _closed_port()
+    extra = {**adobe_conn["extra"], "query_service_port": port}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}", json.dumps({**adobe_conn, "extra": extra}))
+    ok, message = AdobePlatformHook().test_connection()
+    assert not ok
+    assert f"Query Service did not: cannot connect to Query Service at 127.0.0.1:{port}" in message
+    assert "Connected" not in message and adobe_conn["password"] not in message
+
+
+def test_untrusted_query_service_certificate_is_permanent(emu, adobe_conn, monkeypatch, tmp_path):
+    """TLS stays verified: a CA bundle that does not sign Query Service's certificate fails the check as
+    permanent (no retry can fix it), naming ca_bundle."""
+
+    from airflow_cja_audiences.hooks.platform import AdobePlatformHook
+    from airflow_cja_audiences.hooks.query_service import QueryServiceError
+
+    platform = AdobePlatformHook()
+    platform.get_access_token()  # with the right CA, then point Query Service at a CA that signs nothing of ours
+    import certifi
+
+    settings = platform.settings.model_copy(update={"ca_bundle": certifi.where()})
+    monkeypatch.setattr(type(platform), "settings", property(lambda self: settings), raising=False)
+    with pytest.raises(QueryServiceError) as info:
+        QueryServiceHook(platform_hook=platform, connect_timeout=5).check()
+    assert info.value.permanent and not info.value.transient
+    assert "ca_bundle" in str(info.value)
+
+
+def test_refused_query_service_login_is_permanent(emu, monkeypatch):
+    from airflow_cja_audiences.hooks.platform import AdobePlatformHook
+    from airflow_cja_audiences.hooks.query_service import QueryServiceError
+
+    platform = AdobePlatformHook()
+    monkeypatch.setattr(platform, "get_access_token", lambda *a, **k: "not-a-token-Adobe-issued")
+    with pytest.raises(QueryServiceError) as info:
+        QueryServiceHook(platform_hook=platform, connect_timeout=5).check()
+    assert info.value.permanent and not info.value.transient, str(info.value)
+    assert "Query Service permissions" in str(info.value) and "not-a-token" not in str(info.value)
+
+
+@pytest.mark.parametrize("message, transient, permanent", [
+    ("SSL SYSCALL error: EOF detected", True, False),
+    ("SSL error: unexpected eof while reading", True, False),
+    ("server closed the connection unexpectedly", True, False),
+    ("connection to server at \"h\", port 80 failed: Connection refused", True, False),
+    ("SSL error: certificate verify failed", False, True),
+    ("connection to server failed: FATAL:  password authentication failed for user \"x\"", False, True),
+    ("connection to server failed: FATAL:  database \"nope:all\" does not exist", False, True),
+    ("connection to server failed: FATAL:  sorry, too many clients already", True, False),
+])
+def test_driver_errors_without_sqlstate_are_classified(message, transient, permanent):
+    from airflow_cja_audiences.hooks.query_service import _wrap
+
+    OperationalError = type("OperationalError", (Exception,), {"__module__": "psycopg"})
+    error = _wrap(OperationalError(message), "SELECT 1")
+    assert (error.transient, error.permanent) == (transient, permanent), message
+
+
+def test_a_failing_cursor_close_does_not_hide_what_happened(monkeypatch):
+    """A server-side cursor is closed on a connection that may just have dropped: that second error must
+    not replace the first (a row limit to split on, a drop to retry)."""
+    from airflow_cja_audiences.hooks.query_service import QueryServiceError
+
+    OperationalError = type("OperationalError", (Exception,), {"__module__": "psycopg"})
+    ProgramLimitExceeded = type("ProgramLimitExceeded", (Exception,), {"__module__": "psycopg", "sqlstate": "53400"})
+
+    class Cursor:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            raise OperationalError("consuming input failed: SSL connection has been closed unexpectedly")
+
+        def execute(self, sql):
+            raise ProgramLimitExceeded("result exceeds 50000 rows")
+
+    class Conn:
+        def cursor(self, name=None):
+            return Cursor()
+
+        def close(self):
+            pass
+
+    hook = QueryServiceHook()
+    monkeypatch.setattr(hook, "get_conn", lambda: Conn())
+    with pytest.raises(QueryServiceError) as info:
+        list(hook.stream("SELECT 1", prefetch=0))
+    assert info.value.is_limit, str(info.value)

@@ -238,3 +238,37 @@ def test_cja_check_says_what_to_add_then_passes(emu):
                               datasets={"profile": dataset_id}, dimension_paths=paths)
     assert result.ok, result.problems
     assert hook.update_data_view(view_id, {"description": "kept by airflow-cja-audiences"}) is not None
+
+
+# --------------------------------------------------------------------------- remote values validated where they enter
+
+
+def _answering(monkeypatch, hook, answer: dict) -> None:
+    """The real request path stays; only what Adobe answers is replaced (as a hostile proxy could)."""
+    monkeypatch.setattr(hook, "request_json", lambda *args, **kwargs: answer)
+
+
+def test_an_audience_look_up_answered_with_another_audience_is_refused(audiences, monkeypatch):
+    from airflow_cja_audiences.errors import AepError
+
+    hook = SegmentationHook()
+    wanted = audiences[0]["id"]
+    assert hook.get_audience(wanted).id == wanted
+    other = {**hook.request_json("GET", f"/data/core/ups/audiences/{wanted}", route="x"), "id": audiences[1]["id"]}
+    _answering(monkeypatch, hook, other)
+    with pytest.raises(AepError, match="answered with audience"):
+        hook.get_audience(wanted)
+    _answering(monkeypatch, hook, {**other, "id": "x' OR '1'='1"})
+    with pytest.raises(AepError, match="answered with audience"):
+        hook.get_audience(wanted)
+
+
+@pytest.mark.parametrize("tenant", ["acme; DROP TABLE t", "../x", "Tenant With Spaces", "_"])
+def test_a_malformed_tenant_from_schema_registry_is_refused(monkeypatch, tenant):
+    from airflow_cja_audiences.errors import AepError
+
+    hook = SchemaRegistryHook()
+    assert hook.get_tenant_id() == "demoemea"
+    _answering(monkeypatch, hook, {"tenantId": tenant})
+    with pytest.raises(AepError, match="tenantId that is not one"):
+        hook.get_tenant_id()

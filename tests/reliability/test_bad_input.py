@@ -3,7 +3,8 @@ field, and the emulator's state is unchanged; or, where the input is legitimate 
 is in), the run ends as documented.
 
 Two places catch bad input. The jobs file is validated when the DAG file is parsed (the scheduler's
-DagBag): a bad value is an import error naming the file and the field, and no DAG exists to run.
+DagBag): a bad value in a job replaces that job's DAG by a placeholder showing the error (naming the
+file, the job and the field) that cannot write anything; a broken file is an import error naming it.
 What only AEP can tell (unknown audience, sandbox, credentials, identity field, tenant, trigger-form
 values) is checked by ``resolve_audiences``/``plan_run``, which only read; every task that writes
 runs after them. The emulator's state (datasets, batches, export jobs, schemas, field groups,
@@ -115,9 +116,13 @@ def _write_jobs(content: bytes, monkeypatch) -> Path:
 
 
 def _import_errors() -> str:
+    """What the DAG processor reports for the DAG folder: its import errors (a broken file) and the errors
+    shown by the placeholder DAGs of invalid jobs (the DAG page's doc; the other jobs' DAGs are built)."""
     from airflow.dag_processing.dagbag import DagBag
 
-    return "\n".join(DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).import_errors.values())
+    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    shown = [dag.doc_md for dag in bag.dags.values() if "config-error" in dag.tags]
+    return "\n".join([*bag.import_errors.values(), *shown])
 
 
 def test_config_cases_are_rejected_when_the_dag_file_is_parsed(emu, dags_folder, audience_ids, monkeypatch,
