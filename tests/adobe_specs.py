@@ -65,6 +65,7 @@ class Recorded:
     status: int
     response_type: str | None
     response_text: str
+    header_names: frozenset[str] = frozenset()  # lower-case names of the headers sent (values not kept)
 
     @property
     def path(self) -> str:
@@ -244,6 +245,11 @@ class SpecOracle:
             schema_pointer = self._param_schema_pointer(op, index, param)
             found += self._schema_errors(op, "request", schema_pointer, self._coerce(op, param, value),
                                          base=f"query.{name}")
+        headers = call.header_names | ({"content-type"} if call.content_type else set())
+        for param in params:
+            if param.get("in") == "header" and param.get("required") and param["name"].lower() not in headers:
+                found.append(Finding(op.name, "request", f"header.{param['name']}", "required header missing",
+                                     classify_missing_header(op, call, param["name"])))
         sent = {name for name, _ in query}
         for name, (_, param) in declared.items():
             if param.get("required") and name not in sent:
@@ -376,6 +382,9 @@ DEFECTS: dict[str, tuple[str, str]] = {
     "null-page-next": ("README", "Schema Registry paging _page.next may be null"),
     "cja-null-sort": ("README", "CJA sort may be null"),
     "cja-lower-case-enum": ("README", "CJA enums appear in lower case in responses"),
+    "bodiless-large-file-action": ("docs", "POST .../files/{filePath}?action=INITIALIZE|COMPLETE has no body; "
+                                           "the spec requires a Content-Type header, the Batch Ingestion API "
+                                           "overview's examples send none"),
     "create-batch-loading-status": ("docs", "the create-batch answer's status is \"loading\" in the Batch "
                                             "Ingestion API overview; the spec's status enum for that answer "
                                             "lacks it"),
@@ -455,6 +464,13 @@ def classify_not_json(op: Operation, call: Recorded) -> str | None:
     path = dict(call.query).get("path", "")
     if op.spec == "data-access.json" and op.template == "/batches/{batchId}/meta" and path.startswith("row_errors/"):
         return "row-error-file-content"
+    return None
+
+
+def classify_missing_header(op: Operation, call: Recorded, name: str) -> str | None:
+    if op.spec == "batch-ingestion.json" and op.method == "post" and op.template.endswith("/files/{filePath}") \
+            and name.lower() == "content-type" and call.body is None:
+        return "bodiless-large-file-action"
     return None
 
 

@@ -43,6 +43,9 @@ KNOWN_DOUBTS: set[tuple[str, str, str, str]] = {
     ("201-not-in-spec", "batch-ingestion.json POST /batches/{batchId}/datasets/{datasetId}/files/{filePath}",
      "response 201", "status"),
     ("bare-200-batch-action", "batch-ingestion.json POST /batches/{batchId}", "response 200", "body"),
+    ("bodiless-large-file-action",
+     "batch-ingestion.json POST /batches/{batchId}/datasets/{datasetId}/files/{filePath}", "request",
+     "header.Content-Type"),
     ("boolean-batch-tags", "catalog.json GET /batches", "response 200", "$.{id}.tags.acp_enableErrorDiagnostics"),
     ("boolean-batch-tags", "catalog.json GET /batches/{BATCH_ID}", "response 200",
      "$.{id}.tags.acp_enableErrorDiagnostics"),
@@ -90,6 +93,10 @@ def _params(params: Any) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def _header_names(kwargs: dict[str, Any]) -> frozenset[str]:
+    return frozenset(k.lower() for k in (kwargs.get("headers") or {}))
+
+
 def _request_side(kwargs: dict[str, Any]) -> tuple[str | None, Any]:
     headers = {k.lower(): v for k, v in (kwargs.get("headers") or {}).items()}
     data = kwargs.get("data")
@@ -112,14 +119,15 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[Recorded]:
         content_type, body = _request_side(kwargs)
         response = send(hook, method, url, **kwargs)
         calls.append(Recorded(method, url, _params(kwargs.get("params")), content_type, body,
-                              response.status_code, response.headers.get("Content-Type"), response.text))
+                              response.status_code, response.headers.get("Content-Type"), response.text,
+                              _header_names(kwargs)))
         return response
 
     async def recording_asend(hook: AdobePlatformHook, method: str, url: str, **kwargs: Any):
         content_type, body = _request_side(kwargs)
         status, text, headers = await asend(hook, method, url, **kwargs)
         calls.append(Recorded(method, url, _params(kwargs.get("params")), content_type, body, status,
-                              headers.get("Content-Type"), text))
+                              headers.get("Content-Type"), text, _header_names(kwargs)))
         return status, text, headers
 
     monkeypatch.setattr(AdobePlatformHook, "_send", recording_send)
@@ -263,7 +271,10 @@ def test_pipeline_calls_conform_to_adobe_specs(oracle: SpecOracle, recorded: lis
 def _call(method: str, path: str, *, status: int = 200, response: Any = None, body: Any = None,
           params: tuple[tuple[str, str], ...] = (), content_type: str | None = None) -> Recorded:
     return Recorded(method, f"https://platform.adobe.io{path}", params, content_type, body, status,
-                    "application/json", json.dumps(response) if response is not None else "")
+                    "application/json", json.dumps(response) if response is not None else "", PLATFORM_HEADERS)
+
+
+PLATFORM_HEADERS = frozenset({"authorization", "x-api-key", "x-gw-ims-org-id", "x-sandbox-name", "accept"})
 
 
 def _verdicts(oracle: SpecOracle, call: Recorded) -> set[tuple[str | None, str]]:
@@ -307,6 +318,14 @@ def test_oracle_checks_query_parameters_and_paths(oracle: SpecOracle) -> None:
     assert _verdicts(oracle, _call("GET", "/data/foundation/catalog/dataSets", response={},
                                    params=(("pageSize", "10"),))) == {(None, "query.pageSize")}
     assert _verdicts(oracle, _call("GET", "/data/foundation/catalog/dataSetFiles", response={})) == {(None, "path")}
+
+
+def test_oracle_checks_required_headers(oracle: SpecOracle) -> None:
+    platform = PLATFORM_HEADERS
+    call = _call("GET", "/data/core/ups/audiences/a1", response={"id": "a1"})
+    assert _verdicts(oracle, Recorded(**{**call.__dict__, "header_names": platform})) == set()
+    assert _verdicts(oracle, Recorded(**{**call.__dict__, "header_names": platform - {"x-sandbox-name"}})) == {
+        (None, "header.x-sandbox-name")}
 
 
 def test_specs_folder_is_found_from_the_repository_root() -> None:
