@@ -66,6 +66,7 @@ class Recorded:
     response_type: str | None
     response_text: str
     header_names: frozenset[str] = frozenset()  # lower-case names of the headers sent (values not kept)
+    transport: str = "requests"  # or "aiohttp" (the triggers' path)
 
     @property
     def path(self) -> str:

@@ -127,7 +127,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[Recorded]:
         content_type, body = _request_side(kwargs)
         status, text, headers = await asend(hook, method, url, **kwargs)
         calls.append(Recorded(method, url, _params(kwargs.get("params")), content_type, body, status,
-                              headers.get("Content-Type"), text, _header_names(kwargs)))
+                              headers.get("Content-Type"), text, _header_names(kwargs), "aiohttp"))
         return status, text, headers
 
     monkeypatch.setattr(AdobePlatformHook, "_send", recording_send)
@@ -208,20 +208,19 @@ def _drive_pipeline(emu: Any, adobe_conn: dict, tmp_path: Path, monkeypatch: pyt
     assert poll(lambda: (b := ingestion.get_batch(bad.id)).is_terminal and b, timeout=30, what="batch").is_failed
     ingestion.get_row_errors(bad.id)
 
-    # The triggers' async calls.
+    # The triggers' async calls (a job to cancel and a batch to abort made first, synchronously).
+    late = segmentation.create_export_job(request, created_after_ms=since,
+                                          exclude={job.id, failing.id, cancelled.id} | before)
+    again = ingestion.create_batch(profile_ds.id, external_id="conformance:4")
+
     async def triggers() -> None:
-        hook = BatchIngestionHook()
+        hook, seg = BatchIngestionHook(), SegmentationHook()
         async with hook.async_session():
             await hook.aget_batch(batch.id)
-        seg = SegmentationHook()
+            await hook.abatch_action(again.id, "ABORT")
         async with seg.async_session():
             await seg.aget_export_job(job.id)
-            late = seg.create_export_job(request, created_after_ms=since,
-                                         exclude={job.id, failing.id, cancelled.id} | before)
             await seg.acancel_export_job(late.id)
-        async with hook.async_session():
-            again = hook.create_batch(profile_ds.id, external_id="conformance:4")
-            await hook.abatch_action(again.id, "ABORT")
 
     asyncio.run(triggers())
 
@@ -254,6 +253,7 @@ def test_pipeline_calls_conform_to_adobe_specs(oracle: SpecOracle, recorded: lis
     _drive_pipeline(emu, adobe_conn, tmp_path, monkeypatch)
     operations = {f"{c.method} {oracle.operation(c.method, c.path).name}" if oracle.operation(c.method, c.path)
                   else f"{c.method} {c.path} (no operation)" for c in recorded}
+    assert {c.transport for c in recorded} == {"requests", "aiohttp"}, "both HTTP paths must be exercised"
     findings = [f for call in recorded for f in oracle.check(call)]
     print(f"\n{len(recorded)} calls, {len(operations)} operations, {len(findings)} findings")
     print("operations:\n  " + "\n  ".join(sorted(operations)))
