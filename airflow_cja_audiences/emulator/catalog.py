@@ -54,7 +54,8 @@ class Dataset:
     tags: dict[str, list[str]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # other accepted request fields, echoed
     view_id: str = field(default_factory=new_object_id)
-    data_source_id: str | None = None
+    data_source_id: int | None = None  # Catalog's spec types it integer (dataSetResponse.dataSourceId)
+    data_behavior: str = "record"  # of the schema's class: "record" | "time-series" | "adhoc"
 
     def to_json(self, org_id: str, client_id: str, last_batch: Batch | None) -> dict:
         body: dict[str, Any] = dict(self.extra)
@@ -65,8 +66,12 @@ class Dataset:
             "files": f"@/dataSetFiles?dataSetId={self.id}", "viewId": self.view_id,
             "created": self.created, "updated": self.updated, "createdClient": client_id,
             "createdUser": f"{client_id}@AdobeID", "updatedUser": f"{client_id}@AdobeID",
+            # Always present in Catalog's answers (not in the pruned spec; seen in real responses);
+            # clients read it to tell profile from event datasets. managedBy for system datasets:
+            # not modelled (guess: every dataset a client creates is CUSTOMER).
+            "classification": {"dataBehavior": self.data_behavior, "managedBy": "CUSTOMER"},
         })
-        if self.data_source_id:
+        if self.data_source_id is not None:
             body["dataSourceId"] = self.data_source_id
         if last_batch is not None:
             body["lastBatchId"], body["lastBatchStatus"] = last_batch.id, last_batch.status

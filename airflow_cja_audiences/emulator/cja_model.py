@@ -36,9 +36,13 @@ class Connection:
     datasets: list[dict] = field(default_factory=list)
 
     def to_json(self, expansion: set[str]) -> dict:
+        # A setting that does not apply to a dataset (identityNamespace when the primary identity's
+        # namespace is used, timestampId of a profile dataset) is left out, not null: CJA's spec types
+        # these fields string, not nullable. Guess: absent rather than "" (no public example shows either).
         full = {
             "name": self.name, "description": self.description, "owner": dict(self.owner),
-            "dataSets": [dict(d) for d in self.datasets], "sandboxName": self.sandbox,
+            "dataSets": [{k: v for k, v in d.items() if v is not None} for d in self.datasets],
+            "sandboxName": self.sandbox,
             "sandboxId": self.sandbox_id, "backfillEnabled": False, "createdDate": self.created,
             "modified": self.created, "tags": [], "validationErrors": [],
             "dataSetLastIngested": None, "schemaInfo": [{"dataSetId": d["dataSetId"], "schemaId": d.get("schemaId")}

@@ -75,10 +75,15 @@ def create_export_job(state: EmulatorState, sandbox: SandboxState, request: Expo
     return job
 
 
+CALL_STACK = "com.adobe.aep.unifiedprofile.common.logging.Logger"  # the spec's and docs' example
+
+
 def _fail_job(state: EmulatorState, sandbox: SandboxState, job: ExportJob, code: str, message: str) -> None:
     now_ms = state.now_ms()
     job.status, job.updated_ms, job.end_ms = exports.FAILED, now_ms, now_ms
-    job.errors = [{"code": code, "msg": message, "callStack": None}]
+    # callStack is a string in Segmentation's spec and in the documented FAILED job (never null);
+    # its value there is a logger class name, which the emulator repeats (what else it holds: unknown).
+    job.errors = [{"code": code, "msg": message, "callStack": CALL_STACK}]
     batch = sandbox.catalog.batches.get(job.batch_id)
     if batch is not None and batch.status == cat.PROCESSING:
         batch.status, batch.completed = cat.FAILED, now_ms

@@ -155,7 +155,7 @@ class EmulatorState:
                  "allOf": [{"$ref": EVENT_CLASS}]}, now_ms, s.client_id)
             dataset = self.create_dataset(sandbox, name=f"{spec.name} events", schema_id=schema["$id"],
                                           content_type="application/vnd.adobe.xed+json;version=1",
-                                          has_table=False, now_ms=now_ms)
+                                          has_table=False, now_ms=now_ms, data_behavior="time-series")
             conn = Connection(id=connection_id(s.org_id, spec.name), name=spec.name, sandbox=sandbox.name,
                               sandbox_id=sandbox.sandbox_id, owner=owner, created=created,
                               datasets=[{"dataSetId": dataset.id, "type": "event", "domain": "catalog",
@@ -250,14 +250,14 @@ class EmulatorState:
     def create_dataset(self, sandbox: SandboxState, *, name: str, schema_id: str, content_type: str,
                        has_table: bool, now_ms: int, description: str = "",
                        tags: dict | None = None, extra: dict | None = None,
-                       data_source_id: str | None = None) -> Dataset:
+                       data_source_id: int | None = None, data_behavior: str = "record") -> Dataset:
         """Register a dataset (and its DuckDB table for profile-union datasets). Call under the lock."""
         table = table_name_for(name, set(self.tables) | {t.table for sb in self.sandboxes.values()
                                                           for t in sb.catalog.datasets.values()})
         dataset = Dataset(id=new_object_id(), sandbox=sandbox.name, name=name, schema_id=schema_id,
                           content_type=content_type, table=table, has_table=has_table, created=now_ms,
                           updated=now_ms, description=description, tags=dict(tags or {}),
-                          extra=dict(extra or {}), data_source_id=data_source_id)
+                          extra=dict(extra or {}), data_source_id=data_source_id, data_behavior=data_behavior)
         sandbox.catalog.datasets[dataset.id] = dataset
         if has_table:
             self.tables[table] = (sandbox.name, dataset.id)

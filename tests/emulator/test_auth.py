@@ -119,6 +119,16 @@ def test_request_id_is_echoed_and_lands_in_problem_reports(api):
     assert len(generated.headers["x-request-id"]) >= 16
 
 
+@pytest.mark.parametrize("path", ["/data/foundation/schemaregistry/stats/", "/data/core/ups/export/jobs/",
+                                  f"{DATASETS}/"])
+def test_a_trailing_slash_is_the_same_path(api, path):
+    """Adobe answers ``/stats/`` as ``/stats`` (its own paging links read ``/export/jobs/?limit=...``)."""
+    headers = {"Accept": "application/json"}
+    slashed, plain = api.call("GET", path, headers=headers), api.call("GET", path.rstrip("/"), headers=headers)
+    assert slashed.status_code == plain.status_code == 200, slashed.text
+    assert slashed.json().keys() == plain.json().keys()
+
+
 @pytest.mark.parametrize("method,path", [
     ("PUT", f"{DATASETS}/0123"),
     ("GET", "/data/foundation/query/queries"),

@@ -21,7 +21,9 @@ def test_created_dataset_is_id_keyed_with_a_query_service_table(emu, aep, api):
     dataset = body[dataset_id]
     assert dataset["tags"]["adobe/pqs/table"] == ["segment_export_job_dataset_for_cja"]
     assert dataset["schemaRef"]["id"] == "https://ns.adobe.com/xdm/context/profile__union"
-    assert dataset["fileDescription"]["persisted"] is True and dataset["dataSourceId"]
+    assert dataset["fileDescription"]["persisted"] is True
+    assert isinstance(dataset["dataSourceId"], int) and not isinstance(dataset["dataSourceId"], bool)  # spec: integer
+    assert dataset["classification"] == {"dataBehavior": "record", "managedBy": "CUSTOMER"}
     tables = {t["name"]: t for t in emu.state.qs_list_tables()}
     assert tables["segment_export_job_dataset_for_cja"]["dataSetId"] == dataset_id
     same_name = aep.union_dataset("Segment Export Job Dataset for CJA")
@@ -34,6 +36,8 @@ def test_dataset_needs_a_known_schema_and_a_name(api):
     assert api.call("POST", DATASETS, json={"schemaRef": {"id": "_xdm.context.profile__union"}}).status_code == 400
     assert api.call("POST", DATASETS, json={"name": "x", "schemaRef": {"id": "_xdm.context.profile__union"},
                                             "tags": {"adobe/pqs/table": ["mine"]}}).status_code == 400
+    assert api.call("POST", DATASETS, json={"name": "x", "schemaRef": {"id": "_xdm.context.profile__union"},
+                                            "dataSourceId": "12345"}).status_code == 400  # spec: integer
 
 
 def test_listing_filters_orders_pages_and_projects(aep, api):

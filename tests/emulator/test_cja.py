@@ -16,7 +16,9 @@ def test_seeded_connection_and_data_view_are_deterministic(emu, aep, api):
     assert re.fullmatch(r"dg_[0-9a-f-]{36}", conn["id"]) and conn["idWithoutPrefix"] == conn["id"][3:]
     (event,) = conn["dataSets"]
     assert event["type"] == "event"
-    assert event["dataSetId"] in aep.ok(api.call("GET", "/data/foundation/catalog/dataSets"))
+    assert "identityNamespace" not in event  # not null: CJA's spec types it string (primary id namespace used)
+    catalog = aep.ok(api.call("GET", "/data/foundation/catalog/dataSets"))
+    assert catalog[event["dataSetId"]]["classification"]["dataBehavior"] == "time-series"
     views = aep.ok(_get(api, "/data/dataviews", parentDataGroupId=conn["id"]))["content"]
     assert len(views) == 1 and re.fullmatch(r"dv_[0-9a-f]{24}", views[0]["id"])
     emu.admin.reset()
@@ -42,6 +44,7 @@ def test_admin_adds_dataset_to_connection_and_dimension_to_data_view(emu, aep, a
     conn = aep.ok(_get(api, f"/data/connections/{conn_id}", expansion="dataSets"))
     profile = [d for d in conn["dataSets"] if d["dataSetId"] == dataset]
     assert profile and profile[0]["type"] == "profile" and profile[0]["visitorId"] == "personID"
+    assert profile[0]["identityNamespace"] == "Email" and "timestampId" not in profile[0]  # never null
     emu.admin.add_dimension(view_id, "_demoemea.audienceMembershipId", name="Audience Membership Id")
     dims = aep.ok(_get(api, f"/data/dataviews/{view_id}/dimensions", limit=100))["content"]
     assert {"variables/_demoemea.audienceMembershipId", "variables/eventType"} == {d["id"] for d in dims}

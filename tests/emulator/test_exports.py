@@ -178,6 +178,7 @@ def test_failure_knobs_fail_the_job_or_only_its_batch(emu, aep):
     emu.admin.knobs(export_job_failures=1)
     failed = aep.export(dataset, [{"segmentId": audience}])
     assert failed["status"] == "FAILED" and failed["errors"]
+    assert all(isinstance(e["callStack"], str) for e in failed["errors"])  # a string in spec and docs, never null
     emu.admin.knobs(export_batch_failures=1)
     trap = aep.export(dataset, [{"segmentId": audience}])
     assert trap["status"] == "SUCCEEDED"

@@ -88,6 +88,7 @@ class EmulatorMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope = _without_trailing_slash(scope)
         request_id = Headers(scope=scope).get("x-request-id") or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         method, path = scope["method"], scope["path"]
@@ -146,6 +147,20 @@ class EmulatorMiddleware:
                                     (b"x-request-id", request_id.encode())]})
             await send({"type": "http.response.body", "body": b'{"partial": "', "more_body": True})
         _abort(send)
+
+
+def _without_trailing_slash(scope: Scope) -> Scope:
+    """``/stats/`` is ``/stats``: Adobe's gateway answers both alike, and its own documented paging
+    links carry the slash (``"next": "/export/jobs/?limit=2&offset=..."``)."""
+    path = scope["path"]
+    if len(path) <= 1 or not path.endswith("/"):
+        return scope
+    trimmed = path.rstrip("/") or "/"
+    raw = scope.get("raw_path")
+    changed: dict[str, Any] = {"path": trimmed}
+    if isinstance(raw, bytes):
+        changed["raw_path"] = raw.rstrip(b"/") or b"/"
+    return {**scope, **changed}
 
 
 async def _swallow(message: Message) -> None:

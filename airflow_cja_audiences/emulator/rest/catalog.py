@@ -94,6 +94,14 @@ def _listing(call: Call, items: list[tuple[str, dict]], special: dict[str, Any] 
 
 
 # -- datasets ------------------------------------------------------------------------------
+def _data_behavior(schema: dict[str, Any]) -> str:
+    """A dataset's ``classification.dataBehavior``: the behaviour its schema's class extends."""
+    extends = schema.get("meta:extends") or []
+    if xdm.TIME_SERIES_BEHAVIOR in extends:
+        return "time-series"
+    return "record" if xdm.RECORD_BEHAVIOR in extends else "adhoc"
+
+
 def create_dataset(call: Call) -> Response:
     body = call.json()
     if not isinstance(body, dict):
@@ -106,12 +114,12 @@ def create_dataset(call: Call) -> Response:
         raise error(400, 1402, "'schemaRef.id' is required (schema $id or meta:altId)")
     registry = call.sandbox.registry
     if ref["id"] in (xdm.UNION_ID, xdm.UNION_ALT_ID):
-        schema_id, union = xdm.UNION_ID, True
+        schema_id, union, behavior = xdm.UNION_ID, True, "record"
     else:
         schema = registry.find("schemas", ref["id"])
         if schema is None:
             raise error(400, 1403, f"schemaRef.id {ref['id']} is not a schema of sandbox {call.sandbox.name}")
-        schema_id, union = schema.id, False
+        schema_id, union, behavior = schema.id, False, _data_behavior(schema.body)
     tags = body.get("tags") or {}
     if not isinstance(tags, dict) or not all(isinstance(v, list) for v in tags.values()):
         raise error(400, 1405, "'tags' must map tag names to arrays of strings")
@@ -119,13 +127,17 @@ def create_dataset(call: Call) -> Response:
         raise error(400, 1406, "tags starting with 'adobe' are reserved for Adobe")
     extra = {k: v for k, v in body.items() if k not in ("name", "description", "schemaRef", "tags", "dataSourceId")}
     data_source = body.get("dataSourceId")
-    if call.param("requestDataSource", "").lower() == "true" and not data_source:
-        data_source = str(secrets.randbelow(900_000) + 100_000)  # Catalog data source ids are numeric
+    if data_source is not None and (isinstance(data_source, bool) or not isinstance(data_source, int)):
+        # Guess at the code: Catalog's spec types dataSourceId integer; the answer to another type is
+        # not documented.
+        raise error(400, 1409, f"'dataSourceId' must be an integer, got {data_source!r}")
+    if call.param("requestDataSource", "").lower() == "true" and data_source is None:
+        data_source = secrets.randbelow(900_000) + 100_000  # an integer, as Catalog's spec types it
     dataset = call.state.create_dataset(
         call.sandbox, name=name, schema_id=schema_id,
         content_type=ref.get("contentType") or "application/vnd.adobe.xed+json;version=1",
         has_table=union, now_ms=call.state.now_ms(), description=str(body.get("description") or ""),
-        tags=tags, extra=extra, data_source_id=data_source)
+        tags=tags, extra=extra, data_source_id=data_source, data_behavior=behavior)
     log.info("dataset %s %r created in %s (table %s)", dataset.id, name, call.sandbox.name, dataset.table)
     return ok([f"@/dataSets/{dataset.id}"], 201, {"Location": f"{PREFIX}/dataSets/{dataset.id}"})
 
