@@ -79,11 +79,9 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
             identity_path = validation.resolve_tenant_path(self.identity_field, tenant)
         except ValueError as exc:
             raise AirflowFailException(f"invalid input: {exc}") from exc
-        try:
-            resolution = self.hook(hooks.segmentation.SegmentationHook).resolve_selection(
-                selectors, previous_exports=self._previous_exports)
-        except AepConfigError as exc:
-            raise AirflowFailException(str(exc)) from exc  # a typo: retrying cannot fix it
+        # A typo raises AepConfigError: the base operator fails the task at once (no retry can fix it).
+        resolution = self.hook(hooks.segmentation.SegmentationHook).resolve_selection(
+            selectors, previous_exports=self._previous_exports)
         resolved = resolution.resolved
         for gone in resolution.missing:
             self.log.warning("Audience %s (last known as %s) was %s in AEP: %s", gone.id or "(id: see below)",
