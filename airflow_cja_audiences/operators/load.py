@@ -11,6 +11,7 @@ through local disk: each task uploads what it wrote.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from pathlib import Path
@@ -187,9 +188,8 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         if not (self.interval_start and self.interval_end):
             raise AirflowException("an events load needs interval_start and interval_end")
         requested = (runs.parse_utc(self.interval_start), runs.parse_utc(self.interval_end))
-        live = [(b, lbl) for b in ingestion.list_batches(self.dataset_id)
-                if b.is_success and (lbl := BatchLabel.parse(b.external_id)) is not None
-                and lbl.job_id == self.job_config.job_id and lbl.kind == "events" and lbl.interval is not None]
+        listing = ingestion.list_batches(self.dataset_id)
+        live = [(b, lbl) for b, lbl in events_batches(listing, self.job_config.job_id) if b.is_success]
         hull, taken = runs.events_hull(requested, [lbl.interval for _, lbl in live])  # type: ignore[misc]
         replaced = [live[i][0] for i in taken]
         if hull != requested:
@@ -347,14 +347,10 @@ class _EventsPlan:
         """Give way when another run publishes an overlapping interval (see
         :func:`runs.events_publish_conflict`): abort this batch and try again later."""
         label = BatchLabel.parse(mine.external_id)
-        others = []
-        for batch in ingestion.list_batches(self.op.dataset_id):
-            other = BatchLabel.parse(batch.external_id)
-            if (other is None or other.job_id != label.job_id or other.kind != "events" or other.interval is None
-                    or batch.is_failed or batch.status.lower() in batch.GONE):
-                continue
-            others.append(runs.OpenEventsBatch(batch.id, other.interval, int(batch.created or 0), other.run_key,
-                                               live=batch.is_success))
+        listing = ingestion.list_batches(self.op.dataset_id)
+        others = [runs.OpenEventsBatch(batch.id, other.interval,  # type: ignore[arg-type]
+                                       int(batch.created or 0), other.run_key, live=batch.is_success)
+                  for batch, other in events_batches(listing, label.job_id)]
         reason = runs.events_publish_conflict(
             mine_id=mine.id, mine_created_ms=int(mine.created or 0), run_key=label.run_key, interval=self.hull,
             replaced={b.id for b in self.replaced}, others=others)
@@ -394,13 +390,29 @@ def _push(context: Context, values: dict[str, Any]) -> None:
         context["ti"].xcom_push(key=key, value=value)
 
 
-def live_batches(ingestion: Any, dataset_id: str, label: BatchLabel) -> list[Any]:
-    """Our successful batches in the dataset that publishing ``label`` replaces (newest first)."""
+def live_batches(ingestion: Any, dataset_id: str, label: BatchLabel,
+                 batches: Iterable[Any] | None = None) -> list[Any]:
+    """Our successful batches in the dataset that publishing ``label`` replaces (newest first).
+
+    ``batches``: the dataset's listing when the caller already has it (default: list it)."""
     found = []
-    for batch in ingestion.list_batches(dataset_id):
+    for batch in ingestion.list_batches(dataset_id) if batches is None else batches:
         other = BatchLabel.parse(batch.external_id)
         if other is not None and batch.is_success and label.supersedes(other):
             found.append(batch)
+    return found
+
+
+def events_batches(batches: Iterable[Any], job_id: str) -> list[tuple[Any, BatchLabel]]:
+    """The job's events batches in a dataset's listing, with their labels: live or still open
+    (failed, aborted and reverted ones are left out)."""
+    found = []
+    for batch in batches:
+        label = BatchLabel.parse(batch.external_id)
+        if (label is not None and label.job_id == job_id and label.kind == "events"
+                and label.interval is not None and not batch.is_failed
+                and batch.status.lower() not in batch.GONE):
+            found.append((batch, label))
     return found
 
 

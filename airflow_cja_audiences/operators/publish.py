@@ -18,7 +18,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 from airflow_cja_audiences import hooks, triggers
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
 from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, truthy, validate_event
-from airflow_cja_audiences.operators.load import live_batches
+from airflow_cja_audiences.operators.load import events_batches, live_batches
 from airflow_cja_audiences.runs import BatchLabel, overlaps
 
 
@@ -72,21 +72,20 @@ class PublishBatchOperator(AdobeBaseOperator):
     def _predecessors(self) -> list[Any]:
         ingestion = self.hook(hooks.ingestion.BatchIngestionHook)
         label = self._label()
+        batches = list(ingestion.list_batches(self.dataset_id))
         if label.interval is not None:
-            self._check_disjoint(ingestion, label)
-        return [b for b in live_batches(ingestion, self.dataset_id, label) if b.id != self.batch_id]
+            self._check_disjoint(batches, label)
+        return [b for b in live_batches(ingestion, self.dataset_id, label, batches) if b.id != self.batch_id]
 
-    def _check_disjoint(self, ingestion: Any, label: BatchLabel) -> None:
+    def _check_disjoint(self, batches: list[Any], label: BatchLabel) -> None:
         """Live events intervals stay disjoint: refuse to publish next to a live batch that overlaps
         this one's interval without lying inside it (prepare_events widens the interval over every
         overlapping batch; one that went live since then means the plan is stale)."""
-        mine = label.interval
-        for batch in ingestion.list_batches(self.dataset_id):
-            other = BatchLabel.parse(batch.external_id)
-            if (batch.id == self.batch_id or not batch.is_success or other is None or other.interval is None
-                    or (other.job_id, other.kind) != (label.job_id, label.kind)):
+        for batch, other in events_batches(batches, label.job_id):
+            if batch.id == self.batch_id or not batch.is_success:
                 continue
-            if overlaps(mine, other.interval) and not label.supersedes(other):
+            mine = label.interval
+            if mine and other.interval and overlaps(mine, other.interval) and not label.supersedes(other):
                 raise AirflowFailException(
                     f"events batch {batch.id} [{other.scope}] went live after this run planned [{label.scope}] and "
                     f"overlaps it; publishing both would duplicate events. Clear this run's prepare_events task "
