@@ -24,7 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = {"initial_retry_wait": 0.01, "max_retry_wait": 0.05}
 MiB = 1024 * 1024
 
@@ -37,9 +36,7 @@ def main() -> int:
         sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
         sys.path.insert(0, str(Path(args.base).resolve()))
     os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="cja-hostile-bench-"))
-    sys.path[:0] = [str(ROOT / "tests" / "hostile"), str(ROOT / "tests")]
-
-    import server as hostile  # noqa: PLC0415 - after the path set-up above
+    from tests.hostile import server as hostile  # after --base's set-up (run from the repository root)
 
     import airflow_cja_audiences
     from airflow_cja_audiences import DEFAULT_CONN_ID

@@ -21,10 +21,7 @@ import os
 import resource
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 STALL_TARGET_MS = 100.0
 
@@ -105,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                              "airflow_local_settings.py): full collections then skip the start-up heap")
     args = parser.parse_args(argv)
 
-    from emulator_fixture import start_subprocess
+    from tests.emulator_fixture import start_subprocess  # run from the repository root (python -m)
 
     from airflow_cja_audiences import DEFAULT_CONN_ID
     from airflow_cja_audiences.emulator.connection import airflow_connection

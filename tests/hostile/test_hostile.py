@@ -14,8 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import FAST
-from server import CLIENT_SECRET, IMS_PATH, TOKEN, HostileSite, Reply, Request, ims_ok
+from server import CLIENT_SECRET, FAST, IMS_PATH, TOKEN, HostileSite, Reply, Request, ims_ok
 
 from airflow_cja_audiences.errors import (
     AepDeadlineError,
