@@ -1,6 +1,8 @@
 """Typed errors that carry Adobe's own error body and request id.
 
-Pure module (no Airflow import). AEP answers errors in three shapes (reference section 2):
+Pure module (no Airflow import). AEP answers errors in three shapes (https://experienceleague.adobe.com/en/docs/experience-platform/landing/troubleshooting,
+https://experienceleague.adobe.com/en/docs/experience-platform/xdm/troubleshooting-guide and the IMS OAuth Server-to-Server API reference,
+https://developer.adobe.com/developer-console/docs/guides/authentication/ServerToServerAuthentication/ims):
 gateway ``{"error_code", "message"}``, problem details ``{"type", "title", "status", "detail"}`` and
 IMS/OAuth ``{"error", "error_description"}``; :func:`api_error_from_response` reads all of them so
 a failure message always says what Adobe said, and the request id to quote to Adobe support.

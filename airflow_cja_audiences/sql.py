@@ -56,7 +56,7 @@ MEMBER_STATUSES = ("realized", "existing")
 EXITED = "exited"
 #: Statuses that prove a change event, at ``lastQualificationTime``: entered, exited.
 EVENT_STATUSES = ("realized", EXITED)
-#: The batch-id system columns a query may filter on (reference section 8.2a).
+#: The batch-id system columns a query may filter on (https://experienceleague.adobe.com/en/docs/experience-platform/query/use-cases/data-exploration).
 BATCH_ID_COLUMNS = ("_acp_system_metadata.acp_sourceBatchId", "_acp_batchid")
 #: ISO-8601 UTC with a literal ``Z``, built from single-quoted pieces: a ``date_format`` pattern with
 #: quoted letters would need a double-quoted string, which Query Service documents as an identifier.

@@ -18,14 +18,14 @@ Runs ``python -m benchmarks.transform`` (from the repository root). One run:
      load it back and reshape it in Python, ``json.dump`` the result;
   4. ``pandas`` - ``read_sql`` -> DataFrame -> groupby person -> records -> JSON Lines;
 
-* prints rows/s, peak RSS and the DESIGN section 6 targets with PASS/FAIL, plus the transform-only
-  cost per row (no database).
+* prints rows/s, peak RSS and the targets (docs/ARCHITECTURE.md, "Performance targets") with PASS/FAIL, plus the
+  transform-only cost per row (no database); exits 1 when a target FAILs.
 
 Each partitioned query makes the server scan and explode the whole export batch again, so in that
 (production) shape the emulator's server is the bottleneck and every client looks alike. The run
 therefore repeats everything in a second mode, ``single``: one unpartitioned query per size, with
 the emulator's row limit lifted for the benchmark. There the client is the bottleneck (the ~1.2 M
-rows/s fetch floor of the DESIGN), which is what the ">= 70% of the floor" target is about.
+rows/s fetch floor of the targets), which is what the ">= 70% of the floor" target is about.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The pipeline's calls are driven through the real hooks (sync and async paths); a recorder wrapped
 around the hooks' HTTP layer (``AdobePlatformHook._send`` / ``_asend``) keeps each exchange as it
 left and came back. Every exchange is validated with :mod:`adobe_specs` against the operation of
-Adobe's spec (``../shared/adobe-specs/`` from the repository root). Mismatches matching a spec defect
+Adobe's public spec (see :mod:`adobe_specs` for where the files come from). Mismatches matching a spec defect
 documented in the specs' README are *doubts*: printed, and compared with :data:`KNOWN_DOUBTS`
 (exactly: a new doubt or a vanished one both fail, so the list stays true). Any other mismatch fails.
 

@@ -1,4 +1,4 @@
-"""An export of 10^5 profiles stays fast (the design's demo size); larger sizes are measured by hand."""
+"""An export of 10^5 profiles stays fast (the size of ``make demo``); larger sizes are measured by hand."""
 
 from __future__ import annotations
 

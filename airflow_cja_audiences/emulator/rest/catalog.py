@@ -1,4 +1,5 @@
-"""Catalog Service (reference section 3): datasets and batches under ``/data/foundation/catalog``."""
+"""Catalog Service (https://developer.adobe.com/experience-platform-apis/references/catalog/): datasets and
+batches under ``/data/foundation/catalog``."""
 
 from __future__ import annotations
 
