@@ -251,11 +251,11 @@ class Batch(AdobeModel):
 
     @property
     def failed_record_count(self) -> int:
-        return int(self.metrics.get("failedRecordCount") or self.model_extra.get("failedRecordCount") or 0)
+        return int(self.metrics.get("failedRecordCount") or (self.model_extra or {}).get("failedRecordCount") or 0)
 
     @property
     def record_count(self) -> int:
-        return int(self.metrics.get("outputRecordCount") or self.model_extra.get("recordCount") or 0)
+        return int(self.metrics.get("outputRecordCount") or (self.model_extra or {}).get("recordCount") or 0)
 
     def error_summary(self, limit: int = 5) -> str:
         parts = []

@@ -300,7 +300,7 @@ class MembershipQuery:
 def _member_status(value: object) -> str:
     if value not in MEMBER_STATUSES:
         raise ValueError(f"status {v.shown(value)} is not a member status; use {list(MEMBER_STATUSES)}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _check_tuple(values: object, what: str, check: Callable[[Any], str]) -> None:

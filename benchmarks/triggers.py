@@ -22,7 +22,6 @@ import resource
 import sys
 import time
 
-
 STALL_TARGET_MS = 100.0
 
 
@@ -102,10 +101,9 @@ def main(argv: list[str] | None = None) -> int:
                              "airflow_local_settings.py): full collections then skip the start-up heap")
     args = parser.parse_args(argv)
 
-    from tests.emulator_fixture import start_subprocess  # run from the repository root (python -m)
-
     from airflow_cja_audiences import DEFAULT_CONN_ID
     from airflow_cja_audiences.emulator.connection import airflow_connection
+    from tests.emulator_fixture import start_subprocess  # run from the repository root (python -m)
 
     with start_subprocess(profiles=200, args=["--export-job-seconds", str(args.job_seconds)]) as emu:
         os.environ[f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}"] = json.dumps(

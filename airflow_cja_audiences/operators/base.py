@@ -19,6 +19,7 @@ from airflow_cja_audiences.errors import (
     permanent_reason,
 )
 from airflow_cja_audiences.waits import EVENT_STATUSES
+
 if TYPE_CHECKING:
     from airflow_cja_audiences.hooks.platform import AdobePlatformHook
 

@@ -11,7 +11,12 @@ from airflow.sdk import Context
 
 from airflow_cja_audiences import hooks, triggers, validation
 from airflow_cja_audiences.errors import AepError, AepObjectFailedError, AepResponseError
-from airflow_cja_audiences.links import AepDatasetLink, AepExportJobLink, push_dataset_link, push_export_job_link
+from airflow_cja_audiences.links import (
+    AepDatasetLink,
+    AepExportJobLink,
+    push_dataset_link,
+    push_export_job_link,
+)
 from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, validate_event
 
 if TYPE_CHECKING:

@@ -14,6 +14,7 @@ from airflow_cja_audiences import hooks, validation, xdm
 from airflow_cja_audiences.config import AudienceSelector, OutputFields
 from airflow_cja_audiences.errors import AepApiError, AepConfigError, AepError, AepWaitTimeoutError
 from airflow_cja_audiences.links import AepDatasetLink, push_dataset_link
+from airflow_cja_audiences.missing import PreviousExports
 from airflow_cja_audiences.models import (
     EVENT_CLASS,
     PROFILE_CLASS,
@@ -22,7 +23,6 @@ from airflow_cja_audiences.models import (
     ExportJobStatus,
 )
 from airflow_cja_audiences.operators.base import AdobeBaseOperator
-from airflow_cja_audiences.missing import PreviousExports
 from airflow_cja_audiences.runs import BatchLabel, plan_run
 
 # How far back the resolve step looks for this job's earlier snapshots (evidence that an audience

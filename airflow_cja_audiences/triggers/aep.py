@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp  # noqa: F401 - loaded with the trigger class, not on the event loop at the first poll
+
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_cja_audiences import DEFAULT_CONN_ID, hooks

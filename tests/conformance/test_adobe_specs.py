@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from adobe_specs import DEFECTS, Finding, Recorded, SpecOracle, specs_dir
-from polling import poll
 
 from airflow_cja_audiences import DEFAULT_CONN_ID, xdm
 from airflow_cja_audiences.config import AudienceSelector, OutputFields
@@ -34,6 +32,9 @@ from airflow_cja_audiences.hooks.query_service import QueryServiceHook
 from airflow_cja_audiences.hooks.schema_registry import SchemaRegistryHook
 from airflow_cja_audiences.hooks.segmentation import SegmentationHook
 from airflow_cja_audiences.models import PROFILE_CLASS, PROFILE_UNION_ALT_ID, ExportJobRequest
+
+from adobe_specs import DEFECTS, Finding, Recorded, SpecOracle, specs_dir
+from polling import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 
 from starlette.responses import Response
 
-from airflow_cja_audiences.emulator.errors import NotModelled
 from airflow_cja_audiences.emulator.cja_model import Connection, DataView, spring_page
+from airflow_cja_audiences.emulator.errors import NotModelled
 from airflow_cja_audiences.emulator.rest import errors
 from airflow_cja_audiences.emulator.rest.common import Auth, Body, Call, Endpoint, ok
 

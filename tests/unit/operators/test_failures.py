@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_cja_audiences.errors import (
@@ -31,6 +32,7 @@ from airflow_cja_audiences.operators.base import validate_event
 from airflow_cja_audiences.operators.export import ExportAudiencesOperator
 from airflow_cja_audiences.operators.publish import PublishBatchOperator
 from airflow_cja_audiences.runs import BatchLabel
+
 
 def _context() -> dict[str, Any]:
     return {"ti": SimpleNamespace(try_number=1, xcom_push=lambda **_: None), "run_id": "manual__t",

@@ -12,6 +12,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, TaskDeferred
 
 from airflow_cja_audiences.errors import AepNotFoundError, AepObjectFailedError, AepServerError, AepWaitError
