@@ -48,7 +48,6 @@ SERVICES: list[tuple[str, str]] = [
 ]
 # Paths that keep their service prefix in the spec (IMS and CJA paths are absolute in their files).
 KEEP_PREFIX = {"ims-token.json", "cja.json"}
-METHODS = ("get", "put", "post", "patch", "delete")
 
 
 def specs_dir(repo_root: Path) -> Path:

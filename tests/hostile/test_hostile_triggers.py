@@ -17,8 +17,6 @@ from airflow_cja_audiences.triggers.aep import BatchTrigger, ExportJobTrigger
 from server import CLIENT_SECRET, TOKEN, HostileSite, Reply, Request, ims_ok
 from test_hostile import SLACK, _reset_mid_body, platform
 
-JOB = "/data/core/ups/export/jobs/7"
-
 
 async def events(trigger) -> list[dict[str, Any]]:
     """Every event the trigger yields (run to its end), within a bound far above any case's deadline."""
