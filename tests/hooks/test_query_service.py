@@ -438,3 +438,24 @@ def test_more_clients_than_sessions_all_finish(emu, audiences, fast_retries):
             conn.close()
     rows = [r for part in results for r in part]
     assert len(rows) == len(set(rows)) == count
+
+
+# ------------------------------------------------------------------ physical and logical export batches
+
+def test_distinct_physical_batch_ids_read_by_the_logical_one(emu, audiences):
+    """Realistic mode: the export job reports the logical batch; filtering on it
+    (``_acp_system_metadata.acp_sourceBatchId``, the default batch_id_column) reads the ground truth,
+    while ``_acp_batchid`` (the physical batch) with the same id reads nothing - and says nothing."""
+    emu.admin.knobs(distinct_batch_ids=True)
+    wanted = audiences[:3]
+    table, batch_id = _export(wanted)
+    hook = QueryServiceHook()
+    q = sql.build_membership_query(_job(wanted), table=table, batch_id=batch_id)
+    rows = [tuple(r) for batch in hook.stream(sql.membership_sql(q)) for r in batch]
+    assert set(rows) == _truth(emu, wanted) and rows
+    physical = hook.query_all(f"SELECT DISTINCT _acp_batchid FROM {table} "
+                              f"WHERE _acp_system_metadata.acp_sourceBatchId = '{batch_id}'")
+    assert len(physical) == 1 and physical[0][0] != batch_id
+    wrong = sql.build_membership_query(_job(wanted, batch_id_column="_acp_batchid"), table=table, batch_id=batch_id)
+    assert hook.query_all(sql.count_sql(wrong)) == [(0, 0)]
+    assert [r for batch in hook.stream(sql.membership_sql(wrong)) for r in batch] == []
