@@ -154,6 +154,7 @@ def build_dag(job: RefreshJob) -> DAG:
             # sessions from Airflow (Adobe refuses more than the licence's with "Session Limit Reached").
             prepare = PrepareLoadOperator(task_id=f"prepare_{kind}", **common, **query_args,
                                           export_dataset_id=export.output["export_dataset_id"],
+                                          export_job_id=export.output["export_job_id"],
                                           pool=job.query_service_pool,
                                           force="{{ params.force_replace }}")
             # The loads read what prepare decided: the events interval may be widened over live
