@@ -189,15 +189,17 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         from airflow_cja_audiences.hooks.query_service import QueryServiceError
 
         job_id = self.export_job_id if self.export_job_id not in (None, "", "None") else None
-        job_counter = catalog_counter = None
+        job_counter = None
         if job_id is not None:
             job = self.hook(hooks.segmentation.SegmentationHook).get_export_job(int(job_id))
             job_counter = job.metrics.get("totalExportedProfileCounter")
-        if job_counter is None:
-            batch = self.hook(hooks.catalog.CatalogHook).get_batch(self.export_batch_id)
-            catalog_counter = batch.metrics.get("outputRecordCount")
         expected = export_check.expected_rows(export_job_id=job_id, export_batch_id=self.export_batch_id,
-                                              job_counter=job_counter, catalog_counter=catalog_counter)
+                                              job_counter=job_counter, catalog_counter=None)
+        if expected.rows is None:  # the job reports no count (or no job id): its Catalog batch may
+            batch = self.hook(hooks.catalog.CatalogHook).get_batch(self.export_batch_id)
+            expected = export_check.expected_rows(export_job_id=job_id, export_batch_id=self.export_batch_id,
+                                                  job_counter=None,
+                                                  catalog_counter=batch.metrics.get("outputRecordCount"))
         try:
             (read,), = self.query_service.query_all(sql.export_rows_sql(q))
         except QueryServiceError as exc:
