@@ -253,7 +253,7 @@ def _connect_error(exc: Exception, where: str) -> Exception:
                  "query_service_host/query_service_port extras if it is elsewhere")
     if error.is_session_limit:
         hint = ("all of the org's concurrent Query Service sessions are in use (other clients, or more load "
-                "tasks than the licence allows: keep the Query Service pool at or below it)")
+                "tasks than the licence allows: keep the Query Service pool below it)")
     return QueryServiceError(f"cannot connect to {where}: {_first_line(exc)}; {hint}", error.sqlstate,
                              permanent=error.permanent, transient=error.is_session_limit)
 

@@ -191,7 +191,11 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         job_id = self.export_job_id if self.export_job_id not in (None, "", "None") else None
         job_counter = None
         if job_id is not None:
-            job = self.hook(hooks.segmentation.SegmentationHook).get_export_job(int(job_id))
+            try:
+                job_id = int(job_id)
+            except (TypeError, ValueError):
+                raise AirflowFailException(f"export_job_id {str(job_id)[:50]!r} is not an export job id") from None
+            job = self.hook(hooks.segmentation.SegmentationHook).get_export_job(job_id)
             job_counter = job.metrics.get("totalExportedProfileCounter")
         expected = export_check.expected_rows(export_job_id=job_id, export_batch_id=self.export_batch_id,
                                               job_counter=job_counter, catalog_counter=None)

@@ -18,7 +18,8 @@ from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
-from dag_runs import interval_end, job as make_job
+from dag_runs import interval_end
+from dag_runs import job as make_job
 
 from airflow_cja_audiences.emulator.realistic_qs import REALISTIC_QUERY_SERVICE
 

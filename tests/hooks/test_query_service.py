@@ -302,8 +302,8 @@ def test_refused_query_service_login_is_permanent(emu, monkeypatch):
     ("connection to server failed: FATAL:  database \"nope:all\" does not exist", False, True),
     ("connection to server failed: FATAL:  sorry, too many clients already", True, False),
     # Query Service's org-wide session cap: its text names no credential, and a free slot fixes it.
-    ("connection to server at \"h\", port 80 failed: FATAL:  Session Limit Reached\nDETAIL:  5 of the "
-     "organization's 5 concurrent Query Service sessions are in use", True, False),
+    (("connection to server at \"h\", port 80 failed: FATAL:  Session Limit Reached\nDETAIL:  5 of the "
+      "organization's 5 concurrent Query Service sessions are in use"), True, False),
 ])
 def test_driver_errors_without_sqlstate_are_classified(message, transient, permanent):
     from airflow_cja_audiences.hooks.query_service import _wrap
