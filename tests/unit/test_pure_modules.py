@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PURE = ("config", "errors", "missing", "models", "report", "runs", "sql", "transform", "validation", "waits", "xdm")
+PURE = ("config", "errors", "export_check", "missing", "models", "report", "runs", "sql", "transform", "validation", "waits", "xdm")
 
 
 @pytest.mark.parametrize("name", PURE)
