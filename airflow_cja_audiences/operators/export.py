@@ -158,7 +158,8 @@ class ExportAudiencesOperator(AdobeBaseOperator):
             self._forget(context)  # so a retry starts a new export job
             raise AepObjectFailedError(f"export job {job.id} ended {job.status}: {job.error_summary()} "
                                        f"(request id {job.request_id or 'n/a'}). Check the audiences and the "
-                                       f"dataset in AEP; a retry of this task starts a new export.",
+                                       f"dataset in AEP, then clear this task to start a new export (a task retry "
+                                       f"starts one too).",
                                        what=f"export job {job.id}", state=job.status)
         batch_id = job.destination.batch_id
         if not batch_id:
