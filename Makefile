@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo bench lock clean
+.PHONY: venv lint test demo bench lock clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,16 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/dev.txt
 
 venv: $(STAMP)
 
-test: venv
+# ruff (rules and line length in pyproject.toml), the formatter's check, and mypy strict on the pure
+# modules (the files listed under [tool.mypy]). All three run; the target fails if any failed.
+lint: venv
+	@status=0; \
+	$(BIN)/ruff check . || status=1; \
+	$(BIN)/ruff format --check . || status=1; \
+	$(BIN)/mypy || status=1; \
+	exit $$status
+
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: venv

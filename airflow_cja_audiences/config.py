@@ -37,6 +37,8 @@ FieldName = Annotated[str, AfterValidator(v.field_name)]
 FieldPath = Annotated[str, AfterValidator(v.field_path)]
 DisplayText = Annotated[str, AfterValidator(lambda s: v.display_text(s, "name"))]
 MembershipStatus = Literal["realized", "existing"]
+#: What an export selects by default (Adobe's own default: realized and existing members).
+DEFAULT_STATUSES: tuple[MembershipStatus, ...] = ("realized", "existing")
 
 
 class StrictModel(BaseModel):
@@ -144,7 +146,7 @@ class RefreshJob(StrictModel):
     identity: IdentitySpec
     tenant: Annotated[str, AfterValidator(v.tenant_id)] | None = Field(
         default=None, description="Tenant id (without '_'); default: read from Schema Registry")
-    statuses: list[MembershipStatus] = Field(default_factory=lambda: ["realized", "existing"], min_length=1)
+    statuses: list[MembershipStatus] = Field(default_factory=lambda: list(DEFAULT_STATUSES), min_length=1)
     layout: Literal["per_person", "per_membership"] = "per_person"
     merge_policy_id: Annotated[str, AfterValidator(v.audience_id)] | None = None
     schedule: Annotated[str, AfterValidator(lambda s: cron_schedule(s))] | None = Field(

@@ -1,6 +1,6 @@
 """Build one refresh DAG per job of a validated jobs file.
 
-The DAG wires the package's operators (DESIGN section 3)::
+The DAG wires the package's operators (README.md and docs/ARCHITECTURE.md describe each step)::
 
     resolve_audiences -> plan_run -> ensure datasets -> export (deferred)
         -> prepare_snapshot -> load_snapshot[partition...] -> publish_snapshot (guard, deferred, replace)

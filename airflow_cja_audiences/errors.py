@@ -1,6 +1,8 @@
 """Typed errors that carry Adobe's own error body and request id.
 
-Pure module (no Airflow import). AEP answers errors in three shapes (reference section 2):
+Pure module (no Airflow import). AEP answers errors in three shapes (https://experienceleague.adobe.com/en/docs/experience-platform/landing/troubleshooting,
+https://experienceleague.adobe.com/en/docs/experience-platform/xdm/troubleshooting-guide and the IMS OAuth Server-to-Server API reference,
+https://developer.adobe.com/developer-console/docs/guides/authentication/ServerToServerAuthentication/ims):
 gateway ``{"error_code", "message"}``, problem details ``{"type", "title", "status", "detail"}`` and
 IMS/OAuth ``{"error", "error_description"}``; :func:`api_error_from_response` reads all of them so
 a failure message always says what Adobe said, and the request id to quote to Adobe support.
@@ -59,6 +61,33 @@ class AepResponseTooLargeError(AepResponseError):
 
 class AepPagingError(AepResponseError):
     """A list did not end: more pages than ``max_pages``, or the next page was one already read."""
+
+
+class AepWaitError(AepError):
+    """A wait for an AEP object (export job, batch) did not end in success.
+
+    ``permanent``: whether a task retry can help (see :func:`is_permanent`); the code that waited
+    decides, since only it knows whether a retry reads the same object again or makes a new one.
+    """
+
+    def __init__(self, message: str, *, what: str, state: str | None = None, permanent: bool = False,
+                 advice: str | None = None):
+        super().__init__(message)
+        self.what = what
+        self.state = state
+        self.permanent = permanent
+        self.advice = advice  # what a person should do (the fail-fast message appends it)
+
+
+class AepWaitTimeoutError(AepWaitError):
+    """The wait's deadline passed while the object was still running: a task retry waits again."""
+
+    def __init__(self, message: str, *, what: str, state: str | None = None):
+        super().__init__(message, what=what, state=state, permanent=False)
+
+
+class AepObjectFailedError(AepWaitError):
+    """The object waited for ended in a failed (or reverted/deleted) status."""
 
 
 class AepApiError(AepError):
@@ -260,4 +289,6 @@ def permanent_reason(exc: BaseException) -> str:
         return "it does not exist in this sandbox: check the ids in the jobs file and the sandbox"
     if isinstance(exc, AepApiError):
         return "AEP rejects this request as it is: retrying it unchanged cannot succeed"
+    if isinstance(exc, AepWaitError) and exc.advice:
+        return exc.advice
     return "the configuration or input is wrong: fix it, then run again"

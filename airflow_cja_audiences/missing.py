@@ -1,10 +1,10 @@
 """Audiences a job selects that AEP does not answer for: a typo, or deleted/renamed since an earlier run.
 
 Pure module (no Airflow import, no HTTP). AEP answers a deleted audience exactly like an id that
-never existed (``GET /audiences/{id}`` -> 404, reference 4.3), so the answer alone cannot tell a
-typo from a deletion. The evidence is AEP's own record of what this job exported before: its
-snapshot batches in the CJA profile dataset carry a label naming their export batch
-(:class:`~airflow_cja_audiences.runs.BatchLabel`), and the export job that wrote that batch lists
+never existed (``GET /audiences/{id}`` -> 404), so the answer alone cannot tell a typo from a deletion
+(https://experienceleague.adobe.com/en/docs/experience-platform/segmentation/api/audiences).
+The evidence is AEP's own record of what this job exported before: its snapshot batches in the CJA
+profile dataset carry a label naming their export batch (:class:`~airflow_cja_audiences.runs.BatchLabel`), and the export job that wrote that batch lists
 the audience ids in ``filter.segments`` (:class:`PreviousExports`, gathered by the resolve step).
 
 * An id selector whose id AEP no longer has: **deleted** when an earlier snapshot of this job

@@ -7,7 +7,9 @@ fields over time; only what the pipeline relies on is typed. Timestamps stay as 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -98,12 +100,106 @@ class Dataset(AdobeModel):
         return values[0] if values else None
 
 
-BatchStatus = str  # Catalog's enum is long and has synonyms; see Batch.is_success / is_failed
+# ------------------------------------------------------------------------ waitable object statuses
+
+#: How a wait for an AEP object ends: it succeeded, it failed, or it was reverted/deleted meanwhile.
+Outcome = Literal["success", "failed", "gone"]
+S = TypeVar("S", bound="_AdobeStatus")
+
+
+class _AdobeStatus(str, Enum):
+    """A status value as Adobe spells it (``str(status)`` is that spelling)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+@dataclass(frozen=True)
+class StatusType(Generic[S]):
+    """The statuses of one kind of AEP object that is waited for, defined once for the synchronous wait
+    (:mod:`airflow_cja_audiences.waits`), the trigger and the sensor: which end the wait, and how.
+
+    Adobe's case varies and Adobe adds values over time: a status is matched case-insensitively, and
+    one not listed in ``statuses`` reads as still running (the wait goes on until its deadline).
+    """
+
+    kind: str  # "export job", "batch": used in messages
+    statuses: type[S]
+    success: frozenset[S]
+    failed: frozenset[S]
+    gone: frozenset[S] = frozenset()  # ended without being a failure of its own (reverted, deleted)
+
+    def parse(self, raw: str | None) -> S | None:
+        """The known status ``raw`` spells (any case), or None for one this package does not know."""
+        text = (raw or "").strip().lower()
+        return next((s for s in self.statuses if s.value.lower() == text), None)
+
+    def outcome(self, raw: str | None) -> Outcome | None:
+        """How a wait that sees status ``raw`` ends; None while the object is still running."""
+        status = self.parse(raw)
+        if status in self.success:
+            return "success"
+        if status in self.failed:
+            return "failed"
+        if status in self.gone:
+            return "gone"
+        return None
+
+    def values(self, *statuses: S) -> frozenset[str]:
+        """Adobe's spellings (lower case) of ``statuses``, for comparing with ``raw.lower()``."""
+        return frozenset(s.value.lower() for s in statuses)
+
+
+class ExportJobStatus(_AdobeStatus):
+    """``status`` of a Segmentation export job (Segmentation API spec, ``ExportJobResponse.status``;
+    https://experienceleague.adobe.com/en/docs/experience-platform/segmentation/api/export-jobs)."""
+
+    NEW = "NEW"
+    PROCESSING = "PROCESSING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    # Guess: not documented for export jobs (segment jobs have CANCELLING/CANCELLED); what a job is
+    # after DELETE /export/jobs/{id} is unconfirmed. Treated as a failure if it ever appears.
+    CANCELLED = "CANCELLED"
+
+
+class BatchStatus(_AdobeStatus):
+    """``status`` of a Catalog batch (Catalog API spec's enum; lifecycle in
+    https://experienceleague.adobe.com/en/docs/experience-platform/ingestion/batch-ingestion/troubleshooting).
+    ``success``/``active`` and ``failed``/``failure`` are synonyms."""
+
+    LOADING = "loading"
+    LOADED = "loaded"
+    QUEUED = "queued"
+    STAGING = "staging"
+    STAGED = "staged"
+    PROCESSING = "processing"
+    RETRYING = "retrying"
+    SUCCESS = "success"
+    ACTIVE = "active"
+    FAILED = "failed"
+    FAILURE = "failure"
+    ABORTED = "aborted"
+    ABANDONED = "abandoned"  # never completed in time
+    STALLED = "stalled"  # retries exhausted
+    INACTIVE = "inactive"  # reverted (or expired)
+    DELETED = "deleted"  # an inactive batch, garbage-collected
+
+
+EXPORT_JOB_STATUS: StatusType[ExportJobStatus] = StatusType(
+    "export job", ExportJobStatus, success=frozenset({ExportJobStatus.SUCCEEDED}),
+    failed=frozenset({ExportJobStatus.FAILED, ExportJobStatus.CANCELLED}))
+
+BATCH_STATUS: StatusType[BatchStatus] = StatusType(
+    "batch", BatchStatus, success=frozenset({BatchStatus.SUCCESS, BatchStatus.ACTIVE}),
+    failed=frozenset({BatchStatus.FAILED, BatchStatus.FAILURE, BatchStatus.ABORTED, BatchStatus.ABANDONED,
+                      BatchStatus.STALLED}),
+    gone=frozenset({BatchStatus.INACTIVE, BatchStatus.DELETED}))
 
 
 class Batch(AdobeModel):
     id: str
-    status: BatchStatus
+    status: str  # a BatchStatus, or a value Adobe added since (read as still running)
     created: int | None = None
     updated: int | None = None
     completed: int | None = None
@@ -114,9 +210,11 @@ class Batch(AdobeModel):
     replay: dict[str, Any] | None = None
     tags: dict[str, Any] = Field(default_factory=dict)
 
-    SUCCESS: ClassVar[frozenset[str]] = frozenset({"success", "active"})
-    FAILED: ClassVar[frozenset[str]] = frozenset({"failed", "failure", "aborted", "abandoned", "stalled"})
-    GONE: ClassVar[frozenset[str]] = frozenset({"inactive", "deleted"})
+    STATUS: ClassVar[StatusType[BatchStatus]] = BATCH_STATUS
+    # Lower-case spellings, for comparing with ``status.lower()`` (derived from BATCH_STATUS).
+    SUCCESS: ClassVar[frozenset[str]] = BATCH_STATUS.values(*BATCH_STATUS.success)
+    FAILED: ClassVar[frozenset[str]] = BATCH_STATUS.values(*BATCH_STATUS.failed)
+    GONE: ClassVar[frozenset[str]] = BATCH_STATUS.values(*BATCH_STATUS.gone)
 
     @property
     def dataset_id(self) -> str | None:
@@ -126,24 +224,38 @@ class Batch(AdobeModel):
         return None
 
     @property
+    def outcome(self) -> Outcome | None:
+        return BATCH_STATUS.outcome(self.status)
+
+    @property
     def is_success(self) -> bool:
-        return self.status.lower() in self.SUCCESS
+        return self.outcome == "success"
 
     @property
     def is_failed(self) -> bool:
-        return self.status.lower() in self.FAILED
+        return self.outcome == "failed"
+
+    @property
+    def is_gone(self) -> bool:
+        """Reverted (``inactive``) or garbage-collected (``deleted``)."""
+        return self.outcome == "gone"
+
+    @property
+    def is_open(self) -> bool:
+        """Still ``loading``: files can be uploaded, and it can be completed or aborted."""
+        return BATCH_STATUS.parse(self.status) is BatchStatus.LOADING
 
     @property
     def is_terminal(self) -> bool:
-        return self.is_success or self.is_failed or self.status.lower() in self.GONE
+        return self.outcome is not None
 
     @property
     def failed_record_count(self) -> int:
-        return int(self.metrics.get("failedRecordCount") or self.model_extra.get("failedRecordCount") or 0)
+        return int(self.metrics.get("failedRecordCount") or (self.model_extra or {}).get("failedRecordCount") or 0)
 
     @property
     def record_count(self) -> int:
-        return int(self.metrics.get("outputRecordCount") or self.model_extra.get("recordCount") or 0)
+        return int(self.metrics.get("outputRecordCount") or (self.model_extra or {}).get("recordCount") or 0)
 
     def error_summary(self, limit: int = 5) -> str:
         parts = []
@@ -167,11 +279,9 @@ class Audience(AdobeModel):
     update_time: int | None = Field(default=None, alias="updateTime")  # epoch ms (renames move it)
 
 
-ExportJobStatus = Literal["NEW", "PROCESSING", "SUCCEEDED", "FAILED", "CANCELLED"]
-
-
 class ExportJobDestination(AdobeModel):
-    # Adobe's examples spell it both ways (reference 4.1).
+    # Adobe's examples spell it both ways (Experience League, "Export jobs endpoint":
+    # https://experienceleague.adobe.com/en/docs/experience-platform/profile/api/export-jobs).
     dataset_id: str | None = Field(default=None, validation_alias=AliasChoices("datasetId", "dataSetId"))
     segment_per_batch: bool | None = Field(default=None, alias="segmentPerBatch")
     batch_id: str | None = Field(default=None, alias="batchId")
@@ -188,11 +298,24 @@ class ExportJob(AdobeModel):
     update_time: int | None = Field(default=None, alias="updateTime")
     request_id: str | None = Field(default=None, alias="requestId")
 
-    TERMINAL: ClassVar[frozenset[str]] = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+    STATUS: ClassVar[StatusType[ExportJobStatus]] = EXPORT_JOB_STATUS
+
+    @property
+    def outcome(self) -> Outcome | None:
+        return EXPORT_JOB_STATUS.outcome(self.status)
+
+    @property
+    def is_success(self) -> bool:
+        return self.outcome == "success"
+
+    @property
+    def is_failed(self) -> bool:
+        """FAILED (or CANCELLED): never re-attached to, and a retry starts a new job."""
+        return self.outcome == "failed"
 
     @property
     def is_terminal(self) -> bool:
-        return self.status.upper() in self.TERMINAL
+        return self.outcome is not None
 
     @property
     def exported_profiles(self) -> int | None:

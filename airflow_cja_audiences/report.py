@@ -110,7 +110,7 @@ def format_report(report: Mapping[str, Any]) -> str:
     lines += _window_lines(report)
     header = ("audience", "members", "entered", "exited", "untraced", "no id", "ev.entered", "ev.exited",
               "ev.untimed")
-    table = [header]
+    table: list[tuple[str, ...]] = [header]
     for r in report["audiences"]:
         entered = "new" if r.get("new") and r.get("members") is not None else _cell(r.get("entered"))
         table.append((f"{r['name']} ({r['id'][:8]})", _cell(r.get("members")), entered,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Literal
+from typing import Literal, cast
 
 from airflow_cja_audiences import validation as v
 
@@ -157,7 +157,7 @@ class BatchLabel:
         if len(parts) != 6 or parts[0] != _LABEL_PREFIX or parts[2] not in ("snapshot", "events"):
             return None
         try:
-            return cls(job_id=parts[1], kind=parts[2], scope=parts[3], export_batch_id=parts[4],  # type: ignore[arg-type]
+            return cls(job_id=parts[1], kind=cast(Kind, parts[2]), scope=parts[3], export_batch_id=parts[4],
                        run_key=parts[5])
         except ValueError:
             return None

@@ -56,7 +56,7 @@ MEMBER_STATUSES = ("realized", "existing")
 EXITED = "exited"
 #: Statuses that prove a change event, at ``lastQualificationTime``: entered, exited.
 EVENT_STATUSES = ("realized", EXITED)
-#: The batch-id system columns a query may filter on (reference section 8.2a).
+#: The batch-id system columns a query may filter on (https://experienceleague.adobe.com/en/docs/experience-platform/query/use-cases/data-exploration).
 BATCH_ID_COLUMNS = ("_acp_system_metadata.acp_sourceBatchId", "_acp_batchid")
 #: ISO-8601 UTC with a literal ``Z``, built from single-quoted pieces: a ``date_format`` pattern with
 #: quoted letters would need a double-quoted string, which Query Service documents as an identifier.
@@ -300,7 +300,7 @@ class MembershipQuery:
 def _member_status(value: object) -> str:
     if value not in MEMBER_STATUSES:
         raise ValueError(f"status {v.shown(value)} is not a member status; use {list(MEMBER_STATUSES)}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _check_tuple(values: object, what: str, check: Callable[[Any], str]) -> None:

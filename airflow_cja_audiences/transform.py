@@ -52,14 +52,17 @@ from dataclasses import dataclass, field
 from itertools import islice
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import orjson
 
-try:  # CPython's own MD5: no OpenSSL context to set up per call, about twice as fast for short keys
-    from _md5 import md5 as _md5
-except ImportError:  # pragma: no cover - builds without it; same digests
+if TYPE_CHECKING:  # _md5 has no type stubs; it is hashlib's md5 without OpenSSL
     from hashlib import md5 as _md5
+else:
+    try:  # CPython's own MD5: no OpenSSL context to set up per call, about twice as fast for short keys
+        from _md5 import md5 as _md5
+    except ImportError:  # pragma: no cover - builds without it; same digests
+        from hashlib import md5 as _md5
 
 from airflow_cja_audiences import validation as v
 from airflow_cja_audiences.config import OutputFields, RefreshJob
@@ -206,7 +209,7 @@ class RecordEncoder:
         self._members = {
             (aud, st): orjson.dumps({f.audience_id: aud, f.audience_name: spec.audience_names[aud],
                                      **({f.status: st} if with_status else {})}).decode()[1:-1]
-            for aud in spec.audience_names for st in spec.statuses}
+            for aud in spec.audience_names for st in spec.statuses or ()}
         self._root = _Path({}, "", (), ())
         self._nodes = 0
 
@@ -310,7 +313,7 @@ class RecordEncoder:
         # The first membership opens the object; later ones also close the previous time string.
         opener = "{" if position == 0 else '"},{'
         frags = {st: f'{opener}{self._members[aud, st]},"{f.qualification_time}":"'
-                 for st in self.spec.statuses}
+                 for st in self.spec.statuses or ()}
         tail = ('"}],' + orjson.dumps({f.audience_ids: ",".join(ids),
                                        f.audience_names: ",".join(self.spec.audience_names[a] for a in ids)}
                                       ).decode()[1:] + "}\n")
@@ -338,7 +341,7 @@ class RecordEncoder:
                         ap(state.tail)
                         closed += 1
                     pj = pid if plain else self._person_json(pid)
-                    if cur is not None and pid < cur:  # type: ignore[operator]
+                    if cur is not None and pid < cur:
                         raise ValueError(f"rows are not ordered by personID: {v.shown(pid)} came after "
                                          f"{v.shown(cur)} (the query must ORDER BY personID)")
                     cur = pid

@@ -1,1 +1,2 @@
-"""Benchmarks checking the DESIGN section 6 performance bars; ``python -m benchmarks`` runs them all."""
+"""Benchmarks checking the performance targets (docs/ARCHITECTURE.md, "Performance targets"); ``python -m benchmarks`` runs them
+all and exits non-zero when one missed a target."""

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = {"initial_retry_wait": 0.01, "max_retry_wait": 0.05}
 MiB = 1024 * 1024
 
@@ -37,15 +36,12 @@ def main() -> int:
         sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
         sys.path.insert(0, str(Path(args.base).resolve()))
     os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="cja-hostile-bench-"))
-    sys.path[:0] = [str(ROOT / "tests" / "hostile"), str(ROOT / "tests")]
-
-    import server as hostile  # noqa: PLC0415 - after the path set-up above
-
     import airflow_cja_audiences
     from airflow_cja_audiences import DEFAULT_CONN_ID
     from airflow_cja_audiences.hooks.catalog import CatalogHook
     from airflow_cja_audiences.hooks.platform import clear_token_cache
     from airflow_cja_audiences.triggers.aep import BatchTrigger
+    from tests.hostile import server as hostile  # after --base's set-up (run from the repository root)
 
     site = hostile.start_site()
     ims, reply = hostile.ims_ok, hostile.Reply
@@ -103,7 +99,7 @@ def main() -> int:
                                      if r.method == "POST" else reply(200, {}))
         hook = CatalogHook(max_attempts=3, **FAST)
         hook.get_access_token()
-        outcome, seconds = run(lambda: hook.create_dataset("d", schema_id="_xdm.context.profile__union"))
+        outcome, seconds = run(lambda hook=hook: hook.create_dataset("d", schema_id="_xdm.context.profile__union"))
         posts = site.adobe.calls("/data/foundation/catalog/dataSets", "POST")
         api = site.adobe.calls() - site.adobe.calls(hostile.IMS_PATH)
         row(f"create answered {status}, max_attempts=3", outcome, f"{posts} POSTs, {api} API requests", seconds,

@@ -1,4 +1,8 @@
-"""Adobe's own OpenAPI/Swagger files (``../shared/adobe-specs/``) as an oracle for recorded HTTP calls.
+"""Adobe's own OpenAPI/Swagger files as an oracle for recorded HTTP calls.
+
+The files are Adobe's public ones (https://github.com/AdobeDocs/experience-platform-apis,
+``static/swagger-specs``; https://github.com/AdobeDocs/cja-apis, ``static/swagger.json``), kept pruned
+outside the repository: ``$ADOBE_SPECS_DIR``, by default ``../shared/adobe-specs`` next to it.
 
 Plain helpers (no pytest import). :class:`SpecOracle` maps a recorded call (method, path, query,
 request body, status, response body) to the operation of Adobe's spec and checks both sides with
@@ -44,7 +48,6 @@ SERVICES: list[tuple[str, str]] = [
 ]
 # Paths that keep their service prefix in the spec (IMS and CJA paths are absolute in their files).
 KEEP_PREFIX = {"ims-token.json", "cja.json"}
-METHODS = ("get", "put", "post", "patch", "delete")
 
 
 def specs_dir(repo_root: Path) -> Path:

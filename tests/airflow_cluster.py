@@ -36,8 +36,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import polling
 import requests
+
+import polling
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 PG_ADMIN_DSN = os.environ.get("CJA_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")

@@ -1,4 +1,5 @@
-"""Session-wide test settings: an isolated AIRFLOW_HOME, and tests/ importable for shared helpers."""
+"""Session-wide test settings: an isolated AIRFLOW_HOME (tests/ is importable through pytest's
+``pythonpath`` setting in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import tempfile
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS))  # emulator_fixture and friends (tests use --import-mode=importlib)
 
 # Airflow reads its configuration at import time: isolate it before any test imports airflow.
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="cja-audiences-airflow-home-"))

@@ -16,9 +16,10 @@ def job(audience_ids: list[str], **overrides) -> RefreshJob:
 
 def run(dag, logical_date: datetime, **conf) -> tuple[str, dict]:
     """Run the DAG; return (state, report) with the report read from the report task's XCom."""
+    from sqlalchemy import select
+
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
-    from sqlalchemy import select
 
     dag_run = dag.test(logical_date=logical_date, run_conf=conf or None)
     with create_session() as session:

@@ -192,7 +192,8 @@ class FaultInjector:
     async def ahold(self, seconds: float) -> None:
         """:meth:`hold` for the event loop (other requests proceed meanwhile)."""
         generation, deadline = self.generation, time.monotonic() + seconds
-        while self.generation == generation and (left := deadline - time.monotonic()) > 0:
+        # Polls the generation counter as hold() does (clearing the faults bumps it), for at most `seconds`.
+        while self.generation == generation and (left := deadline - time.monotonic()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(min(left, 0.05))
 
     def started(self, name: str) -> None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow_cja_audiences.emulator.memberships import OVERRIDE_TABLE, STATUSES, apply_override, epoch

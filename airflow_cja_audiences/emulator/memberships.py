@@ -89,7 +89,7 @@ class Timeline:
         """``r_k = {e, x, v}``: the latest interval entered at or before T (v = its 1-based number)."""
         cols = []
         for k in range(len(self.audiences)):
-            tl = lambda f: f"struct_extract(tl_{k}, '{f}')"  # noqa: E731
+            tl = lambda f, k=k: f"struct_extract(tl_{k}, '{f}')"  # noqa: E731
             # Overridden pairs carry an explicit interval list; synthetic ones have at most two
             # intervals, picked with scalar CASEs (twice as fast as list functions at 10^7 profiles).
             ov = f"ov.m[{k}]"
@@ -174,7 +174,7 @@ class Timeline:
         parts = []
         for aid in audience_ids:
             k = self.index_of(aid)
-            tl = lambda f: f"struct_extract(tl_{k}, '{f}')"  # noqa: E731
+            tl = lambda f, k=k: f"struct_extract(tl_{k}, '{f}')"  # noqa: E731
             synthetic = (f"[{{'t': {tl('e1')}, 'event': 'entered'}}, {{'t': {tl('x1')}, 'event': 'exited'}}, "
                          f"{{'t': {tl('e2')}, 'event': 'entered'}}, {{'t': {tl('x2')}, 'event': 'exited'}}]")
             ov = f"ov.m[{k}]"

@@ -23,8 +23,14 @@ import duckdb
 
 from airflow_cja_audiences.emulator import groundtruth, lifecycle
 from airflow_cja_audiences.emulator.catalog import Catalog, Dataset, new_object_id, table_name_for
-from airflow_cja_audiences.emulator.cja_model import (CjaStore, Connection, DataView, connection_id,
-                                                       data_view_id, dimension)
+from airflow_cja_audiences.emulator.cja_model import (
+    CjaStore,
+    Connection,
+    DataView,
+    connection_id,
+    data_view_id,
+    dimension,
+)
 from airflow_cja_audiences.emulator.clock import Clock
 from airflow_cja_audiences.emulator.exports import ExportJob, table_ddl
 from airflow_cja_audiences.emulator.faults import QUERY_SERVICE_ROUTE, STATUS_KINDS, FaultInjector

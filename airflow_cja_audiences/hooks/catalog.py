@@ -123,6 +123,17 @@ class CatalogHook(AdobePlatformHook):
                                            route="catalog.get_batch")
         return _one(payload, Batch, "batch", batch_id)
 
+    def wait_for_batch(self, batch_id: str, *, deadline: float, poll_interval: float = 30.0,
+                       first: Batch | None = None) -> Batch:
+        """Poll the batch until it is terminal (see ``Batch.outcome``) and return it; the synchronous
+        twin of ``BatchTrigger``. ``deadline`` (epoch seconds) is required: past it,
+        :class:`~airflow_cja_audiences.errors.AepWaitTimeoutError`."""
+        from airflow_cja_audiences.waits import wait_until_terminal
+
+        return wait_until_terminal(lambda: self.get_batch(batch_id), status_type=Batch.STATUS,
+                                   what=f"batch {batch_id}", deadline=deadline, poll_interval=poll_interval,
+                                   first=first)
+
     def list_batches(self, dataset_id: str, *, status: str | None = None,
                      created_after_ms: int | None = None, max_items: int = 10_000) -> list[Batch]:
         """Batches of a dataset, newest first."""

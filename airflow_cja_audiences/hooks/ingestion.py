@@ -10,7 +10,7 @@ from typing import Any, Literal
 from airflow_cja_audiences.errors import AepBadRequestError, AepConfigError
 from airflow_cja_audiences.hooks.catalog import CatalogHook
 from airflow_cja_audiences.hooks.platform import path_segment
-from airflow_cja_audiences.models import Batch
+from airflow_cja_audiences.models import Batch, BatchStatus
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,11 @@ class BatchIngestionHook(CatalogHook):
         return batch
 
     def find_batch(self, dataset_id: str, *, external_id: str, created_after_ms: int | None = None,
-                   statuses: tuple[str, ...] = ("loading",)) -> Batch | None:
-        """The newest batch of the dataset with this ``externalId`` in one of ``statuses``."""
+                   statuses: tuple[BatchStatus | str, ...] = (BatchStatus.LOADING,)) -> Batch | None:
+        """The newest batch of the dataset with this ``externalId`` in one of ``statuses`` (any case)."""
+        wanted = {str(s).lower() for s in statuses}
         for batch in self.list_batches(dataset_id, created_after_ms=created_after_ms):
-            if batch.external_id == external_id and batch.status.lower() in statuses:
+            if batch.external_id == external_id and batch.status.lower() in wanted:
                 return batch
         return None
 

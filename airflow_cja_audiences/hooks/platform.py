@@ -53,6 +53,7 @@ from urllib.parse import quote
 import requests
 import tenacity
 import urllib3
+
 from airflow.sdk import BaseHook
 from airflow.sdk.log import amask_secret, mask_secret
 

@@ -204,6 +204,17 @@ class SegmentationHook(AdobePlatformHook):
                                            route="segmentation.get_export_job")
         return ExportJob.model_validate(payload)
 
+    def wait_for_export_job(self, job_id: int, *, deadline: float, poll_interval: float = 30.0,
+                            first: ExportJob | None = None) -> ExportJob:
+        """Poll the job until it is terminal (see ``ExportJob.outcome``) and return it; the synchronous
+        twin of ``ExportJobTrigger``. ``deadline`` (epoch seconds) is required: past it,
+        :class:`~airflow_cja_audiences.errors.AepWaitTimeoutError`."""
+        from airflow_cja_audiences.waits import wait_until_terminal
+
+        return wait_until_terminal(lambda: self.get_export_job(job_id), status_type=ExportJob.STATUS,
+                                   what=f"export job {int(job_id)}", deadline=deadline,
+                                   poll_interval=poll_interval, first=first)
+
     def cancel_export_job(self, job_id: int) -> None:
         self.request_json("DELETE", f"{BASE}/export/jobs/{int(job_id)}", route="segmentation.cancel_export_job")
 
@@ -250,7 +261,7 @@ class SegmentationHook(AdobePlatformHook):
         This is how a retried task re-attaches to the job it started instead of starting another.
         """
         return next((job for job in self._recent_jobs(request, created_after_ms)
-                     if job.status.upper() not in ("FAILED", "CANCELLED") and job.id not in exclude), None)
+                     if not job.is_failed and job.id not in exclude), None)
 
     def create_export_job(self, request: ExportJobRequest, *, created_after_ms: int,
                           exclude: Collection[int] = ()) -> ExportJob:

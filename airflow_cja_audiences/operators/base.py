@@ -11,7 +11,15 @@ from airflow.sdk import BaseOperator, Context, conf
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_cja_audiences import DEFAULT_CONN_ID
-from airflow_cja_audiences.errors import is_permanent, permanent_reason
+from airflow_cja_audiences.errors import (
+    AepObjectFailedError,
+    AepWaitError,
+    AepWaitTimeoutError,
+    is_permanent,
+    permanent_reason,
+)
+from airflow_cja_audiences.waits import EVENT_STATUSES
+
 if TYPE_CHECKING:
     from airflow_cja_audiences.hooks.platform import AdobePlatformHook
 
@@ -106,14 +114,24 @@ def truthy(value: Any) -> bool:
 def validate_event(event: Any, *, what: str, accept: Iterable[str] = ("success",)) -> dict[str, Any]:
     """Reject a missing or malformed trigger event; return it when its status is accepted.
 
-    Statuses a trigger may send: success, failed, timeout, error. Anything else is a bug or a
-    corrupted event and fails the task rather than passing silently.
+    Statuses a trigger may send: :data:`~airflow_cja_audiences.waits.EVENT_STATUSES`. Anything else
+    is a bug or a corrupted event and fails the task rather than passing silently. One not accepted
+    raises the typed error of the wait: a timeout (retried), an error (not retried when the trigger
+    found it permanent, e.g. refused credentials), or the object's failure (retried: the caller
+    accepts "failed" when it knows better).
     """
     if not isinstance(event, dict) or "status" not in event:
         raise AirflowException(f"{what}: the trigger returned no usable event ({event!r})")
     status = event["status"]
-    if status not in ("success", "failed", "timeout", "error"):
+    if status not in EVENT_STATUSES:
         raise AirflowException(f"{what}: unknown trigger event status {status!r}")
     if status not in accept:
-        raise AirflowException(f"{what}: {status}: {event.get('message') or 'no details'}")
+        message = f"{what}: {status}: {event.get('message') or 'no details'}"
+        state = event.get("state")
+        if status == "timeout":
+            raise AepWaitTimeoutError(message, what=what, state=state)
+        if status == "error":
+            raise AepWaitError(message, what=what, state=state, permanent=event.get("permanent") is True,
+                               advice="waiting failed in a way a retry cannot fix: see the message")
+        raise AepObjectFailedError(message, what=what, state=state)
     return event

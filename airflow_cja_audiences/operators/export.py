@@ -8,11 +8,15 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowException
 
 from airflow_cja_audiences import hooks, triggers, validation
-from airflow_cja_audiences.errors import AepError
-from airflow_cja_audiences.links import AepDatasetLink, AepExportJobLink, push_dataset_link, push_export_job_link
+from airflow_cja_audiences.errors import AepError, AepObjectFailedError, AepResponseError
+from airflow_cja_audiences.links import (
+    AepDatasetLink,
+    AepExportJobLink,
+    push_dataset_link,
+    push_export_job_link,
+)
 from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, validate_event
 
 if TYPE_CHECKING:
@@ -39,6 +43,9 @@ class ExportAudiencesOperator(AdobeBaseOperator):
     :param fields: dot paths to export besides ``segmentMembership`` (e.g. the identity field).
     :param statuses: membership statuses that select a profile (``exited`` only for change events).
     :param qualification_start/qualification_end: RFC 3339 window on ``lastQualificationTime``.
+    :param poll_interval: seconds between two looks at the job (and its batch).
+    :param wait_timeout: longest wait for the job, and then for the batch it wrote; past it the task
+        fails and is retried (a retry re-attaches to the same job).
     :param deferrable: wait in the triggerer (no worker slot held) instead of polling in the worker.
 
     XCom (keys): ``export_job_id``, ``export_batch_id``, ``export_dataset_id``, ``exported_profiles``.
@@ -95,7 +102,7 @@ class ExportAudiencesOperator(AdobeBaseOperator):
         store = self._store(context)
         if store is not None and (job_id := store.get(_STATE_JOB_ID)) is not None:
             job = hook.get_export_job(int(job_id))
-            if job.status.upper() not in ("FAILED", "CANCELLED"):
+            if not job.is_failed:
                 self.log.info("Re-attaching to export job %s (%s) started by an earlier try", job.id, job.status)
                 return job
             self.log.info("Export job %s of an earlier try is %s; starting a new one", job.id, job.status)
@@ -138,12 +145,7 @@ class ExportAudiencesOperator(AdobeBaseOperator):
         if self.deferrable:
             trigger = triggers.aep.ExportJobTrigger(job_id=job.id, **self.trigger_kwargs(self.poll_interval, deadline))
             self.defer(trigger=trigger, method_name="execute_complete")
-        while not job.is_terminal:
-            if time.time() > deadline:
-                raise AirflowException(f"export job {job.id} still {job.status} after {self.wait_timeout}")
-            self.log.info("Export job %s is %s", job.id, job.status)
-            time.sleep(self.poll_interval)
-            job = hook.get_export_job(job.id)
+        job = hook.wait_for_export_job(job.id, deadline=deadline, poll_interval=self.poll_interval, first=job)
         return self._job_done(context, job)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -152,26 +154,29 @@ class ExportAudiencesOperator(AdobeBaseOperator):
         return self._job_done(context, self.hook(hooks.segmentation.SegmentationHook).get_export_job(self._job_id))
 
     def _job_done(self, context: Context, job: ExportJob) -> dict[str, Any] | None:
-        if job.status.upper() != "SUCCEEDED":
-            self._forget(context)
-            raise AirflowException(f"export job {job.id} ended {job.status}: {job.error_summary()} "
-                                   f"(request id {job.request_id or 'n/a'}). Check the audiences and the "
-                                   f"dataset in AEP, then clear this task to start a new export.")
+        if not job.is_success:
+            self._forget(context)  # so a retry starts a new export job
+            raise AepObjectFailedError(f"export job {job.id} ended {job.status}: {job.error_summary()} "
+                                       f"(request id {job.request_id or 'n/a'}). Check the audiences and the "
+                                       f"dataset in AEP, then clear this task to start a new export (a task retry "
+                                       f"starts one too).",
+                                       what=f"export job {job.id}", state=job.status)
         batch_id = job.destination.batch_id
         if not batch_id:
-            raise AirflowException(f"export job {job.id} SUCCEEDED without a destination batch id")
+            raise AepResponseError(f"export job {job.id} is {job.status} without a destination batch id")
         try:  # it is read back with SQL that filters on it
             validation.batch_id(batch_id)
         except ValueError as exc:
             raise AepError(f"export job {job.id} names a destination batch id that is not one: {exc}") from None
-        batch = self.hook(hooks.catalog.CatalogHook).get_batch(batch_id)
+        catalog = self.hook(hooks.catalog.CatalogHook)
+        batch = catalog.get_batch(batch_id)
         if not batch.is_terminal:
+            deadline = time.time() + self.wait_timeout.total_seconds()
             if self.deferrable:
-                trigger = triggers.aep.BatchTrigger(batch_id=batch_id, **self.trigger_kwargs(self.poll_interval, None))
+                trigger = triggers.aep.BatchTrigger(batch_id=batch_id,
+                                                    **self.trigger_kwargs(self.poll_interval, deadline))
                 self.defer(trigger=trigger, method_name="batch_complete", kwargs={"job_id": job.id})
-            while not batch.is_terminal:
-                time.sleep(self.poll_interval)
-                batch = self.hook(hooks.catalog.CatalogHook).get_batch(batch_id)
+            batch = catalog.wait_for_batch(batch_id, deadline=deadline, poll_interval=self.poll_interval, first=batch)
         return self._finish(context, job, batch.is_success, batch.status, batch.error_summary())
 
     def batch_complete(self, context: Context, job_id: int, event: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -181,14 +186,15 @@ class ExportAudiencesOperator(AdobeBaseOperator):
                             event.get("message", ""))
 
     def _finish(self, context: Context, job: ExportJob, ok: bool, batch_status: str, errors: str) -> dict[str, Any]:
-        self._forget(context)
+        self._forget(context)  # done, or failed: either way a retry starts a new export job
         if not ok:
-            raise AirflowException(f"export job {job.id} SUCCEEDED but its batch {job.destination.batch_id} is "
-                                   f"{batch_status}: {errors}. See Monitoring > Batches in AEP.")
+            raise AepObjectFailedError(f"export job {job.id} {job.status} but its batch {job.destination.batch_id} "
+                                       f"is {batch_status}: {errors}. See Monitoring > Batches in AEP.",
+                                       what=f"batch {job.destination.batch_id}", state=batch_status)
         result = {"export_job_id": job.id, "export_batch_id": job.destination.batch_id,
                   "export_dataset_id": job.destination.dataset_id or self.dataset_id,
                   "exported_profiles": job.exported_profiles}
-        self.log.info("Export job %s SUCCEEDED: %s profiles in batch %s", job.id, job.exported_profiles,
+        self.log.info("Export job %s %s: %s profiles in batch %s", job.id, job.status, job.exported_profiles,
                       job.destination.batch_id)
         self.log_retries()
         return result

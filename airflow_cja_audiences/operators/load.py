@@ -27,8 +27,9 @@ from airflow.sdk.exceptions import (
 
 from airflow_cja_audiences import export_check, hooks, runs, sql, validation
 from airflow_cja_audiences.config import RefreshJob
-from airflow_cja_audiences.errors import AepError
+from airflow_cja_audiences.errors import AepConfigError, AepError
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
+from airflow_cja_audiences.models import ExportJobStatus
 from airflow_cja_audiences.operators.base import AdobeBaseOperator, truthy
 from airflow_cja_audiences.runs import BatchLabel, Kind
 
@@ -222,7 +223,7 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         """The interval to publish (the run's, widened over the live intervals it overlaps), the
         batches it replaces, and the exports that prove its events."""
         if not (self.interval_start and self.interval_end):
-            raise AirflowException("an events load needs interval_start and interval_end")
+            raise AepConfigError("an events load needs interval_start and interval_end")
         requested = (runs.parse_utc(self.interval_start), runs.parse_utc(self.interval_end))
         listing = ingestion.list_batches(self.dataset_id)
         live = [(b, lbl) for b, lbl in events_batches(listing, self.job_config.job_id) if b.is_success]
@@ -316,7 +317,8 @@ class _ExportHistory:
         if self._pages is None:
             if not self._op.export_dataset_id:
                 return None
-            self._pages = iter(self._op.hook(hooks.segmentation.SegmentationHook).iter_export_jobs(status="SUCCEEDED"))
+            self._pages = iter(self._op.hook(hooks.segmentation.SegmentationHook).iter_export_jobs(
+                status=ExportJobStatus.SUCCEEDED.value))
         for job in self._pages:
             if job.destination.dataset_id == self._op.export_dataset_id and job.destination.batch_id \
                     and job.creation_time:
@@ -411,9 +413,11 @@ def _checked_batch_id(batch_id: str) -> str:
         raise AepError(f"Batch Ingestion answered with a batch id that is not one: {exc}") from None
 
 
-def _query_failed(message: str, exc: Exception) -> AirflowException:
-    """A Query Service failure: retried unless retrying cannot fix it (authentication, a bad statement)."""
-    return AirflowFailException(message) if getattr(exc, "permanent", False) else AirflowException(message)
+def _query_failed(message: str, exc: Any) -> Exception:
+    """A Query Service failure (``exc``, a ``QueryServiceError``) with what was being done: still typed,
+    so the base operator's fail-fast stops a permanent one (authentication, a bad statement) and a
+    transient one is retried (raise it ``from exc``)."""
+    return type(exc)(message, exc.sqlstate, transient=exc.transient, permanent=exc.permanent)
 
 
 # Airflow 3 reads a stored None XCom as "not pushed": publish_* and abort_open_batches template
@@ -446,8 +450,7 @@ def events_batches(batches: Iterable[Any], job_id: str) -> list[tuple[Any, Batch
     for batch in batches:
         label = BatchLabel.parse(batch.external_id)
         if (label is not None and label.job_id == job_id and label.kind == "events"
-                and label.interval is not None and not batch.is_failed
-                and batch.status.lower() not in batch.GONE):
+                and label.interval is not None and not batch.is_failed and not batch.is_gone):
             found.append((batch, label))
     return found
 
@@ -494,7 +497,7 @@ class LoadPartitionOperator(_MembershipQueryOperator):
         """Files can only go into a batch that is still open: a load task cleared (on its own) after its
         run published or aborted the batch would otherwise retry an upload AEP refuses, for minutes."""
         batch = self.ingestion().get_batch(self.batch_id)
-        if batch.status.lower() != "loading":
+        if not batch.is_open:
             raise AirflowFailException(
                 f"batch {self.batch_id} of this run is '{batch.status}', no longer open for files: this load task "
                 f"was probably cleared on its own after its run had published or aborted the batch. One partition "

@@ -13,9 +13,10 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airflow_cja_audiences import hooks, triggers
+from airflow_cja_audiences.errors import AepConfigError, AepObjectFailedError
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
 from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, truthy, validate_event
 from airflow_cja_audiences.operators.load import events_batches, live_batches
@@ -62,7 +63,7 @@ class PublishBatchOperator(AdobeBaseOperator):
     def _label(self) -> BatchLabel:
         label = BatchLabel.parse(self.external_id)
         if label is None:
-            raise AirflowException(f"external_id {self.external_id!r} is not a batch label of this package")
+            raise AepConfigError(f"external_id {self.external_id!r} is not a batch label of this package")
         return label
 
     def _records(self) -> int:
@@ -122,7 +123,7 @@ class PublishBatchOperator(AdobeBaseOperator):
             return self._replace(context, None, 0, previous)
         push_batch_link(context, ingestion.settings, self.batch_id)
         batch = ingestion.get_batch(self.batch_id)
-        if batch.status.lower() == "loading":
+        if batch.is_open:
             ingestion.complete_batch(self.batch_id)
         elif not batch.is_terminal:
             self.log.info("Batch %s is already %s (completed by an earlier try)", batch.id, batch.status)
@@ -132,11 +133,8 @@ class PublishBatchOperator(AdobeBaseOperator):
                 trigger = triggers.aep.BatchTrigger(batch_id=self.batch_id,
                                                     **self.trigger_kwargs(self.poll_interval, deadline))
                 self.defer(trigger=trigger, method_name="execute_complete")
-            while not batch.is_terminal:
-                if time.time() > deadline:
-                    raise AirflowException(f"batch {batch.id} still {batch.status} after {self.wait_timeout}")
-                time.sleep(self.poll_interval)
-                batch = ingestion.get_batch(self.batch_id)
+            batch = ingestion.wait_for_batch(self.batch_id, deadline=deadline, poll_interval=self.poll_interval,
+                                             first=batch)
         return self._verdict(context, batch.is_success, batch.status, batch.failed_record_count,
                              batch.error_summary())
 
@@ -155,8 +153,13 @@ class PublishBatchOperator(AdobeBaseOperator):
             reasons = ingestion.get_row_errors(self.batch_id, limit=5)
             detail = "; ".join(
                 f"{(r.get('_errors') or [{}])[0].get('message', r)}" for r in reasons) or "no row diagnostics"
-            raise AirflowException(f"batch {self.batch_id} {status}: {errors}. First failed records: {detail}. "
-                                   f"The previous data is untouched. See AEP > Monitoring > Batches.")
+            # Permanent: a retry of this task would read the same failed batch again.
+            raise AepObjectFailedError(
+                f"batch {self.batch_id} {status}: {errors}. First failed records: {detail}. "
+                f"The previous data is untouched. See AEP > Monitoring > Batches.",
+                what=f"batch {self.batch_id}", state=status, permanent=True,
+                advice="the batch cannot be published any more: fix the cause, then clear the whole DAG run "
+                       "(or trigger a new one) to load a new batch")
         self.log.info("Batch %s is %s", self.batch_id, status)
         return self._replace(context, self.batch_id, self._records(), self._predecessors())
 
@@ -188,10 +191,10 @@ class AbortOpenBatchesOperator(AdobeBaseOperator):
         ingestion = self.hook(hooks.ingestion.BatchIngestionHook)
         aborted = []
         for batch_id in [b for b in (self.batch_ids or []) if b]:
-            status = ingestion.get_batch(batch_id).status
-            if status.lower() == "loading" and ingestion.abort_batch(batch_id):
+            batch = ingestion.get_batch(batch_id)
+            if batch.is_open and ingestion.abort_batch(batch_id):
                 aborted.append(batch_id)
             else:
-                self.log.info("Batch %s is %s; left as it is", batch_id, status)
+                self.log.info("Batch %s is %s; left as it is", batch_id, batch.status)
         self.log.info("Aborted open batches: %s", aborted or "none")
         return {"aborted_batch_ids": aborted}

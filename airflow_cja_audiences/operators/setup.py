@@ -8,15 +8,21 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_cja_audiences import hooks, validation, xdm
 from airflow_cja_audiences.config import AudienceSelector, OutputFields
-from airflow_cja_audiences.errors import AepApiError, AepConfigError, AepError
+from airflow_cja_audiences.errors import AepApiError, AepConfigError, AepError, AepWaitTimeoutError
 from airflow_cja_audiences.links import AepDatasetLink, push_dataset_link
-from airflow_cja_audiences.models import EVENT_CLASS, PROFILE_CLASS, PROFILE_UNION_ALT_ID, PROFILE_UNION_SCHEMA
-from airflow_cja_audiences.operators.base import AdobeBaseOperator
 from airflow_cja_audiences.missing import PreviousExports
+from airflow_cja_audiences.models import (
+    EVENT_CLASS,
+    PROFILE_CLASS,
+    PROFILE_UNION_ALT_ID,
+    PROFILE_UNION_SCHEMA,
+    ExportJobStatus,
+)
+from airflow_cja_audiences.operators.base import AdobeBaseOperator
 from airflow_cja_audiences.runs import BatchLabel, plan_run
 
 # How far back the resolve step looks for this job's earlier snapshots (evidence that an audience
@@ -135,7 +141,7 @@ def previous_exports(catalog: Any, segmentation: Any, *, dataset_name: str, job_
     for batch in catalog.list_batches(dataset.id, created_after_ms=since, max_items=MAX_SNAPSHOT_BATCHES):
         label = BatchLabel.parse(batch.external_id)
         # Live, or replaced by a later run (REVERT -> inactive, later garbage-collected to deleted).
-        published = batch.is_success or batch.status.lower() in ("inactive", "deleted")
+        published = batch.is_success or batch.is_gone
         if label is None or label.job_id != job_id or label.kind != "snapshot" or not published:
             continue
         when = batch.created or now_ms
@@ -146,7 +152,7 @@ def previous_exports(catalog: Any, segmentation: Any, *, dataset_name: str, job_
     first: dict[str, int] = {}
     oldest = min(created.values()) - EXPORT_BEFORE_SNAPSHOT_MS
     wanted = dict(created)
-    for job in segmentation.iter_export_jobs(status="SUCCEEDED"):  # newest first
+    for job in segmentation.iter_export_jobs(status=ExportJobStatus.SUCCEEDED.value):  # newest first
         if job.creation_time is not None and job.creation_time < oldest:
             break
         snapshot_ms = wanted.pop(job.destination.batch_id or "", None)
@@ -280,8 +286,9 @@ class EnsureExportDatasetOperator(AdobeBaseOperator):
         deadline = time.monotonic() + self.table_name_wait_seconds
         while dataset.table_name is None:  # Catalog may add the Query Service tag shortly after creation
             if time.monotonic() > deadline:
-                raise AirflowException(f"dataset {dataset.id} has no 'adobe/pqs/table' tag after "
-                                       f"{self.table_name_wait_seconds:.0f} s; is Query Service enabled?")
+                raise AepWaitTimeoutError(f"dataset {dataset.id} has no 'adobe/pqs/table' tag after "
+                                          f"{self.table_name_wait_seconds:.0f} s; is Query Service enabled?",
+                                          what=f"dataset {dataset.id}")
             time.sleep(5)
             dataset = catalog.get_dataset(dataset.id)
         validation.table_name(dataset.table_name)

@@ -17,10 +17,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp  # noqa: F401 - loaded with the trigger class, not on the event loop at the first poll
+
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_cja_audiences import DEFAULT_CONN_ID, hooks
-from airflow_cja_audiences.errors import AepError
+from airflow_cja_audiences.errors import AepError, is_permanent
+from airflow_cja_audiences.models import Batch, ExportJob
 
 # Log a "still waiting" line at most this often per trigger, plus on every state change.
 _PROGRESS_LOG_SECONDS = 60.0
@@ -73,7 +75,8 @@ class _AepPollingTrigger(BaseTrigger):
         except asyncio.CancelledError:
             raise
         except AepError as exc:
-            event = self._error_event(str(exc))
+            # A retry of the task cannot fix a permanent error (credentials, an unknown job): say so.
+            event = self._error_event(str(exc), permanent=is_permanent(exc))
         except Exception as exc:
             from pydantic import ValidationError
 
@@ -84,8 +87,8 @@ class _AepPollingTrigger(BaseTrigger):
                 self.log.exception("%s: unexpected failure while waiting", self._what)
         yield event
 
-    def _error_event(self, message: str) -> TriggerEvent:
-        return TriggerEvent({"status": "error", "message": f"{self._what}: {message}",
+    def _error_event(self, message: str, *, permanent: bool = False) -> TriggerEvent:
+        return TriggerEvent({"status": "error", "message": f"{self._what}: {message}", "permanent": permanent,
                              "elapsed_seconds": round(time.time() - self.started_at, 1)})
 
     async def _wait(self) -> TriggerEvent:
@@ -125,7 +128,7 @@ def _describe(exc: BaseException) -> str:
 
 
 class ExportJobTrigger(_AepPollingTrigger):
-    """Wait for a Segmentation export job to be SUCCEEDED or FAILED."""
+    """Wait for a Segmentation export job to end (``ExportJob.STATUS``: SUCCEEDED, or FAILED/CANCELLED)."""
 
     def __init__(self, *, job_id: int, **kwargs: Any):
         super().__init__(**kwargs)
@@ -142,11 +145,11 @@ class ExportJobTrigger(_AepPollingTrigger):
         return hooks.segmentation.SegmentationHook(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params)
 
     async def _poll(self, hook: Any) -> tuple[bool, str, dict[str, Any]]:
-        job = await hook.aget_export_job(self.job_id)
+        job: ExportJob = await hook.aget_export_job(self.job_id)
         status = job.status.upper()
-        if not job.is_terminal:
+        if job.outcome is None:
             return False, status, {}
-        return True, status, {"status": "success" if status == "SUCCEEDED" else "failed", "job_id": job.id,
+        return True, status, {"status": "success" if job.outcome == "success" else "failed", "job_id": job.id,
                               "job_status": status, "batch_id": job.destination.batch_id,
                               "dataset_id": job.destination.dataset_id,
                               "exported_profiles": job.exported_profiles, "message": job.error_summary()}
@@ -160,7 +163,7 @@ class ExportJobTrigger(_AepPollingTrigger):
 
 
 class BatchTrigger(_AepPollingTrigger):
-    """Wait for a Catalog batch to reach a terminal status (success/active or failed)."""
+    """Wait for a Catalog batch to end (``Batch.STATUS``: success/active, or failed, or reverted/deleted)."""
 
     def __init__(self, *, batch_id: str, abort_on_kill: bool = False, **kwargs: Any):
         super().__init__(**kwargs)
@@ -179,11 +182,11 @@ class BatchTrigger(_AepPollingTrigger):
         return hooks.catalog.CatalogHook(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params)
 
     async def _poll(self, hook: Any) -> tuple[bool, str, dict[str, Any]]:
-        batch = await hook.aget_batch(self.batch_id)
-        if not batch.is_terminal:
+        batch: Batch = await hook.aget_batch(self.batch_id)
+        if batch.outcome is None:
             return False, batch.status, {}
         return True, batch.status, {
-            "status": "success" if batch.is_success else "failed", "batch_id": batch.id,
+            "status": "success" if batch.outcome == "success" else "failed", "batch_id": batch.id,
             "batch_status": batch.status, "records": batch.record_count,
             "failed_records": batch.failed_record_count, "message": batch.error_summary()}
 

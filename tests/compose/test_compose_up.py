@@ -37,11 +37,12 @@ from pathlib import Path
 import pytest
 import yaml
 from cryptography.fernet import Fernet
+
+from airflow_cja_audiences.config import RefreshJob
+
 from aep_truth import JobView
 from airflow_cluster import AirflowApi, ClusterError, free_port, poll
 from emulator_fixture import Credentials, RunningEmulator
-
-from airflow_cja_audiences.config import RefreshJob
 
 pytestmark = [pytest.mark.slow]
 

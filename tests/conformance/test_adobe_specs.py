@@ -3,7 +3,7 @@
 The pipeline's calls are driven through the real hooks (sync and async paths); a recorder wrapped
 around the hooks' HTTP layer (``AdobePlatformHook._send`` / ``_asend``) keeps each exchange as it
 left and came back. Every exchange is validated with :mod:`adobe_specs` against the operation of
-Adobe's spec (``../shared/adobe-specs/`` from the repository root). Mismatches matching a spec defect
+Adobe's public spec (see :mod:`adobe_specs` for where the files come from). Mismatches matching a spec defect
 documented in the specs' README are *doubts*: printed, and compared with :data:`KNOWN_DOUBTS`
 (exactly: a new doubt or a vanished one both fail, so the list stays true). Any other mismatch fails.
 
@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from adobe_specs import DEFECTS, Finding, Recorded, SpecOracle, specs_dir
-from polling import poll
 
 from airflow_cja_audiences import DEFAULT_CONN_ID, xdm
 from airflow_cja_audiences.config import AudienceSelector, OutputFields
@@ -34,6 +32,9 @@ from airflow_cja_audiences.hooks.query_service import QueryServiceHook
 from airflow_cja_audiences.hooks.schema_registry import SchemaRegistryHook
 from airflow_cja_audiences.hooks.segmentation import SegmentationHook
 from airflow_cja_audiences.models import PROFILE_CLASS, PROFILE_UNION_ALT_ID, ExportJobRequest
+
+from adobe_specs import DEFECTS, Finding, Recorded, SpecOracle, specs_dir
+from polling import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -94,8 +94,8 @@ def test_a_broken_job_does_not_hide_the_others(tmp_path, monkeypatch):
     broken job, a DAG under its id whose serialized description and doc (what the DAG list and the DAG
     page show) name the file, the job and the field; running it fails at once with the same message."""
     from airflow.dag_processing.dagbag import DagBag
-    from airflow.serialization.serialized_objects import DagSerialization
     from airflow.sdk.exceptions import AirflowFailException
+    from airflow.serialization.serialized_objects import DagSerialization
 
     folder, config = _folder_with_jobs(tmp_path, monkeypatch, [
         {"job_id": "first", **GOOD_JOB}, {"job_id": "nightly", **GOOD_JOB, "schedule": "0 25 * * *"},

@@ -12,9 +12,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from aep_truth import JobView
 
 from airflow_cja_audiences.config import RefreshJob
+
+from aep_truth import JobView
 from dag_runs import interval_end as _interval_end
 from dag_runs import job as _job
 from dag_runs import run as _run

@@ -18,10 +18,11 @@ from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
-from dag_runs import interval_end
-from dag_runs import job as make_job
 
 from airflow_cja_audiences.emulator.realistic_qs import REALISTIC_QUERY_SERVICE
+
+from dag_runs import interval_end
+from dag_runs import job as make_job
 
 pytestmark = pytest.mark.slow
 EMAIL = "personID"
@@ -29,10 +30,11 @@ EMAIL = "personID"
 
 def _run(dag, logical_date) -> tuple[str, dict[str, str], dict[str, dict]]:
     """Run the DAG; (state, {task id: state}, {task id: return value})."""
+    from sqlalchemy import select
+
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
-    from sqlalchemy import select
 
     dag_run = dag.test(logical_date=logical_date)
     with create_session() as session:

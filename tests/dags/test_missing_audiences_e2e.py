@@ -35,10 +35,11 @@ def _job(audiences: list[dict], job_id: str, **overrides) -> RefreshJob:
 
 def _run(dag, logical_date: datetime) -> tuple[str, dict, dict, dict]:
     """Run the DAG; return (state, report, resolve's return value, {task id: (state, try number)})."""
+    from sqlalchemy import select
+
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
-    from sqlalchemy import select
 
     dag_run = dag.test(logical_date=logical_date)
     values = {}

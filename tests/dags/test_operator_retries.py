@@ -171,10 +171,10 @@ def test_prepare_load_publish_retried_leave_one_live_snapshot(emu, audiences):
 def test_partition_cut_at_the_row_cap_is_split(audiences, monkeypatch):
     """An emulator with a 150-row cap cuts results silently (as production does at 50,000); a job
     whose partitions are too big for it still loads every membership, by splitting them."""
-    from emulator_fixture import start_subprocess
-
     from airflow_cja_audiences.emulator.connection import airflow_connection
     from airflow_cja_audiences.hooks.platform import clear_token_cache
+
+    from emulator_fixture import start_subprocess
 
     with start_subprocess(profiles=400, pg=True, args=["--qs-max-rows", "150", "--export-job-seconds", "0.2",
                                                        "--batch-seconds", "0.1"]) as small:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from airflow.sdk.definitions.xcom_arg import XComArg
 
 from airflow_cja_audiences.config import RefreshJob

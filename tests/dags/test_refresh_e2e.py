@@ -12,11 +12,11 @@ import json
 from collections import defaultdict
 
 import pytest
+
 from aep_truth import JobView
 from dag_runs import interval_end as _interval_end
 from dag_runs import job as _job
 from dag_runs import run as _run
-
 
 pytestmark = pytest.mark.slow
 EMAIL = "personID"

@@ -23,12 +23,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
-from aep_truth import JobView, interval_scope
-from airflow_cluster import poll, ti_name
 
 from airflow_cja_audiences import get_provider_info
 from airflow_cja_audiences.config import RefreshJob
 from airflow_cja_audiences.runs import EXIT_RETENTION
+
+from aep_truth import JobView, interval_scope
+from airflow_cluster import poll, ti_name
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from headless_chromium import CHROMIUM, Browser
 
 # CI installs chromium (.ci/run), so there a missing browser fails instead of skipping.

@@ -3,18 +3,13 @@ reset after every test, and an ``aep`` helper that drives it through the real RE
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-# Under --import-mode=importlib test directories are not on sys.path: add tests/ (emulator_fixture)
-# and this directory (emulator_testkit; a unique name, unlike "conftest").
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
-
-from emulator_fixture import ApiClient, RunningEmulator, start_in_process  # noqa: E402
-from emulator_testkit import Aep, settings  # noqa: E402
+# tests/ (emulator_fixture) and this folder (emulator_testkit) are on pytest's pythonpath (pyproject.toml).
+from emulator_fixture import ApiClient, RunningEmulator, start_in_process
+from emulator_testkit import Aep, settings
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,10 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from emulator_fixture import DEFAULT_SECRET, ApiClient, RunningEmulator
-
 from airflow_cja_audiences.emulator import EmulatorSettings
 from airflow_cja_audiences.emulator.clock import parse_instant
+
+from emulator_fixture import DEFAULT_SECRET, ApiClient, RunningEmulator
 
 CLOCK_START = "2026-03-01T00:00:00Z"
 TENANT = "demoemea"

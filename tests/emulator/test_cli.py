@@ -10,10 +10,10 @@ import sys
 import psycopg
 import pytest
 
+from airflow_cja_audiences.emulator.server import READY_PREFIX
+
 from emulator_fixture import start_subprocess
 from emulator_testkit import Aep, iso
-
-from airflow_cja_audiences.emulator.server import READY_PREFIX
 
 
 @pytest.fixture(scope="module")

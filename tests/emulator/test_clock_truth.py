@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from emulator_testkit import CLOCK_START, epoch, iso, settings
-
 from airflow_cja_audiences.emulator.state import EmulatorState
+
+from emulator_testkit import CLOCK_START, epoch, iso, settings
 
 DAY = 86_400
 ALL = ["realized", "existing", "exited"]

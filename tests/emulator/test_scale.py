@@ -1,4 +1,4 @@
-"""An export of 10^5 profiles stays fast (the design's demo size); larger sizes are measured by hand."""
+"""An export of 10^5 profiles stays fast (the size of ``make demo``); larger sizes are measured by hand."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from emulator_testkit import TENANT, settings
-
 from airflow_cja_audiences.emulator import exports, lifecycle, synthetic, xdm
 from airflow_cja_audiences.emulator.state import EmulatorState
+
+from emulator_testkit import TENANT, settings
 
 
 def test_export_of_100k_profiles_takes_well_under_a_few_seconds():

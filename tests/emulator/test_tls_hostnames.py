@@ -7,6 +7,7 @@ import socket
 import ssl
 
 import pytest
+
 from emulator_fixture import start_subprocess
 
 

@@ -24,7 +24,7 @@ def audiences(emu) -> dict[str, dict]:
 def _history(*ids: str) -> PreviousExports:
     """As if a snapshot exported ``ids`` a minute ago (before any rename the test makes)."""
     first_ms = int(time.time() * 1000) - 60_000
-    return PreviousExports(audience_ids={i: 24115 for i in ids}, first_exported_ms={i: first_ms for i in ids},
+    return PreviousExports(audience_ids=dict.fromkeys(ids, 24115), first_exported_ms=dict.fromkeys(ids, first_ms),
                            snapshots=1)
 
 

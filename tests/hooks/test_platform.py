@@ -23,8 +23,6 @@ from airflow_cja_audiences.errors import (
 from airflow_cja_audiences.hooks.catalog import CatalogHook
 from airflow_cja_audiences.hooks.platform import AdobePlatformHook
 
-LIST_DATASETS = "/data/foundation/catalog/dataSets"
-
 
 def _claims(token: str) -> dict:
     payload = token.split(".")[1]

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-from polling import poll
 
 from airflow_cja_audiences import xdm
 from airflow_cja_audiences.config import AudienceSelector, OutputFields
@@ -18,6 +17,8 @@ from airflow_cja_audiences.hooks.ingestion import BatchIngestionHook
 from airflow_cja_audiences.hooks.schema_registry import SchemaRegistryHook
 from airflow_cja_audiences.hooks.segmentation import SegmentationHook
 from airflow_cja_audiences.models import PROFILE_CLASS, PROFILE_UNION_ALT_ID, ExportJobRequest
+
+from polling import poll
 
 
 @pytest.fixture

@@ -8,19 +8,12 @@ at it (TLS verified through the site's CA bundle) and an empty token cache.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # server (tests use importlib mode)
-
-from server import HostileSite, start_site
-
-# Retry waits short enough for a suite, long enough to be real waits.
-FAST = {"initial_retry_wait": 0.02, "max_retry_wait": 0.1}
+from server import HostileSite, start_site  # this folder is on pytest's pythonpath (pyproject.toml)
 
 
 @pytest.fixture(scope="session")

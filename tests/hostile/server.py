@@ -31,6 +31,8 @@ CLIENT_SECRET = "hostile-secret-DO-NOT-LEAK-5c1f"
 ORG_ID = "HOSTILE0000@AdobeOrg"
 TOKEN = "hostile-token-DO-NOT-LEAK-9a7e"
 IMS_PATH = "/ims/token/v3"
+# Hook retry waits short enough for a suite, long enough to be real waits.
+FAST = {"initial_retry_wait": 0.02, "max_retry_wait": 0.1}
 
 
 @dataclass

@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import FAST
-from server import CLIENT_SECRET, IMS_PATH, TOKEN, HostileSite, Reply, Request, ims_ok
 
 from airflow_cja_audiences.errors import (
     AepDeadlineError,
@@ -32,6 +30,8 @@ from airflow_cja_audiences.hooks.catalog import CatalogHook
 from airflow_cja_audiences.hooks.cja import CjaHook
 from airflow_cja_audiences.hooks.platform import AdobePlatformHook
 from airflow_cja_audiences.hooks.segmentation import SegmentationHook
+
+from server import CLIENT_SECRET, FAST, IMS_PATH, TOKEN, HostileSite, Reply, Request, ims_ok
 
 BATCH = "/data/foundation/catalog/batches/b1"
 DATASETS = "/data/foundation/catalog/dataSets"

@@ -11,12 +11,11 @@ import time
 from typing import Any
 
 import pytest
-from server import CLIENT_SECRET, TOKEN, HostileSite, Reply, Request, ims_ok
-from test_hostile import SLACK, _reset_mid_body, platform
 
 from airflow_cja_audiences.triggers.aep import BatchTrigger, ExportJobTrigger
 
-JOB = "/data/core/ups/export/jobs/7"
+from server import CLIENT_SECRET, TOKEN, HostileSite, Reply, Request, ims_ok
+from test_hostile import SLACK, _reset_mid_body, platform
 
 
 async def events(trigger) -> list[dict[str, Any]]:

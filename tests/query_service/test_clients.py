@@ -5,12 +5,12 @@ Every connection verifies the server certificate against the test CA (``sslmode=
 
 from __future__ import annotations
 
-from contextlib import closing
 import datetime as dt
 import json
 import socket
 import ssl
 import struct
+from contextlib import closing
 from decimal import Decimal
 from typing import Any
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from contextlib import closing
 import math
 import threading
 import time
 from collections import Counter
+from contextlib import closing
 from typing import Any
 
 import psycopg
@@ -83,7 +83,7 @@ def test_limit_zero_override_streams_through_a_named_cursor(dsn: dict[str, Any],
         cur.itersize = 20_000
         cur.execute(_members(qs, " AND key = 'aud-B'") + " LIMIT 0")
         count = 0
-        for person, audience in cur:
+        for _person, _audience in cur:
             count += 1
         assert count == qs.BIG_PROFILES
 

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness, driver (tests use importlib mode)
-
-from harness import Pipeline  # noqa: E402
+from harness import Pipeline  # this folder is on pytest's pythonpath (pyproject.toml)
 
 FIGURES_ENV = "CJA_RELIABILITY_FIGURES"
 # Short waits between attempts keep the suite fast; the policy (which errors, how many attempts,

@@ -37,8 +37,9 @@ def _dag(dag_id: str) -> Any:
 
 
 def _find_run(session: Any, dag_id: str, logical_date: datetime) -> Any:
-    from airflow.models.dagrun import DagRun
     from sqlalchemy import select
+
+    from airflow.models.dagrun import DagRun
 
     run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.logical_date == logical_date))
     if run is None:

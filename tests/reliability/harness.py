@@ -25,10 +25,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-import polling
-
 from airflow_cja_audiences.config import RefreshJob
 from airflow_cja_audiences.dag_factory import dag_id_for
+
+import polling
 
 DRIVER = Path(__file__).with_name("driver.py")
 # The figures script sets this: every case runs. By default (make test) a representative subset
@@ -165,9 +165,10 @@ class Pipeline:
     # ---------------------------------------------------------------- what the run left in Airflow
 
     def xcom(self, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        from sqlalchemy import select
+
         from airflow.models.xcom import XComModel
         from airflow.utils.session import create_session
-        from sqlalchemy import select
 
         with create_session() as session:
             raw = session.scalar(select(XComModel.value).where(
@@ -181,9 +182,10 @@ class Pipeline:
 
     def try_numbers(self, run_id: str) -> dict[str, int]:
         """Task (``task[map_index]`` when mapped) -> its latest try number (0: it never ran)."""
+        from sqlalchemy import select
+
         from airflow.models.taskinstance import TaskInstance
         from airflow.utils.session import create_session
-        from sqlalchemy import select
 
         with create_session() as session:
             rows = session.execute(select(TaskInstance.task_id, TaskInstance.map_index, TaskInstance.try_number)

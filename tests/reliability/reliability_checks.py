@@ -7,9 +7,9 @@ import re
 from collections import Counter
 from typing import Any
 
-from aep_truth import JobView
-
 from airflow_cja_audiences.config import RefreshJob
+
+from aep_truth import JobView
 
 _COMPACT = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z")
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from harness import FULL, logical_date, pick
 
 pytestmark = pytest.mark.slow

@@ -15,13 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from aep_truth import JobView
-from harness import FULL, poll
-from reliability_checks import assert_converged, duplicates, export_jobs_of
 
 from airflow_cja_audiences.config import RefreshJob
 from airflow_cja_audiences.dag_factory import dag_id_for
 from airflow_cja_audiences.emulator.connection import airflow_connection_env
+
+from aep_truth import JobView
+from harness import FULL, poll
+from reliability_checks import assert_converged, duplicates, export_jobs_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.services,
               pytest.mark.skipif(not FULL, reason="figures script only (CJA_RELIABILITY_FULL=1)")]

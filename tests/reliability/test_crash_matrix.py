@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+
 from aep_truth import JobView
 from harness import FULL, Pipeline, logical_date, pick, poll
 from reliability_checks import assert_converged, duplicates, export_jobs_of

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
 from aep_truth import JobView
 from harness import FULL, RunOutcome, logical_date
 from reliability_checks import assert_converged, duplicates, export_jobs_of

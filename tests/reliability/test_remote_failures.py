@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+
 from aep_truth import JobView
 from harness import FULL, Pipeline, logical_date, pick
 from reliability_checks import export_jobs_of

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from harness import logical_date
 
 PACKAGE = Path(__file__).resolve().parents[2] / "airflow_cja_audiences"

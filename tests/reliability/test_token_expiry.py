@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from aep_truth import JobView
 from harness import logical_date
 from reliability_checks import assert_converged

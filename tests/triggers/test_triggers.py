@@ -100,6 +100,17 @@ def _count(stats: dict, route: str) -> int:
 async def test_unknown_job_is_an_error_event(emu):
     event = await _first_event(ExportJobTrigger(job_id=987654, poll_interval=0.1))
     assert event["status"] == "error" and "404" in event["message"]
+    assert event["permanent"] is True  # the resumed task fails without retries (operators.base.validate_event)
+
+
+@pytest.mark.asyncio
+async def test_an_error_a_retry_may_fix_is_not_marked_permanent(emu):
+    job_id = _start_export(emu)
+    emu.admin.set_faults([{"route": "segmentation.get_export_job", "kind": "503", "times": 5}])
+    trigger = ExportJobTrigger(job_id=job_id, poll_interval=0.1,
+                               hook_params={"max_attempts": 2, "initial_retry_wait": 0.01, "max_retry_wait": 0.05})
+    event = await _first_event(trigger)
+    assert event["status"] == "error" and "503" in event["message"] and event["permanent"] is False
 
 
 @pytest.mark.asyncio

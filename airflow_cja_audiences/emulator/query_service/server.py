@@ -22,7 +22,6 @@ import duckdb
 from airflow_cja_audiences.emulator.query_service import errors as err
 from airflow_cja_audiences.emulator.query_service import protocol as pg
 from airflow_cja_audiences.emulator.query_service.errors import QueryServiceError
-from airflow_cja_audiences.emulator.realistic_qs import SESSION_LIMIT_MESSAGE
 from airflow_cja_audiences.emulator.query_service.session import (
     REPORTED,
     ExtendedProtocol,
@@ -31,6 +30,7 @@ from airflow_cja_audiences.emulator.query_service.session import (
     Watchdog,
 )
 from airflow_cja_audiences.emulator.query_service.translate import Translator
+from airflow_cja_audiences.emulator.realistic_qs import SESSION_LIMIT_MESSAGE
 
 log = logging.getLogger(__name__)
 

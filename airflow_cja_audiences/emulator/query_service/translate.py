@@ -1,7 +1,7 @@
 """Spark SQL as Query Service receives it -> DuckDB SQL, plus statement splitting.
 
 sqlglot's ``spark -> duckdb`` transpiler does most of the work; this module fixes what it gets
-wrong or what only Query Service does (see docs of the emulator's design notes):
+wrong or what only Query Service does (docs/ARCHITECTURE.md, "Query Service (pgwire)"):
 
 * tokenizer: ``'x''y'`` is one literal containing a quote (PostgreSQL clients escape that way) and
   a backslash is literal (``standard_conforming_strings=on``);

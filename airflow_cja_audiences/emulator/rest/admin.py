@@ -66,8 +66,8 @@ from typing import Any
 from starlette.responses import Response, StreamingResponse
 
 from airflow_cja_audiences.emulator import groundtruth
-from airflow_cja_audiences.emulator.clock import iso, parse_instant
 from airflow_cja_audiences.emulator.cja_model import dimension
+from airflow_cja_audiences.emulator.clock import iso, parse_instant
 from airflow_cja_audiences.emulator.rest.common import Auth, Body, Call, Endpoint, ok
 
 log = logging.getLogger("airflow_cja_audiences.emulator.admin")

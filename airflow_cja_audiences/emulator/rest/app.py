@@ -16,8 +16,17 @@ from starlette.routing import Match, Route
 from starlette.types import Message, Receive, Scope, Send
 
 from airflow_cja_audiences.emulator.faults import QUERY_SERVICE_ROUTE, STATUS_KINDS, FaultRule
-from airflow_cja_audiences.emulator.rest import (admin, catalog, cja, common, ims, ingestion, query,
-                                                 schema_registry, segmentation)
+from airflow_cja_audiences.emulator.rest import (
+    admin,
+    catalog,
+    cja,
+    common,
+    ims,
+    ingestion,
+    query,
+    schema_registry,
+    segmentation,
+)
 from airflow_cja_audiences.emulator.rest.errors import new_request_id
 
 if TYPE_CHECKING:  # pragma: no cover

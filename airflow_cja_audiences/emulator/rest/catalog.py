@@ -1,4 +1,5 @@
-"""Catalog Service (reference section 3): datasets and batches under ``/data/foundation/catalog``."""
+"""Catalog Service (https://developer.adobe.com/experience-platform-apis/references/catalog/): datasets and
+batches under ``/data/foundation/catalog``."""
 
 from __future__ import annotations
 
@@ -11,8 +12,13 @@ from starlette.responses import Response
 from airflow_cja_audiences.emulator import xdm
 from airflow_cja_audiences.emulator.catalog import Batch, Dataset
 from airflow_cja_audiences.emulator.errors import ServiceError
-from airflow_cja_audiences.emulator.filters import (FilterError, PatchError, apply_json_patch,
-                                                   apply_property_filters, sort_items)
+from airflow_cja_audiences.emulator.filters import (
+    FilterError,
+    PatchError,
+    apply_json_patch,
+    apply_property_filters,
+    sort_items,
+)
 from airflow_cja_audiences.emulator.rest.common import Body, Call, Endpoint, ok
 
 log = logging.getLogger("airflow_cja_audiences.emulator.catalog")

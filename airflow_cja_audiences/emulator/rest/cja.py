@@ -1,4 +1,5 @@
-"""Customer Journey Analytics API (reference section 9): ``/data/connections`` and ``/data/dataviews``.
+"""Customer Journey Analytics API (https://developer.adobe.com/cja-apis/docs/): ``/data/connections`` and
+``/data/dataviews``.
 
 Connections are read-only (as in the public API); data views can be read and updated with PUT.
 The 12 requests / 6 s limit (429050) applies when the ``cja_rate_limit`` knob is on.
@@ -11,8 +12,8 @@ from datetime import datetime, timezone
 
 from starlette.responses import Response
 
-from airflow_cja_audiences.emulator.errors import NotModelled
 from airflow_cja_audiences.emulator.cja_model import Connection, DataView, spring_page
+from airflow_cja_audiences.emulator.errors import NotModelled
 from airflow_cja_audiences.emulator.rest import errors
 from airflow_cja_audiences.emulator.rest.common import Auth, Body, Call, Endpoint, ok
 

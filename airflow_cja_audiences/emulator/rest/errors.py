@@ -1,4 +1,5 @@
-"""Adobe's error body shapes (aep-api-reference.md section 2) plus the emulator's 501.
+"""Adobe's error body shapes (https://experienceleague.adobe.com/en/docs/experience-platform/landing/troubleshooting,
+https://experienceleague.adobe.com/en/docs/experience-platform/xdm/troubleshooting-guide) plus the emulator's 501.
 
 1. gateway: ``{"error_code": "401013", "message": "Oauth token is not valid"}``
 2. problem details: ``{"type": "http://ns.adobe.com/aep/errors/XDM-1521-400", "title", "status",
@@ -45,7 +46,8 @@ def gateway(status: int, code: str, message: str, headers: dict[str, str] | None
 
 
 def ims(status: int, error: str, description: str) -> HttpError:
-    # UNCONFIRMED shape: OAuth 2 style, the likely form (aep-api-reference.md section 1).
+    # UNCONFIRMED shape: OAuth 2 style, the likely form (Adobe's IMS OAuth Server-to-Server API reference:
+    # https://developer.adobe.com/developer-console/docs/guides/authentication/ServerToServerAuthentication/ims).
     return HttpError(status, {"error": error, "error_description": description})
 
 
@@ -83,7 +85,8 @@ def not_implemented(method: str, path: str, request_id: str, what: str | None = 
     detail = f"{method} {path} is not modelled by the AEP emulator"
     if what:
         detail += f": {what}"
-    detail += ". The emulator answers 501 instead of pretending; see aep-api-reference.md for what it models."
+    detail += (". The emulator answers 501 instead of pretending; see docs/ARCHITECTURE.md (The emulator) for what "
+               "it models")
     return json_response({"type": ERRORS_NS + "EMULATOR-501", "title": "Not implemented by the emulator",
                           "status": 501, "detail": detail, "report": {"requestId": request_id}}, 501)
 

@@ -1,4 +1,5 @@
-"""IMS OAuth Server-to-Server token endpoint (reference section 1): ``POST /ims/token/v3``."""
+"""IMS OAuth Server-to-Server token endpoint: ``POST /ims/token/v3``
+(https://developer.adobe.com/developer-console/docs/guides/authentication/ServerToServerAuthentication/ims)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Batch Ingestion (reference section 7) under ``/data/foundation/import``, and the row-error
+"""Batch Ingestion (https://developer.adobe.com/experience-platform-apis/references/batch-ingestion/) under ``/data/foundation/import``, and the row-error
 diagnostics of Data Access (``/data/foundation/export/batches/{id}/meta``).
 
 State machine: ``loading`` (uploads open) -> COMPLETE -> ``processing`` -> ``success`` | ``failed``;

@@ -1,4 +1,4 @@
-"""Query Service REST (reference section 8.3): only ``connection_parameters`` is modelled.
+"""Query Service REST (https://developer.adobe.com/experience-platform-apis/references/query-service/): only ``connection_parameters`` is modelled.
 
 Query Service REST never returns rows; the pipeline reads over the PostgreSQL wire protocol, served by
 :mod:`airflow_cja_audiences.emulator.query_service` on ``--pg-port``. Other calls answer 501.

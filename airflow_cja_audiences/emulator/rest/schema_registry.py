@@ -1,4 +1,4 @@
-"""Schema Registry (reference section 6) under ``/data/foundation/schemaregistry``.
+"""Schema Registry (https://developer.adobe.com/experience-platform-apis/references/schema-registry/) under ``/data/foundation/schemaregistry``.
 
 Resource ids in paths are the URL-encoded ``$id`` or the ``meta:altId``. GETs require an ``Accept``
 header: listings take ``application/vnd.adobe.xed-id+json`` or ``...xed+json`` (no version), lookups

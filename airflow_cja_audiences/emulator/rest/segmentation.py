@@ -1,4 +1,4 @@
-"""Segmentation Service (reference section 4) under ``/data/core/ups``: audiences, segment
+"""Segmentation Service (https://developer.adobe.com/experience-platform-apis/references/segmentation/) under ``/data/core/ups``: audiences, segment
 definitions, export jobs."""
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def audience_json(call: Call, aud: AudienceSpec) -> dict:
 def audience_not_found(call: Call, audience_id: str) -> HttpError:
     """``GET /audiences/{id}`` of an unknown *or deleted* audience: the spec's own 404 example
     (segmentation.json, "Audience not found"). AEP answers a deleted audience exactly like one that
-    never existed (reference 4.3: DELETE 204, then GET 404), so a client cannot tell them apart from
-    this answer alone."""
+    never existed (DELETE 204, then GET 404), so a client cannot tell them apart from this answer alone
+    (https://experienceleague.adobe.com/en/docs/experience-platform/segmentation/api/audiences)."""
     message = f"The audience entity {audience_id} is not found. Use a valid entity and try again."
     return HttpError(404, {"requestId": call.request_id, "errors": {"404": [{"code": 404, "message": message}]},
                            "type": "https://ns.adobe.com/aep/errors/UPAPI-113430-404", "title": message,
@@ -123,7 +123,7 @@ def _dataset_kind(call: Call):
 
 def create_export_job(call: Call) -> Response:
     # A new job naming a deleted audience fails like one naming an id that never existed (400 naming
-    # filter.segments[i].segmentId). Guess: the reference does not say what AEP answers here; the
+    # filter.segments[i].segmentId). Guess: Adobe's documentation does not say what AEP answers here; the
     # other plausible answer, a job that SUCCEEDS with no rows for that segment, would hide the problem.
     request = exports.validate_request(
         call.json(), audience_ids={a.id for a in call.state.live_audiences()}, dataset_kind=_dataset_kind(call),
