@@ -74,6 +74,9 @@ class EmulatorSettings:
     qs_max_rows: int = 50_000
     qs_over_limit: str = "truncate"  # production's implicit LIMIT, or "error"
     qs_timeout_seconds: float = 600.0
+    # Scan-cost model (query_service/scans.py): 0 = no modelled scan time (realistic: scans.REALISTIC).
+    qs_seconds_per_million_rows: float = 0.0
+    qs_seconds_per_query: float = 0.0
     clock_start: datetime | None = None  # anchor of the membership timelines; default today 00:00 UTC
     export_job_seconds: float = 2.0
     batch_seconds: float = 1.0
@@ -103,6 +106,8 @@ class EmulatorSettings:
             raise ValueError("token lifetime must be positive")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("give both --tls-cert and --tls-key, or neither")
+        if not 0 <= self.qs_seconds_per_million_rows <= 3600 or not 0 <= self.qs_seconds_per_query <= 3600:
+            raise ValueError("qs_seconds_per_million_rows and qs_seconds_per_query must be within [0, 3600]")
         if self.export_job_seconds < 0 or self.batch_seconds < 0:
             raise ValueError("timing knobs must not be negative")
         if self.audiences is not None:
