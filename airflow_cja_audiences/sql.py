@@ -434,6 +434,18 @@ def membership_sql(q: MembershipQuery, partition: Partition = Partition()) -> st
     return _select(q, q.statuses, partition, (), rows=True)
 
 
+#: Query Service's documented override of the ad hoc row cap (the 10-minute limit still applies).
+LIFT_ROW_CAP = "LIMIT 0"
+
+
+def lift_row_cap(sql: str) -> str:
+    """``sql`` ending with ``LIMIT 0``, which makes Query Service return *all* rows of an ad hoc query.
+
+    ``sql`` must not have a ``LIMIT`` of its own (a template that does fails with a syntax error).
+    """
+    return f"{sql.rstrip()}\n{LIFT_ROW_CAP}"
+
+
 def events_sql(q: MembershipQuery, window: TimeWindow, partition: Partition = Partition(),
                sources: Sequence[str] | None = None) -> str:
     """Membership changes proven in ``window``: the rows of :data:`EVENT_STATUSES` whose

@@ -146,7 +146,7 @@ def _snapshot_export(emu, job: RefreshJob) -> dict:
 
 
 def test_prepare_load_publish_retried_leave_one_live_snapshot(emu, audiences):
-    job = _job(audiences, max_rows_per_query=100)
+    job = _job(audiences, query_partitioning="rows", max_rows_per_query=100)
     export = _snapshot_export(emu, job)
     dataset_id = _profile_dataset(job)
     pushed, results = _load_all(job, export, dataset_id, audiences)
@@ -181,7 +181,7 @@ def test_partition_cut_at_the_row_cap_is_split(audiences, monkeypatch):
         monkeypatch.setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}",
                            json.dumps(airflow_connection(small.ready, small.credentials.client_secret)))
         clear_token_cache()
-        job = _job(audiences, max_rows_per_query=140, query_service_row_limit=150)
+        job = _job(audiences, query_partitioning="rows", max_rows_per_query=140, query_service_row_limit=150)
         export = _snapshot_export(small, job)
         dataset_id = _profile_dataset(job)
         pushed, results = _load_all(job, export, dataset_id, audiences)
@@ -204,7 +204,7 @@ def test_cleared_load_task_of_a_published_run_fails_fast(emu, audiences):
     re-run the whole DAG run, instead of retrying an upload AEP refuses; the live batch is untouched."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    job = _job(audiences, max_rows_per_query=100)
+    job = _job(audiences, query_partitioning="rows", max_rows_per_query=100)
     export = _snapshot_export(emu, job)
     dataset_id = _profile_dataset(job)
     pushed, results = _load_all(job, export, dataset_id, audiences)
