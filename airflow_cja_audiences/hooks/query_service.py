@@ -62,7 +62,7 @@ class QueryServiceError(AepError):
         return self.sqlstate == ROW_LIMIT_SQLSTATE
 
     @property
-    def limit_kind(self) -> str | None:
+    def limit_kind(self) -> scanplan.LimitKind | None:
         """For a 53400: ``"timeout"``, ``"rows"`` or ``"unknown"``, told apart by the server's message
         (not by the statement quoted in ours, which may say LIMIT); None for any other error."""
         return scanplan.limit_kind(self.server_message) if self.is_limit else None

@@ -485,7 +485,7 @@ class LoadPartitionOperator(_MembershipQueryOperator):
         spec = RecordSpec.from_job(self.job_config, tenant=self.tenant,
                                    audience_names={a["id"]: a["name"] for a in self.audiences},
                                    events=self.kind == "events")
-        totals = {"partition": part.to_dict(), "rows": 0, "records": 0, "files": 0, "bytes": 0, "skipped_rows": 0,
+        totals: dict[str, Any] = {"partition": part.to_dict(), "rows": 0, "records": 0, "files": 0, "bytes": 0, "skipped_rows": 0,
                   "splits": 0}
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="cja-load-") as tmp:
