@@ -31,8 +31,10 @@ def test_scans_stay_bounded_and_queries_within_the_budget(rows: int, scan: float
     # The goal: at most ceil(rows / rows-per-budget) + 4 scans (concurrency 5).
     assert required <= plan.count <= required + 4
     assert plan.query_seconds <= 300.0 + 1e-6  # every partition fits the budget
-    if plan.count > required:  # partitions added for parallelism keep Query Service time near the floor
+    if plan.count > required:  # partitions added for parallelism keep Query Service time near the floor...
         assert plan.total_seconds <= scanplan.DEFAULT_QS_FACTOR * plan.floor_seconds + 1e-6
+        # ... however fast the rows are actually read (transfer time -> 0)
+        assert plan.count * plan.scan_seconds <= scanplan.DEFAULT_QS_FACTOR * plan.scan_seconds + 1e-6
     assert sorted(p.remainder for p in plan.partitions) == list(range(plan.count))
     assert {p.modulus for p in plan.partitions} == {plan.count}
 
@@ -43,10 +45,13 @@ def test_a_whole_result_that_fits_is_one_unpartitioned_query() -> None:
 
 
 def test_parallel_partitions_only_when_scans_are_cheap_relative_to_the_rows() -> None:
-    cheap = _plan(5_000_000, scan_seconds=2.0)  # transfer 250 s >> scan: parallel queries cost little
+    cheap = _plan(5_000_000, scan_seconds=2.0)  # transfer 250 s >> scan: two queries at once
     dear = _plan(5_000_000, scan_seconds=200.0)  # 200 s per scan: needs 3 for the budget, adds none
-    assert cheap.count == 5 and cheap.required == 1
+    scan_bound = _plan(1_000_000, scan_seconds=60.0)  # transfer 50 s < scan: parallel is not worth a scan
+    assert cheap.count == 2 and cheap.required == 1
     assert dear.required == dear.count == math.ceil(5_000_000 / (100 * 20_000))
+    assert scan_bound.count == 1
+    assert _plan(5_000_000, scan_seconds=2.0, concurrency=1).count == 1
 
 
 def test_ten_million_profiles_need_about_ten_scans_not_126() -> None:
@@ -72,7 +77,7 @@ def test_max_map_length_is_never_exceeded() -> None:
         _plan(rows, scan_seconds=50.0, max_map_length=500)
     assert "AIRFLOW__CORE__MAX_MAP_LENGTH=1000" in str(info.value)
     # Parallel partitions are capped by it too.
-    assert _plan(5_000_000, scan_seconds=2.0, max_map_length=3).count == 3
+    assert _plan(5_000_000, scan_seconds=2.0, max_map_length=1).count == 1
 
 
 def test_rows_partitioning_keeps_the_old_plan_within_max_map_length() -> None:
