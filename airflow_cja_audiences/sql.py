@@ -7,8 +7,9 @@ here therefore
 
 * read only the batch this run's export wrote (filter on a batch-id system column),
 * explode the membership map and keep the job's audiences and member statuses,
-* split the result into hash partitions of the person id, so each ad hoc query stays under Query
-  Service's 50,000-row limit and all rows of one person land in the same partition,
+* split the result into hash partitions of the person id, so all rows of one person land in the same
+  partition (how many: :mod:`airflow_cja_audiences.scanplan`, by a time budget for queries ending
+  with ``LIMIT 0`` (:func:`lift_row_cap`), or each under Query Service's 50,000-row limit),
 * return rows ``(personID, audienceId, status, qualificationTime)`` ordered by person, which
   :mod:`airflow_cja_audiences.transform` turns into CJA records.
 
