@@ -58,7 +58,12 @@ LIMIT_SQLSTATE = "53400"
 
 
 class PlanError(ValueError):
-    """No plan fits; the message says why and what to change."""
+    """No plan fits; the message says why and what to change. ``measured``: it rests on the measured
+    scan time, which a busy Query Service may have inflated (trying again later may succeed)."""
+
+    def __init__(self, message: str, *, measured: bool = False) -> None:
+        super().__init__(message)
+        self.measured = measured
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,8 @@ def plan_by_time(rows: int, *, scan_seconds: float, rows_per_second: float, budg
             fix = (f"raise query_time_budget_seconds (at most {MAX_BUDGET_SECONDS:g}) well above the scan time, or "
                    f"use the server-side path (Data Distiller)")
         raise PlanError(f"reading the export once took {scan:.1f} s, which leaves less than 10% of the "
-                        f"{budget:g} s per-query time budget (query_time_budget_seconds) for the rows: {fix}")
+                        f"{budget:g} s per-query time budget (query_time_budget_seconds) for the rows: {fix}",
+                        measured=True)
     rows_per_budget = max(1, math.floor(left * rate))
     required = math.ceil(rows / rows_per_budget)
     if required > max_map_length:

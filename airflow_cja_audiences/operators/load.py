@@ -193,8 +193,8 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         return [p.to_dict() for p in partitions]
 
     def _plan(self, rows: int, scan_seconds: float) -> Sequence[sql.Partition]:
-        """The partitions to map the load over; fails (not retried) before anything is mapped when no
-        plan fits the time budget or Airflow's ``max_map_length``."""
+        """The partitions to map the load over; fails before anything is mapped when no plan fits
+        Airflow's ``max_map_length`` (not retried) or the time budget (retried: the scan was measured)."""
         job = self.job_config
         max_map_length = conf.getint("core", "max_map_length", fallback=scanplan.DEFAULT_MAX_MAP_LENGTH)
         try:
@@ -207,7 +207,9 @@ class PrepareLoadOperator(_MembershipQueryOperator):
                                          budget_seconds=job.query_time_budget_seconds,
                                          concurrency=job.query_service_concurrency, max_map_length=max_map_length)
         except scanplan.PlanError as exc:
-            raise AirflowFailException(f"planning the {self.kind} load: {exc}") from None
+            # A slow scan may be a busy moment (retried); max_map_length is not (fails at once).
+            error = AirflowException if exc.measured else AirflowFailException
+            raise error(f"planning the {self.kind} load: {exc}") from None
         self.log.info("%s: %s", self.kind, plan.describe())
         return plan.partitions
 
