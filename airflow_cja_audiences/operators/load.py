@@ -5,8 +5,9 @@ hash partitions (sized by time, see :mod:`airflow_cja_audiences.scanplan`: each 
 within a time budget, from the time the count query took to scan the export; or by rows, each under
 Query Service's 50,000-row cap), computes per-audience counts and opens the target batch.
 ``LoadPartitionOperator`` (mapped over the partitions, one task each, so more workers load in
-parallel) streams one partition through a server-side cursor, turns rows into CJA records and uploads the JSON Lines files into that batch. Nothing is handed between tasks
-through local disk: each task uploads what it wrote.
+parallel) streams one partition through a server-side cursor, turns rows into CJA records and
+uploads the JSON Lines files into that batch. Nothing is handed between tasks through local disk:
+each task uploads what it wrote.
 """
 
 from __future__ import annotations
