@@ -248,7 +248,7 @@ def _project(results: dict[str, dict], args: argparse.Namespace) -> list[str]:
            f"{args.seconds_per_million_rows:g} s per M exported profiles):"]
     out.append(f"  {'profiles':>11} {'rows':>11} {'rows-mode scans':>16} {'rows-mode QS h':>15} "
                f"{'time-mode scans':>16} {'time-mode QS min':>17} {'floor QS min':>13}")
-    for profiles in (args.profiles, 10_000_000, 50_000_000):
+    for profiles in sorted({args.profiles, 10_000_000, 50_000_000}):
         rows = int(per_profile * profiles)
         scan = args.seconds_per_query + args.seconds_per_million_rows * exported * profiles / 1e6
         transfer = rows / rate  # on real Query Service the worker's rate bounds the transfer
