@@ -203,12 +203,12 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 def _floor(emulator: Emulator, env: dict[str, str]) -> dict[str, Any]:
     """One LIMIT 0 query over the latest export's snapshot rows: modelled scan seconds, rows, wall seconds."""
     os.environ.update({k: v for k, v in env.items() if k.startswith("AIRFLOW_CONN_")})
+    import yaml
+
     from airflow_cja_audiences import sql
     from airflow_cja_audiences.config import JobsFile
     from airflow_cja_audiences.hooks.platform import clear_token_cache
     from airflow_cja_audiences.hooks.query_service import QueryServiceHook
-
-    import yaml
 
     state = emulator.admin("GET", "/emulator/state")
     prod = state["sandboxes"]["prod"]
@@ -243,9 +243,9 @@ def _project(results: dict[str, dict], args: argparse.Namespace) -> list[str]:
     transfer_rate = floor["rows"] / max(floor["transfer_seconds"], 0.1)
     defaults = RefreshJob.model_fields
     budget, rate = defaults["query_time_budget_seconds"].default, defaults["query_service_rows_per_second"].default
-    out = [f"projection (snapshot load only; {per_profile:.2f} membership rows per profile, planner rate {rate:g} rows/s, "
-           f"budget {budget:g} s, {exported:.2f} exported profiles per profile, scan = {args.seconds_per_query:g} s + "
-           f"{args.seconds_per_million_rows:g} s per M exported profiles):"]
+    out = [(f"projection (snapshot load only; {per_profile:.2f} membership rows per profile, planner rate {rate:g} "
+            f"rows/s, budget {budget:g} s, {exported:.2f} exported profiles per profile, scan = "
+            f"{args.seconds_per_query:g} s + {args.seconds_per_million_rows:g} s per M exported profiles):")]
     out.append(f"  {'profiles':>11} {'rows':>11} {'rows-mode scans':>16} {'rows-mode QS h':>15} "
                f"{'time-mode scans':>16} {'time-mode QS min':>17} {'floor QS min':>13}")
     for profiles in sorted({args.profiles, 10_000_000, 50_000_000}):
@@ -265,10 +265,10 @@ def _project(results: dict[str, dict], args: argparse.Namespace) -> list[str]:
 
 
 def report(results: dict[str, dict], args: argparse.Namespace) -> tuple[list[str], bool]:
-    lines = [f"pipeline at {args.profiles:,} profiles, scan cost {args.seconds_per_million_rows:g} s per M rows + "
-             f"{args.seconds_per_query:g} s per query, pool {POOL_SLOTS} slots, `airflow dags test`:",
-             f"  {'mode':<5} {'run':>3} {'wall s':>7} {'peak RSS MB':>12} {'scans':>6} {'batch scans':>12} "
-             f"{'rows scanned':>13} {'modelled QS s':>14}  partitions (snapshot, events)"]
+    lines = [(f"pipeline at {args.profiles:,} profiles, scan cost {args.seconds_per_million_rows:g} s per M rows + "
+              f"{args.seconds_per_query:g} s per query, pool {POOL_SLOTS} slots, `airflow dags test`:"),
+             (f"  {'mode':<5} {'run':>3} {'wall s':>7} {'peak RSS MB':>12} {'scans':>6} {'batch scans':>12} "
+              f"{'rows scanned':>13} {'modelled QS s':>14}  partitions (snapshot, events)")]
     for mode, res in results.items():
         for run in res["runs"]:
             s = run["scans"]
