@@ -158,11 +158,26 @@ class RefreshJob(StrictModel):
     shrink_guard: float = Field(default=0.5, ge=0.0, le=1.0, description=(
         "Refuse to replace the snapshot when it would shrink by more than this fraction"))
     publish_events: bool = Field(default=True, description="Publish entered/exited events for each interval")
+    query_partitioning: Literal["time", "rows"] = Field(default="time", description=(
+        "How the load splits the export into Query Service queries: 'time' (each query ends with LIMIT 0, "
+        "Query Service's documented override of its row cap, and is sized to query_time_budget_seconds, so "
+        "the export is scanned a few times per run) or 'rows' (queries of at most max_rows_per_query rows "
+        "under the 50,000-row cap: one scan of the export per 40,000 rows)"))
+    query_time_budget_seconds: float = Field(default=300.0, gt=0.0, le=540.0, description=(
+        "Time one partition query should take at most (partitioning 'time'); well under Query Service's "
+        "10-minute limit for ad hoc queries"))
+    query_service_rows_per_second: float = Field(default=20_000.0, gt=0.0, le=10_000_000.0, description=(
+        "Rows per second a load task reads, transforms and writes (partitioning 'time'); the load tasks "
+        "log what they achieved"))
+    query_service_concurrency: int = Field(default=5, ge=1, le=1000, description=(
+        "Ad hoc queries Query Service runs at once for the org (licence); partitioning 'time' adds "
+        "partitions up to this many to shorten the run while Query Service time stays near one scan"))
     max_rows_per_query: int = Field(default=40_000, ge=100, description=(
-        "Rows one partition query should return; must leave headroom below query_service_row_limit"))
+        "Rows one partition query should return (partitioning 'rows'); must leave headroom below "
+        "query_service_row_limit"))
     query_service_row_limit: int = Field(default=QUERY_SERVICE_ROW_LIMIT, ge=101, description=(
-        "Query Service's cap on an ad hoc result (50,000); a partition that returns this many rows may "
-        "have been cut and is split"))
+        "Query Service's cap on an ad hoc result (50,000); with partitioning 'rows' a partition that "
+        "returns this many rows may have been cut and is split"))
     max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=SMALL_FILE_LIMIT)
     batch_id_column: Literal["_acp_system_metadata.acp_sourceBatchId", "_acp_batchid"] = (
         "_acp_system_metadata.acp_sourceBatchId")

@@ -7,8 +7,9 @@ here therefore
 
 * read only the batch this run's export wrote (filter on a batch-id system column),
 * explode the membership map and keep the job's audiences and member statuses,
-* split the result into hash partitions of the person id, so each ad hoc query stays under Query
-  Service's 50,000-row limit and all rows of one person land in the same partition,
+* split the result into hash partitions of the person id, so all rows of one person land in the same
+  partition (how many: :mod:`airflow_cja_audiences.scanplan`, by a time budget for queries ending
+  with ``LIMIT 0`` (:func:`lift_row_cap`), or each under Query Service's 50,000-row limit),
 * return rows ``(personID, audienceId, status, qualificationTime)`` ordered by person, which
   :mod:`airflow_cja_audiences.transform` turns into CJA records.
 
@@ -432,6 +433,18 @@ def membership_sql(q: MembershipQuery, partition: Partition = Partition()) -> st
     if q.template is not None:
         return render_template(q, partition)
     return _select(q, q.statuses, partition, (), rows=True)
+
+
+#: Query Service's documented override of the ad hoc row cap (the 10-minute limit still applies).
+LIFT_ROW_CAP = "LIMIT 0"
+
+
+def lift_row_cap(sql: str) -> str:
+    """``sql`` ending with ``LIMIT 0``, which makes Query Service return *all* rows of an ad hoc query.
+
+    ``sql`` must not have a ``LIMIT`` of its own (a template that does fails with a syntax error).
+    """
+    return f"{sql.rstrip()}\n{LIFT_ROW_CAP}"
 
 
 def events_sql(q: MembershipQuery, window: TimeWindow, partition: Partition = Partition(),

@@ -96,6 +96,10 @@ class AdminClient(_Http):
     def clear_faults(self) -> None:
         self._json("DELETE", "/emulator/faults")
 
+    def scans(self, method: str = "GET", **cost: float) -> dict:
+        """Query Service scan-cost model: totals (GET), set the cost (POST), zero the totals (DELETE)."""
+        return self._json(method, "/emulator/query-service/scans", **({"json": cost} if method == "POST" else {}))
+
     def knobs(self, **changes: Any) -> dict:
         return self._json("POST", "/emulator/knobs", json=changes) if changes else self._json("GET", "/emulator/knobs")
 

@@ -57,6 +57,12 @@ def parser() -> argparse.ArgumentParser:
     add("--distinct-batch-ids", action="store_true",
         help="export rows get a physical _acp_batchid unlike the job's (logical) batch id, which they carry "
              "in _acp_system_metadata.acp_sourceBatchId, as Adobe allows")
+    add("--qs-seconds-per-million-rows", type=float, default=DEFAULTS.qs_seconds_per_million_rows,
+        help="scan-cost model: modelled seconds per million export rows a query reads (default %(default)s; "
+             "realistic: 5, a guess)")
+    add("--qs-seconds-per-query", type=float, default=DEFAULTS.qs_seconds_per_query,
+        help="scan-cost model: modelled start-up seconds of each query that reads a dataset (default "
+             "%(default)s; realistic: 2, a guess)")
     add("--clock-start", help="RFC 3339 instant: the clock starts there and timelines spread around it "
                               "(default: real time, timelines around today 00:00 UTC)")
     add("--export-job-seconds", type=float, default=DEFAULTS.export_job_seconds,
@@ -82,6 +88,7 @@ def settings_from(args: argparse.Namespace) -> EmulatorSettings:
         tls_key=args.tls_key, tls_ca=args.tls_ca, tls_hostnames=tuple(args.tls_hostnames or ()), state_dir=args.state_dir, pg_port=args.pg_port,
         qs_max_rows=args.qs_max_rows, qs_over_limit=args.qs_over_limit, qs_timeout_seconds=args.qs_timeout_seconds,
         qs_max_sessions=args.qs_max_sessions, distinct_batch_ids=args.distinct_batch_ids,
+        qs_seconds_per_million_rows=args.qs_seconds_per_million_rows, qs_seconds_per_query=args.qs_seconds_per_query,
         clock_start=parse_instant(args.clock_start) if args.clock_start else None,
         export_job_seconds=args.export_job_seconds, batch_seconds=args.batch_seconds,
         audiences=load_audiences_file(args.audiences_file) if args.audiences_file else None,

@@ -77,6 +77,9 @@ class EmulatorSettings:
     # Query Service realistic-mode knobs (see emulator/realistic_qs.py for sources and guesses):
     qs_max_sessions: int = 0  # sessions per org at once, past it "Session Limit Reached"; 0 = no limit
     distinct_batch_ids: bool = False  # export rows' _acp_batchid (physical) differs from the job's batch id
+    # Scan-cost model (query_service/scans.py): 0 = no modelled scan time (realistic: scans.REALISTIC).
+    qs_seconds_per_million_rows: float = 0.0
+    qs_seconds_per_query: float = 0.0
     clock_start: datetime | None = None  # anchor of the membership timelines; default today 00:00 UTC
     export_job_seconds: float = 2.0
     batch_seconds: float = 1.0
@@ -108,6 +111,8 @@ class EmulatorSettings:
             raise ValueError("give both --tls-cert and --tls-key, or neither")
         if self.qs_max_sessions < 0:
             raise ValueError("qs_max_sessions must be >= 0 (0 = no limit)")
+        if not 0 <= self.qs_seconds_per_million_rows <= 3600 or not 0 <= self.qs_seconds_per_query <= 3600:
+            raise ValueError("qs_seconds_per_million_rows and qs_seconds_per_query must be within [0, 3600]")
         if self.export_job_seconds < 0 or self.batch_seconds < 0:
             raise ValueError("timing knobs must not be negative")
         if self.audiences is not None:

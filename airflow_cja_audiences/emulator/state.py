@@ -9,10 +9,12 @@ validating an uploaded batch) runs in a small executor; job and batch statuses a
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
@@ -36,6 +38,8 @@ from airflow_cja_audiences.emulator.exports import ExportJob, table_ddl
 from airflow_cja_audiences.emulator.faults import QUERY_SERVICE_ROUTE, STATUS_KINDS, FaultInjector
 from airflow_cja_audiences.emulator.memberships import OVERRIDE_TABLE, Timeline
 from airflow_cja_audiences.emulator.query_service.errors import QueryServiceError
+from airflow_cja_audiences.emulator.query_service.scans import Scan, ScanCost, ScanModel
+from airflow_cja_audiences.emulator.query_service.translate import sql_spans
 from airflow_cja_audiences.emulator.registry import SchemaRegistry
 from airflow_cja_audiences.emulator.settings import AudienceSpec, EmulatorSettings
 from airflow_cja_audiences.emulator.synthetic import default_audiences
@@ -121,6 +125,9 @@ class EmulatorState:
         self.db.execute(f'CREATE TABLE "{EXPORT_TEMPLATE}" ({table_ddl(settings.tenant)})')
         self.pg_host: str | None = None
         self.pg_port: int | None = None
+        # Query Service scan-cost model and statistics (kept across resets, like the route stats).
+        self.qs_scans = ScanModel(self.qs_scan, ScanCost(seconds_per_million_rows=settings.qs_seconds_per_million_rows,
+                                                         seconds_per_query=settings.qs_seconds_per_query))
         self.route_table: list[dict] = []  # filled by the app (GET /emulator/routes)
         self._init_objects()
 
@@ -354,6 +361,40 @@ class EmulatorState:
     def qs_session_limit(self) -> int:
         """Query Service sessions the org may have at once (0 = no limit): a knob tests may change."""
         return self.knobs.qs_max_sessions
+    def qs_scan(self, sql: str, params: Sequence[Any] = ()) -> Scan:
+        """The export rows a Query Service statement reads (for the scan-cost model).
+
+        A dataset table named in the statement's code counts with its live export batches: only the
+        batches whose id appears as a string literal or bound parameter (a batch filter), else all
+        of them. That Query
+        Service prunes a scan to the batches a ``_acp_batchid``/``acp_sourceBatchId`` filter names is
+        a GUESS (the data lake stores files per batch; Adobe documents no pruning); without it every
+        query would read the whole dataset, which only makes scans dearer.
+        """
+        code: list[str] = []
+        literals = {p for p in params if isinstance(p, str)}
+        for start, end, kind in sql_spans(sql):
+            if kind == "code":
+                code.append(sql[start:end])
+            elif kind == "string":
+                literals.add(sql[start + 1:end - 1].replace("''", "'"))
+            elif kind == "ident":  # a quoted table name
+                code.append(" " + sql[start + 1:end - 1] + " ")
+        words = {w.lower() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_$]*", " ".join(code))}
+        rows = batches = 0
+        with self.lock:
+            for table, (sandbox_name, dataset_id) in self.tables.items():
+                if table.lower() not in words:
+                    continue
+                sandbox = self.sandboxes.get(sandbox_name)
+                if sandbox is None:
+                    continue
+                live = [b for b in sandbox.catalog.dataset_batches(dataset_id)
+                        if b.origin == "export" and b.status == "success"]
+                read = [b for b in live if b.id in literals] or live
+                batches += len(read)
+                rows += sum(int((b.metrics or {}).get("outputRecordCount") or 0) for b in read)
+        return Scan(rows=rows, batches=batches)
 
     def qs_list_tables(self) -> list[dict]:
         with self.lock:

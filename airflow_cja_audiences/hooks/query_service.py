@@ -26,14 +26,14 @@ from airflow.providers.postgres.hooks.postgres import PostgresHook
 from airflow.sdk import Connection
 from airflow.sdk.log import mask_secret
 
-from airflow_cja_audiences import CONN_TYPE, DEFAULT_CONN_ID
+from airflow_cja_audiences import CONN_TYPE, DEFAULT_CONN_ID, scanplan
 from airflow_cja_audiences.errors import AepError
 from airflow_cja_audiences.hooks.platform import AdobePlatformHook
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 80  # Query Service listens on 80 and still requires TLS
-ROW_LIMIT_SQLSTATE = "53400"  # production's "too many rows / too long" ad hoc limits
+ROW_LIMIT_SQLSTATE = "53400"  # production's ad hoc limits: the row cap *and* the 10-minute timeout
 ROUTE = "query_service.query"  # retry counts and logs, like the REST routes
 # Connection exceptions (class 08), shutdown/restart/busy (57P01-57P03), too many connections (53300).
 _TRANSIENT_SQLSTATES = ("57P01", "57P02", "57P03", "53300")
@@ -53,20 +53,27 @@ class QueryServiceError(AepError):
     Service rejects) - see :func:`airflow_cja_audiences.errors.is_permanent`.
     """
 
-    def __init__(self, message: str, sqlstate: str | None, *, transient: bool = False, permanent: bool = False):
+    def __init__(self, message: str, sqlstate: str | None, *, transient: bool = False, permanent: bool = False,
+                 server_message: str | None = None):
         super().__init__(message)
         self.sqlstate = sqlstate
         self.transient = transient
         self.permanent = permanent
+        self.server_message = server_message if server_message is not None else message  # Query Service's own words
 
     @property
     def is_limit(self) -> bool:
+        """SQLSTATE 53400: the row cap or the 10-minute timeout (see :attr:`limit_kind`)."""
         return self.sqlstate == ROW_LIMIT_SQLSTATE
 
     @property
     def is_session_limit(self) -> bool:
         """The org's concurrent Query Service sessions are all in use (transient)."""
         return self.sqlstate == "53300" or SESSION_LIMIT_TEXT in str(self).lower()
+    def limit_kind(self) -> scanplan.LimitKind | None:
+        """For a 53400: ``"timeout"``, ``"rows"`` or ``"unknown"``, told apart by the server's message
+        (not by the statement quoted in ours, which may say LIMIT); None for any other error."""
+        return scanplan.limit_kind(self.server_message) if self.is_limit else None
 
 
 class _QueryServiceConnection(Connection):
@@ -292,5 +299,8 @@ def _wrap(exc: Exception, sql: str) -> Exception:
     # Refused credentials (class 28) and an untrusted certificate stay so however often we ask.
     permanent = tls or refused or (sqlstate or "").startswith("28")
     first_line = " ".join(sql.split())[:300]
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) or str(exc).strip().splitlines()[0:1]
     return QueryServiceError(f"Query Service error {sqlstate or '?'}: {str(exc).strip()} -- in: {first_line}",
-                             sqlstate, transient=transient, permanent=permanent)
+                             sqlstate, transient=transient, permanent=permanent,
+                             server_message=primary if isinstance(primary, str) else " ".join(primary))

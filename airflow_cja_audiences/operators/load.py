@@ -1,23 +1,26 @@
 """Query Service -> CJA batch: plan the partitions, then query, transform and upload each one (step 5).
 
 ``PrepareLoadOperator`` counts what the export holds for this job, checks the identity field, plans
-hash partitions that each stay under Query Service's 50,000-row limit, computes per-audience counts
-and opens the target batch. ``LoadPartitionOperator`` (mapped over the partitions, one task each,
-so more workers load in parallel) streams one partition through a server-side cursor, turns rows
-into CJA records and uploads the JSON Lines files into that batch. Nothing is handed between tasks
-through local disk: each task uploads what it wrote.
+hash partitions (sized by time, see :mod:`airflow_cja_audiences.scanplan`: each ``LIMIT 0`` query
+within a time budget, from the time the count query took to scan the export; or by rows, each under
+Query Service's 50,000-row cap), computes per-audience counts and opens the target batch.
+``LoadPartitionOperator`` (mapped over the partitions, one task each, so more workers load in
+parallel) streams one partition through a server-side cursor, turns rows into CJA records and
+uploads the JSON Lines files into that batch. Nothing is handed between tasks through local disk:
+each task uploads what it wrote.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Context
+from airflow.sdk import Context, conf
 from airflow.sdk.exceptions import (
     AirflowException,
     AirflowFailException,
@@ -25,7 +28,7 @@ from airflow.sdk.exceptions import (
     AirflowSkipException,
 )
 
-from airflow_cja_audiences import export_check, hooks, runs, sql, validation
+from airflow_cja_audiences import export_check, hooks, runs, scanplan, sql, validation
 from airflow_cja_audiences.config import RefreshJob
 from airflow_cja_audiences.errors import AepConfigError, AepError
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
@@ -85,12 +88,19 @@ class _MembershipQueryOperator(AdobeBaseOperator):
             raise AirflowFailException("an events load needs interval_start and interval_end")
         return sql.TimeWindow(self.interval_start, self.interval_end)
 
+    @property
+    def by_time(self) -> bool:
+        """Partitions sized by time: queries end with ``LIMIT 0`` (no row cap)."""
+        return self.job_config.query_partitioning == "time"
+
     def rows_sql(self, partition: sql.Partition) -> str:
         window = self.window()
         q = self.query()
         if window is None:
-            return sql.membership_sql(q, partition)
-        return sql.events_sql(q, window, partition, list(self.sources or ()) or None)
+            text = sql.membership_sql(q, partition)
+        else:
+            text = sql.events_sql(q, window, partition, list(self.sources or ()) or None)
+        return sql.lift_row_cap(text) if self.by_time else text
 
     @cached_property
     def query_service(self) -> Any:
@@ -149,10 +159,14 @@ class PrepareLoadOperator(_MembershipQueryOperator):
             window, sources, label = events.window, events.sources.batch_ids, events.label(context)
         else:
             events, window, sources, label = None, None, None, self.label(context)
+        started = time.monotonic()
         try:
             (total, identified), = self.query_service.query_all(sql.count_sql(q, window=window, sources=sources))
         except QueryServiceError as exc:
             raise _query_failed(f"counting the export failed: {exc}", exc) from exc
+        # The count reads the same export batches as the partition queries will: its duration is
+        # this run's measured scan time (start-up and queueing included, so on the safe side).
+        scan_seconds = time.monotonic() - started
         if total and not identified:
             raise AirflowFailException(
                 f"identity.field {q.person_field} is empty in all {total} exported memberships of batch "
@@ -163,7 +177,7 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         previous = events.replaced if events else live_batches(ingestion, self.dataset_id, label)
         if events:
             events.guard(identified, truthy(self.force))
-        partitions = sql.plan_partitions(identified, self.job_config.max_rows_per_query) if identified else []
+        partitions = self._plan(identified, scan_seconds)
         counts, coverage = (self._event_counts(q, events) if events
                             else self._snapshot_counts(q, previous, exports))
         batch_id = NO_BATCH
@@ -174,9 +188,8 @@ class PrepareLoadOperator(_MembershipQueryOperator):
             push_batch_link(context, ingestion.settings, batch_id)
             if events:
                 events.claim(ingestion, batch)
-        self.log.info("%s: %d memberships (%d with a person id) in %d partitions of <= %d rows; batch %s; "
-                      "replaces %s", self.kind, total, identified, len(partitions),
-                      self.job_config.max_rows_per_query, batch_id, [b.id for b in previous] or "nothing")
+        self.log.info("%s: %d memberships (%d with a person id) in %d partitions; batch %s; replaces %s", self.kind,
+                      total, identified, len(partitions), batch_id, [b.id for b in previous] or "nothing")
         _push(context, {"batch_id": batch_id, "memberships": identified, "audience_counts": counts,
                         "previous_batch_ids": [b.id for b in previous], "external_id": label.external_id,
                         "sources": sources or [], "coverage": coverage,
@@ -216,6 +229,27 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         if verdict.retryable:
             raise AirflowException(verdict.message)
         raise AirflowFailException(verdict.message)
+
+    def _plan(self, rows: int, scan_seconds: float) -> Sequence[sql.Partition]:
+        """The partitions to map the load over; fails before anything is mapped when no plan fits
+        Airflow's ``max_map_length`` (not retried) or the time budget (retried: the scan was measured)."""
+        job = self.job_config
+        max_map_length = conf.getint("core", "max_map_length", fallback=scanplan.DEFAULT_MAX_MAP_LENGTH)
+        try:
+            if not self.by_time:
+                partitions = scanplan.plan_by_rows(rows, job.max_rows_per_query, max_map_length)
+                self.log.info("%s: %d rows in %d partitions of <= %d rows (query_partitioning 'rows': one scan of "
+                              "the export each)", self.kind, rows, len(partitions), job.max_rows_per_query)
+                return partitions
+            plan = scanplan.plan_by_time(rows, scan_seconds=scan_seconds, rows_per_second=job.query_service_rows_per_second,
+                                         budget_seconds=job.query_time_budget_seconds,
+                                         concurrency=job.query_service_concurrency, max_map_length=max_map_length)
+        except scanplan.PlanError as exc:
+            # A slow scan may be a busy moment (retried); max_map_length is not (fails at once).
+            error = AirflowException if exc.measured else AirflowFailException
+            raise error(f"planning the {self.kind} load: {exc}") from None
+        self.log.info("%s: %s", self.kind, plan.describe())
+        return plan.partitions
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -413,6 +447,13 @@ def _checked_batch_id(batch_id: str) -> str:
         raise AepError(f"Batch Ingestion answered with a batch id that is not one: {exc}") from None
 
 
+def _counted(batches: Iterator[Sequence[Any]], received: list[int]) -> Iterator[Sequence[Any]]:
+    """Pass ``batches`` through, adding their rows to ``received[0]`` (did rows arrive before a failure?)."""
+    for batch in batches:
+        received[0] += len(batch)
+        yield batch
+
+
 def _query_failed(message: str, exc: Any) -> Exception:
     """A Query Service failure (``exc``, a ``QueryServiceError``) with what was being done: still typed,
     so the base operator's fail-fast stops a permanent one (authentication, a bad statement) and a
@@ -458,9 +499,11 @@ def events_batches(batches: Iterable[Any], job_id: str) -> list[tuple[Any, Batch
 class LoadPartitionOperator(_MembershipQueryOperator):
     """Query one partition, transform its rows into CJA records, upload the files into the batch.
 
-    A partition that turns out over Query Service's row limit is split in two and each half loaded
-    (files are uploaded only after a partition's query completed, so a failed or split partition
-    leaves nothing behind). File names are deterministic, so a retried task replaces its files.
+    A partition that turns out over Query Service's row limit, or that ran into its time limit while
+    returning rows, is split in two and each half loaded (files are uploaded only after a partition's
+    query completed, so a failed or split partition leaves nothing behind); a time limit reached
+    before the first row fails with advice, since every partition scans the whole export
+    (:func:`airflow_cja_audiences.scanplan.limit_reaction`). File names are deterministic, so a retried task replaces its files.
 
     XCom (return value): ``{partition, rows, records, files, bytes, skipped_rows, splits}``.
     """
@@ -484,12 +527,16 @@ class LoadPartitionOperator(_MembershipQueryOperator):
         spec = RecordSpec.from_job(self.job_config, tenant=self.tenant,
                                    audience_names={a["id"]: a["name"] for a in self.audiences},
                                    events=self.kind == "events")
-        totals = {"partition": part.to_dict(), "rows": 0, "records": 0, "files": 0, "bytes": 0, "skipped_rows": 0,
+        totals: dict[str, Any] = {"partition": part.to_dict(), "rows": 0, "records": 0, "files": 0, "bytes": 0, "skipped_rows": 0,
                   "splits": 0}
+        started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="cja-load-") as tmp:
             self._load(part, spec, Path(tmp), totals, depth=0)
-        self.log.info("Partition %s: %d rows -> %d records in %d files (%d bytes) uploaded to batch %s",
-                      part.label, totals["rows"], totals["records"], totals["files"], totals["bytes"], self.batch_id)
+        seconds = time.monotonic() - started  # logged only: the result stays the same when the task is retried
+        self.log.info("Partition %s: %d rows -> %d records in %d files (%d bytes) uploaded to batch %s in %.1f s "
+                      "(%.0f rows/s; compare query_service_rows_per_second: %g)", part.label, totals["rows"],
+                      totals["records"], totals["files"], totals["bytes"], self.batch_id, seconds,
+                      totals["rows"] / seconds if seconds > 0 else 0.0, self.job_config.query_service_rows_per_second)
         self.log_retries()
         return totals
 
@@ -509,13 +556,18 @@ class LoadPartitionOperator(_MembershipQueryOperator):
 
         prefix = f"{self.kind}-part-{part.modulus:05d}-{part.remainder:05d}"
         reason = None
+        received = [0]  # rows the current attempt got before it ended
+
+        def attempt() -> Any:
+            received[0] = 0
+            return write_jsonl(_counted(self.query_service.stream(self.rows_sql(part)), received), spec, tmp, prefix,
+                               max_file_bytes=self.job_config.max_file_bytes)
+
         try:
             # A transient failure re-runs the whole partition query; files keep their names, so the
             # next attempt overwrites what the failed one wrote, and only its own files are uploaded.
-            summary = self.query_service.retrying(lambda: write_jsonl(
-                self.query_service.stream(self.rows_sql(part)), spec, tmp, prefix,
-                max_file_bytes=self.job_config.max_file_bytes))
-            if summary.rows >= self.job_config.query_service_row_limit:
+            summary = self.query_service.retrying(attempt)
+            if not self.by_time and summary.rows >= self.job_config.query_service_row_limit:
                 # Query Service may cut an ad hoc result at the limit without an error: a full
                 # result is indistinguishable from a truncated one, so never trust it.
                 reason = f"it returned {summary.rows} rows, Query Service's limit (the result may be cut)"
@@ -524,15 +576,21 @@ class LoadPartitionOperator(_MembershipQueryOperator):
         except QueryServiceError as exc:
             if not exc.is_limit:
                 raise _query_failed(f"partition {part.label}: {exc}", exc) from exc
-            reason = str(exc)
+            reaction = scanplan.limit_reaction(exc.limit_kind or "unknown", partition=part.label,
+                                               rows_received=received[0], depth=depth, max_depth=self.max_split_depth,
+                                               error=exc.server_message)
+            if reaction.action == "fail":
+                raise AirflowFailException(reaction.message) from exc
+            reason = reaction.message
         if reason is not None:
             if depth >= self.max_split_depth:
-                raise AirflowException(f"partition {part.label} is still over the limit after {depth} splits: "
+                # Splitting further cannot help: not retried (a retry would split the same way again).
+                raise AirflowFailException(f"partition {part.label} is still over the limit after {depth} splits: "
                                        f"{reason}; lower max_rows_per_query or check for a skewed person id")
             left, right = part.split()
             totals["splits"] += 1
-            self.log.warning("Partition %s is too big: %s; splitting into %s and %s", part.label, reason,
-                             left.label, right.label)
+            self.log.warning("%s; splitting into %s and %s", reason if reason.startswith("partition") else
+                             f"Partition {part.label} is too big: {reason}", left.label, right.label)
             for child in (left, right):
                 self._load(child, spec, tmp, totals, depth + 1)
             return

@@ -146,7 +146,7 @@ def _snapshot_export(emu, job: RefreshJob) -> dict:
 
 
 def test_prepare_load_publish_retried_leave_one_live_snapshot(emu, audiences):
-    job = _job(audiences, max_rows_per_query=100)
+    job = _job(audiences, query_partitioning="rows", max_rows_per_query=100)
     export = _snapshot_export(emu, job)
     dataset_id = _profile_dataset(job)
     pushed, results = _load_all(job, export, dataset_id, audiences)
@@ -181,7 +181,7 @@ def test_partition_cut_at_the_row_cap_is_split(audiences, monkeypatch):
         monkeypatch.setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}",
                            json.dumps(airflow_connection(small.ready, small.credentials.client_secret)))
         clear_token_cache()
-        job = _job(audiences, max_rows_per_query=140, query_service_row_limit=150)
+        job = _job(audiences, query_partitioning="rows", max_rows_per_query=140, query_service_row_limit=150)
         export = _snapshot_export(small, job)
         dataset_id = _profile_dataset(job)
         pushed, results = _load_all(job, export, dataset_id, audiences)
@@ -197,6 +197,55 @@ def test_partition_cut_at_the_row_cap_is_split(audiences, monkeypatch):
         clear_token_cache()
 
 
+def test_time_partitions_lift_the_row_cap_and_a_scan_timeout_fails_with_advice(audiences, monkeypatch):
+    """Partitioning by time: one LIMIT 0 query reads past the (lowered) row cap, no split; when a scan
+    alone outlasts Query Service's time limit, the load fails at once saying why splitting cannot help;
+    a plan beyond Airflow's max_map_length fails in prepare, before any batch is opened."""
+    from emulator_fixture import start_subprocess
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_cja_audiences.emulator.connection import airflow_connection
+    from airflow_cja_audiences.hooks.platform import clear_token_cache
+
+    args = ["--qs-max-rows", "150", "--qs-timeout-seconds", "2", "--export-job-seconds", "0.2", "--batch-seconds", "0.1"]
+    with start_subprocess(profiles=400, pg=True, args=args) as small:
+        monkeypatch.setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}",
+                           json.dumps(airflow_connection(small.ready, small.credentials.client_secret)))
+        clear_token_cache()
+        job = _job(audiences)
+        assert job.query_partitioning == "time"
+        export = _snapshot_export(small, job)
+        dataset_id = _profile_dataset(job)
+        small.admin.scans("DELETE")
+        pushed, results = _load_all(job, export, dataset_id, audiences)
+        assert pushed["memberships"] > 150 and len(results) == 1 and results[0]["splits"] == 0
+        assert results[0]["rows"] == pushed["memberships"]
+        scans = small.admin.scans()
+        # count + change counts + unidentified counts + the one partition query
+        assert scans["scans"] == 4, scans
+        load = LoadPartitionOperator(
+            task_id="load", batch_id=pushed["batch_id"], partition=results[0]["partition"],
+            job=job.model_dump(mode="json"), kind="snapshot", tenant=TENANT, table_name=export["table_name"],
+            export_batch_id=export["export_batch_id"], dataset_id=dataset_id,
+            audiences=[{"id": a, "name": a} for a in audiences])
+        small.admin.scans("POST", seconds_per_query=30)
+        try:
+            with pytest.raises(AirflowFailException, match="smaller partitions cannot help") as info:
+                load.execute(_context())
+            assert "too many rows" not in str(info.value) and "time limit" in str(info.value)
+        finally:
+            small.admin.scans("POST", seconds_per_query=0)
+        monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "1")
+        rows_job = _job(audiences, query_partitioning="rows", max_rows_per_query=100)  # > 150 rows: 2+ partitions
+        batches_before = len(_prod(small)["batches"])
+        with pytest.raises(AirflowFailException, match="max_map_length") as info:
+            _load_all(rows_job, export, dataset_id, audiences, try_number=1)
+        assert "AIRFLOW__CORE__MAX_MAP_LENGTH=" in str(info.value)
+        assert len(_prod(small)["batches"]) == batches_before  # failed before opening a batch
+        clear_token_cache()
+
+
 # ------------------------------------------------------------------ what a retry cannot fix fails at once
 
 def test_cleared_load_task_of_a_published_run_fails_fast(emu, audiences):
@@ -204,7 +253,7 @@ def test_cleared_load_task_of_a_published_run_fails_fast(emu, audiences):
     re-run the whole DAG run, instead of retrying an upload AEP refuses; the live batch is untouched."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    job = _job(audiences, max_rows_per_query=100)
+    job = _job(audiences, query_partitioning="rows", max_rows_per_query=100)
     export = _snapshot_export(emu, job)
     dataset_id = _profile_dataset(job)
     pushed, results = _load_all(job, export, dataset_id, audiences)

@@ -69,7 +69,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
         audiences = [a["id"] for a in emu.admin.state()["audiences"][:3]]
         jobs = {"version": 1, "jobs": [{
             "job_id": JOB_ID, "description": "Distributed test job", "schedule": "0 2 * * *",
-            "poll_interval_seconds": 1, "retries": 0, "max_rows_per_query": 500,
+            "poll_interval_seconds": 1, "retries": 0, "query_partitioning": "rows", "max_rows_per_query": 500,
             "audiences": [{"id": a} for a in audiences],
             "identity": {"field": "_{tenant}.identification.core.email", "namespace": "Email"}}]}
         (work / "jobs.json").write_text(json.dumps(jobs))

@@ -127,6 +127,40 @@ def test_too_many_rows_are_cut_like_production_and_partitions_fit(audiences, mon
         assert total == count
 
 
+def test_row_cap_and_timeout_are_both_53400_and_told_apart(audiences, monkeypatch):
+    """Query Service uses 53400 for its row cap and its 10-minute limit: the hook says which by the
+    server's message (not by the statement it quotes, which ends with LIMIT 0)."""
+    import json
+
+    from emulator_fixture import start_subprocess
+
+    from airflow_cja_audiences import DEFAULT_CONN_ID
+    from airflow_cja_audiences.emulator.connection import airflow_connection
+    from airflow_cja_audiences.hooks.platform import clear_token_cache
+    from airflow_cja_audiences.hooks.query_service import QueryServiceError
+
+    args = ["--qs-max-rows", "150", "--qs-over-limit", "error", "--qs-timeout-seconds", "1.5",
+            "--export-job-seconds", "0.2"]
+    with start_subprocess(profiles=600, pg=True, args=args) as small:
+        monkeypatch.setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}",
+                           json.dumps(airflow_connection(small.ready, small.credentials.client_secret)))
+        clear_token_cache()
+        table, batch_id = _export(audiences[:5])
+        q = sql.build_membership_query(_job(audiences[:5]), table=table, batch_id=batch_id)
+        hook = QueryServiceHook()
+        with pytest.raises(QueryServiceError) as cap:
+            list(hook.stream(sql.membership_sql(q)))
+        assert (cap.value.is_limit, cap.value.limit_kind) == (True, "rows"), str(cap.value)
+        (count, _), = hook.query_all(sql.count_sql(q))
+        assert sum(len(b) for b in hook.stream(sql.lift_row_cap(sql.membership_sql(q)))) == count > 150
+        small.admin.scans("POST", seconds_per_query=30)  # every scan now outlasts the 1.5 s limit
+        with pytest.raises(QueryServiceError) as timeout:
+            list(hook.stream(sql.lift_row_cap(sql.membership_sql(q))))
+        assert (timeout.value.is_limit, timeout.value.limit_kind) == (True, "timeout"), str(timeout.value)
+        assert small.admin.scans()["scans"] >= 3
+        clear_token_cache()
+
+
 def test_change_counts_between_two_exports_equal_ground_truth(emu, audiences):
     """Per audience between two exports, counted by Query Service: members; entered (and those of
     them AEP no longer shows as realized); exited (proven by an exited status); untraced (absent)."""

@@ -22,6 +22,7 @@ import duckdb
 from airflow_cja_audiences.emulator.query_service import errors as err
 from airflow_cja_audiences.emulator.query_service import protocol as pg
 from airflow_cja_audiences.emulator.query_service.errors import QueryServiceError
+from airflow_cja_audiences.emulator.query_service.scans import ScanModel
 from airflow_cja_audiences.emulator.query_service.session import (
     REPORTED,
     ExtendedProtocol,
@@ -75,6 +76,8 @@ class QueryServiceServer:
     ``max_sessions()`` is how many sessions the org may have at once (0 = no limit; asked at each
     login, so it can change at run time): a login past it fails with FATAL 53300 "Session Limit
     Reached" (see ``emulator/realistic_qs.py``). Every session authenticates as the org, so all count.
+    ``scans`` is the scan-cost model (:mod:`.scans`): what each query reads and costs in time, and
+    the statistics (default: no cost, and no dataset read is recognised).
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class QueryServiceServer:
         over_limit: str = "truncate",
         before_statement: Callable[[str], None] | None = None,
         max_sessions: Callable[[], int] | None = None,
+        scans: ScanModel | None = None,
     ) -> None:
         if over_limit not in ("truncate", "error"):
             raise ValueError(f"over_limit must be 'truncate' or 'error', not {over_limit!r}")
@@ -107,6 +111,7 @@ class QueryServiceServer:
         self.limits = Limits(max_rows=max_rows, max_explicit_limit=max_explicit_limit,
                              timeout_seconds=timeout_seconds, over_limit=over_limit)
         self.translator = Translator()
+        self.scans = scans if scans is not None else ScanModel()
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._watchdog: Watchdog | None = None
@@ -219,7 +224,7 @@ class QueryServiceServer:
         assert self._watchdog is not None
         return Session(user=user, database=database, pid=conn.pid, connect=self._connect,
                        list_tables=self._list_tables, translator=self.translator, watchdog=self._watchdog,
-                       limits=self.limits, startup=startup)
+                       limits=self.limits, startup=startup, scans=self.scans)
 
 
 class _Connection:

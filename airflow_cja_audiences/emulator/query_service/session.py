@@ -14,6 +14,8 @@ Query Service limits (guardrails.md, writing-queries.md, troubleshooting-guide.m
 * an explicit ``LIMIT`` above ``max_explicit_limit`` (100,000): 53400 "LIMIT exceeds max value".
 * ``LIMIT 0`` lifts the row cap (documented override); the timeout still applies.
 * a query running longer than ``timeout_seconds``: interrupted, 53400 "statement timeout".
+* with a scan-cost model (:mod:`.scans`), a query that reads export batches first waits the time
+  Query Service would spend scanning them, under the same timeout (default: no wait).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from airflow_cja_audiences.emulator.query_service.results import (
     expand_formats,
     value_encoder,
 )
+from airflow_cja_audiences.emulator.query_service.scans import ScanModel
 from airflow_cja_audiences.emulator.query_service.translate import (
     Translation,
     Translator,
@@ -180,11 +183,13 @@ class _Running:
         self.cursor: duckdb.DuckDBPyConnection | None = None
         self.reason: str | None = None  # "timeout" | "cancel" | "shutdown"
         self.lock = threading.Lock()
+        self.interrupted = threading.Event()  # ends a modelled scan wait early
 
     def interrupt(self, reason: str) -> None:
         with self.lock:
             if self.reason is None:
                 self.reason = reason
+            self.interrupted.set()
             if self.cursor is not None:
                 try:
                     self.cursor.interrupt()
@@ -298,6 +303,7 @@ class Session:
         watchdog: Watchdog,
         limits: Limits,
         startup: Mapping[str, str] | None = None,
+        scans: ScanModel | None = None,
     ) -> None:
         self.user = user
         self.database = database
@@ -307,6 +313,7 @@ class Session:
         self._translator = translator
         self._watchdog = watchdog
         self.limits = limits
+        self._scans = scans
         self.settings: dict[str, str] = dict(DEFAULT_SETTINGS)
         self.settings["session_authorization"] = user
         for key, value in (startup or {}).items():
@@ -822,6 +829,7 @@ class Session:
                 f"LIMIT exceeds max value: {limit} is higher than the maximum of {self.limits.max_explicit_limit:,}",
                 hint="Use a smaller LIMIT, or LIMIT 0 to lift the row cap of ad hoc queries.")
         values = list(params)[:translation.param_count]
+        self._model_scan(sql, values)
         try:
             return self._guarded(lambda running: self._start(translation, values, formats, running))
         except QueryServiceError as exc:
@@ -834,6 +842,17 @@ class Session:
             if fresh == translation:
                 raise
             return self._guarded(lambda running: self._start(fresh, values, formats, running))
+
+    def _model_scan(self, sql: str, params: Sequence[Any]) -> None:
+        """Wait the time the scan-cost model charges ``sql`` (if any), under the statement timeout."""
+        if self._scans is None:
+            return
+        seconds = self._scans.charge(sql, params)
+        if seconds <= 0:
+            return
+        with self.query_scope() as running:
+            if running.interrupted.wait(seconds) or running.reason is not None:
+                raise self._interrupted(running)
 
     def _start(self, translation: Translation, params: list[Any], formats: Sequence[int],
                running: _Running) -> RowSource:

@@ -154,6 +154,11 @@ def strip_comments(sql: str) -> str:
     return "".join(sql[s:e] if kind != "comment" else " " for s, e, kind in _scan(sql))
 
 
+def sql_spans(sql: str) -> list[tuple[int, int, str]]:
+    """``sql`` as (start, end, kind) spans, kind 'code', 'string', 'ident' or 'comment' (quotes included)."""
+    return _scan(sql)
+
+
 def code_only(sql: str) -> str:
     """``sql`` with comments, string literals and quoted identifiers blanked (for keyword checks)."""
     return "".join(sql[s:e] if kind == "code" else " " for s, e, kind in _scan(sql))

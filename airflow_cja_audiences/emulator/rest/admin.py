@@ -6,6 +6,12 @@ Inspection
                                                CJA connections/data views, tokens issued, knobs, clock
   ``GET  /emulator/stats``                     requests and injected faults per route, tokens issued
   ``GET  /emulator/routes``                    the stable route names (for fault rules)
+  ``GET|POST|DELETE /emulator/query-service/scans``  the Query Service scan-cost model: totals of
+                                               queries, scans (queries reading export batches), batch
+                                               scans, rows scanned, modelled seconds, and the cost in
+                                               force; POST ``{"seconds_per_million_rows": 5,
+                                               "seconds_per_query": 2}`` sets the cost, DELETE zeroes
+                                               the totals (see query_service/scans.py)
   ``GET  /emulator/tokens``                    the access tokens issued (the last 1000), for secret scans
   ``GET  /emulator/datasets/{id}/records``     JSON Lines: records of the dataset's live batches
   ``GET  /emulator/batches/{id}/rows``         JSON Lines: the rows an export batch appended
@@ -59,7 +65,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -139,6 +145,20 @@ def stats(call: Call) -> Response:
     state = call.state
     return ok({**state.faults.stats(), "tokensIssued": state.tokens.issued,
                "tokenTimes": [t for t, _ in state.tokens.issued_log]})
+
+
+def query_service_scans(call: Call) -> Response:
+    model = call.state.qs_scans
+    if call.method == "POST":
+        body = _body(call)
+        unknown = set(body) - {"seconds_per_million_rows", "seconds_per_query"}
+        if unknown:
+            raise AdminError(400, f"unknown fields {sorted(unknown)}; use seconds_per_million_rows, seconds_per_query")
+        model.configure(replace(model.cost, **body))
+        log.info("Query Service scan cost now %s", model.cost)
+    elif call.method == "DELETE":
+        model.reset()
+    return ok(model.stats())
 
 
 def issued_tokens(call: Call) -> Response:
@@ -354,6 +374,8 @@ ENDPOINTS = [
     _ep("GET", "/stats", "stats", stats, locked=False),
     _ep("GET", "/routes", "routes", route_names, locked=False),
     _ep("GET", "/tokens", "tokens", issued_tokens, locked=False),
+    _ep(("GET", "POST", "DELETE"), "/query-service/scans", "query_service_scans", query_service_scans, body=True,
+        locked=False),
     _ep("GET", "/datasets/{id}/records", "dataset_records", dataset_records, locked=False),
     _ep("GET", "/batches/{id}/rows", "batch_rows", batch_rows, locked=False),
     _ep("GET", "/truth/snapshot", "truth_snapshot", truth_snapshot, locked=False),
