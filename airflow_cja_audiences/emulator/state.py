@@ -82,6 +82,7 @@ class SandboxState:
     registry: SchemaRegistry
     merge_policy_id: str
     export_jobs: dict[int, ExportJob] = field(default_factory=dict)
+    batch_queries: dict[str, Any] = field(default_factory=dict)  # id -> query_service.batch.BatchQuery
 
     def info(self) -> dict:
         return {"sandboxId": self.sandbox_id, "sandboxName": self.name,
