@@ -200,6 +200,10 @@ def _run(state: EmulatorState, sandbox: SandboxState, query: BatchQuery) -> None
             query.is_insert_into = True
             dataset = _target(sandbox, table)
             query.dataset_id = dataset.id
+            if dataset.has_table:
+                raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
+                                        f"INSERT INTO {dataset.table}: writing into a profile export (union "
+                                        f"schema) dataset is not modelled by the Query Service emulator")
             schema = sandbox.registry.record_schema(dataset.schema_id)
             tables = {name.lower(): name for name, (owner, _) in state.tables.items() if owner == sandbox.name}
         cursor = state.cursor()
