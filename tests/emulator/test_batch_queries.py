@@ -79,6 +79,8 @@ def test_insert_into_writes_a_batch_catalog_shows_and_the_dataset_serves(aep: Ae
     truth = {row["email"] for row in aep.emu.admin.snapshot([audience["id"]], ["realized", "existing"])}
     assert {r["personID"] for r in records} == truth
 
+    assert aep.emu.admin.stats()["tableScans"][f"batch:{export_table}"] == 1  # one read of the export
+
     listed = aep.ok(aep.api.call("GET", QUERIES, params={"limit": 5}))
     assert [q["id"] for q in listed["queries"]][:1] == [query["id"]]
 

@@ -196,6 +196,7 @@ def _run(state: EmulatorState, sandbox: SandboxState, query: BatchQuery) -> None
     batch: cat.Batch | None = None
     try:
         table, select = _parse(query.request.get("sql"))
+        state.count_scans(select, "batch")
         with state.lock:
             query.is_insert_into = True
             dataset = _target(sandbox, table)
