@@ -116,3 +116,33 @@ def test_server_path_publishes_the_client_paths_records(emu, airflow_db, dags_fo
     for audience_id in audiences:
         assert by_audience[audience_id]["new"] is False  # the previous server snapshot was found
         assert by_audience[audience_id]["entered"] == sum(1 for _, a in new - old if a == audience_id)
+
+
+def test_server_path_shrink_guard_reverts_the_new_batch(emu, airflow_db, dags_folder):
+    """The batch a query wrote is live when the query ends: a tripped shrink guard reverts it, and the
+    previous snapshot stays the only live one."""
+    audiences = [a["id"] for a in emu.admin.state()["audiences"][:2]]
+    job = _job(audiences, job_id="e2e_guard", publish_events=False, path="server", shrink_guard=0.0)
+    dag = dags_folder(job)
+    state, report = _run(dag, _interval_end(0))
+    assert state == "success", report
+    dataset_id = _dataset_id(emu, job.names.profile_dataset)
+    (first,) = _live(emu, dataset_id)
+    before = _records(emu, dataset_id)
+
+    leaver = sorted(r[PERSON] for r in before)[0]
+    index = next(r["profile_index"] for r in emu.admin.snapshot(audiences) if r["email"] == leaver)
+    for audience_id in audiences:
+        emu.admin.set_membership(index, audience_id, member=False)
+    state, _ = _run(dag, _interval_end(0))
+    assert state == "failed"
+    assert [b["id"] for b in _live(emu, dataset_id)] == [first["id"]]  # the previous snapshot stays
+    assert _records(emu, dataset_id) == before
+    written = [b for b in _prod(emu)["batches"].values() if b["id"] != first["id"]
+               and {"type": "dataSet", "id": dataset_id} in b["relatedObjects"]]
+    assert [b["status"] for b in written] == ["inactive"]  # the new batch was written, then reverted
+
+    state, report = _run(dag, _interval_end(0), force_replace=True)  # the drop is real: replace anyway
+    assert state == "success", report
+    assert leaver not in {r[PERSON] for r in _records(emu, dataset_id)}
+    assert len(_live(emu, dataset_id)) == 1
