@@ -128,8 +128,11 @@ def run_once(profiles: int, workdir: Path) -> dict[str, Any]:
         scans = emulator.get("/emulator/stats")["tableScans"]
         truth_people = None
         if profiles <= 1_000_000:
+            # The truth as of the export the snapshot was computed from (memberships keep changing).
+            export_ms = max(j["creationTime"] for j in prod["exportJobs"] if j["status"] == "SUCCEEDED")
+            at = datetime.fromtimestamp(export_ms // 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             rows = emulator.get("/emulator/truth/snapshot", lines=True, audience=audiences,
-                                status=["realized", "existing"])
+                                status=["realized", "existing"], at=at)
             emails = {row.get("email") for row in rows}
             truth_people = len(emails - {None, ""})
         return {"profiles": profiles, "wall_seconds": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),

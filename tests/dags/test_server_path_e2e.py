@@ -69,7 +69,9 @@ def test_server_path_publishes_the_client_paths_records(emu, airflow_db, dags_fo
     dags_folder(client_job, server_job)
     tenant = emu.credentials.tenant
     now = emu.admin.clock()["now"]
-    emu.admin.advance_clock(-86_400)
+    # Both paths read exports of the same instant: the clock stands still (a day back) for both runs.
+    day_before = emu.admin.advance_clock(-86_400)["now"]
+    emu.admin.set_clock(day_before, frozen=True)
     try:
         state, client_report = _run(build_dag(client_job), _interval_end(1))
         assert state == "success", client_report
@@ -77,7 +79,7 @@ def test_server_path_publishes_the_client_paths_records(emu, airflow_db, dags_fo
         assert state == "success", server_report
         truth = _truth(emu, audiences)
     finally:
-        emu.admin.set_clock(now)
+        emu.admin.set_clock(now, frozen=False)
 
     client_ds = _dataset_id(emu, client_job.names.profile_dataset)
     server_ds = _dataset_id(emu, server_job.names.profile_dataset)
