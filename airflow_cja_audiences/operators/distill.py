@@ -42,7 +42,7 @@ class DistillSnapshotOperator(_MembershipQueryOperator):
     Return value (XCom): ``{batch_id, records, query_id}`` (``batch_id`` "" when nothing was written).
     """
 
-    template_fields = (*_TEMPLATE_FIELDS, "external_id", "memberships")
+    template_fields = (*_TEMPLATE_FIELDS, "external_id", "memberships")  # type: ignore[assignment]
     operator_extra_links = (AepBatchLink(),)
 
     def __init__(self, *, external_id: str, memberships: Any = None, poll_interval: float = 15.0,
@@ -122,7 +122,7 @@ class DistillSnapshotOperator(_MembershipQueryOperator):
         try:
             self._queries().cancel_query(query_id)
             self.log.warning("Batch query %s cancelled", query_id)
-        except Exception as exc:  # the failure being reported matters more than this clean-up
+        except Exception as exc:  # noqa: BLE001 - the failure being reported matters more than this clean-up
             self.log.warning("Could not cancel batch query %s (%s); if it still succeeds, its batch is reverted "
                              "by the next run's publish_snapshot", query_id, exc)
 

@@ -96,7 +96,7 @@ def test_server_path_publishes_the_client_paths_records(emu, airflow_db, dags_fo
         {a: sum(1 for ms in truth.values() for m in ms if m[0] == a) for a in audiences}
 
     # Memberships change; the server job runs again and replaces its snapshot.
-    leaver = sorted(truth)[0]
+    leaver = min(truth)
     leaver_index = next(r["profile_index"] for r in emu.admin.snapshot(audiences) if r["email"] == leaver)
     for audience_id, _, _ in truth[leaver]:
         emu.admin.set_membership(leaver_index, audience_id, member=False)
@@ -132,7 +132,7 @@ def test_server_path_shrink_guard_reverts_the_new_batch(emu, airflow_db, dags_fo
     (first,) = _live(emu, dataset_id)
     before = _records(emu, dataset_id)
 
-    leaver = sorted(r[PERSON] for r in before)[0]
+    leaver = min(r[PERSON] for r in before)
     index = next(r["profile_index"] for r in emu.admin.snapshot(audiences) if r["email"] == leaver)
     for audience_id in audiences:
         emu.admin.set_membership(index, audience_id, member=False)

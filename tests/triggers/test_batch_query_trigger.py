@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from airflow_cja_audiences.hooks.batch_query import BatchQueryHook
 from airflow_cja_audiences import xdm
 from airflow_cja_audiences.config import OutputFields
+from airflow_cja_audiences.hooks.batch_query import BatchQueryHook
 from airflow_cja_audiences.hooks.catalog import CatalogHook
 from airflow_cja_audiences.hooks.schema_registry import SchemaRegistryHook
 from airflow_cja_audiences.models import PROFILE_CLASS

@@ -8,13 +8,16 @@ Query Service REST never returns rows; ad hoc reads go over the PostgreSQL wire 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response
 
 from airflow_cja_audiences.emulator.errors import NotModelled, ServiceError
 from airflow_cja_audiences.emulator.query_service import batch as batch_queries
 from airflow_cja_audiences.emulator.rest.common import Body, Call, Endpoint, ok
+
+if TYPE_CHECKING:  # pragma: no cover
+    from airflow_cja_audiences.emulator.state import SandboxState
 
 PREFIX = "/data/foundation/query"
 
@@ -37,6 +40,11 @@ _BODY_FIELDS = {"dbName", "sql", "name", "description", "queryParameters", "temp
                 "insertIntoParameters"}
 
 
+def _sandbox(call: Call) -> SandboxState:
+    assert call.sandbox is not None  # every /queries route authenticates with a sandbox (Auth.PLATFORM)
+    return call.sandbox
+
+
 def _bad_request(detail: str) -> ServiceError:
     return ServiceError(400, "QS-1400-400", "Bad request", detail)  # code: guess
 
@@ -52,9 +60,10 @@ def create_query(call: Call) -> Response:
     unknown = sorted(set(body) - _BODY_FIELDS)
     if unknown:
         raise _bad_request(f"unknown fields {unknown}")
+    sandbox = _sandbox(call)
     db_name = body.get("dbName")
-    if db_name != f"{call.sandbox.name}:all":
-        raise _bad_request(f"dbName must be '{call.sandbox.name}:all' (the sandbox of x-sandbox-name), "
+    if db_name != f"{sandbox.name}:all":
+        raise _bad_request(f"dbName must be '{sandbox.name}:all' (the sandbox of x-sandbox-name), "
                            f"got {db_name!r}")
     if body.get("templateId") is not None:
         raise NotModelled("Query Service query templates (templateId)")
@@ -67,12 +76,12 @@ def create_query(call: Call) -> Response:
     for key in ("name", "description"):
         if body.get(key) is not None and not isinstance(body[key], str):
             raise _bad_request(f"{key} must be a string")
-    query = batch_queries.submit(call.state, call.sandbox, body, user_id=f"{call.client_id}@AdobeID")
+    query = batch_queries.submit(call.state, sandbox, body, user_id=f"{call.client_id}@AdobeID")
     return ok(query.to_json(_base_url(call)), status=202)
 
 
 def _query(call: Call) -> Any:
-    query = call.sandbox.batch_queries.get(call.path_params["id"])
+    query = _sandbox(call).batch_queries.get(call.path_params["id"])
     if query is None:
         raise ServiceError(404, "QS-1404-404", "Not found", f"query {call.path_params['id']} was not found")  # guess
     return query
@@ -89,7 +98,7 @@ def list_queries(call: Call) -> Response:
     limit = call.int_param("limit", 20, minimum=1, maximum=1000)
     start = call.int_param("start", 0, minimum=0)
     key = order.lstrip("-")
-    queries = sorted(call.sandbox.batch_queries.values(), key=lambda q: (getattr(q, key), q.id),
+    queries = sorted(_sandbox(call).batch_queries.values(), key=lambda q: (getattr(q, key), q.id),
                      reverse=order.startswith("-"))
     page = queries[start:start + limit]
     # Adobe pages by timestamps (_page.next is a created time); offsets here are a simplification (guess).
