@@ -91,6 +91,20 @@ def query_id_of(batch: Batch) -> str | None:
     return None
 
 
+def batch_written_by(catalog_batches: list[Batch], query: BatchQuery) -> Batch:
+    """The batch ``query`` wrote, among a dataset's batches: the one Catalog links to the query.
+
+    There is deliberately no guess by creation time: a batch the pipeline cannot tie to its query
+    could not be recognised (and replaced) by later runs either, so two snapshots would stay live.
+    """
+    linked = [b for b in catalog_batches if query_id_of(b) == query.id]
+    if len(linked) == 1:
+        return linked[0]
+    raise AepError(f"cannot tell which batch query {query.id} wrote: {len(linked)} batches of the dataset link to "
+                   f"it in Catalog (relatedObjects type 'query'). Without that link later runs could not replace "
+                   f"the batch; if Catalog does not link batch query batches to their query, use path: client")
+
+
 class BatchQueryHook(AdobePlatformHook):
     """Query Service REST API: create, read, find and cancel batch queries."""
 
@@ -167,19 +181,3 @@ class BatchQueryHook(AdobePlatformHook):
             log.warning("Batch %s was written by query %s, which cannot be read (%s): it is not taken for one "
                         "of this job's batches", batch.id, query_id, exc)
             return None
-
-    def batch_written_by(self, catalog_batches: list[Batch], query: BatchQuery) -> Batch:
-        """The batch ``query`` wrote, among a dataset's batches: the one linked to the query; else
-        (Catalog did not link it) the only batch created while the query ran."""
-        linked = [b for b in catalog_batches if query_id_of(b) == query.id]
-        if len(linked) == 1:
-            return linked[0]
-        start, end = query.created_ms(), query.updated_ms()
-        window = [b for b in catalog_batches if start is not None and end is not None and b.created is not None
-                  and start <= b.created <= end and query_id_of(b) is None and not b.external_id]
-        if not linked and len(window) == 1:
-            log.warning("Batch %s is taken for the batch of query %s: it is the only batch created while the "
-                        "query ran (Catalog does not link it to the query)", window[0].id, query.id)
-            return window[0]
-        raise AepError(f"cannot tell which batch query {query.id} wrote: {len(linked)} batches link to it and "
-                       f"{len(window)} unlabelled batches were created while it ran")

@@ -137,8 +137,10 @@ class DistillSnapshotOperator(_MembershipQueryOperator):
                 raise AirflowFailException(f"{message} Query Service refused the statement; running it again "
                                            f"cannot succeed.")
             raise _query_failed(message, query)
+        from airflow_cja_audiences.hooks.batch_query import batch_written_by
+
         ingestion = self.ingestion()
-        batch = queries.batch_written_by(list(ingestion.list_batches(self.dataset_id)), query)
+        batch = batch_written_by(list(ingestion.list_batches(self.dataset_id)), query)
         if not batch.is_success:
             raise AirflowException(f"batch query {query.id} succeeded but its batch {batch.id} is {batch.status}: "
                                    f"{batch.error_summary()}")
