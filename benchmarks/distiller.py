@@ -8,6 +8,9 @@ Runs ``python -m benchmarks.distiller [--sizes 200000 1000000]``. For each size,
 * reads from the emulator: how many statements read the export dataset's table, split into ad hoc
   (PostgreSQL: ``prepare_snapshot``'s counts for the identity check and the report) and batch queries
   (the ``INSERT INTO`` that writes the snapshot), and the records the live snapshot batch holds;
+* takes each step's time from the run's log (``distill_snapshot``: submitting the batch query, waiting for
+  it, finding its batch; the emulator writes about as fast as DuckDB reads, real Query Service adds minutes
+  of batch start-up);
 * measures the ``airflow dags test`` process's peak RSS (``ru_maxrss`` of the waited-for child: every
   task of the run executes in that process, so it bounds what a worker needs) and the wall time.
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -83,6 +87,18 @@ def _airflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, check=False)
 
 
+def task_seconds(log: str, task_ids: tuple[str, ...]) -> dict[str, float | None]:
+    """Seconds from each task's first start to its last end, from ``airflow dags test``'s log lines."""
+    out: dict[str, float | None] = {}
+    for task_id in task_ids:
+        starts = re.findall(rf"^(\S+) \[info\s*\] \[DAG TEST\] starting task_id={task_id} ", log, re.MULTILINE)
+        ends = re.findall(rf"^(\S+) \[info\s*\] \[DAG TEST\] end task task_id={task_id} ", log, re.MULTILINE)
+        out[f"{task_id}_s"] = round((datetime.fromisoformat(ends[-1].replace("Z", "+00:00"))
+                                     - datetime.fromisoformat(starts[0].replace("Z", "+00:00"))).total_seconds(), 1) \
+            if starts and ends else None
+    return out
+
+
 def run_once(profiles: int, workdir: Path) -> dict[str, Any]:
     from airflow_cja_audiences.emulator.connection import airflow_connection_env
 
@@ -135,7 +151,8 @@ def run_once(profiles: int, workdir: Path) -> dict[str, Any]:
                                 status=["realized", "existing"], at=at)
             emails = {row.get("email") for row in rows}
             truth_people = len(emails - {None, ""})
-        return {"profiles": profiles, "wall_seconds": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        steps = task_seconds(output, ("export_audiences", "prepare_snapshot", "distill_snapshot", "publish_snapshot"))
+        return {"profiles": profiles, "wall_seconds": round(wall, 1), **steps, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
                 "batch_scans": scans.get(f"batch:{export_table}", 0), "adhoc_scans": scans.get(f"adhoc:{export_table}", 0),
                 "live_batches": len(live), "records": sum(int(b.get("recordCount") or 0) for b in live),
                 "truth_people": truth_people, "datasets_written": 1}
@@ -175,10 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(results) > 1 and large["peak_rss_mb"] > limit:
         failures.append(f"peak RSS grows with N: {small['peak_rss_mb']} MB at {small['profiles']}, "
                         f"{large['peak_rss_mb']} MB at {large['profiles']} (limit {limit:.0f} MB)")
-    print(f"{'profiles':>10} {'wall s':>8} {'peak RSS MB':>12} {'batch scans':>12} {'ad hoc scans':>13} {'records':>9}")
+    print(f"{'profiles':>10} {'wall s':>8} {'distill s':>10} {'prepare s':>10} {'peak RSS MB':>12} {'batch scans':>12} "
+          f"{'ad hoc scans':>13} {'records':>9}")
     for r in results:
-        print(f"{r['profiles']:>10} {r['wall_seconds']:>8} {r['peak_rss_mb']:>12} {r['batch_scans']:>12} "
-              f"{r['adhoc_scans']:>13} {r['records']:>9}")
+        print(f"{r['profiles']:>10} {r['wall_seconds']:>8} {r['distill_snapshot_s']!s:>10} {r['prepare_snapshot_s']!s:>10} "
+              f"{r['peak_rss_mb']:>12} {r['batch_scans']:>12} {r['adhoc_scans']:>13} {r['records']:>9}")
     for failure in failures:
         print(f"FAIL {failure}", file=sys.stderr)
     print("PASS" if not failures else "FAIL", flush=True)
