@@ -194,6 +194,12 @@ class RefreshJob(StrictModel):
                                          description="How often deferred waits ask AEP for news")
     export_timeout_minutes: int = Field(default=180, ge=1, le=24 * 60)
     ingestion_timeout_minutes: int = Field(default=180, ge=1, le=24 * 60)
+    path: Literal["client", "server"] = Field(default="client", description=(
+        "Who builds the snapshot's CJA records: 'client' (partition queries streamed through Airflow workers, "
+        "transformed and uploaded) or 'server' (one Query Service batch query, INSERT INTO the profile dataset; "
+        "needs the Data Distiller add-on). Change events always take the client path"))
+    batch_query_timeout_minutes: int = Field(default=180, ge=1, le=24 * 60, description=(
+        "How long the server path waits for its batch query (Query Service allows 24 hours)"))
 
     @model_validator(mode="after")
     def _headroom(self) -> RefreshJob:

@@ -4,6 +4,7 @@ The DAG wires the package's operators (README.md and docs/ARCHITECTURE.md descri
 
     resolve_audiences -> plan_run -> ensure datasets -> export (deferred)
         -> prepare_snapshot -> load_snapshot[partition...] -> publish_snapshot (guard, deferred, replace)
+           (path: server -> prepare_snapshot -> distill_snapshot (one batch query, deferred) -> publish_snapshot)
         -> prepare_events   -> load_events[partition...]   -> publish_events   (replace the interval)
         -> check_cja -> report (Asset event)       abort_open_batches runs only when something failed
 
@@ -26,6 +27,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_cja_audiences.config import JobError, RefreshJob, read_jobs_file
 from airflow_cja_audiences.operators.cja import CheckCjaOperator
+from airflow_cja_audiences.operators.distill import DistillSnapshotOperator
 from airflow_cja_audiences.operators.export import ExportAudiencesOperator
 from airflow_cja_audiences.operators.load import LoadPartitionOperator, PrepareLoadOperator
 from airflow_cja_audiences.operators.publish import AbortOpenBatchesOperator, PublishBatchOperator
@@ -150,24 +152,38 @@ def build_dag(job: RefreshJob) -> DAG:
                           "audiences": resolve.output["audiences"], "dataset_id": dataset.output["dataset_id"],
                           "interval_start": plan.output["interval_start"],
                           "interval_end": plan.output["interval_end"], "enabled": enabled}
+            server = kind == "snapshot" and job.path == "server"
             # Every task that opens a Query Service session is in the pool, so the pool bounds the org's
             # sessions from Airflow (Adobe refuses more than the licence's with "Session Limit Reached").
             prepare = PrepareLoadOperator(task_id=f"prepare_{kind}", **common, **query_args,
                                           export_dataset_id=export.output["export_dataset_id"],
                                           export_job_id=export.output["export_job_id"],
                                           pool=job.query_service_pool,
-                                          force="{{ params.force_replace }}")
+                                          force="{{ params.force_replace }}", open_batch=not server)
             # The loads read what prepare decided: the events interval may be widened over live
             # batches it overlaps, and the events are read from several exports.
             load_args = {**query_args, "interval_start": prepare.output["interval_start"],
                          "interval_end": prepare.output["interval_end"], "sources": prepare.output["sources"]}
-            load = LoadPartitionOperator.partial(
-                task_id=f"load_{kind}", **common, **load_args, batch_id=prepare.output["batch_id"],
-                pool=job.query_service_pool,
-            ).expand(partition=prepare.output)
+            load: Any
+            if server:
+                # Server path (Data Distiller): one batch query writes the batch; no row reaches a worker.
+                # It opens no Query Service session (REST only), so it is not in the sessions' pool.
+                load = DistillSnapshotOperator(
+                    task_id=f"distill_{kind}", **common, **load_args, external_id=prepare.output["external_id"],
+                    memberships=prepare.output["memberships"],
+                    wait_timeout=timedelta(minutes=job.batch_query_timeout_minutes),
+                    poll_interval=job.poll_interval_seconds, deferrable=True)
+                prepare >> load
+                batch_id = load.output["batch_id"]
+            else:
+                load = LoadPartitionOperator.partial(
+                    task_id=f"load_{kind}", **common, **load_args, batch_id=prepare.output["batch_id"],
+                    pool=job.query_service_pool,
+                ).expand(partition=prepare.output)
+                batch_id = prepare.output["batch_id"]
             publish = PublishBatchOperator(
                 task_id=f"publish_{kind}", **common, dataset_id=dataset.output["dataset_id"],
-                batch_id=prepare.output["batch_id"], external_id=prepare.output["external_id"],
+                batch_id=batch_id, external_id=prepare.output["external_id"],
                 load_results=load.output, shrink_guard=guard, enabled=enabled,
                 force="{{ params.force_replace }}", wait_timeout=timedelta(minutes=job.ingestion_timeout_minutes),
                 poll_interval=job.poll_interval_seconds,

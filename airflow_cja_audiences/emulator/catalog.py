@@ -93,7 +93,7 @@ class Batch:
     id: str
     sandbox: str
     dataset_id: str
-    origin: str  # "ingestion" | "export"
+    origin: str  # "ingestion" | "export" | "query" (written by a batch query)
     status: str
     created: int
     updated: int
@@ -101,6 +101,7 @@ class Batch:
     input_format: dict = field(default_factory=lambda: {"format": "json"})
     external_id: str | None = None
     replay: dict | None = None
+    related: list[dict] = field(default_factory=list)  # relatedObjects besides the dataset
     tags: dict[str, Any] = field(default_factory=dict)
     partial_percent: float | None = None
     diagnostics: bool = False
@@ -120,7 +121,7 @@ class Batch:
             "id": self.id, "imsOrg": org_id, "status": self.status, "created": self.created,
             "updated": self.updated, "createdClient": self.created_client,
             "createdUser": f"{self.created_client}@AdobeID", "updatedUser": f"{self.created_client}@AdobeID",
-            "relatedObjects": [{"type": "dataSet", "id": self.dataset_id}],
+            "relatedObjects": [{"type": "dataSet", "id": self.dataset_id}, *(dict(r) for r in self.related)],
             "inputFormat": dict(self.input_format), "tags": dict(self.tags),
             "version": f"1.0.{self.version}",
         }

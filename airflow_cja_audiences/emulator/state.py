@@ -94,6 +94,7 @@ class SandboxState:
     registry: SchemaRegistry
     merge_policy_id: str
     export_jobs: dict[int, ExportJob] = field(default_factory=dict)
+    batch_queries: dict[str, Any] = field(default_factory=dict)  # id -> query_service.batch.BatchQuery
 
     def info(self) -> dict:
         return {"sandboxId": self.sandbox_id, "sandboxName": self.name,
@@ -144,6 +145,7 @@ class EmulatorState:
                 catalog=Catalog(), registry=SchemaRegistry(tenant=s.tenant, org_id=s.org_id),
                 merge_policy_id=str(uuid.uuid5(NAMESPACE, f"{s.org_id}/{name}/merge-policy/default")))
         self.tables: dict[str, tuple[str, str]] = {}  # DuckDB table -> (sandbox, dataset id)
+        self.table_scans: dict[str, int] = {}  # "adhoc:<table>" / "batch:<table>" -> statements reading it
         self.cja = CjaStore()
         self.next_job_id = FIRST_EXPORT_JOB_ID
         self.pending_jobs: set[tuple[str, int]] = set()
@@ -341,8 +343,18 @@ class EmulatorState:
             raise PermissionError(f"database must be '<sandbox>:all' for one of {sorted(self.sandboxes)}, "
                                   f"got {database!r}")
 
+    def count_scans(self, sql: str, kind: str) -> None:
+        """Count the dataset tables a statement reads (``kind``: "adhoc" or "batch"), for
+        ``GET /emulator/stats`` ``tableScans``: how often a pipeline reads each dataset."""
+        with self.lock:
+            for table in self.tables:
+                if re.search(rf"\b{re.escape(table)}\b", sql, re.IGNORECASE):
+                    key = f"{kind}:{table}"
+                    self.table_scans[key] = self.table_scans.get(key, 0) + 1
+
     def qs_statement(self, sql: str) -> None:
         """Query Service fault injection, before each statement runs (rules as in faults.py)."""
+        self.count_scans(sql, "adhoc")
         route = QUERY_SERVICE_ROUTE
         self.faults.started(route)
         try:

@@ -10,7 +10,7 @@ import importlib
 from types import ModuleType
 
 _SUBMODULES = frozenset({"platform", "catalog", "segmentation", "schema_registry", "ingestion", "cja",
-                         "query_service"})
+                         "query_service", "batch_query"})
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from pathlib import Path
@@ -133,12 +133,15 @@ class PrepareLoadOperator(_MembershipQueryOperator):
     operator_extra_links = (AepBatchLink(),)
 
     def __init__(self, *, export_dataset_id: str = "", export_job_id: int | str | None = None,
-                 force: bool | str = False, **kwargs: Any) -> None:
+                 force: bool | str = False, open_batch: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("multiple_outputs", False)  # the return value is the list to map over
         super().__init__(**kwargs)
         self.export_dataset_id = export_dataset_id
         self.export_job_id = export_job_id  # whose counts the read must match (else its Catalog batch's)
         self.force = force
+        # False on the server path: a batch query writes the batch, so none is opened and no
+        # partitions are planned (prepare only counts, checks identities and labels the run).
+        self.open_batch = open_batch
 
     template_fields = (*_TEMPLATE_FIELDS, "export_dataset_id", "export_job_id", "force")
 
@@ -174,14 +177,15 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         if identified < total:
             self.log.warning("%d of %d memberships have no %s and are skipped (CJA skips records without a "
                              "person ID)", total - identified, total, q.person_field)
-        previous = events.replaced if events else live_batches(ingestion, self.dataset_id, label)
+        previous = events.replaced if events else live_batches(ingestion, self.dataset_id, label,
+                                                               labels=query_labels(self))
         if events:
             events.guard(identified, truthy(self.force))
-        partitions = self._plan(identified, scan_seconds)
+        partitions = self._plan(identified, scan_seconds) if self.open_batch else []
         counts, coverage = (self._event_counts(q, events) if events
                             else self._snapshot_counts(q, previous, exports))
         batch_id = NO_BATCH
-        if identified:
+        if identified and self.open_batch:
             batch = ingestion.find_batch(self.dataset_id, external_id=label.external_id) or \
                 ingestion.create_batch(self.dataset_id, external_id=label.external_id)
             batch_id = _checked_batch_id(batch.id)
@@ -314,8 +318,9 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         counts: dict[str, dict[str, Any]] = {
             a["id"]: {"members": 0, "entered": 0, "entered_untimed": 0, "exited": 0, "untraced": 0, "unidentified": 0}
             for a in self.audiences}
-        previous_export = next((lbl.export_batch_id for b in previous if (lbl := BatchLabel.parse(b.external_id))),
-                               None)
+        labels = query_labels(self)
+        previous_export = next((lbl.export_batch_id for b in previous
+                                if (lbl := BatchLabel.parse(b.external_id or labels(b)))), None)
         if previous_export == self.export_batch_id:
             previous_export = None
         for audience_id, members, entered, untimed, exited, untraced in self.query_service.query_all(
@@ -472,16 +477,41 @@ def _push(context: Context, values: dict[str, Any]) -> None:
 
 
 def live_batches(ingestion: Any, dataset_id: str, label: BatchLabel,
-                 batches: Iterable[Any] | None = None) -> list[Any]:
+                 batches: Iterable[Any] | None = None,
+                 labels: Callable[[Any], str | None] | None = None) -> list[Any]:
     """Our successful batches in the dataset that publishing ``label`` replaces (newest first).
 
-    ``batches``: the dataset's listing when the caller already has it (default: list it)."""
+    ``batches``: the dataset's listing when the caller already has it (default: list it).
+    ``labels``: the label of a batch without ``externalId`` (a batch query's batch is labelled by its
+    query's name: :func:`query_labels`)."""
     found = []
     for batch in ingestion.list_batches(dataset_id) if batches is None else batches:
+        if not batch.is_success:
+            continue
         other = BatchLabel.parse(batch.external_id)
-        if other is not None and batch.is_success and label.supersedes(other):
+        if other is None and not batch.external_id and labels is not None:
+            other = BatchLabel.parse(labels(batch))
+        if other is not None and label.supersedes(other):
             found.append(batch)
     return found
+
+
+def query_labels(op: Any) -> Callable[[Any], str | None]:
+    """The label of a batch a Query Service batch query wrote (server path): its query's name.
+    Makes no call for batches no query wrote."""
+    from airflow_cja_audiences.hooks.batch_query import query_id_of
+
+    # A query's name never changes: one GET per batch and task.
+    known: dict[str, str | None] = op.__dict__.setdefault("_query_batch_labels", {})
+
+    def label(batch: Any) -> str | None:
+        if query_id_of(batch) is None:
+            return None
+        if batch.id not in known:
+            known[batch.id] = op.hook(hooks.batch_query.BatchQueryHook).label_of_batch(batch)
+        return known[batch.id]
+
+    return label
 
 
 def events_batches(batches: Iterable[Any], job_id: str) -> list[tuple[Any, BatchLabel]]:

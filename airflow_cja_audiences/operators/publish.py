@@ -19,7 +19,7 @@ from airflow_cja_audiences import hooks, triggers
 from airflow_cja_audiences.errors import AepConfigError, AepObjectFailedError
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
 from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, truthy, validate_event
-from airflow_cja_audiences.operators.load import events_batches, live_batches
+from airflow_cja_audiences.operators.load import events_batches, live_batches, query_labels
 from airflow_cja_audiences.runs import BatchLabel, overlaps
 
 
@@ -67,7 +67,9 @@ class PublishBatchOperator(AdobeBaseOperator):
         return label
 
     def _records(self) -> int:
-        results = [r for r in (self.load_results or []) if isinstance(r, dict)]
+        # A list of partition results (client path), or one batch query's result (server path).
+        loaded = [self.load_results] if isinstance(self.load_results, dict) else (self.load_results or [])
+        results = [r for r in loaded if isinstance(r, dict)]
         return sum(int(r.get("records", 0)) for r in results)
 
     def _predecessors(self) -> list[Any]:
@@ -76,7 +78,8 @@ class PublishBatchOperator(AdobeBaseOperator):
         batches = list(ingestion.list_batches(self.dataset_id))
         if label.interval is not None:
             self._check_disjoint(batches, label)
-        return [b for b in live_batches(ingestion, self.dataset_id, label, batches) if b.id != self.batch_id]
+        return [b for b in live_batches(ingestion, self.dataset_id, label, batches, labels=query_labels(self))
+                if b.id != self.batch_id]
 
     def _check_disjoint(self, batches: list[Any], label: BatchLabel) -> None:
         """Live events intervals stay disjoint: refuse to publish next to a live batch that overlaps
@@ -106,7 +109,12 @@ class PublishBatchOperator(AdobeBaseOperator):
             self.log.warning("%s -- forced, replacing anyway", message)
             return
         if self.batch_id:
-            self.hook(hooks.ingestion.BatchIngestionHook).abort_batch(self.batch_id)
+            ingestion = self.hook(hooks.ingestion.BatchIngestionHook)
+            if ingestion.get_batch(self.batch_id).is_success:  # a batch query's batch is live already
+                ingestion.revert_batch(self.batch_id)
+                message += f" The new batch {self.batch_id} is reverted."
+            else:
+                ingestion.abort_batch(self.batch_id)
         raise AirflowFailException(message)  # retrying would not change the numbers
 
     # ------------------------------------------------------------------ execution

@@ -1,4 +1,4 @@
-"""Deferrable waits on AEP: export jobs and ingestion batches.
+"""Deferrable waits on AEP: export jobs, ingestion batches and Query Service batch queries.
 
 Triggers are rebuilt in the triggerer from plain JSON kwargs (``serialize``), poll through the one
 HTTP session their event loop shares (``AdobePlatformHook.async_session``: warm keep-alive connections,
@@ -198,3 +198,40 @@ class BatchTrigger(_AepPollingTrigger):
         async with hook.async_session():
             await asyncio.wait_for(hook.abatch_action(self.batch_id, "ABORT"), timeout=20)
         self.log.info("Batch %s aborted", self.batch_id)
+
+
+class BatchQueryTrigger(_AepPollingTrigger):
+    """Wait for a Query Service batch query to be SUCCESS, or FAILED / KILLED / TIMEOUT."""
+
+    def __init__(self, *, query_id: str, cancel_on_kill: bool = True, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.query_id = query_id
+        self.cancel_on_kill = cancel_on_kill
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{type(self).__module__}.{type(self).__qualname__}", {
+            "query_id": self.query_id, "cancel_on_kill": self.cancel_on_kill, **self._common_kwargs()}
+
+    @property
+    def _what(self) -> str:
+        return f"batch query {self.query_id}"
+
+    def _hook(self) -> Any:
+        return hooks.batch_query.BatchQueryHook(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params)
+
+    async def _poll(self, hook: Any) -> tuple[bool, str, dict[str, Any]]:
+        query = await hook.aget_query(self.query_id)
+        state = query.state.upper()
+        if not query.is_terminal:
+            return False, state, {}
+        return True, state, {"status": "success" if query.is_success else "failed", "query_id": query.id,
+                             "query_state": state, "rows": query.row_count, "message": query.error_summary()}
+
+    async def on_kill(self) -> None:
+        """A user killed the waiting task: cancel the query (best effort), so it writes no batch."""
+        if not self.cancel_on_kill:
+            return
+        hook = self._hook()
+        async with hook.async_session():
+            await asyncio.wait_for(hook.acancel_query(self.query_id), timeout=20)
+        self.log.info("Batch query %s cancelled", self.query_id)

@@ -131,7 +131,7 @@ def test_a_trailing_slash_is_the_same_path(api, path):
 
 @pytest.mark.parametrize("method,path", [
     ("PUT", f"{DATASETS}/0123"),
-    ("GET", "/data/foundation/query/queries"),
+    ("GET", "/data/foundation/query/schedules"),  # scheduled queries (batch queries are modelled)
     ("POST", "/data/core/ups/segment/jobs"),
     ("GET", "/data/foundation/flowservice/flows"),
     ("DELETE", "/data/connections/dg_x"),

@@ -94,7 +94,7 @@ def test_problem_details_code_is_parsed():
 
 def test_unmodelled_call_is_501():
     with pytest.raises(AepNotImplementedError, match="501"):
-        AdobePlatformHook().request("GET", "/data/foundation/query/queries", route="query.list_queries")
+        AdobePlatformHook().request("GET", "/data/foundation/query/schedules", route="query.list_schedules")
 
 
 def test_unknown_sandbox_is_an_auth_or_request_error():

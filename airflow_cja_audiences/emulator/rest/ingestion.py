@@ -35,7 +35,9 @@ def error(status: int, number: int, detail: str, title: str = "Bad request") -> 
 
 def _batch(call: Call, batch_id: str) -> Batch:
     batch = call.sandbox.catalog.batches.get(batch_id)
-    if batch is None or batch.origin != "ingestion":
+    # Guess: a batch a Query Service batch query wrote can be acted on (REVERTed) like an ingested one;
+    # Adobe documents REVERT for a dataset's batches without excluding them. Export batches stay out.
+    if batch is None or batch.origin not in ("ingestion", "query"):
         raise error(404, 1404, f"Batch {batch_id} was not found in sandbox {call.sandbox.name}", "Not found")
     return batch
 
@@ -43,6 +45,8 @@ def _batch(call: Call, batch_id: str) -> Batch:
 def _open_batch(call: Call) -> Batch:
     """The batch of a file route; it must be loading and belong to the dataset in the path."""
     batch = _batch(call, call.path_params["batch"])
+    if batch.origin != "ingestion":
+        raise error(400, 1426, f"Batch {batch.id} was written by a Query Service batch query; it takes no files")  # guess
     if batch.dataset_id != call.path_params["dataset"]:
         raise error(404, 1405, f"Batch {batch.id} does not belong to dataset {call.path_params['dataset']}",
                     "Not found")

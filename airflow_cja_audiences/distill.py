@@ -1,0 +1,123 @@
+"""The server-side path (Data Distiller): one batch query writes the CJA records (pure: no Airflow).
+
+:func:`snapshot_insert_sql` builds ``INSERT INTO <profile dataset table> SELECT ...`` that computes, in
+Query Service, exactly the records :mod:`airflow_cja_audiences.transform` builds on a worker from the
+rows of :func:`airflow_cja_audiences.sql.membership_sql`:
+
+* ``per_person``: one record per person, ``{"_id", "personID", "_<tenant>": {<memberships>: [{<audience_id>,
+  <audience_name>, <status>, <qualification_time>}, ...], <audience_ids>: "a,b", <audience_names>: "A,B"}}``
+  with the memberships in audience id order;
+* ``per_membership``: one record per (person, audience), ``{"_id", "personID", "_<tenant>": {<audience_id>,
+  <audience_name>, <status>, <qualification_time>}}``.
+
+The same rules as the transform: a person's repeated audience keeps its first row (ordered by
+qualification time, then status), rows without a person id (NULL or empty) are left out, ``_id`` is
+:func:`airflow_cja_audiences.transform.stable_id` computed with ``md5`` over the parts joined by
+U+001F (``chr(31)``). The rows come from :func:`~airflow_cja_audiences.sql.membership_sql` itself
+(one partition covering everything), so a job's SQL template applies here too.
+
+Safety: the statement is built only from values checked here or by :mod:`airflow_cja_audiences.sql`
+(identifiers by their grammars, literals through :func:`~airflow_cja_audiences.sql.quote_literal`).
+Audience names are free text: they go in as hex of their UTF-8 (``decode(unhex('...'), 'UTF-8')``),
+never as quoted text, so no name can end a literal.
+
+Query Service facts relied on (experience-platform docs, help/query-service/sql/syntax.md): ``INSERT
+INTO table SELECT ...`` appends a batch to the dataset, the select is not parenthesised, nested fields
+are built as structs under the tenant namespace. Spark SQL functions used: ``named_struct``,
+``collect_list``, ``array_sort``, ``transform`` (a lambda), ``concat_ws``, ``row_number() OVER``,
+``md5``, ``chr``, ``unhex``, ``decode``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from airflow_cja_audiences import sql
+from airflow_cja_audiences import validation as v
+from airflow_cja_audiences.config import OutputFields
+
+#: Layouts the server path writes (change events stay on the client path).
+LAYOUTS = ("per_person", "per_membership")
+_ROW_NUMBER = "cjaRowNumber"
+_MEMBERSHIPS = "cjaMemberships"
+
+
+def _field(name: str, what: str) -> str:
+    return sql._checked(v.field_name, name, what)
+
+
+def text_literal(value: str, what: str) -> str:
+    """SQL for the string ``value`` whatever it contains: ``decode(unhex('<hex of UTF-8>'), 'UTF-8')``."""
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, got {type(value).__name__}")
+    try:
+        data = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {v.shown(value)} is not valid Unicode text (lone surrogate)") from None
+    if not data:
+        return "''"
+    return f"decode(unhex('{data.hex().upper()}'), 'UTF-8')"
+
+
+def _name_case(audience_names: Mapping[str, str]) -> str:
+    if not isinstance(audience_names, Mapping) or not audience_names:
+        raise ValueError("audience_names must be a non-empty mapping of audience id -> name")
+    whens = " ".join(f"WHEN {sql.quote_literal(aud, 'audience id')} THEN {text_literal(name, f'name of audience {aud}')}"
+                     for aud, name in sorted(audience_names.items()))
+    return f"CASE {sql.ROW_COLUMNS[1]} {whens} END"
+
+
+def snapshot_insert_sql(q: sql.MembershipQuery, *, target_table: str, job_id: str, tenant: str,
+                        audience_names: Mapping[str, str], layout: str = "per_person",
+                        fields: OutputFields | None = None) -> str:
+    """``INSERT INTO target_table SELECT ...``: the job's snapshot records, computed by Query Service.
+
+    ``q`` is the run's membership query (:func:`airflow_cja_audiences.sql.build_membership_query`),
+    ``target_table`` the profile dataset's table (its ``adobe/pqs/table`` tag), ``audience_names`` the
+    friendly name of every audience id of ``q``.
+    """
+    if not isinstance(q, sql.MembershipQuery):
+        raise ValueError(f"q must be a MembershipQuery, got {type(q).__name__}")
+    target = sql._checked(v.table_name, target_table, "target table")
+    job = sql.quote_literal(v.job_id(job_id), "job id")
+    tenant = sql._checked(v.tenant_id, tenant, "tenant")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {v.shown(layout)}: the server path writes {list(LAYOUTS)}")
+    f = fields if fields is not None else OutputFields()
+    if not isinstance(f, OutputFields):
+        raise ValueError("fields must be an OutputFields")
+    missing = [a for a in q.audience_ids if a not in audience_names]
+    if missing:
+        raise ValueError(f"audience_names has no name for audience ids {missing}")
+    names = {a: audience_names[a] for a in q.audience_ids}
+    person, audience, status, when = sql.ROW_COLUMNS
+    membership = (f"named_struct('{_field(f.audience_id, 'output.audience_id')}', {audience}, "
+                  f"'{_field(f.audience_name, 'output.audience_name')}', {_name_case(names)}, "
+                  f"'{_field(f.status, 'output.status')}', {status}, "
+                  f"'{_field(f.qualification_time, 'output.qualification_time')}', {when})")
+    # One row per (person, audience): the first by time, then status (the transform's "first row wins").
+    rows = (f"    SELECT {person}, {audience}, {status}, {when},\n"
+            f"           row_number() OVER (PARTITION BY {person}, {audience} ORDER BY {when}, {status}) AS {_ROW_NUMBER}\n"
+            f"    FROM (\n{sql.membership_sql(q)}\n    )")
+    kept = f"{_ROW_NUMBER} = 1 AND {person} IS NOT NULL AND {person} <> ''"
+    if layout == "per_membership":
+        return (f"INSERT INTO {target}\n"
+                f"SELECT md5(concat_ws(chr(31), {job}, {person}, {audience})) AS _id, {person},\n"
+                f"       {membership} AS _{tenant}\n"
+                f"FROM (\n{rows}\n)\n"
+                f"WHERE {kept}")
+    ids = _field(f.audience_id, "output.audience_id")
+    label = _field(f.audience_name, "output.audience_name")
+    return (f"INSERT INTO {target}\n"
+            f"SELECT md5(concat({job}, chr(31), {person})) AS _id, {person},\n"
+            f"       named_struct('{_field(f.memberships, 'output.memberships')}', {_MEMBERSHIPS},\n"
+            f"                    '{_field(f.audience_ids, 'output.audience_ids')}', "
+            f"concat_ws(',', transform({_MEMBERSHIPS}, m -> m.{ids})),\n"
+            f"                    '{_field(f.audience_names, 'output.audience_names')}', "
+            f"concat_ws(',', transform({_MEMBERSHIPS}, m -> m.{label}))) AS _{tenant}\n"
+            f"FROM (\n"
+            f"  SELECT {person}, array_sort(collect_list({membership})) AS {_MEMBERSHIPS}\n"
+            f"  FROM (\n{rows}\n  )\n"
+            f"  WHERE {kept}\n"
+            f"  GROUP BY {person}\n"
+            f")")
