@@ -373,6 +373,7 @@ class EmulatorState:
     def qs_session_limit(self) -> int:
         """Query Service sessions the org may have at once (0 = no limit): a knob tests may change."""
         return self.knobs.qs_max_sessions
+
     def qs_scan(self, sql: str, params: Sequence[Any] = ()) -> Scan:
         """The export rows a Query Service statement reads (for the scan-cost model).
 

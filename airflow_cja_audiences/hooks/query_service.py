@@ -70,6 +70,8 @@ class QueryServiceError(AepError):
     def is_session_limit(self) -> bool:
         """The org's concurrent Query Service sessions are all in use (transient)."""
         return self.sqlstate == "53300" or SESSION_LIMIT_TEXT in str(self).lower()
+
+    @property
     def limit_kind(self) -> scanplan.LimitKind | None:
         """For a 53400: ``"timeout"``, ``"rows"`` or ``"unknown"``, told apart by the server's message
         (not by the statement quoted in ours, which may say LIMIT); None for any other error."""
