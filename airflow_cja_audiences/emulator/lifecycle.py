@@ -211,14 +211,16 @@ def advance_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch) -> 
         for old_id in batch.replay.get("predecessors") or []:
             old = sandbox.catalog.batches.get(str(old_id))
             if old is not None and old.status == cat.SUCCESS:
-                revert_batch(state, sandbox, old, by_client=batch.created_client, at=batch.live_since)
+                revert_batch(state, sandbox, old, by_client=batch.created_client, at=batch.live_since,
+                             at_ms=now_ms)
     return True
 
 
 def revert_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch, *, by_client: str | None = None,
-                 at: float | None = None) -> None:
-    """REVERT (or replacement by a replay): the batch becomes inactive and its records leave the dataset."""
-    now_ms = state.now_ms()
+                 at: float | None = None, at_ms: int | None = None) -> None:
+    """REVERT (or replacement by a replay): the batch becomes inactive and its records leave the dataset.
+    ``at``/``at_ms``: the instant (monotonic / epoch ms) of a replay's success, the same for both."""
+    now_ms = state.now_ms() if at_ms is None else at_ms
     batch.status, batch.live_until = cat.INACTIVE, time.monotonic() if at is None else at
     if by_client is not None:
         batch.updated_client = by_client
