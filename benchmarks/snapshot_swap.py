@@ -18,6 +18,7 @@ package. Exits non-zero when a run fails or (unless ``--measure-only``) any over
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import statistics
@@ -44,7 +45,7 @@ def overlaps(batches: dict[str, dict], job_id: str) -> list[dict]:
                         and label.kind == "snapshot" and b.get("completed") and b["status"] in ("success", "inactive")),
                        key=lambda b: b["completed"])
     rows = []
-    for old, new in zip(snapshots, snapshots[1:]):
+    for old, new in itertools.pairwise(snapshots):
         if old["status"] != "inactive":
             continue
         rows.append({"replaced": old["id"], "by": new["id"], "replay": bool(new.get("replay")),
