@@ -109,7 +109,8 @@ def build_dag(job: RefreshJob) -> DAG:
                                            audiences=literal([a.model_dump(exclude_none=True)
                                                               for a in job.audiences]),
                                            identity_field=job.identity.field, tenant=job.tenant,
-                                           job_id=job.job_id, profile_dataset_name=literal(names.profile_dataset))
+                                           job_id=job.job_id, profile_dataset_name=literal(names.profile_dataset),
+                                           pool=job.query_service_pool)  # it opens a Query Service session
         plan = PlanRunOperator(task_id="plan_run", publish_events=job.publish_events)
         export_dataset = EnsureExportDatasetOperator(task_id="ensure_export_dataset", **common,
                                                      dataset_name=literal(names.export_dataset))
@@ -150,8 +151,12 @@ def build_dag(job: RefreshJob) -> DAG:
                           "audiences": resolve.output["audiences"], "dataset_id": dataset.output["dataset_id"],
                           "interval_start": plan.output["interval_start"],
                           "interval_end": plan.output["interval_end"], "enabled": enabled}
+            # Every task that opens a Query Service session is in the pool, so the pool bounds the org's
+            # sessions from Airflow (Adobe refuses more than the licence's with "Session Limit Reached").
             prepare = PrepareLoadOperator(task_id=f"prepare_{kind}", **common, **query_args,
                                           export_dataset_id=export.output["export_dataset_id"],
+                                          export_job_id=export.output["export_job_id"],
+                                          pool=job.query_service_pool,
                                           force="{{ params.force_replace }}")
             # The loads read what prepare decided: the events interval may be widened over live
             # batches it overlaps, and the events are read from several exports.

@@ -18,7 +18,14 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-DEFAULT_POOL_SLOTS = 4  # Query Service queries at once; Adobe limits concurrent ad hoc queries per org
+#: Query Service sessions an org may have at once in the smallest licence Adobe names (guardrails:
+#: "Concurrent Query Service users", +5 per ad hoc query user add-on; past it "Session Limit Reached").
+QUERY_SERVICE_SESSIONS_PER_ORG = 5
+#: Slots of a pool the plugin creates. Every task that opens a Query Service session (resolve_audiences'
+#: check, prepare_*, load_*) runs in the pool and holds one session at a time, so the pool bounds
+#: Airflow's sessions; one below the licence leaves a session for people and other clients (a refused
+#: connection is retried with backoff, but a pool above the licence would make that the normal case).
+DEFAULT_POOL_SLOTS = 4
 PACKAGE = "airflow_cja_audiences"
 
 

@@ -473,6 +473,13 @@ def count_sql(q: MembershipQuery, partition: Partition = Partition(), window: Ti
     return _select(q, EVENT_STATUSES, partition, window.conditions(), rows=False, sources=sources, distinct=True)
 
 
+def export_rows_sql(q: MembershipQuery) -> str:
+    """One row ``(rows)``: the export dataset's rows (one per exported profile) the batch filter finds,
+    whatever their memberships; compared with the export job's own count
+    (:mod:`airflow_cja_audiences.export_check`)."""
+    return f"SELECT count(*) AS exportedRows FROM {q.table} WHERE {_batches_filter(q, None)}"
+
+
 # ---------------------------------------------------------------------------------------------
 # Per-audience counts (small results: one row per audience)
 # ---------------------------------------------------------------------------------------------

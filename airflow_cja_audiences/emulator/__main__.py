@@ -51,6 +51,12 @@ def parser() -> argparse.ArgumentParser:
              "with SQLSTATE 53400 (error)")
     add("--qs-timeout-seconds", type=float, default=DEFAULTS.qs_timeout_seconds,
         help="ad hoc query time limit (default %(default)s)")
+    add("--qs-max-sessions", type=int, default=DEFAULTS.qs_max_sessions,
+        help="Query Service sessions the org may have at once; past it a connection fails with 'Session Limit "
+             "Reached' (SQLSTATE 53300). 0 = no limit (default %(default)s; realistic: 5)")
+    add("--distinct-batch-ids", action="store_true",
+        help="export rows get a physical _acp_batchid unlike the job's (logical) batch id, which they carry "
+             "in _acp_system_metadata.acp_sourceBatchId, as Adobe allows")
     add("--clock-start", help="RFC 3339 instant: the clock starts there and timelines spread around it "
                               "(default: real time, timelines around today 00:00 UTC)")
     add("--export-job-seconds", type=float, default=DEFAULTS.export_job_seconds,
@@ -75,6 +81,7 @@ def settings_from(args: argparse.Namespace) -> EmulatorSettings:
         tenant=args.tenant, token_lifetime=args.token_lifetime, tls=not args.no_tls, tls_cert=args.tls_cert,
         tls_key=args.tls_key, tls_ca=args.tls_ca, tls_hostnames=tuple(args.tls_hostnames or ()), state_dir=args.state_dir, pg_port=args.pg_port,
         qs_max_rows=args.qs_max_rows, qs_over_limit=args.qs_over_limit, qs_timeout_seconds=args.qs_timeout_seconds,
+        qs_max_sessions=args.qs_max_sessions, distinct_batch_ids=args.distinct_batch_ids,
         clock_start=parse_instant(args.clock_start) if args.clock_start else None,
         export_job_seconds=args.export_job_seconds, batch_seconds=args.batch_seconds,
         audiences=load_audiences_file(args.audiences_file) if args.audiences_file else None,

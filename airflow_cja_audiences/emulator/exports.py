@@ -139,8 +139,14 @@ def validate_request(body: Any, *, audience_ids: set[str], dataset_kind: Any, tr
                          qualification_end=end, merge_policy=echo["mergePolicy"], echo=echo)
 
 
-def export_sql(timeline: Timeline, seed: int, tenant: str, at: int, request: ExportRequest, batch_id: str) -> str:
-    """SELECT producing the export's rows in the dataset table's columns (system columns included)."""
+def export_sql(timeline: Timeline, seed: int, tenant: str, at: int, request: ExportRequest, batch_id: str,
+               physical_batch_id: str | None = None) -> str:
+    """SELECT producing the export's rows in the dataset table's columns (system columns included).
+
+    ``batch_id`` is the logical batch (the job's ``destination.batchId``, the Catalog batch): rows carry
+    it as ``_acp_system_metadata.acp_sourceBatchId``. ``_acp_batchid`` is the physical data-lake batch,
+    ``physical_batch_id`` (default: the same id). Adobe documents that the two need not match; that
+    ``commitBatchId`` is the physical one is a guess."""
     tree = synthetic.profile_field_tree(tenant)
     if request.segments:
         predicate = " OR ".join(
@@ -155,10 +161,11 @@ def export_sql(timeline: Timeline, seed: int, tenant: str, at: int, request: Exp
     columns = ", ".join(f'{synthetic.select_expression(node, name, request.fields)} AS "{name}"'
                         for name, node in tree.items())
     quoted = batch_id.replace("'", "''")
+    physical = (physical_batch_id or batch_id).replace("'", "''")
     return (f"{timeline.chain(at)} SELECT {columns}, "
             f"{timeline.segment_membership()}::{synthetic.SEGMENT_MEMBERSHIP_TYPE} AS segmentMembership, "
-            f"'{quoted}' AS _acp_batchid, "
-            f"{{'acp_sourceBatchId': '{quoted}', 'commitBatchId': '{quoted}', 'ingestTime': {at * 1000}}}"
+            f"'{physical}' AS _acp_batchid, "
+            f"{{'acp_sourceBatchId': '{quoted}', 'commitBatchId': '{physical}', 'ingestTime': {at * 1000}}}"
             f"::{synthetic.SYSTEM_METADATA_TYPE} AS _acp_system_metadata "
             f"FROM (SELECT status.*, {attributes} FROM status WHERE {predicate})")
 
@@ -183,8 +190,9 @@ class ExportJob:
     updated_ms: int
     processing_at: float  # monotonic
     done_at: float  # monotonic
-    batch_id: str
+    batch_id: str  # logical: destination.batchId, the Catalog batch, the rows' acp_sourceBatchId
     request_id: str
+    physical_batch_id: str | None = None  # the rows' _acp_batchid when it differs (distinct_batch_ids)
     failure_mode: str | None = None  # None | "job" | "batch"
     status: str = NEW
     batch_created: bool = False

@@ -129,7 +129,9 @@ def export_rows(state: EmulatorState, batch_id: str) -> list[dict]:
                 table = dataset.table if dataset is not None else None
         if table is None:
             raise KeyError(f"no export batch {batch_id}")
-    return _query(state, f'SELECT * FROM "{table}" WHERE _acp_batchid = \'{batch_id.replace(chr(39), "")}\'')
+    # The Catalog batch is the logical one: rows name it in acp_sourceBatchId (_acp_batchid may differ).
+    return _query(state, f'SELECT * FROM "{table}" WHERE _acp_system_metadata.acp_sourceBatchId = '
+                         f'\'{batch_id.replace(chr(39), "")}\'')
 
 
 def profile(state: EmulatorState, profile_index: int) -> dict:
@@ -186,7 +188,8 @@ def dataset_records(state: EmulatorState, dataset_id: str, chunk: int = 10_000) 
         if batch.origin == "export" and dataset.has_table:
             cur = state.cursor()
             try:
-                result = cur.execute(f'SELECT to_json(t) FROM "{dataset.table}" t WHERE _acp_batchid = ?', [batch.id])
+                result = cur.execute(f'SELECT to_json(t) FROM "{dataset.table}" t '
+                                     'WHERE _acp_system_metadata.acp_sourceBatchId = ?', [batch.id])
                 while rows := result.fetchmany(chunk):
                     for (line,) in rows:
                         yield line

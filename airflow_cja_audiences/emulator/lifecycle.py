@@ -34,7 +34,7 @@ def batch_table(batch_id: str) -> str:
 
 def _compute_export(state: EmulatorState, job: ExportJob) -> int:
     sql = exports.export_sql(state.timeline, state.settings.seed, state.settings.tenant, job.at, job.request,
-                             job.batch_id)
+                             job.batch_id, job.physical_batch_id)
     started = time.monotonic()
     cur = state.cursor()
     try:
@@ -65,7 +65,9 @@ def create_export_job(state: EmulatorState, sandbox: SandboxState, request: Expo
     now_ms = int(now_epoch * 1000)
     job = ExportJob(id=state.next_job_id, sandbox=sandbox.name, request=request, at=int(now_epoch),
                     created_ms=now_ms, updated_ms=now_ms, processing_at=processing_at, done_at=done_at,
-                    batch_id=cat.new_batch_id(), request_id=request_id, failure_mode=failure)
+                    batch_id=cat.new_batch_id(), request_id=request_id, failure_mode=failure,
+                    # Realistic mode: the data lake's physical batch is not the logical one the job reports.
+                    physical_batch_id=cat.new_batch_id() if state.knobs.distinct_batch_ids else None)
     state.next_job_id += 1
     job.work = state.executor.submit(_compute_export, state, job)
     sandbox.export_jobs[job.id] = job

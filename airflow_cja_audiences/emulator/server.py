@@ -152,7 +152,8 @@ class EmulatorServer:
             host=s.host, port=s.pg_port, ssl_context=self.ssl_context, connect=state.qs_connect,
             authenticate=state.qs_authenticate, list_tables=state.qs_list_tables, max_rows=s.qs_max_rows,
             over_limit=s.qs_over_limit,
-            timeout_seconds=s.qs_timeout_seconds, before_statement=state.qs_statement)
+            timeout_seconds=s.qs_timeout_seconds, before_statement=state.qs_statement,
+            max_sessions=state.qs_session_limit)
         self._query_service.start()
         state.pg_host, state.pg_port = url_host(s.host).strip("[]"), int(self._query_service.port)
 

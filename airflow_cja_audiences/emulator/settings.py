@@ -74,6 +74,9 @@ class EmulatorSettings:
     qs_max_rows: int = 50_000
     qs_over_limit: str = "truncate"  # production's implicit LIMIT, or "error"
     qs_timeout_seconds: float = 600.0
+    # Query Service realistic-mode knobs (see emulator/realistic_qs.py for sources and guesses):
+    qs_max_sessions: int = 0  # sessions per org at once, past it "Session Limit Reached"; 0 = no limit
+    distinct_batch_ids: bool = False  # export rows' _acp_batchid (physical) differs from the job's batch id
     clock_start: datetime | None = None  # anchor of the membership timelines; default today 00:00 UTC
     export_job_seconds: float = 2.0
     batch_seconds: float = 1.0
@@ -103,6 +106,8 @@ class EmulatorSettings:
             raise ValueError("token lifetime must be positive")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("give both --tls-cert and --tls-key, or neither")
+        if self.qs_max_sessions < 0:
+            raise ValueError("qs_max_sessions must be >= 0 (0 = no limit)")
         if self.export_job_seconds < 0 or self.batch_seconds < 0:
             raise ValueError("timing knobs must not be negative")
         if self.audiences is not None:

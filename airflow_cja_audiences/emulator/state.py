@@ -56,6 +56,8 @@ class Knobs:
     # The next N completed ingestion batches reject their first record and still succeed, as AEP
     # reports a batch ingested with partial ingestion allowed: success, with failedRecordCount > 0.
     partial_ingestion_failures: int = 0
+    qs_max_sessions: int = 0  # Query Service sessions per org at once (0 = no limit); see realistic_qs.py
+    distinct_batch_ids: bool = False  # exports write a physical _acp_batchid unlike their logical batch id
 
     def update(self, changes: Any) -> None:
         if not isinstance(changes, dict):
@@ -120,7 +122,8 @@ class EmulatorState:
     def _init_objects(self) -> None:
         s = self.settings
         self.knobs = Knobs(token_lifetime=s.token_lifetime, export_job_seconds=s.export_job_seconds,
-                           batch_seconds=s.batch_seconds, cja_rate_limit=s.cja_rate_limit)
+                           batch_seconds=s.batch_seconds, cja_rate_limit=s.cja_rate_limit,
+                           qs_max_sessions=s.qs_max_sessions, distinct_batch_ids=s.distinct_batch_ids)
         self.sandboxes: dict[str, SandboxState] = {}
         for i, name in enumerate(s.sandboxes):
             self.sandboxes[name] = SandboxState(
@@ -341,6 +344,10 @@ class EmulatorState:
         if fault.kind in STATUS_KINDS:  # the service is busy or failing: the statement fails
             raise QueryServiceError("57P03", f"Query Service is temporarily unavailable (injected {fault.kind})")
         raise ConnectionResetError(f"injected {fault.kind}")  # the server drops the connection
+
+    def qs_session_limit(self) -> int:
+        """Query Service sessions the org may have at once (0 = no limit): a knob tests may change."""
+        return self.knobs.qs_max_sessions
 
     def qs_list_tables(self) -> list[dict]:
         with self.lock:

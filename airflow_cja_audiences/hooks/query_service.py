@@ -37,6 +37,11 @@ ROW_LIMIT_SQLSTATE = "53400"  # production's "too many rows / too long" ad hoc l
 ROUTE = "query_service.query"  # retry counts and logs, like the REST routes
 # Connection exceptions (class 08), shutdown/restart/busy (57P01-57P03), too many connections (53300).
 _TRANSIENT_SQLSTATES = ("57P01", "57P02", "57P03", "53300")
+# Query Service refuses a session past the org's licensed concurrent sessions with this text (Adobe's
+# guardrails doc). It comes while connecting, where the drivers keep no SQLSTATE, so the text is what
+# identifies it: another client (a person in the UI, another DAG) holds the slots, and a later attempt
+# succeeds once one is free - transient, retried with backoff, never a failed statement.
+SESSION_LIMIT_TEXT = "session limit reached"
 T = TypeVar("T")
 
 
@@ -57,6 +62,11 @@ class QueryServiceError(AepError):
     @property
     def is_limit(self) -> bool:
         return self.sqlstate == ROW_LIMIT_SQLSTATE
+
+    @property
+    def is_session_limit(self) -> bool:
+        """The org's concurrent Query Service sessions are all in use (transient)."""
+        return self.sqlstate == "53300" or SESSION_LIMIT_TEXT in str(self).lower()
 
 
 class _QueryServiceConnection(Connection):
@@ -134,7 +144,8 @@ class QueryServiceHook(PostgresHook):
 
         Returns what was reached; raises :class:`QueryServiceError` saying what failed and what to check
         (``permanent`` for refused credentials or an untrusted certificate). A connection that cannot be
-        opened is reported at once (no retry here: a blocked port would only make the caller wait); a
+        opened is reported at once (no retry here: a blocked port would only make the caller wait), except
+        when the org's sessions are all in use ("Session Limit Reached"), which waits for a free one; a
         statement that fails on an open connection is run again like any other (:meth:`retrying`).
         """
         host, port, database = self._endpoint
@@ -240,8 +251,11 @@ def _connect_error(exc: Exception, where: str) -> Exception:
             "check the org id, the credentials' Query Service permissions and the sandbox" if error.permanent
             else "is the port reachable from the workers (a firewall or proxy may block it; Adobe's is 80)? Set the "
                  "query_service_host/query_service_port extras if it is elsewhere")
+    if error.is_session_limit:
+        hint = ("all of the org's concurrent Query Service sessions are in use (other clients, or more load "
+                "tasks than the licence allows: keep the Query Service pool below it)")
     return QueryServiceError(f"cannot connect to {where}: {_first_line(exc)}; {hint}", error.sqlstate,
-                             permanent=error.permanent)
+                             permanent=error.permanent, transient=error.is_session_limit)
 
 
 def _is_tls(exc: BaseException) -> bool:
@@ -268,12 +282,13 @@ def _wrap(exc: Exception, sql: str) -> Exception:
     if sqlstate is None and not exc.__class__.__module__.startswith(("psycopg", "psycopg2")):
         return exc
     tls = sqlstate is None and _is_tls(exc)
+    session_limit = SESSION_LIMIT_TEXT in str(exc).lower()
     # The drivers give a login the server refused while connecting no SQLSTATE, only its FATAL message.
-    refused = sqlstate is None and _login_refused(str(exc).lower())
+    refused = sqlstate is None and not session_limit and _login_refused(str(exc).lower())
     # A lost connection has no SQLSTATE; both drivers raise the DB-API OperationalError for it.
     lost = sqlstate is None and not (tls or refused) and any(c.__name__ == "OperationalError"
                                                               for c in type(exc).__mro__)
-    transient = lost or (sqlstate or "").startswith("08") or sqlstate in _TRANSIENT_SQLSTATES
+    transient = lost or session_limit or (sqlstate or "").startswith("08") or sqlstate in _TRANSIENT_SQLSTATES
     # Refused credentials (class 28) and an untrusted certificate stay so however often we ask.
     permanent = tls or refused or (sqlstate or "").startswith("28")
     first_line = " ".join(sql.split())[:300]

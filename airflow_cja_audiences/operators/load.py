@@ -25,7 +25,7 @@ from airflow.sdk.exceptions import (
     AirflowSkipException,
 )
 
-from airflow_cja_audiences import hooks, runs, sql, validation
+from airflow_cja_audiences import export_check, hooks, runs, sql, validation
 from airflow_cja_audiences.config import RefreshJob
 from airflow_cja_audiences.errors import AepBadRequestError, AepError
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
@@ -121,13 +121,15 @@ class PrepareLoadOperator(_MembershipQueryOperator):
 
     operator_extra_links = (AepBatchLink(),)
 
-    def __init__(self, *, export_dataset_id: str = "", force: bool | str = False, **kwargs: Any) -> None:
+    def __init__(self, *, export_dataset_id: str = "", export_job_id: int | str | None = None,
+                 force: bool | str = False, **kwargs: Any) -> None:
         kwargs.setdefault("multiple_outputs", False)  # the return value is the list to map over
         super().__init__(**kwargs)
         self.export_dataset_id = export_dataset_id
+        self.export_job_id = export_job_id  # whose counts the read must match (else its Catalog batch's)
         self.force = force
 
-    template_fields = (*_TEMPLATE_FIELDS, "export_dataset_id", "force")
+    template_fields = (*_TEMPLATE_FIELDS, "export_dataset_id", "export_job_id", "force")
 
     def execute(self, context: Context) -> list[dict[str, int]]:
         if not truthy(self.enabled):
@@ -139,7 +141,9 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         from airflow_cja_audiences.hooks.query_service import QueryServiceError
 
         q, ingestion = self.query(), self.ingestion()
+        # A reverted export first (one Catalog call, a clear message), then the rows read vs the job's count.
         require_live_export(ingestion, self.export_batch_id, self.kind, self.job_config.export_retention_days)
+        self._check_export_read(q)  # before anything is written: an empty read must never publish
         exports = _ExportHistory(self)
         if self.kind == "events":
             events = self._plan_events(ingestion, exports)
@@ -198,6 +202,39 @@ class PrepareLoadOperator(_MembershipQueryOperator):
             return ingestion.create_batch(self.dataset_id, external_id=label.external_id)
         self.log.info("Batch %s replays (replaces) %s when it succeeds", batch.id, predecessors)
         return batch
+
+    def _check_export_read(self, q: sql.MembershipQuery) -> None:
+        """Fail before writing anything when the batch filter does not find the rows the export job
+        says it wrote (see :mod:`airflow_cja_audiences.export_check`)."""
+        from airflow_cja_audiences.hooks.query_service import QueryServiceError
+
+        job_id = self.export_job_id if self.export_job_id not in (None, "", "None") else None
+        job_counter = None
+        if job_id is not None:
+            try:
+                job_id = int(job_id)
+            except (TypeError, ValueError):
+                raise AirflowFailException(f"export_job_id {str(job_id)[:50]!r} is not an export job id") from None
+            job = self.hook(hooks.segmentation.SegmentationHook).get_export_job(job_id)
+            job_counter = job.metrics.get("totalExportedProfileCounter")
+        expected = export_check.expected_rows(export_job_id=job_id, export_batch_id=self.export_batch_id,
+                                              job_counter=job_counter, catalog_counter=None)
+        if expected.rows is None:  # the job reports no count (or no job id): its Catalog batch may
+            batch = self.hook(hooks.catalog.CatalogHook).get_batch(self.export_batch_id)
+            expected = export_check.expected_rows(export_job_id=job_id, export_batch_id=self.export_batch_id,
+                                                  job_counter=None,
+                                                  catalog_counter=batch.metrics.get("outputRecordCount"))
+        try:
+            (read,), = self.query_service.query_all(sql.export_rows_sql(q))
+        except QueryServiceError as exc:
+            raise _query_failed(f"counting the export's rows failed: {exc}", exc) from exc
+        verdict = export_check.check_read(expected, int(read), batch_id_column=q.batch_id_column)
+        if verdict.ok:
+            self.log.info("Export read check: %s", verdict.message)
+            return
+        if verdict.retryable:
+            raise AirflowException(verdict.message)
+        raise AirflowFailException(verdict.message)
 
     # -- events ----------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from airflow_cja_audiences.config import RefreshJob
 from airflow_cja_audiences.dag_factory import build_dag
-from airflow_cja_audiences.pools import DEFAULT_POOL_SLOTS, our_pools
+from airflow_cja_audiences.pools import DEFAULT_POOL_SLOTS, QUERY_SERVICE_SESSIONS_PER_ORG, our_pools
 
 
 def _dag(pool: str):
@@ -67,3 +67,20 @@ def test_in_the_schedulers_session_and_can_be_turned_off(airflow_db, monkeypatch
     monkeypatch.setenv("AIRFLOW__CJA_AUDIENCES__CREATE_MISSING_POOLS", "False")
     on_dag_run_running(dag_run=SimpleNamespace(dag=_dag("qs_pool_not_wanted"), dag_id="x"), msg="started")
     assert _pool("qs_pool_not_wanted") is None
+
+
+def test_every_query_service_session_is_in_the_pool_and_the_defaults_stay_below_the_licence():
+    """Adobe refuses a session past the org's licensed ones ("Session Limit Reached", 5 in the smallest
+    licence): every task that opens a session runs in the pool (one session each at a time), and the
+    pool the plugin creates, like the one docker-compose creates, is smaller than 5."""
+    import re
+    from pathlib import Path
+
+    dag = _dag("qs_pool_b")
+    sessions = {"resolve_audiences", "prepare_snapshot", "load_snapshot", "prepare_events", "load_events"}
+    pooled = {t.task_id for t in dag.tasks if t.pool == "qs_pool_b"}
+    assert sessions & {t.task_id for t in dag.tasks} <= pooled, pooled
+    assert DEFAULT_POOL_SLOTS < QUERY_SERVICE_SESSIONS_PER_ORG
+    compose = (Path(__file__).parents[2] / "docker-compose.yaml").read_text()
+    defaults = re.findall(r"CJA_AUDIENCES_QS_POOL_SLOTS:-(\d+)", compose)
+    assert defaults and all(int(d) < QUERY_SERVICE_SESSIONS_PER_ORG for d in defaults), defaults

@@ -19,15 +19,19 @@ def _memberships_at(emu, at: int) -> dict[str, dict[str, tuple[str, str]]]:
     return out
 
 
-def _exported(emu, batch_id: str) -> dict[str, dict[str, tuple[str, str]]]:
+def _exported(emu, batch_id: str, *, distinct: bool = False) -> dict[str, dict[str, tuple[str, str]]]:
     out = {}
+    physical = set()
     for row in emu.admin.batch_rows(batch_id):
         email = row["_demoemea"]["identification"]["core"]["email"]
         assert email not in out, f"profile {email} exported twice in one batch"
         out[email] = {aud: (m["status"], m["lastQualificationTime"])
                       for aud, m in row["segmentMembership"]["ups"].items()}
-        assert row["_acp_batchid"] == batch_id
         assert row["_acp_system_metadata"]["acp_sourceBatchId"] == batch_id
+        assert (row["_acp_batchid"] != batch_id) if distinct else (row["_acp_batchid"] == batch_id)
+        assert row["_acp_system_metadata"]["commitBatchId"] == row["_acp_batchid"]
+        physical.add(row["_acp_batchid"])
+    assert len(physical) <= 1, f"one export wrote several physical batches {physical}"
     return out
 
 
@@ -206,3 +210,21 @@ def test_list_export_jobs_pages_with_offset_from_link_next(aep):
     rest = aep.ok(aep.api.call("GET", f"{UPS}{nxt}"))
     assert [r["id"] for r in rest["records"]] == [ids[0]] and "next" not in rest["link"]
     assert aep.api.call("GET", f"{UPS}/export/jobs/999999").status_code == 404
+
+
+def test_distinct_physical_and_logical_batch_ids(emu, aep):
+    """Realistic mode: the job reports the logical batch (its Catalog batch), which the rows carry as
+    _acp_system_metadata.acp_sourceBatchId; their _acp_batchid is a physical batch of its own, so a
+    read filtered on _acp_batchid with the job's batch id finds nothing."""
+    emu.admin.knobs(distinct_batch_ids=True)
+    audience = aep.audiences()[0]["id"]
+    dataset = aep.union_dataset()
+    job = aep.export(dataset, [{"segmentId": audience, "segmentNs": "ups", "status": ["realized", "existing"]}])
+    batch_id = job["destination"]["batchId"]
+    exported = _exported(emu, batch_id, distinct=True)
+    assert len(exported) == job["metrics"]["totalExportedProfileCounter"] > 0
+    batch = aep.ok(aep.api.call("GET", f"{CATALOG}/batches/{batch_id}"))
+    assert batch_id in batch and batch[batch_id]["status"] == "success"
+    assert batch[batch_id]["metrics"]["outputRecordCount"] == len(exported)
+    # The dataset's records (what CJA and Query Service see) are the batch's, found by its logical id.
+    assert len(emu.admin.dataset_records(dataset)) == len(exported)

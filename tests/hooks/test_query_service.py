@@ -301,6 +301,9 @@ def test_refused_query_service_login_is_permanent(emu, monkeypatch):
     ("connection to server failed: FATAL:  password authentication failed for user \"x\"", False, True),
     ("connection to server failed: FATAL:  database \"nope:all\" does not exist", False, True),
     ("connection to server failed: FATAL:  sorry, too many clients already", True, False),
+    # Query Service's org-wide session cap: its text names no credential, and a free slot fixes it.
+    (("connection to server at \"h\", port 80 failed: FATAL:  Session Limit Reached\nDETAIL:  5 of the "
+      "organization's 5 concurrent Query Service sessions are in use"), True, False),
 ])
 def test_driver_errors_without_sqlstate_are_classified(message, transient, permanent):
     from airflow_cja_audiences.hooks.query_service import _wrap
@@ -340,3 +343,119 @@ def test_a_failing_cursor_close_does_not_hide_what_happened(monkeypatch):
     with pytest.raises(QueryServiceError) as info:
         list(hook.stream("SELECT 1", prefetch=0))
     assert info.value.is_limit, str(info.value)
+
+
+# ------------------------------------------------------------------ the org's concurrent session limit
+
+def _other_client_sessions(emu, n: int) -> list:
+    """``n`` sessions held by another client of the same org (a person in a SQL editor, say)."""
+    from airflow_cja_audiences.hooks.platform import AdobePlatformHook
+
+    platform = AdobePlatformHook()
+    s = platform.settings
+    return [psycopg2.connect(host=emu.pg_host, port=emu.pg_port, user=s.org_id, password=platform.get_access_token(),
+                             dbname=f"{s.sandbox}:all", sslmode="verify-full", sslrootcert=s.ca_bundle)
+            for _ in range(n)]
+
+
+def test_session_limit_taken_by_another_client_is_waited_out_not_failed(emu, audiences, fast_retries):
+    """Realistic mode's 5 sessions per org, all held by another client: the hook's query is refused
+    ("Session Limit Reached"), retried with backoff as transient (counted), and succeeds once the other
+    client frees a session; the connection check waits the same way instead of failing."""
+    from airflow_cja_audiences.hooks.platform import AdobePlatformHook
+    from airflow_cja_audiences.hooks.query_service import ROUTE
+
+    table, batch_id = _export(audiences[:2])
+    q = sql.build_membership_query(_job(audiences[:2]), table=table, batch_id=batch_id)
+    expected = QueryServiceHook().query_all(sql.count_sql(q))
+    emu.admin.knobs(qs_max_sessions=5)
+    others = _other_client_sessions(emu, 5)
+    try:
+        with pytest.raises(psycopg2.OperationalError, match="Session Limit Reached"):
+            _other_client_sessions(emu, 1)
+        for work in ("query", "check"):
+            platform = AdobePlatformHook(**fast_retries)
+            hook = QueryServiceHook(platform_hook=platform)
+            result: dict = {}
+
+            def run(work=work, hook=hook, result=result) -> None:
+                try:
+                    result["value"] = hook.query_all(sql.count_sql(q)) if work == "query" else hook.check()
+                except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                    result["error"] = exc
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            deadline = time.monotonic() + 30
+            while platform.retry_counts[ROUTE] < 1:  # refused at least once while the other client holds all 5
+                assert time.monotonic() < deadline and thread.is_alive(), result
+                time.sleep(0.02)
+            others.pop().close()  # the other client frees one session
+            thread.join(timeout=60)
+            assert "error" not in result, result
+            assert result["value"] == expected if work == "query" else "answered SELECT 1" in result["value"]
+            others += _other_client_sessions(emu, 1)  # and takes it again for the next round
+    finally:
+        for conn in others:
+            conn.close()
+
+
+def test_more_clients_than_sessions_all_finish(emu, audiences, fast_retries):
+    """Eight hook clients read partitions at once while another client holds all 5 sessions of the org:
+    every one is refused and waits with backoff; once the other client keeps only 2, the eight share
+    the 3 free sessions and every partition is read exactly once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from airflow_cja_audiences.hooks.platform import AdobePlatformHook
+    from airflow_cja_audiences.hooks.query_service import ROUTE
+
+    wanted = audiences[:4]
+    table, batch_id = _export(wanted)
+    q = sql.build_membership_query(_job(wanted), table=table, batch_id=batch_id)
+    (count, _), = QueryServiceHook().query_all(sql.count_sql(q))
+    parts = sql.plan_partitions(count, max_rows=max(1, count // 8))
+    assert len(parts) >= 8
+    emu.admin.knobs(qs_max_sessions=5)
+    others = _other_client_sessions(emu, 5)
+    platforms = [AdobePlatformHook(max_attempts=20, **fast_retries) for _ in parts]
+
+    def read(i: int) -> list[tuple]:
+        hook = QueryServiceHook(platform_hook=platforms[i])
+        return hook.retrying(lambda: [tuple(r) for b in hook.stream(sql.membership_sql(q, parts[i])) for r in b])
+
+    try:
+        with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+            futures = [pool.submit(read, i) for i in range(len(parts))]
+            deadline = time.monotonic() + 30
+            while not all(p.retry_counts[ROUTE] for p in platforms):  # every client refused at least once
+                assert time.monotonic() < deadline and not any(f.done() for f in futures)
+                time.sleep(0.02)
+            for conn in others[2:]:
+                conn.close()
+            results = [f.result(timeout=120) for f in futures]
+    finally:
+        for conn in others:
+            conn.close()
+    rows = [r for part in results for r in part]
+    assert len(rows) == len(set(rows)) == count
+
+
+# ------------------------------------------------------------------ physical and logical export batches
+
+def test_distinct_physical_batch_ids_read_by_the_logical_one(emu, audiences):
+    """Realistic mode: the export job reports the logical batch; filtering on it
+    (``_acp_system_metadata.acp_sourceBatchId``, the default batch_id_column) reads the ground truth,
+    while ``_acp_batchid`` (the physical batch) with the same id reads nothing - and says nothing."""
+    emu.admin.knobs(distinct_batch_ids=True)
+    wanted = audiences[:3]
+    table, batch_id = _export(wanted)
+    hook = QueryServiceHook()
+    q = sql.build_membership_query(_job(wanted), table=table, batch_id=batch_id)
+    rows = [tuple(r) for batch in hook.stream(sql.membership_sql(q)) for r in batch]
+    assert set(rows) == _truth(emu, wanted) and rows
+    physical = hook.query_all(f"SELECT DISTINCT _acp_batchid FROM {table} "
+                              f"WHERE _acp_system_metadata.acp_sourceBatchId = '{batch_id}'")
+    assert len(physical) == 1 and physical[0][0] != batch_id
+    wrong = sql.build_membership_query(_job(wanted, batch_id_column="_acp_batchid"), table=table, batch_id=batch_id)
+    assert hook.query_all(sql.count_sql(wrong)) == [(0, 0)]
+    assert [r for batch in hook.stream(sql.membership_sql(wrong)) for r in batch] == []

@@ -3,7 +3,8 @@
 Codes follow PostgreSQL's table and the Query Service troubleshooting guide
 (experience-platform docs, help/query-service/troubleshooting-guide.md, "PostgreSQL API errors"):
 28P01 bad token, 42601 syntax, 42P01 missing table, 53400 limits and statement timeout,
-58000 internal failure, 0A000 unsupported feature.
+58000 internal failure, 0A000 unsupported feature; 53300 (PostgreSQL's too_many_connections) for
+Query Service's "Session Limit Reached" (the text is Adobe's, the code a guess).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ DUPLICATE_CURSOR = "42P03"
 DUPLICATE_PREPARED_STATEMENT = "42P05"
 AMBIGUOUS_COLUMN = "42702"
 GROUPING_ERROR = "42803"
+TOO_MANY_CONNECTIONS = "53300"  # "Session Limit Reached" (guess: PostgreSQL's code; Adobe documents the text)
 INSUFFICIENT_RESOURCES = "53400"  # Query Service: row/LIMIT cap and the 10-minute statement timeout
 OBJECT_NOT_IN_PREREQUISITE_STATE = "55000"
 QUERY_CANCELED = "57014"

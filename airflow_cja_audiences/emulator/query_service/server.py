@@ -22,6 +22,7 @@ import duckdb
 from airflow_cja_audiences.emulator.query_service import errors as err
 from airflow_cja_audiences.emulator.query_service import protocol as pg
 from airflow_cja_audiences.emulator.query_service.errors import QueryServiceError
+from airflow_cja_audiences.emulator.realistic_qs import SESSION_LIMIT_MESSAGE
 from airflow_cja_audiences.emulator.query_service.session import (
     REPORTED,
     ExtendedProtocol,
@@ -71,6 +72,9 @@ class QueryServiceServer:
     ``max_rows`` (50,000) and ``timeout_seconds`` (600) are production's ad hoc limits,
     ``max_explicit_limit`` (100,000) its cap on a query's own ``LIMIT``. ``over_limit`` says what a
     result above ``max_rows`` does: ``"truncate"`` (production's implicit LIMIT) or ``"error"`` (53400).
+    ``max_sessions()`` is how many sessions the org may have at once (0 = no limit; asked at each
+    login, so it can change at run time): a login past it fails with FATAL 53300 "Session Limit
+    Reached" (see ``emulator/realistic_qs.py``). Every session authenticates as the org, so all count.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class QueryServiceServer:
         max_explicit_limit: int = 100_000,
         over_limit: str = "truncate",
         before_statement: Callable[[str], None] | None = None,
+        max_sessions: Callable[[], int] | None = None,
     ) -> None:
         if over_limit not in ("truncate", "error"):
             raise ValueError(f"over_limit must be 'truncate' or 'error', not {over_limit!r}")
@@ -97,6 +102,8 @@ class QueryServiceServer:
         self._authenticate = authenticate
         self._list_tables = list_tables
         self._before_statement = before_statement
+        self._max_sessions = max_sessions
+        self._sessions = 0  # admitted sessions (logged in, not yet closed)
         self.limits = Limits(max_rows=max_rows, max_explicit_limit=max_explicit_limit,
                              timeout_seconds=timeout_seconds, over_limit=over_limit)
         self.translator = Translator()
@@ -183,6 +190,31 @@ class QueryServiceServer:
             if conn.session is not None:
                 conn.session.cancel()
 
+    def _admit(self, conn: _Connection) -> None:
+        """Count a new session against the org's limit, or refuse it as Query Service does."""
+        limit = self._max_sessions() if self._max_sessions is not None else 0
+        with self._lock:
+            if limit and self._sessions >= limit:
+                active = self._sessions
+            else:
+                self._sessions += 1
+                return
+        log.info("session %d refused: %d of %d Query Service sessions in use", conn.pid, active, limit)
+        # Text: Adobe's guardrails doc; SQLSTATE and detail: guesses (PostgreSQL's too_many_connections).
+        raise QueryServiceError(err.TOO_MANY_CONNECTIONS, SESSION_LIMIT_MESSAGE, severity="FATAL",
+                                detail=f"{active} of the organization's {limit} concurrent Query Service sessions "
+                                       f"are in use",
+                                hint="close an idle session or try again later")
+
+    def _release(self) -> None:
+        with self._lock:
+            self._sessions -= 1
+
+    @property
+    def active_sessions(self) -> int:
+        with self._lock:
+            return self._sessions
+
     def _new_session(self, conn: _Connection, user: str, database: str, startup: dict[str, str]) -> Session:
         assert self._watchdog is not None
         return Session(user=user, database=database, pid=conn.pid, connect=self._connect,
@@ -204,6 +236,7 @@ class _Connection:
             self.pid = next(self._pids)
         self.secret = secrets.randbits(31)
         self.session: Session | None = None
+        self.admitted = False  # counted against the session limit
         self.thread = threading.Thread(target=self._run, name=f"qs-conn-{self.pid}", daemon=True)
 
     def abort(self) -> None:
@@ -234,6 +267,8 @@ class _Connection:
         finally:
             if self.session is not None:
                 self.session.close()
+            if self.admitted:
+                self.server._release()
             self._close_socket()
             self.server._forget(self)
 
@@ -303,6 +338,8 @@ class _Connection:
         except PermissionError as exc:
             log.info("authentication failed for user %r on %r: %s", user, database, exc)
             raise QueryServiceError(err.INVALID_PASSWORD, str(exc) or "Invalid password") from exc
+        self.server._admit(self)
+        self.admitted = True
         self.session = self.server._new_session(self, user, database, params)
         out = [pg.AUTH_OK]
         for key, name in REPORTED.items():
