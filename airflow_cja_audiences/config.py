@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from airflow_cja_audiences import validation as v
+from airflow_cja_audiences.runs import DEFAULT_EXPORT_RETENTION_DAYS
 
 DEFAULT_CONN_ID = "adobe_experience_platform_default"
 # Query Service returns at most 50,000 rows per ad hoc query; stay well below it so that hash
@@ -200,6 +201,9 @@ class RefreshJob(StrictModel):
         "needs the Data Distiller add-on). Change events always take the client path"))
     batch_query_timeout_minutes: int = Field(default=180, ge=1, le=24 * 60, description=(
         "How long the server path waits for its batch query (Query Service allows 24 hours)"))
+    export_retention_days: float | None = Field(default=DEFAULT_EXPORT_RETENTION_DAYS, ge=1, le=3650, description=(
+        "After a successful publish, revert this job's export batches older than this (days), except those "
+        "a live batch still needs; null keeps every export"))
 
     @model_validator(mode="after")
     def _headroom(self) -> RefreshJob:

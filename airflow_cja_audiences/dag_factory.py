@@ -32,6 +32,7 @@ from airflow_cja_audiences.operators.export import ExportAudiencesOperator
 from airflow_cja_audiences.operators.load import LoadPartitionOperator, PrepareLoadOperator
 from airflow_cja_audiences.operators.publish import AbortOpenBatchesOperator, PublishBatchOperator
 from airflow_cja_audiences.operators.report import ReportOperator
+from airflow_cja_audiences.operators.retention import PruneExportsOperator
 from airflow_cja_audiences.operators.setup import (
     EnsureCjaDatasetOperator,
     EnsureExportDatasetOperator,
@@ -205,6 +206,12 @@ def build_dag(job: RefreshJob) -> DAG:
                          for role, task in ((f"prepare_{kind}", prep), (f"publish_{kind}", pub),
                                             ("profile_dataset" if kind == "snapshot" else "event_dataset", ds))}})
         [publish for _, _, publish, _ in loads.values()] >> check >> report
+        # After the publishes (and only when none failed): this job's old export batches that no live
+        # batch needs are reverted. Its own task, so a failure to prune never turns a publish red.
+        prune = PruneExportsOperator(
+            task_id="prune_exports", **common, job=job_json, export_dataset_id=export.output["export_dataset_id"],
+            dataset_ids=[ds.output["dataset_id"] for ds, _, _, _ in loads.values()])
+        [publish for _, _, publish, _ in loads.values()] >> prune
         # Pulled by the template (None when absent), not as XComArgs: a prepare_* that failed before it
         # pushed its batch id must not fail this clean-up with XComNotFound, leaving the other open.
         abort = AbortOpenBatchesOperator(

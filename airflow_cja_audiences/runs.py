@@ -323,3 +323,101 @@ def choose_event_sources(exports: list[ExportRef], interval: tuple[datetime, dat
     pair = (full[later - 1], full[later]) if later else None
     return EventSources(batches=tuple(sorted(chosen, key=lambda e: (e.at_ms, e.batch_id))), untimed_pair=pair,
                         dropped=dropped)
+
+
+# ---------------------------------------------------------------------------------------------
+# Export retention: which of this job's export batches may be reverted
+# ---------------------------------------------------------------------------------------------
+
+#: Default of ``export_retention_days``: a week of exports stays readable for re-runs and reports.
+DEFAULT_EXPORT_RETENTION_DAYS = 7
+
+
+@dataclass(frozen=True)
+class ExportBatch:
+    """A successful export batch of this job's export dataset, as the pruning decision sees it."""
+
+    ref: ExportRef  # its instant (the export job's creationTime, else the batch's ``created``)
+    created_ms: int  # Catalog's ``created`` of the batch
+
+
+@dataclass(frozen=True)
+class Holder:
+    """One of this job's batches (live, or still being published) and the exports it stands on."""
+
+    batch_id: str
+    kind: Kind
+    export_batch_id: str  # the export its run made (the label's)
+    interval: tuple[datetime, datetime] | None = None  # events batches
+
+
+@dataclass(frozen=True)
+class PruneDecision:
+    """Every export batch considered, with why it is kept or reverted."""
+
+    keep: dict[str, str]  # batch id -> reason
+    revert: dict[str, str]
+
+    def summary(self) -> str:
+        return f"{len(self.revert)} to revert, {len(self.keep)} kept"
+
+
+def exports_to_prune(exports: list[ExportBatch], holders: list[Holder], *, now: datetime,
+                     retention: timedelta) -> PruneDecision:
+    """Decide which export batches to revert. An export is **kept** when any of these holds:
+
+    1. it is younger than ``retention`` (``now - at < retention``);
+    2. it is the newest full (not time-filtered) export: the next snapshot's entered/exited counts
+       compare against it;
+    3. a live or in-progress snapshot batch of the job was made from it (the label's export);
+    4. a live or in-progress events batch may need it again: a re-publication of a hull containing
+       the batch's interval reads, through :func:`choose_event_sources`, every export made during the
+       interval, the first one after it, the export of the batch's own run, and the full pair that
+       brackets the interval's end (the untimed count). Pruning any of them could make a later
+       re-publication prove fewer events than are live, and its guard would refuse it.
+
+    Everything else is reverted. The decision only reads what it is given: callers pass the
+    complete listings, or must not prune at all.
+    """
+    if retention <= timedelta(0):
+        raise ValueError(f"retention must be positive, not {retention}")
+    now_ms = int(now.timestamp() * 1000)
+    cutoff_ms = now_ms - int(retention.total_seconds() * 1000)
+    refs = [e.ref for e in exports]
+    keep: dict[str, str] = {}
+
+    def hold(batch_id: str, reason: str) -> None:
+        keep.setdefault(batch_id, reason)
+
+    for holder in holders:
+        if holder.kind == "snapshot":
+            hold(holder.export_batch_id, f"the snapshot batch {holder.batch_id} was made from it")
+        elif holder.interval is not None:
+            sources = choose_event_sources(refs, holder.interval, must_read=(holder.export_batch_id,),
+                                           limit=len(refs) + 1)
+            span = f"[{utc_iso(holder.interval[0])}, {utc_iso(holder.interval[1])})"
+            for ref in sources.batches:
+                hold(ref.batch_id, f"events batch {holder.batch_id} {span} was proved from it")
+            for ref in sources.untimed_pair or ():
+                hold(ref.batch_id, f"it brackets the end of events batch {holder.batch_id} {span} (untimed count)")
+    full = [e for e in exports if not e.ref.filtered]
+    if full:
+        newest = max(full, key=lambda e: (e.ref.at_ms, e.created_ms, e.ref.batch_id))
+        hold(newest.ref.batch_id, "the newest full export (the next snapshot compares with it)")
+    revert: dict[str, str] = {}
+    for export in exports:
+        batch_id = export.ref.batch_id
+        if batch_id in keep:
+            continue
+        if export.ref.at_ms >= cutoff_ms:
+            keep[batch_id] = f"younger than the retention of {_days(retention)}"
+            continue
+        revert[batch_id] = (f"exported {export.ref.at}, older than the retention of {_days(retention)}; no live "
+                            f"batch of this job needs it")
+    return PruneDecision(keep={k: v for k, v in keep.items() if k in {e.ref.batch_id for e in exports}},
+                         revert=revert)
+
+
+def _days(span: timedelta) -> str:
+    days = span.total_seconds() / 86400
+    return f"{days:g} day{'s' if days != 1 else ''}"

@@ -115,12 +115,20 @@ class Batch:
     work: Future | None = None  # processing in the executor
     due: float | None = None  # monotonic time when processing may finish
     version: int = 0
+    updated_client: str | None = None  # who changed it last (a REVERT's caller; a replay's creator)
+    # Emulator bookkeeping, never in Catalog's answers: monotonic seconds when the batch's records
+    # became visible (success) and stopped being visible (reverted or replaced), for measuring how
+    # long two snapshots were live at once (admin state only).
+    live_since: float | None = None
+    live_until: float | None = None
 
     def to_json(self, org_id: str) -> dict:
         body: dict[str, Any] = {
             "id": self.id, "imsOrg": org_id, "status": self.status, "created": self.created,
             "updated": self.updated, "createdClient": self.created_client,
-            "createdUser": f"{self.created_client}@AdobeID", "updatedUser": f"{self.created_client}@AdobeID",
+            "createdUser": f"{self.created_client}@AdobeID",
+            # Guess: Catalog's updatedUser names whoever changed the batch last (a REVERT's caller).
+            "updatedUser": f"{self.updated_client or self.created_client}@AdobeID",
             "relatedObjects": [{"type": "dataSet", "id": self.dataset_id}, *(dict(r) for r in self.related)],
             "inputFormat": dict(self.input_format), "tags": dict(self.tags),
             "version": f"1.0.{self.version}",

@@ -452,6 +452,8 @@ class EmulatorState:
                                         "table": d.table if d.has_table else None}
                                  for d in sb.catalog.datasets.values()},
                     "batches": {b.id: {**b.to_json(org), "origin": b.origin,
+                                       # monotonic seconds: visible from / until (admin only)
+                                       "emulatorLive": {"since": b.live_since, "until": b.live_until},
                                        "files": {p: {"size": f.size, "complete": f.complete, "large": f.large}
                                                  for p, f in b.files.items()}}
                                 for b in sb.catalog.batches.values()},

@@ -30,7 +30,7 @@ from airflow.sdk.exceptions import (
 
 from airflow_cja_audiences import export_check, hooks, runs, scanplan, sql, validation
 from airflow_cja_audiences.config import RefreshJob
-from airflow_cja_audiences.errors import AepConfigError, AepError
+from airflow_cja_audiences.errors import AepBadRequestError, AepConfigError, AepError
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
 from airflow_cja_audiences.models import ExportJobStatus
 from airflow_cja_audiences.operators.base import AdobeBaseOperator, truthy
@@ -155,6 +155,8 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         from airflow_cja_audiences.hooks.query_service import QueryServiceError
 
         q, ingestion = self.query(), self.ingestion()
+        # A reverted export first (one Catalog call, a clear message), then the rows read vs the job's count.
+        require_live_export(ingestion, self.export_batch_id, self.kind, self.job_config.export_retention_days)
         self._check_export_read(q)  # before anything is written: an empty read must never publish
         exports = _ExportHistory(self)
         if self.kind == "events":
@@ -187,7 +189,7 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         batch_id = NO_BATCH
         if identified and self.open_batch:
             batch = ingestion.find_batch(self.dataset_id, external_id=label.external_id) or \
-                ingestion.create_batch(self.dataset_id, external_id=label.external_id)
+                self._create_batch(ingestion, label, [] if events else [b.id for b in previous])
             batch_id = _checked_batch_id(batch.id)
             push_batch_link(context, ingestion.settings, batch_id)
             if events:
@@ -200,6 +202,24 @@ class PrepareLoadOperator(_MembershipQueryOperator):
                         "interval_start": window.start if window else "", "interval_end": window.end if window else ""})
         self.log_retries()
         return [p.to_dict() for p in partitions]
+
+    def _create_batch(self, ingestion: Any, label: BatchLabel, predecessors: list[str]) -> Any:
+        """The target batch. A snapshot replaces the live one by batch replay (``replay.predecessors``):
+        AEP swaps them when the new batch succeeds, so the two are never live at once, and a batch that
+        fails, is aborted (shrink guard) or never completes leaves the old one live. When AEP refuses the
+        replay (a predecessor changed since it was listed), the batch is created without it and the
+        publish task reverts the old one explicitly once the new one succeeded (the fallback)."""
+        if not predecessors:
+            return ingestion.create_batch(self.dataset_id, external_id=label.external_id)
+        try:
+            batch = ingestion.create_batch(self.dataset_id, external_id=label.external_id,
+                                           replay_predecessors=predecessors)
+        except AepBadRequestError as exc:
+            self.log.warning("AEP refused a batch replaying %s (%s); creating it without replay: the publish task "
+                             "reverts the old snapshot explicitly after the new one succeeded", predecessors, exc)
+            return ingestion.create_batch(self.dataset_id, external_id=label.external_id)
+        self.log.info("Batch %s replays (replaces) %s when it succeeds", batch.id, predecessors)
+        return batch
 
     def _check_export_read(self, q: sql.MembershipQuery) -> None:
         """Fail before writing anything when the batch filter does not find the rows the export job
@@ -444,6 +464,29 @@ class _EventsPlan:
 RECLAIM_SECONDS = 60
 
 
+def require_live_export(catalog: Any, export_batch_id: str, kind: str, retention_days: float | None) -> None:
+    """Refuse at once to read an export batch whose rows are gone (reverted, deleted, failed).
+
+    Query Service would answer a query over it with zero rows, and the run would publish an empty
+    snapshot (or no events) as if the audiences had emptied. This happens when a task of an old run
+    is cleared after export retention (or someone in AEP) reverted that run's export.
+    """
+    batch = catalog.get_batch(export_batch_id)
+    if batch.is_success:
+        return
+    extra = batch.model_extra or {}
+    when = runs.utc_iso(datetime.fromtimestamp(batch.updated / 1000, tz=timezone.utc)) if batch.updated else "?"
+    by = extra.get("updatedUser") or "unknown"
+    retention = (f"this job reverts exports older than export_retention_days ({retention_days:g}) that no live "
+                 f"batch needs" if retention_days else "this job keeps its exports (export_retention_days is null)")
+    raise AirflowFailException(
+        f"export batch {export_batch_id}, which this run's export_audiences wrote, is '{batch.status}' (Catalog last "
+        f"changed it at {when}, by {by}): its rows are gone, so reading it would publish an empty {kind}. It was "
+        f"probably reverted by a later run's prune_exports ({retention}) or in AEP. This run's export cannot be "
+        f"read again: clear the whole DAG run, export_audiences included (it starts a new export), or trigger a "
+        f"new run.")
+
+
 def _checked_batch_id(batch_id: str) -> str:
     """A batch id from Batch Ingestion goes into URLs, XCom and the clean-up task's template."""
     try:
@@ -551,6 +594,7 @@ class LoadPartitionOperator(_MembershipQueryOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         self._skip_unless_enabled()
         self._require_open_batch()
+        require_live_export(self.ingestion(), self.export_batch_id, self.kind, self.job_config.export_retention_days)
         from airflow_cja_audiences.transform import RecordSpec
 
         part = sql.Partition.from_dict(self.partition)

@@ -154,16 +154,25 @@ class PublishBatchOperator(AdobeBaseOperator):
     def _verdict(self, context: Context, ok: bool, status: str, failed_records: int, errors: str) -> dict[str, Any]:
         ingestion = self.hook(hooks.ingestion.BatchIngestionHook)
         if ok and failed_records:
+            replaced = self._replayed_away()
+            if replaced:
+                # Batch replay already took the previous snapshot out when this one succeeded: reverting
+                # this one too would leave no snapshot at all. Keep it (all but the failed records) and
+                # fail, so the run is looked at and run again.
+                raise AepObjectFailedError(
+                    f"batch {self.batch_id} {status} with {failed_records} failed records: {errors}. It replaced "
+                    f"{replaced} by batch replay when it succeeded, so it stays live (reverting it would leave "
+                    f"no snapshot); the {failed_records} failed records are missing from it. First failed records: "
+                    f"{self._row_errors(ingestion)}.",
+                    what=f"batch {self.batch_id}", state=status, permanent=True,
+                    advice="fix the failed records' cause, then trigger a new run")
             # A partial snapshot must not stay visible: take it back; the previous one is still live.
             ingestion.revert_batch(self.batch_id)
             ok, status = False, f"{status} with {failed_records} failed records (reverted)"
         if not ok:
-            reasons = ingestion.get_row_errors(self.batch_id, limit=5)
-            detail = "; ".join(
-                f"{(r.get('_errors') or [{}])[0].get('message', r)}" for r in reasons) or "no row diagnostics"
             # Permanent: a retry of this task would read the same failed batch again.
             raise AepObjectFailedError(
-                f"batch {self.batch_id} {status}: {errors}. First failed records: {detail}. "
+                f"batch {self.batch_id} {status}: {errors}. First failed records: {self._row_errors(ingestion)}. "
                 f"The previous data is untouched. See AEP > Monitoring > Batches.",
                 what=f"batch {self.batch_id}", state=status, permanent=True,
                 advice="the batch cannot be published any more: fix the cause, then clear the whole DAG run "
@@ -171,12 +180,37 @@ class PublishBatchOperator(AdobeBaseOperator):
         self.log.info("Batch %s is %s", self.batch_id, status)
         return self._replace(context, self.batch_id, self._records(), self._predecessors())
 
+    def _row_errors(self, ingestion: Any) -> str:
+        reasons = ingestion.get_row_errors(self.batch_id, limit=5)
+        return "; ".join(f"{(r.get('_errors') or [{}])[0].get('message', r)}" for r in reasons) or "no row diagnostics"
+
+    def _replayed_away(self) -> list[str]:
+        """The predecessors this batch replaced by replay (listed in its ``replay`` and no longer live)."""
+        catalog = self.hook(hooks.ingestion.BatchIngestionHook)
+        batch = catalog.get_batch(self.batch_id)
+        gone = []
+        for old_id in (batch.replay or {}).get("predecessors") or []:
+            if not catalog.get_batch(str(old_id)).is_success:
+                gone.append(str(old_id))
+        return gone
+
     def _replace(self, context: Context, batch_id: str | None, records: int, previous: list[Any]) -> dict[str, Any]:
+        """Revert what the new batch replaces and is still live. A snapshot batch created with
+        ``replay.predecessors`` has had them taken out by AEP the moment it succeeded (so ``previous``,
+        listed after that, no longer holds them); what is left is the fallback: batches replay did not
+        cover (the replay was refused, or a batch went live after it was created) and events batches."""
         ingestion = self.hook(hooks.ingestion.BatchIngestionHook)
+        replayed: list[str] = []
+        if batch_id:
+            replayed = [str(p) for p in (ingestion.get_batch(batch_id).replay or {}).get("predecessors") or []]
+        if replayed:
+            self.log.info("Batch %s replaced %s by batch replay when it succeeded", batch_id, replayed)
         for old in previous:
             ingestion.revert_batch(old.id)
-            self.log.info("Reverted batch %s (%d records), replaced by %s", old.id, old.record_count, batch_id)
-        result = {"batch_id": batch_id, "records": records, "replaced_batch_ids": [b.id for b in previous]}
+            self.log.info("Reverted batch %s (%d records), replaced by %s%s", old.id, old.record_count, batch_id,
+                          " (batch replay did not cover it)" if replayed else "")
+        result = {"batch_id": batch_id, "records": records,
+                  "replaced_batch_ids": replayed + [b.id for b in previous if b.id not in replayed]}
         self.log_retries()
         return result
 

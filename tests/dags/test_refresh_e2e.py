@@ -83,6 +83,14 @@ def test_two_runs_converge_to_ground_truth(emu, airflow_db, dags_folder):
     assert records == second
     assert leaver not in records and emu.admin.profile(joiner_index)["email"] in records
     assert len(_live_batches(emu, profile_ds)) == 1  # exactly one live snapshot
+    # ... and never two: the second run's batch replaced the first by batch replay, in one step (the
+    # emulator's record of when each batch was visible; the explicit revert used to leave a window)
+    snapshots = sorted((b for b in _prod(emu)["batches"].values() if b.get("origin") == "ingestion" and b.get(
+        "completed") and b["status"] in ("success", "inactive")
+        and any(o.get("id") == profile_ds for o in b.get("relatedObjects", []))), key=lambda b: b["completed"])
+    assert [b["status"] for b in snapshots] == ["inactive", "success"], snapshots
+    assert snapshots[1]["replay"]["predecessors"] == [snapshots[0]["id"]]
+    assert snapshots[0]["emulatorLive"]["until"] == snapshots[1]["emulatorLive"]["since"]
 
     old = {(p, a) for p, ms in first.items() for a, _, _ in ms}
     new = {(p, a) for p, ms in second.items() for a, _, _ in ms}

@@ -211,3 +211,65 @@ def test_retried_chunks_and_actions_converge(aep):
     aborted = aep.batch_for(dataset)
     assert aep.action(aborted, "ABORT").status_code == 200
     assert aep.action(aborted, "ABORT").status_code == 200
+
+
+def test_replay_refuses_invalid_predecessors_at_creation(aep):
+    _, dataset = aep.cja_dataset()
+    _, other_dataset = aep.cja_dataset("Other CJA dataset")
+    live = aep.ingest(dataset, GOOD[:1])
+    elsewhere = aep.ingest(other_dataset, GOOD[:1])
+    loading = aep.batch_for(dataset)
+    reverted = aep.ingest(dataset, GOOD[1:2])
+    assert aep.action(reverted["id"], "REVERT").status_code == 200
+
+    def create(predecessors):
+        body = {"datasetId": dataset, "inputFormat": {"format": "json"},
+                "replay": {"predecessors": predecessors, "reason": "replace"}}
+        return aep.api.call("POST", f"{IMPORT}/batches", json=body)
+
+    for predecessors, words in ((["0" * 32], "is not a batch"), ([elsewhere["id"]], "belongs to dataset"),
+                                ([loading], "is loading"), ([reverted["id"]], "is inactive"), ([], "one or more"),
+                                ([live["id"], 7], "one or more")):
+        response = create(predecessors)
+        assert response.status_code == 400, (predecessors, response.text)
+        assert words in response.text, response.text
+    # the documented parameterised form "${id}" names the same batch; the answer echoes it bare
+    accepted = create([f"${{{live['id']}}}"])
+    assert accepted.status_code == 201 and accepted.json()["replay"]["predecessors"] == [live["id"]]
+
+
+def test_a_failed_replay_batch_leaves_its_predecessor_live_and_a_good_one_swaps_in_one_step(emu, aep):
+    _, dataset = aep.cja_dataset()
+    old = aep.ingest(dataset, GOOD[:2])
+    failed = aep.ingest(dataset, [UNKNOWN_FIELD], replay={"predecessors": [old["id"]], "reason": "replace"})
+    assert failed["status"] == "failed"
+    assert aep.batch(old["id"])["status"] == "success"
+    assert sorted(r["_id"] for r in emu.admin.dataset_records(dataset)) == ["r0", "r1"]
+    aborted = aep.batch_for(dataset, replay={"predecessors": [old["id"]], "reason": "replace"})
+    assert aep.action(aborted, "ABORT").status_code == 200
+    assert aep.batch(old["id"])["status"] == "success"
+
+    new = aep.ingest(dataset, GOOD[2:], replay={"predecessors": [old["id"]], "reason": "replace"})
+    assert new["status"] == "success"
+    replaced = aep.batch(old["id"])
+    assert replaced["status"] == "inactive" and replaced["updatedUser"] == new["createdUser"]
+    batches = emu.admin.state()["sandboxes"]["prod"]["batches"]
+    # one instant: the new batch became visible exactly when the old one stopped being visible
+    assert batches[new["id"]]["emulatorLive"]["since"] == batches[old["id"]]["emulatorLive"]["until"]
+    assert sorted(r["_id"] for r in emu.admin.dataset_records(dataset)) == ["r2", "r3"]
+
+
+def test_an_export_batch_can_be_reverted_and_leaves_the_query_service_table(emu, aep):
+    dataset = aep.union_dataset("Export retention")
+    segment = aep.audiences()[0]["id"]
+    first = aep.export(dataset, [{"segmentId": segment}])
+    second = aep.export(dataset, [{"segmentId": segment}])
+    old_id, new_id = first["destination"]["batchId"], second["destination"]["batchId"]
+    assert aep.action(old_id, "REVERT").status_code == 200
+    reverted = aep.batch(old_id)
+    assert reverted["status"] == "inactive" and reverted["updatedUser"] == f"{emu.credentials.client_id}@AdobeID"
+    assert reverted["createdUser"] != reverted["updatedUser"]  # the export service wrote it; we reverted it
+    assert aep.action(old_id, "REVERT").status_code == 200  # converges
+    # the dataset's table (what Query Service reads) no longer holds its rows; the other export's stay
+    assert emu.admin.batch_rows(old_id) == [] and len(emu.admin.batch_rows(new_id)) == second["metrics"][
+        "totalExportedProfileCounter"] > 0

@@ -29,6 +29,9 @@ class Failure:
     reasons: tuple[str, ...]  # in that task's log: what AEP said, and what to do
     new_batch_status: str | None = None  # the run's own snapshot batch afterwards (None: none created)
     conf: dict = field(default_factory=dict)
+    # The new batch replaced the previous snapshot by batch replay when it succeeded: it stays live,
+    # less its failed records (reverting it too would leave no snapshot at all).
+    replaced: bool = False
 
 
 FAILURES = [
@@ -41,8 +44,9 @@ FAILURES = [
             ("Internal error while processing the batch", "The previous data is untouched"),
             new_batch_status="failed"),
     Failure("ingestion batch success with a failed record (partial)", {"partial_ingestion_failures": 1},
-            "publish_snapshot", ("with 1 failed records (reverted)", "record rejected",
-                                 "The previous data is untouched"), new_batch_status="inactive"),
+            "publish_snapshot", ("with 1 failed records", "record rejected", "by batch replay",
+                                 "the 1 failed records are missing from it", "trigger a new run"),
+            new_batch_status="success", replaced=True),
 ]
 
 
@@ -70,6 +74,16 @@ def _assert_previous_intact(view: JobView, pipeline: Pipeline, live_id: str, obs
     assert view.snapshot_records(dataset) == view.truth_snapshot(observed_at), "the previous snapshot changed"
 
 
+def _assert_replaced_less_one_person(view: JobView, pipeline: Pipeline, old_id: str, new_id: str):
+    dataset = view.dataset_id(pipeline.job.names.profile_dataset)
+    (now_live,) = view.live_batches(dataset, "snapshot")
+    assert now_live.id == new_id != old_id, "the replay batch is not the live snapshot"
+    records, truth = view.snapshot_records(dataset), view.truth_snapshot(now_live.observed_at)
+    assert len(truth) - len(records) == 1, "exactly the rejected record's person is missing"
+    assert all(truth.get(person) == memberships for person, memberships in records.items())
+    return now_live
+
+
 def test_remote_failures_end_as_documented_and_keep_the_snapshot(make_pipeline, emu, audience_ids, figures):
     pipeline = make_pipeline("remote", publish_events=False, retries=0)
     view = _view(pipeline, emu)
@@ -87,9 +101,15 @@ def test_remote_failures_end_as_documented_and_keep_the_snapshot(make_pipeline, 
         log = outcome.task_log(failure.task)
         missing = [reason for reason in failure.reasons if reason not in log]
         assert not missing, f"{failure.name}: the log lacks {missing}:\n{log[-4000:]}"
-        _assert_previous_intact(view, pipeline, live.id, live.observed_at)
         new = {b: s for b, s in _snapshot_batches(emu, pipeline).items() if b not in before}
         assert list(new.values()) == ([failure.new_batch_status] if failure.new_batch_status else []), new
+        if failure.replaced:
+            live = _assert_replaced_less_one_person(view, pipeline, live.id, next(iter(new)))
+            figures.record("remote failures", failure.name, f"{failure.task} failed with AEP's reason; the batch "
+                           f"replaced the previous snapshot by replay and stays live less its failed record",
+                           seconds=outcome.seconds, retries=dict(outcome.retries))
+            continue
+        _assert_previous_intact(view, pipeline, live.id, live.observed_at)
         figures.record("remote failures", failure.name,
                        f"{failure.task} failed with AEP's reason; previous snapshot live and whole"
                        + (f"; new batch {failure.new_batch_status}" if failure.new_batch_status else ""),
@@ -108,13 +128,16 @@ def test_remote_failures_end_as_documented_and_keep_the_snapshot(make_pipeline, 
                        seconds=recovered.seconds, retries=dict(recovered.retries))
 
     # The shrink guard: the same job, now over its smallest audience only (far fewer people).
+    profile_dataset = view.dataset_id(pipeline.job.names.profile_dataset)
+    live_records = view.snapshot_records(profile_dataset)  # the partial case's snapshot lacks one person
     smaller = make_pipeline("remote", publish_events=False, retries=0, audiences=[{"id": audience_ids[0]}])
     before = _snapshot_batches(emu, smaller)
     guarded = smaller.run(logical_date(days_ago=2))
     assert guarded.state == "failed" and guarded.tasks["publish_snapshot"] == "failed", guarded.tasks
     log = guarded.task_log("publish_snapshot")
     assert "shrink guard" in log and "force_replace=true" in log and "The live snapshot is kept" in log, log[-3000:]
-    _assert_previous_intact(view, smaller, live.id, live.observed_at)
+    assert [b.id for b in view.live_batches(profile_dataset, "snapshot")] == [live.id], "the snapshot was replaced"
+    assert view.snapshot_records(profile_dataset) == live_records, "the live snapshot changed"
     new = {b: s for b, s in _snapshot_batches(emu, smaller).items() if b not in before}
     assert list(new.values()) == ["aborted"], f"the refused batch must be aborted, not left open: {new}"
     figures.record("remote failures", "shrink guard tripped (snapshot would lose > 50%)",

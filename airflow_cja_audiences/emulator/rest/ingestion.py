@@ -92,10 +92,7 @@ def create_batch(call: Call) -> Response:
         tags["acp_partialIngestionPercent"] = partial
     replay = body.get("replay")
     if replay is not None:
-        if not isinstance(replay, dict) or not isinstance(replay.get("predecessors"), list):
-            raise error(400, 1404, "replay must be {\"predecessors\": [batch ids], \"reason\": \"replace\"}")
-        replay = {"predecessors": [str(p).strip("${}") for p in replay["predecessors"]],
-                  "reason": replay.get("reason", "replace")}
+        replay = _replay(call, replay, dataset_id)
     now_ms = call.state.now_ms()
     batch = Batch(id=cat.new_batch_id(), sandbox=call.sandbox.name, dataset_id=dataset_id, origin="ingestion",
                   status=cat.LOADING, created=now_ms, updated=now_ms, created_client=call.client_id,
@@ -107,9 +104,39 @@ def create_batch(call: Call) -> Response:
     return ok(batch.to_json(call.state.settings.org_id), 201)
 
 
+def _replay(call: Call, replay: object, dataset_id: str) -> dict:
+    """Check a create's ``replay`` section: the batches it replaces (batch ingestion API guide, "Replay a
+    batch"; the docs write ids parameterised as ``"${id}"`` and the answer echoes them bare).
+
+    Guess (not documented): every predecessor must be a batch of the same dataset whose records are
+    live (``success``); anything else (unknown, another dataset's, still loading, failed, already
+    inactive) is refused with 400 when the batch is created, rather than ignored, because replaying
+    "nothing" would silently leave two snapshots live. The error code and wording are guesses too.
+    ``predecessorsByExternalId`` (in Catalog's spec) is not modelled: 501.
+    """
+    if not isinstance(replay, dict) or not isinstance(replay.get("predecessors"), list) \
+            or not replay["predecessors"] or not all(isinstance(p, str) and p for p in replay["predecessors"]):
+        if isinstance(replay, dict) and "predecessorsByExternalId" in replay:
+            raise NotModelled("replay.predecessorsByExternalId (replay.predecessors is modelled)")
+        raise error(400, 1406, "replay must be {\"predecessors\": [one or more batch ids], \"reason\": \"replace\"}")
+    ids = [p[2:-1] if p.startswith("${") and p.endswith("}") else p for p in replay["predecessors"]]
+    for old_id in ids:
+        old = call.sandbox.catalog.batches.get(old_id)
+        if old is None:
+            raise error(400, 1407, f"replay predecessor {old_id} is not a batch of sandbox {call.sandbox.name}")
+        if old.dataset_id != dataset_id:
+            raise error(400, 1408, f"replay predecessor {old_id} belongs to dataset {old.dataset_id}, not {dataset_id}")
+        if old.status != cat.SUCCESS:
+            raise error(400, 1409, f"replay predecessor {old_id} is {old.status}; only a successful batch can be "
+                                   f"replaced")
+    return {"predecessors": ids, "reason": replay.get("reason", "replace")}
+
+
 def batch_action(call: Call) -> Response:
-    batch = _batch(call, call.path_params["batch"])
     action = (call.param("action") or "").upper()
+    if action == "REVERT":
+        return _revert(call)
+    batch = _batch(call, call.path_params["batch"])
     if action == "COMPLETE":
         if batch.status == cat.LOADING:
             incomplete = [p for p, f in batch.files.items() if not f.complete]
@@ -136,15 +163,28 @@ def batch_action(call: Call) -> Response:
         batch.status = cat.FAILED
         batch.errors = [{"code": "INGEST-1000-400", "description": "Batch marked failed by the client"}]
         batch.touch(call.state.now_ms())
-    elif action == "REVERT":
-        if batch.status == cat.INACTIVE:
-            pass  # Guess: repeating REVERT converges, like COMPLETE
-        elif batch.status != cat.SUCCESS:
-            raise error(400, 1424, f"Batch {batch.id} is {batch.status}; only a successful batch can be reverted")
-        else:
-            lifecycle.revert_batch(call.state, call.sandbox, batch)
     else:
         raise error(400, 1425, f"action must be COMPLETE, ABORT, FAIL or REVERT, got {action or 'nothing'!r}")
+    return empty(200)
+
+
+def _revert(call: Call) -> Response:
+    """REVERT: a successful batch becomes ``inactive`` and its records leave the dataset.
+
+    Also for the batches an export job wrote into a profile-union dataset (guess: the docs describe
+    REVERT as deleting any mastered batch, and the UI deletes export batches like any other; Catalog
+    answers for them in the emulator are otherwise read-only). Repeating it converges (guess, like
+    COMPLETE).
+    """
+    batch = call.sandbox.catalog.batches.get(call.path_params["batch"])
+    if batch is None:
+        raise error(404, 1404, f"Batch {call.path_params['batch']} was not found in sandbox {call.sandbox.name}",
+                    "Not found")
+    if batch.status == cat.INACTIVE:
+        return empty(200)
+    if batch.status != cat.SUCCESS:
+        raise error(400, 1424, f"Batch {batch.id} is {batch.status}; only a successful batch can be reverted")
+    lifecycle.revert_batch(call.state, call.sandbox, batch, by_client=call.client_id)
     return empty(200)
 
 
