@@ -37,6 +37,17 @@ def emu() -> Iterator:
         yield running
 
 
+@pytest.fixture(scope="session")
+def realistic_emu() -> Iterator:
+    """The emulator in realistic mode (Adobe's pace and limits on the compressed clock, README
+    "Realistic mode"): the end-to-end suites (dags, reliability) use it as their ``emu`` by default; a
+    test there that needs the default (kind) emulator starts one and says why."""
+    from emulator_fixture import start_subprocess
+
+    with start_subprocess(profiles=600, pg=True, realistic=True) as running:
+        yield running
+
+
 @pytest.fixture
 def adobe_conn(emu, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     """The default Adobe connection pointed at the emulator; emulator state and token cache reset after."""
