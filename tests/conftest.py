@@ -44,7 +44,13 @@ def realistic_emu() -> Iterator:
     test there that needs the default (kind) emulator starts one and says why."""
     from emulator_fixture import start_subprocess
 
-    with start_subprocess(profiles=600, pg=True, realistic=True) as running:
+    # CJA_TEST_EMULATOR_MODE=default runs these suites against the default emulator instead (to
+    # compare run times, or to tell a realistic-mode failure from another one).
+    mode = os.environ.get("CJA_TEST_EMULATOR_MODE", "realistic")
+    if mode not in ("realistic", "default"):
+        raise pytest.UsageError(f"CJA_TEST_EMULATOR_MODE must be realistic or default, got {mode!r}")
+    args = [] if mode == "realistic" else ["--export-job-seconds", "0.3", "--batch-seconds", "0.2"]
+    with start_subprocess(profiles=600, pg=True, realistic=mode == "realistic", args=args) as running:
         yield running
 
 
