@@ -134,6 +134,7 @@ class EmulatorState:
                            intermediate_statuses=s.intermediate_statuses,
                            platform_rate_limit=s.platform_rate_limit,
                            batch_create_rate_limit=s.batch_create_rate_limit)
+        self.throttled: dict[str, int] = {}  # route -> 429s answered by the rate limits (GET /emulator/stats)
         # Throttling windows run on real time: they limit the client's pace, which is not compressed.
         self.platform_limiter = RateLimiter(limit=max(1, s.platform_rate_limit), window=1.0)
         self.batch_create_limiter = RateLimiter(limit=max(1, s.batch_create_rate_limit), window=60.0)
@@ -210,6 +211,10 @@ class EmulatorState:
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.db.close()
+
+    def count_throttled(self, route: str) -> None:
+        with self._db_lock:  # a small lock any thread may take; the state lock may not be held here
+            self.throttled[route] = self.throttled.get(route, 0) + 1
 
     # -- DuckDB ----------------------------------------------------------------------------
     def cursor(self) -> duckdb.DuckDBPyConnection:

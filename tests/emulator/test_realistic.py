@@ -137,6 +137,7 @@ def test_platform_requests_over_the_rate_get_429_with_retry_after(real, raep):
     assert throttled[0].json() == {"error_code": "429001", "message": "Too many requests"}
     wait = int(throttled[0].headers["Retry-After"])
     assert wait == 1  # a one-second window
+    assert real.admin.stats()["throttled"]["catalog.list_datasets"] == len(throttled)
     time.sleep(wait)  # honouring Retry-After is what a client must do
     assert raep.api.call("GET", f"{CATALOG}/dataSets").status_code == 200
 
@@ -154,6 +155,7 @@ def test_batch_creation_rate_answers_429_with_retry_after(real, raep):
     body = {"datasetId": dataset, "inputFormat": {"format": "json"}}
     answers = [raep.api.call("POST", f"{IMPORT}/batches", json=body) for _ in range(3)]
     assert [r.status_code for r in answers] == [201, 201, 429]
+    assert real.admin.stats()["throttled"] == {"ingestion.create_batch": 1}
     assert answers[2].json()["type"].endswith("INGEST-1429-429")
     assert 1 <= int(answers[2].headers["Retry-After"]) <= 60
 

@@ -137,7 +137,7 @@ def state_view(call: Call) -> Response:
 
 def stats(call: Call) -> Response:
     state = call.state
-    return ok({**state.faults.stats(), "tokensIssued": state.tokens.issued,
+    return ok({**state.faults.stats(), "throttled": dict(state.throttled), "tokensIssued": state.tokens.issued,
                "tokenTimes": [t for t, _ in state.tokens.issued_log]})
 
 

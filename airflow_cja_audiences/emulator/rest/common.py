@@ -165,7 +165,7 @@ def check_scopes(state: EmulatorState, info: TokenInfo) -> None:
         raise errors.gateway(status, code, message)
 
 
-def throttle(state: EmulatorState, auth: Auth, client_id: str) -> None:
+def throttle(state: EmulatorState, auth: Auth, client_id: str, route: str) -> None:
     """429 with ``Retry-After`` past the per-client request rates (windows in real time).
 
     CJA: 12 requests / 6 s per user, body ``{"error_code": "429050", "message": "Too many requests"}``
@@ -182,7 +182,8 @@ def throttle(state: EmulatorState, auth: Auth, client_id: str) -> None:
         return
     if not limiter.allow(client_id, limit):
         retry_after = limiter.retry_after(client_id, limit)
-        log.info("throttled %s (%s): Retry-After %ss", client_id, auth.value, retry_after)
+        state.count_throttled(route)
+        log.info("throttled %s on %s: Retry-After %ss", client_id, route, retry_after)
         raise errors.gateway(429, code, "Too many requests", {"Retry-After": str(retry_after)})
 
 
@@ -238,7 +239,7 @@ def wrap(endpoint: Endpoint, state: EmulatorState, upload_limit: int = UPLOAD_LI
         try:
             if endpoint.auth is not Auth.NONE:
                 call.token, call.sandbox = authenticate(state, request.headers, endpoint.auth)
-                throttle(state, endpoint.auth, call.client_id)
+                throttle(state, endpoint.auth, call.client_id, endpoint.name)
             if endpoint.content_types and request.method in ("POST", "PUT", "PATCH"):
                 _check_content_type(request.headers, endpoint.content_types)
             if endpoint.body is Body.BYTES:

@@ -71,6 +71,7 @@ def _batch_rate(call: Call) -> None:
     limiter = call.state.batch_create_limiter
     if limit > 0 and not limiter.allow(call.client_id, limit):
         retry_after = limiter.retry_after(call.client_id, limit)
+        call.state.count_throttled("ingestion.create_batch")
         raise ServiceError(429, "INGEST-1429-429", "Too many requests",
                            f"more than {limit} batches created in the last minute by this client; retry later",
                            headers={"Retry-After": str(retry_after)})
