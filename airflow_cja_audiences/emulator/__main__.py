@@ -28,7 +28,7 @@ def _scopes(value: str) -> tuple[str, ...]:
 def parser(defaults: EmulatorSettings = DEFAULTS) -> argparse.ArgumentParser:
     """The CLI; ``defaults`` are the mode's (``--realistic`` re-parses with the realistic preset, so
     an explicit option still wins over the preset)."""
-    DEFAULTS = defaults  # noqa: N806 - the help texts below show the mode's defaults
+    DEFAULTS = defaults  # the help texts below show the mode's defaults
     p = argparse.ArgumentParser(prog="python -m airflow_cja_audiences.emulator",
                                 description="Local emulator of the Adobe Experience Platform and CJA APIs.")
     add = p.add_argument

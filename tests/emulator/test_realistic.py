@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from dataclasses import fields
 
 import pytest
-
 from emulator_fixture import DEFAULT_SECRET, ApiClient, RunningEmulator, start_in_process
 from emulator_testkit import CATALOG, IMPORT, UPS, Aep, settings
 

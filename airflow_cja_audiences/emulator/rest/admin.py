@@ -4,7 +4,8 @@ Inspection
   ``GET  /emulator/state``                     datasets (tags, schema, table), batches (status, files,
                                                counts), export jobs, schemas, field groups, descriptors,
                                                CJA connections/data views, tokens issued, knobs, clock
-  ``GET  /emulator/stats``                     requests and injected faults per route, tokens issued
+  ``GET  /emulator/stats``                     requests and injected faults per route, 429s of the rate
+                                               limits per route (``throttled``), tokens issued
   ``GET  /emulator/routes``                    the stable route names (for fault rules)
   ``GET  /emulator/tokens``                    the access tokens issued (the last 1000), for secret scans
   ``GET  /emulator/datasets/{id}/records``     JSON Lines: records of the dataset's live batches
@@ -41,7 +42,11 @@ Control
                                     "cja_rate_limit": true, "export_job_failures": 1,
                                     "export_batch_failures": 1, "ingestion_failures": 1,
                                     "partial_ingestion_failures": 1}`` (failures: the next N jobs or
-                                    batches; a partial one succeeds with its first record rejected)
+                                    batches; a partial one succeeds with its first record rejected);
+                                    realistic mode's ``time_scale``, ``export_batch_seconds``,
+                                    ``intermediate_statuses``, ``platform_rate_limit``,
+                                    ``batch_create_rate_limit`` (durations are Adobe seconds: real
+                                    seconds = value * time_scale)
   ``GET|POST|DELETE /emulator/faults``  rules as in :mod:`airflow_cja_audiences.emulator.faults`
                                     (POST ``{"seed": 1, "rules": [...]}`` replaces the rules; kinds
                                     429/500/502/503, reset, truncate, lost_response, latency)
