@@ -1,13 +1,14 @@
 """``make demo``: the refresh DAG end to end against the local emulator, with ``airflow dags test``.
 
-1. start the emulator (HTTPS + Query Service, 100k synthetic profiles) in a subprocess;
+1. start the emulator (HTTPS + Query Service, 100k synthetic profiles) in a subprocess, in realistic
+   mode (Adobe's pace and limits on a compressed clock; ``--mode default`` for the fast, kind one);
 2. point the Adobe connection at it through ``AIRFLOW_CONN_...`` (nothing stored anywhere);
 3. a throw-away ``AIRFLOW_HOME`` with a SQLite metadata DB;
 4. run the DAG for yesterday's interval with the emulator's clock one day back, move the clock
    forward one day, run it for today's interval: the second report shows who entered and exited;
 5. print the report, stop everything, exit non-zero if any step failed.
 
-Run it with ``make demo`` or ``python -m airflow_cja_audiences.demo [--profiles N] [--keep]``.
+Run it with ``make demo`` or ``python -m airflow_cja_audiences.demo [--profiles N] [--mode M] [--keep]``.
 """
 
 from __future__ import annotations
@@ -40,14 +41,16 @@ def _log(message: str) -> None:
 class Emulator:
     """The emulator as a subprocess; stopped on exit whatever happens."""
 
-    def __init__(self, workdir: Path, profiles: int) -> None:
+    def __init__(self, workdir: Path, profiles: int, mode: str = "realistic") -> None:
         self.workdir = workdir
+        # Default mode: export jobs of 3 s and batches of 1 s; realistic mode brings its own durations.
+        timing = ["--export-job-seconds", "3", "--batch-seconds", "1"] if mode == "default" else []
         ready_file = workdir / "emulator-ready.json"
         self.stderr = (workdir / "emulator.log").open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "airflow_cja_audiences.emulator", "--port", "0", "--pg-port", "0",
              "--profiles", str(profiles), "--client-secret", SECRET, "--state-dir", str(workdir / "emulator"),
-             "--export-job-seconds", "3", "--batch-seconds", "1", "--ready-file", str(ready_file)],
+             "--mode", mode, *timing, "--ready-file", str(ready_file)],
             stdout=subprocess.DEVNULL, stderr=self.stderr)
         deadline = time.monotonic() + 120
         while not ready_file.exists():
@@ -110,6 +113,8 @@ def _report(output: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", type=int, default=100_000)
+    parser.add_argument("--mode", choices=("realistic", "default"), default="realistic",
+                        help="emulator mode (default %(default)s: Adobe's pace and limits on a compressed clock)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary AIRFLOW_HOME and logs")
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -117,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     emulator = None
     ok = False
     try:
-        _log(f"starting the AEP emulator with {args.profiles} profiles (logs in {workdir})")
-        emulator = Emulator(workdir, args.profiles)
+        _log(f"starting the AEP emulator in {args.mode} mode with {args.profiles} profiles (logs in {workdir})")
+        emulator = Emulator(workdir, args.profiles, args.mode)
         home = workdir / "airflow"
         env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),

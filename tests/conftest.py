@@ -37,6 +37,23 @@ def emu() -> Iterator:
         yield running
 
 
+@pytest.fixture(scope="session")
+def realistic_emu() -> Iterator:
+    """The emulator in realistic mode (Adobe's pace and limits on the compressed clock, README
+    "Realistic mode"): the end-to-end suites (dags, reliability) use it as their ``emu`` by default; a
+    test there that needs the default (kind) emulator starts one and says why."""
+    from emulator_fixture import start_subprocess
+
+    # CJA_TEST_EMULATOR_MODE=default runs these suites against the default emulator instead (to
+    # compare run times, or to tell a realistic-mode failure from another one).
+    mode = os.environ.get("CJA_TEST_EMULATOR_MODE", "realistic")
+    if mode not in ("realistic", "default"):
+        raise pytest.UsageError(f"CJA_TEST_EMULATOR_MODE must be realistic or default, got {mode!r}")
+    args = [] if mode == "realistic" else ["--export-job-seconds", "0.3", "--batch-seconds", "0.2"]
+    with start_subprocess(profiles=600, pg=True, realistic=mode == "realistic", args=args) as running:
+        yield running
+
+
 @pytest.fixture
 def adobe_conn(emu, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     """The default Adobe connection pointed at the emulator; emulator state and token cache reset after."""

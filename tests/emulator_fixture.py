@@ -226,9 +226,11 @@ def _credentials(ready: dict, secret: str) -> Credentials:
 
 def start_subprocess(*, profiles: int = 1000, seed: int = 42, pg: bool = False, args: list[str] | None = None,
                      client_secret: str = DEFAULT_SECRET, timeout: float = 60.0,
-                     env: dict[str, str] | None = None) -> RunningEmulator:
+                     env: dict[str, str] | None = None, realistic: bool = False) -> RunningEmulator:
     """Run ``python -m airflow_cja_audiences.emulator`` and wait for its ready file.
 
+    ``realistic=True`` starts it in realistic mode (``--realistic``: Adobe's pace and limits on the
+    compressed clock); ``args`` still override single settings of the preset.
     On failure (exit, timeout, crash at stop) the emulator's stderr is printed, so the test log says why.
     """
     workdir = Path(tempfile.mkdtemp(prefix="emulator-fixture-"))
@@ -238,6 +240,8 @@ def start_subprocess(*, profiles: int = 1000, seed: int = 42, pg: bool = False, 
                "--state-dir", str(workdir / "state")]
     if pg:
         command += ["--pg-port", "0"]
+    if realistic:
+        command += ["--realistic"]
     command += list(args or [])
     stderr = stderr_path.open("wb")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, **(env or {})})
@@ -283,6 +287,7 @@ def start_subprocess(*, profiles: int = 1000, seed: int = 42, pg: bool = False, 
 
 def start_in_process(settings: Any = None, **overrides: Any) -> RunningEmulator:
     """Run the emulator in this process (uvicorn in a thread). ``overrides`` update the settings.
+    For realistic mode pass ``EmulatorSettings.realistic(...)`` as ``settings``.
 
     Exposes ``.server`` (EmulatorServer) and ``.state`` (EmulatorState) for Python-level ground truth.
     """

@@ -16,15 +16,27 @@ import threading
 from pathlib import Path
 
 from airflow_cja_audiences.emulator.clock import parse_instant
-from airflow_cja_audiences.emulator.settings import EmulatorSettings, load_audiences_file, load_faults
+from airflow_cja_audiences.emulator.settings import MODES, EmulatorSettings, load_audiences_file, load_faults
 
 DEFAULTS = EmulatorSettings()
 
 
-def parser() -> argparse.ArgumentParser:
+def _scopes(value: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in value.split(",") if s.strip())
+
+
+def parser(defaults: EmulatorSettings = DEFAULTS) -> argparse.ArgumentParser:
+    """The CLI; ``defaults`` are the mode's (``--realistic`` re-parses with the realistic preset, so
+    an explicit option still wins over the preset)."""
+    DEFAULTS = defaults  # the help texts below show the mode's defaults
     p = argparse.ArgumentParser(prog="python -m airflow_cja_audiences.emulator",
                                 description="Local emulator of the Adobe Experience Platform and CJA APIs.")
     add = p.add_argument
+    add("--mode", choices=MODES, default=DEFAULTS.mode,
+        help="default: fast and kind; realistic: Adobe's pace and limits on a compressed clock (durations "
+             "in minutes, throttling with Retry-After, IMS scope checks, intermediate batch statuses); "
+             "see README 'Realistic mode' (default %(default)s)")
+    add("--realistic", dest="mode", action="store_const", const="realistic", help="same as --mode realistic")
     add("--host", default=DEFAULTS.host, help="address to listen on (default %(default)s)")
     add("--port", type=int, default=DEFAULTS.port, help="REST port; 0 picks a free one (default %(default)s)")
     add("--profiles", type=int, default=DEFAULTS.profiles, help="synthetic profiles (default %(default)s)")
@@ -65,13 +77,29 @@ def parser() -> argparse.ArgumentParser:
              "%(default)s; realistic: 2, a guess)")
     add("--clock-start", help="RFC 3339 instant: the clock starts there and timelines spread around it "
                               "(default: real time, timelines around today 00:00 UTC)")
+    add("--time-scale", type=float, default=DEFAULTS.time_scale,
+        help="real seconds per emulated Adobe second for job and batch durations (default %(default)s)")
     add("--export-job-seconds", type=float, default=DEFAULTS.export_job_seconds,
-        help="duration of an export job (default %(default)s)")
+        help="duration of an export job, Adobe seconds (default %(default)s)")
+    add("--export-batch-seconds", type=float, default=DEFAULTS.export_batch_seconds,
+        help="time the export's batch stays staging after its job SUCCEEDED, Adobe seconds (default %(default)s)")
     add("--batch-seconds", type=float, default=DEFAULTS.batch_seconds,
-        help="processing time of an ingestion batch (default %(default)s)")
+        help="processing time of an ingestion batch, Adobe seconds (default %(default)s)")
+    add("--intermediate-statuses", action=argparse.BooleanOptionalAction, default=DEFAULTS.intermediate_statuses,
+        help="batches pass Catalog's loaded/staging statuses (default %(default)s)")
+    add("--platform-rate-limit", type=int, default=DEFAULTS.platform_rate_limit,
+        help="Platform requests per second per client id, then 429 with Retry-After; 0 = unlimited "
+             "(default %(default)s)")
+    add("--batch-create-rate-limit", type=int, default=DEFAULTS.batch_create_rate_limit,
+        help="ingestion batches created per minute per client id; 0 = unlimited (default %(default)s)")
+    add("--ims-scopes", type=_scopes, default=DEFAULTS.ims_scopes, metavar="A,B,...",
+        help="the credential's scopes: a token request asking for another is refused; empty = any")
+    add("--required-scopes", type=_scopes, default=DEFAULTS.required_scopes, metavar="A,B,...",
+        help="scopes every API call's token must carry; empty = none")
     add("--audiences-file", type=Path, help='JSON list of {"id", "name", "probability"} replacing the defaults')
     add("--faults", help="fault rules: inline JSON or a JSON file (see emulator/faults.py)")
-    add("--cja-rate-limit", action="store_true", help="enforce CJA's 12 requests / 6 s limit")
+    add("--cja-rate-limit", action=argparse.BooleanOptionalAction, default=DEFAULTS.cja_rate_limit,
+        help="enforce CJA's 12 requests / 6 s limit (default %(default)s)")
     add("--db-path", type=Path, help="DuckDB database file (default: in memory)")
     add("--db-memory-limit", help="DuckDB memory limit, e.g. 2GB")
     add("--ready-file", type=Path, help="also write the ready JSON to this file")
@@ -81,7 +109,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> EmulatorSettings:
-    return EmulatorSettings(
+    # The mode's preset first, so a realistic knob without a CLI option still gets its value.
+    return EmulatorSettings.for_mode(
+        args.mode,
         host=args.host, port=args.port, profiles=args.profiles, seed=args.seed, client_id=args.client_id,
         client_secret=args.client_secret, org_id=args.org_id, sandboxes=tuple(args.sandboxes or ("prod",)),
         tenant=args.tenant, token_lifetime=args.token_lifetime, tls=not args.no_tls, tls_cert=args.tls_cert,
@@ -90,14 +120,25 @@ def settings_from(args: argparse.Namespace) -> EmulatorSettings:
         qs_max_sessions=args.qs_max_sessions, distinct_batch_ids=args.distinct_batch_ids,
         qs_seconds_per_million_rows=args.qs_seconds_per_million_rows, qs_seconds_per_query=args.qs_seconds_per_query,
         clock_start=parse_instant(args.clock_start) if args.clock_start else None,
-        export_job_seconds=args.export_job_seconds, batch_seconds=args.batch_seconds,
+        time_scale=args.time_scale, export_job_seconds=args.export_job_seconds,
+        export_batch_seconds=args.export_batch_seconds, batch_seconds=args.batch_seconds,
+        intermediate_statuses=args.intermediate_statuses, platform_rate_limit=args.platform_rate_limit,
+        batch_create_rate_limit=args.batch_create_rate_limit, ims_scopes=tuple(args.ims_scopes),
+        required_scopes=tuple(args.required_scopes),
         audiences=load_audiences_file(args.audiences_file) if args.audiences_file else None,
         faults=load_faults(args.faults) if args.faults else None, cja_rate_limit=args.cja_rate_limit,
         db_path=args.db_path, db_memory_limit=args.db_memory_limit, log_requests=args.log_requests)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser().parse_args(argv)
+    if args.mode != DEFAULTS.mode:  # again, over the mode's preset: explicit options override it
+        args = parser(EmulatorSettings.for_mode(args.mode)).parse_args(argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("airflow_cja_audiences.emulator")

@@ -12,6 +12,8 @@ from typing import Any
 # Catalog batch statuses this emulator produces (a subset of the documented enum).
 LOADING, PROCESSING, SUCCESS, FAILED, ABORTED, INACTIVE = (
     "loading", "processing", "success", "failed", "aborted", "inactive")
+LOADED, STAGING = "loaded", "staging"  # realistic mode's intermediate statuses (settings.intermediate_statuses)
+IN_PROGRESS = frozenset({LOADED, PROCESSING, STAGING})  # after COMPLETE, before success/failed
 
 
 def new_object_id() -> str:
@@ -114,6 +116,7 @@ class Batch:
     row_errors_dir: Path | None = None
     work: Future | None = None  # processing in the executor
     due: float | None = None  # monotonic time when processing may finish
+    stages: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, in-progress status) ahead
     version: int = 0
     updated_client: str | None = None  # who changed it last (a REVERT's caller; a replay's creator)
     # Emulator bookkeeping, never in Catalog's answers: monotonic seconds when the batch's records

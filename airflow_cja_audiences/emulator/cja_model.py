@@ -7,6 +7,7 @@ for the UI actions "add dataset to connection" and "add dimension to data view".
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 import uuid
@@ -104,23 +105,37 @@ def spring_page(items: list[dict], page: int, limit: int) -> dict:
 
 
 class RateLimiter:
-    """Sliding window: at most ``limit`` requests per ``window`` seconds per key."""
+    """Sliding window: at most ``limit`` requests per ``window`` seconds per key (real time)."""
 
     def __init__(self, limit: int = 12, window: float = 6.0) -> None:
         self.limit, self.window = limit, window
         self._hits: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._lock = threading.Lock()
 
-    def allow(self, key: str) -> bool:
+    def allow(self, key: str, limit: int | None = None) -> bool:
+        """Count one request; False (not counted) when ``limit`` (default: the limiter's) is reached."""
+        limit = self.limit if limit is None else limit
         now = time.monotonic()
         with self._lock:
             hits = self._hits[key]
             while hits and now - hits[0] >= self.window:
                 hits.popleft()
-            if len(hits) >= self.limit:
+            if len(hits) >= limit:
                 return False
             hits.append(now)
             return True
+
+    def retry_after(self, key: str, limit: int | None = None) -> int:
+        """Whole seconds (at least 1) until ``key`` may send again: a ``Retry-After`` value."""
+        limit = self.limit if limit is None else limit
+        now = time.monotonic()
+        with self._lock:
+            hits = self._hits[key]
+            if len(hits) < limit or not hits:
+                return 1
+            # The request that frees a slot is the limit-th newest leaving the window.
+            oldest_blocking = hits[len(hits) - limit]
+            return max(1, math.ceil(oldest_blocking + self.window - now))
 
 
 @dataclass

@@ -13,8 +13,9 @@ class ServiceError(Exception):
     """A service-level error. ``code`` is the full Adobe code, e.g. ``XDM-1521-400``."""
 
     def __init__(self, status: int, code: str, title: str, detail: str, *,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(f"{code}: {detail}")
+        self.headers = headers or {}  # e.g. Retry-After on a 429
         self.status = status
         self.code = code
         self.title = title

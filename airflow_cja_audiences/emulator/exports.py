@@ -39,6 +39,9 @@ class ExportRequest:
     qualification_end: int | None
     merge_policy: dict
     echo: dict  # the request as the job shows it (defaults filled in)
+    # Paths of ``fields`` the profile union schema lacks: the job is created and SUCCEEDS, and its
+    # batch fails (APE:use-cases/data-ingestion/ingest-aep-segments.md; reference 4.1).
+    unknown_fields: list[str] = field(default_factory=list)
 
 
 def _time(value: Any, where: str) -> int:
@@ -80,14 +83,19 @@ def validate_request(body: Any, *, audience_ids: set[str], dataset_kind: Any, tr
         raise NotModelled("export jobs with evaluationInfo.segmentation=true")
 
     fields = None
+    unknown_fields: list[str] = []
     if body.get("fields") is not None:
         if not isinstance(body["fields"], str):
             raise invalid("fields", "must be a comma-separated string of field paths")
-        fields = [f.strip() for f in body["fields"].split(",") if f.strip()]
-        for path in fields:
+        fields = []
+        for path in (f.strip() for f in body["fields"].split(",")):
+            if not path:
+                continue
             if path != "segmentMembership" and not path.startswith("segmentMembership.") \
                     and not synthetic.resolve_field_path(tree, path):
-                raise invalid("fields", f"field path {path!r} does not exist in the profile union schema")
+                unknown_fields.append(path)  # not a 400: the job's batch fails (see ExportRequest)
+            else:
+                fields.append(path)
 
     filt = body.get("filter") or {}
     if not isinstance(filt, dict):
@@ -136,7 +144,8 @@ def validate_request(body: Any, *, audience_ids: set[str], dataset_kind: Any, tr
     if echo["fields"] is None:
         del echo["fields"]
     return ExportRequest(dataset_id=dataset_id, fields=fields, segments=segments, qualification_start=start,
-                         qualification_end=end, merge_policy=echo["mergePolicy"], echo=echo)
+                         qualification_end=end, merge_policy=echo["mergePolicy"], echo=echo,
+                         unknown_fields=unknown_fields)
 
 
 def export_sql(timeline: Timeline, seed: int, tenant: str, at: int, request: ExportRequest, batch_id: str,

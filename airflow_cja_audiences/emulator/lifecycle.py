@@ -8,6 +8,13 @@ readers never see a partial export and nothing is copied.
 
 Ingestion batch: loading -> (COMPLETE) processing -> success | failed after ``batch_seconds`` and the
 validation in the executor.
+
+Realistic mode (``knobs.intermediate_statuses``): an ingestion batch goes loading -> (COMPLETE)
+loaded -> processing -> staging -> success (failed straight from processing); an export's batch is
+loading while its job is PROCESSING, then staging for ``export_batch_seconds`` after the job
+SUCCEEDED, then success | failed. The names are Catalog's (its spec's status enum); the order and the
+shares of each phase are guesses (aep-api-reference.md 7.4). Durations are Adobe seconds, turned
+into real ones by ``knobs.time_scale`` (the compressed clock).
 """
 
 from __future__ import annotations
@@ -52,9 +59,12 @@ def create_export_job(state: EmulatorState, sandbox: SandboxState, request: Expo
                       request_id: str) -> ExportJob:
     """Register a job and start computing its rows (call under the state lock)."""
     now = time.monotonic()
-    processing_at, done_at = exports.progress_times(now, state.knobs.export_job_seconds)
+    processing_at, done_at = exports.progress_times(now, state.knobs.real_seconds(state.knobs.export_job_seconds))
     failure = None
-    if state.knobs.export_job_failures > 0:
+    if request.unknown_fields:
+        # The use-case doc's trap: the job is accepted and SUCCEEDS, and the batch it wrote fails.
+        failure = "fields"
+    elif state.knobs.export_job_failures > 0:
         state.knobs.export_job_failures -= 1
         failure = "job"
     elif state.knobs.export_batch_failures > 0:
@@ -87,7 +97,7 @@ def _fail_job(state: EmulatorState, sandbox: SandboxState, job: ExportJob, code:
     # its value there is a logger class name, which the emulator repeats (what else it holds: unknown).
     job.errors = [{"code": code, "msg": message, "callStack": CALL_STACK}]
     batch = sandbox.catalog.batches.get(job.batch_id)
-    if batch is not None and batch.status == cat.PROCESSING:
+    if batch is not None and batch.status in cat.IN_PROGRESS | {cat.LOADING}:
         batch.status, batch.completed = cat.FAILED, now_ms
         batch.errors = [{"code": code, "description": message}]
         batch.touch(now_ms)
@@ -109,7 +119,9 @@ def advance_export_job(state: EmulatorState, sandbox: SandboxState, job: ExportJ
         job.status, job.updated_ms, job.start_ms = exports.PROCESSING, now_ms, now_ms
         sandbox.catalog.batches[job.batch_id] = Batch(
             id=job.batch_id, sandbox=sandbox.name, dataset_id=job.request.dataset_id, origin="export",
-            status=cat.PROCESSING, created=now_ms, updated=now_ms, started=now_ms,
+            # Guess: the export writes its files into a batch that is loading (realistic mode).
+            status=cat.LOADING if state.knobs.intermediate_statuses else cat.PROCESSING,
+            created=now_ms, updated=now_ms, started=now_ms,
             created_client="acp_segmentation", input_format={"format": "parquet"})
         job.batch_created = True
     if job.status != exports.PROCESSING or now < job.done_at or job.work is None or not job.work.done():
@@ -129,31 +141,69 @@ def advance_export_job(state: EmulatorState, sandbox: SandboxState, job: ExportJ
     rows = job.work.result()
     batch = sandbox.catalog.batches[job.batch_id]
     now_ms = state.now_ms()
-    if job.failure_mode == "batch":
+    job.status, job.exported, job.updated_ms, job.end_ms = exports.SUCCEEDED, rows, now_ms, now_ms
+    tail = state.knobs.real_seconds(state.knobs.export_batch_seconds) if state.knobs.intermediate_statuses else 0.0
+    if tail > 0:
+        # The job is done; Catalog still shows its batch staging for a while (realistic mode).
+        batch.status, batch.due = cat.STAGING, time.monotonic() + tail
+        batch.touch(now_ms)
+        state.pending_batches.add((sandbox.name, batch.id))
+        log.info("export job %s SUCCEEDED with %d profiles; its batch %s is staging", job.id, rows, batch.id)
+        return
+    settle_export_batch(state, sandbox, job, batch)
+    log.info("export job %s SUCCEEDED with %d profiles into batch %s (%s)", job.id, rows, batch.id, batch.status)
+
+
+def settle_export_batch(state: EmulatorState, sandbox: SandboxState, job: ExportJob, batch: Batch) -> None:
+    """The export's batch ends: success (its rows join the dataset) or failed (failure modes)."""
+    now_ms = state.now_ms()
+    dataset = sandbox.catalog.datasets.get(job.request.dataset_id)
+    if job.failure_mode == "fields":
+        # Guess: the code and text of the batch error (the use-case doc says only that the batch fails).
+        batch.status = cat.FAILED
+        batch.errors = [{"code": "INGEST-1555-400",
+                         "description": f"Field path(s) {', '.join(job.request.unknown_fields)} of the export "
+                                        f"job's fields do not exist in the profile union schema"}]
+        state.drop_later.append((job.work, batch_table(job.batch_id)))
+    elif job.failure_mode == "batch":
         # The recipe's trap: the job reports success while the batch it wrote fails in Catalog.
         batch.status = cat.FAILED
         batch.errors = [{"code": "INGEST-1510-400",
                          "description": "Batch failed while writing to the dataset (failure injected by the "
                                         "emulator)"}]
         state.drop_later.append((job.work, batch_table(job.batch_id)))
+    elif dataset is None:
+        batch.status = cat.FAILED
+        batch.errors = [{"code": "INGEST-1404-404",
+                         "description": f"Destination dataset {job.request.dataset_id} was deleted"}]
+        state.drop_later.append((job.work, batch_table(job.batch_id)))
     else:
+        rows = job.exported or 0
         batch.status, batch.live_since = cat.SUCCESS, time.monotonic()
         state.refresh_export_view(sandbox, dataset)
         # Record counts only: an export writes no input files whose bytes could be reported.
         batch.metrics = {"inputRecordCount": rows, "outputRecordCount": rows, "failedRecordCount": 0}
     batch.completed = now_ms
+    batch.due = None
     batch.touch(now_ms)
-    job.status, job.exported, job.updated_ms, job.end_ms = exports.SUCCEEDED, rows, now_ms, now_ms
-    log.info("export job %s SUCCEEDED with %d profiles into batch %s (%s)", job.id, rows, batch.id, batch.status)
+    if batch.status == cat.FAILED:
+        log.info("export batch %s of job %s failed: %s", batch.id, job.id, batch.errors[0]["description"])
 
 
 # -- ingestion batches -------------------------------------------------------------------------
 def complete_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch, schema) -> None:
     """COMPLETE: start validating the uploaded files (call under the state lock)."""
     now_ms = state.now_ms()
-    batch.status, batch.started = cat.PROCESSING, now_ms
+    now, duration = time.monotonic(), state.knobs.real_seconds(state.knobs.batch_seconds)
+    batch.started = now_ms
+    if state.knobs.intermediate_statuses:
+        # Guess: shares of the phases (loaded 10%, processing 80%, staging the last 10%).
+        batch.status = cat.LOADED
+        batch.stages = [(now + 0.1 * duration, cat.PROCESSING), (now + 0.9 * duration, cat.STAGING)]
+    else:
+        batch.status = cat.PROCESSING
     batch.touch(now_ms)
-    batch.due = time.monotonic() + state.knobs.batch_seconds
+    batch.due = now + duration
     if state.knobs.ingestion_failures > 0:
         state.knobs.ingestion_failures -= 1
         batch.work = None  # fails at its due time without looking at the files
@@ -177,10 +227,28 @@ def complete_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch, sc
 
 
 def advance_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch) -> bool:
-    """Finish a processing batch when due; True once the batch needs no more ticks."""
-    if batch.status != cat.PROCESSING:
+    """Move a batch in progress on when due; True once the batch needs no more ticks."""
+    if batch.status not in cat.IN_PROGRESS:
         return True
-    if batch.due is None or time.monotonic() < batch.due or (batch.work is not None and not batch.work.done()):
+    now = time.monotonic()
+    if batch.origin == "export":  # staging after its job SUCCEEDED (realistic mode)
+        if batch.due is not None and now < batch.due:
+            return False
+        job = next((j for j in sandbox.export_jobs.values() if j.batch_id == batch.id), None)
+        if job is not None:
+            settle_export_batch(state, sandbox, job, batch)
+        return True
+    while batch.stages and now >= batch.stages[0][0]:
+        _, status = batch.stages.pop(0)
+        if status == cat.STAGING and batch.work is not None and not batch.work.done():
+            batch.stages.insert(0, (now, status))  # validation still running: stay processing
+            break
+        if status == cat.STAGING and _will_fail(batch):
+            batch.stages.clear()  # a failing batch is never staged: it fails from processing
+            break
+        batch.status = status
+        batch.touch(state.now_ms())
+    if batch.due is None or now < batch.due or (batch.work is not None and not batch.work.done()):
         return False
     now_ms = state.now_ms()
     batch.completed = now_ms
@@ -216,6 +284,16 @@ def advance_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch) -> 
                 revert_batch(state, sandbox, old, by_client=batch.created_client, at=batch.live_since,
                              at_ms=now_ms)
     return True
+
+
+def _will_fail(batch: Batch) -> bool:
+    """Whether a batch whose validation finished will end failed (it then skips staging)."""
+    if batch.work is None:
+        return True
+    if batch.work.exception() is not None:
+        return True
+    ok, _ = ingest.outcome(batch.work.result(), partial_percent=batch.partial_percent, diagnostics=batch.diagnostics)
+    return not ok
 
 
 def revert_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch, *, by_client: str | None = None,

@@ -136,8 +136,9 @@ class EmulatorServer:
             if time.monotonic() > deadline:
                 raise EmulatorStartError(f"the HTTP server did not start within {timeout}s")
             time.sleep(0.01)
-        log.info("AEP emulator serving %s (%d profiles, seed %d, sandboxes %s)", self.base_url, s.profiles,
-                 s.seed, ",".join(s.sandboxes))
+        log.info("AEP emulator serving %s (%d profiles, seed %d, sandboxes %s, %s mode%s)", self.base_url,
+                 s.profiles, s.seed, ",".join(s.sandboxes), s.mode,
+                 f": 1 Adobe minute = {s.real_seconds(60):g} s" if s.time_scale != 1.0 else "")
 
     def _start_query_service(self) -> None:
         try:
@@ -200,5 +201,5 @@ class EmulatorServer:
         return {"base_url": self.base_url, "ims_url": self.base_url, "pg_host": self.pg_host,
                 "pg_port": self.pg_port, "ca_bundle": str(self.ca_bundle) if self.ca_bundle else None,
                 "client_id": s.client_id, "org_id": s.org_id, "sandbox": s.default_sandbox,
-                "sandboxes": list(s.sandboxes), "tenant": s.tenant,
+                "sandboxes": list(s.sandboxes), "tenant": s.tenant, "mode": s.mode,
                 "state_dir": str(self.state.state_dir) if self.state else None}

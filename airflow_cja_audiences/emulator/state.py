@@ -25,14 +25,8 @@ import duckdb
 
 from airflow_cja_audiences.emulator import groundtruth, lifecycle
 from airflow_cja_audiences.emulator.catalog import Catalog, Dataset, new_object_id, table_name_for
-from airflow_cja_audiences.emulator.cja_model import (
-    CjaStore,
-    Connection,
-    DataView,
-    connection_id,
-    data_view_id,
-    dimension,
-)
+from airflow_cja_audiences.emulator.cja_model import (CjaStore, Connection, DataView, RateLimiter, connection_id,
+                                                       data_view_id, dimension)
 from airflow_cja_audiences.emulator.clock import Clock
 from airflow_cja_audiences.emulator.exports import ExportJob, table_ddl
 from airflow_cja_audiences.emulator.faults import QUERY_SERVICE_ROUTE, STATUS_KINDS, FaultInjector
@@ -57,9 +51,14 @@ class Knobs:
     """Settings tests may change at run time (``POST /emulator/knobs``)."""
 
     token_lifetime: float
-    export_job_seconds: float
+    export_job_seconds: float  # durations in Adobe seconds; real = value * time_scale
     batch_seconds: float
     cja_rate_limit: bool
+    time_scale: float = 1.0
+    export_batch_seconds: float = 0.0
+    intermediate_statuses: bool = False
+    platform_rate_limit: int = 0  # requests per second per client id (0 = unlimited)
+    batch_create_rate_limit: int = 0  # POST /batches per minute per client id (0 = unlimited)
     export_job_failures: int = 0  # the next N export jobs end FAILED
     export_batch_failures: int = 0  # the next N export jobs SUCCEED but their Catalog batch fails
     ingestion_failures: int = 0  # the next N completed ingestion batches fail (internal error)
@@ -83,6 +82,10 @@ class Knobs:
             elif not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"knob {key} must be a non-negative number")
             setattr(self, key, type(current)(value))
+
+    def real_seconds(self, adobe_seconds: float) -> float:
+        """An Adobe duration on the compressed clock (real seconds)."""
+        return adobe_seconds * self.time_scale
 
 
 @dataclass
@@ -136,8 +139,16 @@ class EmulatorState:
     def _init_objects(self) -> None:
         s = self.settings
         self.knobs = Knobs(token_lifetime=s.token_lifetime, export_job_seconds=s.export_job_seconds,
-                           batch_seconds=s.batch_seconds, cja_rate_limit=s.cja_rate_limit,
+                           batch_seconds=s.batch_seconds, cja_rate_limit=s.cja_rate_limit, time_scale=s.time_scale,
+                           export_batch_seconds=s.export_batch_seconds,
+                           intermediate_statuses=s.intermediate_statuses,
+                           platform_rate_limit=s.platform_rate_limit,
+                           batch_create_rate_limit=s.batch_create_rate_limit,
                            qs_max_sessions=s.qs_max_sessions, distinct_batch_ids=s.distinct_batch_ids)
+        self.throttled: dict[str, int] = {}  # route -> 429s answered by the rate limits (GET /emulator/stats)
+        # Throttling windows run on real time: they limit the client's pace, which is not compressed.
+        self.platform_limiter = RateLimiter(limit=max(1, s.platform_rate_limit), window=1.0)
+        self.batch_create_limiter = RateLimiter(limit=max(1, s.batch_create_rate_limit), window=60.0)
         self.sandboxes: dict[str, SandboxState] = {}
         for i, name in enumerate(s.sandboxes):
             self.sandboxes[name] = SandboxState(
@@ -212,6 +223,10 @@ class EmulatorState:
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.db.close()
+
+    def count_throttled(self, route: str) -> None:
+        with self._db_lock:  # a small lock any thread may take; the state lock may not be held here
+            self.throttled[route] = self.throttled.get(route, 0) + 1
 
     # -- DuckDB ----------------------------------------------------------------------------
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -462,8 +477,9 @@ class EmulatorState:
                     "fieldGroups": [r.body for r in sb.registry.listing("mixins")],
                     "descriptors": list(sb.registry.descriptors.values()),
                 }
-            return {"clock": {"now": self.clock.now().isoformat(), "anchor": self.settings.anchor.isoformat(),
-                              "offsetSeconds": self.clock.offset_seconds},
+            return {"mode": self.settings.mode,
+                    "clock": {"now": self.clock.now().isoformat(), "anchor": self.settings.anchor.isoformat(),
+                              "offsetSeconds": self.clock.offset_seconds, "timeScale": self.knobs.time_scale},
                     "profiles": self.settings.profiles, "seed": self.settings.seed,
                     "audiences": [asdict(a) for a in self.audiences],  # as configured (ids, timelines)
                     "liveAudiences": [asdict(a) for a in self.live_audiences()],  # as AEP shows them now

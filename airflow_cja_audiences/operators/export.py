@@ -179,11 +179,27 @@ class ExportAudiencesOperator(AdobeBaseOperator):
             batch = catalog.wait_for_batch(batch_id, deadline=deadline, poll_interval=self.poll_interval, first=batch)
         return self._finish(context, job, batch.is_success, batch.status, batch.error_summary())
 
-    def batch_complete(self, context: Context, job_id: int, event: dict[str, Any] | None = None) -> dict[str, Any]:
+    def batch_complete(self, context: Context, event: dict[str, Any] | None = None,
+                       job_id: int | None = None) -> dict[str, Any]:
         event = validate_event(event, what="export batch", accept=("success", "failed"))
-        job = self.hook(hooks.segmentation.SegmentationHook).get_export_job(job_id)
+        hook = self.hook(hooks.segmentation.SegmentationHook)
+        job = hook.get_export_job(job_id) if job_id is not None else self._job_of_batch(context, hook, event)
         return self._finish(context, job, event["status"] == "success", event.get("batch_status", "?"),
                             event.get("message", ""))
+
+    def _job_of_batch(self, context: Context, hook: SegmentationHook, event: dict[str, Any]) -> ExportJob:
+        """The job whose batch the trigger waited for, when the resume lost the defer's kwargs
+        (``dag.test()`` replaces them with the event): the id this try stored, else the SUCCEEDED job
+        that names the batch."""
+        store = self._store(context)
+        if store is not None and (stored := store.get(_STATE_JOB_ID)) is not None:
+            return hook.get_export_job(int(stored))
+        batch_id = event.get("batch_id")
+        for job in hook.iter_export_jobs(status="SUCCEEDED"):  # newest first: ours is among the latest
+            if batch_id and job.destination.batch_id == batch_id:
+                return job
+        raise AirflowException(f"no SUCCEEDED export job names batch {batch_id!r}, the batch this task waited "
+                               f"for; clear the task to export again")
 
     def _finish(self, context: Context, job: ExportJob, ok: bool, batch_status: str, errors: str) -> dict[str, Any]:
         self._forget(context)  # done, or failed: either way a retry starts a new export job

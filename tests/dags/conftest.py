@@ -5,6 +5,12 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(scope="session")
+def emu(realistic_emu):
+    """This suite runs against the emulator in realistic mode (tests/conftest.py ``realistic_emu``)."""
+    return realistic_emu
+
+
 @pytest.fixture(autouse=True)
 def _adobe(adobe_conn):
     yield

@@ -120,6 +120,31 @@ def test_export_retry_reattaches_instead_of_exporting_twice(emu, audiences):
     assert fresh["export_job_id"] not in (created.id, lost.id)
 
 
+def test_export_of_an_unknown_field_fails_naming_it_and_its_batch(emu, audiences):
+    """Realistic mode (as Adobe's use-case doc says): the job is accepted and SUCCEEDS, its batch
+    fails; the task fails naming the batch and the field, never reading an empty export."""
+    from airflow.sdk.exceptions import AirflowException
+
+    job = _job(audiences)
+    dataset = EnsureExportDatasetOperator(task_id="x", dataset_name=job.names.export_dataset).execute(_context())
+    op = ExportAudiencesOperator(task_id="export", dataset_id=dataset["dataset_id"], audience_ids=audiences[:1],
+                                 fields=[f"_{TENANT}.identification.core.nope"], poll_interval=0.1, deferrable=False)
+    with pytest.raises(AirflowException, match=r"SUCCEEDED but its batch \w+ is failed.*core\.nope"):
+        op.execute(_context(FakeStore()))
+
+
+def test_batch_wait_resumes_without_the_defers_kwargs(emu, audiences):
+    """``dag.test()`` resumes a deferred task with the event alone (the defer's kwargs are lost): the
+    export task still finds its job, from the state store or by the batch it waited for."""
+    job = _job(audiences)
+    dataset = EnsureExportDatasetOperator(task_id="x", dataset_name=job.names.export_dataset).execute(_context())
+    op, done = _export(emu, job, dataset["dataset_id"])
+    event = {"status": "success", "batch_id": done["export_batch_id"], "batch_status": "success"}
+    stored = FakeStore(export_job_id=done["export_job_id"])
+    assert op.batch_complete(_context(stored), event=event)["export_job_id"] == done["export_job_id"]
+    assert op.batch_complete(_context(None), event=event)["export_job_id"] == done["export_job_id"]
+
+
 def _load_all(job: RefreshJob, export: dict, dataset_id: str, audiences: list[str], *, try_number: int = 1):
     common = {"job": job.model_dump(mode="json"), "kind": "snapshot", "tenant": TENANT,
               "table_name": export["table_name"], "export_batch_id": export["export_batch_id"],
@@ -176,8 +201,7 @@ def test_partition_cut_at_the_row_cap_is_split(audiences, monkeypatch):
 
     from emulator_fixture import start_subprocess
 
-    with start_subprocess(profiles=400, pg=True, args=["--qs-max-rows", "150", "--export-job-seconds", "0.2",
-                                                       "--batch-seconds", "0.1"]) as small:
+    with start_subprocess(profiles=400, pg=True, realistic=True, args=["--qs-max-rows", "150"]) as small:
         monkeypatch.setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}",
                            json.dumps(airflow_connection(small.ready, small.credentials.client_secret)))
         clear_token_cache()

@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# Realistic mode on a slower compressed clock: 1 Adobe minute = 0.25 s, so the 20-minute export job
+# takes 5 s (tests/distributed times deferrals against it); knob values below are Adobe seconds.
+TIME_SCALE = 0.25 / 60
 JOB_ID = "dist"
 DAG_ID = f"cja_audiences__{JOB_ID}"
 POOL = "cja_audiences_query_service"
@@ -61,9 +64,11 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
     from emulator_fixture import start_subprocess
 
     work = tmp_path_factory.mktemp("distributed")
-    # Export jobs and ingestion batches take 5 s: several times what a worker needs to release the
-    # slot of a task that deferred (about 1 s), so "waited without a slot" is measurable.
-    emu = start_subprocess(profiles=3000, pg=True, args=["--export-job-seconds", "5", "--batch-seconds", "5"])
+    # Realistic mode. Export jobs (20 Adobe minutes) and ingestion batches (made 20 too) take 5 s:
+    # several times what a worker needs to release the slot of a task that deferred (about 1 s), so
+    # "waited without a slot" is measurable.
+    emu = start_subprocess(profiles=3000, pg=True, realistic=True,
+                           args=["--time-scale", str(TIME_SCALE), "--batch-seconds", str(5 / TIME_SCALE)])
     cluster = None
     try:
         audiences = [a["id"] for a in emu.admin.state()["audiences"][:3]]

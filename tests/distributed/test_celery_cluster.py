@@ -216,7 +216,9 @@ def test_backfill_seven_days_fills_events_and_keeps_the_snapshot(dep):
     assert cluster.wait_for_run(dep.dag_id, manual, timeout=240) == "success"
     manual_batch, manual_events = _check_interval_events(dep, *covered)
     # Slow exports during the backfill, so its 7 runs' waits overlap: more deferred tasks than worker slots.
-    dep.emu.admin.knobs(export_job_seconds=20)
+    knobs = dep.emu.admin.knobs()  # realistic mode: durations in Adobe seconds on a compressed clock
+    default_job_seconds = knobs["export_job_seconds"]
+    dep.emu.admin.knobs(export_job_seconds=20 / knobs["time_scale"])  # 20 real seconds
     started = time.monotonic()
     try:
         dry = cluster.cli("backfill", "create", "--dag-id", dep.dag_id, "--from-date", from_date, "--to-date", to_date,
@@ -232,7 +234,7 @@ def test_backfill_seven_days_fills_events_and_keeps_the_snapshot(dep):
         dep.runs.update({f"backfill-{r['data_interval_start'][:10]}": r["dag_run_id"] for r in backfill_runs})
         cluster.wait_for_runs(dep.dag_id, [r["dag_run_id"] for r in backfill_runs], timeout=300)
     finally:
-        dep.emu.admin.knobs(export_job_seconds=5)
+        dep.emu.admin.knobs(export_job_seconds=default_job_seconds)
     elapsed = time.monotonic() - started
 
     runs = {r["dag_run_id"]: r for r in cluster.dag_runs(dep.dag_id) if r["run_type"] == "backfill"}

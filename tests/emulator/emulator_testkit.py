@@ -88,7 +88,7 @@ class Aep:
         deadline = time.monotonic() + timeout
         while True:
             batch = self.batch(batch_id)
-            if batch["status"] not in ("loading", "processing"):
+            if batch["status"] not in ("loading", "loaded", "processing", "staging"):
                 return batch
             assert time.monotonic() < deadline, f"batch {batch_id} still {batch['status']}"
             time.sleep(0.05)

@@ -145,7 +145,6 @@ def test_zero_member_audience_exports_nothing(emu, aep):
     (lambda b: b["destination"].update(datasetId="000000000000000000000000"), "destination.datasetId"),
     (lambda b: b["filter"]["segments"][0].update(segmentId="not-a-segment"), "filter.segments[0].segmentId"),
     (lambda b: b["filter"]["segments"][0].update(status=["qualified"]), "filter.segments[0].status"),
-    (lambda b: b.update(fields="_demoemea.identification.core.nope"), "fields"),
     (lambda b: b.update(mergePolicy={"id": "unknown-policy", "version": 1}), "mergePolicy.id"),
     (lambda b: b["filter"].update(segmentQualificationTime={"startTime": "yesterday"}),
      "filter.segmentQualificationTime.startTime"),
@@ -161,6 +160,19 @@ def test_invalid_export_requests_name_the_field(aep, mutate, field):
     assert problem["type"].startswith("http://ns.adobe.com/aep/errors/") and problem["status"] == 400
     assert problem["detail"].startswith(field + ":"), problem["detail"]
     assert problem["report"]["requestId"] == response.headers["x-request-id"]
+
+
+def test_unknown_field_path_creates_the_job_and_fails_its_batch(emu, aep):
+    # Adobe's use-case doc: the job is accepted and SUCCEEDS; the batch it wrote fails in Catalog.
+    dataset = aep.union_dataset()
+    job = aep.export(dataset, [{"segmentId": aep.audiences()[0]["id"]}],
+                     fields="_demoemea.identification.core.email,_demoemea.identification.core.nope")
+    assert job["status"] == "SUCCEEDED"
+    batch = aep.wait_batch(job["destination"]["batchId"])
+    assert batch["status"] == "failed"
+    assert "_demoemea.identification.core.nope" in batch["errors"][0]["description"]
+    assert "core.email" not in batch["errors"][0]["description"]  # only the unknown path is named
+    assert emu.admin.dataset_records(dataset) == []  # a failed batch leaves no rows
 
 
 def test_export_into_a_non_union_dataset_is_refused(aep):

@@ -48,6 +48,12 @@ def figures() -> Iterator[Figures]:
         Path(target).write_text(json.dumps(_FIGURES.tables, indent=1, default=str))
 
 
+@pytest.fixture(scope="session")
+def emu(realistic_emu):
+    """This suite runs against the emulator in realistic mode (tests/conftest.py ``realistic_emu``)."""
+    return realistic_emu
+
+
 @pytest.fixture(autouse=True)
 def _adobe(adobe_conn):
     yield

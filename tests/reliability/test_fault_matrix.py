@@ -28,6 +28,13 @@ from aep_truth import JobView
 from harness import FULL, RunOutcome, logical_date
 from reliability_checks import assert_converged, duplicates, export_jobs_of
 
+
+@pytest.fixture(autouse=True)
+def _no_throttling(emu):
+    """The matrix counts one retry per injected fault: realistic mode's rate limits (which add 429s
+    of their own) are turned off here; its durations and statuses stay. ``adobe_conn`` restores them."""
+    emu.admin.knobs(platform_rate_limit=0, cja_rate_limit=False, batch_create_rate_limit=0)
+
 pytestmark = pytest.mark.slow
 
 RATE = 0.2

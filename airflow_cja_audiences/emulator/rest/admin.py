@@ -4,7 +4,8 @@ Inspection
   ``GET  /emulator/state``                     datasets (tags, schema, table), batches (status, files,
                                                counts), export jobs, schemas, field groups, descriptors,
                                                CJA connections/data views, tokens issued, knobs, clock
-  ``GET  /emulator/stats``                     requests and injected faults per route, tokens issued
+  ``GET  /emulator/stats``                     requests and injected faults per route, 429s of the rate
+                                               limits per route (``throttled``), tokens issued
   ``GET  /emulator/routes``                    the stable route names (for fault rules)
   ``GET|POST|DELETE /emulator/query-service/scans``  the Query Service scan-cost model: totals of
                                                queries, scans (queries reading export batches), batch
@@ -47,7 +48,11 @@ Control
                                     "cja_rate_limit": true, "export_job_failures": 1,
                                     "export_batch_failures": 1, "ingestion_failures": 1,
                                     "partial_ingestion_failures": 1}`` (failures: the next N jobs or
-                                    batches; a partial one succeeds with its first record rejected)
+                                    batches; a partial one succeeds with its first record rejected);
+                                    realistic mode's ``time_scale``, ``export_batch_seconds``,
+                                    ``intermediate_statuses``, ``platform_rate_limit``,
+                                    ``batch_create_rate_limit`` (durations are Adobe seconds: real
+                                    seconds = value * time_scale)
   ``GET|POST|DELETE /emulator/faults``  rules as in :mod:`airflow_cja_audiences.emulator.faults`
                                     (POST ``{"seed": 1, "rules": [...]}`` replaces the rules; kinds
                                     429/500/502/503, reset, truncate, lost_response, latency)
@@ -143,7 +148,7 @@ def state_view(call: Call) -> Response:
 
 def stats(call: Call) -> Response:
     state = call.state
-    return ok({**state.faults.stats(), "tableScans": dict(state.table_scans), "tokensIssued": state.tokens.issued,
+    return ok({**state.faults.stats(), "tableScans": dict(state.table_scans), "throttled": dict(state.throttled), "tokensIssued": state.tokens.issued,
                "tokenTimes": [t for t, _ in state.tokens.issued_log]})
 
 

@@ -119,6 +119,7 @@ def authenticate(state: EmulatorState, headers: Headers, auth: Auth) -> tuple[To
     except InvalidToken as exc:
         log.debug("token rejected: %s", exc)
         raise errors.gateway(401, "401013", "Oauth token is not valid") from None
+    check_scopes(state, info)
     api_key = headers.get("x-api-key")
     if not api_key:
         raise errors.gateway(403, "403000", "Api Key is required")
@@ -142,6 +143,48 @@ def authenticate(state: EmulatorState, headers: Headers, auth: Auth) -> tuple[To
         raise ServiceError(403, "SMS-1003-403", "Sandbox validation error",
                            f"Sandbox '{name}' does not exist or is not enabled for organization {org}.")
     return info, sandbox
+
+
+# Guess: the gateway's answer to a valid token lacking a scope the API needs is not documented. A
+# token without the product context cannot be mapped to a product profile: the reference's 403027
+# "User region is missing" row ("no AEP product profile"); without the identity scopes the token
+# is not an Adobe ID access token at all: 401013.
+_MISSING_SCOPE = {"additional_info.projectedProductContext": (403, "403027", "User region is missing")}
+
+
+def check_scopes(state: EmulatorState, info: TokenInfo) -> None:
+    """Realistic mode: the token must carry every scope in ``settings.required_scopes``."""
+    required = state.settings.required_scopes
+    if not required:
+        return
+    granted = {s.strip() for s in info.scope.split(",") if s.strip()}
+    missing = [s for s in required if s not in granted]
+    if missing:
+        log.info("token of %s lacks required scope(s) %s", info.client_id, missing)
+        status, code, message = _MISSING_SCOPE.get(missing[0], (401, "401013", "Oauth token is not valid"))
+        raise errors.gateway(status, code, message)
+
+
+def throttle(state: EmulatorState, auth: Auth, client_id: str, route: str) -> None:
+    """429 with ``Retry-After`` past the per-client request rates (windows in real time).
+
+    CJA: 12 requests / 6 s per user, body ``{"error_code": "429050", "message": "Too many requests"}``
+    (documented). Platform: ``knobs.platform_rate_limit`` per second (a guess, see settings.REALISTIC),
+    same gateway shape with code 429001 (guess). Retry-After on either: a guess (Adobe documents the
+    header on no AEP 429), the whole seconds until the window has room again.
+    """
+    knobs = state.knobs
+    if auth is Auth.CJA and knobs.cja_rate_limit:
+        limiter, limit, code = state.cja.limiter, None, "429050"
+    elif auth is Auth.PLATFORM and knobs.platform_rate_limit > 0:
+        limiter, limit, code = state.platform_limiter, knobs.platform_rate_limit, "429001"
+    else:
+        return
+    if not limiter.allow(client_id, limit):
+        retry_after = limiter.retry_after(client_id, limit)
+        state.count_throttled(route)
+        log.info("throttled %s on %s: Retry-After %ss", client_id, route, retry_after)
+        raise errors.gateway(429, code, "Too many requests", {"Retry-After": str(retry_after)})
 
 
 def _check_content_type(headers: Headers, accepted: tuple[str, ...]) -> None:
@@ -196,9 +239,7 @@ def wrap(endpoint: Endpoint, state: EmulatorState, upload_limit: int = UPLOAD_LI
         try:
             if endpoint.auth is not Auth.NONE:
                 call.token, call.sandbox = authenticate(state, request.headers, endpoint.auth)
-                if endpoint.auth is Auth.CJA and state.knobs.cja_rate_limit \
-                        and not state.cja.limiter.allow(call.client_id):
-                    raise errors.gateway(429, "429050", "Too many requests")
+                throttle(state, endpoint.auth, call.client_id, endpoint.name)
             if endpoint.content_types and request.method in ("POST", "PUT", "PATCH"):
                 _check_content_type(request.headers, endpoint.content_types)
             if endpoint.body is Body.BYTES:

@@ -78,7 +78,7 @@ def problem(err: ServiceError, request_id: str, *, sandbox: str | None, org_id: 
             "report": report,
             "error-chain": [{"serviceId": service, "errorCode": err.code, "invokingServiceId": service,
                              "unixTimeStampMs": int(time.time() * 1000)}]}
-    return json_response(body, err.status)
+    return json_response(body, err.status, err.headers or None)
 
 
 def not_implemented(method: str, path: str, request_id: str, what: str | None = None) -> Response:

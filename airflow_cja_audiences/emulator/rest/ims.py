@@ -39,6 +39,15 @@ def token(call: Call) -> Response:
     if not scope:
         # Guess: IMS rejects a client-credentials request without the credential's scopes.
         raise errors.ims(400, "invalid_scope", "missing scope parameter")
+    if settings.ims_scopes:
+        # Realistic mode: the credential has the scopes Developer Console lists for it, and IMS grants
+        # no other (the doc: "to see the scopes available to your credential, visit your project").
+        # Guess: the status and description of the refusal (OAuth 2's invalid_scope, RFC 6749 5.2).
+        unknown = [s for s in scope.split(",") if s not in settings.ims_scopes]
+        if unknown:
+            log.info("token request of %s refused: scope(s) %s not granted to the credential", client_id, unknown)
+            raise errors.ims(400, "invalid_scope", f"invalid scope(s) {','.join(unknown)}: not granted to this "
+                                                   f"credential (its scopes: {','.join(settings.ims_scopes)})")
     access_token, expires_in = call.state.tokens.issue(client_id, scope, call.state.knobs.token_lifetime)
     log.info("issued access token #%d to %s (expires in %ss)", call.state.tokens.issued, client_id, expires_in)
     return ok({"access_token": access_token, "token_type": "bearer", "expires_in": expires_in})

@@ -68,6 +68,19 @@ def _disk(call: Call, batch: Batch, path: str) -> Path:
 
 
 # -- batches ------------------------------------------------------------------------------------
+def _batch_rate(call: Call) -> None:
+    """Batch ingestion allows 138 new batches per minute per user (reference 7.6); the emulator's
+    limit is ``knobs.batch_create_rate_limit`` (0 = none). Guess: the code and Retry-After of the 429."""
+    limit = call.state.knobs.batch_create_rate_limit
+    limiter = call.state.batch_create_limiter
+    if limit > 0 and not limiter.allow(call.client_id, limit):
+        retry_after = limiter.retry_after(call.client_id, limit)
+        call.state.count_throttled("ingestion.create_batch")
+        raise ServiceError(429, "INGEST-1429-429", "Too many requests",
+                           f"more than {limit} batches created in the last minute by this client; retry later",
+                           headers={"Retry-After": str(retry_after)})
+
+
 def create_batch(call: Call) -> Response:
     body = call.json()
     if not isinstance(body, dict):
@@ -93,6 +106,7 @@ def create_batch(call: Call) -> Response:
     replay = body.get("replay")
     if replay is not None:
         replay = _replay(call, replay, dataset_id)
+    _batch_rate(call)  # a valid request counts against the rate
     now_ms = call.state.now_ms()
     batch = Batch(id=cat.new_batch_id(), sandbox=call.sandbox.name, dataset_id=dataset_id, origin="ingestion",
                   status=cat.LOADING, created=now_ms, updated=now_ms, created_client=call.client_id,
@@ -146,12 +160,12 @@ def batch_action(call: Call) -> Response:
             schema = _record_schema(call, dataset.schema_id)
             lifecycle.complete_batch(call.state, call.sandbox, batch, schema)
             log.info("batch %s COMPLETE: %d file(s) queued for processing", batch.id, len(batch.files))
-        elif batch.status not in (cat.PROCESSING, cat.SUCCESS):  # completing again is a no-op success
+        elif batch.status not in cat.IN_PROGRESS | {cat.SUCCESS}:  # completing again is a no-op success
             raise error(400, 1421, f"Batch {batch.id} is {batch.status} and cannot be completed")
     elif action == "ABORT":
         if batch.status == cat.ABORTED:
             pass  # Guess: repeating ABORT converges (a retry after a lost answer must not fail)
-        elif batch.status not in (cat.LOADING, cat.PROCESSING):
+        elif batch.status not in cat.IN_PROGRESS | {cat.LOADING}:
             raise error(400, 1422, f"Batch {batch.id} is {batch.status}; ABORT is only possible while in progress")
         else:
             batch.status, batch.work = cat.ABORTED, None
