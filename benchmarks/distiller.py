@@ -48,7 +48,7 @@ class Emulator:
         ready_file = workdir / "emulator-ready.json"
         self.log = (workdir / "emulator.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "airflow_cja_audiences.emulator", "--port", "0", "--pg-port", "0",
+            [sys.executable, "-m", "aep_emulator", "--port", "0", "--pg-port", "0",
              "--profiles", str(profiles), "--client-secret", SECRET, "--state-dir", str(workdir / "emulator"),
              "--export-job-seconds", "1", "--batch-seconds", "0.5", "--ready-file", str(ready_file)],
             stdout=subprocess.DEVNULL, stderr=self.log, env=CHILD_ENV)
@@ -139,7 +139,7 @@ def task_seconds(log: str, task_ids: tuple[str, ...]) -> dict[str, float | None]
 
 
 def run_once(profiles: int, workdir: Path) -> dict[str, Any]:
-    from airflow_cja_audiences.emulator.connection import airflow_connection_env
+    from aep_emulator.connection import airflow_connection_env
 
     emulator = Emulator(workdir, profiles)
     try:

@@ -44,8 +44,8 @@ from typing import Any
 
 import psutil
 
-from airflow_cja_audiences.emulator.connection import airflow_connection_env
-from airflow_cja_audiences.emulator.query_service.scans import (
+from aep_emulator.connection import airflow_connection_env
+from aep_emulator.query_service.scans import (
     REALISTIC_SECONDS_PER_MILLION_ROWS,
     REALISTIC_SECONDS_PER_QUERY,
 )
@@ -68,7 +68,7 @@ class Emulator:
         ready_file = workdir / "emulator-ready.json"
         self.stderr = (workdir / "emulator.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "airflow_cja_audiences.emulator", "--port", "0", "--pg-port", "0",
+            [sys.executable, "-m", "aep_emulator", "--port", "0", "--pg-port", "0",
              "--profiles", str(profiles), "--client-secret", SECRET, "--state-dir", str(workdir / "emulator"),
              "--export-job-seconds", "3", "--batch-seconds", "1", "--ready-file", str(ready_file),
              "--qs-seconds-per-million-rows", str(per_million), "--qs-seconds-per-query", str(per_query)],

@@ -27,8 +27,8 @@ import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from airflow_cja_audiences import demo
-from airflow_cja_audiences.emulator.connection import airflow_connection_env
+import demo
+from aep_emulator.connection import airflow_connection_env
 from airflow_cja_audiences.runs import BatchLabel
 
 JOB_ID = "luma_loyalty"

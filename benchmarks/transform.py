@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from airflow_cja_audiences.emulator.exports import table_ddl
+from aep_emulator.exports import table_ddl
 from benchmarks import _qs_server
 
 ROOT = Path(__file__).resolve().parent.parent

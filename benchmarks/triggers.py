@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from airflow_cja_audiences import DEFAULT_CONN_ID
-    from airflow_cja_audiences.emulator.connection import airflow_connection
+    from aep_emulator.connection import airflow_connection
     from tests.emulator_fixture import start_subprocess  # run from the repository root (python -m)
 
     with start_subprocess(profiles=200, args=["--export-job-seconds", str(args.job_seconds)]) as emu:

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from airflow_cja_audiences.emulator.realistic_qs import REALISTIC_QUERY_SERVICE
+from aep_emulator.realistic_qs import REALISTIC_QUERY_SERVICE
 
 from dag_runs import interval_end
 from dag_runs import job as make_job

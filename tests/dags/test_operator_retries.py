@@ -196,7 +196,7 @@ def test_prepare_load_publish_retried_leave_one_live_snapshot(emu, audiences):
 def test_partition_cut_at_the_row_cap_is_split(audiences, monkeypatch):
     """An emulator with a 150-row cap cuts results silently (as production does at 50,000); a job
     whose partitions are too big for it still loads every membership, by splitting them."""
-    from airflow_cja_audiences.emulator.connection import airflow_connection
+    from aep_emulator.connection import airflow_connection
     from airflow_cja_audiences.hooks.platform import clear_token_cache
 
     from emulator_fixture import start_subprocess
@@ -229,7 +229,7 @@ def test_time_partitions_lift_the_row_cap_and_a_scan_timeout_fails_with_advice(a
 
     from airflow.sdk.exceptions import AirflowFailException
 
-    from airflow_cja_audiences.emulator.connection import airflow_connection
+    from aep_emulator.connection import airflow_connection
     from airflow_cja_audiences.hooks.platform import clear_token_cache
 
     args = ["--qs-max-rows", "150", "--qs-timeout-seconds", "2", "--export-job-seconds", "0.2", "--batch-seconds", "0.1"]

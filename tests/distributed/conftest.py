@@ -58,7 +58,7 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope="session")
 def deployment(tmp_path_factory) -> Iterator[Deployment]:
     require_services()
-    from airflow_cja_audiences.emulator.connection import airflow_connection_env
+    from aep_emulator.connection import airflow_connection_env
 
     from airflow_cluster import AirflowCluster, ClusterSpec
     from emulator_fixture import start_subprocess

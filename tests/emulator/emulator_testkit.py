@@ -7,8 +7,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow_cja_audiences.emulator import EmulatorSettings
-from airflow_cja_audiences.emulator.clock import parse_instant
+from aep_emulator import EmulatorSettings
+from aep_emulator.clock import parse_instant
 
 from emulator_fixture import DEFAULT_SECRET, ApiClient, RunningEmulator
 

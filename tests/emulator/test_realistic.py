@@ -11,9 +11,9 @@ import pytest
 from emulator_fixture import DEFAULT_SECRET, ApiClient, RunningEmulator, start_in_process
 from emulator_testkit import CATALOG, IMPORT, UPS, Aep, settings
 
-from airflow_cja_audiences.emulator import EmulatorSettings
-from airflow_cja_audiences.emulator.__main__ import parse_args, settings_from
-from airflow_cja_audiences.emulator.settings import REALISTIC
+from aep_emulator import EmulatorSettings
+from aep_emulator.__main__ import parse_args, settings_from
+from aep_emulator.settings import REALISTIC
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from airflow_cja_audiences.emulator import exports, lifecycle, synthetic, xdm
-from airflow_cja_audiences.emulator.state import EmulatorState
+from aep_emulator import exports, lifecycle, synthetic, xdm
+from aep_emulator.state import EmulatorState
 
 from emulator_testkit import TENANT, settings
 

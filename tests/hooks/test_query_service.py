@@ -106,7 +106,7 @@ def test_too_many_rows_are_cut_like_production_and_partitions_fit(audiences, mon
     import json
 
     from airflow_cja_audiences import DEFAULT_CONN_ID
-    from airflow_cja_audiences.emulator.connection import airflow_connection
+    from aep_emulator.connection import airflow_connection
     from airflow_cja_audiences.hooks.platform import clear_token_cache
 
     from emulator_fixture import start_subprocess
@@ -135,7 +135,7 @@ def test_row_cap_and_timeout_are_both_53400_and_told_apart(audiences, monkeypatc
     from emulator_fixture import start_subprocess
 
     from airflow_cja_audiences import DEFAULT_CONN_ID
-    from airflow_cja_audiences.emulator.connection import airflow_connection
+    from aep_emulator.connection import airflow_connection
     from airflow_cja_audiences.hooks.platform import clear_token_cache
     from airflow_cja_audiences.hooks.query_service import QueryServiceError
 

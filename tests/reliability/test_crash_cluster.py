@@ -18,7 +18,7 @@ import pytest
 
 from airflow_cja_audiences.config import RefreshJob
 from airflow_cja_audiences.dag_factory import dag_id_for
-from airflow_cja_audiences.emulator.connection import airflow_connection_env
+from aep_emulator.connection import airflow_connection_env
 
 from aep_truth import JobView
 from harness import FULL, poll

@@ -21,8 +21,8 @@ import pytest
 
 from airflow_cja_audiences import distill, sql
 from airflow_cja_audiences.config import RefreshJob
-from airflow_cja_audiences.emulator import synthetic
-from airflow_cja_audiences.emulator.query_service.translate import Translator
+from aep_emulator import synthetic
+from aep_emulator.query_service.translate import Translator
 from airflow_cja_audiences.transform import RecordSpec, iter_json_lines
 
 TENANT = "demoemea"
