@@ -20,7 +20,7 @@ test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: venv
-	$(BIN)/python -m airflow_cja_audiences.demo
+	$(BIN)/python -m demo
 
 bench: venv
 	$(BIN)/python -m benchmarks

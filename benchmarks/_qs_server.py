@@ -24,8 +24,8 @@ def serve(state_dir: Path, table: str, build: Callable[[Any], None], max_rows: i
     """In the child: build ``table`` with ``build(db)``, serve it, return when stdin closes."""
     import duckdb
 
-    from airflow_cja_audiences.emulator import tls
-    from airflow_cja_audiences.emulator.query_service.server import QueryServiceServer
+    from aep_emulator import tls
+    from aep_emulator.query_service.server import QueryServiceServer
 
     db = duckdb.connect()
     build(db)

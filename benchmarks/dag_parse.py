@@ -34,7 +34,7 @@ start = time.perf_counter()
 runpy.run_path(sys.argv[1])
 elapsed = time.perf_counter() - start
 heavy = sorted(m for m in ("psycopg", "psycopg2", "duckdb", "sqlglot", "aiohttp", "pandas", "starlette",
-                           "uvicorn", "airflow_cja_audiences.emulator") if m in sys.modules)
+                           "uvicorn", "aep_emulator") if m in sys.modules)
 print(f"{elapsed * 1000:.3f} {','.join(heavy) or '-'}")
 '''
 

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import yaml
 
-from airflow_cja_audiences import demo
-from airflow_cja_audiences.emulator.connection import airflow_connection_env
+import demo
+from aep_emulator.connection import airflow_connection_env
 
 JOB_ID = "luma_loyalty"
 

@@ -131,8 +131,8 @@ def server_encoding_rate(rows: int) -> float:
     """Rows/s of the server's own work for the query: translate, run in DuckDB, build DataRow bytes."""
     import duckdb
 
-    from airflow_cja_audiences.emulator.query_service.encoding import datarow_sql
-    from airflow_cja_audiences.emulator.query_service.translate import Translator
+    from aep_emulator.query_service.encoding import datarow_sql
+    from aep_emulator.query_service.translate import Translator
 
     db = duckdb.connect()
     build_table(db, rows)

@@ -47,7 +47,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from airflow_cja_audiences.emulator.exports import table_ddl  # noqa: E402
+from aep_emulator.exports import table_ddl  # noqa: E402
 from benchmarks import _qs_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from emulator_fixture import start_subprocess
 
     from airflow_cja_audiences import DEFAULT_CONN_ID
-    from airflow_cja_audiences.emulator.connection import airflow_connection
+    from aep_emulator.connection import airflow_connection
 
     with start_subprocess(profiles=200, args=["--export-job-seconds", str(args.job_seconds)]) as emu:
         os.environ[f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}"] = json.dumps(

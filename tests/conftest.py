@@ -41,7 +41,7 @@ def emu() -> Iterator:
 def adobe_conn(emu, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     """The default Adobe connection pointed at the emulator; emulator state and token cache reset after."""
     from airflow_cja_audiences import DEFAULT_CONN_ID
-    from airflow_cja_audiences.emulator.connection import airflow_connection
+    from aep_emulator.connection import airflow_connection
     from airflow_cja_audiences.hooks.platform import clear_token_cache
 
     conn = airflow_connection(emu.ready, emu.credentials.client_secret)

@@ -223,13 +223,13 @@ def _credentials(ready: dict, secret: str) -> Credentials:
 def start_subprocess(*, profiles: int = 1000, seed: int = 42, pg: bool = False, args: list[str] | None = None,
                      client_secret: str = DEFAULT_SECRET, timeout: float = 60.0,
                      env: dict[str, str] | None = None) -> RunningEmulator:
-    """Run ``python -m airflow_cja_audiences.emulator`` and wait for its ready file.
+    """Run ``python -m aep_emulator`` and wait for its ready file.
 
     On failure (exit, timeout, crash at stop) the emulator's stderr is printed, so the test log says why.
     """
     workdir = Path(tempfile.mkdtemp(prefix="emulator-fixture-"))
     ready_file, stderr_path = workdir / "ready.json", workdir / "stderr.log"
-    command = [sys.executable, "-m", "airflow_cja_audiences.emulator", "--port", "0", "--profiles", str(profiles),
+    command = [sys.executable, "-m", "aep_emulator", "--port", "0", "--profiles", str(profiles),
                "--seed", str(seed), "--client-secret", client_secret, "--ready-file", str(ready_file),
                "--state-dir", str(workdir / "state")]
     if pg:
@@ -282,7 +282,7 @@ def start_in_process(settings: Any = None, **overrides: Any) -> RunningEmulator:
 
     Exposes ``.server`` (EmulatorServer) and ``.state`` (EmulatorState) for Python-level ground truth.
     """
-    from airflow_cja_audiences.emulator import EmulatorServer, EmulatorSettings
+    from aep_emulator import EmulatorServer, EmulatorSettings
 
     base = settings or EmulatorSettings(client_secret=DEFAULT_SECRET)
     server = EmulatorServer(base.with_changes(**overrides) if overrides else base).start()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from airflow_cja_audiences.emulator.connection import airflow_connection
+from aep_emulator.connection import airflow_connection
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = Path(__file__).with_name("compose-spec.json")
@@ -110,7 +110,7 @@ def _mounts(service: dict) -> list[dict]:
 
 def _emulator_args(stack: dict) -> dict[str, str]:
     command = stack["services"]["aep-emulator"]["command"][-1]
-    assert "-m airflow_cja_audiences.emulator" in command
+    assert "-m aep_emulator" in command
     return dict(re.findall(r"--([a-z-]+) (\S+)", command))
 
 

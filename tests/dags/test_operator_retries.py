@@ -173,7 +173,7 @@ def test_partition_cut_at_the_row_cap_is_split(audiences, monkeypatch):
     whose partitions are too big for it still loads every membership, by splitting them."""
     from emulator_fixture import start_subprocess
 
-    from airflow_cja_audiences.emulator.connection import airflow_connection
+    from aep_emulator.connection import airflow_connection
     from airflow_cja_audiences.hooks.platform import clear_token_cache
 
     with start_subprocess(profiles=400, pg=True, args=["--qs-max-rows", "150", "--export-job-seconds", "0.2",

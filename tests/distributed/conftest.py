@@ -58,7 +58,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
     from airflow_cluster import AirflowCluster, ClusterSpec
     from emulator_fixture import start_subprocess
 
-    from airflow_cja_audiences.emulator.connection import airflow_connection_env
+    from aep_emulator.connection import airflow_connection_env
 
     work = tmp_path_factory.mktemp("distributed")
     # Export jobs and ingestion batches take 5 s: several times what a worker needs to release the

@@ -9,8 +9,8 @@ from typing import Any
 
 from emulator_fixture import DEFAULT_SECRET, ApiClient, RunningEmulator
 
-from airflow_cja_audiences.emulator import EmulatorSettings
-from airflow_cja_audiences.emulator.clock import parse_instant
+from aep_emulator import EmulatorSettings
+from aep_emulator.clock import parse_instant
 
 CLOCK_START = "2026-03-01T00:00:00Z"
 TENANT = "demoemea"

@@ -13,7 +13,7 @@ import pytest
 from emulator_fixture import start_subprocess
 from emulator_testkit import Aep, iso
 
-from airflow_cja_audiences.emulator.server import READY_PREFIX
+from aep_emulator.server import READY_PREFIX
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_query_service_accepts_only_this_emulators_tokens(cli_emulator):
 
 
 def test_stdout_ready_line_and_sigterm():
-    process = subprocess.Popen([sys.executable, "-m", "airflow_cja_audiences.emulator", "--port", "0",
+    process = subprocess.Popen([sys.executable, "-m", "aep_emulator", "--port", "0",
                                 "--profiles", "50", "--log-level", "WARNING"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -67,7 +67,7 @@ def test_stdout_ready_line_and_sigterm():
 
 
 def test_bad_settings_exit_with_a_message():
-    result = subprocess.run([sys.executable, "-m", "airflow_cja_audiences.emulator", "--tenant", "_bad"],
+    result = subprocess.run([sys.executable, "-m", "aep_emulator", "--tenant", "_bad"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "tenant" in result.stderr
 

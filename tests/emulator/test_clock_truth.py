@@ -11,7 +11,7 @@ import pytest
 
 from emulator_testkit import CLOCK_START, epoch, iso, settings
 
-from airflow_cja_audiences.emulator.state import EmulatorState
+from aep_emulator.state import EmulatorState
 
 DAY = 86_400
 ALL = ["realized", "existing", "exited"]
@@ -130,7 +130,7 @@ def test_same_seed_same_data_other_seed_other_data():
 
 
 def test_audiences_file_settings_replace_the_defaults():
-    from airflow_cja_audiences.emulator.settings import AudienceSpec
+    from aep_emulator.settings import AudienceSpec
 
     state = _state(profiles=400, audiences=(AudienceSpec("aud-everyone", "Everyone", 1.0),
                                              AudienceSpec("aud-nobody", "Nobody", 0.0)))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from emulator_testkit import TENANT, settings
 
-from airflow_cja_audiences.emulator import exports, lifecycle, synthetic, xdm
-from airflow_cja_audiences.emulator.state import EmulatorState
+from aep_emulator import exports, lifecycle, synthetic, xdm
+from aep_emulator.state import EmulatorState
 
 
 def test_export_of_100k_profiles_takes_well_under_a_few_seconds():

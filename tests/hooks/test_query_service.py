@@ -108,7 +108,7 @@ def test_too_many_rows_are_cut_like_production_and_partitions_fit(audiences, mon
     from emulator_fixture import start_subprocess
 
     from airflow_cja_audiences import DEFAULT_CONN_ID
-    from airflow_cja_audiences.emulator.connection import airflow_connection
+    from aep_emulator.connection import airflow_connection
     from airflow_cja_audiences.hooks.platform import clear_token_cache
 
     with start_subprocess(profiles=600, pg=True, args=["--qs-max-rows", "150", "--export-job-seconds", "0.2"]) as small:

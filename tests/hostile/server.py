@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from airflow_cja_audiences.emulator import tls
+from aep_emulator import tls
 
 CLIENT_ID = "hostile-client"
 CLIENT_SECRET = "hostile-secret-DO-NOT-LEAK-5c1f"
@@ -216,7 +216,7 @@ class HostileSite:
 
     def connection(self, **extra: Any) -> dict[str, Any]:
         """The Airflow connection (``AIRFLOW_CONN_<ID>`` JSON form) of a user pointing at ``adobe``."""
-        from airflow_cja_audiences.emulator.connection import airflow_connection
+        from aep_emulator.connection import airflow_connection
 
         ready = {"base_url": self.adobe.url, "org_id": ORG_ID, "sandbox": "prod", "client_id": CLIENT_ID,
                  "ca_bundle": self.ca_bundle}

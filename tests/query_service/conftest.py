@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from airflow_cja_audiences.emulator.exports import table_ddl
-from airflow_cja_audiences.emulator.query_service.server import QueryServiceServer
+from aep_emulator.exports import table_ddl
+from aep_emulator.query_service.server import QueryServiceServer
 
 TENANT = "demoemea"
 SMALL_TABLE = "segment_export_job_dataset_for_cja"

@@ -11,8 +11,8 @@ from typing import Any
 import psycopg2
 import pytest
 
-from airflow_cja_audiences.emulator.query_service.errors import QueryServiceError
-from airflow_cja_audiences.emulator.query_service.translate import (
+from aep_emulator.query_service.errors import QueryServiceError
+from aep_emulator.query_service.translate import (
     Translator,
     java_to_strftime,
     split_statements,

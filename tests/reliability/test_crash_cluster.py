@@ -21,7 +21,7 @@ from reliability_checks import assert_converged, duplicates, export_jobs_of
 
 from airflow_cja_audiences.config import RefreshJob
 from airflow_cja_audiences.dag_factory import dag_id_for
-from airflow_cja_audiences.emulator.connection import airflow_connection_env
+from aep_emulator.connection import airflow_connection_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.services,
               pytest.mark.skipif(not FULL, reason="figures script only (CJA_RELIABILITY_FULL=1)")]

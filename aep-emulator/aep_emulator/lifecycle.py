@@ -1,0 +1,222 @@
+"""Lifecycles of export jobs and batches, advanced lazily from timestamps by ``EmulatorState.tick``.
+
+Export job: NEW (first quarter of ``export_job_seconds``) -> PROCESSING (the Catalog batch appears and
+``destination.batchId`` is set) -> SUCCEEDED | FAILED once the time is up and the rows are computed.
+The rows are computed in the executor into a per-batch table as soon as the job is created; the
+dataset's table (a view over its live batch tables) includes it only once the job succeeds, so
+readers never see a partial export and nothing is copied.
+
+Ingestion batch: loading -> (COMPLETE) processing -> success | failed after ``batch_seconds`` and the
+validation in the executor.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from aep_emulator import catalog as cat
+from aep_emulator import exports, ingest
+from aep_emulator.catalog import Batch
+from aep_emulator.exports import ExportJob, ExportRequest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from aep_emulator.state import EmulatorState, SandboxState
+
+log = logging.getLogger("aep_emulator.lifecycle")
+
+
+def batch_table(batch_id: str) -> str:
+    """The DuckDB table holding the rows of one export batch."""
+    return f"_emu_batch_{batch_id}"
+
+
+def _compute_export(state: EmulatorState, job: ExportJob) -> int:
+    sql = exports.export_sql(state.timeline, state.settings.seed, state.settings.tenant, job.at, job.request,
+                             job.batch_id)
+    started = time.monotonic()
+    cur = state.cursor()
+    try:
+        # Datasets have no row order; not preserving it lets DuckDB write in parallel (~25% faster).
+        cur.execute("SET preserve_insertion_order = false")
+        cur.execute(f'CREATE TABLE "{batch_table(job.batch_id)}" AS {sql}')
+        rows = cur.execute(f'SELECT count(*) FROM "{batch_table(job.batch_id)}"').fetchone()[0]
+    finally:
+        cur.close()
+    log.info("export job %s computed %d rows in %.2fs", job.id, rows, time.monotonic() - started)
+    return int(rows)
+
+
+def create_export_job(state: EmulatorState, sandbox: SandboxState, request: ExportRequest,
+                      request_id: str) -> ExportJob:
+    """Register a job and start computing its rows (call under the state lock)."""
+    now = time.monotonic()
+    processing_at, done_at = exports.progress_times(now, state.knobs.export_job_seconds)
+    failure = None
+    if state.knobs.export_job_failures > 0:
+        state.knobs.export_job_failures -= 1
+        failure = "job"
+    elif state.knobs.export_batch_failures > 0:
+        state.knobs.export_batch_failures -= 1
+        failure = "batch"
+    # One clock reading: the export reflects second int(creationTime / 1000) exactly.
+    now_epoch = state.clock.epoch()
+    now_ms = int(now_epoch * 1000)
+    job = ExportJob(id=state.next_job_id, sandbox=sandbox.name, request=request, at=int(now_epoch),
+                    created_ms=now_ms, updated_ms=now_ms, processing_at=processing_at, done_at=done_at,
+                    batch_id=cat.new_batch_id(), request_id=request_id, failure_mode=failure)
+    state.next_job_id += 1
+    job.work = state.executor.submit(_compute_export, state, job)
+    sandbox.export_jobs[job.id] = job
+    state.pending_jobs.add((sandbox.name, job.id))
+    if failure:
+        log.info("export job %s will fail (%s) as the failure knob asked", job.id, failure)
+    return job
+
+
+CALL_STACK = "com.adobe.aep.unifiedprofile.common.logging.Logger"  # the spec's and docs' example
+
+
+def _fail_job(state: EmulatorState, sandbox: SandboxState, job: ExportJob, code: str, message: str) -> None:
+    now_ms = state.now_ms()
+    job.status, job.updated_ms, job.end_ms = exports.FAILED, now_ms, now_ms
+    # callStack is a string in Segmentation's spec and in the documented FAILED job (never null);
+    # its value there is a logger class name, which the emulator repeats (what else it holds: unknown).
+    job.errors = [{"code": code, "msg": message, "callStack": CALL_STACK}]
+    batch = sandbox.catalog.batches.get(job.batch_id)
+    if batch is not None and batch.status == cat.PROCESSING:
+        batch.status, batch.completed = cat.FAILED, now_ms
+        batch.errors = [{"code": code, "description": message}]
+        batch.touch(now_ms)
+    if job.work is not None:
+        state.drop_later.append((job.work, batch_table(job.batch_id)))
+
+
+def cancel_export_job(state: EmulatorState, sandbox: SandboxState, job: ExportJob) -> None:
+    """DELETE /export/jobs/{id}: a running job ends FAILED (guess: no CANCELLED status is documented)."""
+    if not job.terminal:
+        _fail_job(state, sandbox, job, "0100-499", "Export job was cancelled at the client's request")
+        log.info("export job %s cancelled", job.id)
+
+
+def advance_export_job(state: EmulatorState, sandbox: SandboxState, job: ExportJob) -> None:
+    now = time.monotonic()
+    if job.status == exports.NEW and now >= job.processing_at:
+        now_ms = state.now_ms()
+        job.status, job.updated_ms, job.start_ms = exports.PROCESSING, now_ms, now_ms
+        sandbox.catalog.batches[job.batch_id] = Batch(
+            id=job.batch_id, sandbox=sandbox.name, dataset_id=job.request.dataset_id, origin="export",
+            status=cat.PROCESSING, created=now_ms, updated=now_ms, started=now_ms,
+            created_client="acp_segmentation", input_format={"format": "parquet"})
+        job.batch_created = True
+    if job.status != exports.PROCESSING or now < job.done_at or job.work is None or not job.work.done():
+        return
+    dataset = sandbox.catalog.datasets.get(job.request.dataset_id)
+    error = job.work.exception()
+    if error is not None:
+        log.error("export job %s failed computing its rows: %s", job.id, error)
+        _fail_job(state, sandbox, job, "0090-500", f"Export failed: {error}")
+        return
+    if dataset is None:
+        _fail_job(state, sandbox, job, "0091-404", f"Destination dataset {job.request.dataset_id} was deleted")
+        return
+    if job.failure_mode == "job":
+        _fail_job(state, sandbox, job, "0092-500", "Export job failed (failure injected by the emulator)")
+        return
+    rows = job.work.result()
+    batch = sandbox.catalog.batches[job.batch_id]
+    now_ms = state.now_ms()
+    if job.failure_mode == "batch":
+        # The recipe's trap: the job reports success while the batch it wrote fails in Catalog.
+        batch.status = cat.FAILED
+        batch.errors = [{"code": "INGEST-1510-400",
+                         "description": "Batch failed while writing to the dataset (failure injected by the "
+                                        "emulator)"}]
+        state.drop_later.append((job.work, batch_table(job.batch_id)))
+    else:
+        batch.status = cat.SUCCESS
+        state.refresh_export_view(sandbox, dataset)
+        # Record counts only: an export writes no input files whose bytes could be reported.
+        batch.metrics = {"inputRecordCount": rows, "outputRecordCount": rows, "failedRecordCount": 0}
+    batch.completed = now_ms
+    batch.touch(now_ms)
+    job.status, job.exported, job.updated_ms, job.end_ms = exports.SUCCEEDED, rows, now_ms, now_ms
+    log.info("export job %s SUCCEEDED with %d profiles into batch %s (%s)", job.id, rows, batch.id, batch.status)
+
+
+# -- ingestion batches -------------------------------------------------------------------------
+def complete_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch, schema) -> None:
+    """COMPLETE: start validating the uploaded files (call under the state lock)."""
+    now_ms = state.now_ms()
+    batch.status, batch.started = cat.PROCESSING, now_ms
+    batch.touch(now_ms)
+    batch.due = time.monotonic() + state.knobs.batch_seconds
+    if state.knobs.ingestion_failures > 0:
+        state.knobs.ingestion_failures -= 1
+        batch.work = None  # fails at its due time without looking at the files
+        batch.errors = [{"code": "INGEST-1100-500",
+                         "description": "Internal error while processing the batch (failure injected by the "
+                                        "emulator)"}]
+    else:
+        directory = state.files_dir / batch.id
+        directory.mkdir(parents=True, exist_ok=True)
+        batch.records_path = directory / "accepted.jsonl"
+        batch.row_errors_dir = directory / "row_errors" if batch.diagnostics else None
+        files = [(name, f.disk) for name, f in sorted(batch.files.items())]
+        reject = 0
+        if state.knobs.partial_ingestion_failures > 0:
+            state.knobs.partial_ingestion_failures -= 1
+            reject, batch.partial_percent = 1, 100.0  # one record fails; the batch succeeds without it
+        batch.work = state.executor.submit(
+            ingest.process, files, schema, multiline=bool(batch.input_format.get("isMultiLineJson")),
+            records_out=batch.records_path, row_errors_dir=batch.row_errors_dir, reject_first=reject)
+    state.pending_batches.add((sandbox.name, batch.id))
+
+
+def advance_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch) -> bool:
+    """Finish a processing batch when due; True once the batch needs no more ticks."""
+    if batch.status != cat.PROCESSING:
+        return True
+    if batch.due is None or time.monotonic() < batch.due or (batch.work is not None and not batch.work.done()):
+        return False
+    now_ms = state.now_ms()
+    batch.completed = now_ms
+    batch.touch(now_ms)
+    if batch.work is None:  # injected failure
+        batch.status = cat.FAILED
+        return True
+    error = batch.work.exception()
+    if error is not None:
+        log.error("batch %s failed in processing: %s", batch.id, error)
+        batch.status, batch.errors = cat.FAILED, [{"code": "INGEST-1100-500", "description": str(error)}]
+        return True
+    result: ingest.IngestResult = batch.work.result()
+    ok, errors = ingest.outcome(result, partial_percent=batch.partial_percent, diagnostics=batch.diagnostics)
+    batch.status, batch.errors = (cat.SUCCESS if ok else cat.FAILED), errors
+    batch.metrics = {"inputByteSize": result.input_bytes, "inputFileCount": result.file_count,
+                     "inputRecordCount": result.input_records,
+                     "outputRecordCount": result.output_records if ok else 0,
+                     "failedRecordCount": result.failed_records}
+    log.info("batch %s %s: %d records in, %d failed", batch.id, batch.status, result.input_records,
+             result.failed_records)
+    if ok and batch.replay:
+        for old_id in batch.replay.get("predecessors") or []:
+            old = sandbox.catalog.batches.get(str(old_id).strip("${}"))
+            if old is not None and old.status == cat.SUCCESS:
+                revert_batch(state, sandbox, old)
+    return True
+
+
+def revert_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch) -> None:
+    """REVERT (or replacement by a replay): the batch becomes inactive and its records leave the dataset."""
+    now_ms = state.now_ms()
+    batch.status = cat.INACTIVE
+    batch.touch(now_ms)
+    dataset = sandbox.catalog.datasets.get(batch.dataset_id)
+    if batch.origin == "export" and dataset is not None and dataset.has_table:
+        state.refresh_export_view(sandbox, dataset)
+        state.execute(f'DROP TABLE IF EXISTS "{batch_table(batch.id)}"')
+    if batch.records_path is not None:
+        batch.records_path.unlink(missing_ok=True)
+    log.info("batch %s reverted (inactive)", batch.id)

@@ -1,0 +1,411 @@
+"""The emulator's state: sandboxes (Catalog, Schema Registry, export jobs), CJA, tokens, knobs, DuckDB.
+
+One :class:`EmulatorState` per process. Request handlers run in worker threads and take
+``state.lock`` around every read-modify-write of the Python objects. Long work (computing an export,
+validating an uploaded batch) runs in a small executor; job and batch statuses advance lazily in
+:meth:`EmulatorState.tick` from timestamps, so no thread polls or busy-waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from aep_emulator import groundtruth, lifecycle
+from aep_emulator.catalog import Catalog, Dataset, new_object_id, table_name_for
+from aep_emulator.cja_model import (CjaStore, Connection, DataView, connection_id,
+                                                       data_view_id, dimension)
+from aep_emulator.clock import Clock
+from aep_emulator.exports import ExportJob, table_ddl
+from aep_emulator.faults import QUERY_SERVICE_ROUTE, STATUS_KINDS, FaultInjector
+from aep_emulator.memberships import OVERRIDE_TABLE, Timeline
+from aep_emulator.query_service.errors import QueryServiceError
+from aep_emulator.registry import SchemaRegistry
+from aep_emulator.settings import AudienceSpec, EmulatorSettings
+from aep_emulator.synthetic import default_audiences
+from aep_emulator.tokens import InvalidToken, TokenService
+from aep_emulator.xdm import EVENT_CLASS
+
+log = logging.getLogger("aep_emulator.state")
+NAMESPACE = uuid.UUID("9a4c3e2b-1f6d-4e8a-b7c5-3d2e1f0a9b8c")
+EXPORT_TEMPLATE = "_emu_export_template"  # empty table with the export columns (typed empty datasets)
+FIRST_EXPORT_JOB_ID = 24115  # the id of Adobe's documented example, for familiar-looking ids
+
+
+@dataclass
+class Knobs:
+    """Settings tests may change at run time (``POST /emulator/knobs``)."""
+
+    token_lifetime: float
+    export_job_seconds: float
+    batch_seconds: float
+    cja_rate_limit: bool
+    export_job_failures: int = 0  # the next N export jobs end FAILED
+    export_batch_failures: int = 0  # the next N export jobs SUCCEED but their Catalog batch fails
+    ingestion_failures: int = 0  # the next N completed ingestion batches fail (internal error)
+    # The next N completed ingestion batches reject their first record and still succeed, as AEP
+    # reports a batch ingested with partial ingestion allowed: success, with failedRecordCount > 0.
+    partial_ingestion_failures: int = 0
+
+    def update(self, changes: Any) -> None:
+        if not isinstance(changes, dict):
+            raise ValueError("knobs must be a JSON object")
+        unknown = set(changes) - set(asdict(self))
+        if unknown:
+            raise ValueError(f"unknown knobs {sorted(unknown)}; known: {sorted(asdict(self))}")
+        for key, value in changes.items():
+            current = getattr(self, key)
+            if isinstance(current, bool):
+                if not isinstance(value, bool):
+                    raise ValueError(f"knob {key} must be true or false")
+            elif not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"knob {key} must be a non-negative number")
+            setattr(self, key, type(current)(value))
+
+
+@dataclass
+class SandboxState:
+    name: str
+    sandbox_id: str
+    default: bool
+    catalog: Catalog
+    registry: SchemaRegistry
+    merge_policy_id: str
+    export_jobs: dict[int, ExportJob] = field(default_factory=dict)
+
+    def info(self) -> dict:
+        return {"sandboxId": self.sandbox_id, "sandboxName": self.name,
+                "type": "production" if self.default else "development", "default": self.default}
+
+
+class EmulatorState:
+    def __init__(self, settings: EmulatorSettings, state_dir: Path) -> None:
+        self.settings = settings
+        self.state_dir = state_dir
+        self.files_dir = state_dir / "batches"
+        self.clock = Clock(settings.clock_start)
+        self.audiences = settings.audiences if settings.audiences is not None else default_audiences()
+        self.timeline = Timeline(seed=settings.seed, profiles=settings.profiles, audiences=self.audiences,
+                                 anchor=int(settings.anchor.timestamp()))
+        self.tokens = TokenService(settings.org_id)
+        self.faults = FaultInjector(settings.faults)
+        self.lock = threading.RLock()
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="emulator-work")
+        self._db_lock = threading.Lock()
+        if settings.db_path is not None and Path(settings.db_path).exists():
+            # The emulator's state is not persistent; reusing a file would clash with its tables.
+            raise ValueError(f"DuckDB file {settings.db_path} already exists; give a new path")
+        self.db = duckdb.connect(str(settings.db_path) if settings.db_path else ":memory:")
+        if settings.db_memory_limit:
+            self.db.execute(f"SET memory_limit = '{settings.db_memory_limit}'")
+        self.db.execute(f"CREATE TABLE IF NOT EXISTS {OVERRIDE_TABLE} "
+                        f"(idx BIGINT, aud INTEGER, ivs STRUCT(e BIGINT, x BIGINT)[])")
+        self.db.execute(f'CREATE TABLE "{EXPORT_TEMPLATE}" ({table_ddl(settings.tenant)})')
+        self.pg_host: str | None = None
+        self.pg_port: int | None = None
+        self.route_table: list[dict] = []  # filled by the app (GET /emulator/routes)
+        self._init_objects()
+
+    # -- construction / reset -----------------------------------------------------------
+    def _init_objects(self) -> None:
+        s = self.settings
+        self.knobs = Knobs(token_lifetime=s.token_lifetime, export_job_seconds=s.export_job_seconds,
+                           batch_seconds=s.batch_seconds, cja_rate_limit=s.cja_rate_limit)
+        self.sandboxes: dict[str, SandboxState] = {}
+        for i, name in enumerate(s.sandboxes):
+            self.sandboxes[name] = SandboxState(
+                name=name, sandbox_id=str(uuid.uuid5(NAMESPACE, f"{s.org_id}/sandbox/{name}")), default=i == 0,
+                catalog=Catalog(), registry=SchemaRegistry(tenant=s.tenant, org_id=s.org_id),
+                merge_policy_id=str(uuid.uuid5(NAMESPACE, f"{s.org_id}/{name}/merge-policy/default")))
+        self.tables: dict[str, tuple[str, str]] = {}  # DuckDB table -> (sandbox, dataset id)
+        self.cja = CjaStore()
+        self.next_job_id = FIRST_EXPORT_JOB_ID
+        self.pending_jobs: set[tuple[str, int]] = set()
+        self.pending_batches: set[tuple[str, str]] = set()
+        self.drop_later: list[tuple[Any, str]] = []  # (future, batch table) to drop once computed
+        # Audiences renamed or deleted through the admin API (the synthetic timelines keep every
+        # audience: memberships are data, the audience definition is what AEP forgets).
+        self.audience_renames: dict[str, tuple[str, int]] = {}  # id -> (new name, update time ms)
+        self.deleted_audiences: dict[str, int] = {}  # id -> deletion time ms
+        self._seed_cja()
+
+    def _seed_cja(self) -> None:
+        """Seed the configured CJA connections, each with a real event dataset in Catalog."""
+        s = self.settings
+        now_ms = self.clock.epoch_ms()
+        created = self.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")
+        owner = {"id": 1, "name": "Emulator Admin", "login": f"{s.client_id}@techacct.adobe.com"}
+        for spec in s.cja_connections:
+            sandbox = self.sandboxes.get(spec.sandbox or s.default_sandbox)
+            if sandbox is None:
+                raise ValueError(f"CJA connection {spec.name!r} names an unknown sandbox {spec.sandbox!r}")
+            schema = sandbox.registry.create_schema(
+                {"title": f"{spec.name} events", "type": "object",
+                 "description": "Seeded by the emulator: the connection's event dataset",
+                 "allOf": [{"$ref": EVENT_CLASS}]}, now_ms, s.client_id)
+            dataset = self.create_dataset(sandbox, name=f"{spec.name} events", schema_id=schema["$id"],
+                                          content_type="application/vnd.adobe.xed+json;version=1",
+                                          has_table=False, now_ms=now_ms, data_behavior="time-series")
+            conn = Connection(id=connection_id(s.org_id, spec.name), name=spec.name, sandbox=sandbox.name,
+                              sandbox_id=sandbox.sandbox_id, owner=owner, created=created,
+                              datasets=[{"dataSetId": dataset.id, "type": "event", "domain": "catalog",
+                                         "name": dataset.name, "timestampId": "timestamp",
+                                         "visitorId": "identityMap", "usePrimaryIdNamespace": True,
+                                         "identityNamespace": None, "schemaId": schema["$id"],
+                                         "streaming": False, "backfills": []}])
+            self.cja.connections[conn.id] = conn
+            for view in spec.data_views:
+                dv = DataView(id=data_view_id(s.org_id, view.name), name=view.name, parent_id=conn.id,
+                              owner=owner, created=created, modified=created,
+                              dimensions=[dimension(p) for p in view.dimensions])
+                self.cja.data_views[dv.id] = dv
+
+    def reset(self) -> None:
+        """Forget everything created (datasets, batches, jobs, schemas, tokens, overrides, faults,
+        knobs, clock offset, audience renames and deletions); keep the synthetic profiles and audiences."""
+        with self.lock:
+            for table in list(self.tables):
+                self.execute(f'DROP VIEW IF EXISTS "{table}"')
+            # Exports still computing write their staging tables later: drop those when done.
+            in_flight = [(job.work, lifecycle.batch_table(job.batch_id)) for sb in self.sandboxes.values()
+                         for job in sb.export_jobs.values() if job.work is not None and not job.terminal]
+            in_flight += self.drop_later
+            self.execute(f"DELETE FROM {OVERRIDE_TABLE}")
+            shutil.rmtree(self.files_dir, ignore_errors=True)
+            self.tokens.reset()
+            self.faults.clear()
+            self.faults.reset_counters()
+            self.clock = Clock(self.settings.clock_start)
+            self._init_objects()
+            self.drop_later = in_flight
+            self.tick()
+        log.info("state reset")
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.db.close()
+
+    # -- DuckDB ----------------------------------------------------------------------------
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor on the shared database (one per thread / session)."""
+        with self._db_lock:
+            return self.db.cursor()
+
+    def execute(self, sql: str, params: list | None = None) -> list[tuple]:
+        cur = self.cursor()
+        try:
+            return cur.execute(sql, params or []).fetchall()
+        finally:
+            cur.close()
+
+    # -- audiences as the Segmentation API shows them -----------------------------------------
+    def live_audiences(self) -> list[AudienceSpec]:
+        """The audiences AEP still has, under their current names (renames applied, deleted ones gone)."""
+        return [replace(a, name=self.audience_renames[a.id][0]) if a.id in self.audience_renames else a
+                for a in self.audiences if a.id not in self.deleted_audiences]
+
+    def live_audience(self, audience_id: str) -> AudienceSpec | None:
+        return next((a for a in self.live_audiences() if a.id == audience_id), None)
+
+    def audience_updated_ms(self, audience_id: str) -> int | None:
+        """When the audience was last changed (renamed), or None when never changed since start-up."""
+        renamed = self.audience_renames.get(audience_id)
+        return renamed[1] if renamed else None
+
+    def rename_audience(self, audience_id: str, name: str) -> AudienceSpec:
+        """Rename a live audience (the AEP UI's "edit audience" -> name). Call under the lock."""
+        if self.live_audience(audience_id) is None:
+            raise KeyError(f"no audience {audience_id} (unknown or deleted)")
+        if not name.strip() or len(name) > 256 or any(ord(c) < 32 for c in name):
+            raise ValueError("name must be 1-256 printable characters")
+        # Guess: AEP refuses two audiences with the same name in one sandbox (the UI does; the API
+        # answer for it is not in the sources read), so the emulator refuses it too.
+        if any(a.name == name and a.id != audience_id for a in self.live_audiences()):
+            raise ValueError(f"another audience is already named {name!r}")
+        self.audience_renames[audience_id] = (name, self.now_ms())
+        log.info("audience %s renamed to %r", audience_id, name)
+        return self.live_audience(audience_id)  # type: ignore[return-value]
+
+    def delete_audience(self, audience_id: str) -> None:
+        """Delete a live audience (``DELETE /audiences/{id}`` in AEP). Call under the lock."""
+        if self.live_audience(audience_id) is None:
+            raise KeyError(f"no audience {audience_id} (unknown or already deleted)")
+        self.deleted_audiences[audience_id] = self.now_ms()
+        log.info("audience %s deleted", audience_id)
+
+    # -- lookups ---------------------------------------------------------------------------
+    def sandbox(self, name: str | None) -> SandboxState | None:
+        return self.sandboxes.get(name or "")
+
+    def create_dataset(self, sandbox: SandboxState, *, name: str, schema_id: str, content_type: str,
+                       has_table: bool, now_ms: int, description: str = "",
+                       tags: dict | None = None, extra: dict | None = None,
+                       data_source_id: int | None = None, data_behavior: str = "record") -> Dataset:
+        """Register a dataset (and its DuckDB table for profile-union datasets). Call under the lock."""
+        table = table_name_for(name, set(self.tables) | {t.table for sb in self.sandboxes.values()
+                                                          for t in sb.catalog.datasets.values()})
+        dataset = Dataset(id=new_object_id(), sandbox=sandbox.name, name=name, schema_id=schema_id,
+                          content_type=content_type, table=table, has_table=has_table, created=now_ms,
+                          updated=now_ms, description=description, tags=dict(tags or {}),
+                          extra=dict(extra or {}), data_source_id=data_source_id, data_behavior=data_behavior)
+        sandbox.catalog.datasets[dataset.id] = dataset
+        if has_table:
+            self.tables[table] = (sandbox.name, dataset.id)
+            self.refresh_export_view(sandbox, dataset)
+        return dataset
+
+    def refresh_export_view(self, sandbox: SandboxState, dataset: Dataset) -> None:
+        """(Re)define a profile-union dataset's table: a view over the tables of its live export batches.
+
+        Appending or reverting a batch is then a change of the view, never a copy of rows; an empty
+        dataset reads the typed, empty template table.
+        """
+        parts = [f'SELECT * FROM "{EXPORT_TEMPLATE}"'] + [
+            f'SELECT * FROM "{lifecycle.batch_table(b.id)}"' for b in sandbox.catalog.dataset_batches(dataset.id)
+            if b.origin == "export" and b.status == "success"]
+        self.execute(f'CREATE OR REPLACE VIEW "{dataset.table}" AS ' + " UNION ALL BY NAME ".join(parts))
+
+    def delete_dataset(self, sandbox: SandboxState, dataset: Dataset) -> None:
+        if dataset.has_table:
+            self.execute(f'DROP VIEW IF EXISTS "{dataset.table}"')
+            self.tables.pop(dataset.table, None)
+        for batch in sandbox.catalog.dataset_batches(dataset.id):
+            if batch.origin == "export":
+                self.execute(f'DROP TABLE IF EXISTS "{lifecycle.batch_table(batch.id)}"')
+            del sandbox.catalog.batches[batch.id]
+            self.pending_batches.discard((sandbox.name, batch.id))
+        del sandbox.catalog.datasets[dataset.id]
+
+    # -- lazy progress -----------------------------------------------------------------------
+    def tick(self) -> None:
+        """Advance export jobs and batches whose time has come. Cheap; call under ``self.lock``."""
+        for key in list(self.pending_jobs):
+            sandbox = self.sandboxes[key[0]]
+            job = sandbox.export_jobs[key[1]]
+            lifecycle.advance_export_job(self, sandbox, job)
+            if job.terminal:
+                self.pending_jobs.discard(key)
+        for key in list(self.pending_batches):
+            sandbox = self.sandboxes[key[0]]
+            batch = sandbox.catalog.batches.get(key[1])
+            if batch is None or lifecycle.advance_batch(self, sandbox, batch):
+                self.pending_batches.discard(key)
+        still = []
+        for future, table in self.drop_later:
+            if future.done():
+                self.execute(f'DROP TABLE IF EXISTS "{table}"')
+            else:
+                still.append((future, table))
+        self.drop_later = still
+
+    # -- Query Service hooks (see query_service.server.QueryServiceServer) -------------------
+    def qs_connect(self) -> duckdb.DuckDBPyConnection:
+        return self.cursor()
+
+    def qs_authenticate(self, user: str, password: str, database: str) -> None:
+        """Accept exactly what production accepts from a PostgreSQL client with expiring credentials."""
+        try:
+            info = self.tokens.validate(password)
+        except InvalidToken as exc:
+            raise PermissionError(f"password is not a valid access token issued by this emulator ({exc})") from None
+        if user != self.settings.org_id or info.org_id != self.settings.org_id:
+            raise PermissionError(f"user must be the org id {self.settings.org_id}")
+        sandbox, _, suffix = database.partition(":")
+        if suffix != "all" or sandbox not in self.sandboxes:
+            raise PermissionError(f"database must be '<sandbox>:all' for one of {sorted(self.sandboxes)}, "
+                                  f"got {database!r}")
+
+    def qs_statement(self, sql: str) -> None:
+        """Query Service fault injection, before each statement runs (rules as in faults.py)."""
+        route = QUERY_SERVICE_ROUTE
+        self.faults.started(route)
+        try:
+            decision = self.faults.decide(route, "QUERY", " ".join(sql.split()))
+            if decision.delay:
+                self.faults.hold(decision.delay)
+        finally:
+            self.faults.finished(route)
+        fault = decision.fault
+        if fault is None:
+            return
+        if fault.kind in STATUS_KINDS:  # the service is busy or failing: the statement fails
+            raise QueryServiceError("57P03", f"Query Service is temporarily unavailable (injected {fault.kind})")
+        raise ConnectionResetError(f"injected {fault.kind}")  # the server drops the connection
+
+    def qs_list_tables(self) -> list[dict]:
+        with self.lock:
+            out = []
+            for table, (sandbox, dataset_id) in sorted(self.tables.items()):
+                dataset = self.sandboxes[sandbox].catalog.datasets.get(dataset_id)
+                if dataset is not None:
+                    out.append({"name": table, "dataSetId": dataset.id, "dataSet": dataset.name,
+                                "description": dataset.description})
+            return out
+
+    # -- ground truth (see groundtruth.py for the semantics) ------------------------------------
+    def snapshot(self, audience_ids: list[str] | None = None, statuses: list[str] | None = None,
+                 at: datetime | int | None = None) -> list[dict]:
+        return groundtruth.snapshot(self, audience_ids, statuses, at)
+
+    def transitions(self, audience_ids: list[str] | None, start: datetime | int, end: datetime | int) -> list[dict]:
+        return groundtruth.transitions(self, audience_ids, start, end)
+
+    def export_rows(self, batch_id: str) -> list[dict]:
+        return groundtruth.export_rows(self, batch_id)
+
+    def set_membership(self, profile_index: int, audience_id: str, member: bool,
+                       at: datetime | int | None = None) -> list[tuple[int, int | None]]:
+        return groundtruth.set_membership(self, profile_index, audience_id, member, at)
+
+    def profile(self, profile_index: int) -> dict:
+        return groundtruth.profile(self, profile_index)
+
+    # -- inspection --------------------------------------------------------------------------
+    def describe(self) -> dict:
+        """Everything a test may want to look at (``GET /emulator/state``)."""
+        with self.lock:
+            self.tick()
+            org = self.settings.org_id
+            sandboxes = {}
+            for name, sb in self.sandboxes.items():
+                sandboxes[name] = {
+                    "sandbox": sb.info(),
+                    "mergePolicyId": sb.merge_policy_id,
+                    "datasets": {d.id: {**d.to_json(org, self.settings.client_id, sb.catalog.last_batch(d.id)),
+                                        "table": d.table if d.has_table else None}
+                                 for d in sb.catalog.datasets.values()},
+                    "batches": {b.id: {**b.to_json(org), "origin": b.origin,
+                                       "files": {p: {"size": f.size, "complete": f.complete, "large": f.large}
+                                                 for p, f in b.files.items()}}
+                                for b in sb.catalog.batches.values()},
+                    "exportJobs": [j.to_json(org, sb.info()) for j in sb.export_jobs.values()],
+                    "schemas": [r.body for r in sb.registry.listing("schemas")],
+                    "fieldGroups": [r.body for r in sb.registry.listing("mixins")],
+                    "descriptors": list(sb.registry.descriptors.values()),
+                }
+            return {"clock": {"now": self.clock.now().isoformat(), "anchor": self.settings.anchor.isoformat(),
+                              "offsetSeconds": self.clock.offset_seconds},
+                    "profiles": self.settings.profiles, "seed": self.settings.seed,
+                    "audiences": [asdict(a) for a in self.audiences],  # as configured (ids, timelines)
+                    "liveAudiences": [asdict(a) for a in self.live_audiences()],  # as AEP shows them now
+                    "deletedAudiences": sorted(self.deleted_audiences),
+                    "tokensIssued": self.tokens.issued, "knobs": asdict(self.knobs),
+                    "sandboxes": sandboxes, "cja": self.cja.to_json(org),
+                    "tables": {t: {"sandbox": s, "dataSetId": d} for t, (s, d) in self.tables.items()}}
+
+    def now_ms(self) -> int:
+        return self.clock.epoch_ms()
+
+    @staticmethod
+    def monotonic() -> float:
+        return time.monotonic()
