@@ -8,10 +8,13 @@ PYTEST_ARGS ?=
 
 .PHONY: venv test demo bench lock clean
 
-$(STAMP): pyproject.toml requirements/constraints.txt requirements/dev.txt
+# The provider and the AEP emulator (./aep-emulator, its own distribution) in one pip call: the
+# provider's [emulator] extra pins aep-emulator, which resolves to the local copy, not an index.
+$(STAMP): pyproject.toml aep-emulator/pyproject.toml requirements/constraints.txt requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c requirements/constraints.txt -r requirements/dev.txt -e '.[emulator,celery]'
+	$(BIN)/pip install --quiet -c requirements/constraints.txt -r requirements/dev.txt \
+		-e ./aep-emulator -e '.[emulator,celery]'
 	touch $@
 
 venv: $(STAMP)
@@ -19,6 +22,7 @@ venv: $(STAMP)
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# demo/ is neither distribution: it runs from the repository root (it uses dags/ there).
 demo: venv
 	$(BIN)/python -m demo
 
@@ -31,4 +35,4 @@ lock: venv
 	 $(BIN)/pip freeze --exclude-editable | grep -v '^-e') > requirements/constraints.txt
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info aep-emulator/build aep-emulator/*.egg-info .pytest_cache

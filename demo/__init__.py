@@ -154,7 +154,3 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"logs kept in {workdir}")
     _log(f"{'done' if ok else 'failed'} in {time.monotonic() - started:.0f} s")
     return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
