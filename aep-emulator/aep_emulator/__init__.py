@@ -1,8 +1,7 @@
 """Local, stateful emulator of the Adobe Experience Platform and CJA APIs (our "moto" for Adobe).
 
-Its own distribution, ``aep-emulator`` (DuckDB, sqlglot, Starlette, uvicorn, cryptography), which the
-provider's ``[emulator]`` extra installs. It imports neither Airflow nor the provider, and the provider
-and the DAGs never import it. Importing this package is cheap: the heavy modules load on first use.
+Optional extra ``[emulator]`` (DuckDB, sqlglot, Starlette, uvicorn, cryptography). Never imported by
+the provider or the DAGs. Importing this package is cheap: the heavy modules load on first use.
 
 * CLI: ``python -m aep_emulator --help``
 * In process: ``with EmulatorServer(EmulatorSettings(profiles=500)) as emu: emu.base_url ...``
