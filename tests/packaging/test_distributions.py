@@ -106,6 +106,14 @@ def test_the_emulator_is_gone_from_the_provider_package():
     assert not (PROVIDER_PACKAGE / "demo.py").exists()
 
 
+def test_the_demo_runs_from_the_repository_root_as_python_m_demo():
+    # make demo's command; the demo's helpers stay importable as `import demo` (benchmarks.event_history).
+    result = subprocess.run([sys.executable, "-m", "demo", "--help"], cwd=ROOT, check=False, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "--profiles" in result.stdout, result.stdout + result.stderr
+    assert "python -m demo" in (ROOT / "Makefile").read_text()
+
+
 # ------------------------------------------------------------------ built wheels
 
 
