@@ -15,9 +15,9 @@ dataset with the emulator's transition timeline (``/emulator/truth/transitions``
 * ``duplicates`` / ``false``: records beyond the first of one event / records that match no
   transition.
 
-It only uses what every version of this package has (the demo's helpers, the admin API's
-transitions and dataset records), so the same script measures an older checkout: put it on
-``PYTHONPATH`` ahead of the installed package. Exits non-zero when a run fails or any published event
+It only uses what every version of this package has (the demo's helpers, from this checkout's
+``demo/``, the admin API's transitions and dataset records), so the same script measures an older
+checkout's provider: put it on ``PYTHONPATH`` ahead of the installed package. Exits non-zero when a run fails or any published event
 is false or duplicated (``--measure-only``: report, exit 0; for measuring an older version).
 """
 
