@@ -167,7 +167,7 @@ def test_dockerfile_installs_this_package_pinned_on_the_matching_image():
     assert '"apache-airflow==${AIRFLOW_VERSION}"' in install and "[emulator,celery]" in install
     # The emulator is its own distribution (aep-emulator/): copied whole and installed in the same pip
     # call as the provider, so the [emulator] extra's pin resolves to that copy, not to an index.
-    copies = dict(re.findall(r"^COPY (?:--\S+ )*(.+?) (\S+)$", dockerfile, re.M))
+    copies = dict(re.findall(r"^COPY (?:--\S+ )*(.+?) (\S+)$", dockerfile, re.MULTILINE))
     emulator_dir = copies.get("aep-emulator/pyproject.toml aep-emulator/README.md", "").rstrip("/")
     assert emulator_dir and copies.get("aep-emulator/aep_emulator") == f"{emulator_dir}/aep_emulator", copies
     run = install[:install.index("\n", install.index("[emulator,celery]"))]
