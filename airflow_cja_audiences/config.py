@@ -67,9 +67,12 @@ class AudienceSelector(StrictModel):
 class IdentitySpec(StrictModel):
     """Which exported field becomes CJA's ``personID``, and its identity namespace."""
 
-    field: FieldPath = Field(description="Dot path in the exported profile, e.g. _{tenant}.identification.core.email")
+    field: FieldPath = Field(
+        description="Dot path in the exported profile, e.g. _{tenant}.identification.core.email"
+    )
     namespace: Annotated[str, AfterValidator(v.namespace_code)] = Field(
-        default="Email", description="Identity namespace code of personID: Email, ECID, CRMID, Phone, ...")
+        default="Email", description="Identity namespace code of personID: Email, ECID, CRMID, Phone, ..."
+    )
 
 
 class OutputFields(StrictModel):
@@ -101,14 +104,19 @@ class ApiRetries(StrictModel):
     which also caps a ``Retry-After`` header. The defaults suit real Adobe; tests shorten them.
     """
 
-    max_attempts: int = Field(default=8, ge=1, le=20, description="HTTP requests per call, the first and any token fetch included")
+    max_attempts: int = Field(
+        default=8, ge=1, le=20, description="HTTP requests per call, the first and any token fetch included"
+    )
     initial_wait_seconds: float = Field(default=0.5, gt=0.0, le=60.0)
     max_wait_seconds: float = Field(default=60.0, gt=0.0, le=600.0)
 
     def hook_params(self) -> dict[str, float | int]:
         """The :class:`~airflow_cja_audiences.hooks.platform.AdobePlatformHook` keyword arguments."""
-        return {"max_attempts": self.max_attempts, "initial_retry_wait": self.initial_wait_seconds,
-                "max_retry_wait": self.max_wait_seconds}
+        return {
+            "max_attempts": self.max_attempts,
+            "initial_retry_wait": self.initial_wait_seconds,
+            "max_retry_wait": self.max_wait_seconds,
+        }
 
 
 class Naming(StrictModel):
@@ -123,15 +131,19 @@ class Naming(StrictModel):
     event_dataset: DisplayText = "CJA audience membership events - {job_id}"
 
     def render(self, job_id: str) -> Naming:
-        return self.model_copy(update={k: val.replace("{job_id}", job_id) for k, val in self.model_dump().items()})
+        return self.model_copy(
+            update={k: val.replace("{job_id}", job_id) for k, val in self.model_dump().items()}
+        )
 
     @model_validator(mode="after")
     def _titles_unique(self) -> Naming:
         # Schema Registry titles are unique across schemas and field groups (XDM-1521-400).
         titles = [self.field_group, self.profile_schema, self.event_field_group, self.event_schema]
         if len(set(titles)) != len(titles):
-            raise ValueError("field group and schema titles must all differ (Schema Registry titles are "
-                             "unique across resource types)")
+            raise ValueError(
+                "field group and schema titles must all differ (Schema Registry titles are "
+                "unique across resource types)"
+            )
         return self
 
 
@@ -142,74 +154,150 @@ class RefreshJob(StrictModel):
     description: str = ""
     conn_id: str = Field(default=DEFAULT_CONN_ID, pattern=r"^[A-Za-z0-9_.-]{1,250}$")
     sandbox: Annotated[str, AfterValidator(v.sandbox)] | None = Field(
-        default=None, description="AEP sandbox; default: the connection's sandbox")
+        default=None, description="AEP sandbox; default: the connection's sandbox"
+    )
     audiences: list[AudienceSelector] = Field(min_length=1, max_length=500)
     identity: IdentitySpec
     tenant: Annotated[str, AfterValidator(v.tenant_id)] | None = Field(
-        default=None, description="Tenant id (without '_'); default: read from Schema Registry")
+        default=None, description="Tenant id (without '_'); default: read from Schema Registry"
+    )
     statuses: list[MembershipStatus] = Field(default_factory=lambda: list(DEFAULT_STATUSES), min_length=1)
     layout: Literal["per_person", "per_membership"] = "per_person"
     merge_policy_id: Annotated[str, AfterValidator(v.audience_id)] | None = None
     schedule: Annotated[str, AfterValidator(lambda s: cron_schedule(s))] | None = Field(
-        default="@daily", description="Cron expression (UTC) or preset (@hourly, @daily, ...); null = manual only")
-    cja_connection_id: Annotated[str, AfterValidator(lambda s: v._check(
-        v.CJA_CONNECTION_ID, s, "CJA connection id", "dg_0123abcd-..."))] | None = None
-    cja_data_view_id: Annotated[str, AfterValidator(lambda s: v._check(
-        v.CJA_DATA_VIEW_ID, s, "CJA data view id", "dv_0123abcd"))] | None = None
-    shrink_guard: float = Field(default=0.5, ge=0.0, le=1.0, description=(
-        "Refuse to replace the snapshot when it would shrink by more than this fraction"))
+        default="@daily",
+        description="Cron expression (UTC) or preset (@hourly, @daily, ...); null = manual only",
+    )
+    cja_connection_id: (
+        Annotated[
+            str,
+            AfterValidator(
+                lambda s: v._check(v.CJA_CONNECTION_ID, s, "CJA connection id", "dg_0123abcd-...")
+            ),
+        ]
+        | None
+    ) = None
+    cja_data_view_id: (
+        Annotated[
+            str, AfterValidator(lambda s: v._check(v.CJA_DATA_VIEW_ID, s, "CJA data view id", "dv_0123abcd"))
+        ]
+        | None
+    ) = None
+    shrink_guard: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description=("Refuse to replace the snapshot when it would shrink by more than this fraction"),
+    )
     publish_events: bool = Field(default=True, description="Publish entered/exited events for each interval")
-    query_partitioning: Literal["time", "rows"] = Field(default="time", description=(
-        "How the load splits the export into Query Service queries: 'time' (each query ends with LIMIT 0, "
-        "Query Service's documented override of its row cap, and is sized to query_time_budget_seconds, so "
-        "the export is scanned a few times per run) or 'rows' (queries of at most max_rows_per_query rows "
-        "under the 50,000-row cap: one scan of the export per 40,000 rows)"))
-    query_time_budget_seconds: float = Field(default=300.0, gt=0.0, le=540.0, description=(
-        "Time one partition query should take at most (partitioning 'time'); well under Query Service's "
-        "10-minute limit for ad hoc queries"))
-    query_service_rows_per_second: float = Field(default=20_000.0, gt=0.0, le=10_000_000.0, description=(
-        "Rows per second a load task reads, transforms and writes (partitioning 'time'); the load tasks "
-        "log what they achieved"))
-    query_service_concurrency: int = Field(default=5, ge=1, le=1000, description=(
-        "Ad hoc queries Query Service runs at once for the org (licence); partitioning 'time' adds "
-        "partitions up to this many to shorten the run while Query Service time stays near one scan"))
-    max_rows_per_query: int = Field(default=40_000, ge=100, description=(
-        "Rows one partition query should return (partitioning 'rows'); must leave headroom below "
-        "query_service_row_limit"))
-    query_service_row_limit: int = Field(default=QUERY_SERVICE_ROW_LIMIT, ge=101, description=(
-        "Query Service's cap on an ad hoc result (50,000); with partitioning 'rows' a partition that "
-        "returns this many rows may have been cut and is split"))
+    query_partitioning: Literal["time", "rows"] = Field(
+        default="time",
+        description=(
+            "How the load splits the export into Query Service queries: 'time' (each query ends with LIMIT 0, "
+            "Query Service's documented override of its row cap, and is sized to query_time_budget_seconds, so "
+            "the export is scanned a few times per run) or 'rows' (queries of at most max_rows_per_query rows "
+            "under the 50,000-row cap: one scan of the export per 40,000 rows)"
+        ),
+    )
+    query_time_budget_seconds: float = Field(
+        default=300.0,
+        gt=0.0,
+        le=540.0,
+        description=(
+            "Time one partition query should take at most (partitioning 'time'); well under Query Service's "
+            "10-minute limit for ad hoc queries"
+        ),
+    )
+    query_service_rows_per_second: float = Field(
+        default=20_000.0,
+        gt=0.0,
+        le=10_000_000.0,
+        description=(
+            "Rows per second a load task reads, transforms and writes (partitioning 'time'); the load tasks "
+            "log what they achieved"
+        ),
+    )
+    query_service_concurrency: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description=(
+            "Ad hoc queries Query Service runs at once for the org (licence); partitioning 'time' adds "
+            "partitions up to this many to shorten the run while Query Service time stays near one scan"
+        ),
+    )
+    max_rows_per_query: int = Field(
+        default=40_000,
+        ge=100,
+        description=(
+            "Rows one partition query should return (partitioning 'rows'); must leave headroom below "
+            "query_service_row_limit"
+        ),
+    )
+    query_service_row_limit: int = Field(
+        default=QUERY_SERVICE_ROW_LIMIT,
+        ge=101,
+        description=(
+            "Query Service's cap on an ad hoc result (50,000); with partitioning 'rows' a partition that "
+            "returns this many rows may have been cut and is split"
+        ),
+    )
     max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=SMALL_FILE_LIMIT)
     batch_id_column: Literal["_acp_system_metadata.acp_sourceBatchId", "_acp_batchid"] = (
-        "_acp_system_metadata.acp_sourceBatchId")
+        "_acp_system_metadata.acp_sourceBatchId"
+    )
     output: OutputFields = OutputFields()
     naming: Naming = Naming()
     start_date: date = Field(default=date(2026, 1, 1), description="First data interval of the schedule")
-    query_service_pool: str = Field(default="cja_audiences_query_service", pattern=r"^[A-Za-z0-9_.-]{1,100}$",
-                                    description="Airflow pool bounding concurrent Query Service queries")
+    query_service_pool: str = Field(
+        default="cja_audiences_query_service",
+        pattern=r"^[A-Za-z0-9_.-]{1,100}$",
+        description="Airflow pool bounding concurrent Query Service queries",
+    )
     retries: int = Field(default=3, ge=0, le=20, description="Task retries (each step is idempotent)")
-    retry_delay_seconds: float = Field(default=30.0, ge=0.0, le=3600.0,
-                                       description="Wait before a task's first retry (doubling, up to 10 min)")
+    retry_delay_seconds: float = Field(
+        default=30.0,
+        ge=0.0,
+        le=3600.0,
+        description="Wait before a task's first retry (doubling, up to 10 min)",
+    )
     api_retries: ApiRetries = ApiRetries()
-    poll_interval_seconds: float = Field(default=30.0, ge=1.0, le=3600.0,
-                                         description="How often deferred waits ask AEP for news")
+    poll_interval_seconds: float = Field(
+        default=30.0, ge=1.0, le=3600.0, description="How often deferred waits ask AEP for news"
+    )
     export_timeout_minutes: int = Field(default=180, ge=1, le=24 * 60)
     ingestion_timeout_minutes: int = Field(default=180, ge=1, le=24 * 60)
-    path: Literal["client", "server"] = Field(default="client", description=(
-        "Who builds the snapshot's CJA records: 'client' (partition queries streamed through Airflow workers, "
-        "transformed and uploaded) or 'server' (one Query Service batch query, INSERT INTO the profile dataset; "
-        "needs the Data Distiller add-on). Change events always take the client path"))
-    batch_query_timeout_minutes: int = Field(default=180, ge=1, le=24 * 60, description=(
-        "How long the server path waits for its batch query (Query Service allows 24 hours)"))
-    export_retention_days: float | None = Field(default=DEFAULT_EXPORT_RETENTION_DAYS, ge=1, le=3650, description=(
-        "After a successful publish, revert this job's export batches older than this (days), except those "
-        "a live batch still needs; null keeps every export"))
+    path: Literal["client", "server"] = Field(
+        default="client",
+        description=(
+            "Who builds the snapshot's CJA records: 'client' (partition queries streamed through Airflow workers, "
+            "transformed and uploaded) or 'server' (one Query Service batch query, INSERT INTO the profile dataset; "
+            "needs the Data Distiller add-on). Change events always take the client path"
+        ),
+    )
+    batch_query_timeout_minutes: int = Field(
+        default=180,
+        ge=1,
+        le=24 * 60,
+        description=("How long the server path waits for its batch query (Query Service allows 24 hours)"),
+    )
+    export_retention_days: float | None = Field(
+        default=DEFAULT_EXPORT_RETENTION_DAYS,
+        ge=1,
+        le=3650,
+        description=(
+            "After a successful publish, revert this job's export batches older than this (days), except those "
+            "a live batch still needs; null keeps every export"
+        ),
+    )
 
     @model_validator(mode="after")
     def _headroom(self) -> RefreshJob:
         if self.max_rows_per_query >= self.query_service_row_limit:
-            raise ValueError(f"max_rows_per_query ({self.max_rows_per_query}) must be below "
-                             f"query_service_row_limit ({self.query_service_row_limit})")
+            raise ValueError(
+                f"max_rows_per_query ({self.max_rows_per_query}) must be below "
+                f"query_service_row_limit ({self.query_service_row_limit})"
+            )
         return self
 
     @field_validator("description")
@@ -269,11 +357,16 @@ class JobsFile(StrictModel):
         owner: dict[tuple[str, str | None, str], str] = {}
         for job in value:
             names = job.names
-            for kind, name in (("profile_dataset", names.profile_dataset), ("event_dataset", names.event_dataset)):
+            for kind, name in (
+                ("profile_dataset", names.profile_dataset),
+                ("event_dataset", names.event_dataset),
+            ):
                 key = (job.conn_id, job.sandbox, name)
                 if key in owner and owner[key] != job.job_id:
-                    raise ValueError(f"jobs {owner[key]!r} and {job.job_id!r} both write CJA dataset {name!r} "
-                                     f"(naming.{kind}); give each job its own dataset (keep {{job_id}} in the name)")
+                    raise ValueError(
+                        f"jobs {owner[key]!r} and {job.job_id!r} both write CJA dataset {name!r} "
+                        f"(naming.{kind}); give each job its own dataset (keep {{job_id}} in the name)"
+                    )
                 owner[key] = job.job_id
         return value
 
@@ -326,14 +419,17 @@ def cron_schedule(value: str) -> str:
     if len(value) > 100 or not expression.strip():
         raise ValueError(f"schedule {v.shown(value)} is not a cron expression")
     if expression.startswith("@"):
-        raise ValueError(f"schedule {v.shown(value)} is not a known preset; use one of {sorted(CRON_PRESETS)} or "
-                         f"a cron expression such as '0 2 * * *' (null for manual runs only)")
+        raise ValueError(
+            f"schedule {v.shown(value)} is not a known preset; use one of {sorted(CRON_PRESETS)} or "
+            f"a cron expression such as '0 2 * * *' (null for manual runs only)"
+        )
     try:
         croniter(expression)
     except (CroniterBadCronError, CroniterBadDateError, ValueError, KeyError) as exc:
-        raise ValueError(f"schedule {v.shown(value)} is not a valid cron expression ({str(exc)[:120]}); expected "
-                         f"e.g. '0 2 * * *' (minute hour day month weekday, UTC) or a preset such as '@daily'"
-                         ) from None
+        raise ValueError(
+            f"schedule {v.shown(value)} is not a valid cron expression ({str(exc)[:120]}); expected "
+            f"e.g. '0 2 * * *' (minute hour day month weekday, UTC) or a preset such as '@daily'"
+        ) from None
     return value
 
 
@@ -360,7 +456,9 @@ def read_jobs_file(path: str | Path) -> JobsFileResult:
     path = Path(path)
     data = _parse(path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping with a 'jobs' list at the top, got {type(data).__name__}")
+        raise ValueError(
+            f"{path}: expected a mapping with a 'jobs' list at the top, got {type(data).__name__}"
+        )
     unknown = sorted(str(k) for k in data if k not in ("version", "jobs"))
     if unknown:
         raise ValueError(f"{path}: unknown top-level keys {v.shown(unknown)}; expected 'version' and 'jobs'")
@@ -370,9 +468,11 @@ def read_jobs_file(path: str | Path) -> JobsFileResult:
     if not isinstance(raw_jobs, list) or not raw_jobs:
         raise ValueError(f"{path}: jobs: expected a non-empty list of jobs")
     if len(raw_jobs) > MAX_JOBS:
-        raise ValueError(f"{path}: jobs: {len(raw_jobs)} jobs, more than the {MAX_JOBS} one jobs file may hold (each "
-                         f"is a DAG built whenever the DAG file is parsed); split them over several jobs files, "
-                         f"each read by its own copy of the DAG file (see the README)")
+        raise ValueError(
+            f"{path}: jobs: {len(raw_jobs)} jobs, more than the {MAX_JOBS} one jobs file may hold (each "
+            f"is a DAG built whenever the DAG file is parsed); split them over several jobs files, "
+            f"each read by its own copy of the DAG file (see the README)"
+        )
     from pydantic import ValidationError
 
     jobs: list[tuple[int, RefreshJob]] = []
@@ -386,8 +486,14 @@ def read_jobs_file(path: str | Path) -> JobsFileResult:
     good = []
     for index, job in jobs:
         if counts[job.job_id] > 1:
-            errors.append(JobError(index, job.job_id, f"jobs.{index}.job_id: {job.job_id!r} is used by "
-                                                      f"{counts[job.job_id]} jobs; job ids must be unique"))
+            errors.append(
+                JobError(
+                    index,
+                    job.job_id,
+                    f"jobs.{index}.job_id: {job.job_id!r} is used by "
+                    f"{counts[job.job_id]} jobs; job ids must be unique",
+                )
+            )
         else:
             good.append(job)
     errors.sort(key=lambda e: e.index)
@@ -414,7 +520,7 @@ def _describe(exc: Any, prefix: str) -> str:
     for err in exc.errors(include_url=False, include_input=False)[:MAX_ERRORS_SHOWN]:
         loc = ".".join(str(p) for p in (prefix, *err.get("loc", ())))
         msg = str(err.get("msg", "invalid"))
-        parts.append(f"{loc}: {msg if len(msg) <= _MAX_ERROR_CHARS else msg[:_MAX_ERROR_CHARS - 3] + '...'}")
+        parts.append(f"{loc}: {msg if len(msg) <= _MAX_ERROR_CHARS else msg[: _MAX_ERROR_CHARS - 3] + '...'}")
     if exc.error_count() > MAX_ERRORS_SHOWN:
         parts.append(f"... and {exc.error_count() - MAX_ERRORS_SHOWN} more errors")
     return "; ".join(parts)
@@ -429,8 +535,10 @@ def _parse(path: Path) -> Any:
     except OSError as exc:
         raise ValueError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     if len(raw) > MAX_FILE_BYTES:
-        raise ValueError(f"{path}: larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB, the limit of a jobs file; split "
-                         f"the jobs over several files")
+        raise ValueError(
+            f"{path}: larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB, the limit of a jobs file; split "
+            f"the jobs over several files"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -492,8 +600,10 @@ def _check_expansion(root: Any, limit: int) -> None:
                 children = node.value
             size = 1 + sum(sizes[id(c)] for c in children)
             if size > limit:
-                raise _YamlRefused(f"YAML aliases expand the document to more than {limit:,} nodes (an 'alias bomb'?); "
-                                 f"write the values out or use fewer aliases")
+                raise _YamlRefused(
+                    f"YAML aliases expand the document to more than {limit:,} nodes (an 'alias bomb'?); "
+                    f"write the values out or use fewer aliases"
+                )
             sizes[key] = size
             continue
         if key in sizes:
@@ -505,7 +615,9 @@ def _check_expansion(root: Any, limit: int) -> None:
             raise _YamlRefused("a YAML alias refers to a node that contains it (recursive document)")
         on_path.add(key)
         stack.append((node, True))
-        children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else node.value
+        children = (
+            [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else node.value
+        )
         for child in children:
             if id(child) in on_path:
                 raise _YamlRefused("a YAML alias refers to a node that contains it (recursive document)")
@@ -514,4 +626,4 @@ def _check_expansion(root: Any, limit: int) -> None:
 
 
 def _bounded(text: str, limit: int = 500) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."

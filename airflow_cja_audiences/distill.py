@@ -62,14 +62,23 @@ def text_literal(value: str, what: str) -> str:
 def _name_case(audience_names: Mapping[str, str]) -> str:
     if not isinstance(audience_names, Mapping) or not audience_names:
         raise ValueError("audience_names must be a non-empty mapping of audience id -> name")
-    whens = " ".join(f"WHEN {sql.quote_literal(aud, 'audience id')} THEN {text_literal(name, f'name of audience {aud}')}"
-                     for aud, name in sorted(audience_names.items()))
+    whens = " ".join(
+        f"WHEN {sql.quote_literal(aud, 'audience id')} THEN {text_literal(name, f'name of audience {aud}')}"
+        for aud, name in sorted(audience_names.items())
+    )
     return f"CASE {sql.ROW_COLUMNS[1]} {whens} END"
 
 
-def snapshot_insert_sql(q: sql.MembershipQuery, *, target_table: str, job_id: str, tenant: str,
-                        audience_names: Mapping[str, str], layout: str = "per_person",
-                        fields: OutputFields | None = None) -> str:
+def snapshot_insert_sql(
+    q: sql.MembershipQuery,
+    *,
+    target_table: str,
+    job_id: str,
+    tenant: str,
+    audience_names: Mapping[str, str],
+    layout: str = "per_person",
+    fields: OutputFields | None = None,
+) -> str:
     """``INSERT INTO target_table SELECT ...``: the job's snapshot records, computed by Query Service.
 
     ``q`` is the run's membership query (:func:`airflow_cja_audiences.sql.build_membership_query`),
@@ -91,33 +100,41 @@ def snapshot_insert_sql(q: sql.MembershipQuery, *, target_table: str, job_id: st
         raise ValueError(f"audience_names has no name for audience ids {missing}")
     names = {a: audience_names[a] for a in q.audience_ids}
     person, audience, status, when = sql.ROW_COLUMNS
-    membership = (f"named_struct('{_field(f.audience_id, 'output.audience_id')}', {audience}, "
-                  f"'{_field(f.audience_name, 'output.audience_name')}', {_name_case(names)}, "
-                  f"'{_field(f.status, 'output.status')}', {status}, "
-                  f"'{_field(f.qualification_time, 'output.qualification_time')}', {when})")
+    membership = (
+        f"named_struct('{_field(f.audience_id, 'output.audience_id')}', {audience}, "
+        f"'{_field(f.audience_name, 'output.audience_name')}', {_name_case(names)}, "
+        f"'{_field(f.status, 'output.status')}', {status}, "
+        f"'{_field(f.qualification_time, 'output.qualification_time')}', {when})"
+    )
     # One row per (person, audience): the first by time, then status (the transform's "first row wins").
-    rows = (f"    SELECT {person}, {audience}, {status}, {when},\n"
-            f"           row_number() OVER (PARTITION BY {person}, {audience} ORDER BY {when}, {status}) AS {_ROW_NUMBER}\n"
-            f"    FROM (\n{sql.membership_sql(q)}\n    )")
+    rows = (
+        f"    SELECT {person}, {audience}, {status}, {when},\n"
+        f"           row_number() OVER (PARTITION BY {person}, {audience} ORDER BY {when}, {status}) AS {_ROW_NUMBER}\n"
+        f"    FROM (\n{sql.membership_sql(q)}\n    )"
+    )
     kept = f"{_ROW_NUMBER} = 1 AND {person} IS NOT NULL AND {person} <> ''"
     if layout == "per_membership":
-        return (f"INSERT INTO {target}\n"
-                f"SELECT md5(concat_ws(chr(31), {job}, {person}, {audience})) AS _id, {person},\n"
-                f"       {membership} AS _{tenant}\n"
-                f"FROM (\n{rows}\n)\n"
-                f"WHERE {kept}")
+        return (
+            f"INSERT INTO {target}\n"
+            f"SELECT md5(concat_ws(chr(31), {job}, {person}, {audience})) AS _id, {person},\n"
+            f"       {membership} AS _{tenant}\n"
+            f"FROM (\n{rows}\n)\n"
+            f"WHERE {kept}"
+        )
     ids = _field(f.audience_id, "output.audience_id")
     label = _field(f.audience_name, "output.audience_name")
-    return (f"INSERT INTO {target}\n"
-            f"SELECT md5(concat({job}, chr(31), {person})) AS _id, {person},\n"
-            f"       named_struct('{_field(f.memberships, 'output.memberships')}', {_MEMBERSHIPS},\n"
-            f"                    '{_field(f.audience_ids, 'output.audience_ids')}', "
-            f"concat_ws(',', transform({_MEMBERSHIPS}, m -> m.{ids})),\n"
-            f"                    '{_field(f.audience_names, 'output.audience_names')}', "
-            f"concat_ws(',', transform({_MEMBERSHIPS}, m -> m.{label}))) AS _{tenant}\n"
-            f"FROM (\n"
-            f"  SELECT {person}, array_sort(collect_list({membership})) AS {_MEMBERSHIPS}\n"
-            f"  FROM (\n{rows}\n  )\n"
-            f"  WHERE {kept}\n"
-            f"  GROUP BY {person}\n"
-            f")")
+    return (
+        f"INSERT INTO {target}\n"
+        f"SELECT md5(concat({job}, chr(31), {person})) AS _id, {person},\n"
+        f"       named_struct('{_field(f.memberships, 'output.memberships')}', {_MEMBERSHIPS},\n"
+        f"                    '{_field(f.audience_ids, 'output.audience_ids')}', "
+        f"concat_ws(',', transform({_MEMBERSHIPS}, m -> m.{ids})),\n"
+        f"                    '{_field(f.audience_names, 'output.audience_names')}', "
+        f"concat_ws(',', transform({_MEMBERSHIPS}, m -> m.{label}))) AS _{tenant}\n"
+        f"FROM (\n"
+        f"  SELECT {person}, array_sort(collect_list({membership})) AS {_MEMBERSHIPS}\n"
+        f"  FROM (\n{rows}\n  )\n"
+        f"  WHERE {kept}\n"
+        f"  GROUP BY {person}\n"
+        f")"
+    )

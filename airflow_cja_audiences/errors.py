@@ -70,8 +70,15 @@ class AepWaitError(AepError):
     decides, since only it knows whether a retry reads the same object again or makes a new one.
     """
 
-    def __init__(self, message: str, *, what: str, state: str | None = None, permanent: bool = False,
-                 advice: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        what: str,
+        state: str | None = None,
+        permanent: bool = False,
+        advice: str | None = None,
+    ):
         super().__init__(message)
         self.what = what
         self.state = state
@@ -93,8 +100,18 @@ class AepObjectFailedError(AepWaitError):
 class AepApiError(AepError):
     """An HTTP error answer from an Adobe API."""
 
-    def __init__(self, *, status: int, method: str, url: str, code: str | None, message: str,
-                 body: Any = None, request_id: str | None = None, retry_after: float | None = None):
+    def __init__(
+        self,
+        *,
+        status: int,
+        method: str,
+        url: str,
+        code: str | None,
+        message: str,
+        body: Any = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ):
         self.status = status
         self.method = method
         self.url = url
@@ -173,15 +190,19 @@ def _shown_location(url: str, location: str | None) -> str:
     return shown if len(shown) <= _MAX_LOCATION_CHARS else shown[:_MAX_LOCATION_CHARS] + "..."
 
 
-def redirect_error(*, status: int, method: str, url: str, location: str | None,
-                   request_id: str | None = None) -> AepRedirectError:
+def redirect_error(
+    *, status: int, method: str, url: str, location: str | None, request_id: str | None = None
+) -> AepRedirectError:
     """The error for a 3xx answer: names the status and where it pointed; nothing was sent there."""
     target = _shown_location(url, location)
-    message = (f"redirect to {target} refused (redirects are never followed, so neither credentials nor "
-               f"request bodies travel to another URL). Something other than Adobe answered: check the "
-               f"connection's base URLs, or a proxy or captive portal on the way")
-    return AepRedirectError(status=status, method=method, url=url, code=None, message=message,
-                            body=None, request_id=request_id)
+    message = (
+        f"redirect to {target} refused (redirects are never followed, so neither credentials nor "
+        f"request bodies travel to another URL). Something other than Adobe answered: check the "
+        f"connection's base URLs, or a proxy or captive portal on the way"
+    )
+    return AepRedirectError(
+        status=status, method=method, url=url, code=None, message=message, body=None, request_id=request_id
+    )
 
 
 def _error_class(status: int) -> type[AepApiError]:
@@ -219,8 +240,9 @@ def parse_error_body(body: Any) -> tuple[str | None, str | None]:
     return None, None
 
 
-def api_error_from_response(*, status: int, method: str, url: str, text: str,
-                            headers: dict[str, str] | Any) -> AepApiError:
+def api_error_from_response(
+    *, status: int, method: str, url: str, text: str, headers: dict[str, str] | Any
+) -> AepApiError:
     """Build the typed error for an HTTP error answer (headers: any case-insensitive mapping)."""
     try:
         body: Any = json.loads(text) if text else None
@@ -236,8 +258,16 @@ def api_error_from_response(*, status: int, method: str, url: str, text: str,
             request_id = report.get("requestId") or report.get("x-request-id")
         request_id = request_id or body.get("requestId")
     retry_after = parse_retry_after(headers.get("Retry-After") or headers.get("retry-after"))
-    return _error_class(status)(status=status, method=method, url=url, code=code, message=message,
-                                body=body, request_id=request_id, retry_after=retry_after)
+    return _error_class(status)(
+        status=status,
+        method=method,
+        url=url,
+        code=code,
+        message=message,
+        body=body,
+        request_id=request_id,
+        retry_after=retry_after,
+    )
 
 
 def parse_retry_after(raw: str | None, *, now: float | None = None) -> float | None:
@@ -283,8 +313,10 @@ def is_permanent(exc: BaseException) -> bool:
 def permanent_reason(exc: BaseException) -> str:
     """What a person should do about a permanent error (appended to the task's failure message)."""
     if isinstance(exc, AepAuthError):
-        return ("credentials or permissions: check the connection's client id and secret, IMS org, API key, the "
-                "product profile's permissions and the sandbox")
+        return (
+            "credentials or permissions: check the connection's client id and secret, IMS org, API key, the "
+            "product profile's permissions and the sandbox"
+        )
     if isinstance(exc, AepNotFoundError):
         return "it does not exist in this sandbox: check the ids in the jobs file and the sandbox"
     if isinstance(exc, AepApiError):

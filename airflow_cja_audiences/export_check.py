@@ -36,8 +36,9 @@ class ReadVerdict:
     retryable: bool = False  # waiting may help (the lake not showing the batch yet); else it cannot
 
 
-def expected_rows(*, export_job_id: int | str | None, export_batch_id: str, job_counter: object,
-                  catalog_counter: object) -> ExpectedRows:
+def expected_rows(
+    *, export_job_id: int | str | None, export_batch_id: str, job_counter: object, catalog_counter: object
+) -> ExpectedRows:
     """The export's own count: the job's counter, else its Catalog batch's (both absent: unknown)."""
     for value, source in ((job_counter, JOB_COUNTER), (catalog_counter, CATALOG_COUNTER)):
         if isinstance(value, bool) or value is None:
@@ -56,19 +57,27 @@ def check_read(expected: ExpectedRows, read_rows: int, *, batch_id_column: str) 
     job = f"export job {expected.export_job_id}" if expected.export_job_id is not None else "the export job"
     what = f"{job} (batch {expected.export_batch_id})"
     if expected.rows is None:
-        return ReadVerdict(True, f"{what} reports no profile count: the read of {read_rows} rows cannot be "
-                                 f"checked against it")
+        return ReadVerdict(
+            True,
+            f"{what} reports no profile count: the read of {read_rows} rows cannot be checked against it",
+        )
     if read_rows == expected.rows:
         return ReadVerdict(True, f"{what}: {read_rows} rows read, as its {expected.source} says")
-    hint = (f"Query Service shows {read_rows} rows where {what} wrote {expected.rows} ({expected.source}), "
-            f"filtering on {batch_id_column} = '{expected.export_batch_id}'.")
+    hint = (
+        f"Query Service shows {read_rows} rows where {what} wrote {expected.rows} ({expected.source}), "
+        f"filtering on {batch_id_column} = '{expected.export_batch_id}'."
+    )
     if read_rows < expected.rows:
-        reason = (" Nothing published: an empty or partial read must not replace the live data. Either the "
-                  "batch filter names a column that does not carry the job's batch id (export jobs report the "
-                  "logical batch, _acp_system_metadata.acp_sourceBatchId; _acp_batchid is the physical one and "
-                  "may differ), or the data lake does not show the whole batch yet (retried), or the batch "
-                  "was reverted.")
+        reason = (
+            " Nothing published: an empty or partial read must not replace the live data. Either the "
+            "batch filter names a column that does not carry the job's batch id (export jobs report the "
+            "logical batch, _acp_system_metadata.acp_sourceBatchId; _acp_batchid is the physical one and "
+            "may differ), or the data lake does not show the whole batch yet (retried), or the batch "
+            "was reverted."
+        )
         return ReadVerdict(False, hint + reason, retryable=True)
-    reason = (" Nothing published: the filter matches rows of other batches too (check batch_id_column), "
-              "which waiting cannot fix.")
+    reason = (
+        " Nothing published: the filter matches rows of other batches too (check batch_id_column), "
+        "which waiting cannot fix."
+    )
     return ReadVerdict(False, hint + reason, retryable=False)

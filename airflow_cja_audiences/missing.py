@@ -31,7 +31,9 @@ Reason = Literal["deleted", "renamed", "unknown"]
 DELETED_STATES = frozenset({"archived", "deleted"})
 
 
-def close_matches(name: str, candidates: Iterable[str], *, limit: int = 3, cutoff: float = 0.6) -> tuple[str, ...]:
+def close_matches(
+    name: str, candidates: Iterable[str], *, limit: int = 3, cutoff: float = 0.6
+) -> tuple[str, ...]:
     """Up to ``limit`` candidate names close to ``name``, best first, for a "did you mean ...?".
 
     Case-insensitive: names that contain the other (``"gold members"`` vs ``"Luma - Gold members"``)
@@ -46,8 +48,10 @@ def close_matches(name: str, candidates: Iterable[str], *, limit: int = 3, cutof
         by_lower.setdefault(candidate.lower(), candidate)
     if wanted in by_lower:  # differs only in case: the best possible suggestion
         return (by_lower[wanted],)
-    contains = sorted((c for c in by_lower if wanted in c or c in wanted),
-                      key=lambda c: (-difflib.SequenceMatcher(None, wanted, c).ratio(), c))
+    contains = sorted(
+        (c for c in by_lower if wanted in c or c in wanted),
+        key=lambda c: (-difflib.SequenceMatcher(None, wanted, c).ratio(), c),
+    )
     similar = difflib.get_close_matches(wanted, list(by_lower), n=limit, cutoff=cutoff)
     out: list[str] = []
     for lower in [*contains, *similar]:
@@ -121,8 +125,15 @@ class MissingAudience:
     new_name: str | None = None  # renamed: AEP's name now
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "reason": self.reason, "suggestions": list(self.suggestions),
-                "detail": self.detail, "field": self.field, "new_name": self.new_name}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "reason": self.reason,
+            "suggestions": list(self.suggestions),
+            "detail": self.detail,
+            "field": self.field,
+            "new_name": self.new_name,
+        }
 
     def message(self) -> str:
         return f"{self.field}: {self.detail}"
@@ -133,8 +144,14 @@ def _renamed_since_exported(now: AepAudienceNow, previous: PreviousExports) -> b
     return now.update_time_ms is not None and first is not None and now.update_time_ms > first
 
 
-def classify(unresolved: Sequence[Unresolved], *, sandbox: str | None, previous: PreviousExports | None,
-             orphans: Sequence[AepAudienceNow], suggestions: Mapping[int, tuple[str, ...]]) -> list[MissingAudience]:
+def classify(
+    unresolved: Sequence[Unresolved],
+    *,
+    sandbox: str | None,
+    previous: PreviousExports | None,
+    orphans: Sequence[AepAudienceNow],
+    suggestions: Mapping[int, tuple[str, ...]],
+) -> list[MissingAudience]:
     """Say for each unresolved selector whether it is deleted, renamed or unknown (a typo).
 
     :param previous: the job's earlier snapshot exports (None: they could not be looked up).
@@ -143,62 +160,114 @@ def classify(unresolved: Sequence[Unresolved], *, sandbox: str | None, previous:
     :param suggestions: selector index -> close names (name selectors).
     """
     where = f"sandbox {sandbox!r}" if sandbox else "the sandbox"
-    history = ("this job has no earlier snapshot in AEP" if previous is None or not previous.snapshots
-               else f"none of this job's {previous.snapshots} earlier snapshot(s) in AEP exported it")
+    history = (
+        "this job has no earlier snapshot in AEP"
+        if previous is None or not previous.snapshots
+        else f"none of this job's {previous.snapshots} earlier snapshot(s) in AEP exported it"
+    )
     out: list[MissingAudience] = []
     for item in (u for u in unresolved if u.by == "id"):
         if previous is not None and previous.exported(item.value):
-            out.append(MissingAudience(
-                item.field, item.value, item.display_name, "deleted",
-                f"audience {item.value}{_named(item.display_name)} is no longer in AEP ({where}): it was deleted "
-                f"after export job {previous.audience_ids[item.value]} of an earlier run exported it. The run "
-                f"refreshes the other audiences; remove it from the job"))
+            out.append(
+                MissingAudience(
+                    item.field,
+                    item.value,
+                    item.display_name,
+                    "deleted",
+                    f"audience {item.value}{_named(item.display_name)} is no longer in AEP ({where}): it was deleted "
+                    f"after export job {previous.audience_ids[item.value]} of an earlier run exported it. The run "
+                    f"refreshes the other audiences; remove it from the job",
+                )
+            )
         else:
-            out.append(MissingAudience(item.field, item.value, item.display_name, "unknown",
-                                       f"no audience {item.value!r} in {where}, and {history}: a typo, or an id "
-                                       f"from another sandbox?"))
+            out.append(
+                MissingAudience(
+                    item.field,
+                    item.value,
+                    item.display_name,
+                    "unknown",
+                    f"no audience {item.value!r} in {where}, and {history}: a typo, or an id "
+                    f"from another sandbox?",
+                )
+            )
 
     names = [u for u in unresolved if u.by == "name"]
-    candidates = [o for o in orphans if o.gone or (previous is not None and _renamed_since_exported(o, previous))]
+    candidates = [
+        o for o in orphans if o.gone or (previous is not None and _renamed_since_exported(o, previous))
+    ]
     pairs = _pair(names, candidates) if names and len(names) == len(candidates) else None
     gone_ids = ", ".join(sorted(c.id for c in candidates if c.gone))
     for item, now in pairs or ():
         found = suggestions.get(item.index, ())
         if now is None:  # several names, several deleted audiences: which is which is not recorded
-            out.append(MissingAudience(
-                item.field, None, item.value, "deleted",
-                f"no audience named {item.value!r} in {where}: it is one of the audiences this job exported before "
-                f"that no selector matches now and AEP no longer has ({gone_ids}). The run refreshes the other "
-                f"audiences; remove it from the job", found))
+            out.append(
+                MissingAudience(
+                    item.field,
+                    None,
+                    item.value,
+                    "deleted",
+                    f"no audience named {item.value!r} in {where}: it is one of the audiences this job exported before "
+                    f"that no selector matches now and AEP no longer has ({gone_ids}). The run refreshes the other "
+                    f"audiences; remove it from the job",
+                    found,
+                )
+            )
         elif now.gone:
-            out.append(MissingAudience(
-                item.field, now.id, item.value, "deleted",
-                f"no audience named {item.value!r} in {where}: audience {now.id}, which this job exported before "
-                f"and no other selector matches, is no longer in AEP (deleted). The run refreshes the other "
-                f"audiences; remove it from the job", found))
+            out.append(
+                MissingAudience(
+                    item.field,
+                    now.id,
+                    item.value,
+                    "deleted",
+                    f"no audience named {item.value!r} in {where}: audience {now.id}, which this job exported before "
+                    f"and no other selector matches, is no longer in AEP (deleted). The run refreshes the other "
+                    f"audiences; remove it from the job",
+                    found,
+                )
+            )
         else:
-            out.append(MissingAudience(
-                item.field, now.id, item.value, "renamed",
-                f"no audience named {item.value!r} in {where}: audience {now.id}, which this job exported before, "
-                f"was renamed to {now.name!r} since. The run keeps refreshing {now.id} under its new name; "
-                f"update the job to {{id: {now.id}}} (or name {now.name!r})", found, new_name=now.name))
+            out.append(
+                MissingAudience(
+                    item.field,
+                    now.id,
+                    item.value,
+                    "renamed",
+                    f"no audience named {item.value!r} in {where}: audience {now.id}, which this job exported before, "
+                    f"was renamed to {now.name!r} since. The run keeps refreshing {now.id} under its new name; "
+                    f"update the job to {{id: {now.id}}} (or name {now.name!r})",
+                    found,
+                    new_name=now.name,
+                )
+            )
     if names and pairs is None:
         hint = ""
         if candidates:
-            hint = "; this job exported before " + ", ".join(
-                f"{c.id} ({'deleted' if c.gone else f'now named {c.name!r}'})" for c in candidates) + \
-                ": if it is one of them, select it by id"
+            hint = (
+                "; this job exported before "
+                + ", ".join(
+                    f"{c.id} ({'deleted' if c.gone else f'now named {c.name!r}'})" for c in candidates
+                )
+                + ": if it is one of them, select it by id"
+            )
         for item in names:
             found = suggestions.get(item.index, ())
-            out.append(MissingAudience(item.field, None, item.value, "unknown",
-                                       f"no audience named {item.value!r} in {where}; {did_you_mean(found)}{hint}",
-                                       found))
+            out.append(
+                MissingAudience(
+                    item.field,
+                    None,
+                    item.value,
+                    "unknown",
+                    f"no audience named {item.value!r} in {where}; {did_you_mean(found)}{hint}",
+                    found,
+                )
+            )
     order = {u.field: i for i, u in enumerate(sorted(unresolved, key=lambda u: u.index))}
     return sorted(out, key=lambda m: order[m.field])
 
 
-def _pair(names: Sequence[Unresolved], candidates: Sequence[AepAudienceNow]
-          ) -> list[tuple[Unresolved, AepAudienceNow | None]] | None:
+def _pair(
+    names: Sequence[Unresolved], candidates: Sequence[AepAudienceNow]
+) -> list[tuple[Unresolved, AepAudienceNow | None]] | None:
     """Pair names that match nothing with as many audiences AEP deleted or renamed since this job
     exported them; None when the pairing is not certain enough to act on.
 

@@ -187,14 +187,27 @@ class BatchStatus(_AdobeStatus):
 
 
 EXPORT_JOB_STATUS: StatusType[ExportJobStatus] = StatusType(
-    "export job", ExportJobStatus, success=frozenset({ExportJobStatus.SUCCEEDED}),
-    failed=frozenset({ExportJobStatus.FAILED, ExportJobStatus.CANCELLED}))
+    "export job",
+    ExportJobStatus,
+    success=frozenset({ExportJobStatus.SUCCEEDED}),
+    failed=frozenset({ExportJobStatus.FAILED, ExportJobStatus.CANCELLED}),
+)
 
 BATCH_STATUS: StatusType[BatchStatus] = StatusType(
-    "batch", BatchStatus, success=frozenset({BatchStatus.SUCCESS, BatchStatus.ACTIVE}),
-    failed=frozenset({BatchStatus.FAILED, BatchStatus.FAILURE, BatchStatus.ABORTED, BatchStatus.ABANDONED,
-                      BatchStatus.STALLED}),
-    gone=frozenset({BatchStatus.INACTIVE, BatchStatus.DELETED}))
+    "batch",
+    BatchStatus,
+    success=frozenset({BatchStatus.SUCCESS, BatchStatus.ACTIVE}),
+    failed=frozenset(
+        {
+            BatchStatus.FAILED,
+            BatchStatus.FAILURE,
+            BatchStatus.ABORTED,
+            BatchStatus.ABANDONED,
+            BatchStatus.STALLED,
+        }
+    ),
+    gone=frozenset({BatchStatus.INACTIVE, BatchStatus.DELETED}),
+)
 
 
 class Batch(AdobeModel):
@@ -251,7 +264,9 @@ class Batch(AdobeModel):
 
     @property
     def failed_record_count(self) -> int:
-        return int(self.metrics.get("failedRecordCount") or (self.model_extra or {}).get("failedRecordCount") or 0)
+        return int(
+            self.metrics.get("failedRecordCount") or (self.model_extra or {}).get("failedRecordCount") or 0
+        )
 
     @property
     def record_count(self) -> int:
@@ -327,8 +342,10 @@ class ExportJob(AdobeModel):
         return [s.get("segmentId") for s in self.filter.get("segments", []) if s.get("segmentId")]
 
     def error_summary(self) -> str:
-        return "; ".join(f"{e.get('code', '?')}: {e.get('msg') or e.get('message', '')}"
-                         for e in self.errors) or "no error details"
+        return (
+            "; ".join(f"{e.get('code', '?')}: {e.get('msg') or e.get('message', '')}" for e in self.errors)
+            or "no error details"
+        )
 
 
 # ------------------------------------------------------------------------------- Schema Registry
@@ -403,11 +420,17 @@ class ExportJobRequest(BaseModel):
     qualification_end: str | None = None
 
     def to_body(self) -> dict[str, Any]:
-        segment_filter: dict[str, Any] = {"segments": [
-            {"segmentId": sid, "segmentNs": "ups", "status": list(self.statuses)} for sid in self.segment_ids]}
+        segment_filter: dict[str, Any] = {
+            "segments": [
+                {"segmentId": sid, "segmentNs": "ups", "status": list(self.statuses)}
+                for sid in self.segment_ids
+            ]
+        }
         if self.qualification_start or self.qualification_end:
-            segment_filter["segmentQualificationTime"] = {"startTime": self.qualification_start,
-                                                          "endTime": self.qualification_end}
+            segment_filter["segmentQualificationTime"] = {
+                "startTime": self.qualification_start,
+                "endTime": self.qualification_end,
+            }
         body: dict[str, Any] = {
             "filter": segment_filter,
             "destination": {"datasetId": self.dataset_id, "segmentPerBatch": False},
@@ -421,7 +444,9 @@ class ExportJobRequest(BaseModel):
 
     def matches(self, job: ExportJob) -> bool:
         """Whether an existing job was created from this request (used to re-attach on retry)."""
-        return (job.destination.dataset_id == self.dataset_id
-                and sorted(job.segment_ids) == sorted(self.segment_ids)
-                and (job.filter.get("segmentQualificationTime") or {}).get("startTime")
-                == self.qualification_start)
+        return (
+            job.destination.dataset_id == self.dataset_id
+            and sorted(job.segment_ids) == sorted(self.segment_ids)
+            and (job.filter.get("segmentQualificationTime") or {}).get("startTime")
+            == self.qualification_start
+        )

@@ -49,12 +49,23 @@ def create_missing_pools(names: Iterable[str], session: Any, *, dag_id: str = ""
     created = []
     for name in sorted(set(names)):
         if session.scalar(select(Pool.id).where(Pool.pool == name)) is None:
-            session.add(Pool(pool=name, slots=DEFAULT_POOL_SLOTS, include_deferred=False,
-                             description="Query Service queries at once (created by airflow-cja-audiences)"))
+            session.add(
+                Pool(
+                    pool=name,
+                    slots=DEFAULT_POOL_SLOTS,
+                    include_deferred=False,
+                    description="Query Service queries at once (created by airflow-cja-audiences)",
+                )
+            )
             created.append(name)
-            log.warning("Pool %r did not exist; created it with %d slots for the load tasks of %s. Resize it to your "
-                        "Query Service concurrency: airflow pools set %s <slots> 'AEP Query Service'", name,
-                        DEFAULT_POOL_SLOTS, dag_id or "a refresh DAG", name)
+            log.warning(
+                "Pool %r did not exist; created it with %d slots for the load tasks of %s. Resize it to your "
+                "Query Service concurrency: airflow pools set %s <slots> 'AEP Query Service'",
+                name,
+                DEFAULT_POOL_SLOTS,
+                dag_id or "a refresh DAG",
+                name,
+            )
     if created:
         session.flush()
     return created
@@ -72,6 +83,7 @@ except ImportError:  # the task SDK alone (a worker without airflow-core): no sc
     hookimpl = None
 
 if hookimpl is not None:
+
     @hookimpl
     def on_dag_run_running(dag_run: Any, msg: str) -> None:
         """Called by the scheduler (with its session) when a run starts, before any task is queued."""
@@ -97,8 +109,11 @@ if hookimpl is not None:
                 with create_session() as own:
                     create_missing_pools(pools, own, dag_id=dag_run.dag_id)
         except Exception:
-            log.exception("Could not create the pools %s of %s; create them with 'airflow pools set'", sorted(pools),
-                          dag_run.dag_id)
+            log.exception(
+                "Could not create the pools %s of %s; create them with 'airflow pools set'",
+                sorted(pools),
+                dag_run.dag_id,
+            )
 
 
 def _plugin_class() -> type:

@@ -65,15 +65,27 @@ class RunPlan:
         return None, None
 
     def to_dict(self) -> dict[str, object]:
-        return {"snapshot": self.snapshot, "events": self.events, "interval_start": self.interval_start,
-                "interval_end": self.interval_end, "export_statuses": list(self.export_statuses),
-                "qualification_start": self.qualification_window[0],
-                "qualification_end": self.qualification_window[1], "warnings": list(self.warnings)}
+        return {
+            "snapshot": self.snapshot,
+            "events": self.events,
+            "interval_start": self.interval_start,
+            "interval_end": self.interval_end,
+            "export_statuses": list(self.export_statuses),
+            "qualification_start": self.qualification_window[0],
+            "qualification_end": self.qualification_window[1],
+            "warnings": list(self.warnings),
+        }
 
 
-def plan_run(*, run_type: str, interval: tuple[datetime, datetime] | None, publish_events: bool,
-             now: datetime, manual_interval: tuple[datetime, datetime] | None = None,
-             force_snapshot: bool | None = None) -> RunPlan:
+def plan_run(
+    *,
+    run_type: str,
+    interval: tuple[datetime, datetime] | None,
+    publish_events: bool,
+    now: datetime,
+    manual_interval: tuple[datetime, datetime] | None = None,
+    force_snapshot: bool | None = None,
+) -> RunPlan:
     """Decide what a run publishes.
 
     :param run_type: Airflow's DagRunType value (``scheduled``, ``manual``, ``backfill``, ...).
@@ -88,12 +100,16 @@ def plan_run(*, run_type: str, interval: tuple[datetime, datetime] | None, publi
         # the same manual interval (and publish it N times over). A backfill run publishes its own
         # data interval's events and never the snapshot, whatever the form said.
         if manual_interval is not None:
-            warnings.append(f"backfill run: the trigger form's events interval [{utc_iso(manual_interval[0])}, "
-                            f"{utc_iso(manual_interval[1])}) is ignored; a backfill run publishes its own data "
-                            f"interval")
+            warnings.append(
+                f"backfill run: the trigger form's events interval [{utc_iso(manual_interval[0])}, "
+                f"{utc_iso(manual_interval[1])}) is ignored; a backfill run publishes its own data "
+                f"interval"
+            )
             manual_interval = None
         if force_snapshot:
-            warnings.append("backfill run: publish_snapshot is ignored; backfill runs never replace the snapshot")
+            warnings.append(
+                "backfill run: publish_snapshot is ignored; backfill runs never replace the snapshot"
+            )
         force_snapshot = None
     snapshot = not backfill if force_snapshot is None else force_snapshot
     window = manual_interval or interval
@@ -104,17 +120,24 @@ def plan_run(*, run_type: str, interval: tuple[datetime, datetime] | None, publi
         if e <= s:
             raise ValueError(f"data interval end {utc_iso(e)} is not after its start {utc_iso(s)}")
         if e > now:
-            raise ValueError(f"data interval [{utc_iso(s)}, {utc_iso(e)}) ends in the future ({utc_iso(now)})")
+            raise ValueError(
+                f"data interval [{utc_iso(s)}, {utc_iso(e)}) ends in the future ({utc_iso(now)})"
+            )
         start, end = utc_iso(s), utc_iso(e)
         if s < now - EXIT_RETENTION:
-            warnings.append(f"interval [{start}, {end}) starts more than {EXIT_RETENTION.days} days ago: AEP has "
-                            f"purged exits older than {utc_iso(now - EXIT_RETENTION)}, so only what this job's "
-                            f"exports of that time still show can be published; the report counts the rest "
-                            f"as not recoverable")
+            warnings.append(
+                f"interval [{start}, {end}) starts more than {EXIT_RETENTION.days} days ago: AEP has "
+                f"purged exits older than {utc_iso(now - EXIT_RETENTION)}, so only what this job's "
+                f"exports of that time still show can be published; the report counts the rest "
+                f"as not recoverable"
+            )
     if not snapshot and not events:
-        raise ValueError("this run would publish nothing: a backfill run needs an interval and publish_events")
-    return RunPlan(snapshot=snapshot, events=events, interval_start=start, interval_end=end,
-                   warnings=tuple(warnings))
+        raise ValueError(
+            "this run would publish nothing: a backfill run needs an interval and publish_events"
+        )
+    return RunPlan(
+        snapshot=snapshot, events=events, interval_start=start, interval_end=end, warnings=tuple(warnings)
+    )
 
 
 @dataclass(frozen=True)
@@ -135,8 +158,16 @@ class BatchLabel:
                 raise ValueError(f"invalid batch label part {part!r}")
 
     @classmethod
-    def for_run(cls, *, job_id: str, kind: Kind, export_batch_id: str, run_id: str,
-                interval_start: str | None = None, interval_end: str | None = None) -> BatchLabel:
+    def for_run(
+        cls,
+        *,
+        job_id: str,
+        kind: Kind,
+        export_batch_id: str,
+        run_id: str,
+        interval_start: str | None = None,
+        interval_end: str | None = None,
+    ) -> BatchLabel:
         if kind == "events":
             if not (interval_start and interval_end):
                 raise ValueError("an events batch needs its interval")
@@ -148,7 +179,9 @@ class BatchLabel:
 
     @property
     def external_id(self) -> str:
-        return _SEP.join((_LABEL_PREFIX, self.job_id, self.kind, self.scope, self.export_batch_id, self.run_key))
+        return _SEP.join(
+            (_LABEL_PREFIX, self.job_id, self.kind, self.scope, self.export_batch_id, self.run_key)
+        )
 
     @classmethod
     def parse(cls, external_id: str | None) -> BatchLabel | None:
@@ -157,8 +190,13 @@ class BatchLabel:
         if len(parts) != 6 or parts[0] != _LABEL_PREFIX or parts[2] not in ("snapshot", "events"):
             return None
         try:
-            return cls(job_id=parts[1], kind=cast(Kind, parts[2]), scope=parts[3], export_batch_id=parts[4],
-                       run_key=parts[5])
+            return cls(
+                job_id=parts[1],
+                kind=cast(Kind, parts[2]),
+                scope=parts[3],
+                export_batch_id=parts[4],
+                run_key=parts[5],
+            )
         except ValueError:
             return None
 
@@ -182,6 +220,7 @@ class BatchLabel:
 # Events intervals: the hull a run publishes, and who may publish it
 # ---------------------------------------------------------------------------------------------
 
+
 def parse_utc(text: str) -> datetime:
     """An RFC 3339 UTC instant (``...Z``) as an aware datetime."""
     if not isinstance(text, str) or not text.endswith("Z"):
@@ -192,8 +231,10 @@ def parse_utc(text: str) -> datetime:
 def scope_interval(scope: str) -> tuple[datetime, datetime] | None:
     """The interval of an events batch's scope (``20261128T020000Z_20261129T020000Z``), or None."""
     try:
-        start, end = (datetime.strptime(part, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
-                      for part in scope.split("_"))
+        start, end = (
+            datetime.strptime(part, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+            for part in scope.split("_")
+        )
     except ValueError:
         return None
     return (start, end) if start < end else None
@@ -204,8 +245,9 @@ def overlaps(a: tuple[datetime, datetime], b: tuple[datetime, datetime]) -> bool
     return a[0] < b[1] and b[0] < a[1]
 
 
-def events_hull(interval: tuple[datetime, datetime],
-                live: list[tuple[datetime, datetime]]) -> tuple[tuple[datetime, datetime], list[int]]:
+def events_hull(
+    interval: tuple[datetime, datetime], live: list[tuple[datetime, datetime]]
+) -> tuple[tuple[datetime, datetime], list[int]]:
     """The smallest interval that contains ``interval`` and every live interval overlapping it,
     transitively; and the indexes of those live intervals (the batches it replaces).
 
@@ -240,8 +282,15 @@ class OpenEventsBatch:
 ABANDONED_AFTER = timedelta(hours=6)
 
 
-def events_publish_conflict(*, mine_id: str, mine_created_ms: int, run_key: str, interval: tuple[datetime, datetime],
-                            replaced: set[str], others: list[OpenEventsBatch]) -> str | None:
+def events_publish_conflict(
+    *,
+    mine_id: str,
+    mine_created_ms: int,
+    run_key: str,
+    interval: tuple[datetime, datetime],
+    replaced: set[str],
+    others: list[OpenEventsBatch],
+) -> str | None:
     """Why this run must not publish its events batch yet, or None when it may.
 
     Two runs of one job can publish overlapping intervals at once (a backfill next to the schedule,
@@ -253,12 +302,20 @@ def events_publish_conflict(*, mine_id: str, mine_created_ms: int, run_key: str,
         if other.batch_id == mine_id or other.run_key == run_key or not overlaps(interval, other.interval):
             continue
         if other.live and other.batch_id not in replaced:
-            return (f"events batch {other.batch_id} [{utc_iso(other.interval[0])}, {utc_iso(other.interval[1])}) "
-                    f"went live after this run planned its interval")
+            return (
+                f"events batch {other.batch_id} [{utc_iso(other.interval[0])}, {utc_iso(other.interval[1])}) "
+                f"went live after this run planned its interval"
+            )
         abandoned = other.created_ms < mine_created_ms - ABANDONED_AFTER.total_seconds() * 1000
-        if not other.live and not abandoned and (other.created_ms, other.batch_id) < (mine_created_ms, mine_id):
-            return (f"events batch {other.batch_id} [{utc_iso(other.interval[0])}, {utc_iso(other.interval[1])}) "
-                    f"of another run is being published for an overlapping interval")
+        if (
+            not other.live
+            and not abandoned
+            and (other.created_ms, other.batch_id) < (mine_created_ms, mine_id)
+        ):
+            return (
+                f"events batch {other.batch_id} [{utc_iso(other.interval[0])}, {utc_iso(other.interval[1])}) "
+                f"of another run is being published for an overlapping interval"
+            )
     return None
 
 
@@ -297,8 +354,13 @@ class EventSources:
         return [e.batch_id for e in self.batches]
 
 
-def choose_event_sources(exports: list[ExportRef], interval: tuple[datetime, datetime], *,
-                         must_read: tuple[str, ...] = (), limit: int = MAX_EVENT_SOURCES) -> EventSources:
+def choose_event_sources(
+    exports: list[ExportRef],
+    interval: tuple[datetime, datetime],
+    *,
+    must_read: tuple[str, ...] = (),
+    limit: int = MAX_EVENT_SOURCES,
+) -> EventSources:
     """Pick the exports that can prove an event in ``interval``.
 
     An export at T shows a membership's latest status only: a fresh entry as ``realized`` with its
@@ -321,8 +383,9 @@ def choose_event_sources(exports: list[ExportRef], interval: tuple[datetime, dat
     full = [e for e in ordered if not e.filtered]
     later = next((i for i, e in enumerate(full) if e.at_ms >= end_ms), None)
     pair = (full[later - 1], full[later]) if later else None
-    return EventSources(batches=tuple(sorted(chosen, key=lambda e: (e.at_ms, e.batch_id))), untimed_pair=pair,
-                        dropped=dropped)
+    return EventSources(
+        batches=tuple(sorted(chosen, key=lambda e: (e.at_ms, e.batch_id))), untimed_pair=pair, dropped=dropped
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,8 +425,9 @@ class PruneDecision:
         return f"{len(self.revert)} to revert, {len(self.keep)} kept"
 
 
-def exports_to_prune(exports: list[ExportBatch], holders: list[Holder], *, now: datetime,
-                     retention: timedelta) -> PruneDecision:
+def exports_to_prune(
+    exports: list[ExportBatch], holders: list[Holder], *, now: datetime, retention: timedelta
+) -> PruneDecision:
     """Decide which export batches to revert. An export is **kept** when any of these holds:
 
     1. it is younger than ``retention`` (``now - at < retention``);
@@ -393,13 +457,17 @@ def exports_to_prune(exports: list[ExportBatch], holders: list[Holder], *, now: 
         if holder.kind == "snapshot":
             hold(holder.export_batch_id, f"the snapshot batch {holder.batch_id} was made from it")
         elif holder.interval is not None:
-            sources = choose_event_sources(refs, holder.interval, must_read=(holder.export_batch_id,),
-                                           limit=len(refs) + 1)
+            sources = choose_event_sources(
+                refs, holder.interval, must_read=(holder.export_batch_id,), limit=len(refs) + 1
+            )
             span = f"[{utc_iso(holder.interval[0])}, {utc_iso(holder.interval[1])})"
             for ref in sources.batches:
                 hold(ref.batch_id, f"events batch {holder.batch_id} {span} was proved from it")
             for ref in sources.untimed_pair or ():
-                hold(ref.batch_id, f"it brackets the end of events batch {holder.batch_id} {span} (untimed count)")
+                hold(
+                    ref.batch_id,
+                    f"it brackets the end of events batch {holder.batch_id} {span} (untimed count)",
+                )
     full = [e for e in exports if not e.ref.filtered]
     if full:
         newest = max(full, key=lambda e: (e.ref.at_ms, e.created_ms, e.ref.batch_id))
@@ -412,10 +480,13 @@ def exports_to_prune(exports: list[ExportBatch], holders: list[Holder], *, now: 
         if export.ref.at_ms >= cutoff_ms:
             keep[batch_id] = f"younger than the retention of {_days(retention)}"
             continue
-        revert[batch_id] = (f"exported {export.ref.at}, older than the retention of {_days(retention)}; no live "
-                            f"batch of this job needs it")
-    return PruneDecision(keep={k: v for k, v in keep.items() if k in {e.ref.batch_id for e in exports}},
-                         revert=revert)
+        revert[batch_id] = (
+            f"exported {export.ref.at}, older than the retention of {_days(retention)}; no live "
+            f"batch of this job needs it"
+        )
+    return PruneDecision(
+        keep={k: v for k, v in keep.items() if k in {e.ref.batch_id for e in exports}}, revert=revert
+    )
 
 
 def _days(span: timedelta) -> str:

@@ -85,7 +85,9 @@ class PartitionPlan:
     @property
     def query_seconds(self) -> float:
         """Estimated duration of one partition query."""
-        return self.scan_seconds + self.rows / max(self.count, 1) / self.rows_per_second if self.count else 0.0
+        return (
+            self.scan_seconds + self.rows / max(self.count, 1) / self.rows_per_second if self.count else 0.0
+        )
 
     @property
     def total_seconds(self) -> float:
@@ -100,25 +102,37 @@ class PartitionPlan:
     def describe(self) -> str:
         if not self.count:
             return "no rows: no partition"
-        return (f"{self.rows} rows in {self.count} partitions ({self.required} required by the {self.budget_seconds:g} s "
-                f"budget at {self.rows_per_second:g} rows/s after a {self.scan_seconds:.1f} s scan, i.e. <= "
-                f"{self.rows_per_budget} rows per query); about {self.query_seconds:.0f} s per query, "
-                f"{self.total_seconds:.0f} s of Query Service time against a floor of {self.floor_seconds:.0f} s")
+        return (
+            f"{self.rows} rows in {self.count} partitions ({self.required} required by the {self.budget_seconds:g} s "
+            f"budget at {self.rows_per_second:g} rows/s after a {self.scan_seconds:.1f} s scan, i.e. <= "
+            f"{self.rows_per_budget} rows per query); about {self.query_seconds:.0f} s per query, "
+            f"{self.total_seconds:.0f} s of Query Service time against a floor of {self.floor_seconds:.0f} s"
+        )
 
 
-def _number(value: object, name: str, *, minimum: float, maximum: float | None = None,
-            inclusive: bool = True) -> float:
+def _number(
+    value: object, name: str, *, minimum: float, maximum: float | None = None, inclusive: bool = True
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
     if value < minimum or (not inclusive and value == minimum) or (maximum is not None and value > maximum):
-        bounds = f"{'>=' if inclusive else '>'} {minimum:g}" + (f" and <= {maximum:g}" if maximum is not None else "")
+        bounds = f"{'>=' if inclusive else '>'} {minimum:g}" + (
+            f" and <= {maximum:g}" if maximum is not None else ""
+        )
         raise ValueError(f"{name} must be {bounds}, got {value!r}")
     return float(value)
 
 
-def plan_by_time(rows: int, *, scan_seconds: float, rows_per_second: float, budget_seconds: float,
-                 concurrency: int, max_map_length: int = DEFAULT_MAX_MAP_LENGTH,
-                 qs_factor: float = DEFAULT_QS_FACTOR) -> PartitionPlan:
+def plan_by_time(
+    rows: int,
+    *,
+    scan_seconds: float,
+    rows_per_second: float,
+    budget_seconds: float,
+    concurrency: int,
+    max_map_length: int = DEFAULT_MAX_MAP_LENGTH,
+    qs_factor: float = DEFAULT_QS_FACTOR,
+) -> PartitionPlan:
     """Hash partitions of ``rows`` rows, each expected to finish within ``budget_seconds`` (see module doc).
 
     Raises :class:`PlanError` when one scan leaves no time to read rows within the budget, or when
@@ -128,7 +142,9 @@ def plan_by_time(rows: int, *, scan_seconds: float, rows_per_second: float, budg
         raise ValueError(f"rows must be an int >= 0, got {rows!r}")
     scan = _number(scan_seconds, "scan_seconds", minimum=0.0)
     rate = _number(rows_per_second, "rows_per_second", minimum=0.0, inclusive=False)
-    budget = _number(budget_seconds, "budget_seconds", minimum=0.0, maximum=MAX_BUDGET_SECONDS, inclusive=False)
+    budget = _number(
+        budget_seconds, "budget_seconds", minimum=0.0, maximum=MAX_BUDGET_SECONDS, inclusive=False
+    )
     factor = _number(qs_factor, "qs_factor", minimum=1.0)
     for name, val in (("concurrency", concurrency), ("max_map_length", max_map_length)):
         if type(val) is not int or val < 1:
@@ -138,15 +154,21 @@ def plan_by_time(rows: int, *, scan_seconds: float, rows_per_second: float, budg
     left = budget - scan
     if left < 0.1 * budget:
         if scan >= 0.9 * AD_HOC_TIMEOUT_SECONDS:
-            fix = ("one scan of the export is close to Query Service's 10-minute limit for ad hoc queries, so no "
-                   "partitioning can help: use the server-side path (Data Distiller), or export fewer profiles "
-                   "or fields")
+            fix = (
+                "one scan of the export is close to Query Service's 10-minute limit for ad hoc queries, so no "
+                "partitioning can help: use the server-side path (Data Distiller), or export fewer profiles "
+                "or fields"
+            )
         else:
-            fix = (f"raise query_time_budget_seconds (at most {MAX_BUDGET_SECONDS:g}) well above the scan time, or "
-                   f"use the server-side path (Data Distiller)")
-        raise PlanError(f"reading the export once took {scan:.1f} s, which leaves less than 10% of the "
-                        f"{budget:g} s per-query time budget (query_time_budget_seconds) for the rows: {fix}",
-                        measured=True)
+            fix = (
+                f"raise query_time_budget_seconds (at most {MAX_BUDGET_SECONDS:g}) well above the scan time, or "
+                f"use the server-side path (Data Distiller)"
+            )
+        raise PlanError(
+            f"reading the export once took {scan:.1f} s, which leaves less than 10% of the "
+            f"{budget:g} s per-query time budget (query_time_budget_seconds) for the rows: {fix}",
+            measured=True,
+        )
     rows_per_budget = max(1, math.floor(left * rate))
     required = math.ceil(rows / rows_per_budget)
     if required > max_map_length:
@@ -155,15 +177,23 @@ def plan_by_time(rows: int, *, scan_seconds: float, rows_per_second: float, budg
             f"{budget:g} s per-query time budget, but Airflow maps at most {max_map_length} tasks "
             f"([core] max_map_length): raise max_map_length to at least {required} "
             f"(AIRFLOW__CORE__MAX_MAP_LENGTH={required}), raise query_time_budget_seconds (at most "
-            f"{MAX_BUDGET_SECONDS:g}), or use the server-side path (Data Distiller)")
+            f"{MAX_BUDGET_SECONDS:g}), or use the server-side path (Data Distiller)"
+        )
     count = required
     if required == 1 and rows / rate > scan:
         # Parallel partitions, when reading rows dominates: n <= factor keeps n * scan + transfer
         # within factor * (scan + transfer) for any transfer time, not just the estimated one.
         by_rows = max(1, rows // MIN_PARALLEL_ROWS)
         count = max(1, min(math.floor(factor), concurrency, by_rows, max_map_length))
-    return PartitionPlan(tuple(Partition(count, r) for r in range(count)) if count > 1 else (Partition(),),
-                         rows, rows_per_budget, required, scan, rate, budget)
+    return PartitionPlan(
+        tuple(Partition(count, r) for r in range(count)) if count > 1 else (Partition(),),
+        rows,
+        rows_per_budget,
+        required,
+        scan,
+        rate,
+        budget,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +204,9 @@ def plan_by_time(rows: int, *, scan_seconds: float, rows_per_second: float, budg
 # these patterns are GUESSES that match the emulator's messages ("Statement timeout: the query ran
 # longer than ...", "Query result exceeds the maximum of 50,000 rows ...", "LIMIT exceeds max
 # value") and the usual wordings of a timeout. Timeout is checked first: "time limit" is not a row limit.
-_TIMEOUT = re.compile(r"time ?out|timed out|ran longer|execution time|time limit|too long|minutes", re.IGNORECASE)
+_TIMEOUT = re.compile(
+    r"time ?out|timed out|ran longer|execution time|time limit|too long|minutes", re.IGNORECASE
+)
 _ROWS = re.compile(r"\brows?\b|\bLIMIT\b|result (size|set)|too many", re.IGNORECASE)
 
 
@@ -195,8 +227,9 @@ class Reaction:
     message: str
 
 
-def limit_reaction(kind: LimitKind, *, partition: str, rows_received: int, depth: int, max_depth: int,
-                   error: str) -> Reaction:
+def limit_reaction(
+    kind: LimitKind, *, partition: str, rows_received: int, depth: int, max_depth: int, error: str
+) -> Reaction:
     """The reaction to a 53400 of kind ``kind`` on ``partition`` after ``rows_received`` rows arrived.
 
     * row cap: split (each half returns half the rows);
@@ -207,32 +240,52 @@ def limit_reaction(kind: LimitKind, *, partition: str, rows_received: int, depth
     * unknown: fail, naming both possibilities (splitting would be wrong for a timeout).
     """
     if kind == "timeout" and rows_received == 0:
-        return Reaction("fail", (
-            f"partition {partition}: Query Service stopped the query at its ad hoc time limit before it returned a "
-            f"row ({error}). Scanning the export alone takes that long, and every partition scans all of it, so "
-            f"smaller partitions cannot help: use the server-side path (Data Distiller), or export fewer profiles or "
-            f"fields"))
+        return Reaction(
+            "fail",
+            (
+                f"partition {partition}: Query Service stopped the query at its ad hoc time limit before it returned a "
+                f"row ({error}). Scanning the export alone takes that long, and every partition scans all of it, so "
+                f"smaller partitions cannot help: use the server-side path (Data Distiller), or export fewer profiles or "
+                f"fields"
+            ),
+        )
     if kind == "unknown":
-        return Reaction("fail", (
-            f"partition {partition}: Query Service answered SQLSTATE 53400 with a message that names neither its "
-            f"row cap nor its time limit ({error}). If it is the time limit, lower query_time_budget_seconds or "
-            f"query_service_rows_per_second so that prepare plans more, smaller partitions; if it is the row cap, "
-            f"the LIMIT 0 override was not honoured: set query_partitioning to 'rows'"))
+        return Reaction(
+            "fail",
+            (
+                f"partition {partition}: Query Service answered SQLSTATE 53400 with a message that names neither its "
+                f"row cap nor its time limit ({error}). If it is the time limit, lower query_time_budget_seconds or "
+                f"query_service_rows_per_second so that prepare plans more, smaller partitions; if it is the row cap, "
+                f"the LIMIT 0 override was not honoured: set query_partitioning to 'rows'"
+            ),
+        )
     if depth >= max_depth:
-        what = ("returned more rows than Query Service allows" if kind == "rows" else
-                "still ran into Query Service's time limit while returning rows")
-        fix = ("check for a skewed person id" if kind == "rows" else
-               "lower query_service_rows_per_second (how fast a load task reads rows) so that prepare plans more "
-               "partitions, or lower query_time_budget_seconds")
+        what = (
+            "returned more rows than Query Service allows"
+            if kind == "rows"
+            else "still ran into Query Service's time limit while returning rows"
+        )
+        fix = (
+            "check for a skewed person id"
+            if kind == "rows"
+            else "lower query_service_rows_per_second (how fast a load task reads rows) so that prepare plans more "
+            "partitions, or lower query_time_budget_seconds"
+        )
         return Reaction("fail", f"partition {partition} {what} after {depth} splits ({error}): {fix}")
     if kind == "rows":
         return Reaction("split", f"partition {partition} is over Query Service's row cap ({error})")
-    return Reaction("split", (
-        f"partition {partition} ran into Query Service's time limit after {rows_received} rows ({error}): reading "
-        f"its rows is slower than planned (lower query_service_rows_per_second)"))
+    return Reaction(
+        "split",
+        (
+            f"partition {partition} ran into Query Service's time limit after {rows_received} rows ({error}): reading "
+            f"its rows is slower than planned (lower query_service_rows_per_second)"
+        ),
+    )
 
 
-def plan_by_rows(rows: int, max_rows: int, max_map_length: int = DEFAULT_MAX_MAP_LENGTH) -> tuple[Partition, ...]:
+def plan_by_rows(
+    rows: int, max_rows: int, max_map_length: int = DEFAULT_MAX_MAP_LENGTH
+) -> tuple[Partition, ...]:
     """Partitioning ``rows``: partitions of at most ``max_rows`` rows on average (one scan each), within
     ``max_map_length``."""
     from airflow_cja_audiences.sql import plan_partitions
@@ -243,5 +296,6 @@ def plan_by_rows(rows: int, max_rows: int, max_map_length: int = DEFAULT_MAX_MAP
             f"{rows} rows need {len(partitions)} partition queries of <= {max_rows} rows (query_partitioning "
             f"'rows'), but Airflow maps at most {max_map_length} tasks ([core] max_map_length): use "
             f"query_partitioning 'time' (a few LIMIT 0 queries instead of one per {max_rows} rows), or raise "
-            f"max_map_length to at least {len(partitions)} (AIRFLOW__CORE__MAX_MAP_LENGTH={len(partitions)})")
+            f"max_map_length to at least {len(partitions)} (AIRFLOW__CORE__MAX_MAP_LENGTH={len(partitions)})"
+        )
     return partitions

@@ -68,6 +68,7 @@ def iso_utc(timestamp_sql: str) -> str:
     """SQL for ``timestamp_sql`` formatted as ``TIME_FORMAT`` (session time zone UTC)."""
     return f"concat(date_format({timestamp_sql}, 'yyyy-MM-dd'), 'T', date_format({timestamp_sql}, 'HH:mm:ss'), 'Z')"
 
+
 # The only alphabet a SQL string literal may use: enough for audience ids, statuses, batch ids and
 # ISO timestamps, and nothing that can end a literal or start a comment/escape (' " \ ; / * space).
 _LITERAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,255}")
@@ -83,8 +84,10 @@ def quote_literal(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{what} must be a string, got {type(value).__name__}")
     if not _LITERAL.fullmatch(value):
-        raise ValueError(f"{what} {v.shown(value)} cannot be used in SQL: only letters, digits and "
-                         f"'._:-' are allowed (starting with a letter or digit, at most 256 characters)")
+        raise ValueError(
+            f"{what} {v.shown(value)} cannot be used in SQL: only letters, digits and "
+            f"'._:-' are allowed (starting with a letter or digit, at most 256 characters)"
+        )
     return f"'{value}'"
 
 
@@ -177,17 +180,21 @@ def plan_partitions(count: int, max_rows: int) -> list[Partition]:
 # Time windows (membership change events)
 # ---------------------------------------------------------------------------------------------
 
+
 def _utc_timestamp(value: object, what: str) -> str:
     """Normalise an aware datetime or a strict ISO-8601 UTC string to ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z``."""
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError(f"{what} must be timezone-aware (a naive datetime is ambiguous)")
         utc = value.astimezone(timezone.utc)
-        text = utc.strftime("%Y-%m-%dT%H:%M:%S") + (f".{utc.microsecond:06d}" if utc.microsecond else "") + "Z"
+        text = (
+            utc.strftime("%Y-%m-%dT%H:%M:%S") + (f".{utc.microsecond:06d}" if utc.microsecond else "") + "Z"
+        )
     elif isinstance(value, str):
         if not _TIMESTAMP.fullmatch(value):
-            raise ValueError(f"{what} {v.shown(value)} is not an ISO-8601 UTC timestamp such as "
-                             f"'2026-11-28T00:00:00Z'")
+            raise ValueError(
+                f"{what} {v.shown(value)} is not an ISO-8601 UTC timestamp such as '2026-11-28T00:00:00Z'"
+            )
         try:
             datetime.fromisoformat(value[:-1])  # rejects month 13, Feb 30, hour 25...
         except ValueError:
@@ -219,8 +226,10 @@ class TimeWindow:
 
     def conditions(self) -> tuple[str, str]:
         # Spark (and the emulator) cast the ISO literal to a timestamp for the comparison.
-        return (f"value.lastQualificationTime >= {quote_literal(self.start, 'window start')}",
-                f"value.lastQualificationTime < {quote_literal(self.end, 'window end')}")
+        return (
+            f"value.lastQualificationTime >= {quote_literal(self.start, 'window start')}",
+            f"value.lastQualificationTime < {quote_literal(self.end, 'window end')}",
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,17 +260,21 @@ def check_template(template: object) -> str:
     if ";" in template:
         raise ValueError("sql template must be a single statement (no ';')")
     try:
-        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template)
-                  if name is not None]
+        fields = [
+            (name, spec, conv)
+            for _, name, spec, conv in string.Formatter().parse(template)
+            if name is not None
+        ]
     except ValueError as exc:
         raise ValueError(f"sql template: {exc} (write literal braces as '{{{{' and '}}}}')") from None
     for name, spec, conv in fields:
         if name not in TEMPLATE_PLACEHOLDERS:
-            raise ValueError(f"sql template placeholder {v.shown(name)} is unknown; "
-                             f"use only {', '.join('{' + p + '}' for p in TEMPLATE_PLACEHOLDERS)}")
+            raise ValueError(
+                f"sql template placeholder {v.shown(name)} is unknown; "
+                f"use only {', '.join('{' + p + '}' for p in TEMPLATE_PLACEHOLDERS)}"
+            )
         if spec or conv:
-            raise ValueError(f"sql template placeholder {{{name}}} must not have a format spec or "
-                             f"conversion")
+            raise ValueError(f"sql template placeholder {{{name}}} must not have a format spec or conversion")
     missing = [p for p in REQUIRED_PLACEHOLDERS if p not in {f[0] for f in fields}]
     if missing:
         raise ValueError(f"sql template must use {', '.join('{' + p + '}' for p in missing)}")
@@ -285,11 +298,11 @@ class MembershipQuery:
 
     def __post_init__(self) -> None:
         _checked(v.table_name, self.table, "table")
-        _checked(lambda p: v.field_path(p, allow_tenant_placeholder=False), self.person_field,
-                 "person field")
+        _checked(lambda p: v.field_path(p, allow_tenant_placeholder=False), self.person_field, "person field")
         if self.batch_id_column not in BATCH_ID_COLUMNS:
-            raise ValueError(f"batch_id_column {v.shown(self.batch_id_column)} must be one of "
-                             f"{list(BATCH_ID_COLUMNS)}")
+            raise ValueError(
+                f"batch_id_column {v.shown(self.batch_id_column)} must be one of {list(BATCH_ID_COLUMNS)}"
+            )
         _checked(v.batch_id, self.batch_id, "batch id")
         quote_literal(self.batch_id, "batch id")
         _check_tuple(self.audience_ids, "audience_ids", v.audience_id)
@@ -314,9 +327,15 @@ def _check_tuple(values: object, what: str, check: Callable[[Any], str]) -> None
         raise ValueError(f"{what} repeat a value: {v.shown(values)}")
 
 
-def build_membership_query(job: RefreshJob, *, table: str, batch_id: str, tenant: str | None = None,
-                           audience_ids: Sequence[str] | None = None,
-                           template: str | None = None) -> MembershipQuery:
+def build_membership_query(
+    job: RefreshJob,
+    *,
+    table: str,
+    batch_id: str,
+    tenant: str | None = None,
+    audience_ids: Sequence[str] | None = None,
+    template: str | None = None,
+) -> MembershipQuery:
     """The query of one refresh run.
 
     ``table`` is the export dataset's ``adobe/pqs/table`` tag, ``batch_id`` the batch this run's
@@ -334,9 +353,15 @@ def build_membership_query(job: RefreshJob, *, table: str, batch_id: str, tenant
         audience_ids = [a.id for a in job.audiences]  # type: ignore[misc]
     if isinstance(audience_ids, (str, bytes)) or not isinstance(audience_ids, Iterable):
         raise ValueError("audience_ids must be a sequence of ids (a lone string would become its characters)")
-    return MembershipQuery(table=table, person_field=person, audience_ids=tuple(audience_ids),
-                           batch_id=batch_id, batch_id_column=job.batch_id_column,
-                           statuses=tuple(job.statuses), template=template)
+    return MembershipQuery(
+        table=table,
+        person_field=person,
+        audience_ids=tuple(audience_ids),
+        batch_id=batch_id,
+        batch_id_column=job.batch_id_column,
+        statuses=tuple(job.statuses),
+        template=template,
+    )
 
 
 def _in_list(values: Iterable[str], what: str) -> str:
@@ -370,8 +395,10 @@ def render_template(q: MembershipQuery, partition: Partition = Partition()) -> s
     return "".join(out)
 
 
-_ROW_SELECT = (f"{PERSON}, key AS {ROW_COLUMNS[1]}, value.status AS {ROW_COLUMNS[2]},\n"
-               f"       {iso_utc('value.lastQualificationTime')} AS {ROW_COLUMNS[3]}")
+_ROW_SELECT = (
+    f"{PERSON}, key AS {ROW_COLUMNS[1]}, value.status AS {ROW_COLUMNS[2]},\n"
+    f"       {iso_utc('value.lastQualificationTime')} AS {ROW_COLUMNS[3]}"
+)
 #: Columns of :func:`count_sql`'s single row.
 COUNT_COLUMNS = ("memberships", "identified")
 _COUNT_SELECT = f"count(*) AS {COUNT_COLUMNS[0]}, count({PERSON}) AS {COUNT_COLUMNS[1]}"
@@ -389,9 +416,17 @@ def _batches_filter(q: MembershipQuery, sources: Sequence[str] | None) -> str:
     return f"{q.batch_id_column} IN ({_in_list(ids, 'source batch id')})"
 
 
-def _select(q: MembershipQuery, statuses: Sequence[str], partition: Partition,
-            extra: Sequence[str], *, rows: bool, sources: Sequence[str] | None = None,
-            distinct: bool = False, order: bool = True) -> str:
+def _select(
+    q: MembershipQuery,
+    statuses: Sequence[str],
+    partition: Partition,
+    extra: Sequence[str],
+    *,
+    rows: bool,
+    sources: Sequence[str] | None = None,
+    distinct: bool = False,
+    order: bool = True,
+) -> str:
     """The shared shape: explode the membership maps of the export batch(es) and filter them.
 
     ``rows``: select the row columns of identified persons, ordered; else count all matches.
@@ -404,16 +439,20 @@ def _select(q: MembershipQuery, statuses: Sequence[str], partition: Partition,
     inner = [_batches_filter(q, sources)]
     if rows:
         inner.append(f"{q.person_field} IS NOT NULL")
-    if partition.modulus > 1:  # the whole result needs no filter (and counts NULL persons whatever hash(NULL) is)
+    if (
+        partition.modulus > 1
+    ):  # the whole result needs no filter (and counts NULL persons whatever hash(NULL) is)
         inner.append(partition.sql(q.person_field))
     outer = [f"key IN ({val['audience_ids']})", f"value.status IN ({_in_list(statuses, 'status')})", *extra]
     columns = _ROW_SELECT if rows or distinct else _COUNT_SELECT
-    body = (f"FROM (\n"
-            f"    SELECT {val['person']} AS {PERSON}, explode(segmentMembership.ups)\n"
-            f"    FROM {val['table']}\n"
-            f"    WHERE " + "\n      AND ".join(inner) + "\n"
-            ")\n"
-            "WHERE " + "\n  AND ".join(outer))
+    body = (
+        f"FROM (\n"
+        f"    SELECT {val['person']} AS {PERSON}, explode(segmentMembership.ups)\n"
+        f"    FROM {val['table']}\n"
+        f"    WHERE " + "\n      AND ".join(inner) + "\n"
+        ")\n"
+        "WHERE " + "\n  AND ".join(outer)
+    )
     sql = f"SELECT {'DISTINCT ' if distinct else ''}{columns}\n{body}"
     if distinct and not rows:
         return f"SELECT {_COUNT_SELECT}\nFROM (\n{sql}\n)"
@@ -447,8 +486,12 @@ def lift_row_cap(sql: str) -> str:
     return f"{sql.rstrip()}\n{LIFT_ROW_CAP}"
 
 
-def events_sql(q: MembershipQuery, window: TimeWindow, partition: Partition = Partition(),
-               sources: Sequence[str] | None = None) -> str:
+def events_sql(
+    q: MembershipQuery,
+    window: TimeWindow,
+    partition: Partition = Partition(),
+    sources: Sequence[str] | None = None,
+) -> str:
     """Membership changes proven in ``window``: the rows of :data:`EVENT_STATUSES` whose
     ``lastQualificationTime`` is in it, from the export batches ``sources`` (default: this run's).
 
@@ -464,11 +507,17 @@ def events_sql(q: MembershipQuery, window: TimeWindow, partition: Partition = Pa
         raise ValueError("sql templates apply to the snapshot query only; events use the built-in SQL")
     if not isinstance(window, TimeWindow):
         raise ValueError(f"window must be a TimeWindow, got {type(window).__name__}")
-    return _select(q, EVENT_STATUSES, partition, window.conditions(), rows=True, sources=sources, distinct=True)
+    return _select(
+        q, EVENT_STATUSES, partition, window.conditions(), rows=True, sources=sources, distinct=True
+    )
 
 
-def count_sql(q: MembershipQuery, partition: Partition = Partition(), window: TimeWindow | None = None,
-              sources: Sequence[str] | None = None) -> str:
+def count_sql(
+    q: MembershipQuery,
+    partition: Partition = Partition(),
+    window: TimeWindow | None = None,
+    sources: Sequence[str] | None = None,
+) -> str:
     """One row ``(memberships, identified)``: matching rows, and those with a non-NULL person id.
 
     ``memberships - identified`` rows lack a person id; when ``identified`` is 0 but ``memberships``
@@ -483,7 +532,9 @@ def count_sql(q: MembershipQuery, partition: Partition = Partition(), window: Ti
         return f"SELECT {_COUNT_SELECT}\nFROM (\n{render_template(q, partition)}\n)"
     if window is None:
         return _select(q, q.statuses, partition, (), rows=False)
-    return _select(q, EVENT_STATUSES, partition, window.conditions(), rows=False, sources=sources, distinct=True)
+    return _select(
+        q, EVENT_STATUSES, partition, window.conditions(), rows=False, sources=sources, distinct=True
+    )
 
 
 def export_rows_sql(q: MembershipQuery) -> str:
@@ -501,7 +552,9 @@ def export_rows_sql(q: MembershipQuery) -> str:
 CHANGE_COLUMNS = ("audienceId", "members", "entered", "entered_untimed", "exited", "untraced")
 
 
-def change_counts_sql(q: MembershipQuery, previous_batch_id: str | None, *, batch_id: str | None = None) -> str:
+def change_counts_sql(
+    q: MembershipQuery, previous_batch_id: str | None, *, batch_id: str | None = None
+) -> str:
     """Per audience, between the export ``previous_batch_id`` and ``batch_id`` (default: this run's):
 
     * ``members``: members in the newer export;
@@ -519,8 +572,11 @@ def change_counts_sql(q: MembershipQuery, previous_batch_id: str | None, *, batc
     if q.template is not None:
         raise ValueError("change counts use the built-in SQL; they are not available with a template")
     new = quote_literal(_checked(v.batch_id, batch_id or q.batch_id, "batch id"), "batch id")
-    old = quote_literal(_checked(v.batch_id, previous_batch_id, "previous batch id"), "previous batch id") \
-        if previous_batch_id else None
+    old = (
+        quote_literal(_checked(v.batch_id, previous_batch_id, "previous batch id"), "previous batch id")
+        if previous_batch_id
+        else None
+    )
     val = _values(q, Partition())
     batches = f"{new}, {old}" if old else new
     member = f"status IN ({val['statuses']})"
@@ -528,32 +584,34 @@ def change_counts_sql(q: MembershipQuery, previous_batch_id: str | None, *, batc
     def flag(batch: str | None, condition: str) -> str:
         return f"max(CASE WHEN batchId = {batch} AND {condition} THEN 1 ELSE 0 END)" if batch else "0"
 
-    return (f"SELECT audienceId, sum(in_new) AS members,\n"
-            f"       sum(CASE WHEN in_new = 1 AND in_old = 0 THEN 1 ELSE 0 END) AS entered,\n"
-            f"       sum(CASE WHEN in_new = 1 AND in_old = 0 AND realized_new = 0 THEN 1 ELSE 0 END) AS entered_untimed,\n"
-            f"       sum(CASE WHEN in_new = 0 AND in_old = 1 AND exited_new = 1 THEN 1 ELSE 0 END) AS exited,\n"
-            f"       sum(CASE WHEN in_new = 0 AND in_old = 1 AND exited_new = 0 THEN 1 ELSE 0 END) AS untraced\n"
-            f"FROM (\n"
-            f"    SELECT {PERSON}, audienceId,\n"
-            f"           {flag(new, member)} AS in_new,\n"
-            f"           {flag(new, 'status = ' + quote_literal('realized', 'status'))} AS realized_new,\n"
-            f"           {flag(new, 'status = ' + quote_literal(EXITED, 'status'))} AS exited_new,\n"
-            f"           {flag(old, member)} AS in_old\n"
-            f"    FROM (\n"
-            f"        SELECT {PERSON}, batchId, key AS audienceId, value.status AS status\n"
-            f"        FROM (\n"
-            f"            SELECT {val['person']} AS {PERSON}, {q.batch_id_column} AS batchId, "
-            f"explode(segmentMembership.ups)\n"
-            f"            FROM {val['table']}\n"
-            f"            WHERE {q.batch_id_column} IN ({batches})\n"
-            f"              AND {q.person_field} IS NOT NULL\n"
-            f"        )\n"
-            f"        WHERE key IN ({val['audience_ids']})\n"
-            f"    )\n"
-            f"    GROUP BY {PERSON}, audienceId\n"
-            f")\n"
-            f"GROUP BY audienceId\n"
-            f"ORDER BY audienceId")
+    return (
+        f"SELECT audienceId, sum(in_new) AS members,\n"
+        f"       sum(CASE WHEN in_new = 1 AND in_old = 0 THEN 1 ELSE 0 END) AS entered,\n"
+        f"       sum(CASE WHEN in_new = 1 AND in_old = 0 AND realized_new = 0 THEN 1 ELSE 0 END) AS entered_untimed,\n"
+        f"       sum(CASE WHEN in_new = 0 AND in_old = 1 AND exited_new = 1 THEN 1 ELSE 0 END) AS exited,\n"
+        f"       sum(CASE WHEN in_new = 0 AND in_old = 1 AND exited_new = 0 THEN 1 ELSE 0 END) AS untraced\n"
+        f"FROM (\n"
+        f"    SELECT {PERSON}, audienceId,\n"
+        f"           {flag(new, member)} AS in_new,\n"
+        f"           {flag(new, 'status = ' + quote_literal('realized', 'status'))} AS realized_new,\n"
+        f"           {flag(new, 'status = ' + quote_literal(EXITED, 'status'))} AS exited_new,\n"
+        f"           {flag(old, member)} AS in_old\n"
+        f"    FROM (\n"
+        f"        SELECT {PERSON}, batchId, key AS audienceId, value.status AS status\n"
+        f"        FROM (\n"
+        f"            SELECT {val['person']} AS {PERSON}, {q.batch_id_column} AS batchId, "
+        f"explode(segmentMembership.ups)\n"
+        f"            FROM {val['table']}\n"
+        f"            WHERE {q.batch_id_column} IN ({batches})\n"
+        f"              AND {q.person_field} IS NOT NULL\n"
+        f"        )\n"
+        f"        WHERE key IN ({val['audience_ids']})\n"
+        f"    )\n"
+        f"    GROUP BY {PERSON}, audienceId\n"
+        f")\n"
+        f"GROUP BY audienceId\n"
+        f"ORDER BY audienceId"
+    )
 
 
 def unidentified_counts_sql(q: MembershipQuery) -> str:
@@ -561,17 +619,19 @@ def unidentified_counts_sql(q: MembershipQuery) -> str:
     if q.template is not None:
         raise ValueError("change counts use the built-in SQL; they are not available with a template")
     val = _values(q, Partition())
-    return (f"SELECT key AS audienceId, count(*) AS unidentified\n"
-            f"FROM (\n"
-            f"    SELECT explode(segmentMembership.ups)\n"
-            f"    FROM {val['table']}\n"
-            f"    WHERE {val['batch_filter']}\n"
-            f"      AND {q.person_field} IS NULL\n"
-            f")\n"
-            f"WHERE key IN ({val['audience_ids']})\n"
-            f"  AND value.status IN ({val['statuses']})\n"
-            f"GROUP BY key\n"
-            f"ORDER BY audienceId")
+    return (
+        f"SELECT key AS audienceId, count(*) AS unidentified\n"
+        f"FROM (\n"
+        f"    SELECT explode(segmentMembership.ups)\n"
+        f"    FROM {val['table']}\n"
+        f"    WHERE {val['batch_filter']}\n"
+        f"      AND {q.person_field} IS NULL\n"
+        f")\n"
+        f"WHERE key IN ({val['audience_ids']})\n"
+        f"  AND value.status IN ({val['statuses']})\n"
+        f"GROUP BY key\n"
+        f"ORDER BY audienceId"
+    )
 
 
 def event_counts_sql(q: MembershipQuery, window: TimeWindow, sources: Sequence[str] | None = None) -> str:
@@ -579,10 +639,20 @@ def event_counts_sql(q: MembershipQuery, window: TimeWindow, sources: Sequence[s
     :func:`events_sql` publishes for the window (the same distinct rows)."""
     if not isinstance(window, TimeWindow):
         raise ValueError(f"window must be a TimeWindow, got {type(window).__name__}")
-    rows = _select(q, EVENT_STATUSES, Partition(), window.conditions(), rows=True, sources=sources,
-                   distinct=True, order=False)
+    rows = _select(
+        q,
+        EVENT_STATUSES,
+        Partition(),
+        window.conditions(),
+        rows=True,
+        sources=sources,
+        distinct=True,
+        order=False,
+    )
     event = f"CASE WHEN {ROW_COLUMNS[2]} = {quote_literal(EXITED, 'status')} THEN 'exited' ELSE 'entered' END"
-    return (f"SELECT {ROW_COLUMNS[1]}, {event} AS event, count(*) AS n\n"
-            f"FROM (\n{rows}\n)\n"
-            f"GROUP BY {ROW_COLUMNS[1]}, {event}\n"
-            f"ORDER BY {ROW_COLUMNS[1]}, event")
+    return (
+        f"SELECT {ROW_COLUMNS[1]}, {event} AS event, count(*) AS n\n"
+        f"FROM (\n{rows}\n)\n"
+        f"GROUP BY {ROW_COLUMNS[1]}, {event}\n"
+        f"ORDER BY {ROW_COLUMNS[1]}, event"
+    )

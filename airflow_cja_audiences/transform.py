@@ -96,8 +96,10 @@ def _json_body(value: str, what: str) -> str:
     try:
         return orjson.dumps(value).decode()[1:-1]
     except orjson.JSONEncodeError:
-        raise ValueError(f"{what} {v.shown(value)} is not valid Unicode text (lone surrogate); "
-                         f"it cannot be written as JSON") from None
+        raise ValueError(
+            f"{what} {v.shown(value)} is not valid Unicode text (lone surrogate); "
+            f"it cannot be written as JSON"
+        ) from None
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,24 +137,38 @@ class RecordSpec:
         if statuses is None:
             statuses = EVENT_STATUSES if self.layout == "events" else MEMBER_STATUSES
         allowed = EVENT_STATUSES if self.layout == "events" else MEMBER_STATUSES
-        if (not isinstance(statuses, (tuple, list)) or not statuses or any(s not in allowed for s in statuses)
-                or len(set(statuses)) != len(statuses)):
-            raise ValueError(f"statuses {v.shown(statuses)} must be distinct values of {list(allowed)} "
-                             f"for the {self.layout} layout")
+        if (
+            not isinstance(statuses, (tuple, list))
+            or not statuses
+            or any(s not in allowed for s in statuses)
+            or len(set(statuses)) != len(statuses)
+        ):
+            raise ValueError(
+                f"statuses {v.shown(statuses)} must be distinct values of {list(allowed)} "
+                f"for the {self.layout} layout"
+            )
         object.__setattr__(self, "statuses", tuple(statuses))
 
     @classmethod
-    def from_job(cls, job: RefreshJob, *, tenant: str, audience_names: Mapping[str, str],
-                 events: bool = False) -> RecordSpec:
+    def from_job(
+        cls, job: RefreshJob, *, tenant: str, audience_names: Mapping[str, str], events: bool = False
+    ) -> RecordSpec:
         """The spec of a job's snapshot (``events=False``) or of its change events."""
         statuses = EVENT_STATUSES if events else tuple(job.statuses)
-        return cls(job_id=job.job_id, tenant=tenant, audience_names=audience_names,
-                   layout="events" if events else job.layout, fields=job.output, statuses=statuses)
+        return cls(
+            job_id=job.job_id,
+            tenant=tenant,
+            audience_names=audience_names,
+            layout="events" if events else job.layout,
+            fields=job.output,
+            statuses=statuses,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Encoding
 # ---------------------------------------------------------------------------------------------
+
 
 class _Path:
     """A node of the trie of per-person membership sequences (audience ids in row order).
@@ -207,9 +223,16 @@ class RecordEncoder:
         # members every layout shares (events carry an event type instead of the status).
         with_status = spec.layout != "events"
         self._members = {
-            (aud, st): orjson.dumps({f.audience_id: aud, f.audience_name: spec.audience_names[aud],
-                                     **({f.status: st} if with_status else {})}).decode()[1:-1]
-            for aud in spec.audience_names for st in spec.statuses or ()}
+            (aud, st): orjson.dumps(
+                {
+                    f.audience_id: aud,
+                    f.audience_name: spec.audience_names[aud],
+                    **({f.status: st} if with_status else {}),
+                }
+            ).decode()[1:-1]
+            for aud in spec.audience_names
+            for st in spec.statuses or ()
+        }
         self._root = _Path({}, "", (), ())
         self._nodes = 0
 
@@ -261,21 +284,25 @@ class RecordEncoder:
             except TypeError:  # a person id that is not text: _person_json reports it
                 plain = False
             for i in range(0, len(batch), _SLICE):
-                yield batch[i:i + _SLICE], plain
+                yield batch[i : i + _SLICE], plain
 
     @staticmethod
     def _raise_bad_time(batch: Sequence[Row]) -> None:
         for row in batch:
             if len(row) != 4:
-                raise ValueError(f"rows must have 4 columns (personID, audienceId, status, qualificationTime), "
-                                 f"got {len(row)}: {v.shown(row)}")
+                raise ValueError(
+                    f"rows must have 4 columns (personID, audienceId, status, qualificationTime), "
+                    f"got {len(row)}: {v.shown(row)}"
+                )
             t = row[3]
             if not row[0]:
                 continue  # unidentified rows are skipped anyway
             if not isinstance(t, str) or not _TIME.fullmatch(t):
-                raise ValueError(f"row of person {v.shown(row[0])}, audience {v.shown(row[1])}: "
-                                 f"qualificationTime {v.shown(t)} is not an ISO-8601 UTC time like "
-                                 f"'2026-11-28T02:00:00Z' (the query must format it with date_format)")
+                raise ValueError(
+                    f"row of person {v.shown(row[0])}, audience {v.shown(row[1])}: "
+                    f"qualificationTime {v.shown(t)} is not an ISO-8601 UTC time like "
+                    f"'2026-11-28T02:00:00Z' (the query must format it with date_format)"
+                )
 
     @staticmethod
     def _person_json(pid: object) -> str:
@@ -290,10 +317,14 @@ class RecordEncoder:
 
     def _unknown(self, pid: object, aud: object, st: object) -> ValueError:
         if not isinstance(aud, str) or aud not in self.spec.audience_names:
-            return ValueError(f"row of person {v.shown(pid)}: audience {v.shown(aud)} is not one of this "
-                              f"job's audiences {sorted(self.spec.audience_names)}")
-        return ValueError(f"row of person {v.shown(pid)}, audience {aud}: status {v.shown(st)} is not "
-                          f"accepted here {list(self.spec.statuses or ())}")
+            return ValueError(
+                f"row of person {v.shown(pid)}: audience {v.shown(aud)} is not one of this "
+                f"job's audiences {sorted(self.spec.audience_names)}"
+            )
+        return ValueError(
+            f"row of person {v.shown(pid)}, audience {aud}: status {v.shown(st)} is not "
+            f"accepted here {list(self.spec.statuses or ())}"
+        )
 
     # -- one record per person ------------------------------------------------------------------
 
@@ -312,11 +343,20 @@ class RecordEncoder:
             ids, drop = (*node.ids, aud), node.drop
         # The first membership opens the object; later ones also close the previous time string.
         opener = "{" if position == 0 else '"},{'
-        frags = {st: f'{opener}{self._members[aud, st]},"{f.qualification_time}":"'
-                 for st in self.spec.statuses or ()}
-        tail = ('"}],' + orjson.dumps({f.audience_ids: ",".join(ids),
-                                       f.audience_names: ",".join(self.spec.audience_names[a] for a in ids)}
-                                      ).decode()[1:] + "}\n")
+        frags = {
+            st: f'{opener}{self._members[aud, st]},"{f.qualification_time}":"'
+            for st in self.spec.statuses or ()
+        }
+        tail = (
+            '"}],'
+            + orjson.dumps(
+                {
+                    f.audience_ids: ",".join(ids),
+                    f.audience_names: ",".join(self.spec.audience_names[a] for a in ids),
+                }
+            ).decode()[1:]
+            + "}\n"
+        )
         child = _Path(frags, tail, ids, drop)
         node.children[aud] = child
         self._nodes += 1
@@ -327,8 +367,8 @@ class RecordEncoder:
         id_prefix = self._id_prefix
         opening = f'","_{self.spec.tenant}":{{"{self.spec.fields.memberships}":['
         state = root
-        cur: object = None   # the open person (None: none yet)
-        start = 0            # where the open person's record starts in `pieces`
+        cur: object = None  # the open person (None: none yet)
+        start = 0  # where the open person's record starts in `pieces`
         pieces: list[str] = []
         for batch, plain in batches:
             ap = pieces.append
@@ -342,8 +382,10 @@ class RecordEncoder:
                         closed += 1
                     pj = pid if plain else self._person_json(pid)
                     if cur is not None and pid < cur:
-                        raise ValueError(f"rows are not ordered by personID: {v.shown(pid)} came after "
-                                         f"{v.shown(cur)} (the query must ORDER BY personID)")
+                        raise ValueError(
+                            f"rows are not ordered by personID: {v.shown(pid)} came after "
+                            f"{v.shown(cur)} (the query must ORDER BY personID)"
+                        )
                     cur = pid
                     state = root
                     start = len(pieces)
@@ -374,7 +416,7 @@ class RecordEncoder:
         # A record is [header, frag0, time0, frag1, time1, ...]; position p is pieces[start+1+2p : +2].
         # Position 0 is never dropped (the first row wins), so the remaining frags stay well formed.
         for p in reversed(drop):
-            del pieces[start + 1 + 2 * p: start + 3 + 2 * p]
+            del pieces[start + 1 + 2 * p : start + 3 + 2 * p]
         self.duplicate_rows += len(drop)
 
     # -- one record per row (membership or change event) ----------------------------------------
@@ -388,13 +430,19 @@ class RecordEncoder:
         # JSON key order is free, so both layouts fit one shape.
         if events:
             head, end = f'","{tenant}":{{"personID":"', '"}\n'
-            shape = {k: (f"{_ID_SEPARATOR}{k[0]}{_ID_SEPARATOR}{EVENT_TYPES[k[1]]}{_ID_SEPARATOR}",
-                         f'",{m},"{f.event_type}":"{EVENT_TYPES[k[1]]}"}},"timestamp":"')
-                     for k, m in self._members.items()}
+            shape = {
+                k: (
+                    f"{_ID_SEPARATOR}{k[0]}{_ID_SEPARATOR}{EVENT_TYPES[k[1]]}{_ID_SEPARATOR}",
+                    f'",{m},"{f.event_type}":"{EVENT_TYPES[k[1]]}"}},"timestamp":"',
+                )
+                for k, m in self._members.items()
+            }
         else:
             head, end = '","personID":"', '"}}\n'
-            shape = {k: (f"{_ID_SEPARATOR}{k[0]}", f'","{tenant}":{{{m},"{f.qualification_time}":"')
-                     for k, m in self._members.items()}
+            shape = {
+                k: (f"{_ID_SEPARATOR}{k[0]}", f'","{tenant}":{{{m},"{f.qualification_time}":"')
+                for k, m in self._members.items()
+            }
         id_prefix = self._id_prefix
         prev_key = None
         for batch, plain in batches:
@@ -428,6 +476,7 @@ def iter_json_lines(rows: Iterable[Row], spec: RecordSpec, batch_size: int = 10_
 # Files
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class WrittenFile:
     """A closed JSON Lines file, ready to upload."""
@@ -448,11 +497,18 @@ class JsonlFileWriter:
     On an exception inside ``with``, the unfinished file is deleted and not reported.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], prefix: str, max_file_bytes: int,
-                 on_file: Callable[[WrittenFile], None] | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        prefix: str,
+        max_file_bytes: int,
+        on_file: Callable[[WrittenFile], None] | None = None,
+    ) -> None:
         if not isinstance(prefix, str) or not _FILE_PREFIX.fullmatch(prefix):
-            raise ValueError(f"file prefix {v.shown(prefix)} must be letters, digits, '._-' "
-                             f"(no path separators), at most 200 characters")
+            raise ValueError(
+                f"file prefix {v.shown(prefix)} must be letters, digits, '._-' "
+                f"(no path separators), at most 200 characters"
+            )
         if type(max_file_bytes) is not int or max_file_bytes < 1:
             raise ValueError(f"max_file_bytes must be a positive int, got {v.shown(max_file_bytes)}")
         self.directory = Path(directory)
@@ -548,17 +604,28 @@ class TransformSummary:
     bytes: int
 
 
-def write_jsonl(batches: Iterable[Sequence[Row]], spec: RecordSpec, directory: str | os.PathLike[str],
-                prefix: str, *, max_file_bytes: int,
-                on_file: Callable[[WrittenFile], None] | None = None) -> TransformSummary:
+def write_jsonl(
+    batches: Iterable[Sequence[Row]],
+    spec: RecordSpec,
+    directory: str | os.PathLike[str],
+    prefix: str,
+    *,
+    max_file_bytes: int,
+    on_file: Callable[[WrittenFile], None] | None = None,
+) -> TransformSummary:
     """Encode one ordered stream of row batches into JSON Lines files; see :class:`JsonlFileWriter`."""
     encoder = RecordEncoder(spec)
     with JsonlFileWriter(directory, prefix, max_file_bytes, on_file) as writer:
         for chunk in encoder.encode(batches):
             writer.write(chunk.data, chunk.records)
-    return TransformSummary(rows=encoder.rows, records=writer.records, skipped_rows=encoder.skipped_rows,
-                            duplicate_rows=encoder.duplicate_rows, files=tuple(writer.files),
-                            bytes=writer.bytes)
+    return TransformSummary(
+        rows=encoder.rows,
+        records=writer.records,
+        skipped_rows=encoder.skipped_rows,
+        duplicate_rows=encoder.duplicate_rows,
+        files=tuple(writer.files),
+        bytes=writer.bytes,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,15 +32,17 @@ TENANT_PLACEHOLDER = "_{tenant}"
 def shown(value: object, limit: int = 80) -> str:
     """A bounded repr for error messages: hostile values can be megabytes long."""
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check(pattern: re.Pattern[str], value: str, what: str, example: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{what} must be a string, got {type(value).__name__}")
     if not pattern.fullmatch(value):
-        raise ValueError(f"{what} {shown(value)} is not valid: expected something like {example!r} "
-                         f"(pattern {pattern.pattern})")
+        raise ValueError(
+            f"{what} {shown(value)} is not valid: expected something like {example!r} "
+            f"(pattern {pattern.pattern})"
+        )
     return value
 
 
@@ -86,7 +88,9 @@ def field_path(value: str, *, allow_tenant_placeholder: bool = True) -> str:
     is known (:func:`resolve_tenant_path`).
     """
     if not isinstance(value, str) or not value:
-        raise ValueError("field path must be a non-empty string such as '_{tenant}.identification.core.email'")
+        raise ValueError(
+            "field path must be a non-empty string such as '_{tenant}.identification.core.email'"
+        )
     parts = value.split(".")
     if len(parts) > MAX_PATH_DEPTH:
         raise ValueError(f"field path {shown(value)} is deeper than {MAX_PATH_DEPTH} levels")
@@ -94,15 +98,17 @@ def field_path(value: str, *, allow_tenant_placeholder: bool = True) -> str:
         if i == 0 and allow_tenant_placeholder and part == TENANT_PLACEHOLDER:
             continue
         if not FIELD_NAME.fullmatch(part):
-            raise ValueError(f"field path {shown(value)}: segment {shown(part)} is not a valid XDM field name "
-                             f"(letters, digits and '_', starting with a letter or '_<letter>')")
+            raise ValueError(
+                f"field path {shown(value)}: segment {shown(part)} is not a valid XDM field name "
+                f"(letters, digits and '_', starting with a letter or '_<letter>')"
+            )
     return value
 
 
 def resolve_tenant_path(path: str, tenant: str) -> str:
     """Replace a leading ``_{tenant}`` with ``_<tenant id>``; validate the result."""
     if path.startswith(TENANT_PLACEHOLDER + ".") or path == TENANT_PLACEHOLDER:
-        path = "_" + tenant_id(tenant) + path[len(TENANT_PLACEHOLDER):]
+        path = "_" + tenant_id(tenant) + path[len(TENANT_PLACEHOLDER) :]
     return field_path(path, allow_tenant_placeholder=False)
 
 
@@ -116,6 +122,7 @@ def display_text(value: str, what: str = "text", max_len: int = MAX_TEXT) -> str
         raise ValueError(f"{what} is {len(value)} characters long; the limit is {max_len}")
     for ch in value:
         if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") and ch != " ":
-            raise ValueError(f"{what} {value[:40]!r} contains the control or unassigned character "
-                             f"U+{ord(ch):04X}")
+            raise ValueError(
+                f"{what} {value[:40]!r} contains the control or unassigned character U+{ord(ch):04X}"
+            )
     return value

@@ -44,15 +44,26 @@ def check_wait_args(*, deadline: float, poll_interval: float) -> None:
     """Reject a deadline or poll interval that would make a wait endless or busy (names the field)."""
     if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not math.isfinite(deadline):
         raise AepConfigError(f"deadline must be a finite epoch time in seconds, not {deadline!r}")
-    if isinstance(poll_interval, bool) or not isinstance(poll_interval, (int, float)) \
-            or not math.isfinite(poll_interval) or poll_interval <= 0:
+    if (
+        isinstance(poll_interval, bool)
+        or not isinstance(poll_interval, (int, float))
+        or not math.isfinite(poll_interval)
+        or poll_interval <= 0
+    ):
         raise AepConfigError(f"poll_interval must be a finite number of seconds > 0, not {poll_interval!r}")
 
 
-def wait_until_terminal(fetch: Callable[[], T], *, status_type: StatusType[Any], what: str, deadline: float,
-                        poll_interval: float, first: T | None = None,
-                        clock: Callable[[], float] = time.time,
-                        sleep: Callable[[float], None] = time.sleep) -> T:
+def wait_until_terminal(
+    fetch: Callable[[], T],
+    *,
+    status_type: StatusType[Any],
+    what: str,
+    deadline: float,
+    poll_interval: float,
+    first: T | None = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
     """Poll ``fetch`` until the object it returns is terminal for ``status_type``; return that object.
 
     :param deadline: epoch seconds (wall clock, as the triggers use); required: when it passes with
@@ -73,9 +84,12 @@ def wait_until_terminal(fetch: Callable[[], T], *, status_type: StatusType[Any],
             log.info("%s is %s (%.0f s waited)", what, obj.status, now - started)
             last_status, last_log = obj.status, now
         if now >= deadline:
-            raise AepWaitTimeoutError(f"{what} is still {obj.status} after {now - started:.0f} s: the wait's "
-                                      f"deadline passed (a retry of this task waits again)",
-                                      what=what, state=obj.status)
+            raise AepWaitTimeoutError(
+                f"{what} is still {obj.status} after {now - started:.0f} s: the wait's "
+                f"deadline passed (a retry of this task waits again)",
+                what=what,
+                state=obj.status,
+            )
         sleep(max(0.0, min(poll_interval, deadline - now)))
         obj = fetch()
     log.info("%s is %s after %.0f s", what, obj.status, clock() - started)

@@ -38,52 +38,83 @@ def _datetime(title: str) -> dict[str, str]:
     return {"type": "string", "format": "date-time", "title": title}
 
 
-def _field_group(title: str, description: str, tenant: str, extends: str,
-                 properties: dict[str, Any]) -> dict[str, Any]:
+def _field_group(
+    title: str, description: str, tenant: str, extends: str, properties: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "title": title,
         "description": description,
         "type": "object",
         "meta:intendedToExtend": [extends],
-        "definitions": {"fields": {"properties": {f"_{tenant}": {"type": "object", "properties": properties}}}},
+        "definitions": {
+            "fields": {"properties": {f"_{tenant}": {"type": "object", "properties": properties}}}
+        },
         "allOf": [{"$ref": "#/definitions/fields"}],
     }
 
 
 def profile_field_group(title: str, tenant: str, f: OutputFields) -> dict[str, Any]:
-    membership = {f.audience_id: _string("Audience ID"), f.audience_name: _string("Audience name"),
-                  f.status: _string("Membership status"),
-                  f.qualification_time: _datetime("Last qualification time")}
+    membership = {
+        f.audience_id: _string("Audience ID"),
+        f.audience_name: _string("Audience name"),
+        f.status: _string("Membership status"),
+        f.qualification_time: _datetime("Last qualification time"),
+    }
     properties: dict[str, Any] = {
-        f.memberships: {"type": "array", "title": "Audience memberships",
-                        "items": {"type": "object", "properties": membership}},
+        f.memberships: {
+            "type": "array",
+            "title": "Audience memberships",
+            "items": {"type": "object", "properties": membership},
+        },
         f.audience_ids: _string("Audience IDs (comma-separated)"),
         f.audience_names: _string("Audience names (comma-separated)"),
         **membership,  # per-membership layout
     }
-    return _field_group(title, "AEP audience memberships, maintained by airflow-cja-audiences", tenant,
-                        PROFILE_CLASS, properties)
+    return _field_group(
+        title,
+        "AEP audience memberships, maintained by airflow-cja-audiences",
+        tenant,
+        PROFILE_CLASS,
+        properties,
+    )
 
 
 def event_field_group(title: str, tenant: str, f: OutputFields) -> dict[str, Any]:
-    properties = {"personID": _string("Person ID"), f.audience_id: _string("Audience ID"),
-                  f.audience_name: _string("Audience name"),
-                  f.event_type: {"type": "string", "title": "Audience event", "enum": ["entered", "exited"]}}
-    return _field_group(title, "AEP audience entries and exits, maintained by airflow-cja-audiences", tenant,
-                        EVENT_CLASS, properties)
+    properties = {
+        "personID": _string("Person ID"),
+        f.audience_id: _string("Audience ID"),
+        f.audience_name: _string("Audience name"),
+        f.event_type: {"type": "string", "title": "Audience event", "enum": ["entered", "exited"]},
+    }
+    return _field_group(
+        title,
+        "AEP audience entries and exits, maintained by airflow-cja-audiences",
+        tenant,
+        EVENT_CLASS,
+        properties,
+    )
 
 
 def schema_body(title: str, class_id: str, field_group_ids: list[str]) -> dict[str, Any]:
-    return {"title": title, "type": "object",
-            "description": "Created by airflow-cja-audiences for Customer Journey Analytics",
-            "allOf": [{"$ref": class_id}, *({"$ref": fg} for fg in field_group_ids)]}
+    return {
+        "title": title,
+        "type": "object",
+        "description": "Created by airflow-cja-audiences for Customer Journey Analytics",
+        "allOf": [{"$ref": class_id}, *({"$ref": fg} for fg in field_group_ids)],
+    }
 
 
 def identity_descriptor(schema_id: str, source_property: str, namespace: str) -> dict[str, Any]:
     """Primary identity descriptor; ``source_property`` is a slash path like ``/personID``."""
-    return {"@type": "xdm:descriptorIdentity", "xdm:sourceSchema": schema_id, "xdm:sourceVersion": 1,
-            "xdm:sourceProperty": source_property, "xdm:namespace": namespace,
-            "xdm:property": "xdm:code", "xdm:isPrimary": True}
+    return {
+        "@type": "xdm:descriptorIdentity",
+        "xdm:sourceSchema": schema_id,
+        "xdm:sourceVersion": 1,
+        "xdm:sourceProperty": source_property,
+        "xdm:namespace": namespace,
+        "xdm:property": "xdm:code",
+        "xdm:isPrimary": True,
+    }
 
 
 def field_group_properties(field_group: dict[str, Any], tenant: str) -> dict[str, Any]:

@@ -36,9 +36,14 @@ def serve(state_dir: Path, table: str, build: Callable[[Any], None], max_rows: i
             raise PermissionError("Invalid authentication token")
 
     server = QueryServiceServer(
-        host="127.0.0.1", port=0, ssl_context=tls.server_context(files), connect=db.cursor,
-        authenticate=authenticate, max_rows=max_rows,
-        list_tables=lambda: [{"name": table, "dataSetId": "bench", "dataSet": "bench", "description": None}])
+        host="127.0.0.1",
+        port=0,
+        ssl_context=tls.server_context(files),
+        connect=db.cursor,
+        authenticate=authenticate,
+        max_rows=max_rows,
+        list_tables=lambda: [{"name": table, "dataSetId": "bench", "dataSet": "bench", "description": None}],
+    )
     server.start()
     print("READY " + json.dumps({"port": server.port, "ca": str(files.ca_bundle)}), flush=True)
     try:
@@ -51,15 +56,27 @@ class ServerProcess:
     """In the parent: ``python -m <module> --serve DIR <args>``; ``dsn`` verifies the server's certificate."""
 
     def __init__(self, module: str, state_dir: Path, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", module, "--serve", str(state_dir), *args],
-                                     cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, "--serve", str(state_dir), *args],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if not line.startswith("READY "):
             self.stop()
             raise RuntimeError(f"the Query Service emulator did not start (said {line!r})")
-        info = json.loads(line[len("READY "):])
-        self.dsn = {"host": "127.0.0.1", "port": info["port"], "user": USER, "password": TOKEN,
-                    "dbname": DATABASE, "sslmode": "verify-full", "sslrootcert": info["ca"]}
+        info = json.loads(line[len("READY ") :])
+        self.dsn = {
+            "host": "127.0.0.1",
+            "port": info["port"],
+            "user": USER,
+            "password": TOKEN,
+            "dbname": DATABASE,
+            "sslmode": "verify-full",
+            "sslrootcert": info["ca"],
+        }
 
     def stop(self) -> None:
         if self.proc.stdin:

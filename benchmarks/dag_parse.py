@@ -20,14 +20,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_MS = 150.0
 
-EMPTY_DAG = '''
+EMPTY_DAG = """
 from datetime import datetime
 from airflow.sdk import DAG
 with DAG("empty", schedule=None, start_date=datetime(2026, 1, 1)):
     pass
-'''
+"""
 
-MEASURE = '''
+MEASURE = """
 import sys, time, runpy
 import airflow.sdk  # noqa: F401  (both kinds of DAG file pay for the SDK)
 from airflow.sdk import DAG  # noqa: F401
@@ -37,12 +37,13 @@ elapsed = time.perf_counter() - start
 heavy = sorted(m for m in ("psycopg", "psycopg2", "duckdb", "sqlglot", "aiohttp", "pandas", "starlette",
                            "uvicorn", "aep_emulator") if m in sys.modules)
 print(f"{elapsed * 1000:.3f} {','.join(heavy) or '-'}")
-'''
+"""
 
 
 def _measure(path: Path) -> tuple[float, str]:
-    out = subprocess.run([sys.executable, "-c", MEASURE, str(path)], check=True, capture_output=True, text=True,
-                         cwd=ROOT).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(path)], check=True, capture_output=True, text=True, cwd=ROOT
+    ).stdout.split()
     return float(out[0]), out[1]
 
 
@@ -62,9 +63,15 @@ def main(argv: list[str] | None = None) -> int:
             ours_ms.append(ms)
     e, o = statistics.median(empty_ms), statistics.median(ours_ms)
     extra = o - e
-    print(f"empty DAG file:  median {e:7.1f} ms  (min {min(empty_ms):.1f}, max {max(empty_ms):.1f}, n={args.runs})")
-    print(f"our DAG file:    median {o:7.1f} ms  (min {min(ours_ms):.1f}, max {max(ours_ms):.1f}, n={args.runs})")
-    print(f"extra parse cost: {extra:.1f} ms (target <= {TARGET_MS:.0f} ms): {'OK' if extra <= TARGET_MS else 'MISSED'}")
+    print(
+        f"empty DAG file:  median {e:7.1f} ms  (min {min(empty_ms):.1f}, max {max(empty_ms):.1f}, n={args.runs})"
+    )
+    print(
+        f"our DAG file:    median {o:7.1f} ms  (min {min(ours_ms):.1f}, max {max(ours_ms):.1f}, n={args.runs})"
+    )
+    print(
+        f"extra parse cost: {extra:.1f} ms (target <= {TARGET_MS:.0f} ms): {'OK' if extra <= TARGET_MS else 'MISSED'}"
+    )
     print(f"heavy modules loaded by our DAG file: {heavy}")
     return 0 if extra <= TARGET_MS and heavy == "-" else 1
 

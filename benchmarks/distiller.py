@@ -40,7 +40,10 @@ JOB_ID = "bench_server"
 RSS_TOLERANCE = 0.10
 RSS_SLACK_MB = 16.0
 # Child processes import this checkout's package (not another one an editable install points at).
-CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+CHILD_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+}
 
 
 class Emulator:
@@ -48,10 +51,31 @@ class Emulator:
         ready_file = workdir / "emulator-ready.json"
         self.log = (workdir / "emulator.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "aep_emulator", "--port", "0", "--pg-port", "0",
-             "--profiles", str(profiles), "--client-secret", SECRET, "--state-dir", str(workdir / "emulator"),
-             "--export-job-seconds", "1", "--batch-seconds", "0.5", "--ready-file", str(ready_file)],
-            stdout=subprocess.DEVNULL, stderr=self.log, env=CHILD_ENV)
+            [
+                sys.executable,
+                "-m",
+                "aep_emulator",
+                "--port",
+                "0",
+                "--pg-port",
+                "0",
+                "--profiles",
+                str(profiles),
+                "--client-secret",
+                SECRET,
+                "--state-dir",
+                str(workdir / "emulator"),
+                "--export-job-seconds",
+                "1",
+                "--batch-seconds",
+                "0.5",
+                "--ready-file",
+                str(ready_file),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+            env=CHILD_ENV,
+        )
         deadline = time.monotonic() + 300
         while not ready_file.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -64,8 +88,9 @@ class Emulator:
         """JSON, or with ``lines`` the JSON Lines of the answer as objects."""
         import requests
 
-        response = requests.get(self.ready["base_url"] + path, params=params, timeout=600,
-                                verify=self.ready["ca_bundle"])
+        response = requests.get(
+            self.ready["base_url"] + path, params=params, timeout=600, verify=self.ready["ca_bundle"]
+        )
         response.raise_for_status()
         if lines:
             return [json.loads(line) for line in response.text.splitlines() if line.strip()]
@@ -83,8 +108,13 @@ class Emulator:
 
 
 def _airflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).with_name("airflow")), *args], env=env, text=True,
-                          capture_output=True, check=False)
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), *args],
+        env=env,
+        text=True,
+        capture_output=True,
+        check=False,
+    )
 
 
 def _status_kb(pid: int, field: str) -> int:
@@ -130,11 +160,21 @@ def task_seconds(log: str, task_ids: tuple[str, ...]) -> dict[str, float | None]
     """Seconds from each task's first start to its last end, from ``airflow dags test``'s log lines."""
     out: dict[str, float | None] = {}
     for task_id in task_ids:
-        starts = re.findall(rf"^(\S+) \[info\s*\] \[DAG TEST\] starting task_id={task_id} ", log, re.MULTILINE)
+        starts = re.findall(
+            rf"^(\S+) \[info\s*\] \[DAG TEST\] starting task_id={task_id} ", log, re.MULTILINE
+        )
         ends = re.findall(rf"^(\S+) \[info\s*\] \[DAG TEST\] end task task_id={task_id} ", log, re.MULTILINE)
-        out[f"{task_id}_s"] = round((datetime.fromisoformat(ends[-1].replace("Z", "+00:00"))
-                                     - datetime.fromisoformat(starts[0].replace("Z", "+00:00"))).total_seconds(), 1) \
-            if starts and ends else None
+        out[f"{task_id}_s"] = (
+            round(
+                (
+                    datetime.fromisoformat(ends[-1].replace("Z", "+00:00"))
+                    - datetime.fromisoformat(starts[0].replace("Z", "+00:00"))
+                ).total_seconds(),
+                1,
+            )
+            if starts and ends
+            else None
+        )
     return out
 
 
@@ -145,16 +185,38 @@ def run_once(profiles: int, workdir: Path) -> dict[str, Any]:
     try:
         audiences = [a["id"] for a in emulator.get("/emulator/state")["audiences"][:3]]
         jobs = workdir / "jobs.json"
-        jobs.write_text(json.dumps({"jobs": [{
-            "job_id": JOB_ID, "path": "server", "publish_events": False, "retries": 0, "poll_interval_seconds": 1,
-            "schedule": "0 2 * * *", "audiences": [{"id": a} for a in audiences],
-            "identity": {"field": "_{tenant}.identification.core.email", "namespace": "Email"}}]}))
+        jobs.write_text(
+            json.dumps(
+                {
+                    "jobs": [
+                        {
+                            "job_id": JOB_ID,
+                            "path": "server",
+                            "publish_events": False,
+                            "retries": 0,
+                            "poll_interval_seconds": 1,
+                            "schedule": "0 2 * * *",
+                            "audiences": [{"id": a} for a in audiences],
+                            "identity": {
+                                "field": "_{tenant}.identification.core.email",
+                                "namespace": "Email",
+                            },
+                        }
+                    ]
+                }
+            )
+        )
         home = workdir / "airflow"
-        env = {**CHILD_ENV, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-               "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"), "CJA_AUDIENCES_CONFIG": str(jobs),
-               "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-               "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-               **airflow_connection_env("adobe_experience_platform_default", emulator.ready, SECRET)}
+        env = {
+            **CHILD_ENV,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "CJA_AUDIENCES_CONFIG": str(jobs),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            **airflow_connection_env("adobe_experience_platform_default", emulator.ready, SECRET),
+        }
         if _airflow(env, "db", "migrate").returncode != 0:
             raise RuntimeError("airflow db migrate failed")
         _airflow(env, "pools", "set", "cja_audiences_query_service", "4", "Query Service concurrency")
@@ -164,9 +226,19 @@ def run_once(profiles: int, workdir: Path) -> dict[str, Any]:
         log_path = workdir / "dags-test.log"
         started = time.monotonic()
         with log_path.open("w") as log:
-            child = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "dags", "test",
-                                      f"cja_audiences__{JOB_ID}", end.isoformat()], env=env, stdout=log,
-                                     stderr=subprocess.STDOUT, text=True)
+            child = subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("airflow")),
+                    "dags",
+                    "test",
+                    f"cja_audiences__{JOB_ID}",
+                    end.isoformat(),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             peak_kb = watch_peak_rss(child)
         wall = time.monotonic() - started
         output = log_path.read_text()
@@ -174,26 +246,48 @@ def run_once(profiles: int, workdir: Path) -> dict[str, Any]:
             raise RuntimeError(f"the DAG run failed (exit {child.returncode}); log: {log_path}")
         state = emulator.get("/emulator/state")
         prod = state["sandboxes"]["prod"]
-        export_ds = next(i for i, d in prod["datasets"].items() if d["name"] == f"CJA audiences export - {JOB_ID}")
-        profile_ds = next(i for i, d in prod["datasets"].items() if d["name"] == f"CJA audience profiles - {JOB_ID}")
+        export_ds = next(
+            i for i, d in prod["datasets"].items() if d["name"] == f"CJA audiences export - {JOB_ID}"
+        )
+        profile_ds = next(
+            i for i, d in prod["datasets"].items() if d["name"] == f"CJA audience profiles - {JOB_ID}"
+        )
         export_table = prod["datasets"][export_ds]["table"]
-        live = [b for b in prod["batches"].values() if b["status"] == "success"
-                and {"type": "dataSet", "id": profile_ds} in b["relatedObjects"]]
+        live = [
+            b
+            for b in prod["batches"].values()
+            if b["status"] == "success" and {"type": "dataSet", "id": profile_ds} in b["relatedObjects"]
+        ]
         scans = emulator.get("/emulator/stats")["tableScans"]
         truth_people = None
         if profiles <= 1_000_000:
             # The truth as of the export the snapshot was computed from (memberships keep changing).
             export_ms = max(j["creationTime"] for j in prod["exportJobs"] if j["status"] == "SUCCEEDED")
             at = datetime.fromtimestamp(export_ms // 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            rows = emulator.get("/emulator/truth/snapshot", lines=True, audience=audiences,
-                                status=["realized", "existing"], at=at)
+            rows = emulator.get(
+                "/emulator/truth/snapshot",
+                lines=True,
+                audience=audiences,
+                status=["realized", "existing"],
+                at=at,
+            )
             emails = {row.get("email") for row in rows}
             truth_people = len(emails - {None, ""})
-        steps = task_seconds(output, ("export_audiences", "prepare_snapshot", "distill_snapshot", "publish_snapshot"))
-        return {"profiles": profiles, "wall_seconds": round(wall, 1), **steps, "peak_rss_mb": round(peak_kb / 1024, 1),
-                "batch_scans": scans.get(f"batch:{export_table}", 0), "adhoc_scans": scans.get(f"adhoc:{export_table}", 0),
-                "live_batches": len(live), "records": sum(int(b.get("recordCount") or 0) for b in live),
-                "truth_people": truth_people, "datasets_written": 1}
+        steps = task_seconds(
+            output, ("export_audiences", "prepare_snapshot", "distill_snapshot", "publish_snapshot")
+        )
+        return {
+            "profiles": profiles,
+            "wall_seconds": round(wall, 1),
+            **steps,
+            "peak_rss_mb": round(peak_kb / 1024, 1),
+            "batch_scans": scans.get(f"batch:{export_table}", 0),
+            "adhoc_scans": scans.get(f"adhoc:{export_table}", 0),
+            "live_batches": len(live),
+            "records": sum(int(b.get("recordCount") or 0) for b in live),
+            "truth_people": truth_people,
+            "datasets_written": 1,
+        }
     finally:
         emulator.stop()
 
@@ -217,24 +311,34 @@ def main(argv: list[str] | None = None) -> int:
     failures = []
     for r in results:
         if r["batch_scans"] != r["datasets_written"]:
-            failures.append(f"{r['profiles']}: {r['batch_scans']} batch-query scans of the export for "
-                            f"{r['datasets_written']} dataset written (target: one each)")
+            failures.append(
+                f"{r['profiles']}: {r['batch_scans']} batch-query scans of the export for "
+                f"{r['datasets_written']} dataset written (target: one each)"
+            )
         if r["live_batches"] != 1:
             failures.append(f"{r['profiles']}: {r['live_batches']} live snapshot batches (target: 1)")
         if r["truth_people"] is not None and r["records"] != r["truth_people"]:
-            failures.append(f"{r['profiles']}: {r['records']} records for {r['truth_people']} members in the truth")
+            failures.append(
+                f"{r['profiles']}: {r['records']} records for {r['truth_people']} members in the truth"
+            )
     if len({r["adhoc_scans"] for r in results}) > 1:
         failures.append(f"ad hoc scans differ between sizes: {[r['adhoc_scans'] for r in results]}")
     small, large = results[0], results[-1]
     limit = small["peak_rss_mb"] * (1 + RSS_TOLERANCE) + RSS_SLACK_MB
     if len(results) > 1 and large["peak_rss_mb"] > limit:
-        failures.append(f"peak RSS grows with N: {small['peak_rss_mb']} MB at {small['profiles']}, "
-                        f"{large['peak_rss_mb']} MB at {large['profiles']} (limit {limit:.0f} MB)")
-    print(f"{'profiles':>10} {'wall s':>8} {'distill s':>10} {'prepare s':>10} {'peak RSS MB':>12} {'batch scans':>12} "
-          f"{'ad hoc scans':>13} {'records':>9}")
+        failures.append(
+            f"peak RSS grows with N: {small['peak_rss_mb']} MB at {small['profiles']}, "
+            f"{large['peak_rss_mb']} MB at {large['profiles']} (limit {limit:.0f} MB)"
+        )
+    print(
+        f"{'profiles':>10} {'wall s':>8} {'distill s':>10} {'prepare s':>10} {'peak RSS MB':>12} {'batch scans':>12} "
+        f"{'ad hoc scans':>13} {'records':>9}"
+    )
     for r in results:
-        print(f"{r['profiles']:>10} {r['wall_seconds']:>8} {r['distill_snapshot_s']!s:>10} {r['prepare_snapshot_s']!s:>10} "
-              f"{r['peak_rss_mb']:>12} {r['batch_scans']:>12} {r['adhoc_scans']:>13} {r['records']:>9}")
+        print(
+            f"{r['profiles']:>10} {r['wall_seconds']:>8} {r['distill_snapshot_s']!s:>10} {r['prepare_snapshot_s']!s:>10} "
+            f"{r['peak_rss_mb']:>12} {r['batch_scans']:>12} {r['adhoc_scans']:>13} {r['records']:>9}"
+        )
     for failure in failures:
         print(f"FAIL {failure}", file=sys.stderr)
     print("PASS" if not failures else "FAIL", flush=True)

@@ -48,31 +48,50 @@ def _iso(instant: datetime) -> str:
 def _get_lines(emulator: demo.Emulator, path: str, params: dict) -> list[dict]:
     import requests
 
-    response = requests.get(emulator.ready["base_url"] + path, params=params, timeout=120,
-                            verify=emulator.ready["ca_bundle"])
+    response = requests.get(
+        emulator.ready["base_url"] + path, params=params, timeout=120, verify=emulator.ready["ca_bundle"]
+    )
     response.raise_for_status()
     return [json.loads(line) for line in response.text.splitlines() if line]
 
 
-def _compare(emulator: demo.Emulator, audiences: list[str], tenant: str, dataset_id: str,
-             days: list[tuple[datetime, datetime]]) -> list[dict]:
+def _compare(
+    emulator: demo.Emulator,
+    audiences: list[str],
+    tenant: str,
+    dataset_id: str,
+    days: list[tuple[datetime, datetime]],
+) -> list[dict]:
     records = _get_lines(emulator, f"/emulator/datasets/{dataset_id}/records", {})
     t = f"_{tenant}"
-    published = Counter((r[t]["personID"], r[t]["audienceMembershipId"], r[t]["audienceEventType"], r["timestamp"])
-                        for r in records)
+    published = Counter(
+        (r[t]["personID"], r[t]["audienceMembershipId"], r[t]["audienceEventType"], r["timestamp"])
+        for r in records
+    )
     rows = []
     for start, end in days:
         s, e = _iso(start), _iso(end)
-        truth = {(x["email"], x["audience_id"], x["event"], x["time"])
-                 for x in _get_lines(emulator, "/emulator/truth/transitions",
-                                     {"audience": audiences, "start": s, "end": e})}
+        truth = {
+            (x["email"], x["audience_id"], x["event"], x["time"])
+            for x in _get_lines(
+                emulator, "/emulator/truth/transitions", {"audience": audiences, "start": s, "end": e}
+            )
+        }
         day = {k: n for k, n in published.items() if s <= k[3] < e}
         for event in ("entered", "exited"):
             mine = {k: n for k, n in day.items() if k[2] == event}
             real = {k for k in truth if k[2] == event}
-            rows.append({"interval": f"[{s}, {e})", "event": event, "truth": len(real),
-                         "published": sum(mine.values()), "exact": len(set(mine) & real),
-                         "duplicates": sum(n - 1 for n in mine.values()), "false": len(set(mine) - real)})
+            rows.append(
+                {
+                    "interval": f"[{s}, {e})",
+                    "event": event,
+                    "truth": len(real),
+                    "published": sum(mine.values()),
+                    "exact": len(set(mine) & real),
+                    "duplicates": sum(n - 1 for n in mine.values()),
+                    "false": len(set(mine) - real),
+                }
+            )
     return rows
 
 
@@ -80,19 +99,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=3)
     parser.add_argument("--profiles", type=int, default=20_000)
-    parser.add_argument("--delay", type=int, default=90, help="seconds after each interval end the run exports")
-    parser.add_argument("--measure-only", action="store_true", help="exit 0 even with false or duplicate events")
+    parser.add_argument(
+        "--delay", type=int, default=90, help="seconds after each interval end the run exports"
+    )
+    parser.add_argument(
+        "--measure-only", action="store_true", help="exit 0 even with false or duplicate events"
+    )
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="cja-event-history-"))
     emulator = None
     try:
         emulator = demo.Emulator(workdir, args.profiles)
         home = workdir / "airflow"
-        env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-               "AIRFLOW__CORE__DAGS_FOLDER": str(demo.ROOT / "dags"),
-               "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-               "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-               **airflow_connection_env("adobe_experience_platform_default", emulator.ready, demo.SECRET)}
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(demo.ROOT / "dags"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            **airflow_connection_env("adobe_experience_platform_default", emulator.ready, demo.SECRET),
+        }
         if demo._airflow(env, "db", "migrate", capture=True).returncode != 0:
             raise RuntimeError("airflow db migrate failed")
         demo._airflow(env, "pools", "set", "cja_audiences_query_service", "4", "Query Service", capture=True)
@@ -105,14 +132,25 @@ def main(argv: list[str] | None = None) -> int:
             demo._run_dag(env, end, workdir / f"run{k + 1}.log")
         state = emulator.admin("GET", "/emulator/state")
         sandbox = state["sandboxes"]["prod"]
-        job = next(j for j in yaml.safe_load((demo.ROOT / "dags" / "cja_audiences.yaml").read_text())["jobs"]
-                   if j["job_id"] == JOB_ID)
+        job = next(
+            j
+            for j in yaml.safe_load((demo.ROOT / "dags" / "cja_audiences.yaml").read_text())["jobs"]
+            if j["job_id"] == JOB_ID
+        )
         names = {a["name"] for a in job["audiences"]}
         audiences = [a["id"] for a in state["audiences"] if a["name"] in names]
-        dataset_id = next(i for i, d in sandbox["datasets"].items()
-                          if d["name"] == f"CJA audience membership events - {JOB_ID}")
-        rows = _compare(emulator, audiences, emulator.ready["tenant"], dataset_id,
-                        [(end - timedelta(days=1), end) for end in ends])
+        dataset_id = next(
+            i
+            for i, d in sandbox["datasets"].items()
+            if d["name"] == f"CJA audience membership events - {JOB_ID}"
+        )
+        rows = _compare(
+            emulator,
+            audiences,
+            emulator.ready["tenant"],
+            dataset_id,
+            [(end - timedelta(days=1), end) for end in ends],
+        )
     finally:
         if emulator is not None:
             emulator.stop()
@@ -122,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         print("  ".join(str(r[h]).rjust(w) for h, w in zip(header, widths)))
     shutil.rmtree(workdir, ignore_errors=True)
     bad = sum(r["duplicates"] + r["false"] for r in rows)
-    print(f"\n{bad} duplicate or false events; {sum(r['exact'] for r in rows)} of "
-          f"{sum(r['truth'] for r in rows)} true transitions published exactly")
+    print(
+        f"\n{bad} duplicate or false events; {sum(r['exact'] for r in rows)} of "
+        f"{sum(r['truth'] for r in rows)} true transitions published exactly"
+    )
     return 1 if bad and not args.measure_only else 0
 
 

@@ -65,7 +65,9 @@ def main() -> int:
 
     def row(case: str, outcome: str, counted: str, seconds: float, ok: bool) -> None:
         rows.append((case, outcome, counted, seconds, ok))
-        print(f"| {case} | {outcome} | {counted} | {seconds:.2f} | {'ok' if ok else 'EXCEEDED'} |", flush=True)
+        print(
+            f"| {case} | {outcome} | {counted} | {seconds:.2f} | {'ok' if ok else 'EXCEEDED'} |", flush=True
+        )
 
     def batch_call(path: str, **kwargs: Any) -> Callable[[], Any]:
         hook = CatalogHook(**{**FAST, **kwargs})
@@ -95,15 +97,25 @@ def main() -> int:
 
     for status in (429, 500):
         connect()
-        site.adobe.script = platform(lambda r, s=status: reply(s, {"error_code": str(s), "message": "no"})
-                                     if r.method == "POST" else reply(200, {}))
+        site.adobe.script = platform(
+            lambda r, s=status: (
+                reply(s, {"error_code": str(s), "message": "no"}) if r.method == "POST" else reply(200, {})
+            )
+        )
         hook = CatalogHook(max_attempts=3, **FAST)
         hook.get_access_token()
-        outcome, seconds = run(lambda hook=hook: hook.create_dataset("d", schema_id="_xdm.context.profile__union"))
+        outcome, seconds = run(
+            lambda hook=hook: hook.create_dataset("d", schema_id="_xdm.context.profile__union")
+        )
         posts = site.adobe.calls("/data/foundation/catalog/dataSets", "POST")
         api = site.adobe.calls() - site.adobe.calls(hostile.IMS_PATH)
-        row(f"create answered {status}, max_attempts=3", outcome, f"{posts} POSTs, {api} API requests", seconds,
-            api <= 3)
+        row(
+            f"create answered {status}, max_attempts=3",
+            outcome,
+            f"{posts} POSTs, {api} API requests",
+            seconds,
+            api <= 3,
+        )
 
     for path in ("sync", "async"):
         connect()
@@ -111,32 +123,57 @@ def main() -> int:
         site.other.script = lambda r: ims()
         outcome, seconds = run(batch_call(path, max_attempts=1))
         leaked = sum(hostile.CLIENT_SECRET.encode() in r.body for r in site.other.requests)
-        row(f"IMS 307 to another host ({path})", outcome, f"{leaked} client secrets sent there", seconds, leaked == 0)
+        row(
+            f"IMS 307 to another host ({path})",
+            outcome,
+            f"{leaked} client secrets sent there",
+            seconds,
+            leaked == 0,
+        )
         connect()
         site.adobe.script = platform(lambda r: reply(302, b"", {"Location": site.plain.url + "/portal"}))
         site.plain.script = lambda r: reply(200, {"b1": {"status": "success"}})
         outcome, seconds = run(batch_call(path, max_attempts=1))
         n = site.plain.calls()
-        row(f"API 302 to an http:// host ({path})", outcome, f"{n} requests with API key there", seconds, n == 0)
+        row(
+            f"API 302 to an http:// host ({path})",
+            outcome,
+            f"{n} requests with API key there",
+            seconds,
+            n == 0,
+        )
 
     for path in ("sync", "async"):
         connect(timeout=3, call_deadline=3)
         site.adobe.script = platform(lambda r: site.adobe.drip(r, content_length=12))
         outcome, seconds = run(batch_call(path, max_attempts=3))
-        row(f"body drips 1 byte/s for 12 s, timeout 3 s, call_deadline 3 s ({path})", outcome,
-            f"{site.adobe.calls() - 1} API requests", seconds, seconds < 3 + 5)
+        row(
+            f"body drips 1 byte/s for 12 s, timeout 3 s, call_deadline 3 s ({path})",
+            outcome,
+            f"{site.adobe.calls() - 1} API requests",
+            seconds,
+            seconds < 3 + 5,
+        )
 
     for path, declared in (("sync", True), ("async", True), ("sync", False), ("async", False)):
         connect()
-        site.adobe.script = platform(lambda r, d=declared: site.adobe.stream(
-            r, (b" " * MiB for _ in range(200)), content_length=200 * MiB if d else None))
+        site.adobe.script = platform(
+            lambda r, d=declared: site.adobe.stream(
+                r, (b" " * MiB for _ in range(200)), content_length=200 * MiB if d else None
+            )
+        )
         tracemalloc.start()
         outcome, seconds = run(batch_call(path, max_attempts=1))
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         how = "Content-Length" if declared else "chunked"
-        row(f"200 MiB answer ({how}), default 64 MiB cap ({path})", outcome,
-            f"{peak / MiB:.0f} MiB peak Python allocations", seconds, peak < 150 * MiB)
+        row(
+            f"200 MiB answer ({how}), default 64 MiB cap ({path})",
+            outcome,
+            f"{peak / MiB:.0f} MiB peak Python allocations",
+            seconds,
+            peak < 150 * MiB,
+        )
 
     finished = threading.Event()
 
@@ -144,6 +181,7 @@ def main() -> int:
         def stop() -> None:
             if not finished.wait(seconds):
                 site.adobe.script = platform(lambda r: reply(200, {}))
+
         threading.Thread(target=stop, daemon=True).start()
 
     connect()
@@ -157,41 +195,63 @@ def main() -> int:
 
     connect(max_pages=50)
     pages = iter(range(10**9))
-    site.adobe.script = platform(lambda r: reply(200, {f"p{next(pages)}-{i}": {"name": "x"} for i in range(100)}))
+    site.adobe.script = platform(
+        lambda r: reply(200, {f"p{next(pages)}-{i}": {"name": "x"} for i in range(100)})
+    )
     finished.clear()
     stop_after(5)
     outcome, seconds = run(lambda: len(CatalogHook(max_attempts=1).find_datasets_by_name("x")))
     finished.set()
     n = site.adobe.calls() - 1
-    row("list answers a new full page forever, max_pages=50 (cut after 5 s)", outcome, f"{n} pages", seconds, n <= 50)
+    row(
+        "list answers a new full page forever, max_pages=50 (cut after 5 s)",
+        outcome,
+        f"{n} pages",
+        seconds,
+        n <= 50,
+    )
 
     connect()
-    site.adobe.script = platform(lambda r: reply(429, {"error_code": "429", "message": "slow"}, {"Retry-After": "nan"}))
+    site.adobe.script = platform(
+        lambda r: reply(429, {"error_code": "429", "message": "slow"}, {"Retry-After": "nan"})
+    )
     outcome, seconds = run(batch_call("sync", max_attempts=5, initial_retry_wait=0.5, max_retry_wait=60))
-    row("429 with Retry-After: nan, max_attempts=5, first wait 0.5 s", outcome,
-        f"{site.adobe.calls() - 1} API requests", seconds, seconds >= 4 * 0.5)
+    row(
+        "429 with Retry-After: nan, max_attempts=5, first wait 0.5 s",
+        outcome,
+        f"{site.adobe.calls() - 1} API requests",
+        seconds,
+        seconds >= 4 * 0.5,
+    )
 
     connect()
-    site.adobe.script = lambda r: ims(expires_in=0) if r.path == hostile.IMS_PATH else reply(200, {"b1": {"status": "success"}})
+    site.adobe.script = lambda r: (
+        ims(expires_in=0) if r.path == hostile.IMS_PATH else reply(200, {"b1": {"status": "success"}})
+    )
     hook = CatalogHook(max_attempts=1)
     outcome, seconds = run(lambda: [hook.get_batch("b1") for _ in range(5)])
     n = site.adobe.calls(hostile.IMS_PATH)
     row("IMS expires_in 0, then 5 calls", outcome, f"{n} IMS requests", seconds, n <= 1)
 
     connect()
-    site.adobe.script = lambda r: ims(token=None) if r.path == hostile.IMS_PATH else reply(200, {"b1": {"status": "success"}})
+    site.adobe.script = lambda r: (
+        ims(token=None) if r.path == hostile.IMS_PATH else reply(200, {"b1": {"status": "success"}})
+    )
     outcome, seconds = run(lambda: CatalogHook(max_attempts=1).get_batch("b1"))
     n = sum(r.headers.get("Authorization") == "Bearer None" for r in site.adobe.requests)
     row("IMS access_token null", outcome, f"{n} requests sent with 'Bearer None'", seconds, n == 0)
 
-    for case, answer in (("200 with HTML", reply(200, "<html>portal</html>", {"Content-Type": "text/html"})),
-                         ("200 with a wrong shape", reply(200, {"b1": {"status": 7}}))):
+    for case, answer in (
+        ("200 with HTML", reply(200, "<html>portal</html>", {"Content-Type": "text/html"})),
+        ("200 with a wrong shape", reply(200, {"b1": {"status": 7}})),
+    ):
         connect()
         site.adobe.script = platform(lambda r, a=answer: a)
 
         async def events() -> list[Any]:
-            trigger = BatchTrigger(batch_id="b1", poll_interval=0.1, deadline=time.time() + 10,
-                                   hook_params={"max_attempts": 1})
+            trigger = BatchTrigger(
+                batch_id="b1", poll_interval=0.1, deadline=time.time() + 10, hook_params={"max_attempts": 1}
+            )
             return [e.payload.get("status") async for e in trigger.run()]
 
         outcome, seconds = run(lambda: asyncio.run(events()))

@@ -68,11 +68,35 @@ class Emulator:
         ready_file = workdir / "emulator-ready.json"
         self.stderr = (workdir / "emulator.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "aep_emulator", "--port", "0", "--pg-port", "0",
-             "--profiles", str(profiles), "--client-secret", SECRET, "--state-dir", str(workdir / "emulator"),
-             "--export-job-seconds", "3", "--batch-seconds", "1", "--ready-file", str(ready_file),
-             "--qs-seconds-per-million-rows", str(per_million), "--qs-seconds-per-query", str(per_query)],
-            stdout=subprocess.DEVNULL, stderr=self.stderr, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            [
+                sys.executable,
+                "-m",
+                "aep_emulator",
+                "--port",
+                "0",
+                "--pg-port",
+                "0",
+                "--profiles",
+                str(profiles),
+                "--client-secret",
+                SECRET,
+                "--state-dir",
+                str(workdir / "emulator"),
+                "--export-job-seconds",
+                "3",
+                "--batch-seconds",
+                "1",
+                "--ready-file",
+                str(ready_file),
+                "--qs-seconds-per-million-rows",
+                str(per_million),
+                "--qs-seconds-per-query",
+                str(per_query),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self.stderr,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         deadline = time.monotonic() + 600
         while not ready_file.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -84,8 +108,9 @@ class Emulator:
     def admin(self, method: str, path: str, body: dict | None = None) -> Any:
         import requests
 
-        response = requests.request(method, self.ready["base_url"] + path, json=body, timeout=60,
-                                    verify=self.ready["ca_bundle"])
+        response = requests.request(
+            method, self.ready["base_url"] + path, json=body, timeout=60, verify=self.ready["ca_bundle"]
+        )
         response.raise_for_status()
         return response.json()
 
@@ -101,8 +126,13 @@ class Emulator:
 
 
 def _airflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).with_name("airflow")), *args], env=env, text=True,
-                          capture_output=True, check=False)
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), *args],
+        env=env,
+        text=True,
+        capture_output=True,
+        check=False,
+    )
 
 
 def _peak_rss_run(command: list[str], env: dict[str, str]) -> tuple[int, str, float, float]:
@@ -136,16 +166,26 @@ def _peak_rss_run(command: list[str], env: dict[str, str]) -> tuple[int, str, fl
 def _plans(output: str) -> list[dict[str, int]]:
     """What each prepare task logged: partitions (and, for 'time', how many the budget required)."""
     found = []
-    for match in re.finditer(r"(snapshot|events): (\d+) rows in (\d+) partitions(?: \((\d+) required)?", output):
-        found.append({"kind": match[1], "rows": int(match[2]), "partitions": int(match[3]),
-                      "required": int(match[4]) if match[4] else int(match[3])})
+    for match in re.finditer(
+        r"(snapshot|events): (\d+) rows in (\d+) partitions(?: \((\d+) required)?", output
+    ):
+        found.append(
+            {
+                "kind": match[1],
+                "rows": int(match[2]),
+                "partitions": int(match[3]),
+                "required": int(match[4]) if match[4] else int(match[3]),
+            }
+        )
     return found
 
 
 def _jobs_file(path: Path, mode: str) -> None:
     text = (ROOT / "dags" / "cja_audiences.yaml").read_text()
     if mode != "main":
-        text = text.replace("    layout: per_person\n", f"    layout: per_person\n    query_partitioning: {mode}\n")
+        text = text.replace(
+            "    layout: per_person\n", f"    layout: per_person\n    query_partitioning: {mode}\n"
+        )
         assert f"query_partitioning: {mode}" in text, "the demo jobs file changed: update the benchmark"
     path.write_text(text)
 
@@ -157,15 +197,23 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     try:
         home = workdir / "airflow"
         _jobs_file(workdir / "jobs.yaml", mode)
-        env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-               "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"), "PYTHONPATH": str(ROOT),
-               "CJA_AUDIENCES_CONFIG": str(workdir / "jobs.yaml"),
-               "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-               "AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-               **airflow_connection_env("adobe_experience_platform_default", emulator.ready, SECRET)}
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "PYTHONPATH": str(ROOT),
+            "CJA_AUDIENCES_CONFIG": str(workdir / "jobs.yaml"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            **airflow_connection_env("adobe_experience_platform_default", emulator.ready, SECRET),
+        }
         if _airflow(env, "db", "migrate").returncode != 0:
             raise RuntimeError("airflow db migrate failed")
-        _airflow(env, "pools", "set", "cja_audiences_query_service", str(POOL_SLOTS), "Query Service concurrency")
+        _airflow(
+            env, "pools", "set", "cja_audiences_query_service", str(POOL_SLOTS), "Query Service concurrency"
+        )
         today = datetime.now(timezone.utc).replace(hour=2, minute=0, second=0, microsecond=0)
         if today > datetime.now(timezone.utc):
             today -= timedelta(days=1)
@@ -178,17 +226,28 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             emulator.admin("DELETE", "/emulator/query-service/scans")
             logical = today - timedelta(days=back)
             code, output, seconds, rss = _peak_rss_run(
-                [str(Path(sys.executable).with_name("airflow")), "dags", "test", DAG_ID, logical.isoformat()], env)
+                [str(Path(sys.executable).with_name("airflow")), "dags", "test", DAG_ID, logical.isoformat()],
+                env,
+            )
             (workdir / f"run{run + 1}.log").write_text(output)
             if code != 0 or "CJA audience refresh report" not in output:
-                raise RuntimeError(f"{mode} run {run + 1} failed (exit {code}); log: {workdir / f'run{run + 1}.log'}")
+                raise RuntimeError(
+                    f"{mode} run {run + 1} failed (exit {code}); log: {workdir / f'run{run + 1}.log'}"
+                )
             scans = emulator.admin("GET", "/emulator/query-service/scans")
-            entry = {"run": run + 1, "wall_seconds": round(seconds, 1), "peak_rss_mb": round(rss), "scans": scans,
-                     "plans": _plans(output)}
+            entry = {
+                "run": run + 1,
+                "wall_seconds": round(seconds, 1),
+                "peak_rss_mb": round(rss),
+                "scans": scans,
+                "plans": _plans(output),
+            }
             result["runs"].append(entry)
-            _log(f"{mode} run {run + 1}: {seconds:.0f} s wall, peak RSS {rss:.0f} MB, {scans['scans']} scans "
-                 f"({scans['batch_scans']} batch scans, {scans['rows_scanned']:,} rows), modelled Query Service "
-                 f"{scans['modelled_seconds']:.0f} s, plans {entry['plans']}")
+            _log(
+                f"{mode} run {run + 1}: {seconds:.0f} s wall, peak RSS {rss:.0f} MB, {scans['scans']} scans "
+                f"({scans['batch_scans']} batch scans, {scans['rows_scanned']:,} rows), modelled Query Service "
+                f"{scans['modelled_seconds']:.0f} s, plans {entry['plans']}"
+            )
         result["floor"] = _floor(emulator, env)
         _log(f"{mode} floor: {result['floor']}")
     finally:
@@ -212,23 +271,35 @@ def _floor(emulator: Emulator, env: dict[str, str]) -> dict[str, Any]:
 
     state = emulator.admin("GET", "/emulator/state")
     prod = state["sandboxes"]["prod"]
-    jobs = sorted((j for j in prod["exportJobs"] if j.get("status") == "SUCCEEDED"), key=lambda j: j["creationTime"])
+    jobs = sorted(
+        (j for j in prod["exportJobs"] if j.get("status") == "SUCCEEDED"), key=lambda j: j["creationTime"]
+    )
     latest = jobs[-1]
     dataset = prod["datasets"][latest["destination"]["datasetId"]]
     table = dataset["tags"]["adobe/pqs/table"][0]
     job = JobsFile.model_validate(yaml.safe_load(Path(env["CJA_AUDIENCES_CONFIG"]).read_text())).jobs[0]
     names = {a.name for a in job.audiences}
     ids = [a["id"] for a in state["audiences"] if a["name"] in names]
-    q = sql.build_membership_query(job, table=table, batch_id=latest["destination"]["batchId"],
-                                   tenant=state.get("tenant") or "demoemea", audience_ids=ids)
+    q = sql.build_membership_query(
+        job,
+        table=table,
+        batch_id=latest["destination"]["batchId"],
+        tenant=state.get("tenant") or "demoemea",
+        audience_ids=ids,
+    )
     clear_token_cache()
     emulator.admin("DELETE", "/emulator/query-service/scans")
     started = time.monotonic()
     rows = sum(len(batch) for batch in QueryServiceHook().stream(sql.lift_row_cap(sql.membership_sql(q))))
     seconds = time.monotonic() - started
     scans = emulator.admin("GET", "/emulator/query-service/scans")
-    return {"rows": rows, "wall_seconds": round(seconds, 1), "modelled_seconds": scans["modelled_seconds"],
-            "rows_scanned": scans["rows_scanned"], "transfer_seconds": round(max(seconds - scans["modelled_seconds"], 0), 1)}
+    return {
+        "rows": rows,
+        "wall_seconds": round(seconds, 1),
+        "modelled_seconds": scans["modelled_seconds"],
+        "rows_scanned": scans["rows_scanned"],
+        "transfer_seconds": round(max(seconds - scans["modelled_seconds"], 0), 1),
+    }
 
 
 def _project(results: dict[str, dict], args: argparse.Namespace) -> list[str]:
@@ -242,43 +313,66 @@ def _project(results: dict[str, dict], args: argparse.Namespace) -> list[str]:
     exported = floor["rows_scanned"] / args.profiles  # the export holds the audiences' members only
     transfer_rate = floor["rows"] / max(floor["transfer_seconds"], 0.1)
     defaults = RefreshJob.model_fields
-    budget, rate = defaults["query_time_budget_seconds"].default, defaults["query_service_rows_per_second"].default
-    out = [(f"projection (snapshot load only; {per_profile:.2f} membership rows per profile, planner rate {rate:g} "
+    budget, rate = (
+        defaults["query_time_budget_seconds"].default,
+        defaults["query_service_rows_per_second"].default,
+    )
+    out = [
+        (
+            f"projection (snapshot load only; {per_profile:.2f} membership rows per profile, planner rate {rate:g} "
             f"rows/s, budget {budget:g} s, {exported:.2f} exported profiles per profile, scan = "
-            f"{args.seconds_per_query:g} s + {args.seconds_per_million_rows:g} s per M exported profiles):")]
-    out.append(f"  {'profiles':>11} {'rows':>11} {'rows-mode scans':>16} {'rows-mode QS h':>15} "
-               f"{'time-mode scans':>16} {'time-mode QS min':>17} {'floor QS min':>13}")
+            f"{args.seconds_per_query:g} s + {args.seconds_per_million_rows:g} s per M exported profiles):"
+        )
+    ]
+    out.append(
+        f"  {'profiles':>11} {'rows':>11} {'rows-mode scans':>16} {'rows-mode QS h':>15} "
+        f"{'time-mode scans':>16} {'time-mode QS min':>17} {'floor QS min':>13}"
+    )
     for profiles in sorted({args.profiles, 10_000_000, 50_000_000}):
         rows = int(per_profile * profiles)
         scan = args.seconds_per_query + args.seconds_per_million_rows * exported * profiles / 1e6
         transfer = rows / rate  # on real Query Service the worker's rate bounds the transfer
         by_rows = len(plan_by_rows(rows, 40_000, 10**9))
         try:
-            plan = plan_by_time(rows, scan_seconds=scan, rows_per_second=rate, budget_seconds=budget, concurrency=5)
+            plan = plan_by_time(
+                rows, scan_seconds=scan, rows_per_second=rate, budget_seconds=budget, concurrency=5
+            )
             time_cell = f"{plan.count:>16} {plan.total_seconds / 60:>17.1f}"
         except ValueError as exc:
             time_cell = f"{'no plan: ' + str(exc)[:40]:>34}"
-        out.append(f"  {profiles:>11,} {rows:>11,} {by_rows:>16} {(by_rows * scan + transfer) / 3600:>15.2f} "
-                   f"{time_cell} {(scan + transfer) / 60:>13.1f}")
+        out.append(
+            f"  {profiles:>11,} {rows:>11,} {by_rows:>16} {(by_rows * scan + transfer) / 3600:>15.2f} "
+            f"{time_cell} {(scan + transfer) / 60:>13.1f}"
+        )
     out.append(f"  (emulator transfer rate of the floor query: {transfer_rate:,.0f} rows/s)")
     return out
 
 
 def report(results: dict[str, dict], args: argparse.Namespace) -> tuple[list[str], bool]:
-    lines = [(f"pipeline at {args.profiles:,} profiles, scan cost {args.seconds_per_million_rows:g} s per M rows + "
-              f"{args.seconds_per_query:g} s per query, pool {POOL_SLOTS} slots, `airflow dags test`:"),
-             (f"  {'mode':<5} {'run':>3} {'wall s':>7} {'peak RSS MB':>12} {'scans':>6} {'batch scans':>12} "
-              f"{'rows scanned':>13} {'modelled QS s':>14}  partitions (snapshot, events)")]
+    lines = [
+        (
+            f"pipeline at {args.profiles:,} profiles, scan cost {args.seconds_per_million_rows:g} s per M rows + "
+            f"{args.seconds_per_query:g} s per query, pool {POOL_SLOTS} slots, `airflow dags test`:"
+        ),
+        (
+            f"  {'mode':<5} {'run':>3} {'wall s':>7} {'peak RSS MB':>12} {'scans':>6} {'batch scans':>12} "
+            f"{'rows scanned':>13} {'modelled QS s':>14}  partitions (snapshot, events)"
+        ),
+    ]
     for mode, res in results.items():
         for run in res["runs"]:
             s = run["scans"]
             parts = ", ".join(f"{p['kind']} {p['partitions']}" for p in run["plans"])
-            lines.append(f"  {mode:<5} {run['run']:>3} {run['wall_seconds']:>7.0f} {run['peak_rss_mb']:>12} "
-                         f"{s['scans']:>6} {s['batch_scans']:>12} {s['rows_scanned']:>13,} "
-                         f"{s['modelled_seconds']:>14.0f}  {parts}")
+            lines.append(
+                f"  {mode:<5} {run['run']:>3} {run['wall_seconds']:>7.0f} {run['peak_rss_mb']:>12} "
+                f"{s['scans']:>6} {s['batch_scans']:>12} {s['rows_scanned']:>13,} "
+                f"{s['modelled_seconds']:>14.0f}  {parts}"
+            )
         f = res["floor"]
-        lines.append(f"  {mode:<5} floor: one LIMIT 0 query, {f['rows']:,} rows in {f['wall_seconds']:.1f} s "
-                     f"(modelled scan {f['modelled_seconds']:.1f} s, transfer {f['transfer_seconds']:.1f} s)")
+        lines.append(
+            f"  {mode:<5} floor: one LIMIT 0 query, {f['rows']:,} rows in {f['wall_seconds']:.1f} s "
+            f"(modelled scan {f['modelled_seconds']:.1f} s, transfer {f['transfer_seconds']:.1f} s)"
+        )
     ok = True
     if "time" in results:
         res = results["time"]
@@ -288,31 +382,41 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> tuple[list[str
             for plan in run["plans"]:
                 good = plan["partitions"] <= plan["required"] + MAX_EXTRA_SCANS
                 ok &= good
-                lines.append(f"  [{'ok' if good else 'MISSED'}] time run {run['run']} {plan['kind']}: "
-                             f"{plan['partitions']} partition queries <= {plan['required']} required + {MAX_EXTRA_SCANS}")
+                lines.append(
+                    f"  [{'ok' if good else 'MISSED'}] time run {run['run']} {plan['kind']}: "
+                    f"{plan['partitions']} partition queries <= {plan['required']} required + {MAX_EXTRA_SCANS}"
+                )
             snap = next((p for p in run["plans"] if p["kind"] == "snapshot"), None)
             if snap and floor["wall_seconds"] > 0:
                 qs = snap["partitions"] * scan + floor["transfer_seconds"]
                 base = scan + floor["transfer_seconds"]
                 good = qs <= MAX_QS_FACTOR * base
                 ok &= good
-                lines.append(f"  [{'ok' if good else 'MISSED'}] time run {run['run']} snapshot partitions' Query "
-                             f"Service time {qs:.1f} s <= {MAX_QS_FACTOR:g} x floor {base:.1f} s")
+                lines.append(
+                    f"  [{'ok' if good else 'MISSED'}] time run {run['run']} snapshot partitions' Query "
+                    f"Service time {qs:.1f} s <= {MAX_QS_FACTOR:g} x floor {base:.1f} s"
+                )
         if "rows" in results:
             ours = max(r["peak_rss_mb"] for r in res["runs"])
             before = max(r["peak_rss_mb"] for r in results["rows"]["runs"])
             good = ours <= MAX_RSS_GROWTH * before
             ok &= good
-            lines.append(f"  [{'ok' if good else 'MISSED'}] peak RSS {ours} MB (time) <= {MAX_RSS_GROWTH:g} x "
-                         f"{before} MB (rows)")
+            lines.append(
+                f"  [{'ok' if good else 'MISSED'}] peak RSS {ours} MB (time) <= {MAX_RSS_GROWTH:g} x "
+                f"{before} MB (rows)"
+            )
     lines += _project(results, args)
     return lines, ok
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profiles", type=int, default=300_000,
-                        help="synthetic profiles (default %(default)s, a few minutes; the issue's figures use 1000000)")
+    parser.add_argument(
+        "--profiles",
+        type=int,
+        default=300_000,
+        help="synthetic profiles (default %(default)s, a few minutes; the issue's figures use 1000000)",
+    )
     parser.add_argument("--modes", default="rows,time", help="comma-separated: rows (before), time (after)")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--seconds-per-million-rows", type=float, default=REALISTIC_SECONDS_PER_MILLION_ROWS)
@@ -329,8 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     lines, ok = report(results, args)
     print("\n".join(lines), flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results},
-                                        indent=2, default=str))
+        args.json.write_text(
+            json.dumps(
+                {"args": vars(args) | {"json": str(args.json)}, "results": results}, indent=2, default=str
+            )
+        )
     return 0 if ok else 1
 
 

@@ -40,7 +40,7 @@ from benchmarks import _qs_server
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = "bench_export"
 QUERY = f"""SELECT personID, key AS audienceId, value.status AS status,
-       {iso_utc('value.lastQualificationTime')} AS qualificationTime
+       {iso_utc("value.lastQualificationTime")} AS qualificationTime
 FROM (SELECT _bench.identification.core.email AS personID, explode(segmentMembership.ups)
       FROM {TABLE} WHERE _acp_batchid = 'bench-batch')
 WHERE key IN ('aud-a', 'aud-b') AND value.status IN ('realized', 'existing')"""
@@ -69,12 +69,15 @@ def build_table(db: Any, rows: int) -> None:
 
 # --- server process -----------------------------------------------------------------------------
 
+
 def start_server(state_dir: Path, rows: int, max_rows: int) -> _qs_server.ServerProcess:
-    return _qs_server.ServerProcess("benchmarks.query_service_fetch", state_dir, "--rows", str(rows),
-                                    "--max-rows", str(max_rows))
+    return _qs_server.ServerProcess(
+        "benchmarks.query_service_fetch", state_dir, "--rows", str(rows), "--max-rows", str(max_rows)
+    )
 
 
 # --- client processes ---------------------------------------------------------------------------
+
 
 def fetch(client: str, dsn: dict[str, Any], sql: str) -> tuple[int, float]:
     """Read every row with one client; return (rows, seconds), connection set-up excluded."""
@@ -112,8 +115,16 @@ def fetch(client: str, dsn: dict[str, Any], sql: str) -> tuple[int, float]:
 def run_clients(client: str, dsn: dict[str, Any], sql: str, parallel: int = 1) -> list[tuple[int, float]]:
     """Run ``parallel`` client processes at once (started together) and collect their results."""
     job = json.dumps({"client": client, "dsn": dsn, "sql": sql})
-    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.query_service_fetch", "--client"], cwd=ROOT,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(parallel)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.query_service_fetch", "--client"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(parallel)
+    ]
     for proc in procs:
         assert proc.stdin is not None
         proc.stdin.write(job)
@@ -168,7 +179,9 @@ def server_encoding_rate(rows: int) -> float:
 def main() -> int:
     """No target of its own (it measures the fetch floor ``benchmarks.transform`` is compared with):
     exit 0 when every client read every row, non-zero otherwise (an assertion or a failed client)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3, help="runs per client (the median is printed)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
@@ -184,15 +197,21 @@ def main() -> int:
         return 0
 
     rows = args.rows
-    print(f"Query Service emulator fetch benchmark: {rows:,} rows x 4 text columns, TLS (verify-full), "
-          f"{os.cpu_count()} CPUs")
-    print(f"  server-side encoding only (DuckDB -> DataRow bytes): {server_encoding_rate(rows):>12,.0f} rows/s")
+    print(
+        f"Query Service emulator fetch benchmark: {rows:,} rows x 4 text columns, TLS (verify-full), "
+        f"{os.cpu_count()} CPUs"
+    )
+    print(
+        f"  server-side encoding only (DuckDB -> DataRow bytes): {server_encoding_rate(rows):>12,.0f} rows/s"
+    )
     modes = {"stream": (QUERY + "\nLIMIT 0", 50_000), "capped": (QUERY, rows + 1)}
     with tempfile.TemporaryDirectory() as tmp:
         for mode, (sql, max_rows) in modes.items():
             server = start_server(Path(tmp) / mode, rows, max_rows)
             try:
-                print(f"  mode {mode} ({'LIMIT 0 override, rows stream' if mode == 'stream' else 'row cap raised to ' + format(max_rows, ',') + ', result held before sending'}):")
+                print(
+                    f"  mode {mode} ({'LIMIT 0 override, rows stream' if mode == 'stream' else 'row cap raised to ' + format(max_rows, ',') + ', result held before sending'}):"
+                )
                 for client in CLIENTS:
                     runs = [run_clients(client, server.dsn, sql)[0] for _ in range(args.repeat)]
                     assert all(count == rows for count, _ in runs), runs

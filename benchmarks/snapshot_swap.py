@@ -40,16 +40,30 @@ def _iso(instant: datetime) -> str:
 
 def overlaps(batches: dict[str, dict], job_id: str) -> list[dict]:
     """Each replaced snapshot batch of the job with the batch that replaced it and the overlap (ms)."""
-    snapshots = sorted((b for b in batches.values()
-                        if (label := BatchLabel.parse(b.get("externalId"))) and label.job_id == job_id
-                        and label.kind == "snapshot" and b.get("completed") and b["status"] in ("success", "inactive")),
-                       key=lambda b: b["completed"])
+    snapshots = sorted(
+        (
+            b
+            for b in batches.values()
+            if (label := BatchLabel.parse(b.get("externalId")))
+            and label.job_id == job_id
+            and label.kind == "snapshot"
+            and b.get("completed")
+            and b["status"] in ("success", "inactive")
+        ),
+        key=lambda b: b["completed"],
+    )
     rows = []
     for old, new in itertools.pairwise(snapshots):
         if old["status"] != "inactive":
             continue
-        rows.append({"replaced": old["id"], "by": new["id"], "replay": bool(new.get("replay")),
-                     "overlap_ms": max(0, old["updated"] - new["completed"])})
+        rows.append(
+            {
+                "replaced": old["id"],
+                "by": new["id"],
+                "replay": bool(new.get("replay")),
+                "overlap_ms": max(0, old["updated"] - new["completed"]),
+            }
+        )
     return rows
 
 
@@ -64,11 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         emulator = demo.Emulator(workdir, args.profiles)
         home = workdir / "airflow"
-        env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-               "AIRFLOW__CORE__DAGS_FOLDER": str(demo.ROOT / "dags"),
-               "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-               "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-               **airflow_connection_env("adobe_experience_platform_default", emulator.ready, demo.SECRET)}
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(demo.ROOT / "dags"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            **airflow_connection_env("adobe_experience_platform_default", emulator.ready, demo.SECRET),
+        }
         if demo._airflow(env, "db", "migrate", capture=True).returncode != 0:
             raise RuntimeError("airflow db migrate failed")
         demo._airflow(env, "pools", "set", "cja_audiences_query_service", "4", "Query Service", capture=True)
@@ -85,13 +103,17 @@ def main(argv: list[str] | None = None) -> int:
             emulator.stop()
     shutil.rmtree(workdir, ignore_errors=True)
     for row in rows:
-        print(f"{row['replaced']} replaced by {row['by']} ({'batch replay' if row['replay'] else 'explicit revert'}): "
-              f"both live for {row['overlap_ms']} ms")
+        print(
+            f"{row['replaced']} replaced by {row['by']} ({'batch replay' if row['replay'] else 'explicit revert'}): "
+            f"both live for {row['overlap_ms']} ms"
+        )
     if not rows:
         print("no snapshot was replaced")
         return 1
     values = [r["overlap_ms"] for r in rows]
-    print(f"\noverlap over {len(values)} swaps: median {statistics.median(values):g} ms, max {max(values)} ms")
+    print(
+        f"\noverlap over {len(values)} swaps: median {statistics.median(values):g} ms, max {max(values)} ms"
+    )
     return 1 if max(values) > 0 and not args.measure_only else 0
 
 

@@ -52,7 +52,7 @@ TENANT = "bench"
 TABLE = "bench_audience_export"
 AUDIENCES = [f"4d4c6a59-2b4d-4bbd-9aa4-7c3b3f54d2{j:02d}" for j in range(10)]
 JOB_AUDIENCES = AUDIENCES[:9]  # the tenth is exported but not asked for: the IN filter matters
-NAMES = {a: f"Luma - Segment {j} \"{'Gold' if j % 2 else 'Silver'}\", EU" for j, a in enumerate(AUDIENCES)}
+NAMES = {a: f'Luma - Segment {j} "{"Gold" if j % 2 else "Silver"}", EU' for j, a in enumerate(AUDIENCES)}
 SIZES = {"200k": 200_000, "2M": 2_000_000}
 MAX_ROWS_PER_QUERY = 40_000
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -69,8 +69,12 @@ AUDIENCE_SQL = "'4d4c6a59-2b4d-4bbd-9aa4-7c3b3f54d2' || lpad(j::VARCHAR, 2, '0')
 def _member_rows_per_profile() -> float:
     """Selected, non-exited memberships per profile of the generator (exact over one cycle)."""
     cycle = 60  # lcm of the moduli in MEMBER_OF and the status cycle
-    count = sum(1 for i in range(cycle) for j in range(9)
-                if ((i * 7 + j * 13) % 4 == 0 or (i + j) % 5 == 0) and (i + j) % 6 != 0)
+    count = sum(
+        1
+        for i in range(cycle)
+        for j in range(9)
+        if ((i * 7 + j * 13) % 4 == 0 or (i + j) % 5 == 0) and (i + j) % 6 != 0
+    )
     return count / cycle
 
 
@@ -81,6 +85,7 @@ def profiles_for(rows: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # The server process
 # ---------------------------------------------------------------------------------------------
+
 
 def build_table(db: Any) -> None:
     """One export batch per size in one table, same profiles (the smaller one a prefix)."""
@@ -122,6 +127,7 @@ def start_server(state_dir: Path, max_rows: int) -> _qs_server.ServerProcess:
 # Variants (each runs in its own process: `--variant NAME` with a JSON job on stdin)
 # ---------------------------------------------------------------------------------------------
 
+
 @contextmanager
 def server_cursor(conn: Any, query: str) -> Iterator[Any]:
     """A psycopg 3 named cursor (DECLARE/FETCH): the rows are never all in memory."""
@@ -158,7 +164,12 @@ def variant_ours(conn: Any, job: dict[str, Any]) -> dict[str, Any]:
             with server_cursor(conn, query) as cur:
                 for chunk in encoder.encode(prefetch_batches(cur, FETCH_BATCH)):
                     writer.write(chunk.data, chunk.records)
-    return {"rows": encoder.rows, "records": writer.records, "bytes": writer.bytes, "files": len(writer.files)}
+    return {
+        "rows": encoder.rows,
+        "records": writer.records,
+        "bytes": writer.bytes,
+        "files": len(writer.files),
+    }
 
 
 def variant_recipe(conn: Any, job: dict[str, Any]) -> dict[str, Any]:
@@ -170,8 +181,10 @@ def variant_recipe(conn: Any, job: dict[str, Any]) -> dict[str, Any]:
             rows += cur.fetchall()
         conn.commit()
     # "The result of the query, in JSON format": one array, ids numbered like ROW_NUMBER().
-    result = [{"_id": str(n), "personID": p, "audienceMembershipId": a, "status": s, "lastQualificationTime": t}
-              for n, (p, a, s, t) in enumerate(rows, 1)]
+    result = [
+        {"_id": str(n), "personID": p, "audienceMembershipId": a, "status": s, "lastQualificationTime": t}
+        for n, (p, a, s, t) in enumerate(rows, 1)
+    ]
     del rows
     with open(out / "query_result.json", "w") as f:
         json.dump(result, f)
@@ -179,11 +192,19 @@ def variant_recipe(conn: Any, job: dict[str, Any]) -> dict[str, Any]:
     # "Transform JSON": add the tenant namespace and the friendly names.
     with open(out / "query_result.json") as f:
         data = json.load(f)
-    final = [{"_id": r["_id"], "personID": r["personID"],
-              f"_{TENANT}": {"audienceMembershipId": r["audienceMembershipId"],
-                             "audienceMembershipName": NAMES[r["audienceMembershipId"]],
-                             "status": r["status"], "lastQualificationTime": r["lastQualificationTime"]}}
-             for r in data]
+    final = [
+        {
+            "_id": r["_id"],
+            "personID": r["personID"],
+            f"_{TENANT}": {
+                "audienceMembershipId": r["audienceMembershipId"],
+                "audienceMembershipName": NAMES[r["audienceMembershipId"]],
+                "status": r["status"],
+                "lastQualificationTime": r["lastQualificationTime"],
+            },
+        }
+        for r in data
+    ]
     with open(out / "final.json", "w") as f:
         json.dump(final, f)
     size = (out / "final.json").stat().st_size
@@ -203,19 +224,25 @@ def variant_pandas(conn: Any, job: dict[str, Any]) -> dict[str, Any]:
     df = pd.concat(frames, ignore_index=True)
     del frames
     df["audienceMembershipName"] = df["audienceId"].map(NAMES)
-    df = df.rename(columns={"audienceId": "audienceMembershipId", "qualificationTime": "lastQualificationTime"})
+    df = df.rename(
+        columns={"audienceId": "audienceMembershipId", "qualificationTime": "lastQualificationTime"}
+    )
     member_cols = ["audienceMembershipId", "audienceMembershipName", "status", "lastQualificationTime"]
     df["membership"] = df[member_cols].to_dict("records")
     grouped = df.groupby("personID", sort=False).agg(
         audienceMembership=("membership", list),
         audienceMembershipIds=("audienceMembershipId", ",".join),
-        audienceMembershipNames=("audienceMembershipName", ",".join))
-    out = pd.DataFrame({
-        "_id": [hashlib.md5(f"bench\x1f{p}".encode()).hexdigest() for p in grouped.index],
-        "personID": grouped.index,
-        f"_{TENANT}": grouped[["audienceMembership", "audienceMembershipIds", "audienceMembershipNames"]]
-        .to_dict("records"),
-    })
+        audienceMembershipNames=("audienceMembershipName", ",".join),
+    )
+    out = pd.DataFrame(
+        {
+            "_id": [hashlib.md5(f"bench\x1f{p}".encode()).hexdigest() for p in grouped.index],
+            "personID": grouped.index,
+            f"_{TENANT}": grouped[
+                ["audienceMembership", "audienceMembershipIds", "audienceMembershipNames"]
+            ].to_dict("records"),
+        }
+    )
     path = Path(job["out"]) / "pandas.json"
     out.to_json(path, orient="records", lines=True)
     return {"rows": len(df), "records": len(out), "bytes": path.stat().st_size, "files": 1}
@@ -256,8 +283,14 @@ def peak_rss_mb() -> float:
 
 
 def measure(name: str, job: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.transform", "--variant", name], cwd=ROOT,
-                          input=json.dumps(job), capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.transform", "--variant", name],
+        cwd=ROOT,
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"variant {name} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -266,6 +299,7 @@ def measure(name: str, job: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Transform only (no database): the cost our code adds per row
 # ---------------------------------------------------------------------------------------------
+
 
 def transform_only(rows: int = 1_000_000) -> dict[str, float]:
     """ns/row of encoding (and of encoding + writing files), on fresh batches like a fetch produces."""
@@ -305,10 +339,12 @@ def transform_only(rows: int = 1_000_000) -> dict[str, float]:
     base = timed(lambda: [None for _ in batches()])
     encode = timed(lambda: [None for _ in RecordEncoder(spec).encode(batches())])
     with tempfile.TemporaryDirectory() as tmp:
+
         def encode_and_write() -> None:
             with JsonlFileWriter(tmp, "t", MAX_FILE_BYTES, on_file=lambda f: f.path.unlink()) as w:
                 for chunk in RecordEncoder(spec).encode(batches()):
                     w.write(chunk.data, chunk.records)
+
         write = timed(encode_and_write)
     return {"rows": n, "encode_ns": (encode - base) / n * 1e9, "encode_write_ns": (write - base) / n * 1e9}
 
@@ -317,15 +353,22 @@ def transform_only(rows: int = 1_000_000) -> dict[str, float]:
 # Driver
 # ---------------------------------------------------------------------------------------------
 
+
 def plan_queries(dsn: dict[str, Any], size: str, partitioned: bool) -> tuple[int, list[str]]:
     import psycopg
 
     from airflow_cja_audiences import sql
     from airflow_cja_audiences.config import RefreshJob
 
-    job = RefreshJob.model_validate({
-        "job_id": "bench", "tenant": TENANT, "audiences": [{"id": a} for a in JOB_AUDIENCES],
-        "identity": {"field": "_{tenant}.identification.core.email"}, "max_rows_per_query": MAX_ROWS_PER_QUERY})
+    job = RefreshJob.model_validate(
+        {
+            "job_id": "bench",
+            "tenant": TENANT,
+            "audiences": [{"id": a} for a in JOB_AUDIENCES],
+            "identity": {"field": "_{tenant}.identification.core.email"},
+            "max_rows_per_query": MAX_ROWS_PER_QUERY,
+        }
+    )
     q = sql.build_membership_query(job, table=TABLE, batch_id=f"bench-{size}")
     with psycopg.connect(**dsn) as conn:
         memberships, identified = conn.execute(sql.count_sql(q)).fetchone()
@@ -343,13 +386,18 @@ def report(results: dict[str, dict[str, dict[str, Any]]], only: dict[str, float]
         missed += not ok
         return "PASS" if ok else "FAIL"
 
-    out = [f"transform only (no database, {only['rows']:,} rows): encode {only['encode_ns']:.0f} ns/row, "
-           f"encode + write files {only['encode_write_ns']:.0f} ns/row", "",
-           f"{'run':>16} {'variant':>8} {'rows':>10} {'seconds':>8} {'rows/s':>10} {'peak RSS MB':>12}"]
+    out = [
+        f"transform only (no database, {only['rows']:,} rows): encode {only['encode_ns']:.0f} ns/row, "
+        f"encode + write files {only['encode_write_ns']:.0f} ns/row",
+        "",
+        f"{'run':>16} {'variant':>8} {'rows':>10} {'seconds':>8} {'rows/s':>10} {'peak RSS MB':>12}",
+    ]
     for run, by_variant in results.items():
         for name, r in by_variant.items():
-            out.append(f"{run:>16} {name:>8} {r['rows']:>10,} {r['seconds']:>8.2f} "
-                       f"{r['rows'] / r['seconds']:>10,.0f} {r['peak_rss_mb']:>12.1f}")
+            out.append(
+                f"{run:>16} {name:>8} {r['rows']:>10,} {r['seconds']:>8.2f} "
+                f"{r['rows'] / r['seconds']:>10,.0f} {r['peak_rss_mb']:>12.1f}"
+            )
     out += ["", "targets:"]
 
     def rate(r: dict[str, Any]) -> float:
@@ -361,28 +409,40 @@ def report(results: dict[str, dict[str, dict[str, Any]]], only: dict[str, float]
         ours = r["ours"]
         if "floor" in r:
             ratio = rate(ours) / rate(r["floor"])
-            out.append(f"  [{_verdict(ratio >= 0.7)}] {run}: ours at {ratio:.0%} of the raw fetch rate (>= 70%)")
-        out.append(f"  [{_verdict(ours['peak_rss_mb'] < 300)}] {run}: ours peak RSS {ours['peak_rss_mb']:.0f} MB "
-                   f"(< 300 MB)")
+            out.append(
+                f"  [{_verdict(ratio >= 0.7)}] {run}: ours at {ratio:.0%} of the raw fetch rate (>= 70%)"
+            )
+        out.append(
+            f"  [{_verdict(ours['peak_rss_mb'] < 300)}] {run}: ours peak RSS {ours['peak_rss_mb']:.0f} MB "
+            f"(< 300 MB)"
+        )
         for peer in ("recipe", "pandas"):
             if peer in r:
                 speed, memory = rate(ours) / rate(r[peer]), r[peer]["peak_rss_mb"] / ours["peak_rss_mb"]
                 out.append(f"  [{_verdict(speed >= 3)}] {run}: ours {speed:.1f}x faster than {peer} (>= 3x)")
-                out.append(f"  [{_verdict(memory >= 5)}] {run}: ours {memory:.1f}x less peak memory than {peer} "
-                           f"(>= 5x)")
+                out.append(
+                    f"  [{_verdict(memory >= 5)}] {run}: ours {memory:.1f}x less peak memory than {peer} "
+                    f"(>= 5x)"
+                )
     for mode in MODES:
-        runs = [results[f"{mode} {size}"]["ours"] for size in SIZES if "ours" in results.get(f"{mode} {size}", {})]
+        runs = [
+            results[f"{mode} {size}"]["ours"] for size in SIZES if "ours" in results.get(f"{mode} {size}", {})
+        ]
         if len(runs) == 2:
             growth = runs[1]["peak_rss_mb"] / runs[0]["peak_rss_mb"] - 1
-            out.append(f"  [{_verdict(abs(growth) <= 0.15)}] {mode}: ours peak RSS 2M vs 200k {growth:+.0%} "
-                       f"(flat within 15%)")
+            out.append(
+                f"  [{_verdict(abs(growth) <= 0.15)}] {mode}: ours peak RSS 2M vs 200k {growth:+.0%} "
+                f"(flat within 15%)"
+            )
     return out, missed
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated subset of {list(SIZES)}")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}"
+    )
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {list(MODES)}")
     parser.add_argument("--serve", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument("--max-rows", type=int, default=50_000, help=argparse.SUPPRESS)
@@ -398,12 +458,18 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [s for s in args.sizes.split(",") if s]
     variants = [v for v in args.variants.split(",") if v]
     modes = [m for m in args.modes.split(",") if m]
-    unknown = [x for x in sizes if x not in SIZES] + [x for x in variants if x not in VARIANTS] + [
-        x for x in modes if x not in MODES]
+    unknown = (
+        [x for x in sizes if x not in SIZES]
+        + [x for x in variants if x not in VARIANTS]
+        + [x for x in modes if x not in MODES]
+    )
     if unknown:
         parser.error(f"unknown sizes/variants/modes: {unknown}")
-    print(f"transform benchmark: modes {modes}, sizes {sizes}, variants {variants} "
-          f"(each variant in its own process)", flush=True)
+    print(
+        f"transform benchmark: modes {modes}, sizes {sizes}, variants {variants} "
+        f"(each variant in its own process)",
+        flush=True,
+    )
     only = transform_only()
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for mode in modes:
@@ -422,8 +488,11 @@ def main(argv: list[str] | None = None) -> int:
                         if r["rows"] != rows:
                             raise RuntimeError(f"{name} read {r['rows']} rows, expected {rows}")
                         results[run][name] = r
-                        print(f"  {name:>7}: {r['rows'] / r['seconds']:>10,.0f} rows/s, "
-                              f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+                        print(
+                            f"  {name:>7}: {r['rows'] / r['seconds']:>10,.0f} rows/s, "
+                            f"peak RSS {r['peak_rss_mb']:.0f} MB",
+                            flush=True,
+                        )
             finally:
                 server.stop()
     lines, missed = report(results, only)

@@ -62,8 +62,9 @@ async def _monitor(stop: asyncio.Event, tick: float = 0.01) -> dict[str, float]:
     return worst
 
 
-async def _run_all(job_ids: list[int], poll_interval: float,
-                   deadline: float) -> tuple[list[dict], dict[str, float], float]:
+async def _run_all(
+    job_ids: list[int], poll_interval: float, deadline: float
+) -> tuple[list[dict], dict[str, float], float]:
     from airflow_cja_audiences.triggers.aep import ExportJobTrigger  # imported before the loop ran (main)
 
     stop = asyncio.Event()
@@ -96,18 +97,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--triggers", type=int, default=500)
     parser.add_argument("--poll-interval", type=float, default=2.0)
     parser.add_argument("--job-seconds", type=float, default=12.0, help="how long each export job runs")
-    parser.add_argument("--gc-freeze", action="store_true",
-                        help="gc.freeze() before the loop starts, as a triggerer can do at start-up (e.g. from "
-                             "airflow_local_settings.py): full collections then skip the start-up heap")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() before the loop starts, as a triggerer can do at start-up (e.g. from "
+        "airflow_local_settings.py): full collections then skip the start-up heap",
+    )
     args = parser.parse_args(argv)
 
-    from airflow_cja_audiences import DEFAULT_CONN_ID
     from aep_emulator.connection import airflow_connection
+    from airflow_cja_audiences import DEFAULT_CONN_ID
     from tests.emulator_fixture import start_subprocess  # run from the repository root (python -m)
 
     with start_subprocess(profiles=200, args=["--export-job-seconds", str(args.job_seconds)]) as emu:
         os.environ[f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}"] = json.dumps(
-            airflow_connection(emu.ready, emu.credentials.client_secret))
+            airflow_connection(emu.ready, emu.credentials.client_secret)
+        )
         from airflow_cja_audiences.hooks.catalog import CatalogHook
         from airflow_cja_audiences.hooks.platform import clear_token_cache
         from airflow_cja_audiences.hooks.segmentation import SegmentationHook
@@ -124,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         import airflow.jobs.triggerer_job_runner  # noqa: F401
 
         from airflow_cja_audiences.triggers.aep import ExportJobTrigger  # noqa: F401
+
         clear_token_cache()  # the triggers start cold, as in a fresh triggerer
         heap_objects, heap_collection = _full_collection_cost()
         before = emu.admin.stats()
@@ -148,18 +154,30 @@ def main(argv: list[str] | None = None) -> int:
     waited = sum(float(e.get("elapsed_seconds") or 0) for e in events) / len(events)
     max_polls = waited / args.poll_interval + 2
     per_trigger = polls / len(job_ids)
-    print(f"triggers: {len(job_ids)}, succeeded: {ok}, wall time {elapsed:.1f} s (jobs take {args.job_seconds:g} s)")
+    print(
+        f"triggers: {len(job_ids)}, succeeded: {ok}, wall time {elapsed:.1f} s (jobs take {args.job_seconds:g} s)"
+    )
     ms = {k: v * 1000 for k, v in stall.items()}
-    print(f"longest event-loop stall: {ms['cpu']:.1f} ms of computation (target <= {STALL_TARGET_MS:.0f} ms); "
-          f"{ms['wall']:.1f} ms wall time including time the OS ran other processes (load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-    print(f"  without the garbage collector's time: {ms['cpu_without_gc']:.1f} ms (the triggers, aiohttp, asyncio)")
-    print(f"  garbage collector: longest pause {GC.longest_cpu * 1000:.1f} ms CPU ({GC.longest_wall * 1000:.1f} ms "
-          f"wall), total {GC.cpu:.2f} s CPU")
-    print(f"  one full collection of the triggerer's heap before any trigger ran: {heap_collection * 1000:.1f} ms CPU "
-          f"for {heap_objects:,} objects{' (frozen after this measurement)' if args.gc_freeze else ''}")
-    print(f"HTTP polls: {polls} = {per_trigger:.2f} per trigger (poll interval {args.poll_interval:g} s, average "
-          f"wait {waited:.1f} s, bound {max_polls:.1f}); IMS token requests: {tokens}")
+    print(
+        f"longest event-loop stall: {ms['cpu']:.1f} ms of computation (target <= {STALL_TARGET_MS:.0f} ms); "
+        f"{ms['wall']:.1f} ms wall time including time the OS ran other processes (load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
+    )
+    print(
+        f"  without the garbage collector's time: {ms['cpu_without_gc']:.1f} ms (the triggers, aiohttp, asyncio)"
+    )
+    print(
+        f"  garbage collector: longest pause {GC.longest_cpu * 1000:.1f} ms CPU ({GC.longest_wall * 1000:.1f} ms "
+        f"wall), total {GC.cpu:.2f} s CPU"
+    )
+    print(
+        f"  one full collection of the triggerer's heap before any trigger ran: {heap_collection * 1000:.1f} ms CPU "
+        f"for {heap_objects:,} objects{' (frozen after this measurement)' if args.gc_freeze else ''}"
+    )
+    print(
+        f"HTTP polls: {polls} = {per_trigger:.2f} per trigger (poll interval {args.poll_interval:g} s, average "
+        f"wait {waited:.1f} s, bound {max_polls:.1f}); IMS token requests: {tokens}"
+    )
     print(f"CPU time: {cpu:.2f} s = {cpu / max(polls, 1) * 1000:.2f} ms per poll")
     good = ok == len(job_ids) and ms["cpu"] <= STALL_TARGET_MS and per_trigger <= max_polls and tokens <= 1
     print("OK" if good else "MISSED")

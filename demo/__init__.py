@@ -48,10 +48,29 @@ class Emulator:
         ready_file = workdir / "emulator-ready.json"
         self.stderr = (workdir / "emulator.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "aep_emulator", "--port", "0", "--pg-port", "0",
-             "--profiles", str(profiles), "--client-secret", SECRET, "--state-dir", str(workdir / "emulator"),
-             "--mode", mode, *timing, "--ready-file", str(ready_file)],
-            stdout=subprocess.DEVNULL, stderr=self.stderr)
+            [
+                sys.executable,
+                "-m",
+                "aep_emulator",
+                "--port",
+                "0",
+                "--pg-port",
+                "0",
+                "--profiles",
+                str(profiles),
+                "--client-secret",
+                SECRET,
+                "--state-dir",
+                str(workdir / "emulator"),
+                "--mode",
+                mode,
+                *timing,
+                "--ready-file",
+                str(ready_file),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self.stderr,
+        )
         deadline = time.monotonic() + 120
         while not ready_file.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -63,8 +82,9 @@ class Emulator:
     def admin(self, method: str, path: str, body: dict | None = None) -> dict:
         import requests
 
-        response = requests.request(method, self.ready["base_url"] + path, json=body, timeout=30,
-                                    verify=self.ready["ca_bundle"])
+        response = requests.request(
+            method, self.ready["base_url"] + path, json=body, timeout=30, verify=self.ready["ca_bundle"]
+        )
         response.raise_for_status()
         return response.json()
 
@@ -90,11 +110,16 @@ def _run_dag(env: dict[str, str], logical_date: datetime, log_file: Path) -> str
     result = _airflow(env, "dags", "test", DAG_ID, logical_date.isoformat(), capture=True)
     output = result.stdout + result.stderr
     log_file.write_text(output)
-    state = re.findall(r"state=(\w+)", output.split("DagRun Finished")[-1][:400]) if "DagRun Finished" in output \
+    state = (
+        re.findall(r"state=(\w+)", output.split("DagRun Finished")[-1][:400])
+        if "DagRun Finished" in output
         else []
+    )
     if result.returncode != 0 or (state and state[0] != "success") or REPORT_START not in output:
-        raise RuntimeError(f"the DAG run for {logical_date:%Y-%m-%d} failed (exit {result.returncode}, state "
-                           f"{state[0] if state else 'unknown'}); full log: {log_file}")
+        raise RuntimeError(
+            f"the DAG run for {logical_date:%Y-%m-%d} failed (exit {result.returncode}, state "
+            f"{state[0] if state else 'unknown'}); full log: {log_file}"
+        )
     _log(f"run for {logical_date:%Y-%m-%d %H:%M} succeeded in {time.monotonic() - started:.0f} s")
     return output
 
@@ -113,8 +138,12 @@ def _report(output: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", type=int, default=100_000)
-    parser.add_argument("--mode", choices=("realistic", "default"), default="realistic",
-                        help="emulator mode (default %(default)s: Adobe's pace and limits on a compressed clock)")
+    parser.add_argument(
+        "--mode",
+        choices=("realistic", "default"),
+        default="realistic",
+        help="emulator mode (default %(default)s: Adobe's pace and limits on a compressed clock)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary AIRFLOW_HOME and logs")
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -122,18 +151,27 @@ def main(argv: list[str] | None = None) -> int:
     emulator = None
     ok = False
     try:
-        _log(f"starting the AEP emulator in {args.mode} mode with {args.profiles} profiles (logs in {workdir})")
+        _log(
+            f"starting the AEP emulator in {args.mode} mode with {args.profiles} profiles (logs in {workdir})"
+        )
         emulator = Emulator(workdir, args.profiles, args.mode)
         home = workdir / "airflow"
-        env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-               "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-               "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-               "AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-               **airflow_connection_env("adobe_experience_platform_default", emulator.ready, SECRET)}
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            **airflow_connection_env("adobe_experience_platform_default", emulator.ready, SECRET),
+        }
         _log("creating the SQLite metadata DB")
         if _airflow(env, "db", "migrate", capture=True).returncode != 0:
             raise RuntimeError("airflow db migrate failed")
-        _airflow(env, "pools", "set", "cja_audiences_query_service", "4", "Query Service concurrency", capture=True)
+        _airflow(
+            env, "pools", "set", "cja_audiences_query_service", "4", "Query Service concurrency", capture=True
+        )
         today = datetime.now(timezone.utc).replace(hour=2, minute=0, second=0, microsecond=0)
         if today > datetime.now(timezone.utc):
             today -= timedelta(days=1)
@@ -141,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         # run 1 covers the previous interval as of a day ago, run 2 the latest interval as of now.
         now = emulator.admin("GET", "/emulator/clock")["now"]
         emulator.admin("POST", "/emulator/clock", {"advance_seconds": -86_400})
-        _log(f"run 1: interval ending {today - timedelta(days=1):%Y-%m-%d %H:%M} UTC (emulator clock one day back)")
+        _log(
+            f"run 1: interval ending {today - timedelta(days=1):%Y-%m-%d %H:%M} UTC (emulator clock one day back)"
+        )
         _run_dag(env, today - timedelta(days=1), workdir / "run1.log")
         emulator.admin("POST", "/emulator/clock", {"set": now})
         _log(f"run 2: interval ending {today:%Y-%m-%d %H:%M} UTC (emulator clock back to now)")

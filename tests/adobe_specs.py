@@ -185,8 +185,9 @@ class SpecOracle:
         return f"urn:adobe-spec:{spec}"
 
     def _validator(self, spec: str, *pointer: str) -> jsonschema.Draft4Validator:
-        return jsonschema.Draft4Validator({"$ref": f"{self._uri(spec)}#/{_pointer(*pointer)}"},
-                                          registry=self.registry)
+        return jsonschema.Draft4Validator(
+            {"$ref": f"{self._uri(spec)}#/{_pointer(*pointer)}"}, registry=self.registry
+        )
 
     def _resolve(self, spec: str, node: Any) -> Any:
         while isinstance(node, dict) and "$ref" in node:
@@ -202,13 +203,19 @@ class SpecOracle:
     def operation(self, method: str, path: str) -> Operation | None:
         for prefix, spec in SERVICES:
             if path == prefix or path.startswith(prefix + "/"):
-                rest = path if spec in KEEP_PREFIX else path[len(prefix):] or "/"
+                rest = path if spec in KEEP_PREFIX else path[len(prefix) :] or "/"
                 for regex, template, _ in self._templates[spec]:
                     match = regex.match(rest)
                     item = self.docs[spec]["paths"][template]
                     if match and method.lower() in item:
-                        return Operation(spec, method.lower(), template, item[method.lower()],
-                                         {k: unquote(v) for k, v in match.groupdict().items()}, item)
+                        return Operation(
+                            spec,
+                            method.lower(),
+                            template,
+                            item[method.lower()],
+                            {k: unquote(v) for k, v in match.groupdict().items()},
+                            item,
+                        )
                 return None
         return None
 
@@ -222,17 +229,26 @@ class SpecOracle:
     def check(self, call: Recorded) -> list[Finding]:
         op = self.operation(call.method, call.path)
         if op is None:
-            return [Finding(f"{call.method} {call.path}", "request", "path",
-                            "no operation of Adobe's specs matches this call")]
+            return [
+                Finding(
+                    f"{call.method} {call.path}",
+                    "request",
+                    "path",
+                    "no operation of Adobe's specs matches this call",
+                )
+            ]
         return self._check_request(op, call) + self._check_response(op, call)
 
-    def _schema_errors(self, op: Operation, side: str, pointer: tuple[str, ...], instance: Any,
-                       base: str = "$") -> list[Finding]:
+    def _schema_errors(
+        self, op: Operation, side: str, pointer: tuple[str, ...], instance: Any, base: str = "$"
+    ) -> list[Finding]:
         found = []
         for error in self._validator(op.spec, *pointer).iter_errors(instance):
             where = base + _json_path(error.absolute_path)[1:]
             message = error.message[:300]
-            found.append(Finding(op.name, side, where, message, classify_doubt(op, side, where, error, instance)))
+            found.append(
+                Finding(op.name, side, where, message, classify_doubt(op, side, where, error, instance))
+            )
         return found
 
     def _check_request(self, op: Operation, call: Recorded) -> list[Finding]:
@@ -242,27 +258,46 @@ class SpecOracle:
         declared = {p["name"]: (i, p) for i, p in enumerate(params) if p.get("in") == "query"}
         for name, value in query:
             if name not in declared:
-                found.append(Finding(op.name, "request", f"query.{name}", "query parameter not declared by the spec",
-                                     classify_undeclared(op, name)))
+                found.append(
+                    Finding(
+                        op.name,
+                        "request",
+                        f"query.{name}",
+                        "query parameter not declared by the spec",
+                        classify_undeclared(op, name),
+                    )
+                )
                 continue
             index, param = declared[name]
             schema_pointer = self._param_schema_pointer(op, index, param)
-            found += self._schema_errors(op, "request", schema_pointer, self._coerce(op, param, value),
-                                         base=f"query.{name}")
+            found += self._schema_errors(
+                op, "request", schema_pointer, self._coerce(op, param, value), base=f"query.{name}"
+            )
         headers = call.header_names | ({"content-type"} if call.content_type else set())
         for param in params:
             if param.get("in") == "header" and param.get("required") and param["name"].lower() not in headers:
-                found.append(Finding(op.name, "request", f"header.{param['name']}", "required header missing",
-                                     classify_missing_header(op, call, param["name"])))
+                found.append(
+                    Finding(
+                        op.name,
+                        "request",
+                        f"header.{param['name']}",
+                        "required header missing",
+                        classify_missing_header(op, call, param["name"]),
+                    )
+                )
         sent = {name for name, _ in query}
         for name, (_, param) in declared.items():
             if param.get("required") and name not in sent:
                 found.append(Finding(op.name, "request", f"query.{name}", "required query parameter missing"))
         for index, param in enumerate(params):
             if param.get("in") == "path" and param["name"] in op.path_params:
-                found += self._schema_errors(op, "request", self._param_schema_pointer(op, index, param),
-                                             self._coerce(op, param, op.path_params[param["name"]]),
-                                             base=f"path.{param['name']}")
+                found += self._schema_errors(
+                    op,
+                    "request",
+                    self._param_schema_pointer(op, index, param),
+                    self._coerce(op, param, op.path_params[param["name"]]),
+                    base=f"path.{param['name']}",
+                )
         found += self._check_request_body(op, call, params)
         return found
 
@@ -275,8 +310,13 @@ class SpecOracle:
         elif index < len(op.path_item.get("parameters", [])):
             base = ("paths", op.template, "parameters", str(index))
         else:
-            base = ("paths", op.template, op.method, "parameters",
-                    str(index - len(op.path_item.get("parameters", []))))
+            base = (
+                "paths",
+                op.template,
+                op.method,
+                "parameters",
+                str(index - len(op.path_item.get("parameters", []))),
+            )
         return (*base, "schema") if "schema" in param else base
 
     def _coerce(self, op: Operation, param: dict[str, Any], value: str) -> Any:
@@ -297,17 +337,29 @@ class SpecOracle:
             return value == "true"
         return value
 
-    def _check_request_body(self, op: Operation, call: Recorded, params: list[dict[str, Any]]) -> list[Finding]:
+    def _check_request_body(
+        self, op: Operation, call: Recorded, params: list[dict[str, Any]]
+    ) -> list[Finding]:
         media = _media(call.content_type)
         if "requestBody" in op.op:  # OpenAPI 3
             body = self._resolve(op.spec, op.op["requestBody"])
             content = body.get("content", {})
             if call.body is None:
-                return [Finding(op.name, "request", "body", "the spec requires a body")] if body.get("required") else []
+                return (
+                    [Finding(op.name, "request", "body", "the spec requires a body")]
+                    if body.get("required")
+                    else []
+                )
             if media not in content:
-                return [Finding(op.name, "request", "content-type",
-                                f"{media or 'no Content-Type'} is not one of {sorted(content)}",
-                                classify_content_type(op, media, sorted(content)))]
+                return [
+                    Finding(
+                        op.name,
+                        "request",
+                        "content-type",
+                        f"{media or 'no Content-Type'} is not one of {sorted(content)}",
+                        classify_content_type(op, media, sorted(content)),
+                    )
+                ]
             if call.body == "<file>" or "schema" not in content[media]:
                 return []
             pointer = ("paths", op.template, op.method, "requestBody", "content", media, "schema")
@@ -317,13 +369,16 @@ class SpecOracle:
             return self._schema_errors(op, "request", pointer, call.body)
         # Swagger 2: one ``in: body`` parameter; ``consumes`` lists media types.
         raw = op.op.get("parameters", [])
-        for index, param in enumerate(params[len(op.path_item.get("parameters", [])):]):
+        for index, param in enumerate(params[len(op.path_item.get("parameters", [])) :]):
             if param.get("in") == "body":
                 if call.body is None:
                     return []
                 ref = raw[index].get("$ref")
-                pointer = (*ref[2:].split("/"), "schema") if ref else \
-                    ("paths", op.template, op.method, "parameters", str(index), "schema")
+                pointer = (
+                    (*ref[2:].split("/"), "schema")
+                    if ref
+                    else ("paths", op.template, op.method, "parameters", str(index), "schema")
+                )
                 return self._schema_errors(op, "request", pointer, call.body)
         if call.body not in (None, "<file>") and op.method in ("post", "put", "patch"):
             return [Finding(op.name, "request", "body", "a body is sent where the spec declares none")]
@@ -334,8 +389,15 @@ class SpecOracle:
         responses = op.op.get("responses", {})
         key = str(call.status) if str(call.status) in responses else None
         if key is None:
-            return [Finding(op.name, side, "status", f"status {call.status} is not declared "
-                            f"(declared: {', '.join(sorted(responses))})", classify_status(op, call))]
+            return [
+                Finding(
+                    op.name,
+                    side,
+                    "status",
+                    f"status {call.status} is not declared (declared: {', '.join(sorted(responses))})",
+                    classify_status(op, call),
+                )
+            ]
         response = self._resolve(op.spec, responses[key])
         media = _media(call.response_type)
         if "content" in response or self.docs[op.spec].get("openapi"):
@@ -345,14 +407,32 @@ class SpecOracle:
                     return [Finding(op.name, side, "body", "a body is returned where the spec declares none")]
                 return []
             if not call.response_text.strip():
-                return [Finding(op.name, side, "body", f"empty body where the spec declares {sorted(content)}",
-                                classify_empty_body(op, call))]
-            chosen = media if media in content else ("application/json" if "application/json" in content
-                                                      else next(iter(content)))
+                return [
+                    Finding(
+                        op.name,
+                        side,
+                        "body",
+                        f"empty body where the spec declares {sorted(content)}",
+                        classify_empty_body(op, call),
+                    )
+                ]
+            chosen = (
+                media
+                if media in content
+                else ("application/json" if "application/json" in content else next(iter(content)))
+            )
             if "schema" not in content[chosen]:
                 return []
-            pointer: tuple[str, ...] = ("paths", op.template, op.method, "responses", key, "content", chosen,
-                                        "schema")
+            pointer: tuple[str, ...] = (
+                "paths",
+                op.template,
+                op.method,
+                "responses",
+                key,
+                "content",
+                chosen,
+                "schema",
+            )
             if "$ref" in responses[key]:
                 pointer = (*responses[key]["$ref"][2:].split("/"), "content", chosen, "schema")
         else:  # Swagger 2
@@ -375,57 +455,104 @@ class SpecOracle:
 
 DEFECTS: dict[str, tuple[str, str]] = {
     "oneOf-overlap": ("README", "oneOf lists overlap without a discriminator: validated as anyOf"),
-    "lower-case-json-format": ("README", "inputFormat.format enumerates JSON|Parquet|CSV; every documented "
-                                         "example sends lower-case json"),
-    "bare-200-batch-action": ("README", "COMPLETE/ABORT/REVERT declared with a JSON body; the docs show a bare "
-                                        "200 OK"),
-    "201-not-in-spec": ("README", "INITIALIZE and large-file COMPLETE answer 201 Created in the docs, not in "
-                                  "the spec"),
-    "octet-stream-patch": ("README", "large-file PATCH declared multipart; the docs send "
-                                     "application/octet-stream"),
+    "lower-case-json-format": (
+        "README",
+        "inputFormat.format enumerates JSON|Parquet|CSV; every documented example sends lower-case json",
+    ),
+    "bare-200-batch-action": (
+        "README",
+        "COMPLETE/ABORT/REVERT declared with a JSON body; the docs show a bare 200 OK",
+    ),
+    "201-not-in-spec": (
+        "README",
+        "INITIALIZE and large-file COMPLETE answer 201 Created in the docs, not in the spec",
+    ),
+    "octet-stream-patch": (
+        "README",
+        "large-file PATCH declared multipart; the docs send application/octet-stream",
+    ),
     "null-page-next": ("README", "Schema Registry paging _page.next may be null"),
     "cja-null-sort": ("README", "CJA sort may be null"),
     "cja-lower-case-enum": ("README", "CJA enums appear in lower case in responses"),
-    "bodiless-large-file-action": ("docs", "POST .../files/{filePath}?action=INITIALIZE|COMPLETE has no body; "
-                                           "the spec requires a Content-Type header, the Batch Ingestion API "
-                                           "overview's examples send none"),
-    "create-batch-loading-status": ("docs", "the create-batch answer's status is \"loading\" in the Batch "
-                                            "Ingestion API overview; the spec's status enum for that answer "
-                                            "lacks it"),
-    "boolean-batch-tags": ("docs", "Catalog types batch tags as arrays of strings; the error-diagnostics and "
-                                   "partial-ingestion guides show \"acp_enableErrorDiagnostics\": true and "
-                                   "\"acp_partialIngestionPercent\": 5"),
-    "request-data-source-param": ("docs", "POST /dataSets?requestDataSource=true is documented in Catalog's "
-                                          "create-dataset guide; the spec does not list the parameter"),
-    "row-error-file-content": ("docs", "GET /batches/{id}/meta?path=row_errors/<file> answers the file itself "
-                                       "(JSON Lines, error-diagnostics guide); the spec declares only the "
-                                       "JSON listing"),
-    "class-usage-object": ("docs", "GET /stats: classUsage is an object keyed by class id in the Schema "
-                                   "Registry guide's example; the spec says array"),
-    "integer-source-version": ("docs", "descriptors carry \"xdm:sourceVersion\": 1 (an integer) in the "
-                                       "descriptors guide's examples; the spec says string"),
-    "cja-dimensions-paging-params": ("provider", "the provider sends limit/page to GET .../dimensions, which "
-                                                 "the spec does not declare: harmless if ignored, and the "
-                                                 "provider reads every page if CJA pages the answer as its "
-                                                 "other listings do (unconfirmed either way)"),
+    "bodiless-large-file-action": (
+        "docs",
+        "POST .../files/{filePath}?action=INITIALIZE|COMPLETE has no body; "
+        "the spec requires a Content-Type header, the Batch Ingestion API "
+        "overview's examples send none",
+    ),
+    "create-batch-loading-status": (
+        "docs",
+        'the create-batch answer\'s status is "loading" in the Batch '
+        "Ingestion API overview; the spec's status enum for that answer "
+        "lacks it",
+    ),
+    "boolean-batch-tags": (
+        "docs",
+        "Catalog types batch tags as arrays of strings; the error-diagnostics and "
+        'partial-ingestion guides show "acp_enableErrorDiagnostics": true and '
+        '"acp_partialIngestionPercent": 5',
+    ),
+    "request-data-source-param": (
+        "docs",
+        "POST /dataSets?requestDataSource=true is documented in Catalog's "
+        "create-dataset guide; the spec does not list the parameter",
+    ),
+    "row-error-file-content": (
+        "docs",
+        "GET /batches/{id}/meta?path=row_errors/<file> answers the file itself "
+        "(JSON Lines, error-diagnostics guide); the spec declares only the "
+        "JSON listing",
+    ),
+    "class-usage-object": (
+        "docs",
+        "GET /stats: classUsage is an object keyed by class id in the Schema "
+        "Registry guide's example; the spec says array",
+    ),
+    "integer-source-version": (
+        "docs",
+        'descriptors carry "xdm:sourceVersion": 1 (an integer) in the '
+        "descriptors guide's examples; the spec says string",
+    ),
+    "cja-dimensions-paging-params": (
+        "provider",
+        "the provider sends limit/page to GET .../dimensions, which "
+        "the spec does not declare: harmless if ignored, and the "
+        "provider reads every page if CJA pages the answer as its "
+        "other listings do (unconfirmed either way)",
+    ),
 }
 
 
-def classify_doubt(op: Operation, side: str, where: str, error: jsonschema.ValidationError,
-                   instance: Any) -> str | None:
+def classify_doubt(
+    op: Operation, side: str, where: str, error: jsonschema.ValidationError, instance: Any
+) -> str | None:
     if error.validator == "oneOf" and "is valid under each of" in error.message:
         return "oneOf-overlap"
     value = error.instance
-    if op.spec == "batch-ingestion.json" and side == "request" and where == "$.inputFormat.format" \
-            and error.validator == "enum" and isinstance(value, str) \
-            and value.upper() in [str(v).upper() for v in error.validator_value]:
+    if (
+        op.spec == "batch-ingestion.json"
+        and side == "request"
+        and where == "$.inputFormat.format"
+        and error.validator == "enum"
+        and isinstance(value, str)
+        and value.upper() in [str(v).upper() for v in error.validator_value]
+    ):
         return "lower-case-json-format"
-    if op.spec == "batch-ingestion.json" and op.template == "/batches" and side.startswith("response") \
-            and where == "$.status" and value == "loading":
+    if (
+        op.spec == "batch-ingestion.json"
+        and op.template == "/batches"
+        and side.startswith("response")
+        and where == "$.status"
+        and value == "loading"
+    ):
         return "create-batch-loading-status"
-    if op.spec == "catalog.json" and side.startswith("response") and where in (
-            "$.{id}.tags.acp_enableErrorDiagnostics", "$.{id}.tags.acp_partialIngestionPercent") \
-            and error.validator == "type" and isinstance(value, (bool, int, float)):
+    if (
+        op.spec == "catalog.json"
+        and side.startswith("response")
+        and where in ("$.{id}.tags.acp_enableErrorDiagnostics", "$.{id}.tags.acp_partialIngestionPercent")
+        and error.validator == "type"
+        and isinstance(value, (bool, int, float))
+    ):
         return "boolean-batch-tags"
     if op.spec == "schema-registry.json":
         if side.startswith("response") and where == "$._page.next" and value is None:
@@ -437,50 +564,79 @@ def classify_doubt(op: Operation, side: str, where: str, error: jsonschema.Valid
     if op.spec == "cja.json" and side.startswith("response"):
         if where.rsplit(".", 1)[-1] == "sort" and value is None:
             return "cja-null-sort"
-        if error.validator == "enum" and isinstance(value, str) and value != value.upper() \
-                and value.upper() in [str(v) for v in error.validator_value]:
+        if (
+            error.validator == "enum"
+            and isinstance(value, str)
+            and value != value.upper()
+            and value.upper() in [str(v) for v in error.validator_value]
+        ):
             return "cja-lower-case-enum"
     return None
 
 
 def classify_status(op: Operation, call: Recorded) -> str | None:
-    if op.spec == "batch-ingestion.json" and call.status == 201 and op.method == "post" \
-            and op.template.endswith("/files/{filePath}"):
+    if (
+        op.spec == "batch-ingestion.json"
+        and call.status == 201
+        and op.method == "post"
+        and op.template.endswith("/files/{filePath}")
+    ):
         return "201-not-in-spec"
     return None
 
 
 def classify_empty_body(op: Operation, call: Recorded) -> str | None:
-    if op.spec == "batch-ingestion.json" and op.method == "post" and op.template == "/batches/{batchId}" \
-            and call.status == 200:
+    if (
+        op.spec == "batch-ingestion.json"
+        and op.method == "post"
+        and op.template == "/batches/{batchId}"
+        and call.status == 200
+    ):
         return "bare-200-batch-action"
     return None
 
 
 def classify_content_type(op: Operation, media: str, declared: list[str]) -> str | None:
-    if op.spec == "batch-ingestion.json" and op.method == "patch" and media == "application/octet-stream" \
-            and any(d.startswith("multipart/") for d in declared):
+    if (
+        op.spec == "batch-ingestion.json"
+        and op.method == "patch"
+        and media == "application/octet-stream"
+        and any(d.startswith("multipart/") for d in declared)
+    ):
         return "octet-stream-patch"
     return None
 
 
 def classify_not_json(op: Operation, call: Recorded) -> str | None:
     path = dict(call.query).get("path", "")
-    if op.spec == "data-access.json" and op.template == "/batches/{batchId}/meta" and path.startswith("row_errors/"):
+    if (
+        op.spec == "data-access.json"
+        and op.template == "/batches/{batchId}/meta"
+        and path.startswith("row_errors/")
+    ):
         return "row-error-file-content"
     return None
 
 
 def classify_missing_header(op: Operation, call: Recorded, name: str) -> str | None:
-    if op.spec == "batch-ingestion.json" and op.method == "post" and op.template.endswith("/files/{filePath}") \
-            and name.lower() == "content-type" and call.body is None:
+    if (
+        op.spec == "batch-ingestion.json"
+        and op.method == "post"
+        and op.template.endswith("/files/{filePath}")
+        and name.lower() == "content-type"
+        and call.body is None
+    ):
         return "bodiless-large-file-action"
     return None
 
 
 def classify_undeclared(op: Operation, name: str) -> str | None:
-    if op.spec == "catalog.json" and op.template == "/dataSets" and op.method == "post" \
-            and name == "requestDataSource":
+    if (
+        op.spec == "catalog.json"
+        and op.template == "/dataSets"
+        and op.method == "post"
+        and name == "requestDataSource"
+    ):
         return "request-data-source-param"
     if op.spec == "cja.json" and op.template.endswith("/dimensions") and name in ("limit", "page"):
         return "cja-dimensions-paging-params"

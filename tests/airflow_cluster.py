@@ -74,7 +74,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def poll(condition: Callable[[], Any], *, timeout: float, interval: float = 0.5, what: str = "condition") -> Any:
+def poll(
+    condition: Callable[[], Any], *, timeout: float, interval: float = 0.5, what: str = "condition"
+) -> Any:
     """:func:`polling.poll` raising :class:`ClusterError` (the harness's own failures)."""
     return polling.poll(condition, timeout=timeout, interval=interval, what=what, error=ClusterError)
 
@@ -116,8 +118,11 @@ class AirflowApi:
     def token(self) -> str:
         """A JWT from the SimpleAuthManager (``POST /auth/token``), cached on the session."""
         if "Authorization" not in self._session.headers:
-            response = requests.post(f"{self.base_url}/auth/token", json={"username": self._username,
-                                                                           "password": self._password}, timeout=30)
+            response = requests.post(
+                f"{self.base_url}/auth/token",
+                json={"username": self._username, "password": self._password},
+                timeout=30,
+            )
             response.raise_for_status()
             self._session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
         return self._session.headers["Authorization"].split(" ", 1)[1]
@@ -130,11 +135,15 @@ class AirflowApi:
         expected = (expect,) if isinstance(expect, int) else expect
         if response.status_code not in expected:
             raise ClusterError(f"{method} {path} -> {response.status_code}: {response.text[:2000]}")
-        return response.json() if response.content and "json" in response.headers.get("content-type", "") \
+        return (
+            response.json()
+            if response.content and "json" in response.headers.get("content-type", "")
             else response.text
+        )
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> dict:
         """Wait until the dag-processor has parsed and serialized ``dag_id``; fail on an import error."""
+
         def parsed() -> dict | None:
             self.check_alive()
             errors = self.api("GET", "/api/v2/importErrors")["import_errors"]
@@ -142,6 +151,7 @@ class AirflowApi:
                 raise ClusterError(f"DAG import errors: {json.dumps(errors, indent=1)[:4000]}")
             response = self._session.get(f"{self.base_url}/api/v2/dags/{dag_id}", timeout=30)
             return response.json() if response.status_code == 200 else None
+
         return poll(parsed, timeout=timeout, interval=1.0, what=f"DAG {dag_id} to be parsed")
 
     def set_paused(self, dag_id: str, paused: bool) -> dict:
@@ -153,21 +163,25 @@ class AirflowApi:
         return self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]
 
     def dag_runs(self, dag_id: str, **params: Any) -> list[dict]:
-        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns",
-                        params={"limit": 100, "order_by": "id", **params})["dag_runs"]
+        return self.api(
+            "GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"limit": 100, "order_by": "id", **params}
+        )["dag_runs"]
 
     def dag_run(self, dag_id: str, run_id: str) -> dict:
         return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
 
-    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 300,
-                     on_poll: Callable[[], None] | None = None) -> str:
+    def wait_for_run(
+        self, dag_id: str, run_id: str, timeout: float = 300, on_poll: Callable[[], None] | None = None
+    ) -> str:
         """Wait until the run is success or failed; return that state. ``on_poll`` runs each time."""
+
         def finished() -> str | None:
             self.check_alive()
             if on_poll is not None:
                 on_poll()
             state = self.dag_run(dag_id, run_id)["state"]
             return state if state in TERMINAL_RUN_STATES else None
+
         return poll(finished, timeout=timeout, interval=1.0, what=f"run {run_id} of {dag_id} to finish")
 
     def wait_for_runs(self, dag_id: str, run_ids: Iterable[str], timeout: float = 300) -> dict[str, str]:
@@ -178,15 +192,24 @@ class AirflowApi:
         return states
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
-                        params={"limit": 1000})["task_instances"]
+        return self.api(
+            "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000}
+        )["task_instances"]
 
     def task_instance(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict:
         suffix = f"/{map_index}" if map_index >= 0 else ""
         return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}{suffix}")
 
-    def wait_for_task(self, dag_id: str, run_id: str, task_id: str, states: Iterable[str], *, map_index: int = -1,
-                      timeout: float = 120) -> dict:
+    def wait_for_task(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        states: Iterable[str],
+        *,
+        map_index: int = -1,
+        timeout: float = 120,
+    ) -> dict:
         """Wait until the task instance is in one of ``states``; return it (REST API shape)."""
         wanted = set(states)
 
@@ -194,7 +217,10 @@ class AirflowApi:
             self.check_alive()
             ti = self.task_instance(dag_id, run_id, task_id, map_index)
             return ti if ti["state"] in wanted else None
-        return poll(reached, timeout=timeout, interval=0.2, what=f"{task_id}[{map_index}] of {run_id} in {wanted}")
+
+        return poll(
+            reached, timeout=timeout, interval=0.2, what=f"{task_id}[{map_index}] of {run_id} in {wanted}"
+        )
 
     def runs_report(self, runs: Iterable[tuple[str, str]], logs_dir: Path) -> list[str]:
         """For a failing test: each run's task instance states, and the end of its failed tasks' log
@@ -211,12 +237,19 @@ class AirflowApi:
             for ti in tis:
                 if ti["state"] in ("failed", "upstream_failed", "up_for_retry"):
                     for path in sorted(base.glob(f"task_id={ti['task_id']}/**/attempt=*")):
-                        out.append(f"=== {path.relative_to(logs_dir)}\n{path.read_text(errors='replace')[-6000:]}")
+                        out.append(
+                            f"=== {path.relative_to(logs_dir)}\n{path.read_text(errors='replace')[-6000:]}"
+                        )
         return out
 
-    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
-        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
-                        params={"map_index": map_index, "deserialize": True})["value"]
+    def xcom(
+        self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1
+    ) -> Any:
+        return self.api(
+            "GET",
+            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+            params={"map_index": map_index, "deserialize": True},
+        )["value"]
 
 
 class AirflowCluster(AirflowApi):
@@ -244,42 +277,43 @@ class AirflowCluster(AirflowApi):
         """The environment every Airflow process of this cluster runs with."""
         db = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{self.database}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__") and k != "AIRFLOW_CONFIG"}
-        env.update({
-            "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__EXECUTOR": self.spec.executor,
-            "AIRFLOW__CORE__DAGS_FOLDER": str(self.spec.dags_folder),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": str(self.spec.dags_paused_at_creation),
-            "AIRFLOW__CORE__FERNET_KEY": _fernet_key(self.workdir),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db,
-            "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/0",
-            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://postgres@127.0.0.1:5432/{self.database}",
-            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.spec.worker_concurrency),
-            # Our own queue: tasks of another cluster sharing this Redis never reach our workers.
-            "AIRFLOW__OPERATORS__DEFAULT_QUEUE": self.queue,
-            # Workers and the scheduler reach the execution API here (the default :8080 is wrong).
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(self.api_port),
-            "AIRFLOW__API__BASE_URL": self.base_url,
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
-            "AIRFLOW__API_AUTH__JWT_SECRET": _secret(self.workdir, "jwt"),
-            "AIRFLOW__API_AUTH__JWT_ISSUER": "cja-audiences-test-cluster",
-            "AIRFLOW__CORE__AUTH_MANAGER":
-                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
-            # Fixed ports 8793/8794/8974 would collide between workers and between clusters.
-            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self._log_ports[0]),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self._log_ports[1]),
-            # Quicker reactions than production defaults, so tests stay short.
-            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "300",
-            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
-            # The task supervisor notices its task process has exited at its next wake-up, at most this
-            # many seconds later (default 5): that much worker-slot time is added to every task.
-            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
-        })
+        env.update(
+            {
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__EXECUTOR": self.spec.executor,
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.spec.dags_folder),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": str(self.spec.dags_paused_at_creation),
+                "AIRFLOW__CORE__FERNET_KEY": _fernet_key(self.workdir),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db,
+                "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/0",
+                "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://postgres@127.0.0.1:5432/{self.database}",
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.spec.worker_concurrency),
+                # Our own queue: tasks of another cluster sharing this Redis never reach our workers.
+                "AIRFLOW__OPERATORS__DEFAULT_QUEUE": self.queue,
+                # Workers and the scheduler reach the execution API here (the default :8080 is wrong).
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__PORT": str(self.api_port),
+                "AIRFLOW__API__BASE_URL": self.base_url,
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
+                "AIRFLOW__API_AUTH__JWT_SECRET": _secret(self.workdir, "jwt"),
+                "AIRFLOW__API_AUTH__JWT_ISSUER": "cja-audiences-test-cluster",
+                "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
+                # Fixed ports 8793/8794/8974 would collide between workers and between clusters.
+                "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self._log_ports[0]),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self._log_ports[1]),
+                # Quicker reactions than production defaults, so tests stay short.
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+                "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "300",
+                "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
+                # The task supervisor notices its task process has exited at its next wake-up, at most this
+                # many seconds later (default 5): that much worker-slot time is added to every task.
+                "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+            }
+        )
         env.update(self.spec.env)
         return env
 
@@ -302,25 +336,48 @@ class AirflowCluster(AirflowApi):
         self.cli("db", "migrate", timeout=300)
         for pool, slots in self.spec.pools.items():
             self.cli("pools", "set", pool, str(slots), "test pool")
-        self._spawn("api-server", "api-server", "--host", "127.0.0.1", "--port", str(self.api_port), "--workers", "1")
+        self._spawn(
+            "api-server", "api-server", "--host", "127.0.0.1", "--port", str(self.api_port), "--workers", "1"
+        )
         self._spawn("scheduler", "scheduler", "--skip-serve-logs")
         self._spawn("dag-processor", "dag-processor")
         self._spawn("triggerer", "triggerer", "--skip-serve-logs")
         if self.spec.executor == "CeleryExecutor":
             for n in range(1, self.spec.workers + 1):
-                self._spawn(f"worker-{n}", "celery", "worker", "--celery-hostname", f"worker-{n}@%h",
-                            "--queues", self.queue, "--concurrency", str(self.spec.worker_concurrency),
-                            "--skip-serve-logs", "--without-mingle", "--without-gossip")
-        poll(self._healthy, timeout=max(5.0, deadline - time.monotonic()), interval=1.0,
-             what="api-server, scheduler, dag-processor and triggerer to report healthy")
+                self._spawn(
+                    f"worker-{n}",
+                    "celery",
+                    "worker",
+                    "--celery-hostname",
+                    f"worker-{n}@%h",
+                    "--queues",
+                    self.queue,
+                    "--concurrency",
+                    str(self.spec.worker_concurrency),
+                    "--skip-serve-logs",
+                    "--without-mingle",
+                    "--without-gossip",
+                )
+        poll(
+            self._healthy,
+            timeout=max(5.0, deadline - time.monotonic()),
+            interval=1.0,
+            what="api-server, scheduler, dag-processor and triggerer to report healthy",
+        )
         for name in self.worker_names:
-            poll(lambda name=name: " ready." in self.process_log(name), timeout=max(5.0, deadline - time.monotonic()),
-                 interval=0.5, what=f"{name} to be ready")
+            poll(
+                lambda name=name: " ready." in self.process_log(name),
+                timeout=max(5.0, deadline - time.monotonic()),
+                interval=0.5,
+                what=f"{name} to be ready",
+            )
 
     def _healthy(self) -> bool:
         for process in self.processes.values():
             if process.popen.poll() is not None:
-                raise ClusterError(f"{process.name} exited with code {process.popen.returncode} during start-up")
+                raise ClusterError(
+                    f"{process.name} exited with code {process.popen.returncode} during start-up"
+                )
         try:
             health = requests.get(f"{self.base_url}/api/v2/monitor/health", timeout=5).json()
         except (requests.RequestException, ValueError):
@@ -360,8 +417,15 @@ class AirflowCluster(AirflowApi):
     def _spawn(self, name: str, *args: str) -> Process:
         log = self.logs / f"{name}.log"
         with log.open("ab") as out:
-            popen = subprocess.Popen([AIRFLOW, *args], env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=self.workdir, start_new_session=True)
+            popen = subprocess.Popen(
+                [AIRFLOW, *args],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
         self.processes[name] = Process(name, popen, log)
         return self.processes[name]
 
@@ -401,11 +465,20 @@ class AirflowCluster(AirflowApi):
 
     def cli(self, *args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess:
         """Run ``airflow <args>`` against this cluster; raise with its output when it fails."""
-        result = subprocess.run([AIRFLOW, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
-                                stdin=subprocess.DEVNULL, cwd=self.workdir)
+        result = subprocess.run(
+            [AIRFLOW, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+        )
         if check and result.returncode != 0:
-            raise ClusterError(f"airflow {' '.join(args)} exited with {result.returncode}:\n"
-                               f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+            raise ClusterError(
+                f"airflow {' '.join(args)} exited with {result.returncode}:\n"
+                f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+            )
         return result
 
     def task_log_files(self, dag_id: str, run_id: str, task_id: str | None = None) -> list[Path]:
@@ -415,8 +488,10 @@ class AirflowCluster(AirflowApi):
         return sorted(base.glob(pattern))
 
     def task_log(self, dag_id: str, run_id: str, task_id: str) -> str:
-        return "\n".join(f"=== {p.relative_to(self.home / 'logs')}\n{p.read_text(errors='replace')}"
-                         for p in self.task_log_files(dag_id, run_id, task_id))
+        return "\n".join(
+            f"=== {p.relative_to(self.home / 'logs')}\n{p.read_text(errors='replace')}"
+            for p in self.task_log_files(dag_id, run_id, task_id)
+        )
 
     def task_log_events(self, dag_id: str, run_id: str, task_id: str, *, trigger: bool = False) -> list[dict]:
         """The structured (JSON lines) events of a task's log files: the worker's, or the triggerer's."""
@@ -442,8 +517,9 @@ class AirflowCluster(AirflowApi):
         print("\n".join(out), file=sys.stderr, flush=True)
 
     # -- processes by pid --------------------------------------------------------------------------
-    def kill_task_process(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1,
-                          sig: int = signal.SIGKILL) -> int:
+    def kill_task_process(
+        self, dag_id: str, run_id: str, task_id: str, map_index: int = -1, sig: int = signal.SIGKILL
+    ) -> int:
         """Signal the process running a task instance now (crash tests); returns its pid.
 
         The pid comes from the task instance (``airflow worker -- <ti id>``); it must descend from
@@ -470,14 +546,23 @@ class AirflowCluster(AirflowApi):
             for line in self.process_log(name).splitlines():
                 if (m := _WORKLOAD.search(line)) is not None:
                     started[m["celery"]] = execution = Execution(
-                        worker=name, celery_id=m["celery"], dag_id=m["dag"], run_id=m["run"], task_id=m["task"],
-                        map_index=int(m["map"]), try_number=int(m["try"]), started=_log_time(line))
+                        worker=name,
+                        celery_id=m["celery"],
+                        dag_id=m["dag"],
+                        run_id=m["run"],
+                        task_id=m["task"],
+                        map_index=int(m["map"]),
+                        try_number=int(m["try"]),
+                        started=_log_time(line),
+                    )
                     executions.append(execution)
                 elif (m := _WORKLOAD_DONE.search(line)) is not None and m["celery"] in started:
                     started[m["celery"]].finished = _log_time(line)
         return executions
 
-    def tasks_per_worker(self, dag_id: str | None = None, run_ids: Iterable[str] | None = None) -> dict[str, int]:
+    def tasks_per_worker(
+        self, dag_id: str | None = None, run_ids: Iterable[str] | None = None
+    ) -> dict[str, int]:
         """How many distinct task instance tries each worker executed (a deferred one once per worker)."""
         runs = set(run_ids) if run_ids is not None else None
         seen: dict[str, set] = {name: set() for name in self.worker_names}
@@ -502,9 +587,11 @@ class Execution:
     finished: datetime | None = None
 
 
-_WORKLOAD = re.compile(r"\[(?P<celery>[0-9a-f-]{36})\] Executing workload in Celery: .*?task_id='(?P<task>[^']+)'"
-                       r".*?dag_id='(?P<dag>[^']+)'.*?run_id='(?P<run>[^']+)'.*?try_number=(?P<try>\d+)"
-                       r".*?map_index=(?P<map>-?\d+)")
+_WORKLOAD = re.compile(
+    r"\[(?P<celery>[0-9a-f-]{36})\] Executing workload in Celery: .*?task_id='(?P<task>[^']+)'"
+    r".*?dag_id='(?P<dag>[^']+)'.*?run_id='(?P<run>[^']+)'.*?try_number=(?P<try>\d+)"
+    r".*?map_index=(?P<map>-?\d+)"
+)
 _WORKLOAD_DONE = re.compile(r"Task execute_workload\[(?P<celery>[0-9a-f-]{36})\] (succeeded|failed|raised)")
 
 
@@ -532,7 +619,9 @@ def _descends_from(pid: int, ancestors: set[int]) -> bool:
 
 def _signal_group(popen: subprocess.Popen, sig: int) -> None:
     try:
-        os.killpg(popen.pid, sig)  # the group we created with start_new_session (our process and its children)
+        os.killpg(
+            popen.pid, sig
+        )  # the group we created with start_new_session (our process and its children)
     except (ProcessLookupError, PermissionError):
         pass
 
@@ -551,5 +640,3 @@ def _fernet_key(workdir: Path) -> str:
     if not path.exists():
         path.write_text(Fernet.generate_key().decode())
     return path.read_text()
-
-

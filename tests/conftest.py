@@ -32,8 +32,9 @@ import pytest  # noqa: E402
 def emu() -> Iterator:
     from emulator_fixture import start_subprocess
 
-    with start_subprocess(profiles=600, pg=True, args=["--export-job-seconds", "0.3", "--batch-seconds", "0.2"]) \
-            as running:
+    with start_subprocess(
+        profiles=600, pg=True, args=["--export-job-seconds", "0.3", "--batch-seconds", "0.2"]
+    ) as running:
         yield running
 
 
@@ -57,8 +58,8 @@ def realistic_emu() -> Iterator:
 @pytest.fixture
 def adobe_conn(emu, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     """The default Adobe connection pointed at the emulator; emulator state and token cache reset after."""
-    from airflow_cja_audiences import DEFAULT_CONN_ID
     from aep_emulator.connection import airflow_connection
+    from airflow_cja_audiences import DEFAULT_CONN_ID
     from airflow_cja_audiences.hooks.platform import clear_token_cache
 
     conn = airflow_connection(emu.ready, emu.credentials.client_secret)
@@ -67,7 +68,9 @@ def adobe_conn(emu, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     yield conn
     clear_token_cache()
     emu.admin.clear_faults()
-    emu.admin.knobs(export_job_failures=0, export_batch_failures=0, ingestion_failures=0, partial_ingestion_failures=0)
+    emu.admin.knobs(
+        export_job_failures=0, export_batch_failures=0, ingestion_failures=0, partial_ingestion_failures=0
+    )
     emu.admin.reset()
 
 
@@ -89,10 +92,16 @@ def airflow_db() -> None:
     import subprocess
 
     airflow = Path(sys.executable).with_name("airflow")
-    result = subprocess.run([str(airflow), "db", "migrate"], env=os.environ.copy(), capture_output=True, text=True)
+    result = subprocess.run(
+        [str(airflow), "db", "migrate"], env=os.environ.copy(), capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    subprocess.run([str(airflow), "pools", "set", "cja_audiences_query_service", "4", "test"], env=os.environ.copy(),
-                   capture_output=True, check=True)
+    subprocess.run(
+        [str(airflow), "pools", "set", "cja_audiences_query_service", "4", "test"],
+        env=os.environ.copy(),
+        capture_output=True,
+        check=True,
+    )
 
 
 @pytest.fixture

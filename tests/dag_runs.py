@@ -8,10 +8,17 @@ from airflow_cja_audiences.config import RefreshJob
 
 
 def job(audience_ids: list[str], **overrides) -> RefreshJob:
-    return RefreshJob.model_validate({
-        "job_id": "e2e", "schedule": "0 2 * * *", "poll_interval_seconds": 1, "retries": 0,
-        "audiences": [{"id": a} for a in audience_ids],
-        "identity": {"field": "_{tenant}.identification.core.email", "namespace": "Email"}, **overrides})
+    return RefreshJob.model_validate(
+        {
+            "job_id": "e2e",
+            "schedule": "0 2 * * *",
+            "poll_interval_seconds": 1,
+            "retries": 0,
+            "audiences": [{"id": a} for a in audience_ids],
+            "identity": {"field": "_{tenant}.identification.core.email", "namespace": "Email"},
+            **overrides,
+        }
+    )
 
 
 def run(dag, logical_date: datetime, **conf) -> tuple[str, dict]:
@@ -23,9 +30,14 @@ def run(dag, logical_date: datetime, **conf) -> tuple[str, dict]:
 
     dag_run = dag.test(logical_date=logical_date, run_conf=conf or None)
     with create_session() as session:
-        raw = session.scalar(select(XComModel.value).where(
-            XComModel.dag_id == dag.dag_id, XComModel.run_id == dag_run.run_id, XComModel.task_id == "report",
-            XComModel.key == "return_value"))
+        raw = session.scalar(
+            select(XComModel.value).where(
+                XComModel.dag_id == dag.dag_id,
+                XComModel.run_id == dag_run.run_id,
+                XComModel.task_id == "report",
+                XComModel.key == "return_value",
+            )
+        )
     report = XComModel.deserialize_value(type("X", (), {"value": raw})()) if raw is not None else {}
     return str(dag_run.state), report
 
@@ -35,5 +47,3 @@ def interval_end(days_ago: int) -> datetime:
     if end > datetime.now(timezone.utc):
         end -= timedelta(days=1)
     return end - timedelta(days=days_ago)
-
-

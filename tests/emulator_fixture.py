@@ -98,10 +98,16 @@ class AdminClient(_Http):
 
     def scans(self, method: str = "GET", **cost: float) -> dict:
         """Query Service scan-cost model: totals (GET), set the cost (POST), zero the totals (DELETE)."""
-        return self._json(method, "/emulator/query-service/scans", **({"json": cost} if method == "POST" else {}))
+        return self._json(
+            method, "/emulator/query-service/scans", **({"json": cost} if method == "POST" else {})
+        )
 
     def knobs(self, **changes: Any) -> dict:
-        return self._json("POST", "/emulator/knobs", json=changes) if changes else self._json("GET", "/emulator/knobs")
+        return (
+            self._json("POST", "/emulator/knobs", json=changes)
+            if changes
+            else self._json("GET", "/emulator/knobs")
+        )
 
     def advance_clock(self, seconds: float) -> dict:
         return self._json("POST", "/emulator/clock", json={"advance_seconds": seconds})
@@ -118,7 +124,9 @@ class AdminClient(_Http):
     def clock(self) -> dict:
         return self._json("GET", "/emulator/clock")
 
-    def set_membership(self, profile_index: int, audience_id: str, member: bool, at: str | None = None) -> dict:
+    def set_membership(
+        self, profile_index: int, audience_id: str, member: bool, at: str | None = None
+    ) -> dict:
         body = {"profile_index": profile_index, "audience_id": audience_id, "member": member}
         if at is not None:
             body["at"] = at
@@ -130,13 +138,18 @@ class AdminClient(_Http):
     def delete_audience(self, audience_id: str) -> dict:
         return self._json("DELETE", f"/emulator/audiences/{audience_id}")
 
-    def snapshot(self, audiences: list[str] | None = None, statuses: list[str] | None = None,
-                 at: str | None = None) -> list[dict]:
-        return self._jsonl("/emulator/truth/snapshot", {"audience": audiences or [], "status": statuses or [],
-                                                        **({"at": at} if at else {})})
+    def snapshot(
+        self, audiences: list[str] | None = None, statuses: list[str] | None = None, at: str | None = None
+    ) -> list[dict]:
+        return self._jsonl(
+            "/emulator/truth/snapshot",
+            {"audience": audiences or [], "status": statuses or [], **({"at": at} if at else {})},
+        )
 
     def transitions(self, audiences: list[str] | None, start: str, end: str) -> list[dict]:
-        return self._jsonl("/emulator/truth/transitions", {"audience": audiences or [], "start": start, "end": end})
+        return self._jsonl(
+            "/emulator/truth/transitions", {"audience": audiences or [], "start": start, "end": end}
+        )
 
     def profile(self, index: int) -> dict:
         return self._json("GET", f"/emulator/truth/profiles/{index}")
@@ -148,12 +161,18 @@ class AdminClient(_Http):
         return self._jsonl(f"/emulator/batches/{batch_id}/rows", None)
 
     def add_dataset_to_connection(self, connection_id: str, dataset_id: str, **options: Any) -> dict:
-        return self._json("POST", f"/emulator/cja/connections/{connection_id}/datasets",
-                          json={"dataSetId": dataset_id, **options})
+        return self._json(
+            "POST",
+            f"/emulator/cja/connections/{connection_id}/datasets",
+            json={"dataSetId": dataset_id, **options},
+        )
 
     def add_dimension(self, data_view_id: str, schema_path: str, **options: Any) -> dict:
-        return self._json("POST", f"/emulator/cja/dataviews/{data_view_id}/dimensions",
-                          json={"schemaPath": schema_path, **options})
+        return self._json(
+            "POST",
+            f"/emulator/cja/dataviews/{data_view_id}/dimensions",
+            json={"schemaPath": schema_path, **options},
+        )
 
 
 class ApiClient(_Http):
@@ -167,23 +186,44 @@ class ApiClient(_Http):
     def token(self, refresh: bool = False) -> str:
         if self._token is None or refresh:
             c = self.credentials
-            response = self.request("POST", "/ims/token/v3", data={
-                "grant_type": "client_credentials", "client_id": c.client_id, "client_secret": c.client_secret,
-                "scope": c.scope})
+            response = self.request(
+                "POST",
+                "/ims/token/v3",
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": c.client_id,
+                    "client_secret": c.client_secret,
+                    "scope": c.scope,
+                },
+            )
             response.raise_for_status()
             self._token = response.json()["access_token"]
         return self._token
 
     def headers(self, sandbox: str | None = None, *, cja: bool = False) -> dict[str, str]:
         c = self.credentials
-        out = {"Authorization": f"Bearer {self.token()}", "x-api-key": c.client_id, "x-gw-ims-org-id": c.org_id}
+        out = {
+            "Authorization": f"Bearer {self.token()}",
+            "x-api-key": c.client_id,
+            "x-gw-ims-org-id": c.org_id,
+        }
         if not cja:
             out["x-sandbox-name"] = sandbox or c.sandbox
         return out
 
-    def call(self, method: str, path: str, *, sandbox: str | None = None, cja: bool = False,
-             headers: dict[str, str] | None = None, **kwargs: Any) -> requests.Response:
-        return self.request(method, path, headers={**self.headers(sandbox, cja=cja), **(headers or {})}, **kwargs)
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        sandbox: str | None = None,
+        cja: bool = False,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> requests.Response:
+        return self.request(
+            method, path, headers={**self.headers(sandbox, cja=cja), **(headers or {})}, **kwargs
+        )
 
 
 @dataclass
@@ -220,13 +260,26 @@ class RunningEmulator:
 
 
 def _credentials(ready: dict, secret: str) -> Credentials:
-    return Credentials(client_id=ready["client_id"], client_secret=secret, org_id=ready["org_id"],
-                       sandbox=ready["sandbox"], tenant=ready["tenant"])
+    return Credentials(
+        client_id=ready["client_id"],
+        client_secret=secret,
+        org_id=ready["org_id"],
+        sandbox=ready["sandbox"],
+        tenant=ready["tenant"],
+    )
 
 
-def start_subprocess(*, profiles: int = 1000, seed: int = 42, pg: bool = False, args: list[str] | None = None,
-                     client_secret: str = DEFAULT_SECRET, timeout: float = 60.0,
-                     env: dict[str, str] | None = None, realistic: bool = False) -> RunningEmulator:
+def start_subprocess(
+    *,
+    profiles: int = 1000,
+    seed: int = 42,
+    pg: bool = False,
+    args: list[str] | None = None,
+    client_secret: str = DEFAULT_SECRET,
+    timeout: float = 60.0,
+    env: dict[str, str] | None = None,
+    realistic: bool = False,
+) -> RunningEmulator:
     """Run ``python -m aep_emulator`` and wait for its ready file.
 
     ``realistic=True`` starts it in realistic mode (``--realistic``: Adobe's pace and limits on the
@@ -235,21 +288,39 @@ def start_subprocess(*, profiles: int = 1000, seed: int = 42, pg: bool = False, 
     """
     workdir = Path(tempfile.mkdtemp(prefix="emulator-fixture-"))
     ready_file, stderr_path = workdir / "ready.json", workdir / "stderr.log"
-    command = [sys.executable, "-m", "aep_emulator", "--port", "0", "--profiles", str(profiles),
-               "--seed", str(seed), "--client-secret", client_secret, "--ready-file", str(ready_file),
-               "--state-dir", str(workdir / "state")]
+    command = [
+        sys.executable,
+        "-m",
+        "aep_emulator",
+        "--port",
+        "0",
+        "--profiles",
+        str(profiles),
+        "--seed",
+        str(seed),
+        "--client-secret",
+        client_secret,
+        "--ready-file",
+        str(ready_file),
+        "--state-dir",
+        str(workdir / "state"),
+    ]
     if pg:
         command += ["--pg-port", "0"]
     if realistic:
         command += ["--realistic"]
     command += list(args or [])
     stderr = stderr_path.open("wb")
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, **(env or {})})
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, **(env or {})}
+    )
 
     def dump_stderr(reason: str) -> None:
         stderr.flush()
-        print(f"--- emulator stderr ({reason}) ---\n{stderr_path.read_text(errors='replace')}\n--- end ---",
-              file=sys.stderr)
+        print(
+            f"--- emulator stderr ({reason}) ---\n{stderr_path.read_text(errors='replace')}\n--- end ---",
+            file=sys.stderr,
+        )
 
     deadline = time.monotonic() + timeout
     while not ready_file.exists():
@@ -279,8 +350,14 @@ def start_subprocess(*, profiles: int = 1000, seed: int = 42, pg: bool = False, 
             dump_stderr(f"exit code {code}")
         stderr.close()
 
-    emu = RunningEmulator(base_url=ready["base_url"], ca_bundle=ready["ca_bundle"], pg_host=ready["pg_host"],
-                          pg_port=ready["pg_port"], credentials=_credentials(ready, client_secret), ready=ready)
+    emu = RunningEmulator(
+        base_url=ready["base_url"],
+        ca_bundle=ready["ca_bundle"],
+        pg_host=ready["pg_host"],
+        pg_port=ready["pg_port"],
+        credentials=_credentials(ready, client_secret),
+        ready=ready,
+    )
     emu._stop, emu.process = stop, process
     return emu
 
@@ -296,8 +373,13 @@ def start_in_process(settings: Any = None, **overrides: Any) -> RunningEmulator:
     base = settings or EmulatorSettings(client_secret=DEFAULT_SECRET)
     server = EmulatorServer(base.with_changes(**overrides) if overrides else base).start()
     ready = server.ready_info()
-    emu = RunningEmulator(base_url=ready["base_url"], ca_bundle=ready["ca_bundle"], pg_host=ready["pg_host"],
-                          pg_port=ready["pg_port"], credentials=_credentials(ready, server.settings.client_secret),
-                          ready=ready)
+    emu = RunningEmulator(
+        base_url=ready["base_url"],
+        ca_bundle=ready["ca_bundle"],
+        pg_host=ready["pg_host"],
+        pg_port=ready["pg_port"],
+        credentials=_credentials(ready, server.settings.client_secret),
+        ready=ready,
+    )
     emu._stop, emu.server, emu.state = server.stop, server, server.state
     return emu

@@ -20,9 +20,19 @@ import requests
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # As root, without a sandbox; nothing that phones home (this machine has no network besides loopback).
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1400,1100", "--remote-debugging-port=0"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1100",
+    "--remote-debugging-port=0",
+]
 
 
 class Browser:
@@ -34,8 +44,11 @@ class Browser:
         if CHROMIUM is None:
             raise RuntimeError("chromium is not installed")
         self.profile = Path(tempfile.mkdtemp(prefix="cja-chromium-"))
-        self.process = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         port_file = self.profile / "DevToolsActivePort"
         deadline = time.monotonic() + timeout
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -44,11 +57,15 @@ class Browser:
                 raise RuntimeError("chromium did not open its DevTools port")
             time.sleep(0.1)
         port = int(port_file.read_text().split()[0])
-        page = next(t for t in requests.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
-                    if t["type"] == "page")
+        page = next(
+            t
+            for t in requests.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
+            if t["type"] == "page"
+        )
         self._closing = ExitStack()
-        self.ws = self._closing.enter_context(connect(page["webSocketDebuggerUrl"], max_size=None,
-                                                      open_timeout=timeout))
+        self.ws = self._closing.enter_context(
+            connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=timeout)
+        )
         self._ids = itertools.count(1)
 
     def call(self, method: str, **params: Any) -> dict:
@@ -76,7 +93,9 @@ class Browser:
             if text in body:
                 return body
             if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} not on the page after {timeout:.0f} s; it shows:\n{body[:3000]}")
+                raise AssertionError(
+                    f"{text!r} not on the page after {timeout:.0f} s; it shows:\n{body[:3000]}"
+                )
             time.sleep(0.3)
 
     def wait_until(self, expression: str, timeout: float = 10.0) -> None:
@@ -91,7 +110,8 @@ class Browser:
         clicked = self.evaluate(
             f"(() => {{ const el = [...document.querySelectorAll({json.dumps(selector)})]"
             f".find(e => e.innerText.trim() === {json.dumps(text)}); if (el) {{ el.click(); return true; }}"
-            f" return false; }})()")
+            f" return false; }})()"
+        )
         if not clicked:
             raise AssertionError(f"no {selector} labelled {text!r}")
 

@@ -7,8 +7,14 @@ from collections.abc import Callable
 from typing import Any
 
 
-def poll(condition: Callable[[], Any], *, timeout: float, interval: float = 0.1, what: str = "condition",
-         error: type[Exception] = AssertionError) -> Any:
+def poll(
+    condition: Callable[[], Any],
+    *,
+    timeout: float,
+    interval: float = 0.1,
+    what: str = "condition",
+    error: type[Exception] = AssertionError,
+) -> Any:
     """Call ``condition`` until it returns something truthy (returned); raise ``error`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:

@@ -11,8 +11,17 @@ from typing import Any
 
 # Catalog batch statuses this emulator produces (a subset of the documented enum).
 LOADING, PROCESSING, SUCCESS, FAILED, ABORTED, INACTIVE = (
-    "loading", "processing", "success", "failed", "aborted", "inactive")
-LOADED, STAGING = "loaded", "staging"  # realistic mode's intermediate statuses (settings.intermediate_statuses)
+    "loading",
+    "processing",
+    "success",
+    "failed",
+    "aborted",
+    "inactive",
+)
+LOADED, STAGING = (
+    "loaded",
+    "staging",
+)  # realistic mode's intermediate statuses (settings.intermediate_statuses)
 IN_PROGRESS = frozenset({LOADED, PROCESSING, STAGING})  # after COMPLETE, before success/failed
 
 
@@ -61,18 +70,27 @@ class Dataset:
 
     def to_json(self, org_id: str, client_id: str, last_batch: Batch | None) -> dict:
         body: dict[str, Any] = dict(self.extra)
-        body.update({
-            "name": self.name, "description": self.description, "imsOrg": org_id, "version": "1.0.0",
-            "tags": {**self.tags, "adobe/pqs/table": [self.table]},
-            "schemaRef": {"id": self.schema_id, "contentType": self.content_type},
-            "files": f"@/dataSetFiles?dataSetId={self.id}", "viewId": self.view_id,
-            "created": self.created, "updated": self.updated, "createdClient": client_id,
-            "createdUser": f"{client_id}@AdobeID", "updatedUser": f"{client_id}@AdobeID",
-            # Always present in Catalog's answers (not in the pruned spec; seen in real responses);
-            # clients read it to tell profile from event datasets. managedBy for system datasets:
-            # not modelled (guess: every dataset a client creates is CUSTOMER).
-            "classification": {"dataBehavior": self.data_behavior, "managedBy": "CUSTOMER"},
-        })
+        body.update(
+            {
+                "name": self.name,
+                "description": self.description,
+                "imsOrg": org_id,
+                "version": "1.0.0",
+                "tags": {**self.tags, "adobe/pqs/table": [self.table]},
+                "schemaRef": {"id": self.schema_id, "contentType": self.content_type},
+                "files": f"@/dataSetFiles?dataSetId={self.id}",
+                "viewId": self.view_id,
+                "created": self.created,
+                "updated": self.updated,
+                "createdClient": client_id,
+                "createdUser": f"{client_id}@AdobeID",
+                "updatedUser": f"{client_id}@AdobeID",
+                # Always present in Catalog's answers (not in the pruned spec; seen in real responses);
+                # clients read it to tell profile from event datasets. managedBy for system datasets:
+                # not modelled (guess: every dataset a client creates is CUSTOMER).
+                "classification": {"dataBehavior": self.data_behavior, "managedBy": "CUSTOMER"},
+            }
+        )
         if self.data_source_id is not None:
             body["dataSourceId"] = self.data_source_id
         if last_batch is not None:
@@ -116,7 +134,9 @@ class Batch:
     row_errors_dir: Path | None = None
     work: Future | None = None  # processing in the executor
     due: float | None = None  # monotonic time when processing may finish
-    stages: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, in-progress status) ahead
+    stages: list[tuple[float, str]] = field(
+        default_factory=list
+    )  # (monotonic time, in-progress status) ahead
     version: int = 0
     updated_client: str | None = None  # who changed it last (a REVERT's caller; a replay's creator)
     # Emulator bookkeeping, never in Catalog's answers: monotonic seconds when the batch's records
@@ -127,13 +147,18 @@ class Batch:
 
     def to_json(self, org_id: str) -> dict:
         body: dict[str, Any] = {
-            "id": self.id, "imsOrg": org_id, "status": self.status, "created": self.created,
-            "updated": self.updated, "createdClient": self.created_client,
+            "id": self.id,
+            "imsOrg": org_id,
+            "status": self.status,
+            "created": self.created,
+            "updated": self.updated,
+            "createdClient": self.created_client,
             "createdUser": f"{self.created_client}@AdobeID",
             # Guess: Catalog's updatedUser names whoever changed the batch last (a REVERT's caller).
             "updatedUser": f"{self.updated_client or self.created_client}@AdobeID",
             "relatedObjects": [{"type": "dataSet", "id": self.dataset_id}, *(dict(r) for r in self.related)],
-            "inputFormat": dict(self.input_format), "tags": dict(self.tags),
+            "inputFormat": dict(self.input_format),
+            "tags": dict(self.tags),
             "version": f"1.0.{self.version}",
         }
         if self.external_id is not None:
@@ -166,10 +191,14 @@ class Catalog:
     batches: dict[str, Batch] = field(default_factory=dict)
 
     def last_batch(self, dataset_id: str, status: str | None = None) -> Batch | None:
-        candidates = [b for b in self.batches.values() if b.dataset_id == dataset_id
-                      and (status is None or b.status == status)]
+        candidates = [
+            b
+            for b in self.batches.values()
+            if b.dataset_id == dataset_id and (status is None or b.status == status)
+        ]
         return max(candidates, key=lambda b: (b.created, b.id)) if candidates else None
 
     def dataset_batches(self, dataset_id: str) -> list[Batch]:
-        return sorted((b for b in self.batches.values() if b.dataset_id == dataset_id),
-                      key=lambda b: (b.created, b.id))
+        return sorted(
+            (b for b in self.batches.values() if b.dataset_id == dataset_id), key=lambda b: (b.created, b.id)
+        )

@@ -41,13 +41,21 @@ class Connection:
         # namespace is used, timestampId of a profile dataset) is left out, not null: CJA's spec types
         # these fields string, not nullable. Guess: absent rather than "" (no public example shows either).
         full = {
-            "name": self.name, "description": self.description, "owner": dict(self.owner),
+            "name": self.name,
+            "description": self.description,
+            "owner": dict(self.owner),
             "dataSets": [{k: v for k, v in d.items() if v is not None} for d in self.datasets],
             "sandboxName": self.sandbox,
-            "sandboxId": self.sandbox_id, "backfillEnabled": False, "createdDate": self.created,
-            "modified": self.created, "tags": [], "validationErrors": [],
-            "dataSetLastIngested": None, "schemaInfo": [{"dataSetId": d["dataSetId"], "schemaId": d.get("schemaId")}
-                                                         for d in self.datasets],
+            "sandboxId": self.sandbox_id,
+            "backfillEnabled": False,
+            "createdDate": self.created,
+            "modified": self.created,
+            "tags": [],
+            "validationErrors": [],
+            "dataSetLastIngested": None,
+            "schemaInfo": [
+                {"dataSetId": d["dataSetId"], "schemaId": d.get("schemaId")} for d in self.datasets
+            ],
         }
         body = {"id": self.id, "idWithoutPrefix": self.id[3:]}
         body.update({k: v for k, v in full.items() if k in expansion})
@@ -65,43 +73,80 @@ class DataView:
     description: str = ""
     timezone: str = "UTC"
     session_definition: list[dict] = field(
-        default_factory=lambda: [{"numPeriods": 30, "granularity": "minute", "func": "inactivity", "events": []}])
-    container_names: dict = field(default_factory=lambda: {"event": "Event", "session": "Session",
-                                                           "people": "Person"})
+        default_factory=lambda: [
+            {"numPeriods": 30, "granularity": "minute", "func": "inactivity", "events": []}
+        ]
+    )
+    container_names: dict = field(
+        default_factory=lambda: {"event": "Event", "session": "Session", "people": "Person"}
+    )
     external_data: dict = field(default_factory=lambda: {"externalId": "", "externalParentId": ""})
     dimensions: list[dict] = field(default_factory=list)
 
-    EDITABLE = {"name": "name", "description": "description", "timezoneDesignator": "timezone",
-                "sessionDefinition": "session_definition", "containerNames": "container_names",
-                "externalData": "external_data", "parentDataGroupId": "parent_id"}
+    EDITABLE = {
+        "name": "name",
+        "description": "description",
+        "timezoneDesignator": "timezone",
+        "sessionDefinition": "session_definition",
+        "containerNames": "container_names",
+        "externalData": "external_data",
+        "parentDataGroupId": "parent_id",
+    }
 
     def to_json(self, org_id: str) -> dict:
-        return {"id": self.id, "name": self.name, "description": self.description,
-                "parentDataGroupId": self.parent_id, "owner": dict(self.owner), "organization": org_id,
-                "timezoneDesignator": self.timezone, "currentTimezoneOffset": 0,
-                "sessionDefinition": [dict(s) for s in self.session_definition],
-                "containerNames": dict(self.container_names), "externalData": dict(self.external_data),
-                "createdDate": self.created, "modified": self.modified}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "parentDataGroupId": self.parent_id,
+            "owner": dict(self.owner),
+            "organization": org_id,
+            "timezoneDesignator": self.timezone,
+            "currentTimezoneOffset": 0,
+            "sessionDefinition": [dict(s) for s in self.session_definition],
+            "containerNames": dict(self.container_names),
+            "externalData": dict(self.external_data),
+            "createdDate": self.created,
+            "modified": self.modified,
+        }
 
 
-def dimension(schema_path: str, name: str | None = None, dataset_type: str = "event",
-              field_type: str = "string") -> dict:
+def dimension(
+    schema_path: str, name: str | None = None, dataset_type: str = "event", field_type: str = "string"
+) -> dict:
     """A data view dimension component built on a schema field."""
-    return {"id": f"variables/{schema_path}", "name": name or schema_path.rsplit(".", 1)[-1],
-            "description": None, "type": field_type.upper(), "schemaPath": schema_path,
-            "sourceFieldId": schema_path, "sourceFieldName": schema_path.rsplit(".", 1)[-1],
-            "sourceFieldType": field_type, "dataSetType": dataset_type, "hideFromReporting": False,
-            "segmentable": True, "reportable": ["oberon"]}
+    return {
+        "id": f"variables/{schema_path}",
+        "name": name or schema_path.rsplit(".", 1)[-1],
+        "description": None,
+        "type": field_type.upper(),
+        "schemaPath": schema_path,
+        "sourceFieldId": schema_path,
+        "sourceFieldName": schema_path.rsplit(".", 1)[-1],
+        "sourceFieldType": field_type,
+        "dataSetType": dataset_type,
+        "hideFromReporting": False,
+        "segmentable": True,
+        "reportable": ["oberon"],
+    }
 
 
 def spring_page(items: list[dict], page: int, limit: int) -> dict:
     """Spring-style paging envelope used by the CJA API."""
     total = len(items)
     pages = (total + limit - 1) // limit if limit else 0
-    content = items[page * limit:(page + 1) * limit]
-    return {"content": content, "number": page, "size": limit, "numberOfElements": len(content),
-            "totalElements": total, "totalPages": pages, "firstPage": page == 0,
-            "lastPage": page >= pages - 1, "sort": None}
+    content = items[page * limit : (page + 1) * limit]
+    return {
+        "content": content,
+        "number": page,
+        "size": limit,
+        "numberOfElements": len(content),
+        "totalElements": total,
+        "totalPages": pages,
+        "firstPage": page == 0,
+        "lastPage": page >= pages - 1,
+        "sort": None,
+    }
 
 
 class RateLimiter:
@@ -146,6 +191,10 @@ class CjaStore:
 
     def to_json(self, org_id: str) -> dict[str, Any]:
         everything = {"name", "description", "owner", "dataSets", "sandboxName", "sandboxId"}
-        return {"connections": [c.to_json(everything) for c in self.connections.values()],
-                "dataViews": [{**v.to_json(org_id), "dimensions": [d["id"] for d in v.dimensions]}
-                              for v in self.data_views.values()]}
+        return {
+            "connections": [c.to_json(everything) for c in self.connections.values()],
+            "dataViews": [
+                {**v.to_json(org_id), "dimensions": [d["id"] for d in v.dimensions]}
+                for v in self.data_views.values()
+            ],
+        }

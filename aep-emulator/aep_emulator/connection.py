@@ -12,8 +12,13 @@ from typing import Any
 CONN_TYPE = "adobe_experience_platform"
 
 
-def airflow_connection(ready: dict[str, Any], client_secret: str, *, sandbox: str | None = None,
-                       public_base_url: str | None = None) -> dict[str, Any]:
+def airflow_connection(
+    ready: dict[str, Any],
+    client_secret: str,
+    *,
+    sandbox: str | None = None,
+    public_base_url: str | None = None,
+) -> dict[str, Any]:
     """Connection dict (``AIRFLOW_CONN_<ID>`` JSON form) for the emulator described by ``ready``.
 
     ``ready`` is the JSON the emulator prints when it serves (``AEP emulator ready: {...}``).
@@ -37,6 +42,8 @@ def airflow_connection(ready: dict[str, Any], client_secret: str, *, sandbox: st
     return {"conn_type": CONN_TYPE, "login": ready["client_id"], "password": client_secret, "extra": extra}
 
 
-def airflow_connection_env(conn_id: str, ready: dict[str, Any], client_secret: str, **kwargs: Any) -> dict[str, str]:
+def airflow_connection_env(
+    conn_id: str, ready: dict[str, Any], client_secret: str, **kwargs: Any
+) -> dict[str, str]:
     """``{"AIRFLOW_CONN_<ID>": json}`` for an environment."""
     return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(airflow_connection(ready, client_secret, **kwargs))}

@@ -12,8 +12,16 @@ from typing import Any
 class ServiceError(Exception):
     """A service-level error. ``code`` is the full Adobe code, e.g. ``XDM-1521-400``."""
 
-    def __init__(self, status: int, code: str, title: str, detail: str, *,
-                 extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        title: str,
+        detail: str,
+        *,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(f"{code}: {detail}")
         self.headers = headers or {}  # e.g. Retry-After on a 429
         self.status = status

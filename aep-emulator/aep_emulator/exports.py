@@ -24,8 +24,9 @@ SYSTEM_COLUMNS = ("_acp_batchid", "_acp_system_metadata")
 def invalid(field_name: str, detail: str) -> ServiceError:
     # Guess: Segmentation's validation code number; the shape (problem details naming the field)
     # follows the Platform convention.
-    return ServiceError(400, "UPS-1002-400", "Bad request", f"{field_name}: {detail}",
-                        extra={"field": field_name})
+    return ServiceError(
+        400, "UPS-1002-400", "Bad request", f"{field_name}: {detail}", extra={"field": field_name}
+    )
 
 
 @dataclass
@@ -53,8 +54,9 @@ def _time(value: Any, where: str) -> int:
         raise invalid(where, f"{value!r} is not an RFC 3339 date-time") from None
 
 
-def validate_request(body: Any, *, audience_ids: set[str], dataset_kind: Any, tree: synthetic.FieldTree,
-                     merge_policy_id: str) -> ExportRequest:
+def validate_request(
+    body: Any, *, audience_ids: set[str], dataset_kind: Any, tree: synthetic.FieldTree, merge_policy_id: str
+) -> ExportRequest:
     """Check an export job body. ``dataset_kind(id)`` returns None (unknown), or whether it is union-based."""
     if not isinstance(body, dict):
         raise invalid("body", "must be a JSON object")
@@ -73,8 +75,10 @@ def validate_request(body: Any, *, audience_ids: set[str], dataset_kind: Any, tr
     if kind is None:
         raise invalid("destination.datasetId", f"dataset {dataset_id} does not exist in this sandbox")
     if kind is False:
-        raise invalid("destination.datasetId", f"dataset {dataset_id} is not based on the profile union "
-                                               f"schema (_xdm.context.profile__union)")
+        raise invalid(
+            "destination.datasetId",
+            f"dataset {dataset_id} is not based on the profile union schema (_xdm.context.profile__union)",
+        )
     if destination.get("segmentPerBatch"):
         raise NotModelled("export jobs with destination.segmentPerBatch=true")
     if "additionalFields" in body:
@@ -91,8 +95,11 @@ def validate_request(body: Any, *, audience_ids: set[str], dataset_kind: Any, tr
         for path in (f.strip() for f in body["fields"].split(",")):
             if not path:
                 continue
-            if path != "segmentMembership" and not path.startswith("segmentMembership.") \
-                    and not synthetic.resolve_field_path(tree, path):
+            if (
+                path != "segmentMembership"
+                and not path.startswith("segmentMembership.")
+                and not synthetic.resolve_field_path(tree, path)
+            ):
                 unknown_fields.append(path)  # not a 400: the job's batch fails (see ExportRequest)
             else:
                 fields.append(path)
@@ -118,7 +125,9 @@ def validate_request(body: Any, *, audience_ids: set[str], dataset_kind: Any, tr
                 raise invalid(f"{where}.segmentNs", f"only 'ups' segments are modelled, got {ns!r}")
             statuses = seg.get("status", ["realized", "existing"])
             if not isinstance(statuses, list) or not statuses or any(s not in STATUSES for s in statuses):
-                raise invalid(f"{where}.status", f"must be a non-empty subset of {list(STATUSES)}, got {statuses!r}")
+                raise invalid(
+                    f"{where}.status", f"must be a non-empty subset of {list(STATUSES)}, got {statuses!r}"
+                )
             segments.append({"segmentId": seg["segmentId"], "segmentNs": "ups", "status": list(statuses)})
     start = end = None
     sqt = filt.get("segmentQualificationTime")
@@ -133,23 +142,42 @@ def validate_request(body: Any, *, audience_ids: set[str], dataset_kind: Any, tr
             raise invalid("filter.segmentQualificationTime", "startTime is after endTime")
     merge = body.get("mergePolicy") or {"id": merge_policy_id, "version": 1}
     if not isinstance(merge, dict) or merge.get("id") != merge_policy_id:
-        raise invalid("mergePolicy.id", f"merge policy {merge.get('id') if isinstance(merge, dict) else merge!r} "
-                                        f"does not exist")
+        raise invalid(
+            "mergePolicy.id",
+            f"merge policy {merge.get('id') if isinstance(merge, dict) else merge!r} does not exist",
+        )
     echo_filter = dict(filt)
     if segments:
         echo_filter["segments"] = segments
-    echo = {"fields": body.get("fields"), "schema": {"name": schema["name"]},
-            "mergePolicy": {"id": merge_policy_id, "version": merge.get("version", 1)},
-            "filter": echo_filter}
+    echo = {
+        "fields": body.get("fields"),
+        "schema": {"name": schema["name"]},
+        "mergePolicy": {"id": merge_policy_id, "version": merge.get("version", 1)},
+        "filter": echo_filter,
+    }
     if echo["fields"] is None:
         del echo["fields"]
-    return ExportRequest(dataset_id=dataset_id, fields=fields, segments=segments, qualification_start=start,
-                         qualification_end=end, merge_policy=echo["mergePolicy"], echo=echo,
-                         unknown_fields=unknown_fields)
+    return ExportRequest(
+        dataset_id=dataset_id,
+        fields=fields,
+        segments=segments,
+        qualification_start=start,
+        qualification_end=end,
+        merge_policy=echo["mergePolicy"],
+        echo=echo,
+        unknown_fields=unknown_fields,
+    )
 
 
-def export_sql(timeline: Timeline, seed: int, tenant: str, at: int, request: ExportRequest, batch_id: str,
-               physical_batch_id: str | None = None) -> str:
+def export_sql(
+    timeline: Timeline,
+    seed: int,
+    tenant: str,
+    at: int,
+    request: ExportRequest,
+    batch_id: str,
+    physical_batch_id: str | None = None,
+) -> str:
     """SELECT producing the export's rows in the dataset table's columns (system columns included).
 
     ``batch_id`` is the logical batch (the job's ``destination.batchId``, the Catalog batch): rows carry
@@ -159,33 +187,54 @@ def export_sql(timeline: Timeline, seed: int, tenant: str, at: int, request: Exp
     tree = synthetic.profile_field_tree(tenant)
     if request.segments:
         predicate = " OR ".join(
-            timeline.condition(s["segmentId"], s["status"], request.qualification_start, request.qualification_end)
-            for s in request.segments)
+            timeline.condition(
+                s["segmentId"], s["status"], request.qualification_start, request.qualification_end
+            )
+            for s in request.segments
+        )
     elif request.qualification_start is not None or request.qualification_end is not None:
-        predicate = " OR ".join(timeline.condition(a.id, list(STATUSES), request.qualification_start,
-                                                   request.qualification_end) for a in timeline.audiences) or "false"
+        predicate = (
+            " OR ".join(
+                timeline.condition(
+                    a.id, list(STATUSES), request.qualification_start, request.qualification_end
+                )
+                for a in timeline.audiences
+            )
+            or "false"
+        )
     else:
         predicate = "true"
-    attributes = ", ".join(f"{expr} AS {name}" for name, expr in synthetic.profile_attribute_columns(seed).items())
-    columns = ", ".join(f'{synthetic.select_expression(node, name, request.fields)} AS "{name}"'
-                        for name, node in tree.items())
+    attributes = ", ".join(
+        f"{expr} AS {name}" for name, expr in synthetic.profile_attribute_columns(seed).items()
+    )
+    columns = ", ".join(
+        f'{synthetic.select_expression(node, name, request.fields)} AS "{name}"'
+        for name, node in tree.items()
+    )
     quoted = batch_id.replace("'", "''")
     physical = (physical_batch_id or batch_id).replace("'", "''")
-    return (f"{timeline.chain(at)} SELECT {columns}, "
-            f"{timeline.segment_membership()}::{synthetic.SEGMENT_MEMBERSHIP_TYPE} AS segmentMembership, "
-            f"'{physical}' AS _acp_batchid, "
-            f"{{'acp_sourceBatchId': '{quoted}', 'commitBatchId': '{physical}', 'ingestTime': {at * 1000}}}"
-            f"::{synthetic.SYSTEM_METADATA_TYPE} AS _acp_system_metadata "
-            f"FROM (SELECT status.*, {attributes} FROM status WHERE {predicate})")
+    return (
+        f"{timeline.chain(at)} SELECT {columns}, "
+        f"{timeline.segment_membership()}::{synthetic.SEGMENT_MEMBERSHIP_TYPE} AS segmentMembership, "
+        f"'{physical}' AS _acp_batchid, "
+        f"{{'acp_sourceBatchId': '{quoted}', 'commitBatchId': '{physical}', 'ingestTime': {at * 1000}}}"
+        f"::{synthetic.SYSTEM_METADATA_TYPE} AS _acp_system_metadata "
+        f"FROM (SELECT status.*, {attributes} FROM status WHERE {predicate})"
+    )
 
 
 def table_ddl(tenant: str) -> str:
     """Column list of an export (profile union) dataset table."""
     tree = synthetic.profile_field_tree(tenant)
-    cols = [f'"{name}" {node.sql_type if isinstance(node, synthetic.Leaf) else synthetic.sql_type(node)}'
-            for name, node in tree.items()]
-    cols += [f'"segmentMembership" {synthetic.SEGMENT_MEMBERSHIP_TYPE}', '"_acp_batchid" VARCHAR',
-             f'"_acp_system_metadata" {synthetic.SYSTEM_METADATA_TYPE}']
+    cols = [
+        f'"{name}" {node.sql_type if isinstance(node, synthetic.Leaf) else synthetic.sql_type(node)}'
+        for name, node in tree.items()
+    ]
+    cols += [
+        f'"segmentMembership" {synthetic.SEGMENT_MEMBERSHIP_TYPE}',
+        '"_acp_batchid" VARCHAR',
+        f'"_acp_system_metadata" {synthetic.SYSTEM_METADATA_TYPE}',
+    ]
     return ", ".join(cols)
 
 
@@ -222,16 +271,26 @@ class ExportJob:
         elif self.status == FAILED:
             destination["batchId"] = ""
         body: dict[str, Any] = {
-            "id": self.id, "jobType": "BATCH", "status": self.status, "profileInstanceId": "ups",
-            "destination": destination, "imsOrgId": org_id, "sandbox": sandbox,
-            "creationTime": self.created_ms, "updateTime": self.updated_ms, "requestId": self.request_id,
+            "id": self.id,
+            "jobType": "BATCH",
+            "status": self.status,
+            "profileInstanceId": "ups",
+            "destination": destination,
+            "imsOrgId": org_id,
+            "sandbox": sandbox,
+            "creationTime": self.created_ms,
+            "updateTime": self.updated_ms,
+            "requestId": self.request_id,
             **self.request.echo,
         }
         metrics: dict[str, Any] = {}
         if self.start_ms is not None:
             end = self.end_ms or self.updated_ms
-            metrics["totalTime"] = {"startTimeInMs": self.start_ms, "endTimeInMs": end,
-                                    "totalTimeInMs": end - self.start_ms}
+            metrics["totalTime"] = {
+                "startTimeInMs": self.start_ms,
+                "endTimeInMs": end,
+                "totalTimeInMs": end - self.start_ms,
+            }
         if self.exported is not None:
             metrics["totalExportedProfileCounter"] = self.exported
             metrics["exportedProfileByNamespaceCounter"] = {"Email": self.exported}
@@ -246,4 +305,3 @@ def progress_times(now_mono: float, seconds: float) -> tuple[float, float]:
     """(processing_at, done_at): NEW for the first quarter of the duration, then PROCESSING."""
     seconds = max(0.0, seconds)
     return now_mono + seconds / 4.0, now_mono + seconds
-

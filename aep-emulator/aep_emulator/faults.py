@@ -71,10 +71,14 @@ class FaultRule:
             raise ValueError("a fault rule needs 'route' (a route name, '*' or 'METHOD regex')")
         if kind not in KINDS:
             raise ValueError(f"fault kind {kind!r} is not one of {list(KINDS)}")
-        rule = cls(route=route, kind=kind, probability=float(data.get("probability", 1.0)),
-                   retry_after=None if data.get("retry_after") is None else float(data["retry_after"]),
-                   seconds=float(data.get("seconds", 0.0)),
-                   times=None if data.get("times") is None else int(data["times"]))
+        rule = cls(
+            route=route,
+            kind=kind,
+            probability=float(data.get("probability", 1.0)),
+            retry_after=None if data.get("retry_after") is None else float(data["retry_after"]),
+            seconds=float(data.get("seconds", 0.0)),
+            times=None if data.get("times") is None else int(data["times"]),
+        )
         if not 0.0 <= rule.probability <= 1.0:
             raise ValueError("fault probability must be within [0, 1]")
         if kind == "latency" and rule.seconds <= 0:
@@ -93,8 +97,12 @@ class FaultRule:
         return self.route in ("*", name)
 
     def to_json(self) -> dict:
-        out: dict[str, Any] = {"route": self.route, "kind": self.kind, "probability": self.probability,
-                               "injected": self.injected}
+        out: dict[str, Any] = {
+            "route": self.route,
+            "kind": self.kind,
+            "probability": self.probability,
+            "injected": self.injected,
+        }
         for key in ("retry_after", "times"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
@@ -179,8 +187,14 @@ class FaultInjector:
                 rule.injected += 1
                 self.injected[name][rule.kind] += 1
         if decision.fault is not None or decision.delay:
-            log.info("injecting %s%s on %s %s (%s)", decision.fault.kind if decision.fault else "",
-                     f" after {decision.delay:g}s" if decision.delay else "", method, path, name)
+            log.info(
+                "injecting %s%s on %s %s (%s)",
+                decision.fault.kind if decision.fault else "",
+                f" after {decision.delay:g}s" if decision.delay else "",
+                method,
+                path,
+                name,
+            )
         return decision
 
     def hold(self, seconds: float) -> None:
@@ -209,9 +223,14 @@ class FaultInjector:
         with self._lock:
             routes = sorted(set(self.requests) | set(self.injected))
             return {
-                "routes": {r: {"requests": self.requests.get(r, 0), "faults": dict(self.injected.get(r, {})),
-                               **({"inFlight": self.in_flight[r]} if self.in_flight.get(r) else {})}
-                           for r in routes},
+                "routes": {
+                    r: {
+                        "requests": self.requests.get(r, 0),
+                        "faults": dict(self.injected.get(r, {})),
+                        **({"inFlight": self.in_flight[r]} if self.in_flight.get(r) else {}),
+                    }
+                    for r in routes
+                },
                 "rules": [rule.to_json() for rule in self.rules],
             }
 

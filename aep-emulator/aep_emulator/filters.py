@@ -70,12 +70,14 @@ def property_predicate(expression: str) -> Callable[[dict], bool]:
     for op in _OPS:
         pos = expr.find(op)
         if pos > 0:
-            name, value = expr[:pos].strip(), expr[pos + len(op):]
+            name, value = expr[:pos].strip(), expr[pos + len(op) :]
             if op == "~":
                 try:
                     re.compile(value)
                 except re.error as exc:
-                    raise FilterError(f"invalid regular expression in property filter {expr!r}: {exc}") from exc
+                    raise FilterError(
+                        f"invalid regular expression in property filter {expr!r}: {exc}"
+                    ) from exc
 
             def predicate(obj: dict, name: str = name, op: str = op, value: str = value) -> bool:
                 found, actual = _lookup(obj, name)
@@ -106,7 +108,9 @@ def sort_items(items: list[dict], order: str | None, default: str = "asc:created
             direction, key = "desc", key[1:]
         if direction not in ("", "asc", "desc"):
             raise FilterError(f"invalid order term {term!r}: use asc:<field> or desc:<field>")
-        items.sort(key=lambda it, k=key: (it.get(k) is None, _sortable(it.get(k))), reverse=direction == "desc")
+        items.sort(
+            key=lambda it, k=key: (it.get(k) is None, _sortable(it.get(k))), reverse=direction == "desc"
+        )
     return items
 
 
@@ -128,7 +132,9 @@ def _pointer(path: str) -> list[str]:
     return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
 
 
-def apply_json_patch(document: dict, operations: Any, allowed: Callable[[str], bool] = lambda p: True) -> dict:
+def apply_json_patch(
+    document: dict, operations: Any, allowed: Callable[[str], bool] = lambda p: True
+) -> dict:
     """Apply RFC 6902 operations (add, replace, remove, test) to a deep copy of ``document``."""
     if not isinstance(operations, list) or not operations:
         raise PatchError("a JSON Patch document must be a non-empty array of operations")

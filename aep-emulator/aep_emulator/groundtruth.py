@@ -44,8 +44,10 @@ def _audiences(state: EmulatorState, audience_ids: list[str] | None) -> list[str
 
 def _with_profile(state: EmulatorState, inner: str, columns: str) -> str:
     attrs = profile_attribute_columns(state.settings.seed, "r.idx")
-    return (f"SELECT r.idx AS profile_index, {attrs['email']} AS email, {attrs['ecid']} AS ecid, "
-            f"{attrs['crm_id']} AS crm_id, {columns} FROM ({inner}) r")
+    return (
+        f"SELECT r.idx AS profile_index, {attrs['email']} AS email, {attrs['ecid']} AS ecid, "
+        f"{attrs['crm_id']} AS crm_id, {columns} FROM ({inner}) r"
+    )
 
 
 TIME_COLUMNS = ("last_qualification_time", "time")
@@ -81,8 +83,12 @@ def _query(state: EmulatorState, sql: str) -> list[dict]:
         cur.close()
 
 
-def snapshot_sql(state: EmulatorState, audience_ids: list[str] | None, statuses: list[str] | None,
-                 at: datetime | int | None) -> str:
+def snapshot_sql(
+    state: EmulatorState,
+    audience_ids: list[str] | None,
+    statuses: list[str] | None,
+    at: datetime | int | None,
+) -> str:
     statuses = list(statuses or ["realized", "existing"])
     bad = [s for s in statuses if s not in STATUSES]
     if bad:
@@ -90,13 +96,19 @@ def snapshot_sql(state: EmulatorState, audience_ids: list[str] | None, statuses:
     when = epoch(at) if at is not None else int(state.clock.epoch())
     tl = state.timeline
     inner = tl.long_rows(_audiences(state, audience_ids), statuses)
-    return (f"{tl.chain(when)} " + _with_profile(
-        state, inner, "r.audience_id, r.status, r.qualified AS last_qualification_time")
-        + " ORDER BY profile_index, audience_id")
+    return (
+        f"{tl.chain(when)} "
+        + _with_profile(state, inner, "r.audience_id, r.status, r.qualified AS last_qualification_time")
+        + " ORDER BY profile_index, audience_id"
+    )
 
 
-def snapshot(state: EmulatorState, audience_ids: list[str] | None, statuses: list[str] | None,
-             at: datetime | int | None) -> list[dict]:
+def snapshot(
+    state: EmulatorState,
+    audience_ids: list[str] | None,
+    statuses: list[str] | None,
+    at: datetime | int | None,
+) -> list[dict]:
     """Memberships at ``at`` (default: now) with a status in ``statuses`` (default realized+existing).
 
     Rows: profile_index, email, ecid, crm_id, audience_id, status, last_qualification_time (UTC).
@@ -104,16 +116,21 @@ def snapshot(state: EmulatorState, audience_ids: list[str] | None, statuses: lis
     return list(iter_rows(state, snapshot_sql(state, audience_ids, statuses, at)))
 
 
-def transitions_sql(state: EmulatorState, audience_ids: list[str] | None, start: datetime | int,
-                    end: datetime | int) -> str:
+def transitions_sql(
+    state: EmulatorState, audience_ids: list[str] | None, start: datetime | int, end: datetime | int
+) -> str:
     tl = state.timeline
     inner = tl.transitions_rows(_audiences(state, audience_ids), epoch(start), epoch(end))
-    return (f"{tl.chain(None)} " + _with_profile(state, inner, "r.audience_id, r.event, r.t AS time")
-            + " ORDER BY time, profile_index, audience_id")
+    return (
+        f"{tl.chain(None)} "
+        + _with_profile(state, inner, "r.audience_id, r.event, r.t AS time")
+        + " ORDER BY time, profile_index, audience_id"
+    )
 
 
-def transitions(state: EmulatorState, audience_ids: list[str] | None, start: datetime | int,
-                end: datetime | int) -> list[dict]:
+def transitions(
+    state: EmulatorState, audience_ids: list[str] | None, start: datetime | int, end: datetime | int
+) -> list[dict]:
     """The true timeline events (entered / exited) with time in [start, end), whatever AEP keeps."""
     return list(iter_rows(state, transitions_sql(state, audience_ids, start, end)))
 
@@ -130,8 +147,11 @@ def export_rows(state: EmulatorState, batch_id: str) -> list[dict]:
         if table is None:
             raise KeyError(f"no export batch {batch_id}")
     # The Catalog batch is the logical one: rows name it in acp_sourceBatchId (_acp_batchid may differ).
-    return _query(state, f'SELECT * FROM "{table}" WHERE _acp_system_metadata.acp_sourceBatchId = '
-                         f'\'{batch_id.replace(chr(39), "")}\'')
+    return _query(
+        state,
+        f'SELECT * FROM "{table}" WHERE _acp_system_metadata.acp_sourceBatchId = '
+        f"'{batch_id.replace(chr(39), '')}'",
+    )
 
 
 def profile(state: EmulatorState, profile_index: int) -> dict:
@@ -140,12 +160,16 @@ def profile(state: EmulatorState, profile_index: int) -> dict:
         raise ValueError(f"profile index must be within [0, {state.settings.profiles})")
     attrs = profile_attribute_columns(state.settings.seed, "idx")
     cols = ", ".join(f"{expr} AS {name}" for name, expr in attrs.items())
-    return _query(state, f"SELECT idx AS profile_index, {cols} FROM range({int(profile_index)}, "
-                         f"{int(profile_index) + 1}) p(idx)")[0]
+    return _query(
+        state,
+        f"SELECT idx AS profile_index, {cols} FROM range({int(profile_index)}, "
+        f"{int(profile_index) + 1}) p(idx)",
+    )[0]
 
 
-def set_membership(state: EmulatorState, profile_index: int, audience_id: str, member: bool,
-                   at: datetime | int | None) -> list[tuple[int, int | None]]:
+def set_membership(
+    state: EmulatorState, profile_index: int, audience_id: str, member: bool, at: datetime | int | None
+) -> list[tuple[int, int | None]]:
     """From ``at`` (default: now) on, the profile is (``member``) or is not a member of the audience,
     until another change. Returns the pair's new interval list (epoch seconds)."""
     if not 0 <= profile_index < state.settings.profiles:
@@ -156,17 +180,27 @@ def set_membership(state: EmulatorState, profile_index: int, audience_id: str, m
         current = state.execute(state.timeline.intervals_sql(profile_index, audience_id))[0][0] or []
         intervals = apply_override([(iv["e"], iv["x"]) for iv in current], when, member)
         state.execute(f"DELETE FROM {OVERRIDE_TABLE} WHERE idx = ? AND aud = ?", [profile_index, k])
-        state.execute(f"INSERT INTO {OVERRIDE_TABLE} VALUES (?, ?, ?)",
-                      [profile_index, k, [{"e": e, "x": x} for e, x in intervals]])
-    log.info("membership override: profile %d %s audience %s at %s -> %s", profile_index,
-             "enters" if member else "leaves", audience_id, _ts(when), intervals)
+        state.execute(
+            f"INSERT INTO {OVERRIDE_TABLE} VALUES (?, ?, ?)",
+            [profile_index, k, [{"e": e, "x": x} for e, x in intervals]],
+        )
+    log.info(
+        "membership override: profile %d %s audience %s at %s -> %s",
+        profile_index,
+        "enters" if member else "leaves",
+        audience_id,
+        _ts(when),
+        intervals,
+    )
     return intervals
 
 
 def to_jsonable(rows: list[dict]) -> list[dict[str, Any]]:
     """Datetimes as ISO strings (for the admin API)."""
-    return [{k: (v.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(v, datetime) else v) for k, v in row.items()}
-            for row in rows]
+    return [
+        {k: (v.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(v, datetime) else v) for k, v in row.items()}
+        for row in rows
+    ]
 
 
 def dumps(row: dict) -> str:
@@ -178,8 +212,11 @@ def dataset_records(state: EmulatorState, dataset_id: str, chunk: int = 10_000) 
     what Query Service and a CJA connection would see. Export batches come from the DuckDB table."""
     with state.lock:
         state.tick()
-        found = [(sb, sb.catalog.datasets[dataset_id]) for sb in state.sandboxes.values()
-                 if dataset_id in sb.catalog.datasets]
+        found = [
+            (sb, sb.catalog.datasets[dataset_id])
+            for sb in state.sandboxes.values()
+            if dataset_id in sb.catalog.datasets
+        ]
         if not found:
             raise KeyError(f"no dataset {dataset_id}")
         sandbox, dataset = found[0]
@@ -188,8 +225,11 @@ def dataset_records(state: EmulatorState, dataset_id: str, chunk: int = 10_000) 
         if batch.origin == "export" and dataset.has_table:
             cur = state.cursor()
             try:
-                result = cur.execute(f'SELECT to_json(t) FROM "{dataset.table}" t '
-                                     'WHERE _acp_system_metadata.acp_sourceBatchId = ?', [batch.id])
+                result = cur.execute(
+                    f'SELECT to_json(t) FROM "{dataset.table}" t '
+                    "WHERE _acp_system_metadata.acp_sourceBatchId = ?",
+                    [batch.id],
+                )
                 while rows := result.fetchmany(chunk):
                     for (line,) in rows:
                         yield line

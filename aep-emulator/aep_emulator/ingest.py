@@ -16,9 +16,9 @@ from aep_emulator import xdm
 CODE_TEXT = {
     xdm.PARSE: "The row has corrupted data and cannot be read or parsed. Fix the corrupted data and try again.",
     xdm.REQUIRED: "A required field is either missing or has a value of null. Add the required field to the "
-                  "input row and try again.",
+    "input row and try again.",
     xdm.SCHEMA: "A field is not defined in the dataset's schema or its value cannot be converted to the "
-                "field's type. Fix the row and try again.",
+    "field's type. Fix the row and try again.",
 }
 ERROR_FILE = {xdm.PARSE: "parsing_errors", xdm.REQUIRED: "conversion_errors", xdm.SCHEMA: "conversion_errors"}
 
@@ -68,8 +68,15 @@ def _records(text: str, multiline: bool) -> list[tuple[str, object | None]]:
     return out
 
 
-def process(files: list[tuple[str, Path]], schema: xdm.RecordSchema, *, multiline: bool,
-            records_out: Path, row_errors_dir: Path | None, reject_first: int = 0) -> IngestResult:
+def process(
+    files: list[tuple[str, Path]],
+    schema: xdm.RecordSchema,
+    *,
+    multiline: bool,
+    records_out: Path,
+    row_errors_dir: Path | None,
+    reject_first: int = 0,
+) -> IngestResult:
     """Validate every record of the batch's files; write accepted records and (if enabled) row errors.
 
     ``row_errors_dir`` is None when the batch was created without ``enableErrorDiagnostics``:
@@ -88,13 +95,18 @@ def process(files: list[tuple[str, Path]], schema: xdm.RecordSchema, *, multilin
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as exc:
-                result.fatal = {"code": "INGEST-1401-400",
-                                "description": f"File {name} is not UTF-8 text (byte {exc.start})."}
+                result.fatal = {
+                    "code": "INGEST-1401-400",
+                    "description": f"File {name} is not UTF-8 text (byte {exc.start}).",
+                }
                 return result
             for raw, record in _records(text, multiline):
                 result.input_records += 1
-                problems = [(xdm.PARSE, "Row is corrupted and cannot be read, please fix and resend.")] \
-                    if record is None else schema.validate(record)
+                problems = (
+                    [(xdm.PARSE, "Row is corrupted and cannot be read, please fix and resend.")]
+                    if record is None
+                    else schema.validate(record)
+                )
                 if result.input_records <= reject_first:
                     problems = [(xdm.SCHEMA, "record rejected (failure injected by the emulator)")]
                 if not problems:
@@ -106,11 +118,15 @@ def process(files: list[tuple[str, Path]], schema: xdm.RecordSchema, *, multilin
                 result.failed_by_code[code] += 1
                 if row_errors_dir is not None:
                     file_name = f"{ERROR_FILE[code]}_0.json"
-                    error_lines.setdefault(file_name, []).append(json.dumps({
-                        "_corrupt_record": raw,
-                        "_errors": [{"code": c.split("-")[1], "message": m} for c, m in problems],
-                        "_filename": name,
-                    }))
+                    error_lines.setdefault(file_name, []).append(
+                        json.dumps(
+                            {
+                                "_corrupt_record": raw,
+                                "_errors": [{"code": c.split("-")[1], "message": m} for c, m in problems],
+                                "_filename": name,
+                            }
+                        )
+                    )
     if row_errors_dir is not None and error_lines:
         row_errors_dir.mkdir(parents=True, exist_ok=True)
         for file_name, lines in error_lines.items():
@@ -118,7 +134,9 @@ def process(files: list[tuple[str, Path]], schema: xdm.RecordSchema, *, multilin
     return result
 
 
-def outcome(result: IngestResult, *, partial_percent: float | None, diagnostics: bool) -> tuple[bool, list[dict]]:
+def outcome(
+    result: IngestResult, *, partial_percent: float | None, diagnostics: bool
+) -> tuple[bool, list[dict]]:
     """(success?, Catalog ``errors``) following the partial-ingestion rules."""
     if result.fatal is not None:
         return False, [result.fatal]
@@ -127,14 +145,24 @@ def outcome(result: IngestResult, *, partial_percent: float | None, diagnostics:
     share = 100.0 * result.failed_records / max(1, result.input_records)
     ok = partial_percent is not None and share <= partial_percent
     if not diagnostics:
-        return ok, [{"code": "INGEST-1211-400",
-                     "description": "Encountered errors while parsing, converting or otherwise validating the "
-                                    "data. Please resend the data with error diagnostics enabled to collect "
-                                    "additional information on failure types"}]
-    errors = [{"code": "INGEST-1212-400",
-               "description": f"Encountered {result.failed_records} errors in the data. Successfully ingested "
-                              f"{result.output_records if ok else 0} rows. Please review the associated "
-                              f"diagnostic files for more details."}]
-    errors += [{"code": code, "description": CODE_TEXT[code], "recordCount": count}
-               for code, count in sorted(result.failed_by_code.items())]
+        return ok, [
+            {
+                "code": "INGEST-1211-400",
+                "description": "Encountered errors while parsing, converting or otherwise validating the "
+                "data. Please resend the data with error diagnostics enabled to collect "
+                "additional information on failure types",
+            }
+        ]
+    errors = [
+        {
+            "code": "INGEST-1212-400",
+            "description": f"Encountered {result.failed_records} errors in the data. Successfully ingested "
+            f"{result.output_records if ok else 0} rows. Please review the associated "
+            f"diagnostic files for more details.",
+        }
+    ]
+    errors += [
+        {"code": code, "description": CODE_TEXT[code], "recordCount": count}
+        for code, count in sorted(result.failed_by_code.items())
+    ]
     return ok, errors

@@ -40,8 +40,15 @@ def batch_table(batch_id: str) -> str:
 
 
 def _compute_export(state: EmulatorState, job: ExportJob) -> int:
-    sql = exports.export_sql(state.timeline, state.settings.seed, state.settings.tenant, job.at, job.request,
-                             job.batch_id, job.physical_batch_id)
+    sql = exports.export_sql(
+        state.timeline,
+        state.settings.seed,
+        state.settings.tenant,
+        job.at,
+        job.request,
+        job.batch_id,
+        job.physical_batch_id,
+    )
     started = time.monotonic()
     cur = state.cursor()
     try:
@@ -55,11 +62,14 @@ def _compute_export(state: EmulatorState, job: ExportJob) -> int:
     return int(rows)
 
 
-def create_export_job(state: EmulatorState, sandbox: SandboxState, request: ExportRequest,
-                      request_id: str) -> ExportJob:
+def create_export_job(
+    state: EmulatorState, sandbox: SandboxState, request: ExportRequest, request_id: str
+) -> ExportJob:
     """Register a job and start computing its rows (call under the state lock)."""
     now = time.monotonic()
-    processing_at, done_at = exports.progress_times(now, state.knobs.real_seconds(state.knobs.export_job_seconds))
+    processing_at, done_at = exports.progress_times(
+        now, state.knobs.real_seconds(state.knobs.export_job_seconds)
+    )
     failure = None
     if request.unknown_fields:
         # The use-case doc's trap: the job is accepted and SUCCEEDS, and the batch it wrote fails.
@@ -73,11 +83,21 @@ def create_export_job(state: EmulatorState, sandbox: SandboxState, request: Expo
     # One clock reading: the export reflects second int(creationTime / 1000) exactly.
     now_epoch = state.clock.epoch()
     now_ms = int(now_epoch * 1000)
-    job = ExportJob(id=state.next_job_id, sandbox=sandbox.name, request=request, at=int(now_epoch),
-                    created_ms=now_ms, updated_ms=now_ms, processing_at=processing_at, done_at=done_at,
-                    batch_id=cat.new_batch_id(), request_id=request_id, failure_mode=failure,
-                    # Realistic mode: the data lake's physical batch is not the logical one the job reports.
-                    physical_batch_id=cat.new_batch_id() if state.knobs.distinct_batch_ids else None)
+    job = ExportJob(
+        id=state.next_job_id,
+        sandbox=sandbox.name,
+        request=request,
+        at=int(now_epoch),
+        created_ms=now_ms,
+        updated_ms=now_ms,
+        processing_at=processing_at,
+        done_at=done_at,
+        batch_id=cat.new_batch_id(),
+        request_id=request_id,
+        failure_mode=failure,
+        # Realistic mode: the data lake's physical batch is not the logical one the job reports.
+        physical_batch_id=cat.new_batch_id() if state.knobs.distinct_batch_ids else None,
+    )
     state.next_job_id += 1
     job.work = state.executor.submit(_compute_export, state, job)
     sandbox.export_jobs[job.id] = job
@@ -118,11 +138,18 @@ def advance_export_job(state: EmulatorState, sandbox: SandboxState, job: ExportJ
         now_ms = state.now_ms()
         job.status, job.updated_ms, job.start_ms = exports.PROCESSING, now_ms, now_ms
         sandbox.catalog.batches[job.batch_id] = Batch(
-            id=job.batch_id, sandbox=sandbox.name, dataset_id=job.request.dataset_id, origin="export",
+            id=job.batch_id,
+            sandbox=sandbox.name,
+            dataset_id=job.request.dataset_id,
+            origin="export",
             # Guess: the export writes its files into a batch that is loading (realistic mode).
             status=cat.LOADING if state.knobs.intermediate_statuses else cat.PROCESSING,
-            created=now_ms, updated=now_ms, started=now_ms,
-            created_client="acp_segmentation", input_format={"format": "parquet"})
+            created=now_ms,
+            updated=now_ms,
+            started=now_ms,
+            created_client="acp_segmentation",
+            input_format={"format": "parquet"},
+        )
         job.batch_created = True
     if job.status != exports.PROCESSING or now < job.done_at or job.work is None or not job.work.done():
         return
@@ -133,7 +160,9 @@ def advance_export_job(state: EmulatorState, sandbox: SandboxState, job: ExportJ
         _fail_job(state, sandbox, job, "0090-500", f"Export failed: {error}")
         return
     if dataset is None:
-        _fail_job(state, sandbox, job, "0091-404", f"Destination dataset {job.request.dataset_id} was deleted")
+        _fail_job(
+            state, sandbox, job, "0091-404", f"Destination dataset {job.request.dataset_id} was deleted"
+        )
         return
     if job.failure_mode == "job":
         _fail_job(state, sandbox, job, "0092-500", "Export job failed (failure injected by the emulator)")
@@ -142,7 +171,11 @@ def advance_export_job(state: EmulatorState, sandbox: SandboxState, job: ExportJ
     batch = sandbox.catalog.batches[job.batch_id]
     now_ms = state.now_ms()
     job.status, job.exported, job.updated_ms, job.end_ms = exports.SUCCEEDED, rows, now_ms, now_ms
-    tail = state.knobs.real_seconds(state.knobs.export_batch_seconds) if state.knobs.intermediate_statuses else 0.0
+    tail = (
+        state.knobs.real_seconds(state.knobs.export_batch_seconds)
+        if state.knobs.intermediate_statuses
+        else 0.0
+    )
     if tail > 0:
         # The job is done; Catalog still shows its batch staging for a while (realistic mode).
         batch.status, batch.due = cat.STAGING, time.monotonic() + tail
@@ -151,7 +184,9 @@ def advance_export_job(state: EmulatorState, sandbox: SandboxState, job: ExportJ
         log.info("export job %s SUCCEEDED with %d profiles; its batch %s is staging", job.id, rows, batch.id)
         return
     settle_export_batch(state, sandbox, job, batch)
-    log.info("export job %s SUCCEEDED with %d profiles into batch %s (%s)", job.id, rows, batch.id, batch.status)
+    log.info(
+        "export job %s SUCCEEDED with %d profiles into batch %s (%s)", job.id, rows, batch.id, batch.status
+    )
 
 
 def settle_export_batch(state: EmulatorState, sandbox: SandboxState, job: ExportJob, batch: Batch) -> None:
@@ -161,21 +196,32 @@ def settle_export_batch(state: EmulatorState, sandbox: SandboxState, job: Export
     if job.failure_mode == "fields":
         # Guess: the code and text of the batch error (the use-case doc says only that the batch fails).
         batch.status = cat.FAILED
-        batch.errors = [{"code": "INGEST-1555-400",
-                         "description": f"Field path(s) {', '.join(job.request.unknown_fields)} of the export "
-                                        f"job's fields do not exist in the profile union schema"}]
+        batch.errors = [
+            {
+                "code": "INGEST-1555-400",
+                "description": f"Field path(s) {', '.join(job.request.unknown_fields)} of the export "
+                f"job's fields do not exist in the profile union schema",
+            }
+        ]
         state.drop_later.append((job.work, batch_table(job.batch_id)))
     elif job.failure_mode == "batch":
         # The recipe's trap: the job reports success while the batch it wrote fails in Catalog.
         batch.status = cat.FAILED
-        batch.errors = [{"code": "INGEST-1510-400",
-                         "description": "Batch failed while writing to the dataset (failure injected by the "
-                                        "emulator)"}]
+        batch.errors = [
+            {
+                "code": "INGEST-1510-400",
+                "description": "Batch failed while writing to the dataset (failure injected by the emulator)",
+            }
+        ]
         state.drop_later.append((job.work, batch_table(job.batch_id)))
     elif dataset is None:
         batch.status = cat.FAILED
-        batch.errors = [{"code": "INGEST-1404-404",
-                         "description": f"Destination dataset {job.request.dataset_id} was deleted"}]
+        batch.errors = [
+            {
+                "code": "INGEST-1404-404",
+                "description": f"Destination dataset {job.request.dataset_id} was deleted",
+            }
+        ]
         state.drop_later.append((job.work, batch_table(job.batch_id)))
     else:
         rows = job.exported or 0
@@ -207,9 +253,12 @@ def complete_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch, sc
     if state.knobs.ingestion_failures > 0:
         state.knobs.ingestion_failures -= 1
         batch.work = None  # fails at its due time without looking at the files
-        batch.errors = [{"code": "INGEST-1100-500",
-                         "description": "Internal error while processing the batch (failure injected by the "
-                                        "emulator)"}]
+        batch.errors = [
+            {
+                "code": "INGEST-1100-500",
+                "description": "Internal error while processing the batch (failure injected by the emulator)",
+            }
+        ]
     else:
         directory = state.files_dir / batch.id
         directory.mkdir(parents=True, exist_ok=True)
@@ -221,8 +270,14 @@ def complete_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch, sc
             state.knobs.partial_ingestion_failures -= 1
             reject, batch.partial_percent = 1, 100.0  # one record fails; the batch succeeds without it
         batch.work = state.executor.submit(
-            ingest.process, files, schema, multiline=bool(batch.input_format.get("isMultiLineJson")),
-            records_out=batch.records_path, row_errors_dir=batch.row_errors_dir, reject_first=reject)
+            ingest.process,
+            files,
+            schema,
+            multiline=bool(batch.input_format.get("isMultiLineJson")),
+            records_out=batch.records_path,
+            row_errors_dir=batch.row_errors_dir,
+            reject_first=reject,
+        )
     state.pending_batches.add((sandbox.name, batch.id))
 
 
@@ -266,12 +321,20 @@ def advance_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch) -> 
     batch.status, batch.errors = (cat.SUCCESS if ok else cat.FAILED), errors
     if ok:
         batch.live_since = time.monotonic()  # the instant the replay below (if any) takes effect too
-    batch.metrics = {"inputByteSize": result.input_bytes, "inputFileCount": result.file_count,
-                     "inputRecordCount": result.input_records,
-                     "outputRecordCount": result.output_records if ok else 0,
-                     "failedRecordCount": result.failed_records}
-    log.info("batch %s %s: %d records in, %d failed", batch.id, batch.status, result.input_records,
-             result.failed_records)
+    batch.metrics = {
+        "inputByteSize": result.input_bytes,
+        "inputFileCount": result.file_count,
+        "inputRecordCount": result.input_records,
+        "outputRecordCount": result.output_records if ok else 0,
+        "failedRecordCount": result.failed_records,
+    }
+    log.info(
+        "batch %s %s: %d records in, %d failed",
+        batch.id,
+        batch.status,
+        result.input_records,
+        result.failed_records,
+    )
     if ok and batch.replay:
         # Batch replay ("equivalent to deleting the old batch and ingesting a new one", batch ingestion
         # API guide). When the predecessors leave the dataset is not documented. Guess: at the moment
@@ -281,8 +344,9 @@ def advance_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch) -> 
         for old_id in batch.replay.get("predecessors") or []:
             old = sandbox.catalog.batches.get(str(old_id))
             if old is not None and old.status == cat.SUCCESS:
-                revert_batch(state, sandbox, old, by_client=batch.created_client, at=batch.live_since,
-                             at_ms=now_ms)
+                revert_batch(
+                    state, sandbox, old, by_client=batch.created_client, at=batch.live_since, at_ms=now_ms
+                )
     return True
 
 
@@ -292,12 +356,21 @@ def _will_fail(batch: Batch) -> bool:
         return True
     if batch.work.exception() is not None:
         return True
-    ok, _ = ingest.outcome(batch.work.result(), partial_percent=batch.partial_percent, diagnostics=batch.diagnostics)
+    ok, _ = ingest.outcome(
+        batch.work.result(), partial_percent=batch.partial_percent, diagnostics=batch.diagnostics
+    )
     return not ok
 
 
-def revert_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch, *, by_client: str | None = None,
-                 at: float | None = None, at_ms: int | None = None) -> None:
+def revert_batch(
+    state: EmulatorState,
+    sandbox: SandboxState,
+    batch: Batch,
+    *,
+    by_client: str | None = None,
+    at: float | None = None,
+    at_ms: int | None = None,
+) -> None:
     """REVERT (or replacement by a replay): the batch becomes inactive and its records leave the dataset.
     ``at``/``at_ms``: the instant (monotonic / epoch ms) of a replay's success, the same for both."""
     now_ms = state.now_ms() if at_ms is None else at_ms

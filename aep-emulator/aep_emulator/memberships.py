@@ -59,8 +59,11 @@ class Timeline:
 
     # -- stages ------------------------------------------------------------------------------
     def _hashes(self, source: str) -> str:
-        cols = ", ".join(f"hash({self.seed}, idx, {k}, {j}) AS h{j}_{k}"
-                         for k in range(len(self.audiences)) for j in (1, 2, 3))
+        cols = ", ".join(
+            f"hash({self.seed}, idx, {k}, {j}) AS h{j}_{k}"
+            for k in range(len(self.audiences))
+            for j in (1, 2, 3)
+        )
         return f"SELECT idx{', ' + cols if cols else ''} FROM {source}"
 
     def _timelines(self) -> str:
@@ -82,7 +85,8 @@ class Timeline:
                 f"'x1': CASE WHEN {closed1} THEN {e1} + {stay1} END, "
                 f"'e2': CASE WHEN {closed1} AND {second} THEN {e1} + {stay1} + {gap} END, "
                 f"'x2': CASE WHEN {closed1} AND {second} AND {closed2} THEN {e1} + {stay1} + {gap} + {stay2} END"
-                f"}} END AS tl_{k}")
+                f"}} END AS tl_{k}"
+            )
         return f"SELECT idx{''.join(', ' + c for c in cols)} FROM hashes"
 
     def _latest(self, at: int) -> str:
@@ -100,7 +104,8 @@ class Timeline:
                 f"'x': struct_extract(list_filter({ov}, lambda v: v.e <= {at})[-1], 'x'), "
                 f"'v': len(list_filter({ov}, lambda v: v.e <= {at}))}} END "
                 f"WHEN {tl('e2')} <= {at} THEN {{'e': {tl('e2')}, 'x': {tl('x2')}, 'v': 2}} "
-                f"WHEN {tl('e1')} <= {at} THEN {{'e': {tl('e1')}, 'x': {tl('x1')}, 'v': 1}} END AS r_{k}")
+                f"WHEN {tl('e1')} <= {at} THEN {{'e': {tl('e1')}, 'x': {tl('x1')}, 'v': 1}} END AS r_{k}"
+            )
         return f"SELECT timelines.idx{''.join(', ' + c for c in cols)} FROM timelines LEFT JOIN overrides ov USING (idx)"
 
     def _status(self, at: int) -> str:
@@ -112,18 +117,26 @@ class Timeline:
                 f"CASE WHEN r_{k} IS NULL THEN NULL "
                 f"WHEN {x} IS NULL OR {x} > {at} THEN "
                 f"CASE WHEN {at} - {e} < {REALIZED_FOR} THEN 'realized' ELSE 'existing' END "
-                f"WHEN {at} - {x} < {EXITED_KEPT} THEN 'exited' END AS st_{k}")
-            cols.append(f"CASE WHEN r_{k} IS NULL THEN NULL WHEN {x} IS NULL OR {x} > {at} THEN "
-                        f"CASE WHEN {at} - {e} < {REALIZED_FOR} THEN {e} ELSE {e} + {REALIZED_FOR} END "
-                        f"WHEN {at} - {x} < {EXITED_KEPT} THEN {x} END AS q_{k}")
+                f"WHEN {at} - {x} < {EXITED_KEPT} THEN 'exited' END AS st_{k}"
+            )
+            cols.append(
+                f"CASE WHEN r_{k} IS NULL THEN NULL WHEN {x} IS NULL OR {x} > {at} THEN "
+                f"CASE WHEN {at} - {e} < {REALIZED_FOR} THEN {e} ELSE {e} + {REALIZED_FOR} END "
+                f"WHEN {at} - {x} < {EXITED_KEPT} THEN {x} END AS q_{k}"
+            )
             cols.append(f"{v}::VARCHAR AS v_{k}")
-            cols.append(f"CASE WHEN {x} <= {at} AND {at} - {x} < {EXITED_KEPT} THEN {x} + {EXITED_KEPT} END AS u_{k}")
+            cols.append(
+                f"CASE WHEN {x} <= {at} AND {at} - {x} < {EXITED_KEPT} THEN {x} + {EXITED_KEPT} END AS u_{k}"
+            )
         return f"SELECT idx{''.join(', ' + c for c in cols)} FROM latest"
 
     def chain(self, at: int | None, *, only_index: int | None = None) -> str:
         """``WITH`` clause defining ``overrides``, ``hashes``, ``timelines`` and (given T) ``latest``, ``status``."""
-        source = (f"range({int(only_index)}, {int(only_index) + 1}) p(idx)" if only_index is not None
-                  else f"range({self.profiles}) p(idx)")
+        source = (
+            f"range({int(only_index)}, {int(only_index) + 1}) p(idx)"
+            if only_index is not None
+            else f"range({self.profiles}) p(idx)"
+        )
         ctes = [
             f"overrides AS (SELECT idx, map_from_entries(list({{'k': aud, 'v': ivs}})) AS m "
             f"FROM {OVERRIDE_TABLE} GROUP BY idx)",
@@ -137,12 +150,16 @@ class Timeline:
     # -- queries -----------------------------------------------------------------------------
     def membership_struct(self, k: int) -> str:
         """The ``segmentMembership.ups`` value of audience k (columns of ``status``)."""
-        return (f"{{'status': st_{k}, 'lastQualificationTime': make_timestamp(q_{k} * 1000000), "
-                f"'version': v_{k}, 'validUntil': make_timestamp(u_{k} * 1000000)}}")
+        return (
+            f"{{'status': st_{k}, 'lastQualificationTime': make_timestamp(q_{k} * 1000000), "
+            f"'version': v_{k}, 'validUntil': make_timestamp(u_{k} * 1000000)}}"
+        )
 
     def segment_membership(self) -> str:
-        entries = ", ".join(f"{{'key': {_q(a.id)}, 'value': {self.membership_struct(k)}}}"
-                            for k, a in enumerate(self.audiences))
+        entries = ", ".join(
+            f"{{'key': {_q(a.id)}, 'value': {self.membership_struct(k)}}}"
+            for k, a in enumerate(self.audiences)
+        )
         if not entries:
             return "{'ups': MAP {}}"
         return f"{{'ups': map_from_entries(list_filter([{entries}], lambda m: m.value.status IS NOT NULL))}}"
@@ -158,16 +175,22 @@ class Timeline:
             pred += f" AND q_{k} < {int(end)}"
         return f"({pred})"
 
-    def long_rows(self, audience_ids: list[str], statuses: list[str], start: int | None = None,
-                  end: int | None = None) -> str:
+    def long_rows(
+        self, audience_ids: list[str], statuses: list[str], start: int | None = None, end: int | None = None
+    ) -> str:
         """One row per (profile, audience) among ``audience_ids`` (over the ``status`` CTE)."""
         parts = []
         for aid in audience_ids:
             k = self.index_of(aid)
-            parts.append(f"SELECT idx, {_q(aid)} AS audience_id, st_{k} AS status, q_{k} AS qualified "
-                         f"FROM status WHERE {self.condition(aid, statuses, start, end)}")
-        return " UNION ALL ".join(parts) if parts else \
-            "SELECT NULL::BIGINT AS idx, NULL AS audience_id, NULL AS status, NULL::BIGINT AS qualified WHERE false"
+            parts.append(
+                f"SELECT idx, {_q(aid)} AS audience_id, st_{k} AS status, q_{k} AS qualified "
+                f"FROM status WHERE {self.condition(aid, statuses, start, end)}"
+            )
+        return (
+            " UNION ALL ".join(parts)
+            if parts
+            else "SELECT NULL::BIGINT AS idx, NULL AS audience_id, NULL AS status, NULL::BIGINT AS qualified WHERE false"
+        )
 
     def transitions_rows(self, audience_ids: list[str], start: int, end: int) -> str:
         """True timeline events (entered / exited) with time in [start, end) (over ``timelines``)."""
@@ -175,32 +198,44 @@ class Timeline:
         for aid in audience_ids:
             k = self.index_of(aid)
             tl = lambda f, k=k: f"struct_extract(tl_{k}, '{f}')"  # noqa: E731
-            synthetic = (f"[{{'t': {tl('e1')}, 'event': 'entered'}}, {{'t': {tl('x1')}, 'event': 'exited'}}, "
-                         f"{{'t': {tl('e2')}, 'event': 'entered'}}, {{'t': {tl('x2')}, 'event': 'exited'}}]")
+            synthetic = (
+                f"[{{'t': {tl('e1')}, 'event': 'entered'}}, {{'t': {tl('x1')}, 'event': 'exited'}}, "
+                f"{{'t': {tl('e2')}, 'event': 'entered'}}, {{'t': {tl('x2')}, 'event': 'exited'}}]"
+            )
             ov = f"ov.m[{k}]"
-            overridden = (f"flatten(list_transform({ov}, lambda v: [{{'t': v.e, 'event': 'entered'}}, "
-                          f"{{'t': v.x, 'event': 'exited'}}]))")
+            overridden = (
+                f"flatten(list_transform({ov}, lambda v: [{{'t': v.e, 'event': 'entered'}}, "
+                f"{{'t': v.x, 'event': 'exited'}}]))"
+            )
             parts.append(
                 f"SELECT idx, {_q(aid)} AS audience_id, ev.event AS event, ev.t AS t FROM ("
                 f"SELECT timelines.idx, unnest(CASE WHEN ov.m IS NOT NULL AND {ov} IS NOT NULL THEN {overridden} "
                 f"WHEN tl_{k} IS NOT NULL THEN {synthetic} ELSE [] END) AS ev "
                 f"FROM timelines LEFT JOIN overrides ov USING (idx)) "
-                f"WHERE ev.t IS NOT NULL AND ev.t >= {int(start)} AND ev.t < {int(end)}")
-        return " UNION ALL ".join(parts) if parts else \
-            "SELECT NULL::BIGINT AS idx, NULL AS audience_id, NULL AS event, NULL::BIGINT AS t WHERE false"
+                f"WHERE ev.t IS NOT NULL AND ev.t >= {int(start)} AND ev.t < {int(end)}"
+            )
+        return (
+            " UNION ALL ".join(parts)
+            if parts
+            else "SELECT NULL::BIGINT AS idx, NULL AS audience_id, NULL AS event, NULL::BIGINT AS t WHERE false"
+        )
 
     def intervals_sql(self, idx: int, audience_id: str) -> str:
         """The effective interval list of one pair (for applying an override on top of it)."""
         k = self.index_of(audience_id)
         tl = lambda f: f"struct_extract(tl_{k}, '{f}')"  # noqa: E731
         ov = f"ov.m[{k}]"
-        return (f"{self.chain(None, only_index=idx)} SELECT CASE WHEN ov.m IS NOT NULL AND {ov} IS NOT NULL "
-                f"THEN {ov} WHEN tl_{k} IS NOT NULL THEN list_filter([{{'e': {tl('e1')}, 'x': {tl('x1')}}}, "
-                f"{{'e': {tl('e2')}, 'x': {tl('x2')}}}], lambda v: v.e IS NOT NULL) ELSE [] END "
-                f"FROM timelines LEFT JOIN overrides ov USING (idx)")
+        return (
+            f"{self.chain(None, only_index=idx)} SELECT CASE WHEN ov.m IS NOT NULL AND {ov} IS NOT NULL "
+            f"THEN {ov} WHEN tl_{k} IS NOT NULL THEN list_filter([{{'e': {tl('e1')}, 'x': {tl('x1')}}}, "
+            f"{{'e': {tl('e2')}, 'x': {tl('x2')}}}], lambda v: v.e IS NOT NULL) ELSE [] END "
+            f"FROM timelines LEFT JOIN overrides ov USING (idx)"
+        )
 
 
-def apply_override(intervals: list[tuple[int, int | None]], at: int, member: bool) -> list[tuple[int, int | None]]:
+def apply_override(
+    intervals: list[tuple[int, int | None]], at: int, member: bool
+) -> list[tuple[int, int | None]]:
     """Replace the future of a timeline: from ``at`` on the profile is (not) a member, indefinitely.
 
     Intervals entered at or after ``at`` are dropped; an interval covering ``at`` is cut at ``at``

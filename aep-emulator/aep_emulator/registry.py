@@ -28,8 +28,9 @@ def invalid(detail: str) -> ServiceError:
 
 
 def not_found(what: str, ref: str) -> ServiceError:
-    return _xdm_error(404, 1010, "Resource not found",
-                      f"The requested {what} resource {ref} with version 1 is not found.")
+    return _xdm_error(
+        404, 1010, "Resource not found", f"The requested {what} resource {ref} with version 1 is not found."
+    )
 
 
 @dataclass
@@ -80,9 +81,12 @@ class SchemaRegistry:
             raise invalid("'title' is required and must be a non-empty string")
         for res in self.resources.values():
             if res.title == title and res.id != own_id:
-                raise _xdm_error(400, 1521, "Title not unique",
-                                 f"Object titles must be unique. An object {res.id} already exists with "
-                                 f"the same title")
+                raise _xdm_error(
+                    400,
+                    1521,
+                    "Title not unique",
+                    f"Object titles must be unique. An object {res.id} already exists with the same title",
+                )
 
     def _new_ids(self, kind: str) -> tuple[str, str]:
         digest = secrets.token_hex(16)
@@ -90,22 +94,36 @@ class SchemaRegistry:
 
     def _meta(self, body: dict, kind: str, now_ms: int, client_id: str) -> dict:
         out = copy.deepcopy(body)
-        out.update({
-            "meta:resourceType": kind, "version": out.get("version", "1.0"), "meta:containerId": "tenant",
-            "meta:tenantNamespace": f"_{self.tenant}", "imsOrg": self.org_id, "meta:xdmType": "object",
-            "meta:registryMetadata": {"repo:createdDate": now_ms, "repo:lastModifiedDate": now_ms,
-                                      "xdm:createdClientId": client_id, "xdm:lastModifiedClientId": client_id,
-                                      "eTag": hashlib.sha1(repr(sorted(out.items())).encode()).hexdigest()},
-        })
+        out.update(
+            {
+                "meta:resourceType": kind,
+                "version": out.get("version", "1.0"),
+                "meta:containerId": "tenant",
+                "meta:tenantNamespace": f"_{self.tenant}",
+                "imsOrg": self.org_id,
+                "meta:xdmType": "object",
+                "meta:registryMetadata": {
+                    "repo:createdDate": now_ms,
+                    "repo:lastModifiedDate": now_ms,
+                    "xdm:createdClientId": client_id,
+                    "xdm:lastModifiedClientId": client_id,
+                    "eTag": hashlib.sha1(repr(sorted(out.items())).encode()).hexdigest(),
+                },
+            }
+        )
         return out
 
     # -- field groups --------------------------------------------------------------------
     def _validate_namespace(self, properties: dict) -> None:
         for name in properties:
             if name != f"_{self.tenant}":
-                raise _xdm_error(400, 1021, "Namespace validation error",
-                                 f"A custom field is defined under an invalid namespace ('{name}'). All "
-                                 f"custom fields must be defined under a top-level field named _{self.tenant}.")
+                raise _xdm_error(
+                    400,
+                    1021,
+                    "Namespace validation error",
+                    f"A custom field is defined under an invalid namespace ('{name}'). All "
+                    f"custom fields must be defined under a top-level field named _{self.tenant}.",
+                )
 
     def create_field_group(self, body: Any, now_ms: int, client_id: str) -> dict:
         if not isinstance(body, dict):
@@ -144,8 +162,10 @@ class SchemaRegistry:
             group = self.find("mixins", ref)
             if group is None:
                 if ref.startswith(("https://ns.adobe.com/xdm/", "_xdm.")):
-                    raise NotModelled(f"standard XDM resource {ref} (only the Individual Profile and "
-                                      f"ExperienceEvent classes and tenant field groups are modelled)")
+                    raise NotModelled(
+                        f"standard XDM resource {ref} (only the Individual Profile and "
+                        f"ExperienceEvent classes and tenant field groups are modelled)"
+                    )
                 raise not_found("field group", ref)
             groups.append(group)
         if len(classes) != 1:
@@ -163,9 +183,13 @@ class SchemaRegistry:
         for group in groups:
             conflict = xdm.merge_properties(merged, xdm.field_group_properties(group.body))
             if conflict:
-                raise _xdm_error(400, 1413, "Merge Schema Error",
-                                 f"Cannot merge incompatible data types. The path {conflict} is defined "
-                                 f"differently by field group {group.id}.")
+                raise _xdm_error(
+                    400,
+                    1413,
+                    "Merge Schema Error",
+                    f"Cannot merge incompatible data types. The path {conflict} is defined "
+                    f"differently by field group {group.id}.",
+                )
         return cls, merged
 
     def _finish_schema(self, stored: dict) -> dict:
@@ -183,9 +207,13 @@ class SchemaRegistry:
         _, properties = self.resolved(probe)  # validates composition and merge conflicts first
         # A new schema has no descriptors yet: only an identityMap makes it union-ready.
         if "union" in (body.get("meta:immutableTags") or []) and "identityMap" not in properties:
-            raise _xdm_error(400, 1528, "Union descriptor validation error",
-                             "To participate in a union, a schema must include an identityMap fieldgroup "
-                             "or a primary identity descriptor.")
+            raise _xdm_error(
+                400,
+                1528,
+                "Union descriptor validation error",
+                "To participate in a union, a schema must include an identityMap fieldgroup "
+                "or a primary identity descriptor.",
+            )
         schema_id, alt = self._new_ids("schemas")
         stored = self._meta(body, "schemas", now_ms, client_id)
         stored.update({"$id": schema_id, "meta:altId": alt, "meta:abstract": False, "meta:extensible": False})
@@ -196,27 +224,41 @@ class SchemaRegistry:
         schema = self.get("schemas", ref)
         editable = ("/allOf", "/meta:immutableTags", "/title", "/description")
         try:
-            patched = apply_json_patch(schema.body, operations,
-                                       allowed=lambda p: any(p == e or p.startswith(e + "/") for e in editable))
+            patched = apply_json_patch(
+                schema.body,
+                operations,
+                allowed=lambda p: any(p == e or p.startswith(e + "/") for e in editable),
+            )
         except PatchError as exc:
             raise invalid(f"invalid JSON Patch: {exc}") from None
         if patched.get("title") != schema.title:
             self._check_title(patched.get("title"), own_id=schema.id)
-        removed = {i.get("$ref") for i in schema.body.get("allOf", [])} - {i.get("$ref") for i in patched.get("allOf", [])
-                                                                           if isinstance(i, dict)}
+        removed = {i.get("$ref") for i in schema.body.get("allOf", [])} - {
+            i.get("$ref") for i in patched.get("allOf", []) if isinstance(i, dict)
+        }
         if removed:
-            raise invalid(f"only additive changes are supported: cannot remove {sorted(removed)} from 'allOf'")
+            raise invalid(
+                f"only additive changes are supported: cannot remove {sorted(removed)} from 'allOf'"
+            )
         probe = Resource("schemas", patched, schema.created_ms, now_ms)
         _, properties = self.resolved(probe)
-        if "union" in (patched.get("meta:immutableTags") or []) and not self._union_ready(schema.id, properties):
-            raise _xdm_error(400, 1528, "Union descriptor validation error",
-                             "To participate in a union, a schema must include an identityMap fieldgroup "
-                             "or a primary identity descriptor.")
+        if "union" in (patched.get("meta:immutableTags") or []) and not self._union_ready(
+            schema.id, properties
+        ):
+            raise _xdm_error(
+                400,
+                1528,
+                "Union descriptor validation error",
+                "To participate in a union, a schema must include an identityMap fieldgroup "
+                "or a primary identity descriptor.",
+            )
         major, _, minor = str(schema.body.get("version", "1.0")).partition(".")
         patched["version"] = f"{major}.{int(minor or 0) + 1}"
-        patched["meta:registryMetadata"] = {**schema.body.get("meta:registryMetadata", {}),
-                                            "repo:lastModifiedDate": now_ms,
-                                            "xdm:lastModifiedClientId": client_id}
+        patched["meta:registryMetadata"] = {
+            **schema.body.get("meta:registryMetadata", {}),
+            "repo:lastModifiedDate": now_ms,
+            "xdm:lastModifiedClientId": client_id,
+        }
         schema.body = self._finish_schema(patched)
         schema.updated_ms = now_ms
         return copy.deepcopy(schema.body)
@@ -224,8 +266,12 @@ class SchemaRegistry:
     def _union_ready(self, schema_id: str, properties: dict) -> bool:
         if "identityMap" in properties:
             return True
-        return any(d.get("xdm:sourceSchema") == schema_id and d.get("xdm:isPrimary") is True
-                   and d.get("@type") == "xdm:descriptorIdentity" for d in self.descriptors.values())
+        return any(
+            d.get("xdm:sourceSchema") == schema_id
+            and d.get("xdm:isPrimary") is True
+            and d.get("@type") == "xdm:descriptorIdentity"
+            for d in self.descriptors.values()
+        )
 
     def full(self, res: Resource, *, with_text: bool = True, with_descriptors: bool = False) -> dict:
         """The ``xed-full`` representation: references resolved into ``properties``."""
@@ -240,8 +286,9 @@ class SchemaRegistry:
         if not with_text:
             _strip_text(out.get("properties", {}))
         if with_descriptors:
-            out["meta:descriptors"] = [copy.deepcopy(d) for d in self.descriptors.values()
-                                       if d.get("xdm:sourceSchema") == res.id]
+            out["meta:descriptors"] = [
+                copy.deepcopy(d) for d in self.descriptors.values() if d.get("xdm:sourceSchema") == res.id
+            ]
         return out
 
     # -- descriptors ---------------------------------------------------------------------
@@ -267,25 +314,37 @@ class SchemaRegistry:
             raise invalid("'xdm:property' must be xdm:code or xdm:id")
         if body.get("xdm:isPrimary") is True:
             for other_id, other in self.descriptors.items():
-                if (other_id != own_id and other.get("xdm:sourceSchema") == schema.id
-                        and other.get("xdm:isPrimary") is True):
-                    raise invalid(f"schema {schema.id} already has a primary identity "
-                                  f"({other.get('xdm:sourceProperty')}, descriptor {other_id})")
+                if (
+                    other_id != own_id
+                    and other.get("xdm:sourceSchema") == schema.id
+                    and other.get("xdm:isPrimary") is True
+                ):
+                    raise invalid(
+                        f"schema {schema.id} already has a primary identity "
+                        f"({other.get('xdm:sourceProperty')}, descriptor {other_id})"
+                    )
         stored = copy.deepcopy(body)
         stored["xdm:sourceSchema"] = schema.id
         return stored
 
     def create_descriptor(self, body: Any) -> dict:
         stored = self._validate_descriptor(body)
-        stored.update({"@id": secrets.token_hex(20), "meta:containerId": "tenant", "version": "1",
-                       "imsOrg": self.org_id})
+        stored.update(
+            {
+                "@id": secrets.token_hex(20),
+                "meta:containerId": "tenant",
+                "version": "1",
+                "imsOrg": self.org_id,
+            }
+        )
         self.descriptors[stored["@id"]] = stored
         return copy.deepcopy(stored)
 
     def get_descriptor(self, descriptor_id: str) -> dict:
         if descriptor_id not in self.descriptors:
-            raise _xdm_error(404, 1010, "Resource not found",
-                             f"The requested descriptor {descriptor_id} is not found.")
+            raise _xdm_error(
+                404, 1010, "Resource not found", f"The requested descriptor {descriptor_id} is not found."
+            )
         return self.descriptors[descriptor_id]
 
     def update_descriptor(self, descriptor_id: str, body: Any) -> dict:

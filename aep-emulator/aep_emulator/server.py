@@ -102,7 +102,9 @@ class EmulatorServer:
         s = self.settings
         if s.tls:
             if s.tls_cert is not None:
-                files = tls.TlsFiles(ca_bundle=Path(s.tls_ca or s.tls_cert), cert=Path(s.tls_cert), key=Path(s.tls_key))
+                files = tls.TlsFiles(
+                    ca_bundle=Path(s.tls_ca or s.tls_cert), cert=Path(s.tls_cert), key=Path(s.tls_key)
+                )
             else:
                 files = tls.generate(state_dir / "tls", [s.host, *s.tls_hostnames])
             self.ssl_context = tls.server_context(files)
@@ -122,12 +124,19 @@ class EmulatorServer:
             sock.close()
             raise EmulatorStartError(f"--faults names unknown routes {unknown}")
         context = self.ssl_context
-        config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning",
-                                timeout_keep_alive=30, server_header=False,
-                                ssl_context_factory=(lambda cfg, default: context) if context else None)
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            timeout_keep_alive=30,
+            server_header=False,
+            ssl_context_factory=(lambda cfg, default: context) if context else None,
+        )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name="aep-emulator-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="aep-emulator-http", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
@@ -136,9 +145,15 @@ class EmulatorServer:
             if time.monotonic() > deadline:
                 raise EmulatorStartError(f"the HTTP server did not start within {timeout}s")
             time.sleep(0.01)
-        log.info("AEP emulator serving %s (%d profiles, seed %d, sandboxes %s, %s mode%s)", self.base_url,
-                 s.profiles, s.seed, ",".join(s.sandboxes), s.mode,
-                 f": 1 Adobe minute = {s.real_seconds(60):g} s" if s.time_scale != 1.0 else "")
+        log.info(
+            "AEP emulator serving %s (%d profiles, seed %d, sandboxes %s, %s mode%s)",
+            self.base_url,
+            s.profiles,
+            s.seed,
+            ",".join(s.sandboxes),
+            s.mode,
+            f": 1 Adobe minute = {s.real_seconds(60):g} s" if s.time_scale != 1.0 else "",
+        )
 
     def _start_query_service(self) -> None:
         try:
@@ -146,15 +161,24 @@ class EmulatorServer:
         except ImportError as exc:
             raise EmulatorStartError(
                 "--pg-port needs the Query Service emulator (aep_emulator.query_service."
-                f"server.QueryServiceServer), which is not available: {exc}") from exc
+                f"server.QueryServiceServer), which is not available: {exc}"
+            ) from exc
         s, state = self.settings, self.state
         assert state is not None
         self._query_service = QueryServiceServer(
-            host=s.host, port=s.pg_port, ssl_context=self.ssl_context, connect=state.qs_connect,
-            authenticate=state.qs_authenticate, list_tables=state.qs_list_tables, max_rows=s.qs_max_rows,
+            host=s.host,
+            port=s.pg_port,
+            ssl_context=self.ssl_context,
+            connect=state.qs_connect,
+            authenticate=state.qs_authenticate,
+            list_tables=state.qs_list_tables,
+            max_rows=s.qs_max_rows,
             over_limit=s.qs_over_limit,
-            timeout_seconds=s.qs_timeout_seconds, before_statement=state.qs_statement,
-            max_sessions=state.qs_session_limit, scans=state.qs_scans)
+            timeout_seconds=s.qs_timeout_seconds,
+            before_statement=state.qs_statement,
+            max_sessions=state.qs_session_limit,
+            scans=state.qs_scans,
+        )
         self._query_service.start()
         state.pg_host, state.pg_port = url_host(s.host).strip("[]"), int(self._query_service.port)
 
@@ -198,8 +222,17 @@ class EmulatorServer:
 
     def ready_info(self) -> dict:
         s = self.settings
-        return {"base_url": self.base_url, "ims_url": self.base_url, "pg_host": self.pg_host,
-                "pg_port": self.pg_port, "ca_bundle": str(self.ca_bundle) if self.ca_bundle else None,
-                "client_id": s.client_id, "org_id": s.org_id, "sandbox": s.default_sandbox,
-                "sandboxes": list(s.sandboxes), "tenant": s.tenant, "mode": s.mode,
-                "state_dir": str(self.state.state_dir) if self.state else None}
+        return {
+            "base_url": self.base_url,
+            "ims_url": self.base_url,
+            "pg_host": self.pg_host,
+            "pg_port": self.pg_port,
+            "ca_bundle": str(self.ca_bundle) if self.ca_bundle else None,
+            "client_id": s.client_id,
+            "org_id": s.org_id,
+            "sandbox": s.default_sandbox,
+            "sandboxes": list(s.sandboxes),
+            "tenant": s.tenant,
+            "mode": s.mode,
+            "state_dir": str(self.state.state_dir) if self.state else None,
+        }

@@ -76,7 +76,13 @@ REALISTIC: dict[str, Any] = {
     "batch_create_rate_limit": 138,
     # IMS: the credential's scopes as Developer Console lists them for an AEP project (the usual AEP
     # set, UNCONFIRMED: aep-api-reference.md 1); a token request asking for others is refused.
-    "ims_scopes": ("openid", "session", "AdobeID", "read_organizations", "additional_info.projectedProductContext"),
+    "ims_scopes": (
+        "openid",
+        "session",
+        "AdobeID",
+        "read_organizations",
+        "additional_info.projectedProductContext",
+    ),
     # Scopes an API call's token must carry: those both Adobe's documented Analytics/CJA set and the
     # AEP set contain (DC: "OAuth 2.0 Scopes"); which of them Platform enforces is a guess.
     "required_scopes": ("openid", "AdobeID", "read_organizations", "additional_info.projectedProductContext"),
@@ -115,7 +121,9 @@ class EmulatorSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None  # CA bundle to advertise when tls_cert is given (default: tls_cert)
-    tls_hostnames: tuple[str, ...] = ()  # extra names the generated certificate is valid for (e.g. a service name)
+    tls_hostnames: tuple[
+        str, ...
+    ] = ()  # extra names the generated certificate is valid for (e.g. a service name)
     state_dir: Path | None = None  # default: a fresh temporary directory
     pg_port: int | None = None  # None = no Query Service; 0 = pick a free port
     qs_max_rows: int = 50_000
@@ -172,7 +180,9 @@ class EmulatorSettings:
         if self.export_job_seconds < 0 or self.batch_seconds < 0 or self.export_batch_seconds < 0:
             raise ValueError("timing knobs must not be negative")
         if not self.time_scale > 0:
-            raise ValueError(f"time_scale must be positive (real seconds per Adobe second), got {self.time_scale}")
+            raise ValueError(
+                f"time_scale must be positive (real seconds per Adobe second), got {self.time_scale}"
+            )
         if self.mode not in MODES:
             raise ValueError(f"mode {self.mode!r} is not one of {list(MODES)}")
         if self.platform_rate_limit < 0 or self.batch_create_rate_limit < 0:
@@ -224,9 +234,14 @@ def load_audiences_file(path: str | Path) -> tuple[AudienceSpec, ...]:
     for i, item in enumerate(data):
         if not isinstance(item, dict) or not {"id", "name", "probability"} <= item.keys():
             raise ValueError(f"{path}: item {i} needs id, name and probability")
-        out.append(AudienceSpec(id=str(item["id"]), name=str(item["name"]),
-                                probability=float(item["probability"]),
-                                description=str(item.get("description", ""))))
+        out.append(
+            AudienceSpec(
+                id=str(item["id"]),
+                name=str(item["name"]),
+                probability=float(item["probability"]),
+                description=str(item.get("description", "")),
+            )
+        )
     return tuple(out)
 
 
@@ -239,4 +254,3 @@ def load_faults(value: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError("--faults must be a JSON object")
     return data
-

@@ -25,8 +25,15 @@ import duckdb
 
 from aep_emulator import groundtruth, lifecycle
 from aep_emulator.catalog import Catalog, Dataset, new_object_id, table_name_for
-from aep_emulator.cja_model import (CjaStore, Connection, DataView, RateLimiter, connection_id,
-                                                       data_view_id, dimension)
+from aep_emulator.cja_model import (
+    CjaStore,
+    Connection,
+    DataView,
+    RateLimiter,
+    connection_id,
+    data_view_id,
+    dimension,
+)
 from aep_emulator.clock import Clock
 from aep_emulator.exports import ExportJob, table_ddl
 from aep_emulator.faults import QUERY_SERVICE_ROUTE, STATUS_KINDS, FaultInjector
@@ -100,8 +107,12 @@ class SandboxState:
     batch_queries: dict[str, Any] = field(default_factory=dict)  # id -> query_service.batch.BatchQuery
 
     def info(self) -> dict:
-        return {"sandboxId": self.sandbox_id, "sandboxName": self.name,
-                "type": "production" if self.default else "development", "default": self.default}
+        return {
+            "sandboxId": self.sandbox_id,
+            "sandboxName": self.name,
+            "type": "production" if self.default else "development",
+            "default": self.default,
+        }
 
 
 class EmulatorState:
@@ -111,8 +122,12 @@ class EmulatorState:
         self.files_dir = state_dir / "batches"
         self.clock = Clock(settings.clock_start)
         self.audiences = settings.audiences if settings.audiences is not None else default_audiences()
-        self.timeline = Timeline(seed=settings.seed, profiles=settings.profiles, audiences=self.audiences,
-                                 anchor=int(settings.anchor.timestamp()))
+        self.timeline = Timeline(
+            seed=settings.seed,
+            profiles=settings.profiles,
+            audiences=self.audiences,
+            anchor=int(settings.anchor.timestamp()),
+        )
         self.tokens = TokenService(settings.org_id)
         self.faults = FaultInjector(settings.faults)
         self.lock = threading.RLock()
@@ -124,27 +139,40 @@ class EmulatorState:
         self.db = duckdb.connect(str(settings.db_path) if settings.db_path else ":memory:")
         if settings.db_memory_limit:
             self.db.execute(f"SET memory_limit = '{settings.db_memory_limit}'")
-        self.db.execute(f"CREATE TABLE IF NOT EXISTS {OVERRIDE_TABLE} "
-                        f"(idx BIGINT, aud INTEGER, ivs STRUCT(e BIGINT, x BIGINT)[])")
+        self.db.execute(
+            f"CREATE TABLE IF NOT EXISTS {OVERRIDE_TABLE} "
+            f"(idx BIGINT, aud INTEGER, ivs STRUCT(e BIGINT, x BIGINT)[])"
+        )
         self.db.execute(f'CREATE TABLE "{EXPORT_TEMPLATE}" ({table_ddl(settings.tenant)})')
         self.pg_host: str | None = None
         self.pg_port: int | None = None
         # Query Service scan-cost model and statistics (kept across resets, like the route stats).
-        self.qs_scans = ScanModel(self.qs_scan, ScanCost(seconds_per_million_rows=settings.qs_seconds_per_million_rows,
-                                                         seconds_per_query=settings.qs_seconds_per_query))
+        self.qs_scans = ScanModel(
+            self.qs_scan,
+            ScanCost(
+                seconds_per_million_rows=settings.qs_seconds_per_million_rows,
+                seconds_per_query=settings.qs_seconds_per_query,
+            ),
+        )
         self.route_table: list[dict] = []  # filled by the app (GET /emulator/routes)
         self._init_objects()
 
     # -- construction / reset -----------------------------------------------------------
     def _init_objects(self) -> None:
         s = self.settings
-        self.knobs = Knobs(token_lifetime=s.token_lifetime, export_job_seconds=s.export_job_seconds,
-                           batch_seconds=s.batch_seconds, cja_rate_limit=s.cja_rate_limit, time_scale=s.time_scale,
-                           export_batch_seconds=s.export_batch_seconds,
-                           intermediate_statuses=s.intermediate_statuses,
-                           platform_rate_limit=s.platform_rate_limit,
-                           batch_create_rate_limit=s.batch_create_rate_limit,
-                           qs_max_sessions=s.qs_max_sessions, distinct_batch_ids=s.distinct_batch_ids)
+        self.knobs = Knobs(
+            token_lifetime=s.token_lifetime,
+            export_job_seconds=s.export_job_seconds,
+            batch_seconds=s.batch_seconds,
+            cja_rate_limit=s.cja_rate_limit,
+            time_scale=s.time_scale,
+            export_batch_seconds=s.export_batch_seconds,
+            intermediate_statuses=s.intermediate_statuses,
+            platform_rate_limit=s.platform_rate_limit,
+            batch_create_rate_limit=s.batch_create_rate_limit,
+            qs_max_sessions=s.qs_max_sessions,
+            distinct_batch_ids=s.distinct_batch_ids,
+        )
         self.throttled: dict[str, int] = {}  # route -> 429s answered by the rate limits (GET /emulator/stats)
         # Throttling windows run on real time: they limit the client's pace, which is not compressed.
         self.platform_limiter = RateLimiter(limit=max(1, s.platform_rate_limit), window=1.0)
@@ -152,9 +180,13 @@ class EmulatorState:
         self.sandboxes: dict[str, SandboxState] = {}
         for i, name in enumerate(s.sandboxes):
             self.sandboxes[name] = SandboxState(
-                name=name, sandbox_id=str(uuid.uuid5(NAMESPACE, f"{s.org_id}/sandbox/{name}")), default=i == 0,
-                catalog=Catalog(), registry=SchemaRegistry(tenant=s.tenant, org_id=s.org_id),
-                merge_policy_id=str(uuid.uuid5(NAMESPACE, f"{s.org_id}/{name}/merge-policy/default")))
+                name=name,
+                sandbox_id=str(uuid.uuid5(NAMESPACE, f"{s.org_id}/sandbox/{name}")),
+                default=i == 0,
+                catalog=Catalog(),
+                registry=SchemaRegistry(tenant=s.tenant, org_id=s.org_id),
+                merge_policy_id=str(uuid.uuid5(NAMESPACE, f"{s.org_id}/{name}/merge-policy/default")),
+            )
         self.tables: dict[str, tuple[str, str]] = {}  # DuckDB table -> (sandbox, dataset id)
         self.table_scans: dict[str, int] = {}  # "adhoc:<table>" / "batch:<table>" -> statements reading it
         self.cja = CjaStore()
@@ -179,24 +211,58 @@ class EmulatorState:
             if sandbox is None:
                 raise ValueError(f"CJA connection {spec.name!r} names an unknown sandbox {spec.sandbox!r}")
             schema = sandbox.registry.create_schema(
-                {"title": f"{spec.name} events", "type": "object",
-                 "description": "Seeded by the emulator: the connection's event dataset",
-                 "allOf": [{"$ref": EVENT_CLASS}]}, now_ms, s.client_id)
-            dataset = self.create_dataset(sandbox, name=f"{spec.name} events", schema_id=schema["$id"],
-                                          content_type="application/vnd.adobe.xed+json;version=1",
-                                          has_table=False, now_ms=now_ms, data_behavior="time-series")
-            conn = Connection(id=connection_id(s.org_id, spec.name), name=spec.name, sandbox=sandbox.name,
-                              sandbox_id=sandbox.sandbox_id, owner=owner, created=created,
-                              datasets=[{"dataSetId": dataset.id, "type": "event", "domain": "catalog",
-                                         "name": dataset.name, "timestampId": "timestamp",
-                                         "visitorId": "identityMap", "usePrimaryIdNamespace": True,
-                                         "identityNamespace": None, "schemaId": schema["$id"],
-                                         "streaming": False, "backfills": []}])
+                {
+                    "title": f"{spec.name} events",
+                    "type": "object",
+                    "description": "Seeded by the emulator: the connection's event dataset",
+                    "allOf": [{"$ref": EVENT_CLASS}],
+                },
+                now_ms,
+                s.client_id,
+            )
+            dataset = self.create_dataset(
+                sandbox,
+                name=f"{spec.name} events",
+                schema_id=schema["$id"],
+                content_type="application/vnd.adobe.xed+json;version=1",
+                has_table=False,
+                now_ms=now_ms,
+                data_behavior="time-series",
+            )
+            conn = Connection(
+                id=connection_id(s.org_id, spec.name),
+                name=spec.name,
+                sandbox=sandbox.name,
+                sandbox_id=sandbox.sandbox_id,
+                owner=owner,
+                created=created,
+                datasets=[
+                    {
+                        "dataSetId": dataset.id,
+                        "type": "event",
+                        "domain": "catalog",
+                        "name": dataset.name,
+                        "timestampId": "timestamp",
+                        "visitorId": "identityMap",
+                        "usePrimaryIdNamespace": True,
+                        "identityNamespace": None,
+                        "schemaId": schema["$id"],
+                        "streaming": False,
+                        "backfills": [],
+                    }
+                ],
+            )
             self.cja.connections[conn.id] = conn
             for view in spec.data_views:
-                dv = DataView(id=data_view_id(s.org_id, view.name), name=view.name, parent_id=conn.id,
-                              owner=owner, created=created, modified=created,
-                              dimensions=[dimension(p) for p in view.dimensions])
+                dv = DataView(
+                    id=data_view_id(s.org_id, view.name),
+                    name=view.name,
+                    parent_id=conn.id,
+                    owner=owner,
+                    created=created,
+                    modified=created,
+                    dimensions=[dimension(p) for p in view.dimensions],
+                )
                 self.cja.data_views[dv.id] = dv
 
     def reset(self) -> None:
@@ -206,8 +272,12 @@ class EmulatorState:
             for table in list(self.tables):
                 self.execute(f'DROP VIEW IF EXISTS "{table}"')
             # Exports still computing write their staging tables later: drop those when done.
-            in_flight = [(job.work, lifecycle.batch_table(job.batch_id)) for sb in self.sandboxes.values()
-                         for job in sb.export_jobs.values() if job.work is not None and not job.terminal]
+            in_flight = [
+                (job.work, lifecycle.batch_table(job.batch_id))
+                for sb in self.sandboxes.values()
+                for job in sb.export_jobs.values()
+                if job.work is not None and not job.terminal
+            ]
             in_flight += self.drop_later
             self.execute(f"DELETE FROM {OVERRIDE_TABLE}")
             shutil.rmtree(self.files_dir, ignore_errors=True)
@@ -244,8 +314,11 @@ class EmulatorState:
     # -- audiences as the Segmentation API shows them -----------------------------------------
     def live_audiences(self) -> list[AudienceSpec]:
         """The audiences AEP still has, under their current names (renames applied, deleted ones gone)."""
-        return [replace(a, name=self.audience_renames[a.id][0]) if a.id in self.audience_renames else a
-                for a in self.audiences if a.id not in self.deleted_audiences]
+        return [
+            replace(a, name=self.audience_renames[a.id][0]) if a.id in self.audience_renames else a
+            for a in self.audiences
+            if a.id not in self.deleted_audiences
+        ]
 
     def live_audience(self, audience_id: str) -> AudienceSpec | None:
         return next((a for a in self.live_audiences() if a.id == audience_id), None)
@@ -280,17 +353,43 @@ class EmulatorState:
     def sandbox(self, name: str | None) -> SandboxState | None:
         return self.sandboxes.get(name or "")
 
-    def create_dataset(self, sandbox: SandboxState, *, name: str, schema_id: str, content_type: str,
-                       has_table: bool, now_ms: int, description: str = "",
-                       tags: dict | None = None, extra: dict | None = None,
-                       data_source_id: int | None = None, data_behavior: str = "record") -> Dataset:
+    def create_dataset(
+        self,
+        sandbox: SandboxState,
+        *,
+        name: str,
+        schema_id: str,
+        content_type: str,
+        has_table: bool,
+        now_ms: int,
+        description: str = "",
+        tags: dict | None = None,
+        extra: dict | None = None,
+        data_source_id: int | None = None,
+        data_behavior: str = "record",
+    ) -> Dataset:
         """Register a dataset (and its DuckDB table for profile-union datasets). Call under the lock."""
-        table = table_name_for(name, set(self.tables) | {t.table for sb in self.sandboxes.values()
-                                                          for t in sb.catalog.datasets.values()})
-        dataset = Dataset(id=new_object_id(), sandbox=sandbox.name, name=name, schema_id=schema_id,
-                          content_type=content_type, table=table, has_table=has_table, created=now_ms,
-                          updated=now_ms, description=description, tags=dict(tags or {}),
-                          extra=dict(extra or {}), data_source_id=data_source_id, data_behavior=data_behavior)
+        table = table_name_for(
+            name,
+            set(self.tables)
+            | {t.table for sb in self.sandboxes.values() for t in sb.catalog.datasets.values()},
+        )
+        dataset = Dataset(
+            id=new_object_id(),
+            sandbox=sandbox.name,
+            name=name,
+            schema_id=schema_id,
+            content_type=content_type,
+            table=table,
+            has_table=has_table,
+            created=now_ms,
+            updated=now_ms,
+            description=description,
+            tags=dict(tags or {}),
+            extra=dict(extra or {}),
+            data_source_id=data_source_id,
+            data_behavior=data_behavior,
+        )
         sandbox.catalog.datasets[dataset.id] = dataset
         if has_table:
             self.tables[table] = (sandbox.name, dataset.id)
@@ -304,8 +403,10 @@ class EmulatorState:
         dataset reads the typed, empty template table.
         """
         parts = [f'SELECT * FROM "{EXPORT_TEMPLATE}"'] + [
-            f'SELECT * FROM "{lifecycle.batch_table(b.id)}"' for b in sandbox.catalog.dataset_batches(dataset.id)
-            if b.origin == "export" and b.status == "success"]
+            f'SELECT * FROM "{lifecycle.batch_table(b.id)}"'
+            for b in sandbox.catalog.dataset_batches(dataset.id)
+            if b.origin == "export" and b.status == "success"
+        ]
         self.execute(f'CREATE OR REPLACE VIEW "{dataset.table}" AS ' + " UNION ALL BY NAME ".join(parts))
 
     def delete_dataset(self, sandbox: SandboxState, dataset: Dataset) -> None:
@@ -350,13 +451,16 @@ class EmulatorState:
         try:
             info = self.tokens.validate(password)
         except InvalidToken as exc:
-            raise PermissionError(f"password is not a valid access token issued by this emulator ({exc})") from None
+            raise PermissionError(
+                f"password is not a valid access token issued by this emulator ({exc})"
+            ) from None
         if user != self.settings.org_id or info.org_id != self.settings.org_id:
             raise PermissionError(f"user must be the org id {self.settings.org_id}")
         sandbox, _, suffix = database.partition(":")
         if suffix != "all" or sandbox not in self.sandboxes:
-            raise PermissionError(f"database must be '<sandbox>:all' for one of {sorted(self.sandboxes)}, "
-                                  f"got {database!r}")
+            raise PermissionError(
+                f"database must be '<sandbox>:all' for one of {sorted(self.sandboxes)}, got {database!r}"
+            )
 
     def count_scans(self, sql: str, kind: str) -> None:
         """Count the dataset tables a statement reads (``kind``: "adhoc" or "batch"), for
@@ -382,7 +486,9 @@ class EmulatorState:
         if fault is None:
             return
         if fault.kind in STATUS_KINDS:  # the service is busy or failing: the statement fails
-            raise QueryServiceError("57P03", f"Query Service is temporarily unavailable (injected {fault.kind})")
+            raise QueryServiceError(
+                "57P03", f"Query Service is temporarily unavailable (injected {fault.kind})"
+            )
         raise ConnectionResetError(f"injected {fault.kind}")  # the server drops the connection
 
     def qs_session_limit(self) -> int:
@@ -405,9 +511,9 @@ class EmulatorState:
             if kind == "code":
                 code.append(sql[start:end])
             elif kind == "string":
-                literals.add(sql[start + 1:end - 1].replace("''", "'"))
+                literals.add(sql[start + 1 : end - 1].replace("''", "'"))
             elif kind == "ident":  # a quoted table name
-                code.append(" " + sql[start + 1:end - 1] + " ")
+                code.append(" " + sql[start + 1 : end - 1] + " ")
         words = {w.lower() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_$]*", " ".join(code))}
         rows = batches = 0
         with self.lock:
@@ -417,8 +523,11 @@ class EmulatorState:
                 sandbox = self.sandboxes.get(sandbox_name)
                 if sandbox is None:
                     continue
-                live = [b for b in sandbox.catalog.dataset_batches(dataset_id)
-                        if b.origin == "export" and b.status == "success"]
+                live = [
+                    b
+                    for b in sandbox.catalog.dataset_batches(dataset_id)
+                    if b.origin == "export" and b.status == "success"
+                ]
                 read = [b for b in live if b.id in literals] or live
                 batches += len(read)
                 rows += sum(int((b.metrics or {}).get("outputRecordCount") or 0) for b in read)
@@ -430,23 +539,36 @@ class EmulatorState:
             for table, (sandbox, dataset_id) in sorted(self.tables.items()):
                 dataset = self.sandboxes[sandbox].catalog.datasets.get(dataset_id)
                 if dataset is not None:
-                    out.append({"name": table, "dataSetId": dataset.id, "dataSet": dataset.name,
-                                "description": dataset.description})
+                    out.append(
+                        {
+                            "name": table,
+                            "dataSetId": dataset.id,
+                            "dataSet": dataset.name,
+                            "description": dataset.description,
+                        }
+                    )
             return out
 
     # -- ground truth (see groundtruth.py for the semantics) ------------------------------------
-    def snapshot(self, audience_ids: list[str] | None = None, statuses: list[str] | None = None,
-                 at: datetime | int | None = None) -> list[dict]:
+    def snapshot(
+        self,
+        audience_ids: list[str] | None = None,
+        statuses: list[str] | None = None,
+        at: datetime | int | None = None,
+    ) -> list[dict]:
         return groundtruth.snapshot(self, audience_ids, statuses, at)
 
-    def transitions(self, audience_ids: list[str] | None, start: datetime | int, end: datetime | int) -> list[dict]:
+    def transitions(
+        self, audience_ids: list[str] | None, start: datetime | int, end: datetime | int
+    ) -> list[dict]:
         return groundtruth.transitions(self, audience_ids, start, end)
 
     def export_rows(self, batch_id: str) -> list[dict]:
         return groundtruth.export_rows(self, batch_id)
 
-    def set_membership(self, profile_index: int, audience_id: str, member: bool,
-                       at: datetime | int | None = None) -> list[tuple[int, int | None]]:
+    def set_membership(
+        self, profile_index: int, audience_id: str, member: bool, at: datetime | int | None = None
+    ) -> list[tuple[int, int | None]]:
         return groundtruth.set_membership(self, profile_index, audience_id, member, at)
 
     def profile(self, profile_index: int) -> dict:
@@ -463,30 +585,50 @@ class EmulatorState:
                 sandboxes[name] = {
                     "sandbox": sb.info(),
                     "mergePolicyId": sb.merge_policy_id,
-                    "datasets": {d.id: {**d.to_json(org, self.settings.client_id, sb.catalog.last_batch(d.id)),
-                                        "table": d.table if d.has_table else None}
-                                 for d in sb.catalog.datasets.values()},
-                    "batches": {b.id: {**b.to_json(org), "origin": b.origin,
-                                       # monotonic seconds: visible from / until (admin only)
-                                       "emulatorLive": {"since": b.live_since, "until": b.live_until},
-                                       "files": {p: {"size": f.size, "complete": f.complete, "large": f.large}
-                                                 for p, f in b.files.items()}}
-                                for b in sb.catalog.batches.values()},
+                    "datasets": {
+                        d.id: {
+                            **d.to_json(org, self.settings.client_id, sb.catalog.last_batch(d.id)),
+                            "table": d.table if d.has_table else None,
+                        }
+                        for d in sb.catalog.datasets.values()
+                    },
+                    "batches": {
+                        b.id: {
+                            **b.to_json(org),
+                            "origin": b.origin,
+                            # monotonic seconds: visible from / until (admin only)
+                            "emulatorLive": {"since": b.live_since, "until": b.live_until},
+                            "files": {
+                                p: {"size": f.size, "complete": f.complete, "large": f.large}
+                                for p, f in b.files.items()
+                            },
+                        }
+                        for b in sb.catalog.batches.values()
+                    },
                     "exportJobs": [j.to_json(org, sb.info()) for j in sb.export_jobs.values()],
                     "schemas": [r.body for r in sb.registry.listing("schemas")],
                     "fieldGroups": [r.body for r in sb.registry.listing("mixins")],
                     "descriptors": list(sb.registry.descriptors.values()),
                 }
-            return {"mode": self.settings.mode,
-                    "clock": {"now": self.clock.now().isoformat(), "anchor": self.settings.anchor.isoformat(),
-                              "offsetSeconds": self.clock.offset_seconds, "timeScale": self.knobs.time_scale},
-                    "profiles": self.settings.profiles, "seed": self.settings.seed,
-                    "audiences": [asdict(a) for a in self.audiences],  # as configured (ids, timelines)
-                    "liveAudiences": [asdict(a) for a in self.live_audiences()],  # as AEP shows them now
-                    "deletedAudiences": sorted(self.deleted_audiences),
-                    "tokensIssued": self.tokens.issued, "knobs": asdict(self.knobs),
-                    "sandboxes": sandboxes, "cja": self.cja.to_json(org),
-                    "tables": {t: {"sandbox": s, "dataSetId": d} for t, (s, d) in self.tables.items()}}
+            return {
+                "mode": self.settings.mode,
+                "clock": {
+                    "now": self.clock.now().isoformat(),
+                    "anchor": self.settings.anchor.isoformat(),
+                    "offsetSeconds": self.clock.offset_seconds,
+                    "timeScale": self.knobs.time_scale,
+                },
+                "profiles": self.settings.profiles,
+                "seed": self.settings.seed,
+                "audiences": [asdict(a) for a in self.audiences],  # as configured (ids, timelines)
+                "liveAudiences": [asdict(a) for a in self.live_audiences()],  # as AEP shows them now
+                "deletedAudiences": sorted(self.deleted_audiences),
+                "tokensIssued": self.tokens.issued,
+                "knobs": asdict(self.knobs),
+                "sandboxes": sandboxes,
+                "cja": self.cja.to_json(org),
+                "tables": {t: {"sandbox": s, "dataSetId": d} for t, (s, d) in self.tables.items()},
+            }
 
     def now_ms(self) -> int:
         return self.clock.epoch_ms()

@@ -30,20 +30,112 @@ DEFAULT_AUDIENCES: tuple[tuple[str, float, str], ...] = (
 
 
 def default_audiences() -> tuple[AudienceSpec, ...]:
-    return tuple(AudienceSpec(id=str(uuid.uuid5(AUDIENCE_NAMESPACE, name)), name=name, probability=p,
-                              description=desc) for name, p, desc in DEFAULT_AUDIENCES)
+    return tuple(
+        AudienceSpec(id=str(uuid.uuid5(AUDIENCE_NAMESPACE, name)), name=name, probability=p, description=desc)
+        for name, p, desc in DEFAULT_AUDIENCES
+    )
 
 
-_FIRST = ("Ada", "Ben", "Chloe", "David", "Emma", "Felix", "Grace", "Hugo", "Ines", "Jonas", "Klara",
-          "Liam", "Mia", "Noah", "Olivia", "Paul", "Quinn", "Rosa", "Sam", "Tara", "Uma", "Victor",
-          "Wendy", "Xavier", "Yara", "Zoe", "Anna", "Bruno", "Carla", "Dario", "Elena", "Frank",
-          "Gina", "Henrik", "Ivy", "Jack", "Kim", "Lea", "Marco", "Nina", "Oscar", "Pia", "Rafael",
-          "Sofia", "Tom", "Ursula", "Vera", "Will")
-_LAST = ("Adams", "Berger", "Costa", "Dubois", "Evans", "Fischer", "Garcia", "Hansen", "Ivanova",
-         "Jensen", "Keller", "Larsen", "Martin", "Novak", "Olsen", "Peters", "Quint", "Rossi",
-         "Schmidt", "Taylor", "Ullrich", "Vogel", "Weber", "Xu", "Young", "Zimmer", "Andersen",
-         "Bauer", "Clark", "Dahl", "Ek", "Ferrari", "Gruber", "Horvat", "Ito", "Jovanovic", "Kowalski",
-         "Lopez", "Meyer", "Nilsson", "Otto", "Perez", "Ruiz", "Silva", "Thomsen", "Varga", "Wolf", "Yilmaz")
+_FIRST = (
+    "Ada",
+    "Ben",
+    "Chloe",
+    "David",
+    "Emma",
+    "Felix",
+    "Grace",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Klara",
+    "Liam",
+    "Mia",
+    "Noah",
+    "Olivia",
+    "Paul",
+    "Quinn",
+    "Rosa",
+    "Sam",
+    "Tara",
+    "Uma",
+    "Victor",
+    "Wendy",
+    "Xavier",
+    "Yara",
+    "Zoe",
+    "Anna",
+    "Bruno",
+    "Carla",
+    "Dario",
+    "Elena",
+    "Frank",
+    "Gina",
+    "Henrik",
+    "Ivy",
+    "Jack",
+    "Kim",
+    "Lea",
+    "Marco",
+    "Nina",
+    "Oscar",
+    "Pia",
+    "Rafael",
+    "Sofia",
+    "Tom",
+    "Ursula",
+    "Vera",
+    "Will",
+)
+_LAST = (
+    "Adams",
+    "Berger",
+    "Costa",
+    "Dubois",
+    "Evans",
+    "Fischer",
+    "Garcia",
+    "Hansen",
+    "Ivanova",
+    "Jensen",
+    "Keller",
+    "Larsen",
+    "Martin",
+    "Novak",
+    "Olsen",
+    "Peters",
+    "Quint",
+    "Rossi",
+    "Schmidt",
+    "Taylor",
+    "Ullrich",
+    "Vogel",
+    "Weber",
+    "Xu",
+    "Young",
+    "Zimmer",
+    "Andersen",
+    "Bauer",
+    "Clark",
+    "Dahl",
+    "Ek",
+    "Ferrari",
+    "Gruber",
+    "Horvat",
+    "Ito",
+    "Jovanovic",
+    "Kowalski",
+    "Lopez",
+    "Meyer",
+    "Nilsson",
+    "Otto",
+    "Perez",
+    "Ruiz",
+    "Silva",
+    "Thomsen",
+    "Varga",
+    "Wolf",
+    "Yilmaz",
+)
 
 
 def _sql_list(values: tuple[str, ...]) -> str:
@@ -61,11 +153,11 @@ def profile_attribute_columns(seed: int, idx: str = "idx") -> dict[str, str]:
         # The index keeps e-mails unique; the names make them differ between seeds.
         "email": f"lower({first} || '.' || {last} || '.' || {idx}::VARCHAR) || '@example.com'",
         "ecid": f"lpad(({h('ecid1')} % 10000000000000000000)::VARCHAR, 19, '0') || "
-                f"lpad(({h('ecid2')} % 10000000000000000000)::VARCHAR, 19, '0')",
+        f"lpad(({h('ecid2')} % 10000000000000000000)::VARCHAR, 19, '0')",
         # 7919 is coprime with 10^12, so the CRM id is a bijection of the index (unique) that the
         # seed shifts.
         "crm_id": f"'CRM-' || lpad((({idx} * 7919 + {int(seed) % 1000003} * 104729) % 1000000000000)"
-                  f"::VARCHAR, 12, '0')",
+        f"::VARCHAR, 12, '0')",
         "phone": f"'+1555' || lpad(({h('phone')} % 10000000)::VARCHAR, 7, '0')",
         "gender": f"['female', 'male', 'not_specified', 'female', 'male'][1 + ({h('gender')} % 5)::INTEGER]",
     }
@@ -85,21 +177,42 @@ FieldTree = dict[str, Union["FieldTree", Leaf]]
 IDENTITY_ITEM_TYPE = 'STRUCT(id VARCHAR, "primary" BOOLEAN, authenticatedState VARCHAR)'
 IDENTITY_MAP_TYPE = f"MAP(VARCHAR, {IDENTITY_ITEM_TYPE}[])"
 IDENTITY_MAP_XDM = {
-    "title": "Identity Map", "type": "object", "meta:xdmType": "map",
-    "additionalProperties": {"type": "array", "items": {"type": "object", "properties": {
-        "id": {"type": "string"}, "primary": {"type": "boolean"},
-        "authenticatedState": {"type": "string", "enum": ["ambiguous", "authenticated", "loggedOut"]}}}},
+    "title": "Identity Map",
+    "type": "object",
+    "meta:xdmType": "map",
+    "additionalProperties": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "primary": {"type": "boolean"},
+                "authenticatedState": {"type": "string", "enum": ["ambiguous", "authenticated", "loggedOut"]},
+            },
+        },
+    },
 }
-MEMBERSHIP_TYPE = "STRUCT(status VARCHAR, lastQualificationTime TIMESTAMP, version VARCHAR, validUntil TIMESTAMP)"
+MEMBERSHIP_TYPE = (
+    "STRUCT(status VARCHAR, lastQualificationTime TIMESTAMP, version VARCHAR, validUntil TIMESTAMP)"
+)
 SEGMENT_MEMBERSHIP_TYPE = f"STRUCT(ups MAP(VARCHAR, {MEMBERSHIP_TYPE}))"
 SEGMENT_MEMBERSHIP_XDM = {
-    "title": "Segment Membership", "type": "object", "meta:xdmType": "map",
-    "additionalProperties": {"type": "object", "meta:xdmType": "map", "additionalProperties": {
-        "type": "object", "properties": {
-            "status": {"type": "string", "enum": ["realized", "existing", "exited"]},
-            "lastQualificationTime": {"type": "string", "format": "date-time"},
-            "version": {"type": "string"},
-            "validUntil": {"type": "string", "format": "date-time"}}}},
+    "title": "Segment Membership",
+    "type": "object",
+    "meta:xdmType": "map",
+    "additionalProperties": {
+        "type": "object",
+        "meta:xdmType": "map",
+        "additionalProperties": {
+            "type": "object",
+            "properties": {
+                "status": {"type": "string", "enum": ["realized", "existing", "exited"]},
+                "lastQualificationTime": {"type": "string", "format": "date-time"},
+                "version": {"type": "string"},
+                "validUntil": {"type": "string", "format": "date-time"},
+            },
+        },
+    },
 }
 SYSTEM_METADATA_TYPE = "STRUCT(acp_sourceBatchId VARCHAR, commitBatchId VARCHAR, ingestTime BIGINT)"
 
@@ -116,15 +229,21 @@ def profile_field_tree(tenant: str) -> FieldTree:
     )
     return {
         "identityMap": Leaf(IDENTITY_MAP_TYPE, IDENTITY_MAP_XDM, identity_map),
-        f"_{tenant}": {"identification": {"core": {
-            "email": _string("Email", "email", format="email"),
-            "ecid": _string("ECID", "ecid"),
-            "crmId": _string("CRM ID", "crm_id"),
-            "phoneNumber": _string("Phone number", "phone"),
-        }}},
+        f"_{tenant}": {
+            "identification": {
+                "core": {
+                    "email": _string("Email", "email", format="email"),
+                    "ecid": _string("ECID", "ecid"),
+                    "crmId": _string("CRM ID", "crm_id"),
+                    "phoneNumber": _string("Phone number", "phone"),
+                }
+            }
+        },
         "person": {
-            "name": {"firstName": _string("First name", "first_name"),
-                     "lastName": _string("Last name", "last_name")},
+            "name": {
+                "firstName": _string("First name", "first_name"),
+                "lastName": _string("Last name", "last_name"),
+            },
             "gender": _string("Gender", "gender", enum=["female", "male", "not_specified"]),
         },
         "personalEmail": {"address": _string("Address", "email", format="email")},
@@ -132,8 +251,10 @@ def profile_field_tree(tenant: str) -> FieldTree:
 
 
 def sql_type(tree: FieldTree) -> str:
-    parts = [f'"{name}" {node.sql_type if isinstance(node, Leaf) else sql_type(node)}'
-             for name, node in tree.items()]
+    parts = [
+        f'"{name}" {node.sql_type if isinstance(node, Leaf) else sql_type(node)}'
+        for name, node in tree.items()
+    ]
     return f"STRUCT({', '.join(parts)})"
 
 
@@ -161,14 +282,17 @@ def resolve_field_path(tree: FieldTree, path: str) -> bool:
 
 def select_expression(node: FieldTree | Leaf, path: str, requested: list[str] | None) -> str:
     """SQL for one column: the field with every unrequested leaf NULL (``None`` = all requested)."""
+
     def wanted(p: str) -> bool:
-        return requested is None or any(r == p or r.startswith(p + ".") or p.startswith(r + ".")
-                                        for r in requested)
+        return requested is None or any(
+            r == p or r.startswith(p + ".") or p.startswith(r + ".") for r in requested
+        )
 
     if isinstance(node, Leaf):
         return node.expr if wanted(path) else f"NULL::{node.sql_type}"
     if not wanted(path):
         return f"NULL::{sql_type(node)}"
-    fields = ", ".join(f"'{name}': {select_expression(child, f'{path}.{name}', requested)}"
-                       for name, child in node.items())
+    fields = ", ".join(
+        f"'{name}': {select_expression(child, f'{path}.{name}', requested)}" for name, child in node.items()
+    )
     return f"{{{fields}}}::{sql_type(node)}"

@@ -74,8 +74,10 @@ class TokenService:
             "created_at": str(created_ms),
             "expires_in": str(lifetime_ms),
         }
-        signing_input = f"{_b64(json.dumps(header, separators=(',', ':')).encode())}." \
-                        f"{_b64(json.dumps(payload, separators=(',', ':')).encode())}"
+        signing_input = (
+            f"{_b64(json.dumps(header, separators=(',', ':')).encode())}."
+            f"{_b64(json.dumps(payload, separators=(',', ':')).encode())}"
+        )
         signature = hmac.new(self._secret, signing_input.encode("ascii"), hashlib.sha256).digest()
         with self._lock:
             self.issued += 1
@@ -99,9 +101,13 @@ class TokenService:
             raise InvalidToken("token cannot be decoded") from exc
         if not hmac.compare_digest(signature, expected):
             raise InvalidToken("token signature does not match (not issued by this emulator)")
-        info = TokenInfo(client_id=payload["client_id"], org_id=payload["org"],
-                         created_ms=int(payload["created_at"]), expires_in_ms=int(payload["expires_in"]),
-                         scope=payload.get("scope", ""))
+        info = TokenInfo(
+            client_id=payload["client_id"],
+            org_id=payload["org"],
+            created_ms=int(payload["created_at"]),
+            expires_in_ms=int(payload["expires_in"]),
+            scope=payload.get("scope", ""),
+        )
         if time.time() >= info.expires_at:
             raise InvalidToken("token expired")
         return info

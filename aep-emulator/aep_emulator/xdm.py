@@ -38,18 +38,36 @@ class XdmClass:
     required: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
-        return {"$id": self.id, "meta:altId": self.alt_id, "meta:resourceType": "classes",
-                "version": "1.0", "title": self.title, "type": "object", "meta:extensible": True,
-                "meta:abstract": False, "meta:containerId": "global", "meta:extends": [self.behavior],
-                "properties": copy.deepcopy(self.properties), "required": list(self.required)}
+        return {
+            "$id": self.id,
+            "meta:altId": self.alt_id,
+            "meta:resourceType": "classes",
+            "version": "1.0",
+            "title": self.title,
+            "type": "object",
+            "meta:extensible": True,
+            "meta:abstract": False,
+            "meta:containerId": "global",
+            "meta:extends": [self.behavior],
+            "properties": copy.deepcopy(self.properties),
+            "required": list(self.required),
+        }
 
 
-_REPO = {"title": "Repository", "type": "object", "properties": {
-    "createDate": _s("Create date", format="date-time"), "modifyDate": _s("Modify date", format="date-time")}}
+_REPO = {
+    "title": "Repository",
+    "type": "object",
+    "properties": {
+        "createDate": _s("Create date", format="date-time"),
+        "modifyDate": _s("Modify date", format="date-time"),
+    },
+}
 
 CLASSES: dict[str, XdmClass] = {
     PROFILE_CLASS: XdmClass(
-        id=PROFILE_CLASS, alt_id="_xdm.context.profile", title="XDM Individual Profile",
+        id=PROFILE_CLASS,
+        alt_id="_xdm.context.profile",
+        title="XDM Individual Profile",
         behavior=RECORD_BEHAVIOR,
         properties={
             "_id": _s("Identifier", format="uri-reference"),
@@ -59,9 +77,12 @@ CLASSES: dict[str, XdmClass] = {
             "modifiedByBatchID": _s("Modified by batch identifier", format="uri-reference"),
             "repositoryCreatedBy": _s("Created by user identifier"),
             "repositoryLastModifiedBy": _s("Modified by user identifier"),
-        }),
+        },
+    ),
     EVENT_CLASS: XdmClass(
-        id=EVENT_CLASS, alt_id="_xdm.context.experienceevent", title="XDM ExperienceEvent",
+        id=EVENT_CLASS,
+        alt_id="_xdm.context.experienceevent",
+        title="XDM ExperienceEvent",
         behavior=TIME_SERIES_BEHAVIOR,
         properties={
             "_id": _s("Identifier", format="uri-reference"),
@@ -71,7 +92,8 @@ CLASSES: dict[str, XdmClass] = {
             "producedBy": _s("Produced by"),
             "identityMap": copy.deepcopy(synthetic.IDENTITY_MAP_XDM),
         },
-        required=("_id", "timestamp")),
+        required=("_id", "timestamp"),
+    ),
 }
 
 
@@ -86,10 +108,19 @@ def union_schema(tenant: str, org_id: str) -> dict:
     """The profile union schema, resolved (``xed-full``): the synthetic profile fields."""
     properties = synthetic.xdm_properties(synthetic.profile_field_tree(tenant))
     properties["segmentMembership"] = copy.deepcopy(synthetic.SEGMENT_MEMBERSHIP_XDM)
-    return {"$id": UNION_ID, "meta:altId": UNION_ALT_ID, "meta:resourceType": "unions",
-            "version": "1.0", "title": "XDM Individual Profile union", "type": "object",
-            "meta:class": PROFILE_CLASS, "meta:containerId": "tenant", "meta:tenantNamespace": f"_{tenant}",
-            "imsOrg": org_id, "properties": properties}
+    return {
+        "$id": UNION_ID,
+        "meta:altId": UNION_ALT_ID,
+        "meta:resourceType": "unions",
+        "version": "1.0",
+        "title": "XDM Individual Profile union",
+        "type": "object",
+        "meta:class": PROFILE_CLASS,
+        "meta:containerId": "tenant",
+        "meta:tenantNamespace": f"_{tenant}",
+        "imsOrg": org_id,
+        "properties": properties,
+    }
 
 
 def has_path(properties: dict, path: list[str]) -> bool:
@@ -123,7 +154,7 @@ def field_group_properties(body: dict) -> dict:
     """Properties a field group contributes: its ``allOf`` local definitions plus top-level ones."""
     definitions = body.get("definitions") or {}
     refs = [item.get("$ref", "") for item in body.get("allOf") or [] if isinstance(item, dict)]
-    names = [r[len("#/definitions/"):] for r in refs if r.startswith("#/definitions/")] or list(definitions)
+    names = [r[len("#/definitions/") :] for r in refs if r.startswith("#/definitions/")] or list(definitions)
     merged: dict = {}
     for name in names:
         definition = definitions.get(name) or {}
@@ -164,8 +195,13 @@ class RecordSchema:
         for name, value in record.items():
             if name not in self.properties:
                 if name in self._tenant_fields:
-                    errors.append((SCHEMA, f"field '{name}' is a custom field and must sit under "
-                                           f"'_{self.tenant}' (found at the top level)"))
+                    errors.append(
+                        (
+                            SCHEMA,
+                            f"field '{name}' is a custom field and must sit under "
+                            f"'_{self.tenant}' (found at the top level)",
+                        )
+                    )
                 else:
                     errors.append((SCHEMA, f"field '{name}' is not defined in the dataset's schema"))
                 continue
@@ -233,4 +269,3 @@ def _check_string(value: Any, spec: dict, path: str, errors: list[tuple[str, str
             errors.append((SCHEMA, f"field '{path}' is not a date (YYYY-MM-DD): {value!r}"))
     if "enum" in spec and value not in spec["enum"]:
         errors.append((SCHEMA, f"field '{path}' must be one of {spec['enum']}, got {value!r}"))
-

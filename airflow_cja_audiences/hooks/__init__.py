@@ -9,8 +9,18 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_SUBMODULES = frozenset({"platform", "catalog", "segmentation", "schema_registry", "ingestion", "cja",
-                         "query_service", "batch_query"})
+_SUBMODULES = frozenset(
+    {
+        "platform",
+        "catalog",
+        "segmentation",
+        "schema_registry",
+        "ingestion",
+        "cja",
+        "query_service",
+        "batch_query",
+    }
+)
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -68,8 +68,11 @@ class BatchQuery(AdobeModel):
         return _epoch_ms(self.updated)
 
     def error_summary(self, limit: int = 5) -> str:
-        parts = [f"{e.get('code', '?')}: {e.get('message') or e.get('description') or ''}".strip()
-                 for e in self.errors[:limit] if isinstance(e, dict)]
+        parts = [
+            f"{e.get('code', '?')}: {e.get('message') or e.get('description') or ''}".strip()
+            for e in self.errors[:limit]
+            if isinstance(e, dict)
+        ]
         return "; ".join(parts) or "no error details"
 
 
@@ -100,9 +103,11 @@ def batch_written_by(catalog_batches: list[Batch], query: BatchQuery) -> Batch:
     linked = [b for b in catalog_batches if query_id_of(b) == query.id]
     if len(linked) == 1:
         return linked[0]
-    raise AepError(f"cannot tell which batch query {query.id} wrote: {len(linked)} batches of the dataset link to "
-                   f"it in Catalog (relatedObjects type 'query'). Without that link later runs could not replace "
-                   f"the batch; if Catalog does not link batch query batches to their query, use path: client")
+    raise AepError(
+        f"cannot tell which batch query {query.id} wrote: {len(linked)} batches of the dataset link to "
+        f"it in Catalog (relatedObjects type 'query'). Without that link later runs could not replace "
+        f"the batch; if Catalog does not link batch query batches to their query, use path: client"
+    )
 
 
 class BatchQueryHook(AdobePlatformHook):
@@ -114,12 +119,15 @@ class BatchQueryHook(AdobePlatformHook):
         return f"{self.sandbox}:all"
 
     def get_query(self, query_id: str) -> BatchQuery:
-        payload = self.request_json("GET", f"{BASE}/queries/{path_segment(query_id)}", route="query.get_query")
+        payload = self.request_json(
+            "GET", f"{BASE}/queries/{path_segment(query_id)}", route="query.get_query"
+        )
         return BatchQuery.model_validate(payload)
 
     async def aget_query(self, query_id: str) -> BatchQuery:
-        payload = await self.arequest_json("GET", f"{BASE}/queries/{path_segment(query_id)}",
-                                           route="query.get_query")
+        payload = await self.arequest_json(
+            "GET", f"{BASE}/queries/{path_segment(query_id)}", route="query.get_query"
+        )
         return BatchQuery.model_validate(payload)
 
     def recent_queries(self, *, created_after_ms: int) -> list[BatchQuery]:
@@ -145,30 +153,50 @@ class BatchQueryHook(AdobePlatformHook):
 
     def find_query(self, name: str, *, created_after_ms: int) -> BatchQuery | None:
         """The newest query called ``name`` since ``created_after_ms`` that has not failed."""
-        return next((q for q in self.recent_queries(created_after_ms=created_after_ms)
-                     if q.name == name and q.state.upper() not in BatchQuery.FAILED), None)
+        return next(
+            (
+                q
+                for q in self.recent_queries(created_after_ms=created_after_ms)
+                if q.name == name and q.state.upper() not in BatchQuery.FAILED
+            ),
+            None,
+        )
 
-    def create_query(self, sql: str, *, name: str, description: str = "", created_after_ms: int) -> BatchQuery:
+    def create_query(
+        self, sql: str, *, name: str, description: str = "", created_after_ms: int
+    ) -> BatchQuery:
         """Submit a batch query (never twice: an ambiguous failure is reconciled by its name)."""
         body = {"dbName": self._db_name(), "sql": sql, "name": name, "description": description}
 
         def create() -> BatchQuery:
-            return BatchQuery.model_validate(self.request_json("POST", f"{BASE}/queries",
-                                                               route="query.create_query", json=body))
+            return BatchQuery.model_validate(
+                self.request_json("POST", f"{BASE}/queries", route="query.create_query", json=body)
+            )
 
-        query = self.create_once("create batch query", create,
-                                 lambda: self.find_query(name, created_after_ms=created_after_ms),
-                                 route="query.create_query")
+        query = self.create_once(
+            "create batch query",
+            create,
+            lambda: self.find_query(name, created_after_ms=created_after_ms),
+            route="query.create_query",
+        )
         log.info("Batch query %s submitted (%s): %s", query.id, name, query.state)
         return query
 
     def cancel_query(self, query_id: str) -> None:
-        self.request_json("PATCH", f"{BASE}/queries/{path_segment(query_id)}", route="query.cancel_query",
-                          json={"op": "cancel"})
+        self.request_json(
+            "PATCH",
+            f"{BASE}/queries/{path_segment(query_id)}",
+            route="query.cancel_query",
+            json={"op": "cancel"},
+        )
 
     async def acancel_query(self, query_id: str) -> None:
-        await self.arequest_json("PATCH", f"{BASE}/queries/{path_segment(query_id)}", route="query.cancel_query",
-                                 json={"op": "cancel"})
+        await self.arequest_json(
+            "PATCH",
+            f"{BASE}/queries/{path_segment(query_id)}",
+            route="query.cancel_query",
+            json={"op": "cancel"},
+        )
 
     def label_of_batch(self, batch: Batch) -> str | None:
         """The ``name`` of the query that wrote ``batch`` (our batch label), or None."""
@@ -178,6 +206,11 @@ class BatchQueryHook(AdobePlatformHook):
         try:
             return self.get_query(query_id).name
         except AepError as exc:
-            log.warning("Batch %s was written by query %s, which cannot be read (%s): it is not taken for one "
-                        "of this job's batches", batch.id, query_id, exc)
+            log.warning(
+                "Batch %s was written by query %s, which cannot be read (%s): it is not taken for one "
+                "of this job's batches",
+                batch.id,
+                query_id,
+                exc,
+            )
             return None

@@ -20,8 +20,11 @@ def _id_keyed(payload: Any, model: type[Dataset] | type[Batch]) -> list[Any]:
     """Catalog answers ``{"<id>": {...}}`` maps rather than lists."""
     if not isinstance(payload, dict):
         return []
-    return [model.model_validate({**obj, "id": obj_id}) for obj_id, obj in payload.items()
-            if isinstance(obj, dict)]
+    return [
+        model.model_validate({**obj, "id": obj_id})
+        for obj_id, obj in payload.items()
+        if isinstance(obj, dict)
+    ]
 
 
 def _one(payload: Any, model: type[Any], what: str, obj_id: str) -> Any:
@@ -46,8 +49,9 @@ class CatalogHook(AdobePlatformHook):
     # ------------------------------------------------------------------ datasets
 
     def get_dataset(self, dataset_id: str) -> Dataset:
-        payload = self.request_json("GET", f"{BASE}/dataSets/{path_segment(dataset_id)}",
-                                    route="catalog.get_dataset")
+        payload = self.request_json(
+            "GET", f"{BASE}/dataSets/{path_segment(dataset_id)}", route="catalog.get_dataset"
+        )
         return _one(payload, Dataset, "dataset", dataset_id)
 
     def find_datasets_by_name(self, name: str) -> list[Dataset]:
@@ -57,8 +61,12 @@ class CatalogHook(AdobePlatformHook):
         guard = self.page_guard("catalog.list_datasets")
         while True:
             guard.next_page(start)
-            payload = self.request_json("GET", f"{BASE}/dataSets", route="catalog.list_datasets",
-                                        params={"property": f"name=={name}", "limit": PAGE, "start": start})
+            payload = self.request_json(
+                "GET",
+                f"{BASE}/dataSets",
+                route="catalog.list_datasets",
+                params={"property": f"name=={name}", "limit": PAGE, "start": start},
+            )
             page = _id_keyed(payload, Dataset)
             guard.seen(d.id for d in page)
             found += [d for d in page if d.name == name]  # the filter is a hint; compare exactly
@@ -70,13 +78,21 @@ class CatalogHook(AdobePlatformHook):
         matches = self.find_datasets_by_name(name)
         if len(matches) > 1:
             ids = ", ".join(sorted(d.id for d in matches))
-            raise AepConfigError(f"{len(matches)} datasets are named {name!r} ({ids}); rename or delete "
-                                 f"the extra ones, or configure another name")
+            raise AepConfigError(
+                f"{len(matches)} datasets are named {name!r} ({ids}); rename or delete "
+                f"the extra ones, or configure another name"
+            )
         return matches[0] if matches else None
 
-    def create_dataset(self, name: str, *, schema_id: str, description: str = "",
-                       tags: dict[str, list[str]] | None = None,
-                       schema_content_type: str = "application/vnd.adobe.xed+json;version=1") -> Dataset:
+    def create_dataset(
+        self,
+        name: str,
+        *,
+        schema_id: str,
+        description: str = "",
+        tags: dict[str, list[str]] | None = None,
+        schema_content_type: str = "application/vnd.adobe.xed+json;version=1",
+    ) -> Dataset:
         body: dict[str, Any] = {
             "name": name,
             "description": description,
@@ -87,17 +103,33 @@ class CatalogHook(AdobePlatformHook):
             body["tags"] = tags
 
         def create() -> Dataset:
-            payload = self.request_json("POST", f"{BASE}/dataSets", route="catalog.create_dataset",
-                                        params={"requestDataSource": "true"}, json=body)
+            payload = self.request_json(
+                "POST",
+                f"{BASE}/dataSets",
+                route="catalog.create_dataset",
+                params={"requestDataSource": "true"},
+                json=body,
+            )
             return self.get_dataset(_created_id(payload))
 
-        dataset = self.create_once(f"create dataset {name!r}", create, lambda: self.find_dataset(name),
-                                   route="catalog.create_dataset")
+        dataset = self.create_once(
+            f"create dataset {name!r}",
+            create,
+            lambda: self.find_dataset(name),
+            route="catalog.create_dataset",
+        )
         log.info("Created dataset %r (%s)", name, dataset.id)
         return dataset
 
-    def ensure_dataset(self, name: str, *, schema_id: str, accepted_schema_ids: tuple[str, ...] = (),
-                       description: str = "", tags: dict[str, list[str]] | None = None) -> tuple[Dataset, bool]:
+    def ensure_dataset(
+        self,
+        name: str,
+        *,
+        schema_id: str,
+        accepted_schema_ids: tuple[str, ...] = (),
+        description: str = "",
+        tags: dict[str, list[str]] | None = None,
+    ) -> tuple[Dataset, bool]:
         """Find the dataset by name or create it; returns (dataset, created).
 
         An existing dataset on another schema is an error rather than silently reused.
@@ -107,35 +139,52 @@ class CatalogHook(AdobePlatformHook):
             return self.create_dataset(name, schema_id=schema_id, description=description, tags=tags), True
         actual = (existing.schema_ref or {}).get("id") or ""
         if schema_uri(actual) not in {schema_uri(s) for s in (schema_id, *accepted_schema_ids)}:
-            raise AepConfigError(f"dataset {name!r} ({existing.id}) exists with schema {actual!r}, not "
-                                 f"{schema_id!r}; configure another dataset name")
+            raise AepConfigError(
+                f"dataset {name!r} ({existing.id}) exists with schema {actual!r}, not "
+                f"{schema_id!r}; configure another dataset name"
+            )
         log.info("Using existing dataset %r (%s)", name, existing.id)
         return existing, False
 
     # ------------------------------------------------------------------ batches
 
     def get_batch(self, batch_id: str) -> Batch:
-        payload = self.request_json("GET", f"{BASE}/batches/{path_segment(batch_id)}", route="catalog.get_batch")
+        payload = self.request_json(
+            "GET", f"{BASE}/batches/{path_segment(batch_id)}", route="catalog.get_batch"
+        )
         return _one(payload, Batch, "batch", batch_id)
 
     async def aget_batch(self, batch_id: str) -> Batch:
-        payload = await self.arequest_json("GET", f"{BASE}/batches/{path_segment(batch_id)}",
-                                           route="catalog.get_batch")
+        payload = await self.arequest_json(
+            "GET", f"{BASE}/batches/{path_segment(batch_id)}", route="catalog.get_batch"
+        )
         return _one(payload, Batch, "batch", batch_id)
 
-    def wait_for_batch(self, batch_id: str, *, deadline: float, poll_interval: float = 30.0,
-                       first: Batch | None = None) -> Batch:
+    def wait_for_batch(
+        self, batch_id: str, *, deadline: float, poll_interval: float = 30.0, first: Batch | None = None
+    ) -> Batch:
         """Poll the batch until it is terminal (see ``Batch.outcome``) and return it; the synchronous
         twin of ``BatchTrigger``. ``deadline`` (epoch seconds) is required: past it,
         :class:`~airflow_cja_audiences.errors.AepWaitTimeoutError`."""
         from airflow_cja_audiences.waits import wait_until_terminal
 
-        return wait_until_terminal(lambda: self.get_batch(batch_id), status_type=Batch.STATUS,
-                                   what=f"batch {batch_id}", deadline=deadline, poll_interval=poll_interval,
-                                   first=first)
+        return wait_until_terminal(
+            lambda: self.get_batch(batch_id),
+            status_type=Batch.STATUS,
+            what=f"batch {batch_id}",
+            deadline=deadline,
+            poll_interval=poll_interval,
+            first=first,
+        )
 
-    def list_batches(self, dataset_id: str, *, status: str | None = None,
-                     created_after_ms: int | None = None, max_items: int = 10_000) -> list[Batch]:
+    def list_batches(
+        self,
+        dataset_id: str,
+        *,
+        status: str | None = None,
+        created_after_ms: int | None = None,
+        max_items: int = 10_000,
+    ) -> list[Batch]:
         """Batches of a dataset, newest first."""
         params: dict[str, Any] = {"dataSet": dataset_id, "orderBy": "desc:created", "limit": PAGE}
         if status:
@@ -147,8 +196,9 @@ class CatalogHook(AdobePlatformHook):
         guard = self.page_guard("catalog.list_batches")
         while len(found) < max_items:
             guard.next_page(start)
-            payload = self.request_json("GET", f"{BASE}/batches", route="catalog.list_batches",
-                                        params={**params, "start": start})
+            payload = self.request_json(
+                "GET", f"{BASE}/batches", route="catalog.list_batches", params={**params, "start": start}
+            )
             page = _id_keyed(payload, Batch)
             guard.seen(b.id for b in page)
             found += page

@@ -31,13 +31,22 @@ class BatchIngestionHook(CatalogHook):
 
     hook_name = "Adobe Experience Platform Batch Ingestion"
 
-    def create_batch(self, dataset_id: str, *, external_id: str, replay_predecessors: list[str] | None = None,
-                     partial_ingestion_percent: int | None = None) -> Batch:
+    def create_batch(
+        self,
+        dataset_id: str,
+        *,
+        external_id: str,
+        replay_predecessors: list[str] | None = None,
+        partial_ingestion_percent: int | None = None,
+    ) -> Batch:
         """Create a JSON Lines batch; ``external_id`` makes a lost create answer recoverable."""
         # Error diagnostics: without them AEP only says INGEST-1211-400, not which record failed or why.
-        body: dict[str, Any] = {"datasetId": dataset_id,
-                                "inputFormat": {"format": "json", "isMultiLineJson": False},
-                                "externalId": external_id, "enableErrorDiagnostics": True}
+        body: dict[str, Any] = {
+            "datasetId": dataset_id,
+            "inputFormat": {"format": "json", "isMultiLineJson": False},
+            "externalId": external_id,
+            "enableErrorDiagnostics": True,
+        }
         if replay_predecessors:
             body["replay"] = {"predecessors": replay_predecessors, "reason": "replace"}
         if partial_ingestion_percent is not None:
@@ -45,18 +54,27 @@ class BatchIngestionHook(CatalogHook):
         started_ms = int(time.time() * 1000) - 60_000
 
         def create() -> Batch:
-            return Batch.model_validate(self.request_json("POST", f"{BASE}/batches", route="ingestion.create_batch",
-                                                          json=body))
+            return Batch.model_validate(
+                self.request_json("POST", f"{BASE}/batches", route="ingestion.create_batch", json=body)
+            )
 
         def find() -> Batch | None:
             return self.find_batch(dataset_id, external_id=external_id, created_after_ms=started_ms)
 
-        batch = self.create_once(f"create batch {external_id!r}", create, find, route="ingestion.create_batch")
+        batch = self.create_once(
+            f"create batch {external_id!r}", create, find, route="ingestion.create_batch"
+        )
         log.info("Created batch %s in dataset %s (externalId %s)", batch.id, dataset_id, external_id)
         return batch
 
-    def find_batch(self, dataset_id: str, *, external_id: str, created_after_ms: int | None = None,
-                   statuses: tuple[BatchStatus | str, ...] = (BatchStatus.LOADING,)) -> Batch | None:
+    def find_batch(
+        self,
+        dataset_id: str,
+        *,
+        external_id: str,
+        created_after_ms: int | None = None,
+        statuses: tuple[BatchStatus | str, ...] = (BatchStatus.LOADING,),
+    ) -> Batch | None:
         """The newest batch of the dataset with this ``externalId`` in one of ``statuses`` (any case)."""
         wanted = {str(s).lower() for s in statuses}
         for batch in self.list_batches(dataset_id, created_after_ms=created_after_ms):
@@ -64,8 +82,16 @@ class BatchIngestionHook(CatalogHook):
                 return batch
         return None
 
-    def upload_file(self, batch_id: str, dataset_id: str, name: str, local_path: Path, *,
-                    chunk_size: int = DEFAULT_CHUNK, small_file_limit: int = SMALL_FILE_LIMIT) -> int:
+    def upload_file(
+        self,
+        batch_id: str,
+        dataset_id: str,
+        name: str,
+        local_path: Path,
+        *,
+        chunk_size: int = DEFAULT_CHUNK,
+        small_file_limit: int = SMALL_FILE_LIMIT,
+    ) -> int:
         """Upload one file into the batch under ``name``; same name replaces (safe to retry).
 
         Files up to ``small_file_limit`` go in one PUT, larger ones in ``chunk_size`` parts.
@@ -82,28 +108,47 @@ class BatchIngestionHook(CatalogHook):
         return size
 
     def _upload_large(self, url: str, local_path: Path, size: int, chunk_size: int) -> None:
-        self.request("POST", url, route="ingestion.initialize_file", params={"action": "INITIALIZE"},
-                     idempotent=True)
+        self.request(
+            "POST", url, route="ingestion.initialize_file", params={"action": "INITIALIZE"}, idempotent=True
+        )
         with local_path.open("rb") as handle:
             for start in range(0, size, chunk_size):
                 handle.seek(start)
                 chunk = handle.read(chunk_size)
                 end = start + len(chunk) - 1  # inclusive, as in HTTP Content-Range
-                self.request("PATCH", url, route="ingestion.patch_file", data=chunk, content_type=OCTET,
-                             headers={"Content-Range": f"bytes {start}-{end}"}, idempotent=True)
-        self.request("POST", url, route="ingestion.complete_file", params={"action": "COMPLETE"}, idempotent=True)
+                self.request(
+                    "PATCH",
+                    url,
+                    route="ingestion.patch_file",
+                    data=chunk,
+                    content_type=OCTET,
+                    headers={"Content-Range": f"bytes {start}-{end}"},
+                    idempotent=True,
+                )
+        self.request(
+            "POST", url, route="ingestion.complete_file", params={"action": "COMPLETE"}, idempotent=True
+        )
 
     def batch_action(self, batch_id: str, action: BatchAction) -> None:
         # COMPLETE is documented as safe to repeat; ABORT/REVERT converge to the same state.
-        self.request("POST", f"{BASE}/batches/{path_segment(batch_id)}", route=f"ingestion.{action.lower()}_batch",
-                     params={"action": action}, idempotent=True)
+        self.request(
+            "POST",
+            f"{BASE}/batches/{path_segment(batch_id)}",
+            route=f"ingestion.{action.lower()}_batch",
+            params={"action": action},
+            idempotent=True,
+        )
         log.info("Batch %s: %s sent", batch_id, action)
 
     async def abatch_action(self, batch_id: str, action: BatchAction) -> None:
         """Async twin of :meth:`batch_action` (inside ``async with hook.async_session()``)."""
-        await self.arequest_json("POST", f"{BASE}/batches/{path_segment(batch_id)}",
-                                 route=f"ingestion.{action.lower()}_batch", params={"action": action},
-                                 idempotent=True)
+        await self.arequest_json(
+            "POST",
+            f"{BASE}/batches/{path_segment(batch_id)}",
+            route=f"ingestion.{action.lower()}_batch",
+            params={"action": action},
+            idempotent=True,
+        )
 
     def complete_batch(self, batch_id: str) -> None:
         self.batch_action(batch_id, "COMPLETE")
@@ -133,8 +178,9 @@ class BatchIngestionHook(CatalogHook):
             name = entry.get("name")
             if not name or len(errors) >= limit:
                 continue
-            text = self.request("GET", meta, route="export.batch_meta",
-                                params={"path": f"row_errors/{name}"}).text
+            text = self.request(
+                "GET", meta, route="export.batch_meta", params={"path": f"row_errors/{name}"}
+            ).text
             import json
 
             for line in text.splitlines()[: limit - len(errors)]:

@@ -87,7 +87,6 @@ _CHUNK = 64 * 1024  # body read size (sync and async)
 MIN_TOKEN_LIFETIME = 1.0  # seconds; IMS answers 86399, tests go down to 1
 
 
-
 # ------------------------------------------------------------------------------ token cache
 
 
@@ -188,7 +187,10 @@ def _deadline_error(call: _Call, method: str, url: str) -> AepDeadlineError:
     return AepDeadlineError(
         f"{method} {url}: no answer within the call deadline of {call.deadline_seconds:g} s ({call.requests} "
         f"request(s) sent by {call.route}); raise the connection's 'call_deadline' extra if Adobe is just slow",
-        method=method, url=url, ambiguous=True)
+        method=method,
+        url=url,
+        ambiguous=True,
+    )
 
 
 # ------------------------------------------------------------------------------ sync deadline watchdog
@@ -249,8 +251,10 @@ class _WatchedHTTPSConnectionPool(urllib3.HTTPSConnectionPool):
 class _WatchedAdapter(requests.adapters.HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {**self.poolmanager.pool_classes_by_scheme,
-                                                   "https": _WatchedHTTPSConnectionPool}
+        self.poolmanager.pool_classes_by_scheme = {
+            **self.poolmanager.pool_classes_by_scheme,
+            "https": _WatchedHTTPSConnectionPool,
+        }
 
 
 # ------------------------------------------------------------------------------ retry policy
@@ -319,19 +323,25 @@ class PageGuard:
 
     def next_page(self, cursor: Hashable) -> None:
         if self.pages >= self.max_pages:
-            raise AepPagingError(f"{self.route}: the list did not end after {self.max_pages} pages (connection "
-                                 f"extra 'max_pages'); narrow the query or raise the limit if that many is real")
+            raise AepPagingError(
+                f"{self.route}: the list did not end after {self.max_pages} pages (connection "
+                f"extra 'max_pages'); narrow the query or raise the limit if that many is real"
+            )
         if cursor in self._cursors:
-            raise AepPagingError(f"{self.route}: the list does not advance: page {self.pages + 1} asks for "
-                                 f"cursor {str(cursor)[:80]!r} again; the service's paging is broken")
+            raise AepPagingError(
+                f"{self.route}: the list does not advance: page {self.pages + 1} asks for "
+                f"cursor {str(cursor)[:80]!r} again; the service's paging is broken"
+            )
         self._cursors.add(cursor)
         self.pages += 1
 
     def seen(self, ids: Any) -> None:
         ids = tuple(ids)
         if ids and ids == self._last_ids:
-            raise AepPagingError(f"{self.route}: the list does not advance: page {self.pages} returned the same "
-                                 f"{len(ids)} items as the page before; the service ignores the paging parameter")
+            raise AepPagingError(
+                f"{self.route}: the list does not advance: page {self.pages} returned the same "
+                f"{len(ids)} items as the page before; the service ignores the paging parameter"
+            )
         self._last_ids = ids
 
 
@@ -354,9 +364,16 @@ class AdobePlatformHook(BaseHook):
     conn_type = CONN_TYPE
     hook_name = "Adobe Experience Platform"
 
-    def __init__(self, adobe_conn_id: str = DEFAULT_CONN_ID, *, sandbox: str | None = None,
-                 max_attempts: int = 8, max_retry_wait: float = 60.0, initial_retry_wait: float = 0.5,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        adobe_conn_id: str = DEFAULT_CONN_ID,
+        *,
+        sandbox: str | None = None,
+        max_attempts: int = 8,
+        max_retry_wait: float = 60.0,
+        initial_retry_wait: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if max_attempts < 1:
             raise AepConfigError("max_attempts must be >= 1")
@@ -378,9 +395,22 @@ class AdobePlatformHook(BaseHook):
 
     # ---------------------------------------------------------------- connection settings
 
-    _EXTRAS = ("sandbox", "scopes", "ims_url", "platform_url", "cja_url", "ui_url", "query_service_host",
-               "query_service_port", "query_service_database", "ca_bundle", "timeout", "call_deadline",
-               "max_response_bytes", "max_pages")
+    _EXTRAS = (
+        "sandbox",
+        "scopes",
+        "ims_url",
+        "platform_url",
+        "cja_url",
+        "ui_url",
+        "query_service_host",
+        "query_service_port",
+        "query_service_database",
+        "ca_bundle",
+        "timeout",
+        "call_deadline",
+        "max_response_bytes",
+        "max_pages",
+    )
 
     @classmethod
     def _settings_from(cls, conn: Any, extra: dict[str, Any], sandbox: str | None) -> AdobeConnectionSettings:
@@ -388,16 +418,25 @@ class AdobePlatformHook(BaseHook):
             value = extra.get(key)
             return None if value in ("", None) else value
 
-        values: dict[str, Any] = {"client_id": conn.login or "", "client_secret": conn.password or "",
-                                  "org_id": pick("org_id") or ""}
+        values: dict[str, Any] = {
+            "client_id": conn.login or "",
+            "client_secret": conn.password or "",
+            "org_id": pick("org_id") or "",
+        }
         for key in cls._EXTRAS:
             if pick(key) is not None:
                 values[key] = pick(key)
         if sandbox:
             values["sandbox"] = sandbox
-        missing = [label for key, label in (("client_id", "login (Client ID)"),
-                                            ("client_secret", "password (Client secret)"),
-                                            ("org_id", "extra 'org_id' (IMS org ID)")) if not values[key]]
+        missing = [
+            label
+            for key, label in (
+                ("client_id", "login (Client ID)"),
+                ("client_secret", "password (Client secret)"),
+                ("org_id", "extra 'org_id' (IMS org ID)"),
+            )
+            if not values[key]
+        ]
         if missing:
             raise AepConfigError(f"Airflow connection {conn.conn_id!r} is missing {', '.join(missing)}")
         message = ""
@@ -434,12 +473,23 @@ class AdobePlatformHook(BaseHook):
         s = self.settings
         return {"platform": s.platform_url, "cja": s.cja_url, "ims": s.ims_url}[service]
 
-    def _headers(self, service: Service, token: str, *, accept: str | None, content_type: str | None,
-                 extra: dict[str, str] | None) -> dict[str, str]:
+    def _headers(
+        self,
+        service: Service,
+        token: str,
+        *,
+        accept: str | None,
+        content_type: str | None,
+        extra: dict[str, str] | None,
+    ) -> dict[str, str]:
         s = self.settings
-        headers = {"Authorization": f"Bearer {token}", "x-api-key": s.client_id,
-                   "x-gw-ims-org-id": s.org_id, "x-request-id": str(uuid.uuid4()),
-                   "Accept": accept or JSON}
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "x-api-key": s.client_id,
+            "x-gw-ims-org-id": s.org_id,
+            "x-request-id": str(uuid.uuid4()),
+            "Accept": accept or JSON,
+        }
         if service == "platform":  # CJA takes no sandbox header
             headers["x-sandbox-name"] = s.sandbox
         if content_type:
@@ -450,17 +500,28 @@ class AdobePlatformHook(BaseHook):
 
     def _token_form(self) -> dict[str, str]:
         s = self.settings
-        return {"grant_type": "client_credentials", "client_id": s.client_id,
-                "client_secret": s.client_secret.get_secret_value(), "scope": s.scopes}
+        return {
+            "grant_type": "client_credentials",
+            "client_id": s.client_id,
+            "client_secret": s.client_secret.get_secret_value(),
+            "scope": s.scopes,
+        }
 
     def _retrying_args(self, route: str, idempotent: bool) -> dict[str, Any]:
         """tenacity arguments with this hook's policy, for work that is not an HTTP call (Query Service
         statements, which open their own connections); HTTP calls retry in :meth:`_run`."""
+
         def before_sleep(state: tenacity.RetryCallState) -> None:
             self.retry_counts[route] += 1
             exc = state.outcome.exception() if state.outcome else None
-            log.warning("%s: attempt %d/%d failed (%s); retrying in %.1f s", route, state.attempt_number,
-                        self.max_attempts, exc, state.upcoming_sleep)
+            log.warning(
+                "%s: attempt %d/%d failed (%s); retrying in %.1f s",
+                route,
+                state.attempt_number,
+                self.max_attempts,
+                exc,
+                state.upcoming_sleep,
+            )
 
         return {
             "stop": tenacity.stop_after_attempt(self.max_attempts),
@@ -482,12 +543,16 @@ class AdobePlatformHook(BaseHook):
         """Validate IMS's answer: a non-empty string token and a finite lifetime of at least a second
         (0, negative or NaN would mean a token fetch per call; ``None`` would be sent as ``Bearer None``)."""
         if not isinstance(payload, dict):
-            raise AepResponseError(f"POST {url}: IMS answered 200 with a JSON {type(payload).__name__}, not the "
-                                   f"token object; check the connection's 'ims_url'")
+            raise AepResponseError(
+                f"POST {url}: IMS answered 200 with a JSON {type(payload).__name__}, not the "
+                f"token object; check the connection's 'ims_url'"
+            )
         value = payload.get("access_token")
         if not isinstance(value, str) or not value.strip() or any(c in value for c in "\r\n "):
-            raise AepResponseError(f"POST {url}: IMS answered 200 without a usable access_token "
-                                   f"({type(value).__name__}); check the connection's 'ims_url'")
+            raise AepResponseError(
+                f"POST {url}: IMS answered 200 without a usable access_token "
+                f"({type(value).__name__}); check the connection's 'ims_url'"
+            )
         raw = payload.get("expires_in")
         lifetime = math.nan
         if isinstance(raw, (int, float, str)) and not isinstance(raw, bool):
@@ -496,8 +561,10 @@ class AdobePlatformHook(BaseHook):
             except ValueError:
                 pass
         if not math.isfinite(lifetime) or lifetime < MIN_TOKEN_LIFETIME:
-            raise AepResponseError(f"POST {url}: IMS answered 200 with expires_in {str(raw)[:40]!r}; expected a "
-                                   f"number of seconds >= {MIN_TOKEN_LIFETIME:g}")
+            raise AepResponseError(
+                f"POST {url}: IMS answered 200 with expires_in {str(raw)[:40]!r}; expected a "
+                f"number of seconds >= {MIN_TOKEN_LIFETIME:g}"
+            )
         return _CachedToken(value=value, expires_at=time.time() + lifetime, lifetime=lifetime)
 
     @staticmethod
@@ -512,14 +579,18 @@ class AdobePlatformHook(BaseHook):
             return _json.loads(text)
         except ValueError:
             excerpt = " ".join(text[:200].split())
-        raise AepResponseError(f"{method} {url}: expected JSON, got {content_type or 'no content type'}: "
-                               f"{excerpt!r}; something other than Adobe may have answered (a proxy or portal)")
+        raise AepResponseError(
+            f"{method} {url}: expected JSON, got {content_type or 'no content type'}: "
+            f"{excerpt!r}; something other than Adobe may have answered (a proxy or portal)"
+        )
 
     def _too_large(self, method: str, url: str, size: int | None) -> AepResponseTooLargeError:
         cap = self.settings.max_response_bytes
         what = f"{size} bytes, more" if size is not None else "more"
-        return AepResponseTooLargeError(f"{method} {url}: the answer is {what} than the connection's limit of "
-                                        f"{cap} bytes (extra 'max_response_bytes'); not read any further")
+        return AepResponseTooLargeError(
+            f"{method} {url}: the answer is {what} than the connection's limit of "
+            f"{cap} bytes (extra 'max_response_bytes'); not read any further"
+        )
 
     def _declared_too_large(self, headers: Any, method: str, url: str) -> AepResponseTooLargeError | None:
         length = headers.get("Content-Length")
@@ -529,8 +600,13 @@ class AdobePlatformHook(BaseHook):
 
     def _check_redirect(self, status: int, headers: Any, method: str, url: str) -> None:
         if 300 <= status < 400:
-            raise redirect_error(status=status, method=method, url=url, location=headers.get("Location"),
-                                 request_id=headers.get("x-request-id"))
+            raise redirect_error(
+                status=status,
+                method=method,
+                url=url,
+                location=headers.get("Location"),
+                request_id=headers.get("x-request-id"),
+            )
 
     def _new_call(self, route: str) -> _Call:
         return _Call(route, self.max_attempts, self.settings.call_deadline)
@@ -541,13 +617,22 @@ class AdobePlatformHook(BaseHook):
             return None
         wait = retry_wait(error, failures, self.initial_retry_wait, self.max_retry_wait)
         if wait >= call.remaining():
-            log.warning("%s: not retrying: the next try would start after the call deadline (%g s)", call.route,
-                        call.deadline_seconds)
+            log.warning(
+                "%s: not retrying: the next try would start after the call deadline (%g s)",
+                call.route,
+                call.deadline_seconds,
+            )
             return None
         route = error.__dict__.get(_ROUTE_ATTR, call.route)
         self.retry_counts[route] += 1
-        log.warning("%s: attempt %d/%d failed (%s); retrying in %.1f s", route, call.requests, call.max_requests,
-                    error, wait)
+        log.warning(
+            "%s: attempt %d/%d failed (%s); retrying in %.1f s",
+            route,
+            call.requests,
+            call.max_requests,
+            error,
+            wait,
+        )
         return wait
 
     def _run(self, route: str, idempotent: bool, attempt: Callable[[_Call], T]) -> T:
@@ -639,8 +724,15 @@ class AdobePlatformHook(BaseHook):
         done = False
         try:
             # verify per request: requests lets REQUESTS_CA_BUNDLE override a Session's verify.
-            response = self.session.request(method, url, timeout=(min(10.0, timeout, remaining), min(timeout, remaining)),
-                                            verify=self.settings.verify, allow_redirects=False, stream=True, **kwargs)
+            response = self.session.request(
+                method,
+                url,
+                timeout=(min(10.0, timeout, remaining), min(timeout, remaining)),
+                verify=self.settings.verify,
+                allow_redirects=False,
+                stream=True,
+                **kwargs,
+            )
             self._check_redirect(response.status_code, response.headers, method, url)
             if too_large := self._declared_too_large(response.headers, method, url):
                 raise too_large
@@ -668,26 +760,38 @@ class AdobePlatformHook(BaseHook):
                 response.close()  # never return a half-read connection to the pool
         raise error
 
-    def _transport_error(self, exc: BaseException, method: str, url: str, call: _Call, watch: _Watch, *,
-                         sent: bool) -> AepError:
+    def _transport_error(
+        self, exc: BaseException, method: str, url: str, call: _Call, watch: _Watch, *, sent: bool
+    ) -> AepError:
         if watch.expired or call.remaining() <= 0:
             return _deadline_error(call, method, url)
         name = exc.__class__.__name__
         if isinstance(exc, requests.exceptions.SSLError) and not sent:
             return AepConfigError(
                 f"{method} {url}: TLS verification failed ({name}). If this is the emulator or a proxy with "
-                f"its own CA, set the connection's 'ca_bundle' extra.")
+                f"its own CA, set the connection's 'ca_bundle' extra."
+            )
         if isinstance(exc, requests.exceptions.ConnectTimeout):
-            return AepTransportError(f"{method} {url}: connect timeout ({name})", method=method, url=url,
-                                     ambiguous=False)
+            return AepTransportError(
+                f"{method} {url}: connect timeout ({name})", method=method, url=url, ambiguous=False
+            )
         not_sent = not sent and ("NewConnectionError" in repr(exc) or "Failed to establish" in str(exc))
-        return AepTransportError(f"{method} {url}: {name}: connection failed{' before sending' if not_sent else ''}",
-                                 method=method, url=url, ambiguous=not not_sent)
+        return AepTransportError(
+            f"{method} {url}: {name}: connection failed{' before sending' if not_sent else ''}",
+            method=method,
+            url=url,
+            ambiguous=not not_sent,
+        )
 
     def _raise_for(self, response: requests.Response, method: str, url: str) -> None:
         if response.status_code >= 400:
-            raise self._api_error(status=response.status_code, method=method, url=url, text=_text(response),
-                                  headers=response.headers)
+            raise self._api_error(
+                status=response.status_code,
+                method=method,
+                url=url,
+                text=_text(response),
+                headers=response.headers,
+            )
 
     def _api_error(self, *, status: int, method: str, url: str, text: str, headers: Any) -> AepApiError:
         """The typed error; when Adobe refused the credentials, it also names what to check."""
@@ -699,11 +803,15 @@ class AdobePlatformHook(BaseHook):
     def _auth_hint(self, error: AepAuthError) -> str | None:
         conn = f"Airflow connection {self.adobe_conn_id!r}"
         if error.url.endswith("/ims/token/v3"):
-            return (f"Adobe IMS refused the credentials: check the login (client id) and password (client "
-                    f"secret) of {conn}; they must be an OAuth Server-to-Server credential")
+            return (
+                f"Adobe IMS refused the credentials: check the login (client id) and password (client "
+                f"secret) of {conn}; they must be an OAuth Server-to-Server credential"
+            )
         if error.code == "403025":  # the gateway's "Profile is not valid"
-            return (f"check the 'org_id' extra of {conn} (the IMS org of the credential), and that the "
-                    f"credential's product profiles include sandbox {self.sandbox!r}")
+            return (
+                f"check the 'org_id' extra of {conn} (the IMS org of the credential), and that the "
+                f"credential's product profiles include sandbox {self.sandbox!r}"
+            )
         if error.code == "403003":  # "Api Key is invalid"
             return f"the API key (the login of {conn}) is not the client id the token was issued to"
         return None
@@ -716,8 +824,11 @@ class AdobePlatformHook(BaseHook):
 
     def _store_token(self, key: str, token: _CachedToken) -> None:
         _TOKENS[key] = token
-        log.info("Obtained an IMS access token for client %s (valid %.0f s)", self.settings.client_id,
-                 token.lifetime)
+        log.info(
+            "Obtained an IMS access token for client %s (valid %.0f s)",
+            self.settings.client_id,
+            token.lifetime,
+        )
 
     def get_access_token(self, *, stale: str | None = None) -> str:
         """A valid IMS access token from the process cache, fetched when missing or expiring.
@@ -727,6 +838,7 @@ class AdobePlatformHook(BaseHook):
 
         :param stale: a token Adobe just rejected (401); never returned again.
         """
+
         def attempt(call: _Call) -> str:
             key = _token_key(self.settings)
             with _TOKENS_LOCK:  # held across the fetch: concurrent callers wait for one IMS call
@@ -743,10 +855,21 @@ class AdobePlatformHook(BaseHook):
 
         return self._run("ims.token", True, attempt)
 
-    def request(self, method: str, path: str, *, route: str, service: Service = "platform",
-                params: dict[str, Any] | None = None, json: Any = None, data: bytes | Path | None = None,
-                accept: str | None = None, content_type: str | None = None,
-                headers: dict[str, str] | None = None, idempotent: bool | None = None) -> requests.Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        route: str,
+        service: Service = "platform",
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        data: bytes | Path | None = None,
+        accept: str | None = None,
+        content_type: str | None = None,
+        headers: dict[str, str] | None = None,
+        idempotent: bool | None = None,
+    ) -> requests.Response:
         """Send one API call with auth, retries and typed errors; returns the 2xx response (body read).
 
         :param route: stable name of the call (``catalog.get_dataset``) used in logs and retry counts.
@@ -758,9 +881,16 @@ class AdobePlatformHook(BaseHook):
             content_type = JSON
 
         def send(token: str) -> requests.Response:
-            return self._send(method, url, params=params, json=json, data=data,
-                              headers=self._headers(service, token, accept=accept, content_type=content_type,
-                                                    extra=headers))
+            return self._send(
+                method,
+                url,
+                params=params,
+                json=json,
+                data=data,
+                headers=self._headers(
+                    service, token, accept=accept, content_type=content_type, extra=headers
+                ),
+            )
 
         def attempt(call: _Call) -> requests.Response:
             token = self.get_access_token()
@@ -779,7 +909,9 @@ class AdobePlatformHook(BaseHook):
         response = self.request(method, path, **kwargs)
         return self._parse_json(_text(response), method.upper(), path, response.headers.get("Content-Type"))
 
-    def create_once(self, what: str, create: Callable[[], T], find: Callable[[], T | None], *, route: str) -> T:
+    def create_once(
+        self, what: str, create: Callable[[], T], find: Callable[[], T | None], *, route: str
+    ) -> T:
         """Run a non-idempotent create so that retries never duplicate.
 
         One call (one budget): after a try that failed transiently, the next try first runs ``find``;
@@ -824,8 +956,9 @@ class AdobePlatformHook(BaseHook):
             connector = aiohttp.TCPConnector(ssl=self._ssl_context(), limit=_SHARED_POOL_SIZE)
             timeout = aiohttp.ClientTimeout(total=settings.timeout, connect=min(10.0, settings.timeout))
             # No cookie jar: nothing of one trigger's responses may travel with another's requests.
-            session = aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                            cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+            session = aiohttp.ClientSession(
+                connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False
+            )
             shared = _SHARED_SESSIONS[key] = _SharedSession(loop, session)
         shared.users += 1
         self._aiohttp_session = shared.session
@@ -860,8 +993,9 @@ class AdobePlatformHook(BaseHook):
         bound = aiohttp.ClientTimeout(total=min(timeout, remaining), connect=min(10.0, timeout, remaining))
         error: AepError | None = None
         try:
-            async with self._aiohttp_session.request(method, url, allow_redirects=False, timeout=bound,
-                                                     **kwargs) as response:
+            async with self._aiohttp_session.request(
+                method, url, allow_redirects=False, timeout=bound, **kwargs
+            ) as response:
                 self._check_redirect(response.status, response.headers, method, url)
                 if too_large := self._declared_too_large(response.headers, method, url):
                     raise too_large
@@ -879,21 +1013,37 @@ class AdobePlatformHook(BaseHook):
             if call.remaining() <= 0.05:  # the bound was the call deadline, and it has passed
                 error = _deadline_error(call, method, url)
             else:
-                error = AepTransportError(f"{method} {url}: {exc.__class__.__name__}: no complete answer within "
-                                          f"the timeout of {timeout:g} s", method=method, url=url, ambiguous=True)
+                error = AepTransportError(
+                    f"{method} {url}: {exc.__class__.__name__}: no complete answer within "
+                    f"the timeout of {timeout:g} s",
+                    method=method,
+                    url=url,
+                    ambiguous=True,
+                )
         except aiohttp.ClientConnectorCertificateError as exc:
-            error = AepConfigError(f"{method} {url}: TLS verification failed ({exc.__class__.__name__}); "
-                                   f"set the connection's 'ca_bundle' extra for a private CA")
+            error = AepConfigError(
+                f"{method} {url}: TLS verification failed ({exc.__class__.__name__}); "
+                f"set the connection's 'ca_bundle' extra for a private CA"
+            )
         except aiohttp.ClientConnectorError as exc:
-            error = AepTransportError(f"{method} {url}: {exc.__class__.__name__}: connection failed before "
-                                      f"sending", method=method, url=url, ambiguous=False)
+            error = AepTransportError(
+                f"{method} {url}: {exc.__class__.__name__}: connection failed before sending",
+                method=method,
+                url=url,
+                ambiguous=False,
+            )
         except (aiohttp.ClientError, OSError) as exc:
-            error = AepTransportError(f"{method} {url}: {exc.__class__.__name__}: connection failed",
-                                      method=method, url=url, ambiguous=True)
+            error = AepTransportError(
+                f"{method} {url}: {exc.__class__.__name__}: connection failed",
+                method=method,
+                url=url,
+                ambiguous=True,
+            )
         raise error  # outside the except blocks: aiohttp's exception (with the request) is not chained
 
     async def aget_access_token(self, *, stale: str | None = None) -> str:
         """Async twin of :meth:`get_access_token`, sharing its process-wide cache."""
+
         async def attempt(call: _Call) -> str:
             key = _token_key(await self.aget_settings())
             if cached := self._usable(key, stale):
@@ -903,12 +1053,14 @@ class AdobePlatformHook(BaseHook):
                 if cached := self._usable(key, stale):
                     return cached.value
                 url = self._url("ims", "/ims/token/v3")
-                status, text, headers = await self._asend("POST", url, data=self._token_form(),
-                                                          headers={"Accept": JSON})
+                status, text, headers = await self._asend(
+                    "POST", url, data=self._token_form(), headers={"Accept": JSON}
+                )
                 if status >= 400:
                     raise self._api_error(status=status, method="POST", url=url, text=text, headers=headers)
-                token = self._token_from_response(self._parse_json(text, "POST", url, headers.get("Content-Type")),
-                                                  url)
+                token = self._token_from_response(
+                    self._parse_json(text, "POST", url, headers.get("Content-Type")), url
+                )
                 await amask_secret(token.value)
                 with _TOKENS_LOCK:
                     self._store_token(key, token)
@@ -916,18 +1068,32 @@ class AdobePlatformHook(BaseHook):
 
         return await self._arun("ims.token", True, attempt)
 
-    async def arequest_json(self, method: str, path: str, *, route: str, service: Service = "platform",
-                            params: dict[str, Any] | None = None, json: Any = None,
-                            accept: str | None = None, idempotent: bool | None = None) -> Any:
+    async def arequest_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        route: str,
+        service: Service = "platform",
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        accept: str | None = None,
+        idempotent: bool | None = None,
+    ) -> Any:
         """Async twin of :meth:`request_json` (same headers, budget, retries and errors)."""
         method = method.upper()
         url = self._url(service, path)
 
         async def send(token: str) -> tuple[int, str, Any]:
-            return await self._asend(method, url, params=params, json=json,
-                                     headers=self._headers(service, token, accept=accept,
-                                                           content_type=JSON if json is not None else None,
-                                                           extra=None))
+            return await self._asend(
+                method,
+                url,
+                params=params,
+                json=json,
+                headers=self._headers(
+                    service, token, accept=accept, content_type=JSON if json is not None else None, extra=None
+                ),
+            )
 
         async def attempt(call: _Call) -> Any:
             token = await self.aget_access_token()
@@ -951,18 +1117,25 @@ class AdobePlatformHook(BaseHook):
             with _TOKENS_LOCK:  # prove the credentials now, not with a cached token
                 _TOKENS.pop(_token_key(self.settings), None)
             self.get_access_token()
-            self.request_json("GET", "/data/foundation/catalog/dataSets", route="catalog.list_datasets",
-                              params={"limit": 1, "properties": "name"})
+            self.request_json(
+                "GET",
+                "/data/foundation/catalog/dataSets",
+                route="catalog.list_datasets",
+                params={"limit": 1, "properties": "name"},
+            )
         except AepError as exc:
             return False, str(exc)
         from airflow_cja_audiences.hooks.query_service import QueryServiceHook  # it imports this module
 
-        qs_ok, query_service = QueryServiceHook(self.adobe_conn_id, platform_hook=self, connect_timeout=10).test_connection()
+        qs_ok, query_service = QueryServiceHook(
+            self.adobe_conn_id, platform_hook=self, connect_timeout=10
+        ).test_connection()
         if not qs_ok:
             return False, f"The AEP APIs answered, but Query Service did not: {query_service}"
         s = self.settings
-        return True, (f"Connected to AEP org {s.org_id}, sandbox {s.sandbox!r} as client {s.client_id}; "
-                      f"{query_service}")
+        return True, (
+            f"Connected to AEP org {s.org_id}, sandbox {s.sandbox!r} as client {s.client_id}; {query_service}"
+        )
 
 
 def path_segment(value: str) -> str:

@@ -53,13 +53,22 @@ class QueryServiceError(AepError):
     Service rejects) - see :func:`airflow_cja_audiences.errors.is_permanent`.
     """
 
-    def __init__(self, message: str, sqlstate: str | None, *, transient: bool = False, permanent: bool = False,
-                 server_message: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        sqlstate: str | None,
+        *,
+        transient: bool = False,
+        permanent: bool = False,
+        server_message: str | None = None,
+    ):
         super().__init__(message)
         self.sqlstate = sqlstate
         self.transient = transient
         self.permanent = permanent
-        self.server_message = server_message if server_message is not None else message  # Query Service's own words
+        self.server_message = (
+            server_message if server_message is not None else message
+        )  # Query Service's own words
 
     @property
     def is_limit(self) -> bool:
@@ -82,8 +91,10 @@ class _QueryServiceConnection(Connection):
     """The derived Postgres connection; its password is an access token, so repr/str never show it."""
 
     def __repr__(self) -> str:
-        return (f"Connection(conn_id={self.conn_id!r}, conn_type={self.conn_type!r}, host={self.host!r}, "
-                f"port={self.port!r}, schema={self.schema!r}, login={self.login!r}, password='***')")
+        return (
+            f"Connection(conn_id={self.conn_id!r}, conn_type={self.conn_type!r}, host={self.host!r}, "
+            f"port={self.port!r}, schema={self.schema!r}, login={self.login!r}, password='***')"
+        )
 
     __str__ = __repr__
 
@@ -100,8 +111,15 @@ class QueryServiceHook(PostgresHook):
     conn_type = CONN_TYPE
     hook_name = "Adobe Experience Platform Query Service"
 
-    def __init__(self, adobe_conn_id: str = DEFAULT_CONN_ID, *, sandbox: str | None = None,
-                 platform_hook: AdobePlatformHook | None = None, connect_timeout: int = 30, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        adobe_conn_id: str = DEFAULT_CONN_ID,
+        *,
+        sandbox: str | None = None,
+        platform_hook: AdobePlatformHook | None = None,
+        connect_timeout: int = 30,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(adobe_conn_id=adobe_conn_id, **kwargs)
         self.adobe_conn_id = adobe_conn_id
         self.sandbox_override = sandbox
@@ -122,12 +140,15 @@ class QueryServiceHook(PostgresHook):
         s = self.platform.settings
         host, port, database = s.query_service_host, s.query_service_port, s.query_service_database
         if host is None:
-            params = self.platform.request_json("GET", "/data/foundation/query/connection_parameters",
-                                                route="query.connection_parameters")
+            params = self.platform.request_json(
+                "GET", "/data/foundation/query/connection_parameters", route="query.connection_parameters"
+            )
             host = params.get("host")
             port = port or params.get("port")
             if not host:
-                raise AepError("Query Service did not return a host; set the connection's query_service_host extra")
+                raise AepError(
+                    "Query Service did not return a host; set the connection's query_service_host extra"
+                )
         return host, int(port or DEFAULT_PORT), database or f"{s.sandbox}:all"
 
     @property
@@ -138,11 +159,23 @@ class QueryServiceHook(PostgresHook):
         token = self.platform.get_access_token()
         mask_secret(token)
         # verify-full: TLS *and* certificate/host checks (Adobe's docs say 'require', which checks nothing).
-        extra = {"sslmode": "verify-full", "sslrootcert": s.ca_bundle or "system",
-                 "application_name": "airflow-cja-audiences", "connect_timeout": self.connect_timeout,
-                 "gssencmode": "disable"}
-        return _QueryServiceConnection(conn_id=f"{self.adobe_conn_id}__query_service", conn_type="postgres", host=host,
-                          port=port, login=s.org_id, password=token, schema=database, extra=json.dumps(extra))
+        extra = {
+            "sslmode": "verify-full",
+            "sslrootcert": s.ca_bundle or "system",
+            "application_name": "airflow-cja-audiences",
+            "connect_timeout": self.connect_timeout,
+            "gssencmode": "disable",
+        }
+        return _QueryServiceConnection(
+            conn_id=f"{self.adobe_conn_id}__query_service",
+            conn_type="postgres",
+            host=host,
+            port=port,
+            login=s.org_id,
+            password=token,
+            schema=database,
+            extra=json.dumps(extra),
+        )
 
     @connection.setter
     def connection(self, value: Any) -> None:  # DbApiHook's setter exists for old providers only
@@ -189,10 +222,14 @@ class QueryServiceHook(PostgresHook):
     def retrying(self, work: Callable[[], T]) -> T:
         """Run ``work`` (which opens its own connection), again after a transient Query Service error."""
         args = self.platform._retrying_args(ROUTE, idempotent=True)
-        args["retry"] = tenacity.retry_if_exception(lambda e: isinstance(e, QueryServiceError) and e.transient)
+        args["retry"] = tenacity.retry_if_exception(
+            lambda e: isinstance(e, QueryServiceError) and e.transient
+        )
         return tenacity.Retrying(**args)(work)
 
-    def stream(self, sql: str, *, batch_size: int = 10_000, prefetch: int = 2) -> Iterator[Sequence[Sequence[Any]]]:
+    def stream(
+        self, sql: str, *, batch_size: int = 10_000, prefetch: int = 2
+    ) -> Iterator[Sequence[Sequence[Any]]]:
         """Yield result batches (lists of rows) from a server-side cursor (``DECLARE``/``FETCH``).
 
         The whole result never sits in memory; Query Service's per-query row limit still applies.
@@ -256,15 +293,25 @@ def _connect_error(exc: Exception, where: str) -> Exception:
     error = _wrap(exc, "connect")
     if not isinstance(error, QueryServiceError):
         return exc
-    hint = ("check the connection's ca_bundle (TLS is always verified)" if _is_tls(exc) else
-            "check the org id, the credentials' Query Service permissions and the sandbox" if error.permanent
-            else "is the port reachable from the workers (a firewall or proxy may block it; Adobe's is 80)? Set the "
-                 "query_service_host/query_service_port extras if it is elsewhere")
+    hint = (
+        "check the connection's ca_bundle (TLS is always verified)"
+        if _is_tls(exc)
+        else "check the org id, the credentials' Query Service permissions and the sandbox"
+        if error.permanent
+        else "is the port reachable from the workers (a firewall or proxy may block it; Adobe's is 80)? Set the "
+        "query_service_host/query_service_port extras if it is elsewhere"
+    )
     if error.is_session_limit:
-        hint = ("all of the org's concurrent Query Service sessions are in use (other clients, or more load "
-                "tasks than the licence allows: keep the Query Service pool below it)")
-    return QueryServiceError(f"cannot connect to {where}: {_first_line(exc)}; {hint}", error.sqlstate,
-                             permanent=error.permanent, transient=error.is_session_limit)
+        hint = (
+            "all of the org's concurrent Query Service sessions are in use (other clients, or more load "
+            "tasks than the licence allows: keep the Query Service pool below it)"
+        )
+    return QueryServiceError(
+        f"cannot connect to {where}: {_first_line(exc)}; {hint}",
+        error.sqlstate,
+        permanent=error.permanent,
+        transient=error.is_session_limit,
+    )
 
 
 def _is_tls(exc: BaseException) -> bool:
@@ -278,7 +325,9 @@ def _login_refused(text: str) -> bool:
     """The server answered the connection with FATAL about who we are or where we asked to go."""
     if "authentication failed" in text:
         return True
-    return "fatal:" in text and any(w in text for w in ("password", "token", "role", "database", "permission"))
+    return "fatal:" in text and any(
+        w in text for w in ("password", "token", "role", "database", "permission")
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -295,14 +344,21 @@ def _wrap(exc: Exception, sql: str) -> Exception:
     # The drivers give a login the server refused while connecting no SQLSTATE, only its FATAL message.
     refused = sqlstate is None and not session_limit and _login_refused(str(exc).lower())
     # A lost connection has no SQLSTATE; both drivers raise the DB-API OperationalError for it.
-    lost = sqlstate is None and not (tls or refused) and any(c.__name__ == "OperationalError"
-                                                              for c in type(exc).__mro__)
+    lost = (
+        sqlstate is None
+        and not (tls or refused)
+        and any(c.__name__ == "OperationalError" for c in type(exc).__mro__)
+    )
     transient = lost or session_limit or (sqlstate or "").startswith("08") or sqlstate in _TRANSIENT_SQLSTATES
     # Refused credentials (class 28) and an untrusted certificate stay so however often we ask.
     permanent = tls or refused or (sqlstate or "").startswith("28")
     first_line = " ".join(sql.split())[:300]
     diag = getattr(exc, "diag", None)
     primary = getattr(diag, "message_primary", None) or str(exc).strip().splitlines()[0:1]
-    return QueryServiceError(f"Query Service error {sqlstate or '?'}: {str(exc).strip()} -- in: {first_line}",
-                             sqlstate, transient=transient, permanent=permanent,
-                             server_message=primary if isinstance(primary, str) else " ".join(primary))
+    return QueryServiceError(
+        f"Query Service error {sqlstate or '?'}: {str(exc).strip()} -- in: {first_line}",
+        sqlstate,
+        transient=transient,
+        permanent=permanent,
+        server_message=primary if isinstance(primary, str) else " ".join(primary),
+    )

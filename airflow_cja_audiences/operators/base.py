@@ -74,8 +74,14 @@ class AdobeBaseOperator(BaseOperator):
     ui_color = "#fa0f00"  # Adobe red
     ui_fgcolor = "#ffffff"
 
-    def __init__(self, *, adobe_conn_id: str = DEFAULT_CONN_ID, sandbox: str | None = None,
-                 hook_params: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        adobe_conn_id: str = DEFAULT_CONN_ID,
+        sandbox: str | None = None,
+        hook_params: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         # Results are small dicts of ids and counts; each key is also pushed on its own so a
         # downstream task can take ``op.output["dataset_id"]`` (None if this task was skipped).
         kwargs.setdefault("multiple_outputs", True)
@@ -98,12 +104,19 @@ class AdobeBaseOperator(BaseOperator):
             for route, count in hook.retry_counts.items():
                 totals[route] = totals.get(route, 0) + count
         if totals:
-            self.log.info("Retries per API route: %s", ", ".join(f"{k}={v}" for k, v in sorted(totals.items())))
+            self.log.info(
+                "Retries per API route: %s", ", ".join(f"{k}={v}" for k, v in sorted(totals.items()))
+            )
         return totals
 
     def trigger_kwargs(self, poll_interval: float, deadline: float | None) -> dict[str, Any]:
-        return {"adobe_conn_id": self.adobe_conn_id, "sandbox": self.sandbox, "poll_interval": poll_interval,
-                "deadline": deadline, "hook_params": self.hook_params}
+        return {
+            "adobe_conn_id": self.adobe_conn_id,
+            "sandbox": self.sandbox,
+            "poll_interval": poll_interval,
+            "deadline": deadline,
+            "hook_params": self.hook_params,
+        }
 
 
 def truthy(value: Any) -> bool:
@@ -131,7 +144,12 @@ def validate_event(event: Any, *, what: str, accept: Iterable[str] = ("success",
         if status == "timeout":
             raise AepWaitTimeoutError(message, what=what, state=state)
         if status == "error":
-            raise AepWaitError(message, what=what, state=state, permanent=event.get("permanent") is True,
-                               advice="waiting failed in a way a retry cannot fix: see the message")
+            raise AepWaitError(
+                message,
+                what=what,
+                state=state,
+                permanent=event.get("permanent") is True,
+                advice="waiting failed in a way a retry cannot fix: see the message",
+            )
         raise AepObjectFailedError(message, what=what, state=state)
     return event

@@ -27,9 +27,17 @@ class CheckCjaOperator(AdobeBaseOperator):
 
     template_fields = ("sandbox", "connection_id", "data_view_id", "datasets", "tenant")
 
-    def __init__(self, *, connection_id: str | None, data_view_id: str | None, datasets: Mapping[str, Any],
-                 tenant: str, dimension_fields: Sequence[str] = (), fail_on_problems: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        connection_id: str | None,
+        data_view_id: str | None,
+        datasets: Mapping[str, Any],
+        tenant: str,
+        dimension_fields: Sequence[str] = (),
+        fail_on_problems: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.connection_id = connection_id
         self.data_view_id = data_view_id
@@ -44,15 +52,28 @@ class CheckCjaOperator(AdobeBaseOperator):
             return {"ok": True, "connection_id": None, "data_view_id": None, "problems": []}
         tenant = validation.tenant_id(self.tenant)
         datasets = {label: ds for label, ds in dict(self.datasets).items() if ds}
-        result = self.hook(hooks.cja.CjaHook).check_setup(
-            connection_id=self.connection_id, data_view_id=self.data_view_id, datasets=datasets,
-            dimension_paths=[f"_{tenant}.{f}" for f in self.dimension_fields],
-            dataset_settings={"snapshot": "as a Profile dataset with personID as Person ID ",
-                              "events": f"as an Event dataset with timestamp as Timestamp and _{tenant}.personID as "
-                                        f"Person ID "}).to_dict()
+        result = (
+            self.hook(hooks.cja.CjaHook)
+            .check_setup(
+                connection_id=self.connection_id,
+                data_view_id=self.data_view_id,
+                datasets=datasets,
+                dimension_paths=[f"_{tenant}.{f}" for f in self.dimension_fields],
+                dataset_settings={
+                    "snapshot": "as a Profile dataset with personID as Person ID ",
+                    "events": f"as an Event dataset with timestamp as Timestamp and _{tenant}.personID as "
+                    f"Person ID ",
+                },
+            )
+            .to_dict()
+        )
         if result["ok"]:
-            self.log.info("CJA connection %s and data view %s are set up for %s", self.connection_id,
-                          self.data_view_id, ", ".join(datasets))
+            self.log.info(
+                "CJA connection %s and data view %s are set up for %s",
+                self.connection_id,
+                self.data_view_id,
+                ", ".join(datasets),
+            )
         elif self.fail_on_problems:
             raise AirflowFailException("CJA is not set up:\n  " + "\n  ".join(result["problems"]))
         self.log_retries()

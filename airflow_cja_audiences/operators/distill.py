@@ -45,9 +45,16 @@ class DistillSnapshotOperator(_MembershipQueryOperator):
     template_fields = (*_TEMPLATE_FIELDS, "external_id", "memberships")  # type: ignore[assignment]
     operator_extra_links = (AepBatchLink(),)
 
-    def __init__(self, *, external_id: str, memberships: Any = None, poll_interval: float = 15.0,
-                 wait_timeout: timedelta = timedelta(hours=3), deferrable: bool = DEFAULT_DEFERRABLE,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        external_id: str,
+        memberships: Any = None,
+        poll_interval: float = 15.0,
+        wait_timeout: timedelta = timedelta(hours=3),
+        deferrable: bool = DEFAULT_DEFERRABLE,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("kind", "snapshot")
         kwargs.setdefault("multiple_outputs", True)
         super().__init__(**kwargs)
@@ -67,13 +74,21 @@ class DistillSnapshotOperator(_MembershipQueryOperator):
         catalog = self.hook(hooks.catalog.CatalogHook)
         table = catalog.get_dataset(self.dataset_id).table_name
         if not table:
-            raise AirflowFailException(f"profile dataset {self.dataset_id} has no Query Service table name "
-                                       f"(tag adobe/pqs/table): it cannot be written with INSERT INTO")
+            raise AirflowFailException(
+                f"profile dataset {self.dataset_id} has no Query Service table name "
+                f"(tag adobe/pqs/table): it cannot be written with INSERT INTO"
+            )
         job = self.job_config
         try:
             return distill.snapshot_insert_sql(
-                self.query(), target_table=table, job_id=job.job_id, tenant=self.tenant,
-                audience_names={a["id"]: a["name"] for a in self.audiences}, layout=job.layout, fields=job.output)
+                self.query(),
+                target_table=table,
+                job_id=job.job_id,
+                tenant=self.tenant,
+                audience_names={a["id"]: a["name"] for a in self.audiences},
+                layout=job.layout,
+                fields=job.output,
+            )
         except ValueError as exc:
             raise AirflowFailException(f"cannot build the batch query: {exc}") from exc
 
@@ -82,40 +97,57 @@ class DistillSnapshotOperator(_MembershipQueryOperator):
         if not self.external_id:
             raise AirflowFailException("external_id (the run's batch label from prepare_snapshot) is empty")
         if self.memberships is not None and not int(self.memberships):
-            self.log.info("The export holds no identified membership of this job: no batch query, nothing written")
+            self.log.info(
+                "The export holds no identified membership of this job: no batch query, nothing written"
+            )
             return {"batch_id": "", "records": 0, "query_id": ""}
         queries = self._queries()
         since = int((datetime.now(timezone.utc) - _REATTACH_WINDOW).timestamp() * 1000)
         query = queries.find_query(self.external_id, created_after_ms=since)
         if query is not None:
-            self.log.info("Batch query %s of this run is already %s: waiting for it rather than writing again",
-                          query.id, query.state)
+            self.log.info(
+                "Batch query %s of this run is already %s: waiting for it rather than writing again",
+                query.id,
+                query.state,
+            )
         else:
             statement = self.statement()
             self.log.info("Submitting the batch query (%d characters of SQL):\n%s", len(statement), statement)
-            query = queries.create_query(statement, name=self.external_id, created_after_ms=since,
-                                         description=f"airflow-cja-audiences snapshot of job {self.job_config.job_id}")
+            query = queries.create_query(
+                statement,
+                name=self.external_id,
+                created_after_ms=since,
+                description=f"airflow-cja-audiences snapshot of job {self.job_config.job_id}",
+            )
         if not query.is_terminal:
             deadline = time.time() + self.wait_timeout.total_seconds()
             if self.deferrable:
-                self.defer(trigger=triggers.aep.BatchQueryTrigger(
-                    query_id=query.id, **self.trigger_kwargs(self.poll_interval, deadline)),
-                    method_name="execute_complete", kwargs={"query_id": query.id})
+                self.defer(
+                    trigger=triggers.aep.BatchQueryTrigger(
+                        query_id=query.id, **self.trigger_kwargs(self.poll_interval, deadline)
+                    ),
+                    method_name="execute_complete",
+                    kwargs={"query_id": query.id},
+                )
             while not query.is_terminal:
                 if time.time() > deadline:
                     self._cancel(query.id)
-                    raise AirflowException(f"batch query {query.id} still {query.state} after {self.wait_timeout} "
-                                           f"(cancelled)")
+                    raise AirflowException(
+                        f"batch query {query.id} still {query.state} after {self.wait_timeout} (cancelled)"
+                    )
                 time.sleep(self.poll_interval)
                 query = queries.get_query(query.id)
         return self._finish(context, query.id)
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None,
-                         query_id: str = "") -> dict[str, Any]:
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None, query_id: str = ""
+    ) -> dict[str, Any]:
         if not (isinstance(event, dict) and event.get("status") in ("success", "failed")) and query_id:
             # Timed out or the wait broke: a query left running would write a batch nobody publishes.
             self._cancel(query_id)
-        event = validate_event(event, what=f"batch query {query_id or self.external_id}", accept=("success", "failed"))
+        event = validate_event(
+            event, what=f"batch query {query_id or self.external_id}", accept=("success", "failed")
+        )
         return self._finish(context, str(event.get("query_id") or query_id))
 
     def _cancel(self, query_id: str) -> None:
@@ -123,31 +155,44 @@ class DistillSnapshotOperator(_MembershipQueryOperator):
             self._queries().cancel_query(query_id)
             self.log.warning("Batch query %s cancelled", query_id)
         except Exception as exc:  # noqa: BLE001 - the failure being reported matters more than this clean-up
-            self.log.warning("Could not cancel batch query %s (%s); if it still succeeds, its batch is reverted "
-                             "by the next run's publish_snapshot", query_id, exc)
+            self.log.warning(
+                "Could not cancel batch query %s (%s); if it still succeeds, its batch is reverted "
+                "by the next run's publish_snapshot",
+                query_id,
+                exc,
+            )
 
     def _finish(self, context: Context, query_id: str) -> dict[str, Any]:
         queries = self._queries()
         query = queries.get_query(query_id)
         if not query.is_success:
             codes = [str(e.get("code", "")) for e in query.errors if isinstance(e, dict)]
-            message = (f"batch query {query.id} ended {query.state}: {query.error_summary()}. Nothing of it is "
-                       f"live; the previous snapshot is untouched.")
+            message = (
+                f"batch query {query.id} ended {query.state}: {query.error_summary()}. Nothing of it is "
+                f"live; the previous snapshot is untouched."
+            )
             if any(code[:2] in _PERMANENT_SQLSTATE_CLASSES for code in codes):
-                raise AirflowFailException(f"{message} Query Service refused the statement; running it again "
-                                           f"cannot succeed.")
+                raise AirflowFailException(
+                    f"{message} Query Service refused the statement; running it again cannot succeed."
+                )
             raise _query_failed(message, query)
         from airflow_cja_audiences.hooks.batch_query import batch_written_by
 
         ingestion = self.ingestion()
         batch = batch_written_by(list(ingestion.list_batches(self.dataset_id)), query)
         if not batch.is_success:
-            raise AirflowException(f"batch query {query.id} succeeded but its batch {batch.id} is {batch.status}: "
-                                   f"{batch.error_summary()}")
+            raise AirflowException(
+                f"batch query {query.id} succeeded but its batch {batch.id} is {batch.status}: "
+                f"{batch.error_summary()}"
+            )
         push_batch_link(context, ingestion.settings, batch.id)
         records = batch.record_count
-        self.log.info("Batch query %s wrote %d records into batch %s of dataset %s", query.id, records, batch.id,
-                      self.dataset_id)
+        self.log.info(
+            "Batch query %s wrote %d records into batch %s of dataset %s",
+            query.id,
+            records,
+            batch.id,
+            self.dataset_id,
+        )
         self.log_retries()
         return {"batch_id": batch.id, "records": records, "query_id": query.id}
-

@@ -51,15 +51,33 @@ class ExportAudiencesOperator(AdobeBaseOperator):
     XCom (keys): ``export_job_id``, ``export_batch_id``, ``export_dataset_id``, ``exported_profiles``.
     """
 
-    template_fields = ("sandbox", "dataset_id", "audience_ids", "fields", "statuses", "merge_policy_id",
-                       "qualification_start", "qualification_end")
+    template_fields = (
+        "sandbox",
+        "dataset_id",
+        "audience_ids",
+        "fields",
+        "statuses",
+        "merge_policy_id",
+        "qualification_start",
+        "qualification_end",
+    )
     operator_extra_links = (AepExportJobLink(), AepDatasetLink())
 
-    def __init__(self, *, dataset_id: str, audience_ids: Sequence[str] | str, fields: Sequence[str] = (),
-                 statuses: Sequence[str] = ("realized", "existing"), merge_policy_id: str | None = None,
-                 qualification_start: str | None = None, qualification_end: str | None = None,
-                 poll_interval: float = 30.0, wait_timeout: timedelta = timedelta(hours=3),
-                 deferrable: bool = DEFAULT_DEFERRABLE, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        dataset_id: str,
+        audience_ids: Sequence[str] | str,
+        fields: Sequence[str] = (),
+        statuses: Sequence[str] = ("realized", "existing"),
+        merge_policy_id: str | None = None,
+        qualification_start: str | None = None,
+        qualification_end: str | None = None,
+        poll_interval: float = 30.0,
+        wait_timeout: timedelta = timedelta(hours=3),
+        deferrable: bool = DEFAULT_DEFERRABLE,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.dataset_id = dataset_id
         self.audience_ids = audience_ids
@@ -81,16 +99,23 @@ class ExportAudiencesOperator(AdobeBaseOperator):
         ids = self.audience_ids
         if isinstance(ids, str):
             ids = [i for i in ids.split(",") if i]
-        return ExportJobRequest(dataset_id=self.dataset_id, segment_ids=tuple(ids), statuses=tuple(self.statuses),
-                                fields=tuple(self.fields), merge_policy_id=self.merge_policy_id,
-                                qualification_start=self.qualification_start or None,
-                                qualification_end=self.qualification_end or None)
+        return ExportJobRequest(
+            dataset_id=self.dataset_id,
+            segment_ids=tuple(ids),
+            statuses=tuple(self.statuses),
+            fields=tuple(self.fields),
+            merge_policy_id=self.merge_policy_id,
+            qualification_start=self.qualification_start or None,
+            qualification_end=self.qualification_end or None,
+        )
 
     @staticmethod
     def _store(context: Context) -> Any:
         return context.get("task_state_store")  # absent in some test harnesses
 
-    def _attach_or_create(self, context: Context, hook: SegmentationHook, request: ExportJobRequest) -> ExportJob:
+    def _attach_or_create(
+        self, context: Context, hook: SegmentationHook, request: ExportJobRequest
+    ) -> ExportJob:
         """Re-attach to the job an earlier try of *this task instance* started, else create one.
 
         The job id is stored right after the create; a try killed between the create and that
@@ -103,21 +128,30 @@ class ExportAudiencesOperator(AdobeBaseOperator):
         if store is not None and (job_id := store.get(_STATE_JOB_ID)) is not None:
             job = hook.get_export_job(int(job_id))
             if not job.is_failed:
-                self.log.info("Re-attaching to export job %s (%s) started by an earlier try", job.id, job.status)
+                self.log.info(
+                    "Re-attaching to export job %s (%s) started by an earlier try", job.id, job.status
+                )
                 return job
             self.log.info("Export job %s of an earlier try is %s; starting a new one", job.id, job.status)
         else:
             attempt_ms = store.get(_STATE_STARTED_MS) if store is not None else None
             if attempt_ms is None and store is None and context["ti"].try_number > 1:
-                attempt_ms = int(context["dag_run"].start_date.timestamp() * 1000)  # no store: the run's start
+                attempt_ms = int(
+                    context["dag_run"].start_date.timestamp() * 1000
+                )  # no store: the run's start
             if attempt_ms is not None:
                 run_start = context["dag_run"].start_date
                 floor = max(int(attempt_ms), int(run_start.timestamp() * 1000) if run_start else 0)
                 earlier = set(store.get(_STATE_EARLIER_JOBS) or []) if store is not None else set()
-                existing = hook.find_export_job(request, created_after_ms=floor - _CLOCK_SKEW_MS, exclude=earlier)
+                existing = hook.find_export_job(
+                    request, created_after_ms=floor - _CLOCK_SKEW_MS, exclude=earlier
+                )
                 if existing is not None:
-                    self.log.info("Re-attaching to export job %s (%s), created by an earlier try whose answer "
-                                  "was lost", existing.id, existing.status)
+                    self.log.info(
+                        "Re-attaching to export job %s (%s), created by an earlier try whose answer was lost",
+                        existing.id,
+                        existing.status,
+                    )
                     if store is not None:
                         store.set(_STATE_JOB_ID, existing.id)
                     return existing
@@ -143,49 +177,69 @@ class ExportAudiencesOperator(AdobeBaseOperator):
             return self._job_done(context, job)
         deadline = time.time() + self.wait_timeout.total_seconds()
         if self.deferrable:
-            trigger = triggers.aep.ExportJobTrigger(job_id=job.id, **self.trigger_kwargs(self.poll_interval, deadline))
+            trigger = triggers.aep.ExportJobTrigger(
+                job_id=job.id, **self.trigger_kwargs(self.poll_interval, deadline)
+            )
             self.defer(trigger=trigger, method_name="execute_complete")
         job = hook.wait_for_export_job(job.id, deadline=deadline, poll_interval=self.poll_interval, first=job)
         return self._job_done(context, job)
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
         event = validate_event(event, what="export job", accept=("success", "failed"))
         self._job_id = int(event["job_id"])
-        return self._job_done(context, self.hook(hooks.segmentation.SegmentationHook).get_export_job(self._job_id))
+        return self._job_done(
+            context, self.hook(hooks.segmentation.SegmentationHook).get_export_job(self._job_id)
+        )
 
     def _job_done(self, context: Context, job: ExportJob) -> dict[str, Any] | None:
         if not job.is_success:
             self._forget(context)  # so a retry starts a new export job
-            raise AepObjectFailedError(f"export job {job.id} ended {job.status}: {job.error_summary()} "
-                                       f"(request id {job.request_id or 'n/a'}). Check the audiences and the "
-                                       f"dataset in AEP, then clear this task to start a new export (a task retry "
-                                       f"starts one too).",
-                                       what=f"export job {job.id}", state=job.status)
+            raise AepObjectFailedError(
+                f"export job {job.id} ended {job.status}: {job.error_summary()} "
+                f"(request id {job.request_id or 'n/a'}). Check the audiences and the "
+                f"dataset in AEP, then clear this task to start a new export (a task retry "
+                f"starts one too).",
+                what=f"export job {job.id}",
+                state=job.status,
+            )
         batch_id = job.destination.batch_id
         if not batch_id:
             raise AepResponseError(f"export job {job.id} is {job.status} without a destination batch id")
         try:  # it is read back with SQL that filters on it
             validation.batch_id(batch_id)
         except ValueError as exc:
-            raise AepError(f"export job {job.id} names a destination batch id that is not one: {exc}") from None
+            raise AepError(
+                f"export job {job.id} names a destination batch id that is not one: {exc}"
+            ) from None
         catalog = self.hook(hooks.catalog.CatalogHook)
         batch = catalog.get_batch(batch_id)
         if not batch.is_terminal:
             deadline = time.time() + self.wait_timeout.total_seconds()
             if self.deferrable:
-                trigger = triggers.aep.BatchTrigger(batch_id=batch_id,
-                                                    **self.trigger_kwargs(self.poll_interval, deadline))
+                trigger = triggers.aep.BatchTrigger(
+                    batch_id=batch_id, **self.trigger_kwargs(self.poll_interval, deadline)
+                )
                 self.defer(trigger=trigger, method_name="batch_complete", kwargs={"job_id": job.id})
-            batch = catalog.wait_for_batch(batch_id, deadline=deadline, poll_interval=self.poll_interval, first=batch)
+            batch = catalog.wait_for_batch(
+                batch_id, deadline=deadline, poll_interval=self.poll_interval, first=batch
+            )
         return self._finish(context, job, batch.is_success, batch.status, batch.error_summary())
 
-    def batch_complete(self, context: Context, event: dict[str, Any] | None = None,
-                       job_id: int | None = None) -> dict[str, Any]:
+    def batch_complete(
+        self, context: Context, event: dict[str, Any] | None = None, job_id: int | None = None
+    ) -> dict[str, Any]:
         event = validate_event(event, what="export batch", accept=("success", "failed"))
         hook = self.hook(hooks.segmentation.SegmentationHook)
         job = hook.get_export_job(job_id) if job_id is not None else self._job_of_batch(context, hook, event)
-        return self._finish(context, job, event["status"] == "success", event.get("batch_status", "?"),
-                            event.get("message", ""))
+        return self._finish(
+            context,
+            job,
+            event["status"] == "success",
+            event.get("batch_status", "?"),
+            event.get("message", ""),
+        )
 
     def _job_of_batch(self, context: Context, hook: SegmentationHook, event: dict[str, Any]) -> ExportJob:
         """The job whose batch the trigger waited for, when the resume lost the defer's kwargs
@@ -198,20 +252,35 @@ class ExportAudiencesOperator(AdobeBaseOperator):
         for job in hook.iter_export_jobs(status="SUCCEEDED"):  # newest first: ours is among the latest
             if batch_id and job.destination.batch_id == batch_id:
                 return job
-        raise AirflowException(f"no SUCCEEDED export job names batch {batch_id!r}, the batch this task waited "
-                               f"for; clear the task to export again")
+        raise AepError(
+            f"no SUCCEEDED export job names batch {batch_id!r}, the batch this task waited "
+            f"for; clear the task to export again"
+        )
 
-    def _finish(self, context: Context, job: ExportJob, ok: bool, batch_status: str, errors: str) -> dict[str, Any]:
+    def _finish(
+        self, context: Context, job: ExportJob, ok: bool, batch_status: str, errors: str
+    ) -> dict[str, Any]:
         self._forget(context)  # done, or failed: either way a retry starts a new export job
         if not ok:
-            raise AepObjectFailedError(f"export job {job.id} {job.status} but its batch {job.destination.batch_id} "
-                                       f"is {batch_status}: {errors}. See Monitoring > Batches in AEP.",
-                                       what=f"batch {job.destination.batch_id}", state=batch_status)
-        result = {"export_job_id": job.id, "export_batch_id": job.destination.batch_id,
-                  "export_dataset_id": job.destination.dataset_id or self.dataset_id,
-                  "exported_profiles": job.exported_profiles}
-        self.log.info("Export job %s %s: %s profiles in batch %s", job.id, job.status, job.exported_profiles,
-                      job.destination.batch_id)
+            raise AepObjectFailedError(
+                f"export job {job.id} {job.status} but its batch {job.destination.batch_id} "
+                f"is {batch_status}: {errors}. See Monitoring > Batches in AEP.",
+                what=f"batch {job.destination.batch_id}",
+                state=batch_status,
+            )
+        result = {
+            "export_job_id": job.id,
+            "export_batch_id": job.destination.batch_id,
+            "export_dataset_id": job.destination.dataset_id or self.dataset_id,
+            "exported_profiles": job.exported_profiles,
+        }
+        self.log.info(
+            "Export job %s %s: %s profiles in batch %s",
+            job.id,
+            job.status,
+            job.exported_profiles,
+            job.destination.batch_id,
+        )
         self.log_retries()
         return result
 

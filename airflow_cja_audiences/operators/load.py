@@ -36,8 +36,18 @@ from airflow_cja_audiences.models import ExportJobStatus
 from airflow_cja_audiences.operators.base import AdobeBaseOperator, truthy
 from airflow_cja_audiences.runs import BatchLabel, Kind
 
-_TEMPLATE_FIELDS = ("sandbox", "tenant", "table_name", "export_batch_id", "audiences", "interval_start",
-                    "interval_end", "dataset_id", "enabled", "sources")
+_TEMPLATE_FIELDS = (
+    "sandbox",
+    "tenant",
+    "table_name",
+    "export_batch_id",
+    "audiences",
+    "interval_start",
+    "interval_end",
+    "dataset_id",
+    "enabled",
+    "sources",
+)
 
 
 class _MembershipQueryOperator(AdobeBaseOperator):
@@ -45,10 +55,22 @@ class _MembershipQueryOperator(AdobeBaseOperator):
 
     template_fields = _TEMPLATE_FIELDS
 
-    def __init__(self, *, job: dict[str, Any], kind: Kind, tenant: str, table_name: str, export_batch_id: str,
-                 audiences: list[dict[str, Any]], dataset_id: str, interval_start: str | None = None,
-                 interval_end: str | None = None, enabled: bool | str = True, sources: Any = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        job: dict[str, Any],
+        kind: Kind,
+        tenant: str,
+        table_name: str,
+        export_batch_id: str,
+        audiences: list[dict[str, Any]],
+        dataset_id: str,
+        interval_start: str | None = None,
+        interval_end: str | None = None,
+        enabled: bool | str = True,
+        sources: Any = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("sandbox", job.get("sandbox"))
         kwargs.setdefault("adobe_conn_id", job.get("conn_id") or "adobe_experience_platform_default")
         super().__init__(**kwargs)
@@ -76,8 +98,13 @@ class _MembershipQueryOperator(AdobeBaseOperator):
 
     def query(self) -> sql.MembershipQuery:
         try:
-            return sql.build_membership_query(self.job_config, table=self.table_name, batch_id=self.export_batch_id,
-                                              tenant=self.tenant, audience_ids=[a["id"] for a in self.audiences])
+            return sql.build_membership_query(
+                self.job_config,
+                table=self.table_name,
+                batch_id=self.export_batch_id,
+                tenant=self.tenant,
+                audience_ids=[a["id"] for a in self.audiences],
+            )
         except ValueError as exc:
             raise AirflowFailException(f"invalid query input: {exc}") from exc
 
@@ -105,13 +132,21 @@ class _MembershipQueryOperator(AdobeBaseOperator):
     @cached_property
     def query_service(self) -> Any:
         # Shares the task's platform hook: its token, retry policy and retry counts.
-        return hooks.query_service.QueryServiceHook(self.adobe_conn_id, sandbox=self.sandbox,
-                                                    platform_hook=self.hook(hooks.platform.AdobePlatformHook))
+        return hooks.query_service.QueryServiceHook(
+            self.adobe_conn_id,
+            sandbox=self.sandbox,
+            platform_hook=self.hook(hooks.platform.AdobePlatformHook),
+        )
 
     def label(self, context: Context) -> BatchLabel:
-        return BatchLabel.for_run(job_id=self.job_config.job_id, kind=self.kind,
-                                  export_batch_id=self.export_batch_id, run_id=context["run_id"],
-                                  interval_start=self.interval_start, interval_end=self.interval_end)
+        return BatchLabel.for_run(
+            job_id=self.job_config.job_id,
+            kind=self.kind,
+            export_batch_id=self.export_batch_id,
+            run_id=context["run_id"],
+            interval_start=self.interval_start,
+            interval_end=self.interval_end,
+        )
 
     def ingestion(self) -> Any:
         return self.hook(hooks.ingestion.BatchIngestionHook)
@@ -132,8 +167,15 @@ class PrepareLoadOperator(_MembershipQueryOperator):
 
     operator_extra_links = (AepBatchLink(),)
 
-    def __init__(self, *, export_dataset_id: str = "", export_job_id: int | str | None = None,
-                 force: bool | str = False, open_batch: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        export_dataset_id: str = "",
+        export_job_id: int | str | None = None,
+        force: bool | str = False,
+        open_batch: bool = True,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("multiple_outputs", False)  # the return value is the list to map over
         super().__init__(**kwargs)
         self.export_dataset_id = export_dataset_id
@@ -148,9 +190,20 @@ class PrepareLoadOperator(_MembershipQueryOperator):
     def execute(self, context: Context) -> list[dict[str, int]]:
         if not truthy(self.enabled):
             self.log.info("This run publishes no %s", self.kind)
-            _push(context, {"batch_id": NO_BATCH, "external_id": "", "memberships": 0, "audience_counts": None,
-                            "previous_batch_ids": [], "sources": [], "interval_start": "", "interval_end": "",
-                            "coverage": None})
+            _push(
+                context,
+                {
+                    "batch_id": NO_BATCH,
+                    "external_id": "",
+                    "memberships": 0,
+                    "audience_counts": None,
+                    "previous_batch_ids": [],
+                    "sources": [],
+                    "interval_start": "",
+                    "interval_end": "",
+                    "coverage": None,
+                },
+            )
             return []
         from airflow_cja_audiences.hooks.query_service import QueryServiceError
 
@@ -166,7 +219,9 @@ class PrepareLoadOperator(_MembershipQueryOperator):
             events, window, sources, label = None, None, None, self.label(context)
         started = time.monotonic()
         try:
-            (total, identified), = self.query_service.query_all(sql.count_sql(q, window=window, sources=sources))
+            ((total, identified),) = self.query_service.query_all(
+                sql.count_sql(q, window=window, sources=sources)
+            )
         except QueryServiceError as exc:
             raise _query_failed(f"counting the export failed: {exc}", exc) from exc
         # The count reads the same export batches as the partition queries will: its duration is
@@ -175,31 +230,58 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         if total and not identified:
             raise AirflowFailException(
                 f"identity.field {q.person_field} is empty in all {total} exported memberships of batch "
-                f"{self.export_batch_id}: is it the right field, and populated in the profiles?")
+                f"{self.export_batch_id}: is it the right field, and populated in the profiles?"
+            )
         if identified < total:
-            self.log.warning("%d of %d memberships have no %s and are skipped (CJA skips records without a "
-                             "person ID)", total - identified, total, q.person_field)
-        previous = events.replaced if events else live_batches(ingestion, self.dataset_id, label,
-                                                               labels=query_labels(self))
+            self.log.warning(
+                "%d of %d memberships have no %s and are skipped (CJA skips records without a person ID)",
+                total - identified,
+                total,
+                q.person_field,
+            )
+        previous = (
+            events.replaced
+            if events
+            else live_batches(ingestion, self.dataset_id, label, labels=query_labels(self))
+        )
         if events:
             events.guard(identified, truthy(self.force))
         partitions = self._plan(identified, scan_seconds) if self.open_batch else []
-        counts, coverage = (self._event_counts(q, events) if events
-                            else self._snapshot_counts(q, previous, exports))
+        counts, coverage = (
+            self._event_counts(q, events) if events else self._snapshot_counts(q, previous, exports)
+        )
         batch_id = NO_BATCH
         if identified and self.open_batch:
-            batch = ingestion.find_batch(self.dataset_id, external_id=label.external_id) or \
-                self._create_batch(ingestion, label, [] if events else [b.id for b in previous])
+            batch = ingestion.find_batch(
+                self.dataset_id, external_id=label.external_id
+            ) or self._create_batch(ingestion, label, [] if events else [b.id for b in previous])
             batch_id = _checked_batch_id(batch.id)
             push_batch_link(context, ingestion.settings, batch_id)
             if events:
                 events.claim(ingestion, batch)
-        self.log.info("%s: %d memberships (%d with a person id) in %d partitions; batch %s; replaces %s", self.kind,
-                      total, identified, len(partitions), batch_id, [b.id for b in previous] or "nothing")
-        _push(context, {"batch_id": batch_id, "memberships": identified, "audience_counts": counts,
-                        "previous_batch_ids": [b.id for b in previous], "external_id": label.external_id,
-                        "sources": sources or [], "coverage": coverage,
-                        "interval_start": window.start if window else "", "interval_end": window.end if window else ""})
+        self.log.info(
+            "%s: %d memberships (%d with a person id) in %d partitions; batch %s; replaces %s",
+            self.kind,
+            total,
+            identified,
+            len(partitions),
+            batch_id,
+            [b.id for b in previous] or "nothing",
+        )
+        _push(
+            context,
+            {
+                "batch_id": batch_id,
+                "memberships": identified,
+                "audience_counts": counts,
+                "previous_batch_ids": [b.id for b in previous],
+                "external_id": label.external_id,
+                "sources": sources or [],
+                "coverage": coverage,
+                "interval_start": window.start if window else "",
+                "interval_end": window.end if window else "",
+            },
+        )
         self.log_retries()
         return [p.to_dict() for p in partitions]
 
@@ -212,11 +294,16 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         if not predecessors:
             return ingestion.create_batch(self.dataset_id, external_id=label.external_id)
         try:
-            batch = ingestion.create_batch(self.dataset_id, external_id=label.external_id,
-                                           replay_predecessors=predecessors)
+            batch = ingestion.create_batch(
+                self.dataset_id, external_id=label.external_id, replay_predecessors=predecessors
+            )
         except AepBadRequestError as exc:
-            self.log.warning("AEP refused a batch replaying %s (%s); creating it without replay: the publish task "
-                             "reverts the old snapshot explicitly after the new one succeeded", predecessors, exc)
+            self.log.warning(
+                "AEP refused a batch replaying %s (%s); creating it without replay: the publish task "
+                "reverts the old snapshot explicitly after the new one succeeded",
+                predecessors,
+                exc,
+            )
             return ingestion.create_batch(self.dataset_id, external_id=label.external_id)
         self.log.info("Batch %s replays (replaces) %s when it succeeds", batch.id, predecessors)
         return batch
@@ -232,18 +319,27 @@ class PrepareLoadOperator(_MembershipQueryOperator):
             try:
                 job_id = int(job_id)
             except (TypeError, ValueError):
-                raise AirflowFailException(f"export_job_id {str(job_id)[:50]!r} is not an export job id") from None
+                raise AirflowFailException(
+                    f"export_job_id {str(job_id)[:50]!r} is not an export job id"
+                ) from None
             job = self.hook(hooks.segmentation.SegmentationHook).get_export_job(job_id)
             job_counter = job.metrics.get("totalExportedProfileCounter")
-        expected = export_check.expected_rows(export_job_id=job_id, export_batch_id=self.export_batch_id,
-                                              job_counter=job_counter, catalog_counter=None)
+        expected = export_check.expected_rows(
+            export_job_id=job_id,
+            export_batch_id=self.export_batch_id,
+            job_counter=job_counter,
+            catalog_counter=None,
+        )
         if expected.rows is None:  # the job reports no count (or no job id): its Catalog batch may
             batch = self.hook(hooks.catalog.CatalogHook).get_batch(self.export_batch_id)
-            expected = export_check.expected_rows(export_job_id=job_id, export_batch_id=self.export_batch_id,
-                                                  job_counter=None,
-                                                  catalog_counter=batch.metrics.get("outputRecordCount"))
+            expected = export_check.expected_rows(
+                export_job_id=job_id,
+                export_batch_id=self.export_batch_id,
+                job_counter=None,
+                catalog_counter=batch.metrics.get("outputRecordCount"),
+            )
         try:
-            (read,), = self.query_service.query_all(sql.export_rows_sql(q))
+            ((read,),) = self.query_service.query_all(sql.export_rows_sql(q))
         except QueryServiceError as exc:
             raise _query_failed(f"counting the export's rows failed: {exc}", exc) from exc
         verdict = export_check.check_read(expected, int(read), batch_id_column=q.batch_id_column)
@@ -262,12 +358,23 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         try:
             if not self.by_time:
                 partitions = scanplan.plan_by_rows(rows, job.max_rows_per_query, max_map_length)
-                self.log.info("%s: %d rows in %d partitions of <= %d rows (query_partitioning 'rows': one scan of "
-                              "the export each)", self.kind, rows, len(partitions), job.max_rows_per_query)
+                self.log.info(
+                    "%s: %d rows in %d partitions of <= %d rows (query_partitioning 'rows': one scan of "
+                    "the export each)",
+                    self.kind,
+                    rows,
+                    len(partitions),
+                    job.max_rows_per_query,
+                )
                 return partitions
-            plan = scanplan.plan_by_time(rows, scan_seconds=scan_seconds, rows_per_second=job.query_service_rows_per_second,
-                                         budget_seconds=job.query_time_budget_seconds,
-                                         concurrency=job.query_service_concurrency, max_map_length=max_map_length)
+            plan = scanplan.plan_by_time(
+                rows,
+                scan_seconds=scan_seconds,
+                rows_per_second=job.query_service_rows_per_second,
+                budget_seconds=job.query_time_budget_seconds,
+                concurrency=job.query_service_concurrency,
+                max_map_length=max_map_length,
+            )
         except scanplan.PlanError as exc:
             # A slow scan may be a busy moment (retried); max_map_length is not (fails at once).
             error = AirflowException if exc.measured else AirflowFailException
@@ -288,65 +395,114 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         hull, taken = runs.events_hull(requested, [lbl.interval for _, lbl in live])  # type: ignore[misc]
         replaced = [live[i][0] for i in taken]
         if hull != requested:
-            self.log.info("Events interval [%s, %s) overlaps live events batches %s: publishing their hull "
-                          "[%s, %s) once instead", runs.utc_iso(requested[0]), runs.utc_iso(requested[1]),
-                          [b.id for b in replaced], runs.utc_iso(hull[0]), runs.utc_iso(hull[1]))
-        must_read = (self.export_batch_id, *(lbl.export_batch_id for i, (_, lbl) in enumerate(live) if i in taken))
+            self.log.info(
+                "Events interval [%s, %s) overlaps live events batches %s: publishing their hull "
+                "[%s, %s) once instead",
+                runs.utc_iso(requested[0]),
+                runs.utc_iso(requested[1]),
+                [b.id for b in replaced],
+                runs.utc_iso(hull[0]),
+                runs.utc_iso(hull[1]),
+            )
+        must_read = (
+            self.export_batch_id,
+            *(lbl.export_batch_id for i, (_, lbl) in enumerate(live) if i in taken),
+        )
         sources = runs.choose_event_sources(exports.since(hull[0]), hull, must_read=must_read)
         if self.export_batch_id not in sources.batch_ids:  # its job is not listed (yet): read it all the same
-            sources = runs.EventSources(batches=(*sources.batches, runs.ExportRef(self.export_batch_id, 0)),
-                                        untimed_pair=sources.untimed_pair, dropped=sources.dropped)
+            sources = runs.EventSources(
+                batches=(*sources.batches, runs.ExportRef(self.export_batch_id, 0)),
+                untimed_pair=sources.untimed_pair,
+                dropped=sources.dropped,
+            )
         if sources.dropped:
-            self.log.warning("%d exports of [%s, %s) are not read (at most %d per run): events only they prove "
-                             "are missing", sources.dropped, runs.utc_iso(hull[0]), runs.utc_iso(hull[1]),
-                             runs.MAX_EVENT_SOURCES)
-        self.log.info("Events of [%s, %s) read from %d exports: %s", runs.utc_iso(hull[0]), runs.utc_iso(hull[1]),
-                      len(sources.batches), ", ".join(f"{e.batch_id} ({e.at})" for e in sources.batches))
+            self.log.warning(
+                "%d exports of [%s, %s) are not read (at most %d per run): events only they prove "
+                "are missing",
+                sources.dropped,
+                runs.utc_iso(hull[0]),
+                runs.utc_iso(hull[1]),
+                runs.MAX_EVENT_SOURCES,
+            )
+        self.log.info(
+            "Events of [%s, %s) read from %d exports: %s",
+            runs.utc_iso(hull[0]),
+            runs.utc_iso(hull[1]),
+            len(sources.batches),
+            ", ".join(f"{e.batch_id} ({e.at})" for e in sources.batches),
+        )
         return _EventsPlan(self, requested, hull, replaced, sources)
 
-    def _event_counts(self, q: sql.MembershipQuery, events: _EventsPlan) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _event_counts(
+        self, q: sql.MembershipQuery, events: _EventsPlan
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         counts: dict[str, dict[str, Any]] = {a["id"]: {"entered": 0, "exited": 0} for a in self.audiences}
         for audience_id, event, n in self.query_service.query_all(
-                sql.event_counts_sql(q, events.window, events.sources.batch_ids)):
+            sql.event_counts_sql(q, events.window, events.sources.batch_ids)
+        ):
             counts[audience_id][event] = int(n)
         pair = events.sources.untimed_pair
         untimed: dict[str, int] | None = None
         if pair is not None:
             untimed = {a["id"]: 0 for a in self.audiences}
-            for row in self.query_service.query_all(sql.change_counts_sql(q, pair[0].batch_id,
-                                                                          batch_id=pair[1].batch_id)):
+            for row in self.query_service.query_all(
+                sql.change_counts_sql(q, pair[0].batch_id, batch_id=pair[1].batch_id)
+            ):
                 untimed[row[0]] = int(row[3])
             for audience_id, n in untimed.items():
                 counts[audience_id]["entered_untimed"] = n
-        coverage = {"interval": [events.window.start, events.window.end],
-                    "requested": [runs.utc_iso(events.requested[0]), runs.utc_iso(events.requested[1])],
-                    "sources": [{"batch_id": e.batch_id, "at": e.at if e.at_ms else None}
-                                for e in events.sources.batches],
-                    "untimed_window": [pair[0].at, pair[1].at] if pair else None,
-                    "dropped_sources": events.sources.dropped}
+        coverage = {
+            "interval": [events.window.start, events.window.end],
+            "requested": [runs.utc_iso(events.requested[0]), runs.utc_iso(events.requested[1])],
+            "sources": [
+                {"batch_id": e.batch_id, "at": e.at if e.at_ms else None} for e in events.sources.batches
+            ],
+            "untimed_window": [pair[0].at, pair[1].at] if pair else None,
+            "dropped_sources": events.sources.dropped,
+        }
         if pair is None:
-            self.log.warning("No two consecutive full exports of this job bracket [%s, %s): entries that AEP no longer "
-                             "shows as realized cannot be counted, let alone published", *coverage["interval"])
+            self.log.warning(
+                "No two consecutive full exports of this job bracket [%s, %s): entries that AEP no longer "
+                "shows as realized cannot be counted, let alone published",
+                *coverage["interval"],
+            )
         return counts, coverage
 
     # -- snapshot --------------------------------------------------------------------------------
 
-    def _snapshot_counts(self, q: sql.MembershipQuery, previous: list[Any],
-                         exports: _ExportHistory) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _snapshot_counts(
+        self, q: sql.MembershipQuery, previous: list[Any], exports: _ExportHistory
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Members; entered/exited between the previous snapshot's export and this one (None where the
         previous snapshot did not have the audience); members without a person id."""
         counts: dict[str, dict[str, Any]] = {
-            a["id"]: {"members": 0, "entered": 0, "entered_untimed": 0, "exited": 0, "untraced": 0, "unidentified": 0}
-            for a in self.audiences}
+            a["id"]: {
+                "members": 0,
+                "entered": 0,
+                "entered_untimed": 0,
+                "exited": 0,
+                "untraced": 0,
+                "unidentified": 0,
+            }
+            for a in self.audiences
+        }
         labels = query_labels(self)
-        previous_export = next((lbl.export_batch_id for b in previous
-                                if (lbl := BatchLabel.parse(b.external_id or labels(b)))), None)
+        previous_export = next(
+            (lbl.export_batch_id for b in previous if (lbl := BatchLabel.parse(b.external_id or labels(b)))),
+            None,
+        )
         if previous_export == self.export_batch_id:
             previous_export = None
         for audience_id, members, entered, untimed, exited, untraced in self.query_service.query_all(
-                sql.change_counts_sql(q, previous_export)):
-            counts[audience_id].update(members=int(members), entered=int(entered), entered_untimed=int(untimed),
-                                       exited=int(exited), untraced=int(untraced))
+            sql.change_counts_sql(q, previous_export)
+        ):
+            counts[audience_id].update(
+                members=int(members),
+                entered=int(entered),
+                entered_untimed=int(untimed),
+                exited=int(exited),
+                untraced=int(untraced),
+            )
         for audience_id, n in self.query_service.query_all(sql.unidentified_counts_sql(q)):
             counts[audience_id]["unidentified"] = int(n)
         earlier = exports.find(previous_export) if previous_export else None
@@ -359,8 +515,12 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         if previous_export is None:
             self.log.info("No previous snapshot of this job: no entered/exited counts for this run")
         current = exports.find(self.export_batch_id)
-        coverage = {"from": earlier.at if earlier else None, "from_batch_id": previous_export,
-                    "to": current.at if current else None, "to_batch_id": self.export_batch_id}
+        coverage = {
+            "from": earlier.at if earlier else None,
+            "from_batch_id": previous_export,
+            "to": current.at if current else None,
+            "to_batch_id": self.export_batch_id,
+        }
         return counts, coverage
 
 
@@ -376,11 +536,17 @@ class _ExportHistory:
         if self._pages is None:
             if not self._op.export_dataset_id:
                 return None
-            self._pages = iter(self._op.hook(hooks.segmentation.SegmentationHook).iter_export_jobs(
-                status=ExportJobStatus.SUCCEEDED.value))
+            self._pages = iter(
+                self._op.hook(hooks.segmentation.SegmentationHook).iter_export_jobs(
+                    status=ExportJobStatus.SUCCEEDED.value
+                )
+            )
         for job in self._pages:
-            if job.destination.dataset_id == self._op.export_dataset_id and job.destination.batch_id \
-                    and job.creation_time:
+            if (
+                job.destination.dataset_id == self._op.export_dataset_id
+                and job.destination.batch_id
+                and job.creation_time
+            ):
                 self._seen.append(job)
                 return job
         return None
@@ -408,23 +574,43 @@ class _ExportHistory:
 
 
 def _export_ref(job: Any) -> runs.ExportRef:
-    return runs.ExportRef(batch_id=job.destination.batch_id, at_ms=int(job.creation_time),
-                          filtered=any("segmentQualificationTime" in s for s in job.filter.get("segments", [])),
-                          segment_ids=tuple(job.segment_ids))
+    return runs.ExportRef(
+        batch_id=job.destination.batch_id,
+        at_ms=int(job.creation_time),
+        filtered=any("segmentQualificationTime" in s for s in job.filter.get("segments", [])),
+        segment_ids=tuple(job.segment_ids),
+    )
 
 
 class _EventsPlan:
     """What an events load publishes: its interval (hull), what it replaces and what it reads."""
 
-    def __init__(self, op: PrepareLoadOperator, requested: tuple[Any, Any], hull: tuple[Any, Any],
-                 replaced: list[Any], sources: runs.EventSources) -> None:
-        self.op, self.requested, self.hull, self.replaced, self.sources = op, requested, hull, replaced, sources
+    def __init__(
+        self,
+        op: PrepareLoadOperator,
+        requested: tuple[Any, Any],
+        hull: tuple[Any, Any],
+        replaced: list[Any],
+        sources: runs.EventSources,
+    ) -> None:
+        self.op, self.requested, self.hull, self.replaced, self.sources = (
+            op,
+            requested,
+            hull,
+            replaced,
+            sources,
+        )
         self.window = sql.TimeWindow(hull[0], hull[1])
 
     def label(self, context: Context) -> BatchLabel:
-        return BatchLabel.for_run(job_id=self.op.job_config.job_id, kind="events",
-                                  export_batch_id=self.op.export_batch_id, run_id=context["run_id"],
-                                  interval_start=self.window.start, interval_end=self.window.end)
+        return BatchLabel.for_run(
+            job_id=self.op.job_config.job_id,
+            kind="events",
+            export_batch_id=self.op.export_batch_id,
+            run_id=context["run_id"],
+            interval_start=self.window.start,
+            interval_end=self.window.end,
+        )
 
     def guard(self, events: int, force: bool) -> None:
         """Never publish fewer events for an interval than are live in it (an export they were read
@@ -432,10 +618,12 @@ class _EventsPlan:
         live = sum(b.record_count for b in self.replaced)
         if events >= live:
             return
-        message = (f"re-publishing events of [{self.window.start}, {self.window.end}) would replace {live} live events "
-                   f"(batches {[b.id for b in self.replaced]}) with {events}: the exports that proved the others are "
-                   f"gone, or an earlier version of this package published them. The live events are kept; trigger "
-                   f"with force_replace=true to replace them anyway.")
+        message = (
+            f"re-publishing events of [{self.window.start}, {self.window.end}) would replace {live} live events "
+            f"(batches {[b.id for b in self.replaced]}) with {events}: the exports that proved the others are "
+            f"gone, or an earlier version of this package published them. The live events are kept; trigger "
+            f"with force_replace=true to replace them anyway."
+        )
         if not force:
             raise AirflowFailException(message)
         self.op.log.warning("%s -- forced, replacing anyway", message)
@@ -445,18 +633,34 @@ class _EventsPlan:
         :func:`runs.events_publish_conflict`): abort this batch and try again later."""
         label = BatchLabel.parse(mine.external_id)
         listing = ingestion.list_batches(self.op.dataset_id)
-        others = [runs.OpenEventsBatch(batch.id, other.interval,  # type: ignore[arg-type]
-                                       int(batch.created or 0), other.run_key, live=batch.is_success)
-                  for batch, other in events_batches(listing, label.job_id)]
+        others = [
+            runs.OpenEventsBatch(
+                batch.id,
+                other.interval,  # type: ignore[arg-type]
+                int(batch.created or 0),
+                other.run_key,
+                live=batch.is_success,
+            )
+            for batch, other in events_batches(listing, label.job_id)
+        ]
         reason = runs.events_publish_conflict(
-            mine_id=mine.id, mine_created_ms=int(mine.created or 0), run_key=label.run_key, interval=self.hull,
-            replaced={b.id for b in self.replaced}, others=others)
+            mine_id=mine.id,
+            mine_created_ms=int(mine.created or 0),
+            run_key=label.run_key,
+            interval=self.hull,
+            replaced={b.id for b in self.replaced},
+            others=others,
+        )
         if reason is None:
             return
         ingestion.abort_batch(mine.id)
         retry_at = datetime.now(timezone.utc) + timedelta(seconds=RECLAIM_SECONDS)
-        self.op.log.warning("%s: this run's events batch %s is aborted; trying again at %s", reason, mine.id,
-                            runs.utc_iso(retry_at))
+        self.op.log.warning(
+            "%s: this run's events batch %s is aborted; trying again at %s",
+            reason,
+            mine.id,
+            runs.utc_iso(retry_at),
+        )
         raise AirflowRescheduleException(retry_at)
 
 
@@ -475,16 +679,23 @@ def require_live_export(catalog: Any, export_batch_id: str, kind: str, retention
     if batch.is_success:
         return
     extra = batch.model_extra or {}
-    when = runs.utc_iso(datetime.fromtimestamp(batch.updated / 1000, tz=timezone.utc)) if batch.updated else "?"
+    when = (
+        runs.utc_iso(datetime.fromtimestamp(batch.updated / 1000, tz=timezone.utc)) if batch.updated else "?"
+    )
     by = extra.get("updatedUser") or "unknown"
-    retention = (f"this job reverts exports older than export_retention_days ({retention_days:g}) that no live "
-                 f"batch needs" if retention_days else "this job keeps its exports (export_retention_days is null)")
+    retention = (
+        f"this job reverts exports older than export_retention_days ({retention_days:g}) that no live "
+        f"batch needs"
+        if retention_days
+        else "this job keeps its exports (export_retention_days is null)"
+    )
     raise AirflowFailException(
         f"export batch {export_batch_id}, which this run's export_audiences wrote, is '{batch.status}' (Catalog last "
         f"changed it at {when}, by {by}): its rows are gone, so reading it would publish an empty {kind}. It was "
         f"probably reverted by a later run's prune_exports ({retention}) or in AEP. This run's export cannot be "
         f"read again: clear the whole DAG run, export_audiences included (it starts a new export), or trigger a "
-        f"new run.")
+        f"new run."
+    )
 
 
 def _checked_batch_id(batch_id: str) -> str:
@@ -519,9 +730,13 @@ def _push(context: Context, values: dict[str, Any]) -> None:
         context["ti"].xcom_push(key=key, value=value)
 
 
-def live_batches(ingestion: Any, dataset_id: str, label: BatchLabel,
-                 batches: Iterable[Any] | None = None,
-                 labels: Callable[[Any], str | None] | None = None) -> list[Any]:
+def live_batches(
+    ingestion: Any,
+    dataset_id: str,
+    label: BatchLabel,
+    batches: Iterable[Any] | None = None,
+    labels: Callable[[Any], str | None] | None = None,
+) -> list[Any]:
     """Our successful batches in the dataset that publishing ``label`` replaces (newest first).
 
     ``batches``: the dataset's listing when the caller already has it (default: list it).
@@ -563,8 +778,14 @@ def events_batches(batches: Iterable[Any], job_id: str) -> list[tuple[Any, Batch
     found = []
     for batch in batches:
         label = BatchLabel.parse(batch.external_id)
-        if (label is not None and label.job_id == job_id and label.kind == "events"
-                and label.interval is not None and not batch.is_failed and not batch.is_gone):
+        if (
+            label is not None
+            and label.job_id == job_id
+            and label.kind == "events"
+            and label.interval is not None
+            and not batch.is_failed
+            and not batch.is_gone
+        ):
             found.append((batch, label))
     return found
 
@@ -583,8 +804,9 @@ class LoadPartitionOperator(_MembershipQueryOperator):
 
     template_fields = (*_TEMPLATE_FIELDS, "batch_id", "partition")
 
-    def __init__(self, *, batch_id: str, partition: dict[str, int], max_split_depth: int = 6,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *, batch_id: str, partition: dict[str, int], max_split_depth: int = 6, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("multiple_outputs", False)  # mapped: downstream reads the list of results
         super().__init__(**kwargs)
         self.batch_id = batch_id
@@ -594,23 +816,46 @@ class LoadPartitionOperator(_MembershipQueryOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         self._skip_unless_enabled()
         self._require_open_batch()
-        require_live_export(self.ingestion(), self.export_batch_id, self.kind, self.job_config.export_retention_days)
+        require_live_export(
+            self.ingestion(), self.export_batch_id, self.kind, self.job_config.export_retention_days
+        )
         from airflow_cja_audiences.transform import RecordSpec
 
         part = sql.Partition.from_dict(self.partition)
-        spec = RecordSpec.from_job(self.job_config, tenant=self.tenant,
-                                   audience_names={a["id"]: a["name"] for a in self.audiences},
-                                   events=self.kind == "events")
-        totals: dict[str, Any] = {"partition": part.to_dict(), "rows": 0, "records": 0, "files": 0, "bytes": 0, "skipped_rows": 0,
-                  "splits": 0}
+        spec = RecordSpec.from_job(
+            self.job_config,
+            tenant=self.tenant,
+            audience_names={a["id"]: a["name"] for a in self.audiences},
+            events=self.kind == "events",
+        )
+        totals: dict[str, Any] = {
+            "partition": part.to_dict(),
+            "rows": 0,
+            "records": 0,
+            "files": 0,
+            "bytes": 0,
+            "skipped_rows": 0,
+            "splits": 0,
+        }
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="cja-load-") as tmp:
             self._load(part, spec, Path(tmp), totals, depth=0)
-        seconds = time.monotonic() - started  # logged only: the result stays the same when the task is retried
-        self.log.info("Partition %s: %d rows -> %d records in %d files (%d bytes) uploaded to batch %s in %.1f s "
-                      "(%.0f rows/s; compare query_service_rows_per_second: %g)", part.label, totals["rows"],
-                      totals["records"], totals["files"], totals["bytes"], self.batch_id, seconds,
-                      totals["rows"] / seconds if seconds > 0 else 0.0, self.job_config.query_service_rows_per_second)
+        seconds = (
+            time.monotonic() - started
+        )  # logged only: the result stays the same when the task is retried
+        self.log.info(
+            "Partition %s: %d rows -> %d records in %d files (%d bytes) uploaded to batch %s in %.1f s "
+            "(%.0f rows/s; compare query_service_rows_per_second: %g)",
+            part.label,
+            totals["rows"],
+            totals["records"],
+            totals["files"],
+            totals["bytes"],
+            self.batch_id,
+            seconds,
+            totals["rows"] / seconds if seconds > 0 else 0.0,
+            self.job_config.query_service_rows_per_second,
+        )
         self.log_retries()
         return totals
 
@@ -622,7 +867,8 @@ class LoadPartitionOperator(_MembershipQueryOperator):
             raise AirflowFailException(
                 f"batch {self.batch_id} of this run is '{batch.status}', no longer open for files: this load task "
                 f"was probably cleared on its own after its run had published or aborted the batch. One partition "
-                f"cannot be loaded again into it: clear the whole DAG run (all its tasks) or trigger a new run.")
+                f"cannot be loaded again into it: clear the whole DAG run (all its tasks) or trigger a new run."
+            )
 
     def _load(self, part: sql.Partition, spec: Any, tmp: Path, totals: dict[str, Any], depth: int) -> None:
         from airflow_cja_audiences.hooks.query_service import QueryServiceError
@@ -634,8 +880,13 @@ class LoadPartitionOperator(_MembershipQueryOperator):
 
         def attempt() -> Any:
             received[0] = 0
-            return write_jsonl(_counted(self.query_service.stream(self.rows_sql(part)), received), spec, tmp, prefix,
-                               max_file_bytes=self.job_config.max_file_bytes)
+            return write_jsonl(
+                _counted(self.query_service.stream(self.rows_sql(part)), received),
+                spec,
+                tmp,
+                prefix,
+                max_file_bytes=self.job_config.max_file_bytes,
+            )
 
         try:
             # A transient failure re-runs the whole partition query; files keep their names, so the
@@ -650,32 +901,43 @@ class LoadPartitionOperator(_MembershipQueryOperator):
         except QueryServiceError as exc:
             if not exc.is_limit:
                 raise _query_failed(f"partition {part.label}: {exc}", exc) from exc
-            reaction = scanplan.limit_reaction(exc.limit_kind or "unknown", partition=part.label,
-                                               rows_received=received[0], depth=depth, max_depth=self.max_split_depth,
-                                               error=exc.server_message)
+            reaction = scanplan.limit_reaction(
+                exc.limit_kind or "unknown",
+                partition=part.label,
+                rows_received=received[0],
+                depth=depth,
+                max_depth=self.max_split_depth,
+                error=exc.server_message,
+            )
             if reaction.action == "fail":
                 raise AirflowFailException(reaction.message) from exc
             reason = reaction.message
         if reason is not None:
             if depth >= self.max_split_depth:
                 # Splitting further cannot help: not retried (a retry would split the same way again).
-                raise AirflowFailException(f"partition {part.label} is still over the limit after {depth} splits: "
-                                       f"{reason}; lower max_rows_per_query or check for a skewed person id")
+                raise AirflowFailException(
+                    f"partition {part.label} is still over the limit after {depth} splits: "
+                    f"{reason}; lower max_rows_per_query or check for a skewed person id"
+                )
             left, right = part.split()
             totals["splits"] += 1
-            self.log.warning("%s; splitting into %s and %s", reason if reason.startswith("partition") else
-                             f"Partition {part.label} is too big: {reason}", left.label, right.label)
+            self.log.warning(
+                "%s; splitting into %s and %s",
+                reason if reason.startswith("partition") else f"Partition {part.label} is too big: {reason}",
+                left.label,
+                right.label,
+            )
             for child in (left, right):
                 self._load(child, spec, tmp, totals, depth + 1)
             return
         ingestion = self.ingestion()
         for written in summary.files:
-            ingestion.upload_file(self.batch_id, self.dataset_id, f"{self.kind}/{written.path.name}", written.path)
+            ingestion.upload_file(
+                self.batch_id, self.dataset_id, f"{self.kind}/{written.path.name}", written.path
+            )
             written.path.unlink()
         totals["rows"] += summary.rows
         totals["records"] += summary.records
         totals["files"] += len(summary.files)
         totals["bytes"] += summary.bytes
         totals["skipped_rows"] += summary.skipped_rows
-
-

@@ -42,10 +42,21 @@ class PublishBatchOperator(AdobeBaseOperator):
     template_fields = ("sandbox", "dataset_id", "batch_id", "external_id", "load_results", "force", "enabled")
     operator_extra_links = (AepBatchLink(),)
 
-    def __init__(self, *, dataset_id: str, batch_id: str | None, external_id: str, load_results: Any = (),
-                 shrink_guard: float | None = None, force: bool | str = False, enabled: bool | str = True,
-                 poll_interval: float = 15.0, wait_timeout: timedelta = timedelta(hours=3),
-                 deferrable: bool = DEFAULT_DEFERRABLE, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        dataset_id: str,
+        batch_id: str | None,
+        external_id: str,
+        load_results: Any = (),
+        shrink_guard: float | None = None,
+        force: bool | str = False,
+        enabled: bool | str = True,
+        poll_interval: float = 15.0,
+        wait_timeout: timedelta = timedelta(hours=3),
+        deferrable: bool = DEFAULT_DEFERRABLE,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.dataset_id = dataset_id
         self.batch_id = batch_id
@@ -78,8 +89,11 @@ class PublishBatchOperator(AdobeBaseOperator):
         batches = list(ingestion.list_batches(self.dataset_id))
         if label.interval is not None:
             self._check_disjoint(batches, label)
-        return [b for b in live_batches(ingestion, self.dataset_id, label, batches, labels=query_labels(self))
-                if b.id != self.batch_id]
+        return [
+            b
+            for b in live_batches(ingestion, self.dataset_id, label, batches, labels=query_labels(self))
+            if b.id != self.batch_id
+        ]
 
     def _check_disjoint(self, batches: list[Any], label: BatchLabel) -> None:
         """Live events intervals stay disjoint: refuse to publish next to a live batch that overlaps
@@ -93,7 +107,8 @@ class PublishBatchOperator(AdobeBaseOperator):
                 raise AirflowFailException(
                     f"events batch {batch.id} [{other.scope}] went live after this run planned [{label.scope}] and "
                     f"overlaps it; publishing both would duplicate events. Clear this run's prepare_events task "
-                    f"(and its downstream tasks) to plan again.")
+                    f"(and its downstream tasks) to plan again."
+                )
 
     def _guard(self, records: int, previous: list[Any]) -> None:
         if self.shrink_guard is None or not previous:
@@ -102,9 +117,11 @@ class PublishBatchOperator(AdobeBaseOperator):
         floor = (1.0 - self.shrink_guard) * before
         if records >= floor:
             return
-        message = (f"shrink guard: the new snapshot has {records} records, the live one {before}; that is a drop of "
-                   f"more than {self.shrink_guard:.0%}. The live snapshot is kept. If the drop is real (audiences "
-                   f"emptied, members left), trigger the DAG with force_replace=true.")
+        message = (
+            f"shrink guard: the new snapshot has {records} records, the live one {before}; that is a drop of "
+            f"more than {self.shrink_guard:.0%}. The live snapshot is kept. If the drop is real (audiences "
+            f"emptied, members left), trigger the DAG with force_replace=true."
+        )
         if truthy(self.force):
             self.log.warning("%s -- forced, replacing anyway", message)
             return
@@ -138,20 +155,30 @@ class PublishBatchOperator(AdobeBaseOperator):
         if not batch.is_terminal:
             deadline = time.time() + self.wait_timeout.total_seconds()
             if self.deferrable:
-                trigger = triggers.aep.BatchTrigger(batch_id=self.batch_id,
-                                                    **self.trigger_kwargs(self.poll_interval, deadline))
+                trigger = triggers.aep.BatchTrigger(
+                    batch_id=self.batch_id, **self.trigger_kwargs(self.poll_interval, deadline)
+                )
                 self.defer(trigger=trigger, method_name="execute_complete")
-            batch = ingestion.wait_for_batch(self.batch_id, deadline=deadline, poll_interval=self.poll_interval,
-                                             first=batch)
-        return self._verdict(context, batch.is_success, batch.status, batch.failed_record_count,
-                             batch.error_summary())
+            batch = ingestion.wait_for_batch(
+                self.batch_id, deadline=deadline, poll_interval=self.poll_interval, first=batch
+            )
+        return self._verdict(
+            context, batch.is_success, batch.status, batch.failed_record_count, batch.error_summary()
+        )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         event = validate_event(event, what=f"batch {self.batch_id}", accept=("success", "failed"))
-        return self._verdict(context, event["status"] == "success", event.get("batch_status", "?"),
-                             int(event.get("failed_records") or 0), event.get("message", ""))
+        return self._verdict(
+            context,
+            event["status"] == "success",
+            event.get("batch_status", "?"),
+            int(event.get("failed_records") or 0),
+            event.get("message", ""),
+        )
 
-    def _verdict(self, context: Context, ok: bool, status: str, failed_records: int, errors: str) -> dict[str, Any]:
+    def _verdict(
+        self, context: Context, ok: bool, status: str, failed_records: int, errors: str
+    ) -> dict[str, Any]:
         ingestion = self.hook(hooks.ingestion.BatchIngestionHook)
         if ok and failed_records:
             replaced = self._replayed_away()
@@ -164,8 +191,11 @@ class PublishBatchOperator(AdobeBaseOperator):
                     f"{replaced} by batch replay when it succeeded, so it stays live (reverting it would leave "
                     f"no snapshot); the {failed_records} failed records are missing from it. First failed records: "
                     f"{self._row_errors(ingestion)}.",
-                    what=f"batch {self.batch_id}", state=status, permanent=True,
-                    advice="fix the failed records' cause, then trigger a new run")
+                    what=f"batch {self.batch_id}",
+                    state=status,
+                    permanent=True,
+                    advice="fix the failed records' cause, then trigger a new run",
+                )
             # A partial snapshot must not stay visible: take it back; the previous one is still live.
             ingestion.revert_batch(self.batch_id)
             ok, status = False, f"{status} with {failed_records} failed records (reverted)"
@@ -174,15 +204,21 @@ class PublishBatchOperator(AdobeBaseOperator):
             raise AepObjectFailedError(
                 f"batch {self.batch_id} {status}: {errors}. First failed records: {self._row_errors(ingestion)}. "
                 f"The previous data is untouched. See AEP > Monitoring > Batches.",
-                what=f"batch {self.batch_id}", state=status, permanent=True,
+                what=f"batch {self.batch_id}",
+                state=status,
+                permanent=True,
                 advice="the batch cannot be published any more: fix the cause, then clear the whole DAG run "
-                       "(or trigger a new one) to load a new batch")
+                "(or trigger a new one) to load a new batch",
+            )
         self.log.info("Batch %s is %s", self.batch_id, status)
         return self._replace(context, self.batch_id, self._records(), self._predecessors())
 
     def _row_errors(self, ingestion: Any) -> str:
         reasons = ingestion.get_row_errors(self.batch_id, limit=5)
-        return "; ".join(f"{(r.get('_errors') or [{}])[0].get('message', r)}" for r in reasons) or "no row diagnostics"
+        return (
+            "; ".join(f"{(r.get('_errors') or [{}])[0].get('message', r)}" for r in reasons)
+            or "no row diagnostics"
+        )
 
     def _replayed_away(self) -> list[str]:
         """The predecessors this batch replaced by replay (listed in its ``replay`` and no longer live)."""
@@ -194,7 +230,9 @@ class PublishBatchOperator(AdobeBaseOperator):
                 gone.append(str(old_id))
         return gone
 
-    def _replace(self, context: Context, batch_id: str | None, records: int, previous: list[Any]) -> dict[str, Any]:
+    def _replace(
+        self, context: Context, batch_id: str | None, records: int, previous: list[Any]
+    ) -> dict[str, Any]:
         """Revert what the new batch replaces and is still live. A snapshot batch created with
         ``replay.predecessors`` has had them taken out by AEP the moment it succeeded (so ``previous``,
         listed after that, no longer holds them); what is left is the fallback: batches replay did not
@@ -202,15 +240,25 @@ class PublishBatchOperator(AdobeBaseOperator):
         ingestion = self.hook(hooks.ingestion.BatchIngestionHook)
         replayed: list[str] = []
         if batch_id:
-            replayed = [str(p) for p in (ingestion.get_batch(batch_id).replay or {}).get("predecessors") or []]
+            replayed = [
+                str(p) for p in (ingestion.get_batch(batch_id).replay or {}).get("predecessors") or []
+            ]
         if replayed:
             self.log.info("Batch %s replaced %s by batch replay when it succeeded", batch_id, replayed)
         for old in previous:
             ingestion.revert_batch(old.id)
-            self.log.info("Reverted batch %s (%d records), replaced by %s%s", old.id, old.record_count, batch_id,
-                          " (batch replay did not cover it)" if replayed else "")
-        result = {"batch_id": batch_id, "records": records,
-                  "replaced_batch_ids": replayed + [b.id for b in previous if b.id not in replayed]}
+            self.log.info(
+                "Reverted batch %s (%d records), replaced by %s%s",
+                old.id,
+                old.record_count,
+                batch_id,
+                " (batch replay did not cover it)" if replayed else "",
+            )
+        result = {
+            "batch_id": batch_id,
+            "records": records,
+            "replaced_batch_ids": replayed + [b.id for b in previous if b.id not in replayed],
+        }
         self.log_retries()
         return result
 

@@ -25,8 +25,9 @@ class ReportOperator(BaseOperator):
 
     template_fields = ("sandbox",)
 
-    def __init__(self, *, job_id: str, task_ids: Mapping[str, str], sandbox: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *, job_id: str, task_ids: Mapping[str, str], sandbox: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.job_id = job_id
         self.task_ids = dict(task_ids)
@@ -39,23 +40,34 @@ class ReportOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         resolved = self._pull(context, "resolve") or {}
         report = build_report(
-            job_id=self.job_id, sandbox=self.sandbox, audiences=resolved.get("audiences", []),
-            plan=self._pull(context, "plan") or {}, export=self._pull(context, "export"),
+            job_id=self.job_id,
+            sandbox=self.sandbox,
+            audiences=resolved.get("audiences", []),
+            plan=self._pull(context, "plan") or {},
+            export=self._pull(context, "export"),
             snapshot=self._pull(context, "publish_snapshot"),
             snapshot_counts=self._pull(context, "prepare_snapshot", "audience_counts"),
             events=self._pull(context, "publish_events"),
             event_counts=self._pull(context, "prepare_events", "audience_counts"),
-            datasets={"snapshot": self._pull(context, "profile_dataset", "dataset_id"),
-                      "events": self._pull(context, "event_dataset", "dataset_id"),
-                      "export": self._pull(context, "export", "export_dataset_id")},
-            cja=self._pull(context, "check_cja"), missing_audiences=resolved.get("missing_audiences"),
+            datasets={
+                "snapshot": self._pull(context, "profile_dataset", "dataset_id"),
+                "events": self._pull(context, "event_dataset", "dataset_id"),
+                "export": self._pull(context, "export", "export_dataset_id"),
+            },
+            cja=self._pull(context, "check_cja"),
+            missing_audiences=resolved.get("missing_audiences"),
             snapshot_coverage=self._pull(context, "prepare_snapshot", "coverage"),
-            events_coverage=self._pull(context, "prepare_events", "coverage"))
+            events_coverage=self._pull(context, "prepare_events", "coverage"),
+        )
         self.log.info("\n%s\n", format_report(report))
-        summary = {"job_id": self.job_id, "snapshot_batch": (report["snapshot"] or {}).get("batch_id"),
-                   "events_batch": (report["events"] or {}).get("batch_id"), "interval": report["interval"],
-                   "members": {r["id"]: r["members"] for r in report["audiences"]},
-                   "missing_in_aep": [{k: m[k] for k in ("id", "name", "reason")} for m in report["missing_in_aep"]]}
+        summary = {
+            "job_id": self.job_id,
+            "snapshot_batch": (report["snapshot"] or {}).get("batch_id"),
+            "events_batch": (report["events"] or {}).get("batch_id"),
+            "interval": report["interval"],
+            "members": {r["id"]: r["members"] for r in report["audiences"]},
+            "missing_in_aep": [{k: m[k] for k in ("id", "name", "reason")} for m in report["missing_in_aep"]],
+        }
         for asset in self.outlets:
             context["outlet_events"][asset].extra = summary
         return report

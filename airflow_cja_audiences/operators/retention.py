@@ -44,7 +44,9 @@ class PruneExportsOperator(AdobeBaseOperator):
 
     template_fields = ("sandbox", "export_dataset_id", "dataset_ids")
 
-    def __init__(self, *, job: dict[str, Any], export_dataset_id: str, dataset_ids: Any = (), **kwargs: Any) -> None:
+    def __init__(
+        self, *, job: dict[str, Any], export_dataset_id: str, dataset_ids: Any = (), **kwargs: Any
+    ) -> None:
         kwargs.setdefault("sandbox", job.get("sandbox"))
         kwargs.setdefault("adobe_conn_id", job.get("conn_id") or "adobe_experience_platform_default")
         kwargs.setdefault("trigger_rule", "none_failed_min_one_success")
@@ -59,8 +61,11 @@ class PruneExportsOperator(AdobeBaseOperator):
             raise AirflowSkipException("export_retention_days is null: every export of this job is kept")
         if "{job_id}" not in job.naming.export_dataset:
             # Another job may write into the same export dataset; its live batches are not ours to read.
-            self.log.warning("The export dataset %r may be shared with other jobs (its name has no {job_id}): "
-                             "export batches are not pruned", job.names.export_dataset)
+            self.log.warning(
+                "The export dataset %r may be shared with other jobs (its name has no {job_id}): "
+                "export batches are not pruned",
+                job.names.export_dataset,
+            )
             raise AirflowSkipException("shared export dataset: not pruned")
         retention = timedelta(days=job.export_retention_days)
         ingestion = self.hook(hooks.ingestion.BatchIngestionHook)
@@ -69,10 +74,19 @@ class PruneExportsOperator(AdobeBaseOperator):
         # Ages on AEP's clock: from the newest export (this run's, made minutes ago), so a skewed worker
         # clock can never make every export look old.
         newest_ms = max((e.ref.at_ms for e in exports), default=None)
-        now = datetime.fromtimestamp(newest_ms / 1000, tz=timezone.utc) if newest_ms else datetime.now(timezone.utc)
+        now = (
+            datetime.fromtimestamp(newest_ms / 1000, tz=timezone.utc)
+            if newest_ms
+            else datetime.now(timezone.utc)
+        )
         decision = runs.exports_to_prune(exports, holders, now=now, retention=retention)
-        self.log.info("Export retention %s days: %d export batches of dataset %s; %s", f"{job.export_retention_days:g}",
-                      len(exports), self.export_dataset_id, decision.summary())
+        self.log.info(
+            "Export retention %s days: %d export batches of dataset %s; %s",
+            f"{job.export_retention_days:g}",
+            len(exports),
+            self.export_dataset_id,
+            decision.summary(),
+        )
         for batch_id, reason in sorted(decision.keep.items()):
             self.log.info("Keeping export batch %s: %s", batch_id, reason)
         reverted, failed = [], []
@@ -89,7 +103,8 @@ class PruneExportsOperator(AdobeBaseOperator):
         if failed:
             raise AirflowException(
                 f"{len(failed)} of {len(decision.revert)} old export batches could not be reverted ({failed}); "
-                f"the publish of this run is not affected. A retry, or the next run, prunes them again.")
+                f"the publish of this run is not affected. A retry, or the next run, prunes them again."
+            )
         return {"reverted": reverted, "kept": len(decision.keep), "failed": failed}
 
     # -- what AEP says -----------------------------------------------------------------------------
@@ -98,8 +113,10 @@ class PruneExportsOperator(AdobeBaseOperator):
         """The export dataset's successful batches, each with the instant its export reflects."""
         listing = ingestion.list_batches(self.export_dataset_id, max_items=LISTING_CAP)
         if len(listing) >= LISTING_CAP:
-            raise AirflowFailException(f"export dataset {self.export_dataset_id} lists {len(listing)}+ batches; "
-                                       f"the listing may be cut, so nothing is pruned")
+            raise AirflowFailException(
+                f"export dataset {self.export_dataset_id} lists {len(listing)}+ batches; "
+                f"the listing may be cut, so nothing is pruned"
+            )
         live = [b for b in listing if b.is_success]
         jobs: dict[str, Any] = {}
         wanted = {b.id for b in live}
@@ -113,10 +130,12 @@ class PruneExportsOperator(AdobeBaseOperator):
         for batch in live:
             job = jobs.get(batch.id)
             if job is not None and job.creation_time:
-                ref = runs.ExportRef(batch_id=batch.id, at_ms=int(job.creation_time),
-                                     filtered=any("segmentQualificationTime" in s
-                                                  for s in job.filter.get("segments", [])),
-                                     segment_ids=tuple(job.segment_ids))
+                ref = runs.ExportRef(
+                    batch_id=batch.id,
+                    at_ms=int(job.creation_time),
+                    filtered=any("segmentQualificationTime" in s for s in job.filter.get("segments", [])),
+                    segment_ids=tuple(job.segment_ids),
+                )
             else:  # its export job is no longer listed: the batch's creation is a few seconds later
                 ref = runs.ExportRef(batch_id=batch.id, at_ms=int(batch.created or 0))
             exports.append(runs.ExportBatch(ref=ref, created_ms=int(batch.created or 0)))
@@ -131,12 +150,18 @@ class PruneExportsOperator(AdobeBaseOperator):
         for dataset_id in [d for d in (ids or []) if d]:
             listing = ingestion.list_batches(dataset_id, max_items=LISTING_CAP)
             if len(listing) >= LISTING_CAP:
-                raise AirflowFailException(f"dataset {dataset_id} lists {len(listing)}+ batches; the listing may "
-                                           f"be cut, so nothing is pruned")
+                raise AirflowFailException(
+                    f"dataset {dataset_id} lists {len(listing)}+ batches; the listing may "
+                    f"be cut, so nothing is pruned"
+                )
             for batch in listing:
                 label = BatchLabel.parse(batch.external_id)
-                if label is None or label.job_id != job_id or batch.is_failed \
-                        or batch.status.lower() in batch.GONE:
+                if (
+                    label is None
+                    or label.job_id != job_id
+                    or batch.is_failed
+                    or batch.status.lower() in batch.GONE
+                ):
                     continue
                 holders.append(runs.Holder(batch.id, label.kind, label.export_batch_id, label.interval))
         return holders

@@ -57,9 +57,18 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
 
     template_fields = ("sandbox", "audiences", "identity_field", "tenant", "profile_dataset_name")
 
-    def __init__(self, *, audiences: Sequence[dict[str, Any]], identity_field: str, tenant: str | None = None,
-                 check_identity_field: bool = True, check_query_service: bool = True, job_id: str | None = None,
-                 profile_dataset_name: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        audiences: Sequence[dict[str, Any]],
+        identity_field: str,
+        tenant: str | None = None,
+        check_identity_field: bool = True,
+        check_query_service: bool = True,
+        job_id: str | None = None,
+        profile_dataset_name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         # A list, or a value rendered at run time (a template, an XComArg, a literal()).
         self.audiences = list(audiences) if isinstance(audiences, (list, tuple)) else audiences
@@ -87,26 +96,46 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
             raise AirflowFailException(f"invalid input: {exc}") from exc
         # A typo raises AepConfigError: the base operator fails the task at once (no retry can fix it).
         resolution = self.hook(hooks.segmentation.SegmentationHook).resolve_selection(
-            selectors, previous_exports=self._previous_exports)
+            selectors, previous_exports=self._previous_exports
+        )
         resolved = resolution.resolved
         for gone in resolution.missing:
-            self.log.warning("Audience %s (last known as %s) was %s in AEP: %s", gone.id or "(id: see below)",
-                             repr(gone.name) if gone.name else "an unnamed id selector", gone.reason.upper(),
-                             gone.message())
+            self.log.warning(
+                "Audience %s (last known as %s) was %s in AEP: %s",
+                gone.id or "(id: see below)",
+                repr(gone.name) if gone.name else "an unnamed id selector",
+                gone.reason.upper(),
+                gone.message(),
+            )
         if self.check_identity_field:
             union = self.hook(hooks.schema_registry.SchemaRegistryHook).get_profile_union_schema()
             self.hook(hooks.segmentation.SegmentationHook).require_export_fields(union, [identity_path])
         _check_resolved(resolved)
         if self.check_query_service:
-            self.log.info("Query Service: %s", hooks.query_service.QueryServiceHook(
-                self.adobe_conn_id, platform_hook=self.hook(hooks.platform.AdobePlatformHook),
-                connect_timeout=15).check())
-        result = {"audiences": [a.to_dict() for a in resolved], "audience_ids": [a.id for a in resolved],
-                  "tenant": tenant, "identity_path": identity_path, "export_fields": [identity_path],
-                  "missing_audiences": [m.to_dict() for m in resolution.missing]}
+            self.log.info(
+                "Query Service: %s",
+                hooks.query_service.QueryServiceHook(
+                    self.adobe_conn_id,
+                    platform_hook=self.hook(hooks.platform.AdobePlatformHook),
+                    connect_timeout=15,
+                ).check(),
+            )
+        result = {
+            "audiences": [a.to_dict() for a in resolved],
+            "audience_ids": [a.id for a in resolved],
+            "tenant": tenant,
+            "identity_path": identity_path,
+            "export_fields": [identity_path],
+            "missing_audiences": [m.to_dict() for m in resolution.missing],
+        }
         for audience in resolved:
-            self.log.info("Audience %s -> %r (AEP name %r, %s)", audience.id, audience.name, audience.aep_name,
-                          audience.lifecycle_state or "state unknown")
+            self.log.info(
+                "Audience %s -> %r (AEP name %r, %s)",
+                audience.id,
+                audience.name,
+                audience.aep_name,
+                audience.lifecycle_state or "state unknown",
+            )
         self.log.info("Tenant _%s; personID from %s", tenant, identity_path)
         self.log_retries()
         return result
@@ -115,16 +144,31 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
         """This job's earlier snapshot exports, from AEP (read only when an audience is not found)."""
         if not (self.job_id and self.profile_dataset_name):
             return None
-        previous = previous_exports(self.hook(hooks.catalog.CatalogHook), self.hook(hooks.segmentation.SegmentationHook),
-                                    dataset_name=self.profile_dataset_name, job_id=self.job_id,
-                                    now_ms=int(time.time() * 1000))
-        self.log.info("Earlier snapshots of job %s in AEP: %d, exporting %d audience(s)", self.job_id,
-                      previous.snapshots, len(previous.audience_ids))
+        previous = previous_exports(
+            self.hook(hooks.catalog.CatalogHook),
+            self.hook(hooks.segmentation.SegmentationHook),
+            dataset_name=self.profile_dataset_name,
+            job_id=self.job_id,
+            now_ms=int(time.time() * 1000),
+        )
+        self.log.info(
+            "Earlier snapshots of job %s in AEP: %d, exporting %d audience(s)",
+            self.job_id,
+            previous.snapshots,
+            len(previous.audience_ids),
+        )
         return previous
 
 
-def previous_exports(catalog: Any, segmentation: Any, *, dataset_name: str, job_id: str, now_ms: int,
-                     days: int = PREVIOUS_SNAPSHOT_DAYS) -> PreviousExports:
+def previous_exports(
+    catalog: Any,
+    segmentation: Any,
+    *,
+    dataset_name: str,
+    job_id: str,
+    now_ms: int,
+    days: int = PREVIOUS_SNAPSHOT_DAYS,
+) -> PreviousExports:
     """What the snapshots this job published in the last ``days`` exported, read from AEP only.
 
     Each snapshot batch we publish carries a label in ``externalId`` naming the export batch it was
@@ -168,15 +212,22 @@ def previous_exports(catalog: Any, segmentation: Any, *, dataset_name: str, job_
 
 def _refuse_other_jobs(catalog: Any, dataset_id: str, dataset_name: str, job_id: str) -> None:
     """Fail when the dataset holds live batches another job wrote (their label names the job)."""
-    others = sorted({label.job_id for batch in catalog.list_batches(dataset_id, max_items=MAX_SNAPSHOT_BATCHES)
-                     if batch.is_success and (label := BatchLabel.parse(batch.external_id)) is not None
-                     and label.job_id != job_id})
+    others = sorted(
+        {
+            label.job_id
+            for batch in catalog.list_batches(dataset_id, max_items=MAX_SNAPSHOT_BATCHES)
+            if batch.is_success
+            and (label := BatchLabel.parse(batch.external_id)) is not None
+            and label.job_id != job_id
+        }
+    )
     if others:
         raise AirflowFailException(
             f"dataset {dataset_name!r} ({dataset_id}) holds live batches of job(s) {', '.join(others)}: two jobs "
             f"must not share a CJA dataset (each replaces only its own batches, so both would stay live). "
             f"Give job {job_id!r} its own dataset (naming.*_dataset with {{job_id}}), or revert the other job's "
-            f"batches if it no longer exists")
+            f"batches if it no longer exists"
+        )
 
 
 def _rendered_text(op: Any, name: str) -> None:
@@ -207,8 +258,10 @@ def _check_tenant(registry: Any, tenant: str) -> None:
     except AepError:
         return  # Schema Registry names no tenant: the configured one is all there is to go by
     if actual != tenant:
-        raise AepConfigError(f"tenant: {tenant!r} is not the tenant of sandbox {registry.sandbox!r} (Schema "
-                             f"Registry says {actual!r}); set tenant to {actual!r} or leave it out")
+        raise AepConfigError(
+            f"tenant: {tenant!r} is not the tenant of sandbox {registry.sandbox!r} (Schema "
+            f"Registry says {actual!r}); set tenant to {actual!r} or leave it out"
+        )
 
 
 class PlanRunOperator(BaseOperator):
@@ -234,22 +287,34 @@ class PlanRunOperator(BaseOperator):
         manual = None
         if params.get("events_interval_start") or params.get("events_interval_end"):
             try:
-                manual = (_instant(params.get("events_interval_start"), "events_interval_start"),
-                          _instant(params.get("events_interval_end"), "events_interval_end"))
+                manual = (
+                    _instant(params.get("events_interval_start"), "events_interval_start"),
+                    _instant(params.get("events_interval_end"), "events_interval_end"),
+                )
             except ValueError as exc:
                 raise AirflowFailException(str(exc)) from exc
         run_type = str(getattr(context["dag_run"], "run_type", "manual")).rsplit(".", 1)[-1].lower()
         snapshot_param = params.get("publish_snapshot")
         try:
-            plan = plan_run(run_type=run_type, interval=interval, publish_events=self.publish_events,
-                            now=datetime.now(timezone.utc), manual_interval=manual,
-                            force_snapshot=None if snapshot_param in (None, True) else bool(snapshot_param))
+            plan = plan_run(
+                run_type=run_type,
+                interval=interval,
+                publish_events=self.publish_events,
+                now=datetime.now(timezone.utc),
+                manual_interval=manual,
+                force_snapshot=None if snapshot_param in (None, True) else bool(snapshot_param),
+            )
         except ValueError as exc:
             raise AirflowFailException(f"cannot plan this run: {exc}") from exc
         for warning in plan.warnings:
             self.log.warning(warning)
-        self.log.info("Run type %s: snapshot=%s, events=%s %s", run_type, plan.snapshot, plan.events,
-                      f"[{plan.interval_start}, {plan.interval_end})" if plan.events else "")
+        self.log.info(
+            "Run type %s: snapshot=%s, events=%s %s",
+            run_type,
+            plan.snapshot,
+            plan.events,
+            f"[{plan.interval_start}, {plan.interval_end})" if plan.events else "",
+        )
         return plan.to_dict()
 
 
@@ -281,14 +346,19 @@ class EnsureExportDatasetOperator(AdobeBaseOperator):
         _rendered_text(self, "dataset_name")
         catalog = self.hook(hooks.catalog.CatalogHook)
         dataset, _ = catalog.ensure_dataset(
-            self.dataset_name, schema_id=PROFILE_UNION_ALT_ID, accepted_schema_ids=(PROFILE_UNION_SCHEMA,),
-            description="Segmentation export jobs of airflow-cja-audiences (read back with Query Service)")
+            self.dataset_name,
+            schema_id=PROFILE_UNION_ALT_ID,
+            accepted_schema_ids=(PROFILE_UNION_SCHEMA,),
+            description="Segmentation export jobs of airflow-cja-audiences (read back with Query Service)",
+        )
         deadline = time.monotonic() + self.table_name_wait_seconds
         while dataset.table_name is None:  # Catalog may add the Query Service tag shortly after creation
             if time.monotonic() > deadline:
-                raise AepWaitTimeoutError(f"dataset {dataset.id} has no 'adobe/pqs/table' tag after "
-                                          f"{self.table_name_wait_seconds:.0f} s; is Query Service enabled?",
-                                          what=f"dataset {dataset.id}")
+                raise AepWaitTimeoutError(
+                    f"dataset {dataset.id} has no 'adobe/pqs/table' tag after "
+                    f"{self.table_name_wait_seconds:.0f} s; is Query Service enabled?",
+                    what=f"dataset {dataset.id}",
+                )
             time.sleep(5)
             dataset = catalog.get_dataset(dataset.id)
         validation.table_name(dataset.table_name)
@@ -313,9 +383,19 @@ class EnsureCjaDatasetOperator(AdobeBaseOperator):
     template_fields = ("sandbox", "tenant", "dataset_name", "schema_title", "field_group_title")
     operator_extra_links = (AepDatasetLink(),)
 
-    def __init__(self, *, kind: Literal["profile", "events"], tenant: str, dataset_name: str, schema_title: str,
-                 field_group_title: str, identity_namespace: str = "Email",
-                 output_fields: dict[str, str] | None = None, job_id: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        kind: Literal["profile", "events"],
+        tenant: str,
+        dataset_name: str,
+        schema_title: str,
+        field_group_title: str,
+        identity_namespace: str = "Email",
+        output_fields: dict[str, str] | None = None,
+        job_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.job_id = job_id
         if kind not in ("profile", "events"):
@@ -342,15 +422,20 @@ class EnsureCjaDatasetOperator(AdobeBaseOperator):
             class_id, identity_property = EVENT_CLASS, f"/_{tenant}/personID"
         group, _ = registry.ensure_field_group(group_body, tenant)
         schema, _ = registry.ensure_schema(xdm.schema_body(self.schema_title, class_id, [group.id]))
-        registry.ensure_identity_descriptor(schema.id, identity_property, validation.namespace_code(
-            self.identity_namespace))
+        registry.ensure_identity_descriptor(
+            schema.id, identity_property, validation.namespace_code(self.identity_namespace)
+        )
         dataset, _ = self.hook(hooks.catalog.CatalogHook).ensure_dataset(
-            self.dataset_name, schema_id=schema.id,
+            self.dataset_name,
+            schema_id=schema.id,
             accepted_schema_ids=tuple(i for i in (schema.alt_id,) if i),
             description=f"AEP audience {'memberships' if self.kind == 'profile' else 'entries and exits'} for "
-                        f"Customer Journey Analytics (airflow-cja-audiences)")
+            f"Customer Journey Analytics (airflow-cja-audiences)",
+        )
         if self.job_id:
-            _refuse_other_jobs(self.hook(hooks.catalog.CatalogHook), dataset.id, self.dataset_name, self.job_id)
+            _refuse_other_jobs(
+                self.hook(hooks.catalog.CatalogHook), dataset.id, self.dataset_name, self.job_id
+            )
         result = {"dataset_id": dataset.id, "schema_id": schema.id, "field_group_id": group.id}
         push_dataset_link(context, registry.settings, dataset.id)
         self.log_retries()

@@ -27,9 +27,15 @@ _FAILED_ADVICE = "the {what} it waits for ended {state}; a retry would find it s
 class _AepSensor(BaseSensorOperator):
     template_fields: tuple[str, ...] = ("sandbox",)
 
-    def __init__(self, *, adobe_conn_id: str = DEFAULT_CONN_ID, sandbox: str | None = None,
-                 deferrable: bool = DEFAULT_DEFERRABLE, hook_params: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        adobe_conn_id: str = DEFAULT_CONN_ID,
+        sandbox: str | None = None,
+        deferrable: bool = DEFAULT_DEFERRABLE,
+        hook_params: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("poke_interval", 30)
         kwargs.setdefault("timeout", timedelta(hours=3).total_seconds())
         super().__init__(**kwargs)
@@ -39,8 +45,13 @@ class _AepSensor(BaseSensorOperator):
         self.hook_params = dict(hook_params or {})
 
     def _trigger_kwargs(self) -> dict[str, Any]:
-        return {"adobe_conn_id": self.adobe_conn_id, "sandbox": self.sandbox, "poll_interval": self.poke_interval,
-                "deadline": time.time() + float(self.timeout), "hook_params": self.hook_params}
+        return {
+            "adobe_conn_id": self.adobe_conn_id,
+            "sandbox": self.sandbox,
+            "poll_interval": self.poke_interval,
+            "deadline": time.time() + float(self.timeout),
+            "hook_params": self.hook_params,
+        }
 
     def _trigger(self) -> Any:
         raise NotImplementedError
@@ -51,8 +62,13 @@ class _AepSensor(BaseSensorOperator):
         raise NotImplementedError
 
     def _failed(self, what: str, state: str, message: str) -> AepObjectFailedError:
-        return AepObjectFailedError(message, what=what, state=state, permanent=True,
-                                    advice=_FAILED_ADVICE.format(what=what, state=state))
+        return AepObjectFailedError(
+            message,
+            what=what,
+            state=state,
+            permanent=True,
+            advice=_FAILED_ADVICE.format(what=what, state=state),
+        )
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
         with failing_fast(self.task_id):
@@ -74,8 +90,11 @@ class _AepSensor(BaseSensorOperator):
                 raise AirflowSensorTimeout(f"{self.task_id}: {event.get('message') or 'timed out'}")
             if event["status"] == "failed":
                 state = str(event.get("job_status") or event.get("batch_status") or "failed")
-                raise self._failed(self._what(), state, f"{self._what()} ended {state}: "
-                                                        f"{event.get('message') or 'no details'}")
+                raise self._failed(
+                    self._what(),
+                    state,
+                    f"{self._what()} ended {state}: {event.get('message') or 'no details'}",
+                )
         return {k: v for k, v in event.items() if k != "status"}
 
     def _what(self) -> str:
@@ -95,16 +114,27 @@ class ExportJobSensor(_AepSensor):
         return f"export job {self.job_id}"
 
     def _check(self, context: Context) -> PokeReturnValue | bool:
-        hook = hooks.segmentation.SegmentationHook(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params)
+        hook = hooks.segmentation.SegmentationHook(
+            self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params
+        )
         job = hook.get_export_job(int(self.job_id))
         self.log.info("Export job %s is %s", job.id, job.status)
         if job.outcome is None:
             return False
         if not job.is_success:
-            raise self._failed(f"export job {job.id}", job.status,
-                               f"export job {job.id} ended {job.status}: {job.error_summary()}")
-        return PokeReturnValue(True, {"job_id": job.id, "batch_id": job.destination.batch_id,
-                                      "exported_profiles": job.exported_profiles})
+            raise self._failed(
+                f"export job {job.id}",
+                job.status,
+                f"export job {job.id} ended {job.status}: {job.error_summary()}",
+            )
+        return PokeReturnValue(
+            True,
+            {
+                "job_id": job.id,
+                "batch_id": job.destination.batch_id,
+                "exported_profiles": job.exported_profiles,
+            },
+        )
 
     def _trigger(self) -> Any:
         return triggers.aep.ExportJobTrigger(job_id=int(self.job_id), **self._trigger_kwargs())
@@ -130,13 +160,24 @@ class BatchSensor(_AepSensor):
         if batch.outcome is None:
             return False
         if batch.is_gone:
-            raise self._failed(f"batch {batch.id}", batch.status, f"batch {batch.id} is {batch.status} "
-                                                                  f"(reverted or deleted)")
+            raise self._failed(
+                f"batch {batch.id}", batch.status, f"batch {batch.id} is {batch.status} (reverted or deleted)"
+            )
         if batch.is_failed:
-            raise self._failed(f"batch {batch.id}", batch.status,
-                               f"batch {batch.id} is {batch.status}: {batch.error_summary()}")
-        return PokeReturnValue(True, {"batch_id": batch.id, "batch_status": batch.status,
-                                      "records": batch.record_count, "failed_records": batch.failed_record_count})
+            raise self._failed(
+                f"batch {batch.id}",
+                batch.status,
+                f"batch {batch.id} is {batch.status}: {batch.error_summary()}",
+            )
+        return PokeReturnValue(
+            True,
+            {
+                "batch_id": batch.id,
+                "batch_status": batch.status,
+                "records": batch.record_count,
+                "failed_records": batch.failed_record_count,
+            },
+        )
 
     def _trigger(self) -> Any:
         return triggers.aep.BatchTrigger(batch_id=self.batch_id, **self._trigger_kwargs())

@@ -34,9 +34,16 @@ _FIRST_POLL_SPREAD_SECONDS = 2.0
 class _AepPollingTrigger(BaseTrigger):
     """Poll one AEP resource until it is terminal or the deadline passes."""
 
-    def __init__(self, *, adobe_conn_id: str = DEFAULT_CONN_ID, sandbox: str | None = None,
-                 poll_interval: float = 30.0, deadline: float | None = None, started_at: float | None = None,
-                 hook_params: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        *,
+        adobe_conn_id: str = DEFAULT_CONN_ID,
+        sandbox: str | None = None,
+        poll_interval: float = 30.0,
+        deadline: float | None = None,
+        started_at: float | None = None,
+        hook_params: dict[str, Any] | None = None,
+    ):
         super().__init__()
         self.adobe_conn_id = adobe_conn_id
         self.sandbox = sandbox
@@ -46,8 +53,14 @@ class _AepPollingTrigger(BaseTrigger):
         self.hook_params = dict(hook_params or {})
 
     def _common_kwargs(self) -> dict[str, Any]:
-        return {"adobe_conn_id": self.adobe_conn_id, "sandbox": self.sandbox, "poll_interval": self.poll_interval,
-                "deadline": self.deadline, "started_at": self.started_at, "hook_params": self.hook_params}
+        return {
+            "adobe_conn_id": self.adobe_conn_id,
+            "sandbox": self.sandbox,
+            "poll_interval": self.poll_interval,
+            "deadline": self.deadline,
+            "started_at": self.started_at,
+            "hook_params": self.hook_params,
+        }
 
     @abstractmethod
     def _hook(self) -> Any: ...
@@ -88,8 +101,14 @@ class _AepPollingTrigger(BaseTrigger):
         yield event
 
     def _error_event(self, message: str, *, permanent: bool = False) -> TriggerEvent:
-        return TriggerEvent({"status": "error", "message": f"{self._what}: {message}", "permanent": permanent,
-                             "elapsed_seconds": round(time.time() - self.started_at, 1)})
+        return TriggerEvent(
+            {
+                "status": "error",
+                "message": f"{self._what}: {message}",
+                "permanent": permanent,
+                "elapsed_seconds": round(time.time() - self.started_at, 1),
+            }
+        )
 
     async def _wait(self) -> TriggerEvent:
         await asyncio.sleep(self._first_poll_delay())
@@ -107,11 +126,19 @@ class _AepPollingTrigger(BaseTrigger):
                     self.log.info("%s is %s (%.0f s elapsed)", self._what, state, elapsed)
                     last_state, last_log = state, now
                 if self.deadline is not None and now >= self.deadline:
-                    return TriggerEvent({"status": "timeout", "state": state, "elapsed_seconds": round(elapsed, 1),
-                                         "message": f"{self._what} still {state} after {elapsed:.0f} s "
-                                                    f"(deadline reached)"})
-                sleep = self.poll_interval if self.deadline is None else \
-                    max(0.0, min(self.poll_interval, self.deadline - now))
+                    return TriggerEvent(
+                        {
+                            "status": "timeout",
+                            "state": state,
+                            "elapsed_seconds": round(elapsed, 1),
+                            "message": f"{self._what} still {state} after {elapsed:.0f} s (deadline reached)",
+                        }
+                    )
+                sleep = (
+                    self.poll_interval
+                    if self.deadline is None
+                    else max(0.0, min(self.poll_interval, self.deadline - now))
+                )
                 await asyncio.sleep(sleep)
 
 
@@ -120,9 +147,13 @@ def _describe(exc: BaseException) -> str:
     from pydantic import ValidationError
 
     if isinstance(exc, ValidationError):
-        fields = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5])
-        return (f"Adobe's answer does not have the documented shape ({exc.error_count()} problem(s): {fields}); "
-                f"something other than Adobe may have answered")
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        return (
+            f"Adobe's answer does not have the documented shape ({exc.error_count()} problem(s): {fields}); "
+            f"something other than Adobe may have answered"
+        )
     text = " ".join(str(exc).split())[:300]
     return f"unexpected {type(exc).__name__}: {text}" if text else f"unexpected {type(exc).__name__}"
 
@@ -135,24 +166,38 @@ class ExportJobTrigger(_AepPollingTrigger):
         self.job_id = int(job_id)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return f"{type(self).__module__}.{type(self).__qualname__}", {"job_id": self.job_id, **self._common_kwargs()}
+        return f"{type(self).__module__}.{type(self).__qualname__}", {
+            "job_id": self.job_id,
+            **self._common_kwargs(),
+        }
 
     @property
     def _what(self) -> str:
         return f"export job {self.job_id}"
 
     def _hook(self) -> Any:
-        return hooks.segmentation.SegmentationHook(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params)
+        return hooks.segmentation.SegmentationHook(
+            self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params
+        )
 
     async def _poll(self, hook: Any) -> tuple[bool, str, dict[str, Any]]:
         job: ExportJob = await hook.aget_export_job(self.job_id)
         status = job.status.upper()
         if job.outcome is None:
             return False, status, {}
-        return True, status, {"status": "success" if job.outcome == "success" else "failed", "job_id": job.id,
-                              "job_status": status, "batch_id": job.destination.batch_id,
-                              "dataset_id": job.destination.dataset_id,
-                              "exported_profiles": job.exported_profiles, "message": job.error_summary()}
+        return (
+            True,
+            status,
+            {
+                "status": "success" if job.outcome == "success" else "failed",
+                "job_id": job.id,
+                "job_status": status,
+                "batch_id": job.destination.batch_id,
+                "dataset_id": job.destination.dataset_id,
+                "exported_profiles": job.exported_profiles,
+                "message": job.error_summary(),
+            },
+        )
 
     async def on_kill(self) -> None:
         """A user killed the waiting task: cancel the export job (best effort)."""
@@ -172,7 +217,10 @@ class BatchTrigger(_AepPollingTrigger):
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return f"{type(self).__module__}.{type(self).__qualname__}", {
-            "batch_id": self.batch_id, "abort_on_kill": self.abort_on_kill, **self._common_kwargs()}
+            "batch_id": self.batch_id,
+            "abort_on_kill": self.abort_on_kill,
+            **self._common_kwargs(),
+        }
 
     @property
     def _what(self) -> str:
@@ -185,16 +233,26 @@ class BatchTrigger(_AepPollingTrigger):
         batch: Batch = await hook.aget_batch(self.batch_id)
         if batch.outcome is None:
             return False, batch.status, {}
-        return True, batch.status, {
-            "status": "success" if batch.outcome == "success" else "failed", "batch_id": batch.id,
-            "batch_status": batch.status, "records": batch.record_count,
-            "failed_records": batch.failed_record_count, "message": batch.error_summary()}
+        return (
+            True,
+            batch.status,
+            {
+                "status": "success" if batch.outcome == "success" else "failed",
+                "batch_id": batch.id,
+                "batch_status": batch.status,
+                "records": batch.record_count,
+                "failed_records": batch.failed_record_count,
+                "message": batch.error_summary(),
+            },
+        )
 
     async def on_kill(self) -> None:
         """Abort a batch still loading when a user kills the task (only if asked to)."""
         if not self.abort_on_kill:
             return
-        hook = hooks.ingestion.BatchIngestionHook(self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params)
+        hook = hooks.ingestion.BatchIngestionHook(
+            self.adobe_conn_id, sandbox=self.sandbox, **self.hook_params
+        )
         async with hook.async_session():
             await asyncio.wait_for(hook.abatch_action(self.batch_id, "ABORT"), timeout=20)
         self.log.info("Batch %s aborted", self.batch_id)
@@ -210,7 +268,10 @@ class BatchQueryTrigger(_AepPollingTrigger):
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return f"{type(self).__module__}.{type(self).__qualname__}", {
-            "query_id": self.query_id, "cancel_on_kill": self.cancel_on_kill, **self._common_kwargs()}
+            "query_id": self.query_id,
+            "cancel_on_kill": self.cancel_on_kill,
+            **self._common_kwargs(),
+        }
 
     @property
     def _what(self) -> str:
@@ -224,8 +285,17 @@ class BatchQueryTrigger(_AepPollingTrigger):
         state = query.state.upper()
         if not query.is_terminal:
             return False, state, {}
-        return True, state, {"status": "success" if query.is_success else "failed", "query_id": query.id,
-                             "query_state": state, "rows": query.row_count, "message": query.error_summary()}
+        return (
+            True,
+            state,
+            {
+                "status": "success" if query.is_success else "failed",
+                "query_id": query.id,
+                "query_state": state,
+                "rows": query.row_count,
+                "message": query.error_summary(),
+            },
+        )
 
     async def on_kill(self) -> None:
         """A user killed the waiting task: cancel the query (best effort), so it writes no batch."""

@@ -25,8 +25,14 @@ from aep_emulator.connection import airflow_connection
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = Path(__file__).with_name("compose-spec.json")
 CONN_VAR = "AIRFLOW_CONN_ADOBE_EXPERIENCE_PLATFORM_DEFAULT"
-AIRFLOW_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-worker",
-                    "airflow-triggerer", "airflow-init")
+AIRFLOW_SERVICES = (
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-worker",
+    "airflow-triggerer",
+    "airflow-init",
+)
 
 
 def _docker_compose() -> str:
@@ -40,9 +46,17 @@ def _docker_compose() -> str:
 
 def _render(**env: str) -> dict:
     """``docker-compose config`` of the repository's file, parsed."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CJA_AUDIENCES", "AIRFLOW", "COMPOSE_"))}
-    result = subprocess.run([_docker_compose(), "--project-directory", str(ROOT), "-f", "docker-compose.yaml",
-                             "config"], cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=120)
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("CJA_AUDIENCES", "AIRFLOW", "COMPOSE_"))
+    }
+    result = subprocess.run(
+        [_docker_compose(), "--project-directory", str(ROOT), "-f", "docker-compose.yaml", "config"],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
 
@@ -59,8 +73,9 @@ def test_valid_against_the_compose_specification(document, tmp_path):
         path = tmp_path / "rendered.yaml"
         path.write_text(yaml.safe_dump(_render()))
     checker = Path(sys.executable).with_name("check-jsonschema")
-    result = subprocess.run([str(checker), "--schemafile", str(SCHEMA), str(path)], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [str(checker), "--schemafile", str(SCHEMA), str(path)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -71,8 +86,13 @@ def test_celery_topology_on_one_image(stack):
     for name in (*AIRFLOW_SERVICES, "aep-emulator"):
         assert services[name]["image"] == image and services[name]["build"]["context"] == str(ROOT), name
     commands = {name: _words(services[name].get("command")) for name in AIRFLOW_SERVICES}
-    assert commands["airflow-apiserver"] == ["api-server"] and commands["airflow-worker"] == ["celery", "worker"]
-    assert commands["airflow-triggerer"] == ["triggerer"] and commands["airflow-dag-processor"] == ["dag-processor"]
+    assert commands["airflow-apiserver"] == ["api-server"] and commands["airflow-worker"] == [
+        "celery",
+        "worker",
+    ]
+    assert commands["airflow-triggerer"] == ["triggerer"] and commands["airflow-dag-processor"] == [
+        "dag-processor"
+    ]
 
     envs = {name: services[name]["environment"] for name in AIRFLOW_SERVICES}
     for name, env in envs.items():
@@ -80,15 +100,24 @@ def test_celery_topology_on_one_image(stack):
         assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://:@redis:6379"), name
         assert "@postgres/" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], name
         # Tasks call the execution API of the api-server service, on the port it listens on.
-        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/", name
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/", (
+            name
+        )
     assert services["airflow-apiserver"]["ports"][0]["target"] == 8080
-    assert len({env["AIRFLOW__API_AUTH__JWT_SECRET"] for env in envs.values()}) == 1  # signs and checks tokens
+    assert (
+        len({env["AIRFLOW__API_AUTH__JWT_SECRET"] for env in envs.values()}) == 1
+    )  # signs and checks tokens
     assert len({env["AIRFLOW__API_AUTH__JWT_ISSUER"] for env in envs.values()}) == 1
 
     worker = services["airflow-worker"]["depends_on"]
-    assert worker["aep-emulator"]["condition"] == worker["airflow-apiserver"]["condition"] == "service_healthy"
+    assert (
+        worker["aep-emulator"]["condition"] == worker["airflow-apiserver"]["condition"] == "service_healthy"
+    )
     init = " ".join(services["airflow-init"]["command"])
-    assert "pools set cja_audiences_query_service" in init and envs["airflow-init"]["_AIRFLOW_DB_MIGRATE"] == "true"
+    assert (
+        "pools set cja_audiences_query_service" in init
+        and envs["airflow-init"]["_AIRFLOW_DB_MIGRATE"] == "true"
+    )
 
 
 def _words(command: str | list[str] | None) -> list[str]:
@@ -103,8 +132,13 @@ def _mounts(service: dict) -> list[dict]:
             source, target, *mode = volume.split(":")
             mounts.append({"source": source, "target": target, "read_only": mode == ["ro"]})
         else:
-            mounts.append({"source": volume.get("source"), "target": volume["target"],
-                           "read_only": bool(volume.get("read_only"))})
+            mounts.append(
+                {
+                    "source": volume.get("source"),
+                    "target": volume["target"],
+                    "read_only": bool(volume.get("read_only")),
+                }
+            )
     return mounts
 
 
@@ -135,10 +169,18 @@ def test_the_connection_reaches_the_emulator_over_verified_tls(stack):
 
     # Same connection as demo and tests build for an emulator (airflow_connection), seen from the
     # compose network; only the UI links point at the port published on the host.
-    ready = {"base_url": "https://0.0.0.0:8443", "org_id": "EMULATOR0000000000000000@AdobeOrg", "sandbox": "prod",
-             "client_id": args["client-id"], "ca_bundle": f"{state_dir}/tls/ca.pem", "pg_host": "aep-emulator",
-             "pg_port": int(args["pg-port"])}
-    expected = airflow_connection(ready, args["client-secret"], public_base_url=f"https://aep-emulator:{args['port']}")
+    ready = {
+        "base_url": "https://0.0.0.0:8443",
+        "org_id": "EMULATOR0000000000000000@AdobeOrg",
+        "sandbox": "prod",
+        "client_id": args["client-id"],
+        "ca_bundle": f"{state_dir}/tls/ca.pem",
+        "pg_host": "aep-emulator",
+        "pg_port": int(args["pg-port"]),
+    }
+    expected = airflow_connection(
+        ready, args["client-secret"], public_base_url=f"https://aep-emulator:{args['port']}"
+    )
     expected["extra"]["ui_url"] = f"https://localhost:{args['port']}/emulator/ui"
     assert conn == expected
     published = {p["published"] for p in services["aep-emulator"]["ports"]}
@@ -147,22 +189,30 @@ def test_the_connection_reaches_the_emulator_over_verified_tls(stack):
 
 def test_real_adobe_is_one_env_file():
     stack = _render(CJA_AUDIENCES_ENV_FILE=".env.adobe.example")
-    conns = {json.dumps(json.loads(stack["services"][n]["environment"][CONN_VAR]), sort_keys=True)
-             for n in AIRFLOW_SERVICES}
+    conns = {
+        json.dumps(json.loads(stack["services"][n]["environment"][CONN_VAR]), sort_keys=True)
+        for n in AIRFLOW_SERVICES
+    }
     assert len(conns) == 1
     conn = json.loads(conns.pop())
     assert conn["conn_type"] == "adobe_experience_platform" and conn["extra"]["org_id"].endswith("@AdobeOrg")
-    assert "aep-emulator" not in json.dumps(conn) and "ca_bundle" not in conn["extra"]  # Adobe's URLs, system CAs
+    assert (
+        "aep-emulator" not in json.dumps(conn) and "ca_bundle" not in conn["extra"]
+    )  # Adobe's URLs, system CAs
 
 
 def test_dockerfile_installs_this_package_pinned_on_the_matching_image():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    base = re.search(r"^FROM apache/airflow:(?P<airflow>[\d.]+)-python(?P<python>[\d.]+)\s*$", dockerfile, re.M)
+    base = re.search(
+        r"^FROM apache/airflow:(?P<airflow>[\d.]+)-python(?P<python>[\d.]+)\s*$", dockerfile, re.M
+    )
     assert base, "the base image must be apache/airflow:<version>-python<version>"
-    pinned = re.search(r"^apache-airflow==([\d.]+)$", (ROOT / "requirements/constraints.txt").read_text(), re.M)
+    pinned = re.search(
+        r"^apache-airflow==([\d.]+)$", (ROOT / "requirements/constraints.txt").read_text(), re.M
+    )
     assert pinned and pinned.group(1) == base["airflow"], "Dockerfile base image and the lock disagree"
     assert base["python"] == "3.11"  # the lock is made on 3.11 (requirements/constraints.txt)
-    install = dockerfile[dockerfile.index("RUN pip install"):]
+    install = dockerfile[dockerfile.index("RUN pip install") :]
     assert "--constraint" in install and "requirements/constraints.txt" in install
     assert '"apache-airflow==${AIRFLOW_VERSION}"' in install and "[emulator,celery]" in install
     # The emulator is its own distribution (aep-emulator/): copied whole and installed in the same pip
@@ -170,7 +220,7 @@ def test_dockerfile_installs_this_package_pinned_on_the_matching_image():
     copies = dict(re.findall(r"^COPY (?:--\S+ )*(.+?) (\S+)$", dockerfile, re.MULTILINE))
     emulator_dir = copies.get("aep-emulator/pyproject.toml aep-emulator/README.md", "").rstrip("/")
     assert emulator_dir and copies.get("aep-emulator/aep_emulator") == f"{emulator_dir}/aep_emulator", copies
-    run = install[:install.index("\n", install.index("[emulator,celery]"))]
+    run = install[: install.index("\n", install.index("[emulator,celery]"))]
     assert re.search(rf"\s{re.escape(emulator_dir)}\s", run), run
 
 
@@ -196,8 +246,11 @@ def test_what_the_first_real_up_needed(stack):
         if isinstance(published, str):  # docker-compose v1 renders a port with a host IP as "ip:port:target"
             host_ip, host_port, container = published.split("/")[0].split(":")
             published = {"host_ip": host_ip, "published": host_port, "target": int(container)}
-        assert (published["host_ip"], int(published["published"]), published["target"]) == \
-            ("127.0.0.1", port, target), published
+        assert (published["host_ip"], int(published["published"]), published["target"]) == (
+            "127.0.0.1",
+            port,
+            target,
+        ), published
 
 
 def _seconds(duration: str) -> float:

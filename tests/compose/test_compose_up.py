@@ -53,8 +53,17 @@ CONN_VAR = f"AIRFLOW_CONN_{CONN_ID.upper()}"
 EMULATOR_ENV_FILE = ROOT / "docker" / "emulator.env"
 JOBS_FILE = ROOT / "dags" / "cja_audiences.yaml"
 PROFILES = 3000  # EMULATOR_PROFILES: the stack's default (100k) is for people, not for CI
-SERVICES = ("postgres", "redis", "aep-emulator", "airflow-init", "airflow-apiserver", "airflow-scheduler",
-            "airflow-dag-processor", "airflow-worker", "airflow-triggerer")
+SERVICES = (
+    "postgres",
+    "redis",
+    "aep-emulator",
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-worker",
+    "airflow-triggerer",
+)
 ONE_SHOT = {"airflow-init"}  # must exit 0; every other service must end up running and healthy
 
 
@@ -68,14 +77,18 @@ def _tools() -> dict[str, str]:
     """The programs the test drives, or a skip (a failure under CI) naming what is missing."""
     if os.geteuid() != 0:
         _fail_or_skip("needs root to start its own Docker engine")
-    found = {"dockerd": shutil.which("dockerd", path="/usr/sbin:/usr/bin:/sbin:/bin"),
-             # The client shipped with that engine when there is one (same API version).
-             "docker": "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else shutil.which("docker"),
-             "docker-compose": shutil.which("docker-compose"),
-             "debootstrap": shutil.which("debootstrap", path="/usr/sbin:/usr/bin:/sbin:/bin")}
+    found = {
+        "dockerd": shutil.which("dockerd", path="/usr/sbin:/usr/bin:/sbin:/bin"),
+        # The client shipped with that engine when there is one (same API version).
+        "docker": "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else shutil.which("docker"),
+        "docker-compose": shutil.which("docker-compose"),
+        "debootstrap": shutil.which("debootstrap", path="/usr/sbin:/usr/bin:/sbin:/bin"),
+    }
     missing = [name for name, path in found.items() if not path]
     if missing:
-        _fail_or_skip(f"{', '.join(missing)} not installed (apt-get install docker.io docker-compose debootstrap)")
+        _fail_or_skip(
+            f"{', '.join(missing)} not installed (apt-get install docker.io docker-compose debootstrap)"
+        )
     return found
 
 
@@ -96,13 +109,31 @@ class Engine:
         """Start the daemon; None when it serves, else why not (with the end of its log)."""
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [self.tools["dockerd"], "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
-                 "--pidfile", str(self.exec_root / "dockerd.pid"), "--host", f"unix://{self.socket}",
-                 # Leave the host's firewall, forwarding and docker0 alone: containers talk on the
-                 # compose network's bridge, the host reaches them through docker-proxy on loopback,
-                 # and builds use the host network.
-                 "--bridge", "none", "--iptables=false", "--ip-forward=false", "--log-level", "warn"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                [
+                    self.tools["dockerd"],
+                    "--data-root",
+                    str(self.data_root),
+                    "--exec-root",
+                    str(self.exec_root),
+                    "--pidfile",
+                    str(self.exec_root / "dockerd.pid"),
+                    "--host",
+                    f"unix://{self.socket}",
+                    # Leave the host's firewall, forwarding and docker0 alone: containers talk on the
+                    # compose network's bridge, the host reaches them through docker-proxy on loopback,
+                    # and builds use the host network.
+                    "--bridge",
+                    "none",
+                    "--iptables=false",
+                    "--ip-forward=false",
+                    "--log-level",
+                    "warn",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -116,11 +147,19 @@ class Engine:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def docker(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        result = subprocess.run([self.tools["docker"], *args], env=self.env, capture_output=True, text=True,
-                                timeout=timeout, stdin=subprocess.DEVNULL)
+        result = subprocess.run(
+            [self.tools["docker"], *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         if check and result.returncode != 0:
-            raise ClusterError(f"docker {' '.join(args)} exited with {result.returncode}:\n"
-                               f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+            raise ClusterError(
+                f"docker {' '.join(args)} exited with {result.returncode}:\n"
+                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
         return result
 
     def stop(self) -> None:
@@ -168,26 +207,50 @@ class Stack(AirflowApi):
         self.api_port, self.emulator_port = free_port(), free_port()
         password = secrets.token_urlsafe(16)
         # Only what the test sets reaches compose's variable substitution (not this session's AIRFLOW_*).
-        clean = {k: v for k, v in engine.env.items()
-                 if not k.startswith(("AIRFLOW", "CJA_AUDIENCES", "COMPOSE_", "_AIRFLOW", "EMULATOR_"))}
-        self.env = {**clean,
-                    "AIRFLOW_PROJ_DIR": str(self.proj_dir),
-                    "AIRFLOW_API_PORT": f"127.0.0.1:{self.api_port}",
-                    "EMULATOR_PORT": f"127.0.0.1:{self.emulator_port}",
-                    "EMULATOR_PROFILES": str(PROFILES),
-                    "_AIRFLOW_WWW_USER_PASSWORD": password,
-                    "FERNET_KEY": Fernet.generate_key().decode(),
-                    "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64)}
+        clean = {
+            k: v
+            for k, v in engine.env.items()
+            if not k.startswith(("AIRFLOW", "CJA_AUDIENCES", "COMPOSE_", "_AIRFLOW", "EMULATOR_"))
+        }
+        self.env = {
+            **clean,
+            "AIRFLOW_PROJ_DIR": str(self.proj_dir),
+            "AIRFLOW_API_PORT": f"127.0.0.1:{self.api_port}",
+            "EMULATOR_PORT": f"127.0.0.1:{self.emulator_port}",
+            "EMULATOR_PROFILES": str(PROFILES),
+            "_AIRFLOW_WWW_USER_PASSWORD": password,
+            "FERNET_KEY": Fernet.generate_key().decode(),
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
+        }
         super().__init__(f"http://127.0.0.1:{self.api_port}", "airflow", password)
 
     def compose(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        command = [self.engine.tools["docker-compose"], "--ansi", "never", "--project-directory", str(ROOT),
-                   "-f", str(ROOT / "docker-compose.yaml"), "-p", self.project, *args]
-        result = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout,
-                                stdin=subprocess.DEVNULL)
+        command = [
+            self.engine.tools["docker-compose"],
+            "--ansi",
+            "never",
+            "--project-directory",
+            str(ROOT),
+            "-f",
+            str(ROOT / "docker-compose.yaml"),
+            "-p",
+            self.project,
+            *args,
+        ]
+        result = subprocess.run(
+            command,
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         if check and result.returncode != 0:
-            raise ClusterError(f"docker-compose {' '.join(args)} exited with {result.returncode}:\n"
-                               f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+            raise ClusterError(
+                f"docker-compose {' '.join(args)} exited with {result.returncode}:\n"
+                f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+            )
         return result
 
     def containers(self) -> dict[str, dict]:
@@ -200,8 +263,11 @@ class Stack(AirflowApi):
 
     def check_alive(self) -> None:
         """No long-running service exited or is restarting (called on every REST poll)."""
-        bad = {name: c["State"]["Status"] for name, c in self.containers().items()
-               if name not in ONE_SHOT and (c["State"]["Status"] != "running" or c["State"]["Restarting"])}
+        bad = {
+            name: c["State"]["Status"]
+            for name, c in self.containers().items()
+            if name not in ONE_SHOT and (c["State"]["Status"] != "running" or c["State"]["Restarting"])
+        }
         if bad:
             raise ClusterError(f"compose services not running: {bad}")
 
@@ -218,8 +284,12 @@ class Stack(AirflowApi):
         missing = set(SERVICES) - set(containers)
         if missing:
             raise ClusterError(f"services without a container: {sorted(missing)}")
-        return all(containers[n]["State"]["Status"] == "exited" if n in ONE_SHOT
-                   else containers[n]["State"].get("Health", {}).get("Status") == "healthy" for n in SERVICES)
+        return all(
+            containers[n]["State"]["Status"] == "exited"
+            if n in ONE_SHOT
+            else containers[n]["State"].get("Health", {}).get("Status") == "healthy"
+            for n in SERVICES
+        )
 
     def read_file(self, service: str, path: str) -> str:
         """A file inside a service's container (``docker cp`` to stdout is a tar stream: use cat)."""
@@ -268,8 +338,10 @@ class Timer:
         print(f"[compose] {name}: {self.phases[-1][1]:.0f} s", flush=True)
 
     def report(self) -> str:
-        return ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.phases) + \
-            f"; total {time.monotonic() - self.started:.0f} s"
+        return (
+            ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.phases)
+            + f"; total {time.monotonic() - self.started:.0f} s"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -285,14 +357,23 @@ def stack() -> Iterator[Stack]:
             _fail_or_skip(f"the Docker engine did not start: {reason}")
         timer.lap("dockerd started")
         env = {**engine.env, "DOCKER": tools["docker"], "CJA_STANDIN_CACHE": CACHE}
-        built = subprocess.run([str(ROOT / "docker" / "build-standins.sh")], env=env, capture_output=True, text=True,
-                               timeout=900, stdin=subprocess.DEVNULL)
-        assert built.returncode == 0, \
+        built = subprocess.run(
+            [str(ROOT / "docker" / "build-standins.sh")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            stdin=subprocess.DEVNULL,
+        )
+        assert built.returncode == 0, (
             f"docker/build-standins.sh failed:\n{built.stdout[-3000:]}\n{built.stderr[-6000:]}"
+        )
         print(built.stderr.strip(), flush=True)
         timer.lap("stand-in images ready")
         # The project image, from the real Dockerfile, under the name the compose file uses by default.
-        engine.docker("build", "-q", "--network", "host", "-t", "airflow-cja-audiences:local", str(ROOT), timeout=900)
+        engine.docker(
+            "build", "-q", "--network", "host", "-t", "airflow-cja-audiences:local", str(ROOT), timeout=900
+        )
         timer.lap("project image built")
 
         stack = Stack(engine, workdir)
@@ -312,8 +393,10 @@ def stack() -> Iterator[Stack]:
     finally:
         try:
             if stack is not None:
-                print(f"[compose] disk: engine data root {_du(engine.data_root)}; cache {CACHE} {_du(CACHE)}",
-                      flush=True)
+                print(
+                    f"[compose] disk: engine data root {_du(engine.data_root)}; cache {CACHE} {_du(CACHE)}",
+                    flush=True,
+                )
                 print(engine.docker("system", "df", check=False, timeout=60).stdout, flush=True)
                 down = stack.compose("down", "-v", "--remove-orphans", check=False, timeout=300)
                 if down.returncode != 0:
@@ -339,13 +422,20 @@ def test_compose_stack_runs_the_refresh_dag_end_to_end(stack):
 def _end_to_end(stack: Stack, job: RefreshJob, dag_id: str, runs: list[tuple[str, str]]) -> None:
     timer = stack.timer
     health = stack.api("GET", "/api/v2/monitor/health")
-    assert all(health[p]["status"] == "healthy" for p in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+    assert all(
+        health[p]["status"] == "healthy" for p in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+    )
 
     # The connection test runs in the api-server container: it reaches https://aep-emulator:8443 and
     # verifies the certificate with the CA bundle from the emulator's volume.
     conn = _emulator_connection()
-    body = {"connection_id": CONN_ID, "conn_type": conn["conn_type"], "login": conn["login"],
-            "password": conn["password"], "extra": json.dumps(conn["extra"])}
+    body = {
+        "connection_id": CONN_ID,
+        "conn_type": conn["conn_type"],
+        "login": conn["login"],
+        "password": conn["password"],
+        "extra": json.dumps(conn["extra"]),
+    }
     tested = stack.api("POST", "/api/v2/connections/test", json=body)
     assert tested["status"] is True, tested
     assert "Connected to AEP org" in tested["message"], tested
@@ -357,10 +447,16 @@ def _end_to_end(stack: Stack, job: RefreshJob, dag_id: str, runs: list[tuple[str
     ca_bundle = Path(stack.proj_dir) / "emulator-ca.pem"
     ca_bundle.write_text(stack.read_file("aep-emulator", conn["extra"]["ca_bundle"]))
     ready = json.loads(stack.read_file("aep-emulator", "/opt/airflow/emulator/ready.json"))
-    emu = RunningEmulator(base_url=f"https://localhost:{stack.emulator_port}", ca_bundle=str(ca_bundle), pg_host=None,
-                          pg_port=None, ready=ready,
-                          credentials=Credentials(conn["login"], conn["password"], ready["org_id"], ready["sandbox"],
-                                                  ready["tenant"]))
+    emu = RunningEmulator(
+        base_url=f"https://localhost:{stack.emulator_port}",
+        ca_bundle=str(ca_bundle),
+        pg_host=None,
+        pg_port=None,
+        ready=ready,
+        credentials=Credentials(
+            conn["login"], conn["password"], ready["org_id"], ready["sandbox"], ready["tenant"]
+        ),
+    )
     by_name = {a["name"]: a["id"] for a in emu.admin.state()["audiences"]}
     audiences = [a.id or by_name[a.name] for a in job.audiences]
     view = JobView(emu, job.job_id, audiences, ready["tenant"])
@@ -375,17 +471,33 @@ def _end_to_end(stack: Stack, job: RefreshJob, dag_id: str, runs: list[tuple[str
     stack.set_paused(dag_id, False)
     manual = stack.trigger(dag_id)
     runs.append((dag_id, manual))
-    scheduled_run = poll(lambda: next((r for r in stack.dag_runs(dag_id) if r["run_type"] == "scheduled"), None),
-                         timeout=60, what="the scheduler to create the scheduled run")
+    scheduled_run = poll(
+        lambda: next((r for r in stack.dag_runs(dag_id) if r["run_type"] == "scheduled"), None),
+        timeout=60,
+        what="the scheduler to create the scheduled run",
+    )
     scheduled = scheduled_run["dag_run_id"]
     runs.append((dag_id, scheduled))
     interval_start = datetime.fromisoformat(scheduled_run["data_interval_start"].replace("Z", "+00:00"))
     starts = [interval_start - timedelta(days=d) for d in (2, 1)]
-    backfill = stack.api("POST", "/api/v2/backfills", json={
-        "dag_id": dag_id, "from_date": _iso(starts[0]), "to_date": _iso(starts[-1] + timedelta(hours=1)),
-        "run_backwards": False, "dag_run_conf": {}, "reprocess_behavior": "none", "max_active_runs": 2})
-    backfill_runs = poll(lambda: [r for r in stack.dag_runs(dag_id) if r["run_type"] == "backfill"] or None,
-                         timeout=60, what=f"the runs of backfill {backfill['id']}")
+    backfill = stack.api(
+        "POST",
+        "/api/v2/backfills",
+        json={
+            "dag_id": dag_id,
+            "from_date": _iso(starts[0]),
+            "to_date": _iso(starts[-1] + timedelta(hours=1)),
+            "run_backwards": False,
+            "dag_run_conf": {},
+            "reprocess_behavior": "none",
+            "max_active_runs": 2,
+        },
+    )
+    backfill_runs = poll(
+        lambda: [r for r in stack.dag_runs(dag_id) if r["run_type"] == "backfill"] or None,
+        timeout=60,
+        what=f"the runs of backfill {backfill['id']}",
+    )
     runs.extend((dag_id, r["dag_run_id"]) for r in backfill_runs)
     states = stack.wait_for_runs(dag_id, [run_id for _, run_id in runs], timeout=600)
     assert set(states.values()) == {"success"}, states
@@ -397,20 +509,33 @@ def _end_to_end(stack: Stack, job: RefreshJob, dag_id: str, runs: list[tuple[str
     profile_ds = view.dataset_id(job.names.profile_dataset)
     event_ds = view.dataset_id(job.names.event_dataset)
     snapshot_batch = view.check_snapshot(profile_ds)
-    _, scheduled_events = view.check_interval_events(event_ds, scheduled_run["data_interval_start"],
-                                                     scheduled_run["data_interval_end"], job.names.export_dataset)
-    intervals = sorted((r["data_interval_start"], r["data_interval_end"]) for r in stack.dag_runs(dag_id)
-                       if r["run_type"] == "backfill")
+    _, scheduled_events = view.check_interval_events(
+        event_ds,
+        scheduled_run["data_interval_start"],
+        scheduled_run["data_interval_end"],
+        job.names.export_dataset,
+    )
+    intervals = sorted(
+        (r["data_interval_start"], r["data_interval_end"])
+        for r in stack.dag_runs(dag_id)
+        if r["run_type"] == "backfill"
+    )
     assert [s for s, _ in intervals] == [_iso(s) for s in starts], intervals
-    events = {start[:10]: view.check_interval_events(event_ds, start, end, job.names.export_dataset)[1]
-              for start, end in intervals}
-    tis = {(run_id, t["task_id"]): t["state"] for _, run_id in runs for t in stack.task_instances(dag_id, run_id)}
+    events = {
+        start[:10]: view.check_interval_events(event_ds, start, end, job.names.export_dataset)[1]
+        for start, end in intervals
+    }
+    tis = {
+        (run_id, t["task_id"]): t["state"] for _, run_id in runs for t in stack.task_instances(dag_id, run_id)
+    }
     assert all(tis[(r["dag_run_id"], "publish_snapshot")] == "skipped" for r in backfill_runs), tis
     assert sum(events.values()) + scheduled_events > 0, "no events published at all: nothing was checked"
 
     state = emu.admin.state()["sandboxes"]["prod"]
-    print(f"\n[compose] snapshot batch {snapshot_batch}: {len(view.snapshot_records(profile_ds))} people; events "
-          f"scheduled interval {scheduled_events}, backfill {events}; emulator holds "
-          f"{len(state['datasets'])} datasets, {len(state['batches'])} batches, {len(state['exportJobs'])} export jobs",
-          flush=True)
+    print(
+        f"\n[compose] snapshot batch {snapshot_batch}: {len(view.snapshot_records(profile_ds))} people; events "
+        f"scheduled interval {scheduled_events}, backfill {events}; emulator holds "
+        f"{len(state['datasets'])} datasets, {len(state['batches'])} batches, {len(state['exportJobs'])} export jobs",
+        flush=True,
+    )
     emu.admin.close()

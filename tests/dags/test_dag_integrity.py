@@ -29,7 +29,9 @@ def test_no_import_errors(dagbag):
 def test_dag_shape(dagbag):
     dag = dagbag.dags["cja_audiences__luma_loyalty"]
     assert dag.max_active_runs == 1 and dag.catchup is False
-    assert {"force_replace", "publish_snapshot", "events_interval_start", "events_interval_end"} <= set(dag.params)
+    assert {"force_replace", "publish_snapshot", "events_interval_start", "events_interval_end"} <= set(
+        dag.params
+    )
     tasks = {t.task_id: t for t in dag.tasks}
     assert tasks["export_audiences"].deferrable and tasks["publish_snapshot"].deferrable
     assert tasks["load_snapshot"].pool == "cja_audiences_query_service"
@@ -44,7 +46,12 @@ def test_params_are_the_dags_and_reach_every_task(dagbag):
     from airflow.sdk.definitions.param import process_params
 
     dag = dagbag.dags["cja_audiences__luma_loyalty"]
-    assert set(dag.params) == {"force_replace", "publish_snapshot", "events_interval_start", "events_interval_end"}
+    assert set(dag.params) == {
+        "force_replace",
+        "publish_snapshot",
+        "events_interval_start",
+        "events_interval_end",
+    }
     for task in dag.tasks:
         assert not task.params, task.task_id
         params = process_params(dag, task, {"force_replace": True}, suppress_exception=False)
@@ -52,9 +59,19 @@ def test_params_are_the_dags_and_reach_every_task(dagbag):
 
 
 def test_dag_without_events_or_schedule():
-    job = JobsFile.model_validate({"jobs": [{"job_id": "manual_only", "schedule": None, "publish_events": False,
-                                             "audiences": [{"id": "a-1"}],
-                                             "identity": {"field": "_{tenant}.identification.core.email"}}]}).jobs[0]
+    job = JobsFile.model_validate(
+        {
+            "jobs": [
+                {
+                    "job_id": "manual_only",
+                    "schedule": None,
+                    "publish_events": False,
+                    "audiences": [{"id": "a-1"}],
+                    "identity": {"field": "_{tenant}.identification.core.email"},
+                }
+            ]
+        }
+    ).jobs[0]
     dag = build_dag(job)
     assert type(dag.timetable).__name__ == "NullTimetable"
     assert not any(t.task_id.endswith("_events") for t in dag.tasks)
@@ -64,8 +81,10 @@ def test_bad_config_names_the_field(tmp_path):
     from airflow_cja_audiences.dag_factory import dags_from_file
 
     bad = tmp_path / "jobs.yaml"
-    bad.write_text("jobs:\n  - job_id: x\n    audiences:\n      - id: \"a'; DROP TABLE t; --\"\n"
-                   "    identity:\n      field: _{tenant}.identification.core.email\n")
+    bad.write_text(
+        'jobs:\n  - job_id: x\n    audiences:\n      - id: "a\'; DROP TABLE t; --"\n'
+        "    identity:\n      field: _{tenant}.identification.core.email\n"
+    )
     dags = dags_from_file(bad)
     assert list(dags) == ["cja_audiences__x"]
     assert "config-error" in dags["cja_audiences__x"].tags
@@ -97,9 +116,15 @@ def test_a_broken_job_does_not_hide_the_others(tmp_path, monkeypatch):
     from airflow.sdk.exceptions import AirflowFailException
     from airflow.serialization.serialized_objects import DagSerialization
 
-    folder, config = _folder_with_jobs(tmp_path, monkeypatch, [
-        {"job_id": "first", **GOOD_JOB}, {"job_id": "nightly", **GOOD_JOB, "schedule": "0 25 * * *"},
-        {"job_id": "last", **GOOD_JOB}])
+    folder, config = _folder_with_jobs(
+        tmp_path,
+        monkeypatch,
+        [
+            {"job_id": "first", **GOOD_JOB},
+            {"job_id": "nightly", **GOOD_JOB, "schedule": "0 25 * * *"},
+            {"job_id": "last", **GOOD_JOB},
+        ],
+    )
     bag = DagBag(dag_folder=str(folder))
     assert bag.import_errors == {}
     assert set(bag.dag_ids) == {"cja_audiences__first", "cja_audiences__nightly", "cja_audiences__last"}
@@ -118,7 +143,9 @@ def test_a_broken_job_does_not_hide_the_others(tmp_path, monkeypatch):
 def test_a_broken_file_is_an_import_error_naming_it(tmp_path, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 
-    folder, config = _folder_with_jobs(tmp_path, monkeypatch, [{"job_id": f"j{i}", **GOOD_JOB} for i in range(1001)])
+    folder, config = _folder_with_jobs(
+        tmp_path, monkeypatch, [{"job_id": f"j{i}", **GOOD_JOB} for i in range(1001)]
+    )
     bag = DagBag(dag_folder=str(folder))
     (error,) = bag.import_errors.values()
     assert str(config) in error and "more than the 1000" in error
@@ -132,19 +159,36 @@ def test_config_strings_are_data_not_templates():
     """A display name that is a Jinja expression stays that text (the client secret is not rendered into
     CJA records), and an AEP audience name with "{{" is no template error; the same context does render
     an ordinary template field, so the check can fail."""
-    job = JobsFile.model_validate({"jobs": [{
-        "job_id": "templ", "audiences": [
-            {"id": "a-1", "display_name": "{{ conn.adobe_experience_platform_default.password }}"},
-            {"name": "Gold {{ members"}],
-        "naming": {"profile_dataset": "{{ 7 * 6 }} profiles"},
-        "identity": {"field": "_{tenant}.identification.core.email"}}]}).jobs[0]
+    job = JobsFile.model_validate(
+        {
+            "jobs": [
+                {
+                    "job_id": "templ",
+                    "audiences": [
+                        {
+                            "id": "a-1",
+                            "display_name": "{{ conn.adobe_experience_platform_default.password }}",
+                        },
+                        {"name": "Gold {{ members"},
+                    ],
+                    "naming": {"profile_dataset": "{{ 7 * 6 }} profiles"},
+                    "identity": {"field": "_{tenant}.identification.core.email"},
+                }
+            ]
+        }
+    ).jobs[0]
     dag = build_dag(job)
-    context = {"conn": SimpleNamespace(adobe_experience_platform_default=SimpleNamespace(password=SECRET)),
-               "params": {}, "ti": SimpleNamespace(xcom_pull=lambda **_: "demoemea")}
+    context = {
+        "conn": SimpleNamespace(adobe_experience_platform_default=SimpleNamespace(password=SECRET)),
+        "params": {},
+        "ti": SimpleNamespace(xcom_pull=lambda **_: "demoemea"),
+    }
     resolve = dag.get_task("resolve_audiences")
     resolve.render_template_fields(context)
-    assert resolve.audiences == [{"id": "a-1", "display_name": "{{ conn.adobe_experience_platform_default.password }}"},
-                                 {"name": "Gold {{ members"}]
+    assert resolve.audiences == [
+        {"id": "a-1", "display_name": "{{ conn.adobe_experience_platform_default.password }}"},
+        {"name": "Gold {{ members"},
+    ]
     profile = dag.get_task("ensure_profile_dataset")
     profile.tenant = "demoemea"  # an XComArg otherwise
     profile.render_template_fields(context)

@@ -43,8 +43,10 @@ def _member_at(emu, audience: str, at: datetime) -> int:
 
 
 def _non_member_at(emu, audience: str, at: datetime, skip: set[int]) -> int:
-    members = {r["profile_index"] for r in emu.admin.snapshot([audience], ["realized", "existing", "exited"],
-                                                             at=_iso(at))}
+    members = {
+        r["profile_index"]
+        for r in emu.admin.snapshot([audience], ["realized", "existing", "exited"], at=_iso(at))
+    }
     return next(i for i in range(600) if i not in members and i not in skip)
 
 
@@ -74,15 +76,29 @@ def test_three_daily_runs_publish_exactly_the_true_transitions(emu, airflow_db, 
             leaver = _member_at(emu, a1, start)
             emu.admin.set_membership(joiner, a0, member=True, at=_iso(start + timedelta(hours=12)))
             emu.admin.set_membership(leaver, a1, member=False, at=_iso(start + timedelta(hours=12)))
-            moved = {"joiner": (emu.admin.profile(joiner)["email"], a0, "entered", _iso(start + timedelta(hours=12))),
-                     "leaver": (emu.admin.profile(leaver)["email"], a1, "exited", _iso(start + timedelta(hours=12)))}
+            moved = {
+                "joiner": (
+                    emu.admin.profile(joiner)["email"],
+                    a0,
+                    "entered",
+                    _iso(start + timedelta(hours=12)),
+                ),
+                "leaver": (
+                    emu.admin.profile(leaver)["email"],
+                    a1,
+                    "exited",
+                    _iso(start + timedelta(hours=12)),
+                ),
+            }
         if k == 3:  # enters and leaves inside one interval: AEP keeps only the exit
             brief = _non_member_at(emu, a0, end, set())
             emu.admin.set_membership(brief, a0, member=True, at=_iso(start + timedelta(hours=3)))
             emu.admin.set_membership(brief, a0, member=False, at=_iso(start + timedelta(hours=9)))
             email = emu.admin.profile(brief)["email"]
-            moved = {"brief_entry": (email, a0, "entered", _iso(start + timedelta(hours=3))),
-                     "brief_exit": (email, a0, "exited", _iso(start + timedelta(hours=9)))}
+            moved = {
+                "brief_entry": (email, a0, "entered", _iso(start + timedelta(hours=3))),
+                "brief_exit": (email, a0, "exited", _iso(start + timedelta(hours=9))),
+            }
         report = _run_at(emu, dag, end)
         events_ds = view.dataset_id(job.names.event_dataset)
         s, e = _iso(start), _iso(end)
@@ -91,11 +107,15 @@ def test_three_daily_runs_publish_exactly_the_true_transitions(emu, airflow_db, 
             records = view.check_events(events_ds, s, e, exact=True)
             truth = _transition_counts(view, s, e)
             for row in report["audiences"]:  # the report counts what was published, and nothing was untimed
-                assert (row["interval_entered"], row["interval_exited"]) == \
-                    (truth[row["id"]]["entered"], truth[row["id"]]["exited"]), row
+                assert (row["interval_entered"], row["interval_exited"]) == (
+                    truth[row["id"]]["entered"],
+                    truth[row["id"]]["exited"],
+                ), row
                 assert row["interval_entered_untimed"] == (0 if k > 0 else None)
         else:
-            records = view.check_events(events_ds, s, e, exact=False, export_dataset_name=job.names.export_dataset)
+            records = view.check_events(
+                events_ds, s, e, exact=False, export_dataset_name=job.names.export_dataset
+            )
             missing = set(view.truth_transitions(s, e)) - set(records)
             assert missing == {moved["brief_entry"]}, missing  # the only thing AEP cannot show
         if k == 2:
@@ -108,7 +128,8 @@ def test_three_daily_runs_publish_exactly_the_true_transitions(emu, airflow_db, 
     assert all(published), published
     live = view.live_batches(view.dataset_id(job.names.event_dataset), "events")
     assert sorted(b.label.scope for b in live) == sorted(
-        f"{_iso(e - DAY)}_{_iso(e)}".replace("-", "").replace(":", "") for e in ends)
+        f"{_iso(e - DAY)}_{_iso(e)}".replace("-", "").replace(":", "") for e in ends
+    )
     print(f"\n[history] events published per day: {published}")
 
 
@@ -121,13 +142,21 @@ def test_overlapping_intervals_never_publish_an_event_twice(emu, airflow_db, dag
     _run_at(emu, dag, end - DAY)
     events_ds = view.dataset_id(job.names.event_dataset)
     view.check_events(events_ds, _iso(first), _iso(end - DAY), exact=True)
-    report = _run_at(emu, dag, end, events_interval_start=_iso(first), events_interval_end=_iso(end),
-                     publish_snapshot=False)
+    report = _run_at(
+        emu,
+        dag,
+        end,
+        events_interval_start=_iso(first),
+        events_interval_end=_iso(end),
+        publish_snapshot=False,
+    )
     assert report["events_window"]["interval"] == [_iso(first), _iso(end)]
     view.check_events(events_ds, _iso(first), _iso(end), exact=True)
 
     # The first day again, a day later (a re-run, or a backfill of a day the manual interval covered).
-    report = _run_at(emu, dags_folder(job), end - DAY, clock=end)  # a fresh DAG: dag.test() keeps the last conf
+    report = _run_at(
+        emu, dags_folder(job), end - DAY, clock=end
+    )  # a fresh DAG: dag.test() keeps the last conf
     assert report["events_window"]["interval"] == [_iso(first), _iso(end)]  # widened over the live batch
     assert report["events_window"]["requested"] == [_iso(first), _iso(end - DAY)]
     view.check_events(events_ds, _iso(first), _iso(end), exact=True)
@@ -139,5 +168,7 @@ def test_overlapping_intervals_never_publish_an_event_twice(emu, airflow_db, dag
     records = view.check_events(events_ds, _iso(first), _iso(end + timedelta(hours=1)), exact=True)
     (live,) = view.live_batches(events_ds, "events")  # one live batch: its predecessors were replaced
     assert sum(records.values()) == report["events"]["records"]
-    print(f"\n[overlap] {sum(records.values())} events over [{_iso(first)}, {_iso(end + timedelta(hours=1))}), "
-          f"one live batch {live.id}")
+    print(
+        f"\n[overlap] {sum(records.values())} events over [{_iso(first)}, {_iso(end + timedelta(hours=1))}), "
+        f"one live batch {live.id}"
+    )

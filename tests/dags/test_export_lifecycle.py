@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_cja_audiences.config import RefreshJob
@@ -48,14 +49,26 @@ class _Store(dict):
 
 
 def _context(run_id: str = "scheduled__lifecycle") -> dict:
-    return {"ti": _TI(), "run_id": run_id, "task_state_store": _Store(), "params": {},
-            "dag_run": SimpleNamespace(start_date=datetime.now(timezone.utc), run_type="scheduled")}
+    return {
+        "ti": _TI(),
+        "run_id": run_id,
+        "task_state_store": _Store(),
+        "params": {},
+        "dag_run": SimpleNamespace(start_date=datetime.now(timezone.utc), run_type="scheduled"),
+    }
 
 
 def _job(audiences: list[str], **extra: Any) -> RefreshJob:
-    return RefreshJob.model_validate({"job_id": "lifecycle", "audiences": [{"id": a} for a in audiences],
-                                      "identity": {"field": "_{tenant}.identification.core.email"},
-                                      "tenant": TENANT, "publish_events": False, **extra})
+    return RefreshJob.model_validate(
+        {
+            "job_id": "lifecycle",
+            "audiences": [{"id": a} for a in audiences],
+            "identity": {"field": "_{tenant}.identification.core.email"},
+            "tenant": TENANT,
+            "publish_events": False,
+            **extra,
+        }
+    )
 
 
 def _batches(emu) -> dict[str, dict]:
@@ -68,46 +81,85 @@ class Pipeline:
     def __init__(self, emu, audiences: list[str], **extra: Any) -> None:
         self.emu, self.audiences, self.job = emu, audiences, _job(audiences, **extra)
         names = self.job.names
-        export_ds = EnsureExportDatasetOperator(task_id="x", dataset_name=names.export_dataset).execute(_context())
+        export_ds = EnsureExportDatasetOperator(task_id="x", dataset_name=names.export_dataset).execute(
+            _context()
+        )
         self.export_dataset, self.table = export_ds["dataset_id"], export_ds["table_name"]
         self.dataset = EnsureCjaDatasetOperator(
-            task_id="c", kind="profile", tenant=TENANT, dataset_name=names.profile_dataset,
-            schema_title=names.profile_schema, field_group_title=names.field_group).execute(_context())["dataset_id"]
+            task_id="c",
+            kind="profile",
+            tenant=TENANT,
+            dataset_name=names.profile_dataset,
+            schema_title=names.profile_schema,
+            field_group_title=names.field_group,
+        ).execute(_context())["dataset_id"]
 
     def export(self) -> str:
-        op = ExportAudiencesOperator(task_id="export", dataset_id=self.export_dataset, audience_ids=self.audiences,
-                                     fields=[self.job.identity_path(TENANT)], poll_interval=0.1, deferrable=False)
+        op = ExportAudiencesOperator(
+            task_id="export",
+            dataset_id=self.export_dataset,
+            audience_ids=self.audiences,
+            fields=[self.job.identity_path(TENANT)],
+            poll_interval=0.1,
+            deferrable=False,
+        )
         return op.execute(_context())["export_batch_id"]
 
     def common(self, export_batch_id: str) -> dict[str, Any]:
-        return {"job": self.job.model_dump(mode="json"), "kind": "snapshot", "tenant": TENANT,
-                "table_name": self.table, "export_batch_id": export_batch_id, "dataset_id": self.dataset,
-                "audiences": [{"id": a, "name": f"Audience {a[:4]}"} for a in self.audiences]}
+        return {
+            "job": self.job.model_dump(mode="json"),
+            "kind": "snapshot",
+            "tenant": TENANT,
+            "table_name": self.table,
+            "export_batch_id": export_batch_id,
+            "dataset_id": self.dataset,
+            "audiences": [{"id": a, "name": f"Audience {a[:4]}"} for a in self.audiences],
+        }
 
     def prepare(self, export_batch_id: str, run_id: str) -> tuple[dict, list]:
         ctx = _context(run_id)
-        partitions = PrepareLoadOperator(task_id="prepare", export_dataset_id=self.export_dataset,
-                                         **self.common(export_batch_id)).execute(ctx)
+        partitions = PrepareLoadOperator(
+            task_id="prepare", export_dataset_id=self.export_dataset, **self.common(export_batch_id)
+        ).execute(ctx)
         return ctx["ti"].xcoms, partitions
 
     def publish(self, export_batch_id: str, run_id: str, **publish_args: Any) -> dict:
         pushed, partitions = self.prepare(export_batch_id, run_id)
-        results = [LoadPartitionOperator(task_id="load", batch_id=pushed["batch_id"], partition=p,
-                                         **self.common(export_batch_id)).execute(_context(run_id))
-                   for p in partitions]
-        publish = PublishBatchOperator(task_id="publish", dataset_id=self.dataset, batch_id=pushed["batch_id"],
-                                       external_id=pushed["external_id"], load_results=results, shrink_guard=0.5,
-                                       poll_interval=0.1, deferrable=False, **publish_args)
+        results = [
+            LoadPartitionOperator(
+                task_id="load", batch_id=pushed["batch_id"], partition=p, **self.common(export_batch_id)
+            ).execute(_context(run_id))
+            for p in partitions
+        ]
+        publish = PublishBatchOperator(
+            task_id="publish",
+            dataset_id=self.dataset,
+            batch_id=pushed["batch_id"],
+            external_id=pushed["external_id"],
+            load_results=results,
+            shrink_guard=0.5,
+            poll_interval=0.1,
+            deferrable=False,
+            **publish_args,
+        )
         return {**publish.execute(_context(run_id)), "pushed": pushed}
 
     def prune(self) -> dict:
-        return PruneExportsOperator(task_id="prune", job=self.job.model_dump(mode="json"),
-                                    export_dataset_id=self.export_dataset, dataset_ids=[self.dataset]
-                                    ).execute(_context())
+        return PruneExportsOperator(
+            task_id="prune",
+            job=self.job.model_dump(mode="json"),
+            export_dataset_id=self.export_dataset,
+            dataset_ids=[self.dataset],
+        ).execute(_context())
 
     def live_snapshots(self) -> list[str]:
-        return [i for i, b in _batches(self.emu).items() if b["status"] == "success" and b.get("origin") == "ingestion"
-                and any(o.get("id") == self.dataset for o in b.get("relatedObjects", []))]
+        return [
+            i
+            for i, b in _batches(self.emu).items()
+            if b["status"] == "success"
+            and b.get("origin") == "ingestion"
+            and any(o.get("id") == self.dataset for o in b.get("relatedObjects", []))
+        ]
 
 
 @pytest.fixture
@@ -118,7 +170,11 @@ def audiences(emu) -> list[str]:
 def _overlap(batches: dict[str, dict], old: str, new: str) -> float:
     """Seconds during which both batches were visible (the emulator's monotonic record)."""
     a, b = batches[old]["emulatorLive"], batches[new]["emulatorLive"]
-    end = min(x for x in (a["until"], b["until"]) if x is not None) if (a["until"] or b["until"]) else time.monotonic()
+    end = (
+        min(x for x in (a["until"], b["until"]) if x is not None)
+        if (a["until"] or b["until"])
+        else time.monotonic()
+    )
     return max(0.0, end - max(a["since"], b["since"]))
 
 
@@ -151,15 +207,27 @@ def test_retention_reverts_old_exports_but_keeps_the_live_snapshots_and_the_newe
         pipe.prepare(middle, "scheduled__one")
     elapsed = time.monotonic() - started
     message = str(refused.value)
-    for words in (middle, "'inactive'", "Catalog last changed it at", f"by {emu.credentials.client_id}@AdobeID",
-                  "an empty snapshot", "export_retention_days (7)", "clear the whole DAG run",
-                  "export_audiences included", "trigger a new run"):
+    for words in (
+        middle,
+        "'inactive'",
+        "Catalog last changed it at",
+        f"by {emu.credentials.client_id}@AdobeID",
+        "an empty snapshot",
+        "export_retention_days (7)",
+        "clear the whole DAG run",
+        "export_audiences included",
+        "trigger a new run",
+    ):
         assert words in message, (words, message)
     assert elapsed < 5, f"refusing took {elapsed:.1f}s"
     # a cleared load task of that run refuses too, before reading anything
     with pytest.raises(AirflowFailException, match="is 'inactive'"):
-        LoadPartitionOperator(task_id="load", batch_id=_open_batch(pipe), partition={"modulus": 1, "remainder": 0},
-                              **pipe.common(middle)).execute(_context("scheduled__one"))
+        LoadPartitionOperator(
+            task_id="load",
+            batch_id=_open_batch(pipe),
+            partition={"modulus": 1, "remainder": 0},
+            **pipe.common(middle),
+        ).execute(_context("scheduled__one"))
 
 
 def _open_batch(pipe: Pipeline) -> str:
@@ -187,9 +255,13 @@ def test_snapshot_swap_by_replay_leaves_no_window_with_two_live_snapshots(emu, a
 
     # Before (the explicit revert after success): the old snapshot stays live until publish reverts it.
     with monkeypatch.context() as patched:
-        patched.setattr(PrepareLoadOperator, "_create_batch",
-                        lambda self, ingestion, label, predecessors: ingestion.create_batch(
-                            self.dataset_id, external_id=label.external_id))
+        patched.setattr(
+            PrepareLoadOperator,
+            "_create_batch",
+            lambda self, ingestion, label, predecessors: ingestion.create_batch(
+                self.dataset_id, external_id=label.external_id
+            ),
+        )
         second = pipe.publish(pipe.export(), "scheduled__b")
     assert second["replaced_batch_ids"] == [first] and pipe.live_snapshots() == [second["batch_id"]]
     assert "replay" not in _batches(emu)[second["batch_id"]]
@@ -199,13 +271,18 @@ def test_snapshot_swap_by_replay_leaves_no_window_with_two_live_snapshots(emu, a
     third = pipe.publish(pipe.export(), "scheduled__c")
     batches = _batches(emu)
     assert batches[third["batch_id"]]["replay"]["predecessors"] == [second["batch_id"]]
-    assert third["replaced_batch_ids"] == [second["batch_id"]] and pipe.live_snapshots() == [third["batch_id"]]
+    assert third["replaced_batch_ids"] == [second["batch_id"]] and pipe.live_snapshots() == [
+        third["batch_id"]
+    ]
     after = _overlap(batches, second["batch_id"], third["batch_id"])
-    print(f"\nboth snapshots live: explicit revert {before * 1000:.1f} ms, batch replay {after * 1000:.1f} ms")
+    print(
+        f"\nboth snapshots live: explicit revert {before * 1000:.1f} ms, batch replay {after * 1000:.1f} ms"
+    )
     assert after == 0.0 < before
     records = emu.admin.dataset_records(pipe.dataset)
     assert sorted(r["personID"] for r in records) == sorted(
-        {r["email"] for r in emu.admin.snapshot(audiences, ["realized", "existing"])})
+        {r["email"] for r in emu.admin.snapshot(audiences, ["realized", "existing"])}
+    )
 
 
 def test_a_failed_replay_batch_or_a_tripped_shrink_guard_leaves_the_old_snapshot_live(emu, audiences):

@@ -38,12 +38,23 @@ def _run(dag, logical_date) -> tuple[str, dict[str, str], dict[str, dict]]:
 
     dag_run = dag.test(logical_date=logical_date)
     with create_session() as session:
-        tasks = {ti.task_id: str(ti.state) for ti in session.scalars(select(TaskInstance).where(
-            TaskInstance.dag_id == dag.dag_id, TaskInstance.run_id == dag_run.run_id))}
+        tasks = {
+            ti.task_id: str(ti.state)
+            for ti in session.scalars(
+                select(TaskInstance).where(
+                    TaskInstance.dag_id == dag.dag_id, TaskInstance.run_id == dag_run.run_id
+                )
+            )
+        }
         values = {}
-        for row in session.execute(select(XComModel.task_id, XComModel.key, XComModel.value).where(
-                XComModel.dag_id == dag.dag_id, XComModel.run_id == dag_run.run_id)):
-            values.setdefault(row.task_id, {})[row.key] = XComModel.deserialize_value(SimpleNamespace(value=row.value))
+        for row in session.execute(
+            select(XComModel.task_id, XComModel.key, XComModel.value).where(
+                XComModel.dag_id == dag.dag_id, XComModel.run_id == dag_run.run_id
+            )
+        ):
+            values.setdefault(row.task_id, {})[row.key] = XComModel.deserialize_value(
+                SimpleNamespace(value=row.value)
+            )
     return str(dag_run.state), tasks, values
 
 
@@ -57,8 +68,11 @@ def _dataset_id(emu, name: str) -> str:
 
 
 def _batches_of(emu, dataset_id: str) -> list[dict]:
-    return [b for b in _prod(emu)["batches"].values()
-            if any(o.get("id") == dataset_id for o in b.get("relatedObjects", []))]
+    return [
+        b
+        for b in _prod(emu)["batches"].values()
+        if any(o.get("id") == dataset_id for o in b.get("relatedObjects", []))
+    ]
 
 
 def _truth(emu, audiences: list[str]) -> dict[str, set[tuple]]:
@@ -69,13 +83,18 @@ def _truth(emu, audiences: list[str]) -> dict[str, set[tuple]]:
 
 
 def _snapshot(emu, dataset_id: str, tenant: str) -> dict[str, set[tuple]]:
-    return {r[EMAIL]: {(m["audienceMembershipId"], m["status"], m["lastQualificationTime"])
-                       for m in r[f"_{tenant}"]["audienceMembership"]}
-            for r in emu.admin.dataset_records(dataset_id)}
+    return {
+        r[EMAIL]: {
+            (m["audienceMembershipId"], m["status"], m["lastQualificationTime"])
+            for m in r[f"_{tenant}"]["audienceMembership"]
+        }
+        for r in emu.admin.dataset_records(dataset_id)
+    }
 
 
-def test_realistic_query_service_reads_the_logical_batch_and_refuses_an_empty_read(emu, airflow_db, dags_folder,
-                                                                                    monkeypatch):
+def test_realistic_query_service_reads_the_logical_batch_and_refuses_an_empty_read(
+    emu, airflow_db, dags_folder, monkeypatch
+):
     from airflow.sdk.exceptions import AirflowException
 
     from airflow_cja_audiences.operators.load import PrepareLoadOperator
@@ -113,16 +132,29 @@ def test_realistic_query_service_reads_the_logical_batch_and_refuses_an_empty_re
     # The message names the export job, what it wrote and what the read found.
     export = xcoms["export_audiences"]
     [job] = [j for j in _prod(emu)["exportJobs"] if j["id"] == export["export_job_id"]]
-    op = PrepareLoadOperator(task_id="prepare_snapshot", job=wrong.model_dump(mode="json"), kind="snapshot",
-                             tenant=tenant, table_name=xcoms["ensure_export_dataset"]["table_name"],
-                             export_batch_id=export["export_batch_id"], export_job_id=export["export_job_id"],
-                             audiences=xcoms["resolve_audiences"]["audiences"], dataset_id=profile_ds)
+    op = PrepareLoadOperator(
+        task_id="prepare_snapshot",
+        job=wrong.model_dump(mode="json"),
+        kind="snapshot",
+        tenant=tenant,
+        table_name=xcoms["ensure_export_dataset"]["table_name"],
+        export_batch_id=export["export_batch_id"],
+        export_job_id=export["export_job_id"],
+        audiences=xcoms["resolve_audiences"]["audiences"],
+        dataset_id=profile_ds,
+    )
     with pytest.raises(AirflowException) as info:
         op.execute({"ti": SimpleNamespace(xcom_push=lambda **kw: None), "run_id": "manual__check"})
     message = str(info.value)
     exported = export["exported_profiles"]
     assert exported and job["metrics"]["totalExportedProfileCounter"] == exported
-    for part in (f"export job {export['export_job_id']}", f"batch {export['export_batch_id']}",
-                 "shows 0 rows", f"wrote {exported}", "_acp_batchid", "Nothing published"):
+    for part in (
+        f"export job {export['export_job_id']}",
+        f"batch {export['export_batch_id']}",
+        "shows 0 rows",
+        f"wrote {exported}",
+        "_acp_batchid",
+        "Nothing published",
+    ):
         assert part in message, (part, message)
     assert _batches_of(emu, profile_ds) == []

@@ -27,10 +27,17 @@ EMAIL = "personID"
 
 
 def _job(audiences: list[dict], job_id: str, **overrides) -> RefreshJob:
-    return RefreshJob.model_validate({
-        "job_id": job_id, "schedule": "0 2 * * *", "poll_interval_seconds": 1, "retries": 0,
-        "audiences": audiences, "identity": {"field": "_{tenant}.identification.core.email", "namespace": "Email"},
-        **overrides})
+    return RefreshJob.model_validate(
+        {
+            "job_id": job_id,
+            "schedule": "0 2 * * *",
+            "poll_interval_seconds": 1,
+            "retries": 0,
+            "audiences": audiences,
+            "identity": {"field": "_{tenant}.identification.core.email", "namespace": "Email"},
+            **overrides,
+        }
+    )
 
 
 def _run(dag, logical_date: datetime) -> tuple[str, dict, dict, dict]:
@@ -45,12 +52,25 @@ def _run(dag, logical_date: datetime) -> tuple[str, dict, dict, dict]:
     values = {}
     with create_session() as session:
         for task_id in ("report", "resolve_audiences"):
-            raw = session.scalar(select(XComModel.value).where(
-                XComModel.dag_id == dag.dag_id, XComModel.run_id == dag_run.run_id, XComModel.task_id == task_id,
-                XComModel.key == "return_value"))
-            values[task_id] = XComModel.deserialize_value(SimpleNamespace(value=raw)) if raw is not None else {}
-        tasks = {ti.task_id: (str(ti.state), ti.try_number) for ti in session.scalars(select(TaskInstance).where(
-            TaskInstance.dag_id == dag.dag_id, TaskInstance.run_id == dag_run.run_id))}
+            raw = session.scalar(
+                select(XComModel.value).where(
+                    XComModel.dag_id == dag.dag_id,
+                    XComModel.run_id == dag_run.run_id,
+                    XComModel.task_id == task_id,
+                    XComModel.key == "return_value",
+                )
+            )
+            values[task_id] = (
+                XComModel.deserialize_value(SimpleNamespace(value=raw)) if raw is not None else {}
+            )
+        tasks = {
+            ti.task_id: (str(ti.state), ti.try_number)
+            for ti in session.scalars(
+                select(TaskInstance).where(
+                    TaskInstance.dag_id == dag.dag_id, TaskInstance.run_id == dag_run.run_id
+                )
+            )
+        }
     return str(dag_run.state), values["report"], values["resolve_audiences"], tasks
 
 
@@ -68,8 +88,10 @@ def _snapshot(emu, dataset_id: str, tenant: str) -> dict[str, set[tuple]]:
     out: dict[str, set[tuple]] = {}
     for record in emu.admin.dataset_records(dataset_id):
         assert record[EMAIL] not in out, "a person appears in two live records"
-        out[record[EMAIL]] = {(m["audienceMembershipId"], m["audienceMembershipName"], m["status"],
-                               m["lastQualificationTime"]) for m in record[f"_{tenant}"]["audienceMembership"]}
+        out[record[EMAIL]] = {
+            (m["audienceMembershipId"], m["audienceMembershipName"], m["status"], m["lastQualificationTime"])
+            for m in record[f"_{tenant}"]["audienceMembership"]
+        }
     return out
 
 
@@ -77,8 +99,9 @@ def _truth(emu, names: dict[str, str]) -> dict[str, set[tuple]]:
     """The ground-truth snapshot of ``{audience id: name}``."""
     truth: dict[str, set[tuple]] = defaultdict(set)
     for row in emu.admin.snapshot(list(names), ["realized", "existing"]):
-        truth[row["email"]].add((row["audience_id"], names[row["audience_id"]], row["status"],
-                                 row["last_qualification_time"]))
+        truth[row["email"]].add(
+            (row["audience_id"], names[row["audience_id"]], row["status"], row["last_qualification_time"])
+        )
     return dict(truth)
 
 
@@ -99,7 +122,9 @@ def test_deleted_and_renamed_audiences_do_not_stop_the_others(emu, airflow_db, d
     state, report, resolved, _ = _run(dag, _day(2))
     assert state == "success", report
     profile_ds = _dataset_id(emu, job.names.profile_dataset)
-    assert _snapshot(emu, profile_ds, tenant) == _truth(emu, {cart: "Cart abandoners", gold: "Luma - Gold members"})
+    assert _snapshot(emu, profile_ds, tenant) == _truth(
+        emu, {cart: "Cart abandoners", gold: "Luma - Gold members"}
+    )
     assert resolved["missing_audiences"] == [] and report["missing_in_aep"] == []
 
     # 2. Gold is deleted in AEP: the run refreshes Cart abandoners alone and says what happened to Gold.
@@ -127,7 +152,9 @@ def test_deleted_and_renamed_audiences_do_not_stop_the_others(emu, airflow_db, d
     assert state == "success", (tasks, report)
     assert resolved["audience_ids"] == [cart]
     assert [(m["id"], m["reason"], m.get("new_name")) for m in resolved["missing_audiences"]] == [
-        (cart, "renamed", "Cart abandoners (EU)"), (gold, "deleted", None)]
+        (cart, "renamed", "Cart abandoners (EU)"),
+        (gold, "deleted", None),
+    ]
     assert _snapshot(emu, profile_ds, tenant) == _truth(emu, {cart: "Cart abandoners (EU)"})
     assert {row["reason"] for row in report["missing_in_aep"]} == {"renamed", "deleted"}
 
@@ -146,8 +173,13 @@ def test_mistyped_name_fails_on_its_first_try_before_anything_is_written(emu, ai
     assert tasks["resolve_audiences"] == ("failed", 1), tasks  # no retry: retrying cannot fix a typo
     assert {k: v for k, v in emu.admin.state().items() if k in ("sandboxes", "cja", "tables")} == before
 
-    resolve = ResolveAudiencesOperator(task_id="resolve", audiences=audiences, identity_field=job.identity.field,
-                                       job_id=job.job_id, profile_dataset_name=job.names.profile_dataset)
+    resolve = ResolveAudiencesOperator(
+        task_id="resolve",
+        audiences=audiences,
+        identity_field=job.identity.field,
+        job_id=job.job_id,
+        profile_dataset_name=job.names.profile_dataset,
+    )
     with pytest.raises(AirflowFailException) as info:
         resolve.execute({})
     message = str(info.value)

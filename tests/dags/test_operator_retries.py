@@ -46,8 +46,13 @@ class FakeStore(dict):
 
 
 def _context(store: FakeStore | None = None, try_number: int = 1, run_id: str = "manual__retry-test") -> dict:
-    return {"ti": FakeTI(try_number), "run_id": run_id, "task_state_store": store, "params": {},
-            "dag_run": SimpleNamespace(start_date=datetime.now(timezone.utc), run_type="manual")}
+    return {
+        "ti": FakeTI(try_number),
+        "run_id": run_id,
+        "task_state_store": store,
+        "params": {},
+        "dag_run": SimpleNamespace(start_date=datetime.now(timezone.utc), run_type="manual"),
+    }
 
 
 def _prod(emu) -> dict:
@@ -61,14 +66,26 @@ def _named(emu, kind: str, name: str) -> list:
 
 
 def _job(audiences: list[str], **extra) -> RefreshJob:
-    return RefreshJob.model_validate({"job_id": "retries", "audiences": [{"id": a} for a in audiences],
-                                      "identity": {"field": "_{tenant}.identification.core.email"},
-                                      "tenant": TENANT, **extra})
+    return RefreshJob.model_validate(
+        {
+            "job_id": "retries",
+            "audiences": [{"id": a} for a in audiences],
+            "identity": {"field": "_{tenant}.identification.core.email"},
+            "tenant": TENANT,
+            **extra,
+        }
+    )
 
 
 def _export(emu, job: RefreshJob, dataset_id: str, store: FakeStore | None = None, try_number: int = 1):
-    op = ExportAudiencesOperator(task_id="export", dataset_id=dataset_id, audience_ids=[a.id for a in job.audiences],
-                                 fields=[job.identity_path(TENANT)], poll_interval=0.1, deferrable=False)
+    op = ExportAudiencesOperator(
+        task_id="export",
+        dataset_id=dataset_id,
+        audience_ids=[a.id for a in job.audiences],
+        fields=[job.identity_path(TENANT)],
+        poll_interval=0.1,
+        deferrable=False,
+    )
     return op, op.execute(_context(store, try_number))
 
 
@@ -83,8 +100,14 @@ def test_setup_steps_run_twice_create_once(emu):
     export_op = EnsureExportDatasetOperator(task_id="x", dataset_name=names.export_dataset)
     first, second = export_op.execute(_context()), export_op.execute(_context(try_number=2))
     assert first == second and len(_named(emu, "datasets", names.export_dataset)) == 1
-    cja_op = EnsureCjaDatasetOperator(task_id="y", kind="profile", tenant=TENANT, dataset_name=names.profile_dataset,
-                                      schema_title=names.profile_schema, field_group_title=names.field_group)
+    cja_op = EnsureCjaDatasetOperator(
+        task_id="y",
+        kind="profile",
+        tenant=TENANT,
+        dataset_name=names.profile_dataset,
+        schema_title=names.profile_schema,
+        field_group_title=names.field_group,
+    )
     first, second = cja_op.execute(_context()), cja_op.execute(_context(try_number=2))
     assert first == second
     state = _prod(emu)
@@ -96,7 +119,9 @@ def test_setup_steps_run_twice_create_once(emu):
 
 def test_export_retry_reattaches_instead_of_exporting_twice(emu, audiences):
     job = _job(audiences)
-    dataset = EnsureExportDatasetOperator(task_id="x", dataset_name=job.names.export_dataset).execute(_context())
+    dataset = EnsureExportDatasetOperator(task_id="x", dataset_name=job.names.export_dataset).execute(
+        _context()
+    )
     store = FakeStore()
     op, _ = _export(emu, job, dataset["dataset_id"], store)  # warm-up: a finished export forgets its job
     jobs_before = len(_prod(emu)["exportJobs"])
@@ -126,9 +151,17 @@ def test_export_of_an_unknown_field_fails_naming_it_and_its_batch(emu, audiences
     from airflow.sdk.exceptions import AirflowException
 
     job = _job(audiences)
-    dataset = EnsureExportDatasetOperator(task_id="x", dataset_name=job.names.export_dataset).execute(_context())
-    op = ExportAudiencesOperator(task_id="export", dataset_id=dataset["dataset_id"], audience_ids=audiences[:1],
-                                 fields=[f"_{TENANT}.identification.core.nope"], poll_interval=0.1, deferrable=False)
+    dataset = EnsureExportDatasetOperator(task_id="x", dataset_name=job.names.export_dataset).execute(
+        _context()
+    )
+    op = ExportAudiencesOperator(
+        task_id="export",
+        dataset_id=dataset["dataset_id"],
+        audience_ids=audiences[:1],
+        fields=[f"_{TENANT}.identification.core.nope"],
+        poll_interval=0.1,
+        deferrable=False,
+    )
     with pytest.raises(AirflowException, match=r"SUCCEEDED but its batch \w+ is failed.*core\.nope"):
         op.execute(_context(FakeStore()))
 
@@ -137,7 +170,9 @@ def test_batch_wait_resumes_without_the_defers_kwargs(emu, audiences):
     """``dag.test()`` resumes a deferred task with the event alone (the defer's kwargs are lost): the
     export task still finds its job, from the state store or by the batch it waited for."""
     job = _job(audiences)
-    dataset = EnsureExportDatasetOperator(task_id="x", dataset_name=job.names.export_dataset).execute(_context())
+    dataset = EnsureExportDatasetOperator(task_id="x", dataset_name=job.names.export_dataset).execute(
+        _context()
+    )
     op, done = _export(emu, job, dataset["dataset_id"])
     event = {"status": "success", "batch_id": done["export_batch_id"], "batch_status": "success"}
     stored = FakeStore(export_job_id=done["export_job_id"])
@@ -146,26 +181,41 @@ def test_batch_wait_resumes_without_the_defers_kwargs(emu, audiences):
 
 
 def _load_all(job: RefreshJob, export: dict, dataset_id: str, audiences: list[str], *, try_number: int = 1):
-    common = {"job": job.model_dump(mode="json"), "kind": "snapshot", "tenant": TENANT,
-              "table_name": export["table_name"], "export_batch_id": export["export_batch_id"],
-              "audiences": [{"id": a, "name": f"Audience {a[:4]}"} for a in audiences], "dataset_id": dataset_id}
+    common = {
+        "job": job.model_dump(mode="json"),
+        "kind": "snapshot",
+        "tenant": TENANT,
+        "table_name": export["table_name"],
+        "export_batch_id": export["export_batch_id"],
+        "audiences": [{"id": a, "name": f"Audience {a[:4]}"} for a in audiences],
+        "dataset_id": dataset_id,
+    }
     ctx = _context(try_number=try_number)
     partitions = PrepareLoadOperator(task_id="prepare", **common).execute(ctx)
     batch_id = ctx["ti"].xcoms["batch_id"]
-    results = [LoadPartitionOperator(task_id="load", batch_id=batch_id, partition=p, **common).execute(_context())
-               for p in partitions]
+    results = [
+        LoadPartitionOperator(task_id="load", batch_id=batch_id, partition=p, **common).execute(_context())
+        for p in partitions
+    ]
     return ctx["ti"].xcoms, results
 
 
 def _profile_dataset(job: RefreshJob) -> str:
     n = job.names
-    return EnsureCjaDatasetOperator(task_id="c", kind="profile", tenant=TENANT, dataset_name=n.profile_dataset,
-                                    schema_title=n.profile_schema, field_group_title=n.field_group
-                                    ).execute(_context())["dataset_id"]
+    return EnsureCjaDatasetOperator(
+        task_id="c",
+        kind="profile",
+        tenant=TENANT,
+        dataset_name=n.profile_dataset,
+        schema_title=n.profile_schema,
+        field_group_title=n.field_group,
+    ).execute(_context())["dataset_id"]
 
 
 def _snapshot_export(emu, job: RefreshJob) -> dict:
-    dataset = EnsureExportDatasetOperator(task_id="x", dataset_name=job.names.export_dataset).execute(_context())
+    dataset = EnsureExportDatasetOperator(task_id="x", dataset_name=job.names.export_dataset).execute(
+        _context()
+    )
     _, result = _export(emu, job, dataset["dataset_id"], FakeStore())
     return {**result, "table_name": dataset["table_name"]}
 
@@ -178,19 +228,30 @@ def test_prepare_load_publish_retried_leave_one_live_snapshot(emu, audiences):
     again, results_again = _load_all(job, export, dataset_id, audiences, try_number=2)
     assert again["batch_id"] == pushed["batch_id"]  # the open batch is found by its label
     assert results_again == results and len(results) > 1
-    publish = PublishBatchOperator(task_id="publish", dataset_id=dataset_id, batch_id=pushed["batch_id"],
-                                   external_id=pushed["external_id"], load_results=results, shrink_guard=0.5,
-                                   poll_interval=0.1, deferrable=False)
+    publish = PublishBatchOperator(
+        task_id="publish",
+        dataset_id=dataset_id,
+        batch_id=pushed["batch_id"],
+        external_id=pushed["external_id"],
+        load_results=results,
+        shrink_guard=0.5,
+        poll_interval=0.1,
+        deferrable=False,
+    )
     first = publish.execute(_context())
     second = publish.execute(_context(try_number=2))
-    live = [b for b in _prod(emu)["batches"].values() if b["status"] == "success"
-            and any(o.get("id") == dataset_id for o in b.get("relatedObjects", []))]
+    live = [
+        b
+        for b in _prod(emu)["batches"].values()
+        if b["status"] == "success" and any(o.get("id") == dataset_id for o in b.get("relatedObjects", []))
+    ]
     assert [b["id"] for b in live] == [pushed["batch_id"]] and first["records"] == second["records"]
     records = emu.admin.dataset_records(dataset_id)
     truth = {r["email"] for r in emu.admin.snapshot(audiences, ["realized", "existing"])}
     assert sorted(r["personID"] for r in records) == sorted(truth)
-    assert sum(r["files"] for r in results) == len(emu.admin.state()["sandboxes"]["prod"]["batches"][
-        pushed["batch_id"]]["files"])  # the retry replaced its files rather than adding to them
+    assert sum(r["files"] for r in results) == len(
+        emu.admin.state()["sandboxes"]["prod"]["batches"][pushed["batch_id"]]["files"]
+    )  # the retry replaced its files rather than adding to them
 
 
 def test_partition_cut_at_the_row_cap_is_split(audiences, monkeypatch):
@@ -202,8 +263,10 @@ def test_partition_cut_at_the_row_cap_is_split(audiences, monkeypatch):
     from emulator_fixture import start_subprocess
 
     with start_subprocess(profiles=400, pg=True, realistic=True, args=["--qs-max-rows", "150"]) as small:
-        monkeypatch.setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}",
-                           json.dumps(airflow_connection(small.ready, small.credentials.client_secret)))
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}",
+            json.dumps(airflow_connection(small.ready, small.credentials.client_secret)),
+        )
         clear_token_cache()
         job = _job(audiences, query_partitioning="rows", max_rows_per_query=140, query_service_row_limit=150)
         export = _snapshot_export(small, job)
@@ -213,10 +276,17 @@ def test_partition_cut_at_the_row_cap_is_split(audiences, monkeypatch):
         assert sum(r["rows"] for r in results) == pushed["memberships"]
         # The whole result as one partition is certainly cut at 150 rows: it must be split until it fits.
         whole = LoadPartitionOperator(
-            task_id="load", batch_id=pushed["batch_id"], partition={"modulus": 1, "remainder": 0},
-            job=job.model_dump(mode="json"), kind="snapshot", tenant=TENANT, table_name=export["table_name"],
-            export_batch_id=export["export_batch_id"], dataset_id=dataset_id,
-            audiences=[{"id": a, "name": a} for a in audiences]).execute(_context())
+            task_id="load",
+            batch_id=pushed["batch_id"],
+            partition={"modulus": 1, "remainder": 0},
+            job=job.model_dump(mode="json"),
+            kind="snapshot",
+            tenant=TENANT,
+            table_name=export["table_name"],
+            export_batch_id=export["export_batch_id"],
+            dataset_id=dataset_id,
+            audiences=[{"id": a, "name": a} for a in audiences],
+        ).execute(_context())
         assert whole["splits"] >= 1 and whole["rows"] == pushed["memberships"]
         clear_token_cache()
 
@@ -225,17 +295,28 @@ def test_time_partitions_lift_the_row_cap_and_a_scan_timeout_fails_with_advice(a
     """Partitioning by time: one LIMIT 0 query reads past the (lowered) row cap, no split; when a scan
     alone outlasts Query Service's time limit, the load fails at once saying why splitting cannot help;
     a plan beyond Airflow's max_map_length fails in prepare, before any batch is opened."""
-    from emulator_fixture import start_subprocess
-
     from airflow.sdk.exceptions import AirflowFailException
 
     from aep_emulator.connection import airflow_connection
     from airflow_cja_audiences.hooks.platform import clear_token_cache
 
-    args = ["--qs-max-rows", "150", "--qs-timeout-seconds", "2", "--export-job-seconds", "0.2", "--batch-seconds", "0.1"]
+    from emulator_fixture import start_subprocess
+
+    args = [
+        "--qs-max-rows",
+        "150",
+        "--qs-timeout-seconds",
+        "2",
+        "--export-job-seconds",
+        "0.2",
+        "--batch-seconds",
+        "0.1",
+    ]
     with start_subprocess(profiles=400, pg=True, args=args) as small:
-        monkeypatch.setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}",
-                           json.dumps(airflow_connection(small.ready, small.credentials.client_secret)))
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}",
+            json.dumps(airflow_connection(small.ready, small.credentials.client_secret)),
+        )
         clear_token_cache()
         job = _job(audiences)
         assert job.query_partitioning == "time"
@@ -250,10 +331,17 @@ def test_time_partitions_lift_the_row_cap_and_a_scan_timeout_fails_with_advice(a
         # counts + unidentified counts + the one partition query
         assert scans["scans"] == 5, scans
         load = LoadPartitionOperator(
-            task_id="load", batch_id=pushed["batch_id"], partition=results[0]["partition"],
-            job=job.model_dump(mode="json"), kind="snapshot", tenant=TENANT, table_name=export["table_name"],
-            export_batch_id=export["export_batch_id"], dataset_id=dataset_id,
-            audiences=[{"id": a, "name": a} for a in audiences])
+            task_id="load",
+            batch_id=pushed["batch_id"],
+            partition=results[0]["partition"],
+            job=job.model_dump(mode="json"),
+            kind="snapshot",
+            tenant=TENANT,
+            table_name=export["table_name"],
+            export_batch_id=export["export_batch_id"],
+            dataset_id=dataset_id,
+            audiences=[{"id": a, "name": a} for a in audiences],
+        )
         small.admin.scans("POST", seconds_per_query=30)
         try:
             with pytest.raises(AirflowFailException, match="smaller partitions cannot help") as info:
@@ -262,7 +350,9 @@ def test_time_partitions_lift_the_row_cap_and_a_scan_timeout_fails_with_advice(a
         finally:
             small.admin.scans("POST", seconds_per_query=0)
         monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "1")
-        rows_job = _job(audiences, query_partitioning="rows", max_rows_per_query=100)  # > 150 rows: 2+ partitions
+        rows_job = _job(
+            audiences, query_partitioning="rows", max_rows_per_query=100
+        )  # > 150 rows: 2+ partitions
         batches_before = len(_prod(small)["batches"])
         with pytest.raises(AirflowFailException, match="max_map_length") as info:
             _load_all(rows_job, export, dataset_id, audiences, try_number=1)
@@ -273,6 +363,7 @@ def test_time_partitions_lift_the_row_cap_and_a_scan_timeout_fails_with_advice(a
 
 # ------------------------------------------------------------------ what a retry cannot fix fails at once
 
+
 def test_cleared_load_task_of_a_published_run_fails_fast(emu, audiences):
     """Clearing one load_* task after its run published the batch: a clear failure at once, saying to
     re-run the whole DAG run, instead of retrying an upload AEP refuses; the live batch is untouched."""
@@ -282,14 +373,28 @@ def test_cleared_load_task_of_a_published_run_fails_fast(emu, audiences):
     export = _snapshot_export(emu, job)
     dataset_id = _profile_dataset(job)
     pushed, results = _load_all(job, export, dataset_id, audiences)
-    PublishBatchOperator(task_id="publish", dataset_id=dataset_id, batch_id=pushed["batch_id"],
-                         external_id=pushed["external_id"], load_results=results, poll_interval=0.1,
-                         deferrable=False).execute(_context())
+    PublishBatchOperator(
+        task_id="publish",
+        dataset_id=dataset_id,
+        batch_id=pushed["batch_id"],
+        external_id=pushed["external_id"],
+        load_results=results,
+        poll_interval=0.1,
+        deferrable=False,
+    ).execute(_context())
     files_before = len(_prod(emu)["batches"][pushed["batch_id"]]["files"])
     cleared = LoadPartitionOperator(
-        task_id="load", batch_id=pushed["batch_id"], partition=results[0]["partition"], job=job.model_dump(mode="json"),
-        kind="snapshot", tenant=TENANT, table_name=export["table_name"], export_batch_id=export["export_batch_id"],
-        dataset_id=dataset_id, audiences=[{"id": a, "name": a} for a in audiences])
+        task_id="load",
+        batch_id=pushed["batch_id"],
+        partition=results[0]["partition"],
+        job=job.model_dump(mode="json"),
+        kind="snapshot",
+        tenant=TENANT,
+        table_name=export["table_name"],
+        export_batch_id=export["export_batch_id"],
+        dataset_id=dataset_id,
+        audiences=[{"id": a, "name": a} for a in audiences],
+    )
     with pytest.raises(AirflowFailException, match="clear the whole DAG run") as info:
         cleared.execute(_context(try_number=1, run_id="scheduled__old-run"))
     assert pushed["batch_id"] in str(info.value) and "'success'" in str(info.value)
@@ -300,8 +405,12 @@ def test_cleared_load_task_of_a_published_run_fails_fast(emu, audiences):
 def _resolve(audiences: list[dict], **kwargs):
     from airflow_cja_audiences.operators.setup import ResolveAudiencesOperator
 
-    return ResolveAudiencesOperator(task_id="resolve_audiences", audiences=audiences,
-                                    identity_field="_{tenant}.identification.core.email", **kwargs)
+    return ResolveAudiencesOperator(
+        task_id="resolve_audiences",
+        audiences=audiences,
+        identity_field="_{tenant}.identification.core.email",
+        **kwargs,
+    )
 
 
 def test_permanent_errors_fail_without_retries_transient_ones_retry(emu, audiences, adobe_conn, monkeypatch):
@@ -316,9 +425,13 @@ def test_permanent_errors_fail_without_retries_transient_ones_retry(emu, audienc
     assert isinstance(info.value.__cause__, AepConfigError) and "audiences[1].id" in str(info.value)
 
     # A deferred task resumed into a call AEP answers 404: failed at once too.
-    op = ExportAudiencesOperator(task_id="export", dataset_id="ds", audience_ids=[audiences[0]], deferrable=True)
+    op = ExportAudiencesOperator(
+        task_id="export", dataset_id="ds", audience_ids=[audiences[0]], deferrable=True
+    )
     with pytest.raises(AirflowFailException) as info:
-        op.resume_execution("execute_complete", {"event": {"status": "success", "job_id": 987654321}}, _context())
+        op.resume_execution(
+            "execute_complete", {"event": {"status": "success", "job_id": 987654321}}, _context()
+        )
     assert isinstance(info.value.__cause__, AepNotFoundError)
 
     # A server error that outlasts the hook's own retries: left to the task's retries.
@@ -329,7 +442,9 @@ def test_permanent_errors_fail_without_retries_transient_ones_retry(emu, audienc
     emu.admin.clear_faults()
 
     # Refused credentials (after the one token refresh): failed at once, and the secret is not in the message.
-    monkeypatch.setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}", json.dumps({**adobe_conn, "password": "wrong-secret"}))
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}", json.dumps({**adobe_conn, "password": "wrong-secret"})
+    )
     clear_token_cache()
     with pytest.raises(AirflowFailException, match="credentials or permissions") as info:
         _resolve([{"id": audiences[0]}]).execute(_context())
@@ -348,13 +463,16 @@ def test_blocked_query_service_port_fails_resolve_before_any_write(emu, audience
     extra = {**adobe_conn["extra"], "query_service_port": closed_port}
     monkeypatch.setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}", json.dumps({**adobe_conn, "extra": extra}))
     before = {k: v for k, v in emu.admin.state().items() if k in ("sandboxes", "cja", "tables")}
-    with pytest.raises(QueryServiceError, match=f"cannot connect to Query Service at 127.0.0.1:{closed_port}") as info:
+    with pytest.raises(
+        QueryServiceError, match=f"cannot connect to Query Service at 127.0.0.1:{closed_port}"
+    ) as info:
         _resolve([{"id": audiences[0]}]).execute(_context())
     assert "is the port reachable" in str(info.value)
     assert {k: v for k, v in emu.admin.state().items() if k in ("sandboxes", "cja", "tables")} == before
     # the check is the first task's: without it, resolve alone passes
-    assert _resolve([{"id": audiences[0]}], check_query_service=False).execute(_context())["audience_ids"] == \
-        [audiences[0]]
+    assert _resolve([{"id": audiences[0]}], check_query_service=False).execute(_context())[
+        "audience_ids"
+    ] == [audiences[0]]
 
 
 def test_a_name_that_renders_invalid_fails_at_once(emu):

@@ -11,9 +11,16 @@ from airflow_cja_audiences.pools import DEFAULT_POOL_SLOTS, QUERY_SERVICE_SESSIO
 
 
 def _dag(pool: str):
-    return build_dag(RefreshJob.model_validate({
-        "job_id": "pooled", "query_service_pool": pool, "audiences": [{"id": "a-1"}],
-        "identity": {"field": "_{tenant}.identification.core.email"}}))
+    return build_dag(
+        RefreshJob.model_validate(
+            {
+                "job_id": "pooled",
+                "query_service_pool": pool,
+                "audiences": [{"id": "a-1"}],
+                "identity": {"field": "_{tenant}.identification.core.email"},
+            }
+        )
+    )
 
 
 def _pool(name: str):

@@ -29,9 +29,14 @@ class _RecordingTi:
 
 
 def _job() -> RefreshJob:
-    return RefreshJob.model_validate({
-        "job_id": "xcoms", "schedule": "0 2 * * *", "audiences": [{"id": "aud-1"}],
-        "identity": {"field": "_{tenant}.identification.core.email", "namespace": "Email"}})
+    return RefreshJob.model_validate(
+        {
+            "job_id": "xcoms",
+            "schedule": "0 2 * * *",
+            "audiences": [{"id": "aud-1"}],
+            "identity": {"field": "_{tenant}.identification.core.email", "namespace": "Email"},
+        }
+    )
 
 
 def _keys_templated_from(dag, task_id: str) -> set[str]:
@@ -52,9 +57,17 @@ def test_disabled_prepare_pushes_every_templated_key_as_a_value(kind):
     templated = _keys_templated_from(dag, f"prepare_{kind}") - {"return_value"}
     assert {"batch_id", "external_id"} <= templated  # what publish_* and abort_open_batches read
 
-    operator = PrepareLoadOperator(task_id=f"prepare_{kind}", job=job.model_dump(mode="json"), kind=kind,
-                                   tenant="acme", table_name="t", export_batch_id="01EQ1C48TR4GD4FE7NH2522TCQ",
-                                   audiences=[{"id": "aud-1"}], dataset_id="d", enabled=False)
+    operator = PrepareLoadOperator(
+        task_id=f"prepare_{kind}",
+        job=job.model_dump(mode="json"),
+        kind=kind,
+        tenant="acme",
+        table_name="t",
+        export_batch_id="01EQ1C48TR4GD4FE7NH2522TCQ",
+        audiences=[{"id": "aud-1"}],
+        dataset_id="d",
+        enabled=False,
+    )
     ti = _RecordingTi()
     assert operator.execute({"ti": ti, "run_id": "backfill__x"}) == []
     missing = {key for key in templated if ti.pushed.get(key, None) is None}

@@ -36,8 +36,13 @@ def _snapshot_records(emu, dataset_id: str, tenant: str) -> dict[str, set[tuple]
     records = emu.admin.dataset_records(dataset_id)
     people = [r[EMAIL] for r in records]
     assert len(people) == len(set(people)), "a person appears in two live records"
-    return {r[EMAIL]: {(m["audienceMembershipId"], m["status"], m["lastQualificationTime"])
-                       for m in r[f"_{tenant}"]["audienceMembership"]} for r in records}
+    return {
+        r[EMAIL]: {
+            (m["audienceMembershipId"], m["status"], m["lastQualificationTime"])
+            for m in r[f"_{tenant}"]["audienceMembership"]
+        }
+        for r in records
+    }
 
 
 def _truth_snapshot(emu, audience_ids: list[str]) -> dict[str, set[tuple]]:
@@ -48,8 +53,11 @@ def _truth_snapshot(emu, audience_ids: list[str]) -> dict[str, set[tuple]]:
 
 
 def _live_batches(emu, dataset_id: str) -> list[dict]:
-    return [b for b in _prod(emu)["batches"].values() if b["status"] == "success"
-            and any(o.get("id") == dataset_id for o in b.get("relatedObjects", []))]
+    return [
+        b
+        for b in _prod(emu)["batches"].values()
+        if b["status"] == "success" and any(o.get("id") == dataset_id for o in b.get("relatedObjects", []))
+    ]
 
 
 def test_two_runs_converge_to_ground_truth(emu, airflow_db, dags_folder):
@@ -85,9 +93,17 @@ def test_two_runs_converge_to_ground_truth(emu, airflow_db, dags_folder):
     assert len(_live_batches(emu, profile_ds)) == 1  # exactly one live snapshot
     # ... and never two: the second run's batch replaced the first by batch replay, in one step (the
     # emulator's record of when each batch was visible; the explicit revert used to leave a window)
-    snapshots = sorted((b for b in _prod(emu)["batches"].values() if b.get("origin") == "ingestion" and b.get(
-        "completed") and b["status"] in ("success", "inactive")
-        and any(o.get("id") == profile_ds for o in b.get("relatedObjects", []))), key=lambda b: b["completed"])
+    snapshots = sorted(
+        (
+            b
+            for b in _prod(emu)["batches"].values()
+            if b.get("origin") == "ingestion"
+            and b.get("completed")
+            and b["status"] in ("success", "inactive")
+            and any(o.get("id") == profile_ds for o in b.get("relatedObjects", []))
+        ),
+        key=lambda b: b["completed"],
+    )
     assert [b["status"] for b in snapshots] == ["inactive", "success"], snapshots
     assert snapshots[1]["replay"]["predecessors"] == [snapshots[0]["id"]]
     assert snapshots[0]["emulatorLive"]["until"] == snapshots[1]["emulatorLive"]["since"]
@@ -109,7 +125,12 @@ def test_two_runs_converge_to_ground_truth(emu, airflow_db, dags_folder):
     # an export showed left out.
     start, end = report2["interval"]
     view = JobView(emu, job.job_id, audiences, tenant)
-    events = view.check_events(_dataset_id(emu, job.names.event_dataset), start, end, exact=False,
-                               export_dataset_name=job.names.export_dataset)
+    events = view.check_events(
+        _dataset_id(emu, job.names.event_dataset),
+        start,
+        end,
+        exact=False,
+        export_dataset_name=job.names.export_dataset,
+    )
     assert events
     assert json.dumps(report2)  # the report is plain JSON (it is also the Asset event's extra)

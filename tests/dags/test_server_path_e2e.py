@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections import defaultdict
 
 import pytest
-from dag_runs import interval_end as _interval_end
-from dag_runs import job as _job
-from dag_runs import run as _run
 
 from airflow_cja_audiences.dag_factory import build_dag
 from airflow_cja_audiences.transform import stable_id
+
+from dag_runs import interval_end as _interval_end
+from dag_runs import job as _job
+from dag_runs import run as _run
 
 pytestmark = pytest.mark.slow
 PERSON = "personID"
@@ -46,8 +47,13 @@ def _without_id(records: list[dict]) -> dict[str, dict]:
 
 
 def _memberships(records: list[dict], tenant: str) -> dict[str, set[tuple]]:
-    return {r[PERSON]: {(m["audienceMembershipId"], m["status"], m["lastQualificationTime"])
-                        for m in r[f"_{tenant}"]["audienceMembership"]} for r in records}
+    return {
+        r[PERSON]: {
+            (m["audienceMembershipId"], m["status"], m["lastQualificationTime"])
+            for m in r[f"_{tenant}"]["audienceMembership"]
+        }
+        for r in records
+    }
 
 
 def _truth(emu, audience_ids: list[str]) -> dict[str, set[tuple]]:
@@ -58,8 +64,11 @@ def _truth(emu, audience_ids: list[str]) -> dict[str, set[tuple]]:
 
 
 def _live(emu, dataset_id: str) -> list[dict]:
-    return [b for b in _prod(emu)["batches"].values() if b["status"] == "success"
-            and {"type": "dataSet", "id": dataset_id} in b["relatedObjects"]]
+    return [
+        b
+        for b in _prod(emu)["batches"].values()
+        if b["status"] == "success" and {"type": "dataSet", "id": dataset_id} in b["relatedObjects"]
+    ]
 
 
 def test_server_path_publishes_the_client_paths_records(emu, airflow_db, dags_folder):
@@ -92,8 +101,9 @@ def test_server_path_publishes_the_client_paths_records(emu, airflow_db, dags_fo
     assert any(o.get("type") == "query" for o in batch["relatedObjects"])
     assert batch["recordCount"] == len(server)
     by_audience = {row["id"]: row for row in server_report["audiences"]}
-    assert {a: by_audience[a]["members"] for a in audiences} == \
-        {a: sum(1 for ms in truth.values() for m in ms if m[0] == a) for a in audiences}
+    assert {a: by_audience[a]["members"] for a in audiences} == {
+        a: sum(1 for ms in truth.values() for m in ms if m[0] == a) for a in audiences
+    }
 
     # Memberships change; the server job runs again and replaces its snapshot.
     leaver = min(truth)
@@ -140,8 +150,11 @@ def test_server_path_shrink_guard_reverts_the_new_batch(emu, airflow_db, dags_fo
     assert state == "failed"
     assert [b["id"] for b in _live(emu, dataset_id)] == [first["id"]]  # the previous snapshot stays
     assert _records(emu, dataset_id) == before
-    written = [b for b in _prod(emu)["batches"].values() if b["id"] != first["id"]
-               and {"type": "dataSet", "id": dataset_id} in b["relatedObjects"]]
+    written = [
+        b
+        for b in _prod(emu)["batches"].values()
+        if b["id"] != first["id"] and {"type": "dataSet", "id": dataset_id} in b["relatedObjects"]
+    ]
     assert [b["status"] for b in written] == ["inactive"]  # the new batch was written, then reverted
 
     state, report = _run(dag, _interval_end(0), force_replace=True)  # the drop is real: replace anyway

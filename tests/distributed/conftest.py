@@ -67,23 +67,43 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
     # Realistic mode. Export jobs (20 Adobe minutes) and ingestion batches (made 20 too) take 5 s:
     # several times what a worker needs to release the slot of a task that deferred (about 1 s), so
     # "waited without a slot" is measurable.
-    emu = start_subprocess(profiles=3000, pg=True, realistic=True,
-                           args=["--time-scale", str(TIME_SCALE), "--batch-seconds", str(5 / TIME_SCALE)])
+    emu = start_subprocess(
+        profiles=3000,
+        pg=True,
+        realistic=True,
+        args=["--time-scale", str(TIME_SCALE), "--batch-seconds", str(5 / TIME_SCALE)],
+    )
     cluster = None
     try:
         audiences = [a["id"] for a in emu.admin.state()["audiences"][:3]]
-        jobs = {"version": 1, "jobs": [{
-            "job_id": JOB_ID, "description": "Distributed test job", "schedule": "0 2 * * *",
-            "poll_interval_seconds": 1, "retries": 0, "query_partitioning": "rows", "max_rows_per_query": 500,
-            "audiences": [{"id": a} for a in audiences],
-            "identity": {"field": "_{tenant}.identification.core.email", "namespace": "Email"}}]}
+        jobs = {
+            "version": 1,
+            "jobs": [
+                {
+                    "job_id": JOB_ID,
+                    "description": "Distributed test job",
+                    "schedule": "0 2 * * *",
+                    "poll_interval_seconds": 1,
+                    "retries": 0,
+                    "query_partitioning": "rows",
+                    "max_rows_per_query": 500,
+                    "audiences": [{"id": a} for a in audiences],
+                    "identity": {"field": "_{tenant}.identification.core.email", "namespace": "Email"},
+                }
+            ],
+        }
         (work / "jobs.json").write_text(json.dumps(jobs))
-        env = {"CJA_AUDIENCES_CONFIG": str(work / "jobs.json"),
-               **airflow_connection_env("adobe_experience_platform_default", emu.ready,
-                                        emu.credentials.client_secret)}
+        env = {
+            "CJA_AUDIENCES_CONFIG": str(work / "jobs.json"),
+            **airflow_connection_env(
+                "adobe_experience_platform_default", emu.ready, emu.credentials.client_secret
+            ),
+        }
         # 2 workers x 2 slots: few enough that concurrent deferred tasks outnumber the worker slots.
-        cluster = AirflowCluster(ClusterSpec(dags_folder=ROOT / "dags", env=env, workers=2, worker_concurrency=2,
-                                             pools={POOL: 4}), workdir=work / "cluster")
+        cluster = AirflowCluster(
+            ClusterSpec(dags_folder=ROOT / "dags", env=env, workers=2, worker_concurrency=2, pools={POOL: 4}),
+            workdir=work / "cluster",
+        )
         cluster.start()
         cluster.wait_for_dag(DAG_ID)
         yield Deployment(cluster=cluster, emu=emu, audiences=audiences, job=jobs["jobs"][0])

@@ -12,10 +12,15 @@ import pytest
 from headless_chromium import CHROMIUM, Browser
 
 # CI installs chromium (.ci/run), so there a missing browser fails instead of skipping.
-pytestmark = [pytest.mark.slow, pytest.mark.services,
-              pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true",
-                                 reason="Debian's chromium is not installed (apt-get install chromium); "
-                                        "the UI API checks do not need it")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.services,
+    pytest.mark.skipif(
+        CHROMIUM is None and os.environ.get("CI") != "true",
+        reason="Debian's chromium is not installed (apt-get install chromium); "
+        "the UI API checks do not need it",
+    ),
+]
 
 
 def test_trigger_form_shows_the_params(dep, tmp_path):
@@ -30,8 +35,10 @@ def test_trigger_form_shows_the_params(dep, tmp_path):
         browser.wait_for_text("Trigger", timeout=60)
         browser.click_text("Trigger")
         text = browser.wait_for_text(_params()["force_replace"].schema["title"], timeout=30)
-        browser.wait_until("[...document.querySelectorAll('[data-scope=dialog]')]"  # the dialog has faded in
-                           ".every(e => getComputedStyle(e).opacity === '1')")
+        browser.wait_until(
+            "[...document.querySelectorAll('[data-scope=dialog]')]"  # the dialog has faded in
+            ".every(e => getComputedStyle(e).opacity === '1')"
+        )
         shot = browser.screenshot(tmp_path / "trigger-form.png")
     for name, param in _params().items():
         assert param.schema["title"] in text, f"{name}: title missing from the trigger form"

@@ -25,9 +25,16 @@ XED_FULL_V1 = "application/vnd.adobe.xed-full+json; version=1"
 
 
 def settings(**changes: Any) -> EmulatorSettings:
-    base = EmulatorSettings(profiles=PROFILES, seed=SEED, clock_start=parse_instant(CLOCK_START),
-                            export_job_seconds=0.2, batch_seconds=0.05, client_secret=DEFAULT_SECRET,
-                            sandboxes=("prod", "dev"), tenant=TENANT)
+    base = EmulatorSettings(
+        profiles=PROFILES,
+        seed=SEED,
+        clock_start=parse_instant(CLOCK_START),
+        export_job_seconds=0.2,
+        batch_seconds=0.05,
+        client_secret=DEFAULT_SECRET,
+        sandboxes=("prod", "dev"),
+        tenant=TENANT,
+    )
     return base.with_changes(**changes) if changes else base
 
 
@@ -53,15 +60,38 @@ class Aep:
         return self.ok(self.api.call("GET", f"{UPS}/audiences", params={"limit": 100}))["children"]
 
     def union_dataset(self, name: str = "Audience export", sandbox: str | None = None) -> str:
-        body = {"name": name, "schemaRef": {"id": "_xdm.context.profile__union",
-                                            "contentType": "application/vnd.adobe.xed+json;version=1"}}
-        created = self.ok(self.api.call("POST", f"{CATALOG}/dataSets", sandbox=sandbox, json=body,
-                                        params={"requestDataSource": "true"}), 201)
+        body = {
+            "name": name,
+            "schemaRef": {
+                "id": "_xdm.context.profile__union",
+                "contentType": "application/vnd.adobe.xed+json;version=1",
+            },
+        }
+        created = self.ok(
+            self.api.call(
+                "POST",
+                f"{CATALOG}/dataSets",
+                sandbox=sandbox,
+                json=body,
+                params={"requestDataSource": "true"},
+            ),
+            201,
+        )
         return created[0].split("/")[-1]
 
-    def export(self, dataset_id: str, segments: list[dict] | None, *, fields: str | None = None,
-               sqt: dict | None = None, wait: bool = True) -> dict:
-        body: dict[str, Any] = {"destination": {"datasetId": dataset_id}, "schema": {"name": "_xdm.context.profile"}}
+    def export(
+        self,
+        dataset_id: str,
+        segments: list[dict] | None,
+        *,
+        fields: str | None = None,
+        sqt: dict | None = None,
+        wait: bool = True,
+    ) -> dict:
+        body: dict[str, Any] = {
+            "destination": {"datasetId": dataset_id},
+            "schema": {"name": "_xdm.context.profile"},
+        }
         if fields is not None:
             body["fields"] = fields
         body["filter"] = {}
@@ -93,24 +123,48 @@ class Aep:
             assert time.monotonic() < deadline, f"batch {batch_id} still {batch['status']}"
             time.sleep(0.05)
 
-    def field_group(self, title: str, fields: dict[str, dict], cls: str = "https://ns.adobe.com/xdm/context/profile") -> dict:
-        body = {"title": title, "description": "test", "type": "object", "meta:intendedToExtend": [cls],
-                "definitions": {"membership": {"properties": {f"_{TENANT}": {"type": "object", "properties": fields}}}},
-                "allOf": [{"$ref": "#/definitions/membership"}]}
+    def field_group(
+        self, title: str, fields: dict[str, dict], cls: str = "https://ns.adobe.com/xdm/context/profile"
+    ) -> dict:
+        body = {
+            "title": title,
+            "description": "test",
+            "type": "object",
+            "meta:intendedToExtend": [cls],
+            "definitions": {
+                "membership": {"properties": {f"_{TENANT}": {"type": "object", "properties": fields}}}
+            },
+            "allOf": [{"$ref": "#/definitions/membership"}],
+        }
         return self.ok(self.api.call("POST", f"{SR}/tenant/fieldgroups", json=body), 201)
 
-    def schema(self, title: str, refs: list[str], cls: str = "https://ns.adobe.com/xdm/context/profile") -> dict:
+    def schema(
+        self, title: str, refs: list[str], cls: str = "https://ns.adobe.com/xdm/context/profile"
+    ) -> dict:
         body = {"title": title, "type": "object", "allOf": [{"$ref": cls}] + [{"$ref": r} for r in refs]}
         return self.ok(self.api.call("POST", f"{SR}/tenant/schemas", json=body), 201)
 
     def cja_dataset(self, title: str = "CJA audiences") -> tuple[dict, str]:
         """A profile schema with personID + _tenant.audienceMembershipId/Name, and a dataset on it."""
-        fg = self.field_group(f"{title} field group", {"audienceMembershipId": {"type": "string"},
-                                                        "audienceMembershipName": {"type": "string"}})
+        fg = self.field_group(
+            f"{title} field group",
+            {"audienceMembershipId": {"type": "string"}, "audienceMembershipName": {"type": "string"}},
+        )
         schema = self.schema(f"{title} schema", [fg["$id"]])
-        created = self.ok(self.api.call("POST", f"{CATALOG}/dataSets", json={
-            "name": f"{title} dataset", "schemaRef": {"id": schema["$id"],
-                                                      "contentType": "application/vnd.adobe.xed+json;version=1"}}), 201)
+        created = self.ok(
+            self.api.call(
+                "POST",
+                f"{CATALOG}/dataSets",
+                json={
+                    "name": f"{title} dataset",
+                    "schemaRef": {
+                        "id": schema["$id"],
+                        "contentType": "application/vnd.adobe.xed+json;version=1",
+                    },
+                },
+            ),
+            201,
+        )
         return schema, created[0].split("/")[-1]
 
     def batch_for(self, dataset_id: str, **options: Any) -> str:
@@ -118,9 +172,15 @@ class Aep:
         return self.ok(self.api.call("POST", f"{IMPORT}/batches", json=body), 201)["id"]
 
     def put_file(self, batch_id: str, dataset_id: str, name: str, lines: list[Any]) -> Any:
-        data = "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines).encode()
-        return self.api.call("PUT", f"{IMPORT}/batches/{batch_id}/datasets/{dataset_id}/files/{name}", data=data,
-                             headers={"Content-Type": "application/octet-stream"})
+        data = "".join(
+            (line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines
+        ).encode()
+        return self.api.call(
+            "PUT",
+            f"{IMPORT}/batches/{batch_id}/datasets/{dataset_id}/files/{name}",
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
 
     def action(self, batch_id: str, action: str) -> Any:
         return self.api.call("POST", f"{IMPORT}/batches/{batch_id}", params={"action": action})

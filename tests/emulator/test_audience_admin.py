@@ -71,8 +71,11 @@ def test_new_export_job_naming_a_deleted_audience_fails_and_others_export(emu, a
     gone, kept = audiences[0], audiences[1]
     dataset = aep.union_dataset()
     emu.admin.delete_audience(gone["id"])
-    body = {"destination": {"datasetId": dataset}, "schema": {"name": "_xdm.context.profile"},
-            "filter": {"segments": [{"segmentId": kept["id"]}, {"segmentId": gone["id"]}]}}
+    body = {
+        "destination": {"datasetId": dataset},
+        "schema": {"name": "_xdm.context.profile"},
+        "filter": {"segments": [{"segmentId": kept["id"]}, {"segmentId": gone["id"]}]},
+    }
     response = api.call("POST", f"{UPS}/export/jobs", json=body)
     assert response.status_code == 400, response.text
     assert "filter.segments[1].segmentId" in response.text and gone["id"] in response.text

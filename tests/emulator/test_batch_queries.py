@@ -14,7 +14,9 @@ TERMINAL = {"SUCCESS", "FAILED", "KILLED", "TIMEOUT"}
 
 
 def _submit(aep: Aep, sql: str, name: str = "test query", status: int = 202) -> dict:
-    return aep.ok(aep.api.call("POST", QUERIES, json={"dbName": "prod:all", "sql": sql, "name": name}), status)
+    return aep.ok(
+        aep.api.call("POST", QUERIES, json={"dbName": "prod:all", "sql": sql, "name": name}), status
+    )
 
 
 def _wait(aep: Aep, query_id: str, timeout: float = 30.0) -> tuple[dict, list[str]]:
@@ -40,17 +42,21 @@ def _exported(aep: Aep) -> tuple[str, str, dict[str, Any]]:
     """An export of the first audience: (export table, export batch id, audience)."""
     audience = aep.audiences()[0]
     export_ds = aep.union_dataset()
-    job = aep.export(export_ds, [{"segmentId": audience["id"], "segmentNs": "ups", "status": ["realized", "existing"]}])
+    job = aep.export(
+        export_ds, [{"segmentId": audience["id"], "segmentNs": "ups", "status": ["realized", "existing"]}]
+    )
     assert job["status"] == "SUCCEEDED"
     return _table(aep, export_ds), job["destination"]["batchId"], audience
 
 
 def _insert_sql(target: str, export_table: str, batch_id: str, audience_id: str) -> str:
-    return (f"INSERT INTO {target}\n"
-            f"SELECT personID, named_struct('audienceMembershipId', key, 'audienceMembershipName', 'Fans') AS _{TENANT}\n"
-            f"FROM (SELECT _{TENANT}.identification.core.email AS personID, explode(segmentMembership.ups) FROM {export_table}\n"
-            f"      WHERE _acp_system_metadata.acp_sourceBatchId = '{batch_id}' AND _{TENANT}.identification.core.email IS NOT NULL)\n"
-            f"WHERE key = '{audience_id}' AND value.status IN ('realized', 'existing')")
+    return (
+        f"INSERT INTO {target}\n"
+        f"SELECT personID, named_struct('audienceMembershipId', key, 'audienceMembershipName', 'Fans') AS _{TENANT}\n"
+        f"FROM (SELECT _{TENANT}.identification.core.email AS personID, explode(segmentMembership.ups) FROM {export_table}\n"
+        f"      WHERE _acp_system_metadata.acp_sourceBatchId = '{batch_id}' AND _{TENANT}.identification.core.email IS NOT NULL)\n"
+        f"WHERE key = '{audience_id}' AND value.status IN ('realized', 'existing')"
+    )
 
 
 def test_insert_into_writes_a_batch_catalog_shows_and_the_dataset_serves(aep: Aep) -> None:
@@ -64,8 +70,11 @@ def test_insert_into_writes_a_batch_catalog_shows_and_the_dataset_serves(aep: Ae
     assert seen[-1] == "SUCCESS" and set(seen) <= {"SUBMITTED", "IN_PROGRESS", "SUCCESS"}
     assert query["isInsertInto"] is True and query["errors"] == []
 
-    batches = [b for b in aep.emu.admin.state()["sandboxes"]["prod"]["batches"].values()
-               if {"type": "query", "id": query["id"]} in b["relatedObjects"]]
+    batches = [
+        b
+        for b in aep.emu.admin.state()["sandboxes"]["prod"]["batches"].values()
+        if {"type": "query", "id": query["id"]} in b["relatedObjects"]
+    ]
     assert len(batches) == 1
     batch = aep.batch(batches[0]["id"])
     assert batch["status"] == "success"
@@ -73,8 +82,10 @@ def test_insert_into_writes_a_batch_catalog_shows_and_the_dataset_serves(aep: Ae
     assert batch["recordCount"] == query["rowCount"] > 0
     records = aep.emu.admin.dataset_records(dataset_id)
     assert len(records) == query["rowCount"]
-    assert all(r[f"_{TENANT}"] == {"audienceMembershipId": audience["id"], "audienceMembershipName": "Fans"}
-               for r in records)
+    assert all(
+        r[f"_{TENANT}"] == {"audienceMembershipId": audience["id"], "audienceMembershipName": "Fans"}
+        for r in records
+    )
     # The same rows an ad hoc reader sees: the export's members of the audience, from the truth.
     truth = {row["email"] for row in aep.emu.admin.snapshot([audience["id"]], ["realized", "existing"])}
     assert {r["personID"] for r in records} == truth
@@ -104,15 +115,20 @@ def test_bad_sql_fails_the_query_and_writes_nothing(aep: Aep) -> None:
         assert query["errors"] and query["errors"][0]["code"] == code, (sql, query["errors"])
         assert query["errors"][0]["message"]
     assert aep.emu.admin.dataset_records(dataset_id) == []
-    live = [b for b in aep.emu.admin.state()["sandboxes"]["prod"]["batches"].values() if b["status"] == "success"
-            and {"type": "dataSet", "id": dataset_id} in b["relatedObjects"]]
+    live = [
+        b
+        for b in aep.emu.admin.state()["sandboxes"]["prod"]["batches"].values()
+        if b["status"] == "success" and {"type": "dataSet", "id": dataset_id} in b["relatedObjects"]
+    ]
     assert live == []
 
 
 def test_request_errors(aep: Aep) -> None:
     assert aep.api.call("POST", QUERIES, json={"dbName": "dev:all", "sql": "SELECT 1"}).status_code == 400
     assert aep.api.call("POST", QUERIES, json={"dbName": "prod:all"}).status_code == 400
-    assert aep.api.call("POST", QUERIES, json={"dbName": "prod:all", "sql": "x", "bogus": 1}).status_code == 400
+    assert (
+        aep.api.call("POST", QUERIES, json={"dbName": "prod:all", "sql": "x", "bogus": 1}).status_code == 400
+    )
     assert aep.api.call("GET", f"{QUERIES}/00000000-0000-0000-0000-000000000000").status_code == 404
     assert aep.api.call("GET", QUERIES, params={"orderby": "name"}).status_code == 400
 

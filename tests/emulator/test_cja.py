@@ -16,7 +16,9 @@ def test_seeded_connection_and_data_view_are_deterministic(emu, aep, api):
     assert re.fullmatch(r"dg_[0-9a-f-]{36}", conn["id"]) and conn["idWithoutPrefix"] == conn["id"][3:]
     (event,) = conn["dataSets"]
     assert event["type"] == "event"
-    assert "identityNamespace" not in event  # not null: CJA's spec types it string (primary id namespace used)
+    assert (
+        "identityNamespace" not in event
+    )  # not null: CJA's spec types it string (primary id namespace used)
     catalog = aep.ok(api.call("GET", "/data/foundation/catalog/dataSets"))
     assert catalog[event["dataSetId"]]["classification"]["dataBehavior"] == "time-series"
     views = aep.ok(_get(api, "/data/dataviews", parentDataGroupId=conn["id"]))["content"]
@@ -39,8 +41,9 @@ def test_admin_adds_dataset_to_connection_and_dimension_to_data_view(emu, aep, a
     conn_id = aep.ok(_get(api, "/data/connections"))["content"][0]["id"]
     view_id = aep.ok(_get(api, "/data/dataviews"))["content"][0]["id"]
     _, dataset = aep.cja_dataset()
-    emu.admin.add_dataset_to_connection(conn_id, dataset, type="profile", visitorId="personID",
-                                        identityNamespace="Email")
+    emu.admin.add_dataset_to_connection(
+        conn_id, dataset, type="profile", visitorId="personID", identityNamespace="Email"
+    )
     conn = aep.ok(_get(api, f"/data/connections/{conn_id}", expansion="dataSets"))
     profile = [d for d in conn["dataSets"] if d["dataSetId"] == dataset]
     assert profile and profile[0]["type"] == "profile" and profile[0]["visitorId"] == "personID"
@@ -48,13 +51,17 @@ def test_admin_adds_dataset_to_connection_and_dimension_to_data_view(emu, aep, a
     emu.admin.add_dimension(view_id, "_demoemea.audienceMembershipId", name="Audience Membership Id")
     dims = aep.ok(_get(api, f"/data/dataviews/{view_id}/dimensions", limit=100))["content"]
     assert {"variables/_demoemea.audienceMembershipId", "variables/eventType"} == {d["id"] for d in dims}
-    unknown = emu.admin.request("POST", f"/emulator/cja/connections/{conn_id}/datasets", json={"dataSetId": "nope"})
+    unknown = emu.admin.request(
+        "POST", f"/emulator/cja/connections/{conn_id}/datasets", json={"dataSetId": "nope"}
+    )
     assert unknown.status_code == 400
 
 
 def test_data_view_put_is_partial_and_validated(aep, api):
     view_id = aep.ok(_get(api, "/data/dataviews"))["content"][0]["id"]
-    updated = aep.ok(api.call("PUT", f"/data/dataviews/{view_id}", cja=True, json={"description": "audiences"}))
+    updated = aep.ok(
+        api.call("PUT", f"/data/dataviews/{view_id}", cja=True, json={"description": "audiences"})
+    )
     assert updated["description"] == "audiences" and updated["modifiedDate"] and updated["modifiedBy"]
     assert aep.ok(_get(api, f"/data/dataviews/{view_id}"))["description"] == "audiences"
     bad = api.call("PUT", f"/data/dataviews/{view_id}", cja=True, json={"dimensions": []})

@@ -44,14 +44,16 @@ def _timelines(transitions: list[dict]) -> dict[tuple[int, str], list[tuple[int,
 def test_snapshot_follows_the_documented_status_rules(emu, offset_days):
     state = emu.state
     at = epoch(CLOCK_START) + offset_days * DAY + 3 * 3600
-    timelines = _timelines(state.transitions(None, 0, 2 ** 40))
+    timelines = _timelines(state.transitions(None, 0, 2**40))
     expected = {}
     for key, intervals in timelines.items():
         status = _status_at(intervals, at)
         if status is not None:
             expected[key] = status
-    actual = {(r["profile_index"], r["audience_id"]): (r["status"], int(r["last_qualification_time"].timestamp()))
-              for r in state.snapshot(None, ALL, at=at)}
+    actual = {
+        (r["profile_index"], r["audience_id"]): (r["status"], int(r["last_qualification_time"].timestamp()))
+        for r in state.snapshot(None, ALL, at=at)
+    }
     assert actual == expected
     assert {s for s, _ in actual.values()} == set(ALL)
 
@@ -82,7 +84,10 @@ def test_advancing_the_clock_changes_the_snapshot_and_the_exports(emu, aep):
     job = aep.export(aep.union_dataset(), [{"segmentId": audience}])
     at = job["creationTime"] // 1000
     assert at >= epoch(CLOCK_START) + 25 * DAY
-    exported = {r["_demoemea"]["identification"]["core"]["email"] for r in emu.admin.batch_rows(job["destination"]["batchId"])}
+    exported = {
+        r["_demoemea"]["identification"]["core"]["email"]
+        for r in emu.admin.batch_rows(job["destination"]["batchId"])
+    }
     assert exported == {r["email"] for r in emu.admin.snapshot([audience], at=iso(at))}
     emu.admin.set_clock("2026-01-01T00:00:00Z")
     assert emu.admin.clock()["now"].startswith("2026-01-01")
@@ -101,13 +106,22 @@ def test_membership_override_is_seen_by_truth_and_exports(emu, aep):
     rows = emu.admin.batch_rows(kept["destination"]["batchId"])
     assert member["email"] not in {r["_demoemea"]["identification"]["core"]["email"] for r in rows}
     gone = aep.export(dataset, [{"segmentId": audience, "status": ["exited"]}])
-    rows = {r["_demoemea"]["identification"]["core"]["email"]: r for r in emu.admin.batch_rows(gone["destination"]["batchId"])}
+    rows = {
+        r["_demoemea"]["identification"]["core"]["email"]: r
+        for r in emu.admin.batch_rows(gone["destination"]["batchId"])
+    }
     assert rows[member["email"]]["segmentMembership"]["ups"][audience]["status"] == "exited"
     emu.admin.set_membership(member["profile_index"], audience, True)
     back = {r["email"]: r["status"] for r in emu.admin.snapshot([audience], ALL)}
     assert back[member["email"]] == "realized"
-    assert emu.admin.request("POST", "/emulator/memberships", json={
-        "profile_index": 10 ** 9, "audience_id": audience, "member": True}).status_code == 400
+    assert (
+        emu.admin.request(
+            "POST",
+            "/emulator/memberships",
+            json={"profile_index": 10**9, "audience_id": audience, "member": True},
+        ).status_code
+        == 400
+    )
 
 
 def _state(**changes) -> EmulatorState:
@@ -132,8 +146,10 @@ def test_same_seed_same_data_other_seed_other_data():
 def test_audiences_file_settings_replace_the_defaults():
     from aep_emulator.settings import AudienceSpec
 
-    state = _state(profiles=400, audiences=(AudienceSpec("aud-everyone", "Everyone", 1.0),
-                                             AudienceSpec("aud-nobody", "Nobody", 0.0)))
+    state = _state(
+        profiles=400,
+        audiences=(AudienceSpec("aud-everyone", "Everyone", 1.0), AudienceSpec("aud-nobody", "Nobody", 0.0)),
+    )
     try:
         members = state.snapshot(["aud-everyone"], ALL, at=epoch(CLOCK_START) + 60 * DAY)
         assert len({r["profile_index"] for r in members}) > 100

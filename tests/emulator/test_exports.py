@@ -25,8 +25,10 @@ def _exported(emu, batch_id: str, *, distinct: bool = False) -> dict[str, dict[s
     for row in emu.admin.batch_rows(batch_id):
         email = row["_demoemea"]["identification"]["core"]["email"]
         assert email not in out, f"profile {email} exported twice in one batch"
-        out[email] = {aud: (m["status"], m["lastQualificationTime"])
-                      for aud, m in row["segmentMembership"]["ups"].items()}
+        out[email] = {
+            aud: (m["status"], m["lastQualificationTime"])
+            for aud, m in row["segmentMembership"]["ups"].items()
+        }
         assert row["_acp_system_metadata"]["acp_sourceBatchId"] == batch_id
         assert (row["_acp_batchid"] != batch_id) if distinct else (row["_acp_batchid"] == batch_id)
         assert row["_acp_system_metadata"]["commitBatchId"] == row["_acp_batchid"]
@@ -47,18 +49,23 @@ def _check_against_truth(emu, job: dict, selected: set[str]) -> None:
         assert memberships == truth[email], email
 
 
-@pytest.mark.parametrize("spec", [
-    [(0, ["realized", "existing"])],
-    [(1, ["existing"]), (2, ["exited"])],
-    [(0, ["realized"]), (3, ["realized", "existing", "exited"])],
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        [(0, ["realized", "existing"])],
+        [(1, ["existing"]), (2, ["exited"])],
+        [(0, ["realized"]), (3, ["realized", "existing", "exited"])],
+    ],
+)
 def test_export_matches_ground_truth(emu, aep, spec):
     audiences = [a["id"] for a in aep.audiences()]
     dataset = aep.union_dataset()
     segments = [{"segmentId": audiences[k], "segmentNs": "ups", "status": statuses} for k, statuses in spec]
     job = aep.export(dataset, segments)
     at = job["creationTime"] // 1000
-    selected = {r["email"] for k, statuses in spec for r in emu.admin.snapshot([audiences[k]], statuses, at=iso(at))}
+    selected = {
+        r["email"] for k, statuses in spec for r in emu.admin.snapshot([audiences[k]], statuses, at=iso(at))
+    }
     assert selected, "the synthetic data should give this filter members"
     _check_against_truth(emu, job, selected)
 
@@ -67,11 +74,16 @@ def test_export_with_segment_qualification_time(emu, aep):
     audience = aep.audiences()[2]["id"]
     dataset = aep.union_dataset()
     start, end = "2026-02-01T00:00:00Z", "2026-02-20T00:00:00Z"
-    job = aep.export(dataset, [{"segmentId": audience, "status": ALL}], sqt={"startTime": start, "endTime": end})
+    job = aep.export(
+        dataset, [{"segmentId": audience, "status": ALL}], sqt={"startTime": start, "endTime": end}
+    )
     at = job["creationTime"] // 1000
     # segmentQualificationTime filters on lastQualificationTime, whatever the status.
-    selected = {r["email"] for r in emu.admin.snapshot([audience], ALL, at=iso(at))
-                if start <= r["last_qualification_time"] < end}
+    selected = {
+        r["email"]
+        for r in emu.admin.snapshot([audience], ALL, at=iso(at))
+        if start <= r["last_qualification_time"] < end
+    }
     assert selected
     _check_against_truth(emu, job, selected)
     for memberships in _exported(emu, job["destination"]["batchId"]).values():
@@ -80,8 +92,11 @@ def test_export_with_segment_qualification_time(emu, aep):
 
 def test_unrequested_fields_are_null_and_requested_ones_set(emu, aep):
     dataset = aep.union_dataset()
-    job = aep.export(dataset, [{"segmentId": aep.audiences()[1]["id"]}],
-                     fields="_demoemea.identification.core.email,person.name.firstName")
+    job = aep.export(
+        dataset,
+        [{"segmentId": aep.audiences()[1]["id"]}],
+        fields="_demoemea.identification.core.email,person.name.firstName",
+    )
     rows = emu.admin.batch_rows(job["destination"]["batchId"])
     assert rows
     for row in rows:
@@ -103,9 +118,13 @@ def test_exports_accumulate_in_the_dataset_with_distinct_batch_ids(emu, aep):
     by_batch = defaultdict(int)
     for record in records:
         by_batch[record["_acp_batchid"]] += 1
-    assert by_batch == {b1: first["metrics"]["totalExportedProfileCounter"],
-                        b2: second["metrics"]["totalExportedProfileCounter"]}
-    batches = aep.ok(aep.api.call("GET", f"{CATALOG}/batches", params={"dataSet": dataset, "orderBy": "desc:created"}))
+    assert by_batch == {
+        b1: first["metrics"]["totalExportedProfileCounter"],
+        b2: second["metrics"]["totalExportedProfileCounter"],
+    }
+    batches = aep.ok(
+        aep.api.call("GET", f"{CATALOG}/batches", params={"dataSet": dataset, "orderBy": "desc:created"})
+    )
     assert list(batches) == [b2, b1] and all(b["status"] == "success" for b in batches.values())
     dataset_json = aep.ok(aep.api.call("GET", f"{CATALOG}/dataSets/{dataset}"))[dataset]
     assert dataset_json["lastBatchId"] == b2
@@ -140,19 +159,30 @@ def test_zero_member_audience_exports_nothing(emu, aep):
     assert job["status"] == "SUCCEEDED" and job["metrics"]["totalExportedProfileCounter"] == 0
 
 
-@pytest.mark.parametrize("mutate,field", [
-    (lambda b: b.pop("schema"), "schema.name"),
-    (lambda b: b["destination"].update(datasetId="000000000000000000000000"), "destination.datasetId"),
-    (lambda b: b["filter"]["segments"][0].update(segmentId="not-a-segment"), "filter.segments[0].segmentId"),
-    (lambda b: b["filter"]["segments"][0].update(status=["qualified"]), "filter.segments[0].status"),
-    (lambda b: b.update(mergePolicy={"id": "unknown-policy", "version": 1}), "mergePolicy.id"),
-    (lambda b: b["filter"].update(segmentQualificationTime={"startTime": "yesterday"}),
-     "filter.segmentQualificationTime.startTime"),
-])
+@pytest.mark.parametrize(
+    "mutate,field",
+    [
+        (lambda b: b.pop("schema"), "schema.name"),
+        (lambda b: b["destination"].update(datasetId="000000000000000000000000"), "destination.datasetId"),
+        (
+            lambda b: b["filter"]["segments"][0].update(segmentId="not-a-segment"),
+            "filter.segments[0].segmentId",
+        ),
+        (lambda b: b["filter"]["segments"][0].update(status=["qualified"]), "filter.segments[0].status"),
+        (lambda b: b.update(mergePolicy={"id": "unknown-policy", "version": 1}), "mergePolicy.id"),
+        (
+            lambda b: b["filter"].update(segmentQualificationTime={"startTime": "yesterday"}),
+            "filter.segmentQualificationTime.startTime",
+        ),
+    ],
+)
 def test_invalid_export_requests_name_the_field(aep, mutate, field):
     dataset = aep.union_dataset()
-    body = {"destination": {"datasetId": dataset}, "schema": {"name": "_xdm.context.profile"},
-            "filter": {"segments": [{"segmentId": aep.audiences()[0]["id"], "status": ["realized"]}]}}
+    body = {
+        "destination": {"datasetId": dataset},
+        "schema": {"name": "_xdm.context.profile"},
+        "filter": {"segments": [{"segmentId": aep.audiences()[0]["id"], "status": ["realized"]}]},
+    }
     mutate(body)
     response = aep.api.call("POST", f"{UPS}/export/jobs", json=body)
     assert response.status_code == 400, response.text
@@ -165,8 +195,11 @@ def test_invalid_export_requests_name_the_field(aep, mutate, field):
 def test_unknown_field_path_creates_the_job_and_fails_its_batch(emu, aep):
     # Adobe's use-case doc: the job is accepted and SUCCEEDS; the batch it wrote fails in Catalog.
     dataset = aep.union_dataset()
-    job = aep.export(dataset, [{"segmentId": aep.audiences()[0]["id"]}],
-                     fields="_demoemea.identification.core.email,_demoemea.identification.core.nope")
+    job = aep.export(
+        dataset,
+        [{"segmentId": aep.audiences()[0]["id"]}],
+        fields="_demoemea.identification.core.email,_demoemea.identification.core.nope",
+    )
     assert job["status"] == "SUCCEEDED"
     batch = aep.wait_batch(job["destination"]["batchId"])
     assert batch["status"] == "failed"
@@ -177,15 +210,23 @@ def test_unknown_field_path_creates_the_job_and_fails_its_batch(emu, aep):
 
 def test_export_into_a_non_union_dataset_is_refused(aep):
     _, dataset = aep.cja_dataset("Not union")
-    response = aep.api.call("POST", f"{UPS}/export/jobs", json={
-        "destination": {"datasetId": dataset}, "schema": {"name": "_xdm.context.profile"}})
+    response = aep.api.call(
+        "POST",
+        f"{UPS}/export/jobs",
+        json={"destination": {"datasetId": dataset}, "schema": {"name": "_xdm.context.profile"}},
+    )
     assert response.status_code == 400 and "profile union" in response.json()["detail"]
 
 
 def test_unmodelled_export_options_answer_501(aep):
-    response = aep.api.call("POST", f"{UPS}/export/jobs", json={
-        "destination": {"datasetId": aep.union_dataset(), "segmentPerBatch": True},
-        "schema": {"name": "_xdm.context.profile"}})
+    response = aep.api.call(
+        "POST",
+        f"{UPS}/export/jobs",
+        json={
+            "destination": {"datasetId": aep.union_dataset(), "segmentPerBatch": True},
+            "schema": {"name": "_xdm.context.profile"},
+        },
+    )
     assert response.status_code == 501 and "segmentPerBatch" in response.json()["detail"]
 
 
@@ -194,7 +235,9 @@ def test_failure_knobs_fail_the_job_or_only_its_batch(emu, aep):
     emu.admin.knobs(export_job_failures=1)
     failed = aep.export(dataset, [{"segmentId": audience}])
     assert failed["status"] == "FAILED" and failed["errors"]
-    assert all(isinstance(e["callStack"], str) for e in failed["errors"])  # a string in spec and docs, never null
+    assert all(
+        isinstance(e["callStack"], str) for e in failed["errors"]
+    )  # a string in spec and docs, never null
     emu.admin.knobs(export_batch_failures=1)
     trap = aep.export(dataset, [{"segmentId": audience}])
     assert trap["status"] == "SUCCEEDED"
@@ -231,7 +274,9 @@ def test_distinct_physical_and_logical_batch_ids(emu, aep):
     emu.admin.knobs(distinct_batch_ids=True)
     audience = aep.audiences()[0]["id"]
     dataset = aep.union_dataset()
-    job = aep.export(dataset, [{"segmentId": audience, "segmentNs": "ups", "status": ["realized", "existing"]}])
+    job = aep.export(
+        dataset, [{"segmentId": audience, "segmentNs": "ups", "status": ["realized", "existing"]}]
+    )
     batch_id = job["destination"]["batchId"]
     exported = _exported(emu, batch_id, distinct=True)
     assert len(exported) == job["metrics"]["totalExportedProfileCounter"] > 0

@@ -13,8 +13,16 @@ DATASETS = "/data/foundation/catalog/dataSets"
 
 @pytest.mark.parametrize("kind", ["429", "500", "502", "503"])
 def test_status_faults_then_recovery(emu, api, kind):
-    emu.admin.set_faults([{"route": "catalog.list_datasets", "kind": kind, "times": 1,
-                           **({"retry_after": 3} if kind == "429" else {})}])
+    emu.admin.set_faults(
+        [
+            {
+                "route": "catalog.list_datasets",
+                "kind": kind,
+                "times": 1,
+                **({"retry_after": 3} if kind == "429" else {}),
+            }
+        ]
+    )
     faulted = api.call("GET", DATASETS)
     assert faulted.status_code == int(kind)
     assert faulted.json()["error_code"].startswith(kind) and faulted.headers["x-request-id"]
@@ -50,7 +58,9 @@ def test_token_endpoint_can_fail_too(emu, api):
 
 def test_latency_delays_only_the_matching_request(emu, api):
     api.token()
-    emu.admin.set_faults([{"route": "GET /data/foundation/catalog/dataSets", "kind": "latency", "seconds": 1.0}])
+    emu.admin.set_faults(
+        [{"route": "GET /data/foundation/catalog/dataSets", "kind": "latency", "seconds": 1.0}]
+    )
     done: dict[str, float] = {}
     started = time.monotonic()
 
@@ -91,8 +101,12 @@ def test_admin_and_health_are_never_faulted(emu, api):
 
 
 def test_invalid_rules_are_rejected(emu):
-    for rule in ({"route": "x", "kind": "418"}, {"route": "x", "kind": "latency"},
-                 {"route": "x", "kind": "500", "probability": 2}, {"route": "x", "kind": "500", "color": "red"}):
+    for rule in (
+        {"route": "x", "kind": "418"},
+        {"route": "x", "kind": "latency"},
+        {"route": "x", "kind": "500", "probability": 2},
+        {"route": "x", "kind": "500", "color": "red"},
+    ):
         assert emu.admin.request("POST", "/emulator/faults", json={"rules": [rule]}).status_code == 400
 
 
@@ -103,7 +117,9 @@ def test_routes_are_listed_for_rule_authors(emu):
 
 def test_rules_naming_unknown_routes_are_refused(emu, api):
     emu.admin.set_faults([{"route": "catalog.list_datasets", "kind": "500", "times": 1}])
-    typo = emu.admin.request("POST", "/emulator/faults", json={"rules": [{"route": "catalog.list_dataset", "kind": "500"}]})
+    typo = emu.admin.request(
+        "POST", "/emulator/faults", json={"rules": [{"route": "catalog.list_dataset", "kind": "500"}]}
+    )
     assert typo.status_code == 400 and "catalog.list_dataset" in typo.json()["error"]
     assert api.call("GET", DATASETS).status_code == 500  # the previous rules stay in force
 

@@ -6,34 +6,48 @@ import json
 
 from emulator_testkit import IMPORT, TENANT
 
-GOOD = [{"_id": f"r{i}", "personID": f"p{i}@example.com",
-         f"_{TENANT}": {"audienceMembershipId": "aud-1", "audienceMembershipName": "Gold"}} for i in range(4)]
+GOOD = [
+    {
+        "_id": f"r{i}",
+        "personID": f"p{i}@example.com",
+        f"_{TENANT}": {"audienceMembershipId": "aud-1", "audienceMembershipName": "Gold"},
+    }
+    for i in range(4)
+]
 UNKNOWN_FIELD = {"_id": "bad1", "personID": "x@example.com", f"_{TENANT}": {"audienceMembershipIdz": "aud-1"}}
 OUTSIDE_TENANT = {"_id": "bad2", "personID": "y@example.com", "audienceMembershipId": "aud-1"}
 WRONG_TYPE = {"_id": "bad3", "personID": 42}
 
 
 def _row_errors(aep, batch_id: str) -> list[dict]:
-    listing = aep.ok(aep.api.call("GET", f"/data/foundation/export/batches/{batch_id}/meta",
-                                  params={"path": "row_errors"}))
+    listing = aep.ok(
+        aep.api.call("GET", f"/data/foundation/export/batches/{batch_id}/meta", params={"path": "row_errors"})
+    )
     out = []
     for item in listing["data"]:
-        text = aep.api.call("GET", f"/data/foundation/export/batches/{batch_id}/meta",
-                            params={"path": f"row_errors/{item['name']}"}).text
+        text = aep.api.call(
+            "GET",
+            f"/data/foundation/export/batches/{batch_id}/meta",
+            params={"path": f"row_errors/{item['name']}"},
+        ).text
         out += [json.loads(line) for line in text.splitlines() if line]
     return out
 
 
 def test_unknown_fields_fail_the_batch_with_per_record_reasons(emu, aep):
     _, dataset = aep.cja_dataset()
-    batch = aep.ingest(dataset, GOOD + [UNKNOWN_FIELD, OUTSIDE_TENANT, WRONG_TYPE], enableErrorDiagnostics=True)
+    batch = aep.ingest(
+        dataset, GOOD + [UNKNOWN_FIELD, OUTSIDE_TENANT, WRONG_TYPE], enableErrorDiagnostics=True
+    )
     assert batch["status"] == "failed"
     assert batch["metrics"]["inputRecordCount"] == 7 and batch["metrics"]["failedRecordCount"] == 3
     assert batch["metrics"]["outputRecordCount"] == 0
     assert batch["errors"][0]["code"] == "INGEST-1212-400"
     assert sum(e.get("recordCount", 0) for e in batch["errors"][1:]) == 3
-    reasons = {json.loads(e["_corrupt_record"])["_id"]: " ".join(x["message"] for x in e["_errors"])
-               for e in _row_errors(aep, batch["id"])}
+    reasons = {
+        json.loads(e["_corrupt_record"])["_id"]: " ".join(x["message"] for x in e["_errors"])
+        for e in _row_errors(aep, batch["id"])
+    }
     assert "audienceMembershipIdz" in reasons["bad1"] and "not defined" in reasons["bad1"]
     assert f"must sit under '_{TENANT}'" in reasons["bad2"]
     assert "personID" in reasons["bad3"] and "string" in reasons["bad3"]
@@ -42,11 +56,17 @@ def test_unknown_fields_fail_the_batch_with_per_record_reasons(emu, aep):
 
 def test_partial_ingestion_succeeds_with_failed_record_count(emu, aep):
     _, dataset = aep.cja_dataset()
-    batch = aep.ingest(dataset, GOOD + [UNKNOWN_FIELD, "{not json"], enableErrorDiagnostics=True,
-                       partialIngestionPercent=50)
+    batch = aep.ingest(
+        dataset, GOOD + [UNKNOWN_FIELD, "{not json"], enableErrorDiagnostics=True, partialIngestionPercent=50
+    )
     assert batch["status"] == "success"
-    assert batch["metrics"] == {"inputByteSize": batch["metrics"]["inputByteSize"], "inputFileCount": 1,
-                                "inputRecordCount": 6, "outputRecordCount": 4, "failedRecordCount": 2}
+    assert batch["metrics"] == {
+        "inputByteSize": batch["metrics"]["inputByteSize"],
+        "inputFileCount": 1,
+        "inputRecordCount": 6,
+        "outputRecordCount": 4,
+        "failedRecordCount": 2,
+    }
     codes = {e["code"] for e in batch["errors"]}
     assert {"INGEST-1212-400", "INGEST-1401-400"} <= codes
     assert batch["tags"] == {"acp_enableErrorDiagnostics": True, "acp_partialIngestionPercent": 50}
@@ -58,19 +78,39 @@ def test_partial_threshold_exceeded_fails_and_no_diagnostics_gives_1211(aep):
     batch = aep.ingest(dataset, GOOD[:1] + [UNKNOWN_FIELD], partialIngestionPercent=10)
     assert batch["status"] == "failed"
     assert [e["code"] for e in batch["errors"]] == ["INGEST-1211-400"]
-    assert aep.ok(aep.api.call("GET", f"/data/foundation/export/batches/{batch['id']}/meta",
-                               params={"path": "row_errors"}))["data"] == []
+    assert (
+        aep.ok(
+            aep.api.call(
+                "GET", f"/data/foundation/export/batches/{batch['id']}/meta", params={"path": "row_errors"}
+            )
+        )["data"]
+        == []
+    )
 
 
 def test_event_class_requires_id_and_timestamp(aep):
-    fg = aep.field_group("Event fields", {"audienceEventType": {"type": "string"}},
-                         cls="https://ns.adobe.com/xdm/context/experienceevent")
+    fg = aep.field_group(
+        "Event fields",
+        {"audienceEventType": {"type": "string"}},
+        cls="https://ns.adobe.com/xdm/context/experienceevent",
+    )
     schema = aep.schema("Event schema", [fg["$id"]], cls="https://ns.adobe.com/xdm/context/experienceevent")
-    created = aep.ok(aep.api.call("POST", "/data/foundation/catalog/dataSets", json={
-        "name": "Events", "schemaRef": {"id": schema["$id"], "contentType": "application/vnd.adobe.xed+json"}}), 201)
+    created = aep.ok(
+        aep.api.call(
+            "POST",
+            "/data/foundation/catalog/dataSets",
+            json={
+                "name": "Events",
+                "schemaRef": {"id": schema["$id"], "contentType": "application/vnd.adobe.xed+json"},
+            },
+        ),
+        201,
+    )
     dataset = created[0].split("/")[-1]
     good = {"_id": "e1", "timestamp": "2026-03-01T00:00:00Z", f"_{TENANT}": {"audienceEventType": "entered"}}
-    batch = aep.ingest(dataset, [good, {"_id": "e2"}], enableErrorDiagnostics=True, partialIngestionPercent=50)
+    batch = aep.ingest(
+        dataset, [good, {"_id": "e2"}], enableErrorDiagnostics=True, partialIngestionPercent=50
+    )
     assert batch["status"] == "success" and batch["metrics"]["failedRecordCount"] == 1
     assert "INGEST-1555-400" in {e["code"] for e in batch["errors"]}
 
@@ -118,16 +158,30 @@ def test_small_file_needs_octet_stream_and_same_path_replaces(emu, aep):
     assert aep.put_file(batch_id, dataset, "part=a/data.json", GOOD[:1]).status_code == 200
     assert aep.action(batch_id, "COMPLETE").status_code == 200
     assert aep.wait_batch(batch_id)["metrics"]["inputRecordCount"] == 1
-    assert aep.api.call("PUT", f"{IMPORT}/batches/{batch_id}/datasets/{dataset}/files/%2E%2E/x.json", data=b"{}",
-                        headers={"Content-Type": "application/octet-stream"}).status_code == 400
+    assert (
+        aep.api.call(
+            "PUT",
+            f"{IMPORT}/batches/{batch_id}/datasets/{dataset}/files/%2E%2E/x.json",
+            data=b"{}",
+            headers={"Content-Type": "application/octet-stream"},
+        ).status_code
+        == 400
+    )
 
 
 def _large(aep, batch_id: str, dataset: str, name: str):
     base = f"{IMPORT}/batches/{batch_id}/datasets/{dataset}/files/{name}"
 
     def chunk(start: int, data: bytes):
-        return aep.api.call("PATCH", base, data=data, headers={
-            "Content-Type": "application/octet-stream", "Content-Range": f"bytes {start}-{start + len(data) - 1}"})
+        return aep.api.call(
+            "PATCH",
+            base,
+            data=data,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"bytes {start}-{start + len(data) - 1}",
+            },
+        )
 
     assert aep.api.call("POST", base, params={"action": "INITIALIZE"}).status_code == 201
     return base, chunk
@@ -147,8 +201,12 @@ def test_large_file_with_a_gap_or_overlap_is_refused_at_complete(aep):
     chunk2(40, payload[40:])
     overlap = aep.api.call("POST", base2, params={"action": "COMPLETE"})
     assert overlap.status_code == 400 and "overlap" in overlap.json()["detail"]
-    mismatch = aep.api.call("PATCH", base2, data=b"abc", headers={
-        "Content-Type": "application/octet-stream", "Content-Range": "bytes 0-9"})
+    mismatch = aep.api.call(
+        "PATCH",
+        base2,
+        data=b"abc",
+        headers={"Content-Type": "application/octet-stream", "Content-Range": "bytes 0-9"},
+    )
     assert mismatch.status_code == 400
 
 
@@ -170,10 +228,16 @@ def test_large_file_upload_completes_and_ingests(emu, aep):
 
 def test_batch_creation_validates_and_non_json_is_not_modelled(aep):
     _, dataset = aep.cja_dataset()
-    assert aep.api.call("POST", f"{IMPORT}/batches", json={"datasetId": "nope", "inputFormat": {"format": "json"}}
-                        ).status_code == 400
+    assert (
+        aep.api.call(
+            "POST", f"{IMPORT}/batches", json={"datasetId": "nope", "inputFormat": {"format": "json"}}
+        ).status_code
+        == 400
+    )
     assert aep.api.call("POST", f"{IMPORT}/batches", json={"datasetId": dataset}).status_code == 400
-    parquet = aep.api.call("POST", f"{IMPORT}/batches", json={"datasetId": dataset, "inputFormat": {"format": "parquet"}})
+    parquet = aep.api.call(
+        "POST", f"{IMPORT}/batches", json={"datasetId": dataset, "inputFormat": {"format": "parquet"}}
+    )
     assert parquet.status_code == 501
 
 
@@ -223,13 +287,21 @@ def test_replay_refuses_invalid_predecessors_at_creation(aep):
     assert aep.action(reverted["id"], "REVERT").status_code == 200
 
     def create(predecessors):
-        body = {"datasetId": dataset, "inputFormat": {"format": "json"},
-                "replay": {"predecessors": predecessors, "reason": "replace"}}
+        body = {
+            "datasetId": dataset,
+            "inputFormat": {"format": "json"},
+            "replay": {"predecessors": predecessors, "reason": "replace"},
+        }
         return aep.api.call("POST", f"{IMPORT}/batches", json=body)
 
-    for predecessors, words in ((["0" * 32], "is not a batch"), ([elsewhere["id"]], "belongs to dataset"),
-                                ([loading], "is loading"), ([reverted["id"]], "is inactive"), ([], "one or more"),
-                                ([live["id"], 7], "one or more")):
+    for predecessors, words in (
+        (["0" * 32], "is not a batch"),
+        ([elsewhere["id"]], "belongs to dataset"),
+        ([loading], "is loading"),
+        ([reverted["id"]], "is inactive"),
+        ([], "one or more"),
+        ([live["id"], 7], "one or more"),
+    ):
         response = create(predecessors)
         assert response.status_code == 400, (predecessors, response.text)
         assert words in response.text, response.text
@@ -267,9 +339,13 @@ def test_an_export_batch_can_be_reverted_and_leaves_the_query_service_table(emu,
     old_id, new_id = first["destination"]["batchId"], second["destination"]["batchId"]
     assert aep.action(old_id, "REVERT").status_code == 200
     reverted = aep.batch(old_id)
-    assert reverted["status"] == "inactive" and reverted["updatedUser"] == f"{emu.credentials.client_id}@AdobeID"
+    assert (
+        reverted["status"] == "inactive" and reverted["updatedUser"] == f"{emu.credentials.client_id}@AdobeID"
+    )
     assert reverted["createdUser"] != reverted["updatedUser"]  # the export service wrote it; we reverted it
     assert aep.action(old_id, "REVERT").status_code == 200  # converges
     # the dataset's table (what Query Service reads) no longer holds its rows; the other export's stay
-    assert emu.admin.batch_rows(old_id) == [] and len(emu.admin.batch_rows(new_id)) == second["metrics"][
-        "totalExportedProfileCounter"] > 0
+    assert (
+        emu.admin.batch_rows(old_id) == []
+        and len(emu.admin.batch_rows(new_id)) == second["metrics"]["totalExportedProfileCounter"] > 0
+    )

@@ -8,20 +8,28 @@ from collections.abc import Iterator
 from dataclasses import fields
 
 import pytest
-from emulator_fixture import DEFAULT_SECRET, ApiClient, RunningEmulator, start_in_process
-from emulator_testkit import CATALOG, IMPORT, UPS, Aep, settings
 
 from aep_emulator import EmulatorSettings
 from aep_emulator.__main__ import parse_args, settings_from
 from aep_emulator.settings import REALISTIC
 
+from emulator_fixture import DEFAULT_SECRET, ApiClient, RunningEmulator, start_in_process
+from emulator_testkit import CATALOG, IMPORT, UPS, Aep, settings
+
 
 @pytest.fixture(scope="module")
 def real() -> Iterator[RunningEmulator]:
     base = settings()
-    with start_in_process(EmulatorSettings.realistic(
-            profiles=base.profiles, seed=base.seed, clock_start=base.clock_start, client_secret=DEFAULT_SECRET,
-            sandboxes=base.sandboxes, tenant=base.tenant)) as running:
+    with start_in_process(
+        EmulatorSettings.realistic(
+            profiles=base.profiles,
+            seed=base.seed,
+            clock_start=base.clock_start,
+            client_secret=DEFAULT_SECRET,
+            sandboxes=base.sandboxes,
+            tenant=base.tenant,
+        )
+    ) as running:
         yield running
 
 
@@ -60,15 +68,22 @@ def test_preset_names_real_settings_each_different_from_the_default():
 
 def test_cli_realistic_takes_the_preset_and_explicit_options_win():
     plain = settings_from(parse_args([]))
-    assert plain.mode == "default" and plain == EmulatorSettings(**{
-        f.name: getattr(plain, f.name) for f in fields(EmulatorSettings)})
-    assert (plain.time_scale, plain.export_job_seconds, plain.cja_rate_limit, plain.ims_scopes) == (1.0, 2.0, False, ())
+    assert plain.mode == "default" and plain == EmulatorSettings(
+        **{f.name: getattr(plain, f.name) for f in fields(EmulatorSettings)}
+    )
+    assert (plain.time_scale, plain.export_job_seconds, plain.cja_rate_limit, plain.ims_scopes) == (
+        1.0,
+        2.0,
+        False,
+        (),
+    )
     for argv in (["--realistic"], ["--mode", "realistic"]):
         realistic = settings_from(parse_args(argv))
         assert realistic.mode == "realistic"
         assert all(getattr(realistic, k) == v for k, v in REALISTIC.items())
-    tuned = settings_from(parse_args(["--realistic", "--batch-seconds", "60", "--no-cja-rate-limit",
-                                      "--time-scale", "0.01"]))
+    tuned = settings_from(
+        parse_args(["--realistic", "--batch-seconds", "60", "--no-cja-rate-limit", "--time-scale", "0.01"])
+    )
     assert (tuned.batch_seconds, tuned.cja_rate_limit, tuned.time_scale) == (60.0, False, 0.01)
     assert tuned.export_job_seconds == REALISTIC["export_job_seconds"]
 
@@ -111,8 +126,11 @@ def test_export_job_and_its_batch_pass_adobes_intermediate_statuses(real, raep):
 def test_ingestion_batch_passes_loaded_processing_staging(real, raep):
     real.admin.knobs(time_scale=2.0 / 300, platform_rate_limit=0)  # the 5-minute batch takes 2 s
     _, dataset = raep.cja_dataset()
-    row = {"_id": "1", "personID": "a@example.com",
-           "_demoemea": {"audienceMembershipId": "x", "audienceMembershipName": "X"}}
+    row = {
+        "_id": "1",
+        "personID": "a@example.com",
+        "_demoemea": {"audienceMembershipId": "x", "audienceMembershipName": "X"},
+    }
     batch_id = raep.batch_for(dataset)
     assert raep.put_file(batch_id, dataset, "part-0.json", [row]).status_code == 201
     assert raep.action(batch_id, "COMPLETE").status_code == 200
@@ -122,8 +140,11 @@ def test_ingestion_batch_passes_loaded_processing_staging(real, raep):
     bad = raep.batch_for(dataset)
     assert raep.put_file(bad, dataset, "part-0.json", ["{not json"]).status_code == 201
     assert raep.action(bad, "COMPLETE").status_code == 200
-    assert _until_terminal(lambda: raep.batch(bad)["status"], {"success", "failed"}) == ["loaded", "processing",
-                                                                                         "failed"]
+    assert _until_terminal(lambda: raep.batch(bad)["status"], {"success", "failed"}) == [
+        "loaded",
+        "processing",
+        "failed",
+    ]
 
 
 # -- throttling -------------------------------------------------------------------------------------
@@ -162,8 +183,16 @@ def test_batch_creation_rate_answers_429_with_retry_after(real, raep):
 # -- IMS scopes -------------------------------------------------------------------------------------
 def _token(api: ApiClient, scope: str):
     c = api.credentials
-    return api.request("POST", "/ims/token/v3", data={"grant_type": "client_credentials", "client_id": c.client_id,
-                                                      "client_secret": c.client_secret, "scope": scope})
+    return api.request(
+        "POST",
+        "/ims/token/v3",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": c.client_id,
+            "client_secret": c.client_secret,
+            "scope": scope,
+        },
+    )
 
 
 def test_ims_refuses_a_scope_the_credential_does_not_have(raep):
@@ -174,10 +203,13 @@ def test_ims_refuses_a_scope_the_credential_does_not_have(raep):
     assert _token(raep.api, raep.api.credentials.scope).status_code == 200
 
 
-@pytest.mark.parametrize("dropped,status,code", [
-    ("additional_info.projectedProductContext", 403, "403027"),
-    ("AdobeID", 401, "401013"),
-])
+@pytest.mark.parametrize(
+    "dropped,status,code",
+    [
+        ("additional_info.projectedProductContext", 403, "403027"),
+        ("AdobeID", 401, "401013"),
+    ],
+)
 def test_a_token_without_a_required_scope_is_refused_by_the_gateway(raep, dropped, status, code):
     scope = ",".join(s for s in raep.api.credentials.scope.split(",") if s != dropped)
     token = _token(raep.api, scope).json()["access_token"]  # IMS grants a subset of the credential's scopes

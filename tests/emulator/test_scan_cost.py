@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 import pytest
+
 from emulator_fixture import start_in_process
 from emulator_testkit import Aep, settings
 
@@ -19,9 +20,17 @@ def qs_emu() -> Any:
 
 
 def _connect(emu: Any, api: Any) -> psycopg.Connection:
-    return psycopg.connect(host=emu.pg_host, port=emu.pg_port, user=emu.credentials.org_id, password=api.token(),
-                           dbname="prod:all", sslmode="verify-full", sslrootcert=emu.ca_bundle, gssencmode="disable",
-                           autocommit=True)
+    return psycopg.connect(
+        host=emu.pg_host,
+        port=emu.pg_port,
+        user=emu.credentials.org_id,
+        password=api.token(),
+        dbname="prod:all",
+        sslmode="verify-full",
+        sslrootcert=emu.ca_bundle,
+        gssencmode="disable",
+        autocommit=True,
+    )
 
 
 def _exports(emu: Any) -> tuple[Any, str, list[dict]]:
@@ -29,9 +38,13 @@ def _exports(emu: Any) -> tuple[Any, str, list[dict]]:
     aep = Aep(emu, api)
     audiences = [a["id"] for a in aep.audiences()]
     dataset = aep.union_dataset("Scanned export")
-    table = aep.ok(api.call("GET", f"/data/foundation/catalog/dataSets/{dataset}"))[dataset]["tags"]["adobe/pqs/table"][0]
-    jobs = [aep.export(dataset, [{"segmentId": audiences[i]}], fields="_demoemea.identification.core.email")
-            for i in range(2)]
+    table = aep.ok(api.call("GET", f"/data/foundation/catalog/dataSets/{dataset}"))[dataset]["tags"][
+        "adobe/pqs/table"
+    ][0]
+    jobs = [
+        aep.export(dataset, [{"segmentId": audiences[i]}], fields="_demoemea.identification.core.email")
+        for i in range(2)
+    ]
     return api, table, jobs
 
 
@@ -40,13 +53,16 @@ def test_scans_are_counted_and_cost_modelled_time(qs_emu: Any) -> None:
     rows = [j["metrics"]["totalExportedProfileCounter"] for j in jobs]
     assert all(rows)
     qs_emu.admin.scans("DELETE")
-    cost = qs_emu.admin.scans("POST", seconds_per_million_rows=1_000_000 / sum(rows) * 0.4, seconds_per_query=0.1)
+    cost = qs_emu.admin.scans(
+        "POST", seconds_per_million_rows=1_000_000 / sum(rows) * 0.4, seconds_per_query=0.1
+    )
     assert cost["queries"] == 0 and cost["cost"]["seconds_per_query"] == 0.1
     with _connect(qs_emu, api) as conn:
         conn.execute("SELECT 1").fetchall()  # reads no dataset: free, counted as a query only
         started = time.monotonic()
-        conn.execute(f"SELECT count(*) FROM {table} WHERE _acp_batchid = %s",
-                     (jobs[1]["destination"]["batchId"],)).fetchall()
+        conn.execute(
+            f"SELECT count(*) FROM {table} WHERE _acp_batchid = %s", (jobs[1]["destination"]["batchId"],)
+        ).fetchall()
         one_batch = time.monotonic() - started
         started = time.monotonic()
         conn.execute(f"SELECT count(*) FROM {table}").fetchall()  # no batch filter: every live batch

@@ -24,8 +24,9 @@ def audiences(emu) -> dict[str, dict]:
 def _history(*ids: str) -> PreviousExports:
     """As if a snapshot exported ``ids`` a minute ago (before any rename the test makes)."""
     first_ms = int(time.time() * 1000) - 60_000
-    return PreviousExports(audience_ids=dict.fromkeys(ids, 24115), first_exported_ms=dict.fromkeys(ids, first_ms),
-                           snapshots=1)
+    return PreviousExports(
+        audience_ids=dict.fromkeys(ids, 24115), first_exported_ms=dict.fromkeys(ids, first_ms), snapshots=1
+    )
 
 
 def test_deleted_audience_by_id_is_left_out_and_reported(emu, audiences):
@@ -39,11 +40,16 @@ def test_deleted_audience_by_id_is_left_out_and_reported(emu, audiences):
 
     resolution = SegmentationHook().resolve_selection(
         [AudienceSelector(id=gold["id"], display_name="Gold"), AudienceSelector(id=cart["id"])],
-        previous_exports=history)
+        previous_exports=history,
+    )
     assert [a.id for a in resolution.resolved] == [cart["id"]]
     [missing] = resolution.missing
-    assert (missing.reason, missing.id, missing.name, missing.field) == ("deleted", gold["id"], "Gold",
-                                                                         "audiences[0].id")
+    assert (missing.reason, missing.id, missing.name, missing.field) == (
+        "deleted",
+        gold["id"],
+        "Gold",
+        "audiences[0].id",
+    )
     assert calls == [1]
 
 
@@ -51,8 +57,9 @@ def test_history_is_read_only_when_something_is_missing(audiences):
     def history():
         raise AssertionError("read the history although every audience resolved")
 
-    resolution = SegmentationHook().resolve_selection([AudienceSelector(name="Cart abandoners")],
-                                                      previous_exports=history)
+    resolution = SegmentationHook().resolve_selection(
+        [AudienceSelector(name="Cart abandoners")], previous_exports=history
+    )
     assert resolution.missing == [] and resolution.resolved[0].aep_name == "Cart abandoners"
 
 
@@ -61,12 +68,18 @@ def test_renamed_audience_by_name_keeps_its_id_under_the_new_name(emu, audiences
     emu.admin.rename_audience(cart["id"], "Cart abandoners (EU)")
     resolution = SegmentationHook().resolve_selection(
         [AudienceSelector(name="Cart abandoners"), AudienceSelector(name="Churn risk")],
-        previous_exports=lambda: _history(cart["id"], audiences["Churn risk"]["id"]))
+        previous_exports=lambda: _history(cart["id"], audiences["Churn risk"]["id"]),
+    )
     assert [(a.id, a.name, a.aep_name) for a in resolution.resolved] == [
         (cart["id"], "Cart abandoners (EU)", "Cart abandoners (EU)"),
-        (audiences["Churn risk"]["id"], "Churn risk", "Churn risk")]
+        (audiences["Churn risk"]["id"], "Churn risk", "Churn risk"),
+    ]
     [missing] = resolution.missing
-    assert (missing.reason, missing.new_name, missing.name) == ("renamed", "Cart abandoners (EU)", "Cart abandoners")
+    assert (missing.reason, missing.new_name, missing.name) == (
+        "renamed",
+        "Cart abandoners (EU)",
+        "Cart abandoners",
+    )
 
 
 def test_typo_fails_naming_the_field_with_suggestions_even_with_history(emu, audiences):
@@ -75,8 +88,12 @@ def test_typo_fails_naming_the_field_with_suggestions_even_with_history(emu, aud
     cart = audiences["Cart abandoners"]
     with pytest.raises(AepConfigError) as info:
         SegmentationHook().resolve_selection(
-            [AudienceSelector(name="Cart abandonerz"), AudienceSelector(id="00000000-0000-4000-8000-000000000000")],
-            previous_exports=lambda: _history(cart["id"]))
+            [
+                AudienceSelector(name="Cart abandonerz"),
+                AudienceSelector(id="00000000-0000-4000-8000-000000000000"),
+            ],
+            previous_exports=lambda: _history(cart["id"]),
+        )
     text = str(info.value)
     assert "audiences[0].name" in text and "did you mean 'Cart abandoners'?" in text
     assert "audiences[1].id" in text and "earlier snapshot" in text
@@ -86,8 +103,9 @@ def test_every_audience_missing_fails_clearly(emu, audiences):
     gold = audiences["Luma - Gold members"]
     emu.admin.delete_audience(gold["id"])
     with pytest.raises(AepConfigError, match="every audience of the job is missing in AEP"):
-        SegmentationHook().resolve_selection([AudienceSelector(id=gold["id"])],
-                                             previous_exports=lambda: _history(gold["id"]))
+        SegmentationHook().resolve_selection(
+            [AudienceSelector(id=gold["id"])], previous_exports=lambda: _history(gold["id"])
+        )
 
 
 def test_strict_resolve_audiences_still_fails_on_a_deleted_audience(emu, audiences):

@@ -46,7 +46,9 @@ def test_test_connection_reports_org_and_sandbox(emu):
 
 
 def test_wrong_secret_fails_with_ims_message(emu, adobe_conn, monkeypatch):
-    monkeypatch.setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}", json.dumps({**adobe_conn, "password": "wrong-secret"}))
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}", json.dumps({**adobe_conn, "password": "wrong-secret"})
+    )
     ok, message = AdobePlatformHook().test_connection()
     assert not ok
     assert "invalid_client" in message and "HTTP 401" in message
@@ -87,8 +89,12 @@ def test_problem_details_code_is_parsed():
     hook = AdobePlatformHook()
     with pytest.raises(AepBadRequestError) as info:
         # Schema Registry lookups without a versioned Accept header are refused (XDM-100x-400).
-        hook.request("GET", "/data/foundation/schemaregistry/tenant/schemas/_xdm.context.profile__union",
-                     route="schema_registry.get_schemas", accept="application/json")
+        hook.request(
+            "GET",
+            "/data/foundation/schemaregistry/tenant/schemas/_xdm.context.profile__union",
+            route="schema_registry.get_schemas",
+            accept="application/json",
+        )
     assert info.value.code and info.value.code.startswith("XDM-")
 
 
@@ -169,9 +175,16 @@ def test_rejected_token_is_refreshed_once(emu):
 def test_persistent_401_is_not_retried_forever(emu, adobe_conn, monkeypatch):
     hook = CatalogHook()
     hook.get_access_token()
-    monkeypatch.setattr(type(hook), "_headers", lambda self, *a, **k: {"Authorization": "Bearer nope",
-                        "x-api-key": self.settings.client_id, "x-gw-ims-org-id": self.settings.org_id,
-                        "x-sandbox-name": "prod"})
+    monkeypatch.setattr(
+        type(hook),
+        "_headers",
+        lambda self, *a, **k: {
+            "Authorization": "Bearer nope",
+            "x-api-key": self.settings.client_id,
+            "x-gw-ims-org-id": self.settings.org_id,
+            "x-sandbox-name": "prod",
+        },
+    )
     with pytest.raises(AepAuthError, match="401013"):
         hook.find_datasets_by_name("x")
 
@@ -199,8 +212,10 @@ def test_no_secret_or_token_in_logs_or_errors(emu, adobe_conn, caplog, fast_retr
     token = hook.get_access_token()
     hook.find_datasets_by_name("x")
     errors = []
-    for call in (lambda: hook.get_dataset("000000000000000000000000"),
-                 lambda: hook.request("GET", "/data/foundation/nowhere", route="x")):
+    for call in (
+        lambda: hook.get_dataset("000000000000000000000000"),
+        lambda: hook.request("GET", "/data/foundation/nowhere", route="x"),
+    ):
         try:
             call()
         except Exception as exc:  # noqa: BLE001 - we inspect every error text

@@ -26,8 +26,9 @@ def _export(audience_ids: list[str], statuses=("realized", "existing")) -> tuple
     """Run one export job; return (table name, batch id)."""
     dataset, _ = CatalogHook().ensure_dataset("QS export", schema_id=PROFILE_UNION_ALT_ID)
     hook = SegmentationHook()
-    request = ExportJobRequest(dataset_id=dataset.id, segment_ids=tuple(audience_ids), statuses=tuple(statuses),
-                               fields=(EMAIL,))
+    request = ExportJobRequest(
+        dataset_id=dataset.id, segment_ids=tuple(audience_ids), statuses=tuple(statuses), fields=(EMAIL,)
+    )
     job = hook.create_export_job(request, created_after_ms=int(time.time() * 1000) - 1000)
     deadline = time.monotonic() + 60
     while not (job := hook.get_export_job(job.id)).is_terminal:
@@ -38,14 +39,22 @@ def _export(audience_ids: list[str], statuses=("realized", "existing")) -> tuple
 
 
 def _job(audience_ids: list[str], **overrides) -> RefreshJob:
-    return RefreshJob.model_validate({"job_id": "qs_test", "audiences": [{"id": a} for a in audience_ids],
-                                      "identity": {"field": "_{tenant}.identification.core.email"},
-                                      "tenant": "demoemea", **overrides})
+    return RefreshJob.model_validate(
+        {
+            "job_id": "qs_test",
+            "audiences": [{"id": a} for a in audience_ids],
+            "identity": {"field": "_{tenant}.identification.core.email"},
+            "tenant": "demoemea",
+            **overrides,
+        }
+    )
 
 
 def _truth(emu, audience_ids: list[str]) -> set[tuple[str, str, str, str]]:
-    return {(r["email"], r["audience_id"], r["status"], r["last_qualification_time"])
-            for r in emu.admin.snapshot(audience_ids, ["realized", "existing"])}
+    return {
+        (r["email"], r["audience_id"], r["status"], r["last_qualification_time"])
+        for r in emu.admin.snapshot(audience_ids, ["realized", "existing"])
+    }
 
 
 @pytest.fixture
@@ -62,7 +71,7 @@ def test_builder_query_through_query_service_hook_equals_ground_truth(emu, audie
     rows = [tuple(r) for batch in hook.stream(sql.membership_sql(q), batch_size=97) for r in batch]
     assert set(rows) == _truth(emu, wanted) and len(rows) == len(set(rows))
     assert rows == sorted(rows, key=lambda r: (r[0], r[1], r[3], r[2]))  # grouped by person, total order
-    (memberships, identified), = hook.query_all(sql.count_sql(q))
+    ((memberships, identified),) = hook.query_all(sql.count_sql(q))
     assert memberships == identified == len(rows)
 
 
@@ -71,7 +80,7 @@ def test_partitioned_read_returns_every_membership_once(emu, audiences):
     table, batch_id = _export(wanted)
     q = sql.build_membership_query(_job(wanted), table=table, batch_id=batch_id)
     hook = QueryServiceHook()
-    (count, _), = hook.query_all(sql.count_sql(q))
+    ((count, _),) = hook.query_all(sql.count_sql(q))
     parts = sql.plan_partitions(count, max_rows=max(1, count // 7))
     assert len(parts) >= 7
     seen: list[tuple] = []
@@ -87,13 +96,24 @@ def test_recipe_query_corrected_runs_through_psycopg2(emu, audiences):
     table, batch_id = _export([a1, a2])
     platform = QueryServiceHook().platform
     s = platform.settings
-    recipe = (f"SELECT ROW_NUMBER() OVER (ORDER BY key)::text as _id, personID, key as audienceMembershipId "
-              f"FROM (SELECT {EMAIL} AS personID, explode(segmentMembership.ups) FROM {table} "
-              f"WHERE _acp_batchid = '{batch_id}') "
-              f"WHERE value.status IN ('realized', 'existing') AND (key = '{a1}' OR key = '{a2}')")
-    with psycopg2.connect(host=s.query_service_host, port=s.query_service_port, dbname=f"{s.sandbox}:all",
-                          user=s.org_id, password=platform.get_access_token(), sslmode="verify-full",
-                          sslrootcert=s.ca_bundle) as conn, conn.cursor() as cur:
+    recipe = (
+        f"SELECT ROW_NUMBER() OVER (ORDER BY key)::text as _id, personID, key as audienceMembershipId "
+        f"FROM (SELECT {EMAIL} AS personID, explode(segmentMembership.ups) FROM {table} "
+        f"WHERE _acp_batchid = '{batch_id}') "
+        f"WHERE value.status IN ('realized', 'existing') AND (key = '{a1}' OR key = '{a2}')"
+    )
+    with (
+        psycopg2.connect(
+            host=s.query_service_host,
+            port=s.query_service_port,
+            dbname=f"{s.sandbox}:all",
+            user=s.org_id,
+            password=platform.get_access_token(),
+            sslmode="verify-full",
+            sslrootcert=s.ca_bundle,
+        ) as conn,
+        conn.cursor() as cur,
+    ):
         cur.execute(recipe)
         rows = cur.fetchall()
     assert {(r[1], r[2]) for r in rows} == {(e, a) for e, a, _, _ in _truth(emu, [a1, a2])}
@@ -105,20 +125,24 @@ def test_too_many_rows_are_cut_like_production_and_partitions_fit(audiences, mon
     implicit LIMIT); hash partitions of at most 100 rows read everything."""
     import json
 
-    from airflow_cja_audiences import DEFAULT_CONN_ID
     from aep_emulator.connection import airflow_connection
+    from airflow_cja_audiences import DEFAULT_CONN_ID
     from airflow_cja_audiences.hooks.platform import clear_token_cache
 
     from emulator_fixture import start_subprocess
 
-    with start_subprocess(profiles=600, pg=True, args=["--qs-max-rows", "150", "--export-job-seconds", "0.2"]) as small:
-        monkeypatch.setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}",
-                           json.dumps(airflow_connection(small.ready, small.credentials.client_secret)))
+    with start_subprocess(
+        profiles=600, pg=True, args=["--qs-max-rows", "150", "--export-job-seconds", "0.2"]
+    ) as small:
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}",
+            json.dumps(airflow_connection(small.ready, small.credentials.client_secret)),
+        )
         clear_token_cache()
         table, batch_id = _export(audiences[:5])
         q = sql.build_membership_query(_job(audiences[:5]), table=table, batch_id=batch_id)
         hook = QueryServiceHook()
-        (count, _), = hook.query_all(sql.count_sql(q))
+        ((count, _),) = hook.query_all(sql.count_sql(q))
         assert count > 150
         assert sum(len(b) for b in hook.stream(sql.membership_sql(q))) == 150  # cut, no error
         total = 0
@@ -132,18 +156,28 @@ def test_row_cap_and_timeout_are_both_53400_and_told_apart(audiences, monkeypatc
     server's message (not by the statement it quotes, which ends with LIMIT 0)."""
     import json
 
-    from emulator_fixture import start_subprocess
-
-    from airflow_cja_audiences import DEFAULT_CONN_ID
     from aep_emulator.connection import airflow_connection
+    from airflow_cja_audiences import DEFAULT_CONN_ID
     from airflow_cja_audiences.hooks.platform import clear_token_cache
     from airflow_cja_audiences.hooks.query_service import QueryServiceError
 
-    args = ["--qs-max-rows", "150", "--qs-over-limit", "error", "--qs-timeout-seconds", "1.5",
-            "--export-job-seconds", "0.2"]
+    from emulator_fixture import start_subprocess
+
+    args = [
+        "--qs-max-rows",
+        "150",
+        "--qs-over-limit",
+        "error",
+        "--qs-timeout-seconds",
+        "1.5",
+        "--export-job-seconds",
+        "0.2",
+    ]
     with start_subprocess(profiles=600, pg=True, args=args) as small:
-        monkeypatch.setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}",
-                           json.dumps(airflow_connection(small.ready, small.credentials.client_secret)))
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}",
+            json.dumps(airflow_connection(small.ready, small.credentials.client_secret)),
+        )
         clear_token_cache()
         table, batch_id = _export(audiences[:5])
         q = sql.build_membership_query(_job(audiences[:5]), table=table, batch_id=batch_id)
@@ -151,7 +185,7 @@ def test_row_cap_and_timeout_are_both_53400_and_told_apart(audiences, monkeypatc
         with pytest.raises(QueryServiceError) as cap:
             list(hook.stream(sql.membership_sql(q)))
         assert (cap.value.is_limit, cap.value.limit_kind) == (True, "rows"), str(cap.value)
-        (count, _), = hook.query_all(sql.count_sql(q))
+        ((count, _),) = hook.query_all(sql.count_sql(q))
         assert sum(len(b) for b in hook.stream(sql.lift_row_cap(sql.membership_sql(q)))) == count > 150
         small.admin.scans("POST", seconds_per_query=30)  # every scan now outlasts the 1.5 s limit
         with pytest.raises(QueryServiceError) as timeout:
@@ -185,8 +219,16 @@ def test_change_counts_between_two_exports_equal_ground_truth(emu, audiences):
     def per(audience: str, pairs: set) -> int:
         return sum(1 for _, x in pairs if x == audience)
 
-    expected = {a: (per(a, new), per(a, new - old), per(a, {p for p in new - old if status_now[p] == "existing"}),
-                    per(a, (old - new) & exited_now), per(a, (old - new) - exited_now)) for a in wanted}
+    expected = {
+        a: (
+            per(a, new),
+            per(a, new - old),
+            per(a, {p for p in new - old if status_now[p] == "existing"}),
+            per(a, (old - new) & exited_now),
+            per(a, (old - new) - exited_now),
+        )
+        for a in wanted
+    }
     assert {a: got.get(a, (0, 0, 0, 0, 0)) for a in wanted} == expected
     assert any(v[1] and v[3] for v in expected.values())  # the clock move really changed memberships
     assert any(v[2] for v in expected.values())  # and 3 days turn some entries existing: untimed
@@ -201,7 +243,9 @@ def test_query_service_faults_hold_fail_or_drop_a_statement(emu):
     emu.admin.set_faults([{"route": "QUERY SELECT 2", "kind": "503", "times": 1}])
     with pytest.raises(QueryServiceError) as failed:
         hook.query_all("SELECT 2")
-    assert failed.value.sqlstate == "57P03" and failed.value.transient and hook.query_all("SELECT 2") == [(2,)]
+    assert (
+        failed.value.sqlstate == "57P03" and failed.value.transient and hook.query_all("SELECT 2") == [(2,)]
+    )
     emu.admin.set_faults([{"route": "query_service.query", "kind": "reset", "times": 1}])
     with pytest.raises(QueryServiceError, match="closed|EOF|connection") as dropped:
         hook.query_all("SELECT 3")
@@ -229,10 +273,20 @@ def test_unmodified_postgres_hook_reads_the_export(emu, audiences, monkeypatch):
     table, batch_id = _export(wanted)
     platform = QueryServiceHook().platform
     s = platform.settings
-    monkeypatch.setenv("AIRFLOW_CONN_AEP_QUERY_SERVICE", json.dumps({
-        "conn_type": "postgres", "host": s.query_service_host, "port": s.query_service_port,
-        "login": s.org_id, "password": platform.get_access_token(), "schema": f"{s.sandbox}:all",
-        "extra": {"sslmode": "verify-full", "sslrootcert": s.ca_bundle}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AEP_QUERY_SERVICE",
+        json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": s.query_service_host,
+                "port": s.query_service_port,
+                "login": s.org_id,
+                "password": platform.get_access_token(),
+                "schema": f"{s.sandbox}:all",
+                "extra": {"sslmode": "verify-full", "sslrootcert": s.ca_bundle},
+            }
+        ),
+    )
     q = sql.build_membership_query(_job(wanted), table=table, batch_id=batch_id)
     rows = PostgresHook(postgres_conn_id="aep_query_service").get_records(sql.membership_sql(q))
     assert {tuple(r) for r in rows} == _truth(emu, wanted)
@@ -250,10 +304,14 @@ def test_transient_query_service_errors_are_retried_on_a_new_connection(emu, aud
     q = sql.build_membership_query(_job(audiences[:2]), table=table, batch_id=batch_id)
     partition = sql.Partition(1, 0)
     expected = [tuple(r) for batch in hook.stream(sql.membership_sql(q, partition)) for r in batch]
-    emu.admin.set_faults([{"route": "query_service.query", "kind": kind, "times": 1} for kind in ("503", "reset")])
+    emu.admin.set_faults(
+        [{"route": "query_service.query", "kind": kind, "times": 1} for kind in ("503", "reset")]
+    )
     assert hook.query_all(sql.count_sql(q))[0][0] == len(expected)
     emu.admin.set_faults([{"route": "QUERY .*FETCH.*", "kind": "reset", "times": 1}])  # mid-stream
-    rows = hook.retrying(lambda: [tuple(r) for batch in hook.stream(sql.membership_sql(q, partition)) for r in batch])
+    rows = hook.retrying(
+        lambda: [tuple(r) for batch in hook.stream(sql.membership_sql(q, partition)) for r in batch]
+    )
     assert rows == expected
     assert platform.retry_counts["query_service.query"] == 3
     with pytest.raises(QueryServiceError) as wrong:
@@ -262,6 +320,7 @@ def test_transient_query_service_errors_are_retried_on_a_new_connection(emu, aud
 
 
 # ------------------------------------------------------------------ the connection test checks Query Service too
+
 
 def _closed_port() -> int:
     import socket
@@ -326,19 +385,28 @@ def test_refused_query_service_login_is_permanent(emu, monkeypatch):
     assert "Query Service permissions" in str(info.value) and "not-a-token" not in str(info.value)
 
 
-@pytest.mark.parametrize("message, transient, permanent", [
-    ("SSL SYSCALL error: EOF detected", True, False),
-    ("SSL error: unexpected eof while reading", True, False),
-    ("server closed the connection unexpectedly", True, False),
-    ("connection to server at \"h\", port 80 failed: Connection refused", True, False),
-    ("SSL error: certificate verify failed", False, True),
-    ("connection to server failed: FATAL:  password authentication failed for user \"x\"", False, True),
-    ("connection to server failed: FATAL:  database \"nope:all\" does not exist", False, True),
-    ("connection to server failed: FATAL:  sorry, too many clients already", True, False),
-    # Query Service's org-wide session cap: its text names no credential, and a free slot fixes it.
-    (("connection to server at \"h\", port 80 failed: FATAL:  Session Limit Reached\nDETAIL:  5 of the "
-      "organization's 5 concurrent Query Service sessions are in use"), True, False),
-])
+@pytest.mark.parametrize(
+    "message, transient, permanent",
+    [
+        ("SSL SYSCALL error: EOF detected", True, False),
+        ("SSL error: unexpected eof while reading", True, False),
+        ("server closed the connection unexpectedly", True, False),
+        ('connection to server at "h", port 80 failed: Connection refused', True, False),
+        ("SSL error: certificate verify failed", False, True),
+        ('connection to server failed: FATAL:  password authentication failed for user "x"', False, True),
+        ('connection to server failed: FATAL:  database "nope:all" does not exist', False, True),
+        ("connection to server failed: FATAL:  sorry, too many clients already", True, False),
+        # Query Service's org-wide session cap: its text names no credential, and a free slot fixes it.
+        (
+            (
+                'connection to server at "h", port 80 failed: FATAL:  Session Limit Reached\nDETAIL:  5 of the '
+                "organization's 5 concurrent Query Service sessions are in use"
+            ),
+            True,
+            False,
+        ),
+    ],
+)
 def test_driver_errors_without_sqlstate_are_classified(message, transient, permanent):
     from airflow_cja_audiences.hooks.query_service import _wrap
 
@@ -353,7 +421,9 @@ def test_a_failing_cursor_close_does_not_hide_what_happened(monkeypatch):
     from airflow_cja_audiences.hooks.query_service import QueryServiceError
 
     OperationalError = type("OperationalError", (Exception,), {"__module__": "psycopg"})
-    ProgramLimitExceeded = type("ProgramLimitExceeded", (Exception,), {"__module__": "psycopg", "sqlstate": "53400"})
+    ProgramLimitExceeded = type(
+        "ProgramLimitExceeded", (Exception,), {"__module__": "psycopg", "sqlstate": "53400"}
+    )
 
     class Cursor:
         def __enter__(self):
@@ -381,15 +451,25 @@ def test_a_failing_cursor_close_does_not_hide_what_happened(monkeypatch):
 
 # ------------------------------------------------------------------ the org's concurrent session limit
 
+
 def _other_client_sessions(emu, n: int) -> list:
     """``n`` sessions held by another client of the same org (a person in a SQL editor, say)."""
     from airflow_cja_audiences.hooks.platform import AdobePlatformHook
 
     platform = AdobePlatformHook()
     s = platform.settings
-    return [psycopg2.connect(host=emu.pg_host, port=emu.pg_port, user=s.org_id, password=platform.get_access_token(),
-                             dbname=f"{s.sandbox}:all", sslmode="verify-full", sslrootcert=s.ca_bundle)
-            for _ in range(n)]
+    return [
+        psycopg2.connect(
+            host=emu.pg_host,
+            port=emu.pg_port,
+            user=s.org_id,
+            password=platform.get_access_token(),
+            dbname=f"{s.sandbox}:all",
+            sslmode="verify-full",
+            sslrootcert=s.ca_bundle,
+        )
+        for _ in range(n)
+    ]
 
 
 def test_session_limit_taken_by_another_client_is_waited_out_not_failed(emu, audiences, fast_retries):
@@ -421,7 +501,9 @@ def test_session_limit_taken_by_another_client_is_waited_out_not_failed(emu, aud
             thread = threading.Thread(target=run)
             thread.start()
             deadline = time.monotonic() + 30
-            while platform.retry_counts[ROUTE] < 1:  # refused at least once while the other client holds all 5
+            while (
+                platform.retry_counts[ROUTE] < 1
+            ):  # refused at least once while the other client holds all 5
                 assert time.monotonic() < deadline and thread.is_alive(), result
                 time.sleep(0.02)
             others.pop().close()  # the other client frees one session
@@ -446,7 +528,7 @@ def test_more_clients_than_sessions_all_finish(emu, audiences, fast_retries):
     wanted = audiences[:4]
     table, batch_id = _export(wanted)
     q = sql.build_membership_query(_job(wanted), table=table, batch_id=batch_id)
-    (count, _), = QueryServiceHook().query_all(sql.count_sql(q))
+    ((count, _),) = QueryServiceHook().query_all(sql.count_sql(q))
     parts = sql.plan_partitions(count, max_rows=max(1, count // 8))
     assert len(parts) >= 8
     emu.admin.knobs(qs_max_sessions=5)
@@ -455,7 +537,9 @@ def test_more_clients_than_sessions_all_finish(emu, audiences, fast_retries):
 
     def read(i: int) -> list[tuple]:
         hook = QueryServiceHook(platform_hook=platforms[i])
-        return hook.retrying(lambda: [tuple(r) for b in hook.stream(sql.membership_sql(q, parts[i])) for r in b])
+        return hook.retrying(
+            lambda: [tuple(r) for b in hook.stream(sql.membership_sql(q, parts[i])) for r in b]
+        )
 
     try:
         with ThreadPoolExecutor(max_workers=len(parts)) as pool:
@@ -476,6 +560,7 @@ def test_more_clients_than_sessions_all_finish(emu, audiences, fast_retries):
 
 # ------------------------------------------------------------------ physical and logical export batches
 
+
 def test_distinct_physical_batch_ids_read_by_the_logical_one(emu, audiences):
     """Realistic mode: the export job reports the logical batch; filtering on it
     (``_acp_system_metadata.acp_sourceBatchId``, the default batch_id_column) reads the ground truth,
@@ -487,9 +572,13 @@ def test_distinct_physical_batch_ids_read_by_the_logical_one(emu, audiences):
     q = sql.build_membership_query(_job(wanted), table=table, batch_id=batch_id)
     rows = [tuple(r) for batch in hook.stream(sql.membership_sql(q)) for r in batch]
     assert set(rows) == _truth(emu, wanted) and rows
-    physical = hook.query_all(f"SELECT DISTINCT _acp_batchid FROM {table} "
-                              f"WHERE _acp_system_metadata.acp_sourceBatchId = '{batch_id}'")
+    physical = hook.query_all(
+        f"SELECT DISTINCT _acp_batchid FROM {table} "
+        f"WHERE _acp_system_metadata.acp_sourceBatchId = '{batch_id}'"
+    )
     assert len(physical) == 1 and physical[0][0] != batch_id
-    wrong = sql.build_membership_query(_job(wanted, batch_id_column="_acp_batchid"), table=table, batch_id=batch_id)
+    wrong = sql.build_membership_query(
+        _job(wanted, batch_id_column="_acp_batchid"), table=table, batch_id=batch_id
+    )
     assert hook.query_all(sql.count_sql(wrong)) == [(0, 0)]
     assert [r for batch in hook.stream(sql.membership_sql(wrong)) for r in batch] == []

@@ -53,17 +53,25 @@ def test_dataset_on_another_schema_is_not_reused():
 
 def test_resolve_audiences_by_id_and_name_with_display_override(audiences):
     gold, cart = audiences[0], audiences[2]
-    resolved = SegmentationHook().resolve_audiences([
-        AudienceSelector(id=gold["id"], display_name="Gold"), AudienceSelector(name=cart["name"])])
+    resolved = SegmentationHook().resolve_audiences(
+        [AudienceSelector(id=gold["id"], display_name="Gold"), AudienceSelector(name=cart["name"])]
+    )
     assert [(a.id, a.name, a.aep_name) for a in resolved] == [
-        (gold["id"], "Gold", gold["name"]), (cart["id"], cart["name"], cart["name"])]
+        (gold["id"], "Gold", gold["name"]),
+        (cart["id"], cart["name"], cart["name"]),
+    ]
 
 
 def test_resolve_audiences_lists_every_problem(audiences):
     with pytest.raises(AepConfigError) as info:
-        SegmentationHook().resolve_audiences([
-            AudienceSelector(id="00000000-0000-0000-0000-000000000000"), AudienceSelector(name="No such audience"),
-            AudienceSelector(id=audiences[0]["id"]), AudienceSelector(name=audiences[0]["name"])])
+        SegmentationHook().resolve_audiences(
+            [
+                AudienceSelector(id="00000000-0000-0000-0000-000000000000"),
+                AudienceSelector(name="No such audience"),
+                AudienceSelector(id=audiences[0]["id"]),
+                AudienceSelector(name=audiences[0]["name"]),
+            ]
+        )
     text = str(info.value)
     assert "audiences[0].id" in text and "audiences[1].name" in text and "selected twice" in text
 
@@ -71,8 +79,11 @@ def test_resolve_audiences_lists_every_problem(audiences):
 def test_export_job_lifecycle_and_reattach(emu, audiences):
     dataset, _ = CatalogHook().ensure_dataset("Export target", schema_id=PROFILE_UNION_ALT_ID)
     hook = SegmentationHook()
-    request = ExportJobRequest(dataset_id=dataset.id, segment_ids=(audiences[0]["id"], audiences[1]["id"]),
-                               fields=("_demoemea.identification.core.email",))
+    request = ExportJobRequest(
+        dataset_id=dataset.id,
+        segment_ids=(audiences[0]["id"], audiences[1]["id"]),
+        fields=("_demoemea.identification.core.email",),
+    )
     started = int(time.time() * 1000) - 1000
     job = hook.create_export_job(request, created_after_ms=started)
     assert hook.find_export_job(request, created_after_ms=started).id == job.id  # a retry re-attaches
@@ -161,8 +172,9 @@ def test_title_collision_across_types_is_adobes_error():
 
 def _profile_dataset(name: str) -> str:
     registry = SchemaRegistryHook()
-    group, _ = registry.ensure_field_group(xdm.profile_field_group(f"{name} group", "demoemea", OutputFields()),
-                                           "demoemea")
+    group, _ = registry.ensure_field_group(
+        xdm.profile_field_group(f"{name} group", "demoemea", OutputFields()), "demoemea"
+    )
     schema, _ = registry.ensure_schema(xdm.schema_body(f"{name} schema", PROFILE_CLASS, [group.id]))
     registry.ensure_identity_descriptor(schema.id, "/personID", "Email")
     dataset, _ = CatalogHook().ensure_dataset(name, schema_id=schema.id)
@@ -175,9 +187,14 @@ def _jsonl(path: Path, records: list[dict]) -> Path:
 
 
 def _records(n: int, extra: dict | None = None) -> list[dict]:
-    return [{"_id": f"id-{i}", "personID": f"p{i}@example.com",
-             "_demoemea": {"audienceMembershipIds": "a", "audienceMembershipNames": "A", **(extra or {})}}
-            for i in range(n)]
+    return [
+        {
+            "_id": f"id-{i}",
+            "personID": f"p{i}@example.com",
+            "_demoemea": {"audienceMembershipIds": "a", "audienceMembershipNames": "A", **(extra or {})},
+        }
+        for i in range(n)
+    ]
 
 
 def test_small_and_chunked_uploads_complete_and_revert(emu, tmp_path):
@@ -202,11 +219,15 @@ def test_unknown_field_fails_the_batch_with_reasons(emu, tmp_path):
     dataset_id = _profile_dataset("Strict target")
     hook = BatchIngestionHook()
     batch = hook.create_batch(dataset_id, external_id="test:bad:1")
-    hook.upload_file(batch.id, dataset_id, "bad.json", _jsonl(tmp_path / "bad.json", _records(3, {"bogus": 1})))
+    hook.upload_file(
+        batch.id, dataset_id, "bad.json", _jsonl(tmp_path / "bad.json", _records(3, {"bogus": 1}))
+    )
     hook.complete_batch(batch.id)
     done = _wait(lambda: (b := hook.get_batch(batch.id)).is_terminal and b, "batch")
     assert done.is_failed
-    assert "bogus" in done.error_summary() or any("bogus" in json.dumps(e) for e in hook.get_row_errors(batch.id))
+    assert "bogus" in done.error_summary() or any(
+        "bogus" in json.dumps(e) for e in hook.get_row_errors(batch.id)
+    )
     assert emu.admin.dataset_records(dataset_id) == []
 
 
@@ -229,14 +250,22 @@ def test_cja_check_says_what_to_add_then_passes(emu):
     dataset_id = _profile_dataset("CJA target")
     hook = CjaHook()
     paths = ["_demoemea.audienceMembershipNames"]
-    result = hook.check_setup(connection_id=connection_id, data_view_id=view_id,
-                              datasets={"profile": dataset_id}, dimension_paths=paths)
+    result = hook.check_setup(
+        connection_id=connection_id,
+        data_view_id=view_id,
+        datasets={"profile": dataset_id},
+        dimension_paths=paths,
+    )
     assert not result.ok and any("Add datasets" in p for p in result.problems)
     assert any("_demoemea.audienceMembershipNames" in p for p in result.problems)
     emu.admin.add_dataset_to_connection(connection_id, dataset_id, type="profile", visitorId="personID")
     emu.admin.add_dimension(view_id, paths[0])
-    result = hook.check_setup(connection_id=connection_id, data_view_id=view_id,
-                              datasets={"profile": dataset_id}, dimension_paths=paths)
+    result = hook.check_setup(
+        connection_id=connection_id,
+        data_view_id=view_id,
+        datasets={"profile": dataset_id},
+        dimension_paths=paths,
+    )
     assert result.ok, result.problems
     assert hook.update_data_view(view_id, {"description": "kept by airflow-cja-audiences"}) is not None
 
@@ -255,7 +284,10 @@ def test_an_audience_look_up_answered_with_another_audience_is_refused(audiences
     hook = SegmentationHook()
     wanted = audiences[0]["id"]
     assert hook.get_audience(wanted).id == wanted
-    other = {**hook.request_json("GET", f"/data/core/ups/audiences/{wanted}", route="x"), "id": audiences[1]["id"]}
+    other = {
+        **hook.request_json("GET", f"/data/core/ups/audiences/{wanted}", route="x"),
+        "id": audiences[1]["id"],
+    }
     _answering(monkeypatch, hook, other)
     with pytest.raises(AepError, match="answered with audience"):
         hook.get_audience(wanted)

@@ -83,7 +83,9 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         parts = urlsplit(self.path)
-        request = Request(self.command, parts.path, parse_qs(parts.query), dict(self.headers.items()), body, self)
+        request = Request(
+            self.command, parts.path, parse_qs(parts.query), dict(self.headers.items()), body, self
+        )
         with self.server.lock:
             self.server.requests.append(request)
         reply = self.server.owner.script(request)
@@ -128,8 +130,12 @@ class HostileServer:
         self.ca_bundle = str(tls_files.ca_bundle) if tls_files is not None else None
         scheme = "https" if tls_files is not None else "http"
         self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"hostile-{self.url}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"hostile-{self.url}",
+            daemon=True,
+        )
         self._thread.start()
 
     @property
@@ -138,8 +144,11 @@ class HostileServer:
             return list(self._server.requests)
 
     def calls(self, path: str | None = None, method: str | None = None) -> int:
-        return sum(1 for r in self.requests if (path is None or r.path == path)
-                   and (method is None or r.method == method))
+        return sum(
+            1
+            for r in self.requests
+            if (path is None or r.path == path) and (method is None or r.method == method)
+        )
 
     def reset(self) -> None:
         self.script = default_script
@@ -155,8 +164,16 @@ class HostileServer:
 
     # ------------------------------------------------------------------ raw answers for scripts
 
-    def drip(self, request: Request, *, status: int = 200, content_length: int | None = 10_000,
-             byte: bytes = b" ", interval: float = 1.0, limit_seconds: float = 120.0) -> None:
+    def drip(
+        self,
+        request: Request,
+        *,
+        status: int = 200,
+        content_length: int | None = 10_000,
+        byte: bytes = b" ",
+        interval: float = 1.0,
+        limit_seconds: float = 120.0,
+    ) -> None:
         """Send headers, then one byte every ``interval`` until the client leaves or the server stops."""
         handler = request.handler
         handler.send_response(status)
@@ -174,8 +191,14 @@ class HostileServer:
         except OSError:
             return  # the client gave up: what a bounded client does
 
-    def stream(self, request: Request, chunks: Iterable[bytes], *, status: int = 200,
-               content_length: int | None = None) -> int:
+    def stream(
+        self,
+        request: Request,
+        chunks: Iterable[bytes],
+        *,
+        status: int = 200,
+        content_length: int | None = None,
+    ) -> int:
         """Send ``chunks`` as fast as the client reads them (chunked when no length); returns bytes sent."""
         handler = request.handler
         handler.send_response(status)
@@ -220,8 +243,13 @@ class HostileSite:
         """The Airflow connection (``AIRFLOW_CONN_<ID>`` JSON form) of a user pointing at ``adobe``."""
         from aep_emulator.connection import airflow_connection
 
-        ready = {"base_url": self.adobe.url, "org_id": ORG_ID, "sandbox": "prod", "client_id": CLIENT_ID,
-                 "ca_bundle": self.ca_bundle}
+        ready = {
+            "base_url": self.adobe.url,
+            "org_id": ORG_ID,
+            "sandbox": "prod",
+            "client_id": CLIENT_ID,
+            "ca_bundle": self.ca_bundle,
+        }
         conn = airflow_connection(ready, CLIENT_SECRET)
         conn["extra"].update(extra)
         return conn
@@ -238,10 +266,12 @@ class HostileSite:
 def start_site(directory: Path | None = None) -> HostileSite:
     directory = directory or Path(tempfile.mkdtemp(prefix="cja-hostile-"))
     files = tls.generate(directory, ["127.0.0.1"])
-    return HostileSite(adobe=HostileServer(tls_files=files), other=HostileServer(tls_files=files),
-                       plain=HostileServer(tls_files=None), ca_bundle=str(files.ca_bundle))
-
-
+    return HostileSite(
+        adobe=HostileServer(tls_files=files),
+        other=HostileServer(tls_files=files),
+        plain=HostileServer(tls_files=None),
+        ca_bundle=str(files.ca_bundle),
+    )
 
 
 class HandshakeDripServer:

@@ -154,7 +154,9 @@ def test_api_that_always_answers_401_gets_one_token_refresh(site: HostileSite, c
     (the resend is the request the refreshed token is for), and the auth error is final."""
     from airflow_cja_audiences.errors import AepAuthError
 
-    site.adobe.script = platform(lambda r: Reply(401, {"error_code": "401013", "message": "Oauth token is not valid"}))
+    site.adobe.script = platform(
+        lambda r: Reply(401, {"error_code": "401013", "message": "Oauth token is not valid"})
+    )
     _, call = get_batch(path, max_attempts=3)
     with pytest.raises(AepAuthError, match="401013"):
         call()
@@ -167,8 +169,13 @@ def test_create_sends_at_most_max_attempts_requests(site: HostileSite, connect, 
 
     A 429 proves the POST was not processed, so it is sent again at once; after a 500 the create may
     have happened, so a look-up comes first (and counts)."""
-    site.adobe.script = platform(lambda r: Reply(status, {"error_code": str(status), "message": "no"})
-                                 if r.method == "POST" else Reply(200, {}))
+    site.adobe.script = platform(
+        lambda r: (
+            Reply(status, {"error_code": str(status), "message": "no"})
+            if r.method == "POST"
+            else Reply(200, {})
+        )
+    )
     hook = CatalogHook(max_attempts=3, **FAST)
     hook.get_access_token()
     with pytest.raises((AepRateLimitError, AepServerError)):
@@ -246,8 +253,9 @@ def test_tls_handshake_that_drips_ends_at_the_call_deadline(connect, path):
 def test_deadline_bounds_retries_and_their_waits(site: HostileSite, connect, path):
     """20 attempts with a huge Retry-After: the deadline, not the attempts, ends the call."""
     connect(call_deadline=2)
-    site.adobe.script = platform(lambda r: Reply(429, {"error_code": "429", "message": "slow down"},
-                                                 {"Retry-After": "1"}))
+    site.adobe.script = platform(
+        lambda r: Reply(429, {"error_code": "429", "message": "slow down"}, {"Retry-After": "1"})
+    )
     _, call = get_batch(path, max_attempts=20, initial_retry_wait=0.05, max_retry_wait=0.8)
     error, seconds = timed(call)
     assert isinstance(error, AepRateLimitError), error
@@ -271,7 +279,9 @@ def test_oversized_body_is_refused_not_buffered(site: HostileSite, connect, path
             offered[0] += MiB
             yield b" " * MiB
 
-    site.adobe.script = platform(lambda r: site.adobe.stream(r, chunks(), content_length=total if declared else None))
+    site.adobe.script = platform(
+        lambda r: site.adobe.stream(r, chunks(), content_length=total if declared else None)
+    )
     _, call = get_batch(path)
     with pytest.raises(AepResponseTooLargeError, match=r"max_response_bytes"):
         call()
@@ -308,9 +318,13 @@ def test_list_that_ignores_the_offset_stops_at_once(site: HostileSite, connect):
 
 def test_cursor_that_does_not_advance_is_an_error(site: HostileSite, connect):
     """Segmentation's ``_page.next`` pointing back at a page already read (it used to end silently)."""
+
     def audiences(request: Request) -> Reply:
         start = int(request.query.get("start", ["0"])[0])
-        return Reply(200, {"children": [{"id": f"a{start}", "name": "A"}], "_page": {"next": "1" if start == 0 else "0"}})
+        return Reply(
+            200,
+            {"children": [{"id": f"a{start}", "name": "A"}], "_page": {"next": "1" if start == 0 else "0"}},
+        )
 
     site.adobe.script = platform(audiences)
     with pytest.raises(AepPagingError, match="does not advance"):
@@ -321,8 +335,13 @@ def test_cursor_that_does_not_advance_is_an_error(site: HostileSite, connect):
 def test_export_job_offset_that_repeats_is_an_error(site: HostileSite, connect):
     def jobs(request: Request) -> Reply:
         offset = request.query.get("offset", ["0"])[0]
-        return Reply(200, {"records": [{"id": int(offset) + 1, "status": "SUCCEEDED"}],
-                           "link": {"next": "/export/jobs/?limit=50&offset=7"}})
+        return Reply(
+            200,
+            {
+                "records": [{"id": int(offset) + 1, "status": "SUCCEEDED"}],
+                "link": {"next": "/export/jobs/?limit=50&offset=7"},
+            },
+        )
 
     site.adobe.script = platform(jobs)
     with pytest.raises(AepPagingError, match="does not advance"):
@@ -332,8 +351,9 @@ def test_export_job_offset_that_repeats_is_an_error(site: HostileSite, connect):
 
 def test_cja_dimensions_that_never_reach_the_last_page_stop(site: HostileSite, connect):
     connect(max_pages=3)
-    site.adobe.script = platform(lambda r: Reply(200, {"content": [{"id": f"d{r.query['page'][0]}"}],
-                                                       "lastPage": False}))
+    site.adobe.script = platform(
+        lambda r: Reply(200, {"content": [{"id": f"d{r.query['page'][0]}"}], "lastPage": False})
+    )
     with pytest.raises(AepPagingError, match="3 pages"):
         CjaHook(**FAST).list_dimensions("dv1")
     assert site.adobe.calls("/data/dataviews/dv1/dimensions") == 3
@@ -360,8 +380,15 @@ BAD_IMS = {
 @pytest.mark.parametrize("case", [*BAD_IMS, "HTML"])
 def test_unusable_ims_answer_is_a_clear_error_not_a_token_per_call(site: HostileSite, connect, path, case):
     body = BAD_IMS.get(case)
-    site.adobe.script = lambda r: (Reply(200, "<html>Sign in to the Wi-Fi</html>", {"Content-Type": "text/html"})
-                                   if body is None else Reply(200, body)) if r.path == IMS_PATH else ok_batch()
+    site.adobe.script = lambda r: (
+        (
+            Reply(200, "<html>Sign in to the Wi-Fi</html>", {"Content-Type": "text/html"})
+            if body is None
+            else Reply(200, body)
+        )
+        if r.path == IMS_PATH
+        else ok_batch()
+    )
     _, call = get_batch(path, max_attempts=5)
     for _ in range(3):  # no loop of token fetches: each call fails at once, nothing is cached
         with pytest.raises(AepResponseError, match=r"ims/token/v3: (IMS answered 200|expected JSON)") as info:
@@ -381,9 +408,12 @@ def test_short_but_valid_token_lifetime_is_used(site: HostileSite, connect, path
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("retry_after", ["nan", "-5", "0", "garbage", "1e9", "inf"])
-def test_hostile_retry_after_neither_busy_loops_nor_sleeps_for_hours(site: HostileSite, connect, path, retry_after):
-    site.adobe.script = platform(lambda r: Reply(429, {"error_code": "429", "message": "slow"},
-                                                 {"Retry-After": retry_after}))
+def test_hostile_retry_after_neither_busy_loops_nor_sleeps_for_hours(
+    site: HostileSite, connect, path, retry_after
+):
+    site.adobe.script = platform(
+        lambda r: Reply(429, {"error_code": "429", "message": "slow"}, {"Retry-After": retry_after})
+    )
     hook, call = get_batch(path, max_attempts=4, initial_retry_wait=0.1, max_retry_wait=0.3)
     error, seconds = timed(call)
     assert isinstance(error, AepRateLimitError), error
@@ -408,7 +438,9 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 def _assert_clean(exc: BaseException) -> None:
     for link in _chain(exc):
-        assert isinstance(link, AepError), f"{type(link).__module__}.{type(link).__name__} in the chain of {exc!r}"
+        assert isinstance(link, AepError), (
+            f"{type(link).__module__}.{type(link).__name__} in the chain of {exc!r}"
+        )
         text = f"{link!r} {link} {link.args!r} {vars(link)!r}"
         assert CLIENT_SECRET not in text and TOKEN not in text, text
         assert "Bearer" not in text and "client_secret" not in text, text
@@ -427,14 +459,25 @@ def _reset_mid_body(request: Request) -> None:
 
 FAILURES: dict[str, tuple[Callable[[HostileSite], Callable[[Request], Reply | None]], dict[str, Any]]] = {
     "IMS resets mid-answer": (lambda site: lambda r: _reset_mid_body(r), {}),
-    "IMS 401": (lambda site: lambda r: Reply(401, {"error": "invalid_client", "error_description": "bad"}), {}),
+    "IMS 401": (
+        lambda site: lambda r: Reply(401, {"error": "invalid_client", "error_description": "bad"}),
+        {},
+    ),
     "IMS redirect": (lambda site: lambda r: Reply(307, b"", {"Location": site.other.url + IMS_PATH}), {}),
     "IMS drips": (lambda site: lambda r: site.adobe.drip(r, interval=0.3), {"call_deadline": 1}),
     "API resets mid-answer": (lambda site: platform(_reset_mid_body), {}),
-    "API answers HTML": (lambda site: platform(lambda r: Reply(200, "<html>portal</html>", {"Content-Type": "text/html"})), {}),
+    "API answers HTML": (
+        lambda site: platform(lambda r: Reply(200, "<html>portal</html>", {"Content-Type": "text/html"})),
+        {},
+    ),
     "API too large": (lambda site: platform(lambda r: Reply(200, b" " * 2048)), {"max_response_bytes": 1024}),
     "API drips": (lambda site: _drip(site), {"call_deadline": 1}),
-    "API 403": (lambda site: platform(lambda r: Reply(403, {"error_code": "403025", "message": "Profile is not valid"})), {}),
+    "API 403": (
+        lambda site: platform(
+            lambda r: Reply(403, {"error_code": "403025", "message": "Profile is not valid"})
+        ),
+        {},
+    ),
 }
 
 
@@ -469,8 +512,15 @@ def test_reprs_show_no_secret_or_token(site: HostileSite, connect):
     query = QueryServiceHook(platform_hook=hook)
     connection = query.connection
     assert connection.password == TOKEN  # it is there, for psycopg...
-    for text in (repr(hook), str(hook), repr(hook.settings), repr(query), repr(connection), str(connection),
-                 f"{connection}"):
+    for text in (
+        repr(hook),
+        str(hook),
+        repr(hook.settings),
+        repr(query),
+        repr(connection),
+        str(connection),
+        f"{connection}",
+    ):
         assert TOKEN not in text and CLIENT_SECRET not in text, text
     assert "adobe_conn_id=" in repr(hook) and "password='***'" in repr(connection)
 
@@ -488,8 +538,16 @@ def test_query_service_connection_error_does_not_carry_the_token(site: HostileSi
     _assert_clean(info.value)
 
 
-@pytest.mark.parametrize("extra", [{"call_deadline": "nan"}, {"call_deadline": 0}, {"max_response_bytes": -1},
-                                   {"max_pages": 0}, {"timeout": "inf"}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"call_deadline": "nan"},
+        {"call_deadline": 0},
+        {"max_response_bytes": -1},
+        {"max_pages": 0},
+        {"timeout": "inf"},
+    ],
+)
 def test_bad_limits_in_the_connection_name_the_field(site: HostileSite, connect, extra):
     from airflow_cja_audiences.errors import AepConfigError
 

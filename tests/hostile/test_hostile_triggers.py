@@ -20,6 +20,7 @@ from test_hostile import SLACK, _reset_mid_body, platform
 
 async def events(trigger) -> list[dict[str, Any]]:
     """Every event the trigger yields (run to its end), within a bound far above any case's deadline."""
+
     async def collect() -> list[dict[str, Any]]:
         return [event.payload async for event in trigger.run()]
 
@@ -27,26 +28,45 @@ async def events(trigger) -> list[dict[str, Any]]:
 
 
 def batch_trigger(attempts: int = 2) -> BatchTrigger:
-    return BatchTrigger(batch_id="b1", poll_interval=0.05, deadline=time.time() + 30,
-                        hook_params={"max_attempts": attempts, "initial_retry_wait": 0.02, "max_retry_wait": 0.1})
+    return BatchTrigger(
+        batch_id="b1",
+        poll_interval=0.05,
+        deadline=time.time() + 30,
+        hook_params={"max_attempts": attempts, "initial_retry_wait": 0.02, "max_retry_wait": 0.1},
+    )
 
 
 def job_trigger() -> ExportJobTrigger:
-    return ExportJobTrigger(job_id=7, poll_interval=0.05, deadline=time.time() + 30,
-                            hook_params={"max_attempts": 2, "initial_retry_wait": 0.02, "max_retry_wait": 0.1})
+    return ExportJobTrigger(
+        job_id=7,
+        poll_interval=0.05,
+        deadline=time.time() + 30,
+        hook_params={"max_attempts": 2, "initial_retry_wait": 0.02, "max_retry_wait": 0.1},
+    )
 
 
 CASES = {
-    "200 with HTML": (lambda site: platform(lambda r: Reply(200, "<html><body>Sign in</body></html>",
-                                                            {"Content-Type": "text/html"})), "expected JSON"),
-    "200 with the wrong shape": (lambda site: platform(lambda r: Reply(200, {"b1": {"status": 7}, "7": {"id": {}}})),
-                                 "does not have the documented shape"),
+    "200 with HTML": (
+        lambda site: platform(
+            lambda r: Reply(200, "<html><body>Sign in</body></html>", {"Content-Type": "text/html"})
+        ),
+        "expected JSON",
+    ),
+    "200 with the wrong shape": (
+        lambda site: platform(lambda r: Reply(200, {"b1": {"status": 7}, "7": {"id": {}}})),
+        "does not have the documented shape",
+    ),
     "200 with a JSON list": (lambda site: platform(lambda r: Reply(200, [1, 2, 3])), "b1"),
     "connection reset mid-answer": (lambda site: platform(_reset_mid_body), "connection failed"),
-    "redirect": (lambda site: platform(lambda r: Reply(302, b"", {"Location": site.plain.url + "/x"})),
-                 "redirect to http://127.0.0.1"),
+    "redirect": (
+        lambda site: platform(lambda r: Reply(302, b"", {"Location": site.plain.url + "/x"})),
+        "redirect to http://127.0.0.1",
+    ),
     "IMS answers expires_in 0": (lambda site: lambda r: ims_ok(expires_in=0), "expires_in"),
-    "IMS answers HTML": (lambda site: lambda r: Reply(200, "<html/>", {"Content-Type": "text/html"}), "expected JSON"),
+    "IMS answers HTML": (
+        lambda site: lambda r: Reply(200, "<html/>", {"Content-Type": "text/html"}),
+        "expected JSON",
+    ),
     "too large": (lambda site: platform(lambda r: Reply(200, b" " * 4096)), "max_response_bytes"),
 }
 
@@ -98,8 +118,9 @@ async def test_trigger_still_succeeds_after_a_hostile_answer_is_retried(site: Ho
 
 
 @pytest.mark.asyncio
-async def test_unexpected_exception_is_one_error_event_and_cancellation_is_not(site: HostileSite, connect,
-                                                                               monkeypatch):
+async def test_unexpected_exception_is_one_error_event_and_cancellation_is_not(
+    site: HostileSite, connect, monkeypatch
+):
     from airflow_cja_audiences.hooks.catalog import CatalogHook
 
     async def broken(self, batch_id):

@@ -32,8 +32,12 @@ ROOT = Path(__file__).resolve().parents[2]
 PROVIDER_PACKAGE = ROOT / "airflow_cja_audiences"
 EMULATOR_PROJECT = ROOT / "aep-emulator"
 EMULATOR_PACKAGE = EMULATOR_PROJECT / "aep_emulator"
-FORBIDDEN_IN_PROVIDER = ("aep_emulator", "demo",
-                         "airflow_cja_audiences.emulator", "airflow_cja_audiences.demo")
+FORBIDDEN_IN_PROVIDER = (
+    "aep_emulator",
+    "demo",
+    "airflow_cja_audiences.emulator",
+    "airflow_cja_audiences.demo",
+)
 FORBIDDEN_IN_EMULATOR = ("airflow_cja_audiences", "airflow", "demo")
 # Left out of the copy the wheels are built from: VCS, venvs, build output, caches, and the compose
 # stack's bind-mounted folders (which may hold files of another owner).
@@ -54,8 +58,12 @@ def imported_modules(source: str, filename: str = "<source>") -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
-                and isinstance(node.args[0].value, str):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             func = node.func
             called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
             if called in ("import_module", "__import__"):
@@ -77,12 +85,22 @@ def python_files(folder: Path) -> list[Path]:
 
 
 def test_the_import_scanner_sees_every_form_of_import(tmp_path: Path):
-    source = ("import aep_emulator\nfrom demo import main\nfrom aep_emulator.rest import app as a\n"
-              "import importlib\nimportlib.import_module('aep_emulator.tls')\n__import__('demo.x')\n"
-              "from . import sibling\nimport demonstration\n")
-    assert imported_modules(source) == {"aep_emulator", "demo", "demo.main", "aep_emulator.rest",
-                                        "aep_emulator.rest.app", "importlib", "aep_emulator.tls", "demo.x",
-                                        "demonstration"}  # relative imports stay inside their package
+    source = (
+        "import aep_emulator\nfrom demo import main\nfrom aep_emulator.rest import app as a\n"
+        "import importlib\nimportlib.import_module('aep_emulator.tls')\n__import__('demo.x')\n"
+        "from . import sibling\nimport demonstration\n"
+    )
+    assert imported_modules(source) == {
+        "aep_emulator",
+        "demo",
+        "demo.main",
+        "aep_emulator.rest",
+        "aep_emulator.rest.app",
+        "importlib",
+        "aep_emulator.tls",
+        "demo.x",
+        "demonstration",
+    }  # relative imports stay inside their package
     module = tmp_path / "module.py"
     module.write_text(source)
     hits = offending_imports([module], FORBIDDEN_IN_PROVIDER)
@@ -108,8 +126,14 @@ def test_the_emulator_is_gone_from_the_provider_package():
 
 def test_the_demo_runs_from_the_repository_root_as_python_m_demo():
     # make demo's command; the demo's helpers stay importable as `import demo` (benchmarks.event_history).
-    result = subprocess.run([sys.executable, "-m", "demo", "--help"], cwd=ROOT, check=False, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "demo", "--help"],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and "--profiles" in result.stdout, result.stdout + result.stderr
     assert "python -m demo" in (ROOT / "Makefile").read_text()
 
@@ -149,11 +173,28 @@ def build_wheel(project: Path, out: Path) -> Path:
             pytest.fail(reason)
         pytest.skip(reason)
     source = _copy_tree(project, out / f"src-{project.name}")
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                             "--no-index", "--quiet", "--wheel-dir", str(out / "wheels"), str(source)],
-                            check=False, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, \
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--quiet",
+            "--wheel-dir",
+            str(out / "wheels"),
+            str(source),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, (
         f"pip wheel {project.name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     wheels = sorted((out / "wheels").glob("*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]
@@ -198,11 +239,15 @@ def test_the_provider_wheel_holds_the_provider_and_no_emulator_or_demo(provider_
 
 
 def test_the_provider_emulator_extra_is_only_a_pin_on_the_emulator_distribution(
-        provider_wheel: zipfile.ZipFile):
+    provider_wheel: zipfile.ZipFile,
+):
     _, headers = wheel_metadata(provider_wheel)
     requirements = [Requirement(r) for r in headers.get_all("Requires-Dist")]
-    emulator_extra = [r for r in requirements if r.marker and r.marker.evaluate({"extra": "emulator"})
-                      and not r.marker.evaluate({"extra": ""})]
+    emulator_extra = [
+        r
+        for r in requirements
+        if r.marker and r.marker.evaluate({"extra": "emulator"}) and not r.marker.evaluate({"extra": ""})
+    ]
     assert [(r.name, str(r.specifier)) for r in emulator_extra] == [("aep-emulator", "==0.1.0")]
     always = [r.name for r in requirements if not r.marker or r.marker.evaluate({"extra": ""})]
     assert "aep-emulator" not in always and "duckdb" not in always, always
@@ -219,13 +264,20 @@ def test_the_emulator_wheel_holds_its_whole_package(emulator_wheel: zipfile.ZipF
 
 def test_the_emulator_declares_every_third_party_module_it_imports(emulator_wheel: zipfile.ZipFile):
     _, headers = wheel_metadata(emulator_wheel)
-    declared = {Requirement(r).name.lower() for r in headers.get_all("Requires-Dist")
-                if not Requirement(r).marker}
-    top_level = {name.split(".")[0] for path in python_files(EMULATOR_PACKAGE)
-                 for name in imported_modules(path.read_text(), str(path))}
+    declared = {
+        Requirement(r).name.lower() for r in headers.get_all("Requires-Dist") if not Requirement(r).marker
+    }
+    top_level = {
+        name.split(".")[0]
+        for path in python_files(EMULATOR_PACKAGE)
+        for name in imported_modules(path.read_text(), str(path))
+    }
     third_party = sorted(top_level - set(sys.stdlib_module_names) - {"aep_emulator", "__future__"})
     assert third_party, "no third-party import found: the scan is broken"
     providers = metadata.packages_distributions()
-    undeclared = {module: providers.get(module) for module in third_party
-                  if not {d.lower() for d in providers.get(module, [])} & declared}
+    undeclared = {
+        module: providers.get(module)
+        for module in third_party
+        if not {d.lower() for d in providers.get(module, [])} & declared
+    }
     assert undeclared == {}, f"imported by aep_emulator but not in aep-emulator/pyproject.toml: {undeclared}"

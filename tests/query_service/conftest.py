@@ -44,8 +44,8 @@ EXPORT_COLUMNS = table_ddl(TENANT)  # the emulator's own export-table schema (do
 
 @dataclass(frozen=True)
 class Membership:
-    batch: str          # _acp_batchid
-    source_batch: str   # _acp_system_metadata.acp_sourceBatchId
+    batch: str  # _acp_batchid
+    source_batch: str  # _acp_system_metadata.acp_sourceBatchId
     email: str | None
     audience: str
     status: str
@@ -64,22 +64,36 @@ def _small_profiles() -> list[dict[str, Any]]:
                 for audience in rng.sample(AUDIENCES, rng.randint(1, 3)):
                     ups[audience] = {
                         "status": rng.choice(STATUSES),
-                        "lastQualificationTime": dt.datetime(2026, 11, 1) + dt.timedelta(minutes=rng.randint(0, 40000)),
+                        "lastQualificationTime": dt.datetime(2026, 11, 1)
+                        + dt.timedelta(minutes=rng.randint(0, 40000)),
                         "version": str(rng.randint(1, 5)),
                         "validUntil": None,
                     }
-            profiles.append({
-                "identityMap": {"Email": [{"id": email, "primary": True, "authenticatedState": "authenticated"}]}
-                if email else {},
-                f"_{TENANT}": {"identification": {"core": {"email": email, "ecid": f"ecid-{i}", "crmId": None,
-                                                          "phoneNumber": None}}},
-                "person": {"name": {"firstName": "Jo, Jr." if i % 7 == 0 else f"First{i}",
-                                    "lastName": "O'Brien" if i % 5 == 0 else f"Last{i}"}, "gender": None},
-                "personalEmail": {"address": email},
-                "segmentMembership": {"ups": ups},
-                "_acp_batchid": batch,
-                "_acp_system_metadata": {"acp_sourceBatchId": source},
-            })
+            profiles.append(
+                {
+                    "identityMap": {
+                        "Email": [{"id": email, "primary": True, "authenticatedState": "authenticated"}]
+                    }
+                    if email
+                    else {},
+                    f"_{TENANT}": {
+                        "identification": {
+                            "core": {"email": email, "ecid": f"ecid-{i}", "crmId": None, "phoneNumber": None}
+                        }
+                    },
+                    "person": {
+                        "name": {
+                            "firstName": "Jo, Jr." if i % 7 == 0 else f"First{i}",
+                            "lastName": "O'Brien" if i % 5 == 0 else f"Last{i}",
+                        },
+                        "gender": None,
+                    },
+                    "personalEmail": {"address": email},
+                    "segmentMembership": {"ups": ups},
+                    "_acp_batchid": batch,
+                    "_acp_system_metadata": {"acp_sourceBatchId": source},
+                }
+            )
     return profiles
 
 
@@ -93,8 +107,16 @@ def memberships() -> list[Membership]:
     for row in SMALL_ROWS:
         email = row[f"_{TENANT}"]["identification"]["core"]["email"]
         for audience, m in row["segmentMembership"]["ups"].items():
-            out.append(Membership(row["_acp_batchid"], row["_acp_system_metadata"]["acp_sourceBatchId"], email,
-                                  audience, m["status"], m["lastQualificationTime"]))
+            out.append(
+                Membership(
+                    row["_acp_batchid"],
+                    row["_acp_system_metadata"]["acp_sourceBatchId"],
+                    email,
+                    audience,
+                    m["status"],
+                    m["lastQualificationTime"],
+                )
+            )
     return out
 
 
@@ -115,15 +137,21 @@ def sql_literal(value: Any, *, as_map: bool = False) -> str:
     if isinstance(value, dict):
         if as_map:
             return "MAP {" + ", ".join(f"{sql_literal(k)}: {sql_literal(v)}" for k, v in value.items()) + "}"
-        return "{" + ", ".join(f"{sql_literal(k)}: {sql_literal(v, as_map=k in MAP_FIELDS)}"
-                               for k, v in value.items()) + "}"
+        return (
+            "{"
+            + ", ".join(
+                f"{sql_literal(k)}: {sql_literal(v, as_map=k in MAP_FIELDS)}" for k, v in value.items()
+            )
+            + "}"
+        )
     raise TypeError(type(value))
 
 
 def _create_small(db: duckdb.DuckDBPyConnection) -> None:
     db.execute(f"CREATE TABLE {SMALL_TABLE} ({EXPORT_COLUMNS})")
     values = ",\n".join(
-        "(" + ", ".join(sql_literal(row[c], as_map=c in MAP_FIELDS) for c in row) + ")" for row in SMALL_ROWS)
+        "(" + ", ".join(sql_literal(row[c], as_map=c in MAP_FIELDS) for c in row) + ")" for row in SMALL_ROWS
+    )
     db.execute(f"INSERT INTO {SMALL_TABLE} VALUES {values}")
 
 
@@ -133,7 +161,9 @@ def big_email(i: int) -> str:
 
 def _create_big(db: duckdb.DuckDBPyConnection) -> None:
     """250,000 profiles, each member of aud-A and aud-B; every 10th has also exited aud-C."""
-    membership = "STRUCT(status VARCHAR, lastQualificationTime TIMESTAMP, version VARCHAR, validUntil TIMESTAMP)"
+    membership = (
+        "STRUCT(status VARCHAR, lastQualificationTime TIMESTAMP, version VARCHAR, validUntil TIMESTAMP)"
+    )
     db.execute(f"CREATE TABLE {BIG_TABLE} ({EXPORT_COLUMNS})")
     db.execute(f"""
         INSERT INTO {BIG_TABLE}
@@ -172,9 +202,18 @@ def database() -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 TABLES = [
-    {"name": SMALL_TABLE, "dataSetId": "6500000000000000000000a1", "dataSet": "CJA audience export",
-     "description": "profiles exported for CJA"},
-    {"name": BIG_TABLE, "dataSetId": "6500000000000000000000b2", "dataSet": "Big export", "description": None},
+    {
+        "name": SMALL_TABLE,
+        "dataSetId": "6500000000000000000000a1",
+        "dataSet": "CJA audience export",
+        "description": "profiles exported for CJA",
+    },
+    {
+        "name": BIG_TABLE,
+        "dataSetId": "6500000000000000000000b2",
+        "dataSet": "Big export",
+        "description": None,
+    },
 ]
 
 
@@ -205,37 +244,74 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Query Service emulator test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     paths = Tls(folder / "ca.pem", folder / "server.pem", folder / "server.key")
     paths.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
+    paths.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return paths
 
 
 def start_server(database: duckdb.DuckDBPyConnection, tls: Tls, **limits: Any) -> QueryServiceServer:
-    server = QueryServiceServer(host="127.0.0.1", port=0, ssl_context=tls.server_context(), connect=database.cursor,
-                                authenticate=authenticate, list_tables=lambda: TABLES, **limits)
+    server = QueryServiceServer(
+        host="127.0.0.1",
+        port=0,
+        ssl_context=tls.server_context(),
+        connect=database.cursor,
+        authenticate=authenticate,
+        list_tables=lambda: TABLES,
+        **limits,
+    )
     server.start()
     return server
 
@@ -249,8 +325,15 @@ def server(database: duckdb.DuckDBPyConnection, tls: Tls) -> Iterator[QueryServi
 
 def dsn_for(server: QueryServiceServer, tls: Tls) -> dict[str, Any]:
     """libpq keywords for a server: full certificate verification against the test CA."""
-    return {"host": "127.0.0.1", "port": server.port, "user": USER, "password": TOKEN, "dbname": DATABASE,
-            "sslmode": "verify-full", "sslrootcert": str(tls.ca)}
+    return {
+        "host": "127.0.0.1",
+        "port": server.port,
+        "user": USER,
+        "password": TOKEN,
+        "dbname": DATABASE,
+        "sslmode": "verify-full",
+        "sslrootcert": str(tls.ca),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -262,8 +345,20 @@ def dsn(server: QueryServiceServer, tls: Tls) -> dict[str, Any]:
 def qs() -> SimpleNamespace:
     """This module's constants and helpers for the test modules (conftest is not importable)."""
     return SimpleNamespace(
-        TENANT=TENANT, SMALL_TABLE=SMALL_TABLE, BIG_TABLE=BIG_TABLE, TOKEN=TOKEN, DATABASE=DATABASE, USER=USER,
-        AUDIENCES=AUDIENCES, BATCHES=BATCHES, BIG_PROFILES=BIG_PROFILES, BIG_BATCH=BIG_BATCH, TABLES=TABLES,
-        SMALL_ROWS=SMALL_ROWS, memberships=memberships, big_email=big_email, start_server=start_server,
+        TENANT=TENANT,
+        SMALL_TABLE=SMALL_TABLE,
+        BIG_TABLE=BIG_TABLE,
+        TOKEN=TOKEN,
+        DATABASE=DATABASE,
+        USER=USER,
+        AUDIENCES=AUDIENCES,
+        BATCHES=BATCHES,
+        BIG_PROFILES=BIG_PROFILES,
+        BIG_BATCH=BIG_BATCH,
+        TABLES=TABLES,
+        SMALL_ROWS=SMALL_ROWS,
+        memberships=memberships,
+        big_email=big_email,
+        start_server=start_server,
         dsn_for=dsn_for,
     )

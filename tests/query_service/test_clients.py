@@ -24,8 +24,17 @@ SELECT 1 AS i4, CAST(2 AS BIGINT) AS i8, CAST(1.5 AS DOUBLE) AS f8, CAST(12.25 A
        true AS yes, 'text é' AS t, DATE '2026-11-28' AS d, TIMESTAMP '2026-11-28 10:11:12.5' AS ts,
        CAST(NULL AS VARCHAR) AS nothing
 """
-TYPES_EXPECTED = (1, 2, 1.5, Decimal("12.25"), True, "text é", dt.date(2026, 11, 28),
-                  dt.datetime(2026, 11, 28, 10, 11, 12, 500000), None)
+TYPES_EXPECTED = (
+    1,
+    2,
+    1.5,
+    Decimal("12.25"),
+    True,
+    "text é",
+    dt.date(2026, 11, 28),
+    dt.datetime(2026, 11, 28, 10, 11, 12, 500000),
+    None,
+)
 # PostgreSQL type OIDs: int4, int8, float8, numeric, bool, text, date, timestamp, text
 TYPES_OIDS = [23, 20, 701, 1700, 16, 25, 1082, 1114, 25]
 
@@ -52,10 +61,25 @@ def test_psycopg3_text_and_binary_results_and_parameters(dsn: dict[str, Any]) ->
                 cur.execute(TYPES_SQL)
                 assert cur.fetchone() == TYPES_EXPECTED
                 assert [c.type_code for c in cur.description] == TYPES_OIDS
-        params = (7, 2.5, True, Decimal("3.25"), dt.date(2026, 1, 2), dt.datetime(2026, 1, 2, 3, 4, 5), "it's \\ ok")
+        params = (
+            7,
+            2.5,
+            True,
+            Decimal("3.25"),
+            dt.date(2026, 1, 2),
+            dt.datetime(2026, 1, 2, 3, 4, 5),
+            "it's \\ ok",
+        )
         sql = "SELECT %s + 1, %s * 2, NOT %s, %s + 1, %s, %s, %s"
-        expected = (8, 5.0, False, Decimal("4.25"), dt.date(2026, 1, 2), dt.datetime(2026, 1, 2, 3, 4, 5),
-                    "it's \\ ok")
+        expected = (
+            8,
+            5.0,
+            False,
+            Decimal("4.25"),
+            dt.date(2026, 1, 2),
+            dt.datetime(2026, 1, 2, 3, 4, 5),
+            "it's \\ ok",
+        )
         with conn.cursor() as cur:
             cur.execute(sql, params)  # text-format parameters with type OIDs
             assert cur.fetchone() == expected
@@ -110,7 +134,9 @@ def test_newer_protocol_minor_version_is_negotiated_down(server: Any, tls: Any, 
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
         raw.sendall(_startup_packet(80877103))
         assert raw.recv(1) == b"S"
-        with ssl.create_default_context(cafile=str(tls.ca)).wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        with ssl.create_default_context(cafile=str(tls.ca)).wrap_socket(
+            raw, server_hostname="127.0.0.1"
+        ) as sock:
             params = b"user\x00u\x00database\x00prod:all\x00_pq_.future\x00x\x00\x00"
             sock.sendall(_startup_packet((3 << 16) | 2, params))
             negotiate, auth = _read_messages(sock, b"R")
@@ -123,16 +149,27 @@ def test_sqlalchemy_engine_probes_and_pandas(dsn: dict[str, Any], qs: Any) -> No
     import pandas as pd
     import sqlalchemy as sa
 
-    url = sa.engine.URL.create("postgresql+psycopg", username=dsn["user"], password=dsn["password"],
-                               host=dsn["host"], port=dsn["port"], database=dsn["dbname"])
+    url = sa.engine.URL.create(
+        "postgresql+psycopg",
+        username=dsn["user"],
+        password=dsn["password"],
+        host=dsn["host"],
+        port=dsn["port"],
+        database=dsn["dbname"],
+    )
     engine = sa.create_engine(url, connect_args={"sslmode": "verify-full", "sslrootcert": dsn["sslrootcert"]})
     try:
         with engine.connect() as conn:
             assert engine.dialect.server_version_info[:2] == (9, 6)
             assert engine.dialect.default_schema_name == "public"
-            df = pd.read_sql(sa.text(f"SELECT _acp_batchid, count(*) AS n FROM {qs.SMALL_TABLE} "
-                                     "WHERE _acp_batchid = :batch GROUP BY _acp_batchid"), conn,
-                             params={"batch": qs.BATCHES[0][0]})
+            df = pd.read_sql(
+                sa.text(
+                    f"SELECT _acp_batchid, count(*) AS n FROM {qs.SMALL_TABLE} "
+                    "WHERE _acp_batchid = :batch GROUP BY _acp_batchid"
+                ),
+                conn,
+                params={"batch": qs.BATCHES[0][0]},
+            )
         assert df.to_dict("records") == [{"_acp_batchid": qs.BATCHES[0][0], "n": 120}]
     finally:
         engine.dispose()
@@ -141,11 +178,20 @@ def test_sqlalchemy_engine_probes_and_pandas(dsn: dict[str, Any], qs: Any) -> No
 @pytest.fixture
 def hook_conn_id(monkeypatch: pytest.MonkeyPatch, dsn: dict[str, Any]) -> str:
     tls = {"sslmode": "verify-full", "sslrootcert": dsn["sslrootcert"]}
-    monkeypatch.setenv("AIRFLOW_CONN_QS_EMULATOR", json.dumps({
-        "conn_type": "postgres", "host": dsn["host"], "port": dsn["port"], "login": dsn["user"],
-        "password": dsn["password"], "schema": dsn["dbname"],
-        "extra": {**tls, "sqlalchemy_query": tls},
-    }))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_QS_EMULATOR",
+        json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": dsn["host"],
+                "port": dsn["port"],
+                "login": dsn["user"],
+                "password": dsn["password"],
+                "schema": dsn["dbname"],
+                "extra": {**tls, "sqlalchemy_query": tls},
+            }
+        ),
+    )
     return "qs_emulator"
 
 
@@ -158,8 +204,11 @@ def test_unmodified_postgres_hook(hook_conn_id: str, qs: Any) -> None:
     batch, source = qs.BATCHES[1]
     count_sql = f"SELECT count(*) FROM {qs.SMALL_TABLE} WHERE _acp_system_metadata.acp_sourceBatchId = %s"
     assert hook.get_first(count_sql, parameters=(source,)) == (120,)
-    rows = hook.get_records(f"SELECT _{qs.TENANT}.identification.core.email FROM {qs.SMALL_TABLE} "
-                            "WHERE _acp_batchid = %(b)s ORDER BY 1 NULLS LAST LIMIT 3", parameters={"b": batch})
+    rows = hook.get_records(
+        f"SELECT _{qs.TENANT}.identification.core.email FROM {qs.SMALL_TABLE} "
+        "WHERE _acp_batchid = %(b)s ORDER BY 1 NULLS LAST LIMIT 3",
+        parameters={"b": batch},
+    )
     assert [r[0] for r in rows] == ["user000@example.com", "user001@example.com", "user002@example.com"]
     assert hook.run("SELECT 'a' AS x UNION ALL SELECT 'b'", handler=fetch_all_handler) == [("a",), ("b",)]
     df = hook.get_df(count_sql, parameters=(source,))
@@ -197,7 +246,8 @@ def test_errors_carry_sqlstates_and_the_session_survives(dsn: dict[str, Any], qs
 
 
 def test_an_emulator_bug_is_an_internal_error_not_a_dropped_connection(
-        dsn: dict[str, Any], server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    dsn: dict[str, Any], server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(sql: str, ctx: Any) -> Any:
         raise RuntimeError("translator bug")
 
@@ -260,8 +310,10 @@ def test_psycopg2_named_cursors(dsn: dict[str, Any], qs: Any) -> None:
     with psycopg2.connect(**dsn) as conn:
         cur = conn.cursor("members")
         cur.itersize = 100
-        cur.execute(f"SELECT _acp_batchid, _{qs.TENANT}.identification.core.email FROM {qs.SMALL_TABLE} "
-                    "ORDER BY _acp_batchid")
+        cur.execute(
+            f"SELECT _acp_batchid, _{qs.TENANT}.identification.core.email FROM {qs.SMALL_TABLE} "
+            "ORDER BY _acp_batchid"
+        )
         assert cur.fetchmany(5)[0][0] == qs.BATCHES[0][0]
         cur.scroll(10)  # MOVE 10: skipped server-side
         rest = cur.fetchall()
@@ -314,8 +366,8 @@ def _read_messages(sock: ssl.SSLSocket, until: bytes) -> list[tuple[bytes, bytes
             assert chunk, "server closed the connection"
             buf += chunk
         length = struct.unpack_from("!i", buf, 1)[0]
-        messages.append((buf[:1], buf[5:1 + length]))
-        buf = buf[1 + length:]
+        messages.append((buf[:1], buf[5 : 1 + length]))
+        buf = buf[1 + length :]
         if messages[-1][0] == until:
             return messages
 
@@ -329,7 +381,9 @@ def test_extended_protocol_row_limits_describe_and_close(server: Any, tls: Any, 
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
         raw.sendall(_startup_packet(80877103))
         assert raw.recv(1) == b"S"
-        with ssl.create_default_context(cafile=str(tls.ca)).wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        with ssl.create_default_context(cafile=str(tls.ca)).wrap_socket(
+            raw, server_hostname="127.0.0.1"
+        ) as sock:
             sock.sendall(_startup_packet(196608, b"user\x00u\x00database\x00prod:all\x00\x00"))
             _read_messages(sock, b"R")
             sock.sendall(_msg(b"p", qs.TOKEN.encode() + b"\x00"))
@@ -342,13 +396,18 @@ def test_extended_protocol_row_limits_describe_and_close(server: Any, tls: Any, 
                 + _msg(b"B", b"pt\x00st\x00" + struct.pack("!hhhiqh", 1, 1, 1, 8, 1, 0))
                 + _msg(b"D", b"Ppt\x00")
                 + _msg(b"E", b"pt\x00" + struct.pack("!i", 2))
-                + _msg(b"H", b""))
+                + _msg(b"H", b"")
+            )
             first = _read_messages(sock, b"s")  # PortalSuspended after 2 rows, sent on Flush
             kinds = [k for k, _ in first]
             assert kinds == [b"1", b"t", b"T", b"2", b"T", b"D", b"D", b"s"]
             assert struct.unpack("!hi", first[1][1]) == (1, 20)  # ParameterDescription: int8
-            sock.sendall(_msg(b"E", b"pt\x00" + struct.pack("!i", 0)) + _msg(b"C", b"Ppt\x00")
-                         + _msg(b"C", b"Sst\x00") + _msg(b"S", b""))
+            sock.sendall(
+                _msg(b"E", b"pt\x00" + struct.pack("!i", 0))
+                + _msg(b"C", b"Ppt\x00")
+                + _msg(b"C", b"Sst\x00")
+                + _msg(b"S", b"")
+            )
             rest = _read_messages(sock, b"Z")
             assert [k for k, _ in rest] == [b"D", b"D", b"C", b"3", b"3", b"Z"]
             assert rest[2][1] == b"SELECT 2\x00"

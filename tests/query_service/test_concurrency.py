@@ -40,8 +40,10 @@ def test_four_clients_at_once(dsn: dict[str, Any], qs: Any) -> None:
 
 def test_fetch_rate_is_reported(dsn: dict[str, Any], qs: Any) -> None:
     """Rows/s of a psycopg2 named cursor over TLS (see benchmarks/query_service_fetch.py for 1M rows)."""
-    sql = (f"SELECT _demoemea.identification.core.email, person.name.firstName, _acp_batchid FROM {qs.BIG_TABLE} "
-           "LIMIT 0")  # the documented override of the row cap: a plain streamed read
+    sql = (
+        f"SELECT _demoemea.identification.core.email, person.name.firstName, _acp_batchid FROM {qs.BIG_TABLE} "
+        "LIMIT 0"
+    )  # the documented override of the row cap: a plain streamed read
     with psycopg2.connect(**dsn) as conn, conn.cursor("rate") as cur:
         cur.itersize = 10_000
         started = time.perf_counter()
@@ -49,11 +51,15 @@ def test_fetch_rate_is_reported(dsn: dict[str, Any], qs: Any) -> None:
         rows = sum(1 for _ in cur)
         elapsed = time.perf_counter() - started
     assert rows == qs.BIG_PROFILES
-    print(f"\nQuery Service emulator: {rows:,} rows x 3 text columns via psycopg2 named cursor over TLS: "
-          f"{rows / elapsed:,.0f} rows/s")
+    print(
+        f"\nQuery Service emulator: {rows:,} rows x 3 text columns via psycopg2 named cursor over TLS: "
+        f"{rows / elapsed:,.0f} rows/s"
+    )
 
 
-def test_session_limit_refuses_the_sixth_client_with_production_error(database: Any, tls: Any, qs: Any) -> None:
+def test_session_limit_refuses_the_sixth_client_with_production_error(
+    database: Any, tls: Any, qs: Any
+) -> None:
     """With the org's limit at 5 (realistic mode), 8 clients connecting at once: 5 get a session,
     the others are refused with "Session Limit Reached" (SQLSTATE 53300, psycopg2 and psycopg 3); a
     slot freed by a closed session is usable again at once, and the limit can change at run time."""
@@ -64,7 +70,7 @@ def test_session_limit_refuses_the_sixth_client_with_production_error(database: 
 
     def connect(i: int) -> Any:
         try:
-            conn = (psycopg.connect(**dsn) if i % 2 else psycopg2.connect(**dsn))
+            conn = psycopg.connect(**dsn) if i % 2 else psycopg2.connect(**dsn)
         except (psycopg.OperationalError, psycopg2.OperationalError) as exc:
             return exc
         cur = conn.cursor()

@@ -36,8 +36,11 @@ def cur(dsn: dict[str, Any]) -> Any:
 
 
 def test_recipe_query_runs_unchanged(cur: Any, qs: Any) -> None:
-    expected = Counter((m.email, m.audience) for m in qs.memberships()
-                       if m.status == "realized" and m.audience in ("aud-1", "aud-2"))
+    expected = Counter(
+        (m.email, m.audience)
+        for m in qs.memberships()
+        if m.status == "realized" and m.audience in ("aud-1", "aud-2")
+    )
     cur.execute(RECIPE_SQL)
     rows = cur.fetchall()
     assert [c.name for c in cur.description] == ["_id", "personID", "audienceMembershipId"]
@@ -48,18 +51,23 @@ def test_recipe_query_runs_unchanged(cur: Any, qs: Any) -> None:
     assert [r[2] for r in by_id] == sorted(r[2] for r in rows)
 
 
-@pytest.mark.parametrize("batch_filter", ["_acp_batchid = '{batch}'",
-                                          "_acp_system_metadata.acp_sourceBatchId = '{source}'"])
-def test_corrected_recipe_reads_one_batch_and_all_member_statuses(cur: Any, qs: Any, batch_filter: str) -> None:
+@pytest.mark.parametrize(
+    "batch_filter", ["_acp_batchid = '{batch}'", "_acp_system_metadata.acp_sourceBatchId = '{source}'"]
+)
+def test_corrected_recipe_reads_one_batch_and_all_member_statuses(
+    cur: Any, qs: Any, batch_filter: str
+) -> None:
     batch, source = qs.BATCHES[2]
     sql = f"""SELECT personID, key AS audienceId, value.status
               FROM (SELECT _demoemea.identification.core.email AS personID, explode(segmentMembership.ups)
                     FROM segment_export_job_dataset_for_cja
                     WHERE {batch_filter.format(batch=batch, source=source)})
               WHERE value.status IN ('realized', 'existing') AND key IN ('aud-1', 'aud-2')"""
-    expected = Counter((m.email, m.audience, m.status) for m in qs.memberships()
-                       if m.batch == batch and m.status in ("realized", "existing")
-                       and m.audience in ("aud-1", "aud-2"))
+    expected = Counter(
+        (m.email, m.audience, m.status)
+        for m in qs.memberships()
+        if m.batch == batch and m.status in ("realized", "existing") and m.audience in ("aud-1", "aud-2")
+    )
     cur.execute(sql)
     assert Counter(cur.fetchall()) == expected
     assert expected  # the data has such members, so the comparison means something
@@ -70,11 +78,23 @@ def test_pipeline_sql_builder_queries(cur: Any, qs: Any) -> None:
     from airflow_cja_audiences import sql as qsql
 
     batch, source = qs.BATCHES[1]
-    query = qsql.MembershipQuery(table=qs.SMALL_TABLE, person_field=f"_{qs.TENANT}.identification.core.email",
-                                 audience_ids=("aud-1", "aud-3"), batch_id=source)
-    members = [m for m in qs.memberships() if m.source_batch == source and m.email is not None
-               and m.audience in ("aud-1", "aud-3") and m.status in ("realized", "existing")]
-    expected = sorted((m.email, m.audience, m.status, m.qualified.strftime("%Y-%m-%dT%H:%M:%SZ")) for m in members)
+    query = qsql.MembershipQuery(
+        table=qs.SMALL_TABLE,
+        person_field=f"_{qs.TENANT}.identification.core.email",
+        audience_ids=("aud-1", "aud-3"),
+        batch_id=source,
+    )
+    members = [
+        m
+        for m in qs.memberships()
+        if m.source_batch == source
+        and m.email is not None
+        and m.audience in ("aud-1", "aud-3")
+        and m.status in ("realized", "existing")
+    ]
+    expected = sorted(
+        (m.email, m.audience, m.status, m.qualified.strftime("%Y-%m-%dT%H:%M:%SZ")) for m in members
+    )
     cur.execute(qsql.membership_sql(query))
     assert cur.fetchall() == expected  # ORDER BY makes the order total
     parts = []
@@ -85,11 +105,18 @@ def test_pipeline_sql_builder_queries(cur: Any, qs: Any) -> None:
     window = qsql.TimeWindow("2026-11-10T00:00:00Z", "2026-11-20T00:00:00Z")
 
     def events(sources: set[str]) -> list[tuple]:  # realized = entered, exited = exited; existing is no event
-        return sorted({(m.email, m.audience, m.status, m.qualified.strftime("%Y-%m-%dT%H:%M:%SZ"))
-                       for m in qs.memberships() if m.source_batch in sources and m.email is not None
-                       and m.audience in ("aud-1", "aud-3") and m.status in ("realized", "exited")
-                       and dt.datetime(2026, 11, 10) <= m.qualified < dt.datetime(2026, 11, 20)},
-                      key=lambda r: (r[0], r[1], r[3], r[2]))  # the query's ORDER BY
+        return sorted(
+            {
+                (m.email, m.audience, m.status, m.qualified.strftime("%Y-%m-%dT%H:%M:%SZ"))
+                for m in qs.memberships()
+                if m.source_batch in sources
+                and m.email is not None
+                and m.audience in ("aud-1", "aud-3")
+                and m.status in ("realized", "exited")
+                and dt.datetime(2026, 11, 10) <= m.qualified < dt.datetime(2026, 11, 20)
+            },
+            key=lambda r: (r[0], r[1], r[3], r[2]),
+        )  # the query's ORDER BY
 
     cur.execute(qsql.events_sql(query, window))
     assert cur.fetchall() == events({source})
@@ -103,8 +130,10 @@ def test_pipeline_sql_builder_queries(cur: Any, qs: Any) -> None:
 def test_quotes_backslashes_and_postgres_casts(cur: Any) -> None:
     cur.execute("SELECT 'it''s', %s, %s", ("O'Brien \\ co", "a''b"))
     assert cur.fetchone() == ("it's", "O'Brien \\ co", "a''b")
-    cur.execute("SELECT '12'::int + 1, 3::string, 4::text, CAST('5' AS bigint), '1.5'::double, "
-                "date_format(\"2026-01-02 03:04:05\", \"yyyy-MM-dd'T'HH:mm:ss'Z' EEE\")")
+    cur.execute(
+        "SELECT '12'::int + 1, 3::string, 4::text, CAST('5' AS bigint), '1.5'::double, "
+        "date_format(\"2026-01-02 03:04:05\", \"yyyy-MM-dd'T'HH:mm:ss'Z' EEE\")"
+    )
     assert cur.fetchone() == (13, "3", "4", 5, 1.5, "2026-01-02T03:04:05Z Fri")
 
 
@@ -115,19 +144,29 @@ def test_generators_lateral_views_and_size(cur: Any, qs: Any) -> None:
     total = len(qs.memberships())
     cur.execute(f"SELECT count(*) FROM (SELECT explode_outer(segmentMembership.ups) FROM {table})")
     assert cur.fetchone() == (total + empty,)  # explode_outer keeps empty maps as a NULL row
-    cur.execute(f"SELECT count(*), count(k) FROM {table} LATERAL VIEW OUTER explode(segmentMembership.ups) e AS k, v")
+    cur.execute(
+        f"SELECT count(*), count(k) FROM {table} LATERAL VIEW OUTER explode(segmentMembership.ups) e AS k, v"
+    )
     assert cur.fetchone() == (total + empty, total)
-    cur.execute(f"SELECT count(*) FROM {table} LATERAL VIEW explode(segmentMembership.ups) e AS k, v "
-                "WHERE v.status = 'exited'")
+    cur.execute(
+        f"SELECT count(*) FROM {table} LATERAL VIEW explode(segmentMembership.ups) e AS k, v "
+        "WHERE v.status = 'exited'"
+    )
     assert cur.fetchone() == (sum(1 for m in qs.memberships() if m.status == "exited"),)
-    cur.execute(f"SELECT sum(size(segmentMembership.ups)), min(size(identityMap)), "
-                f"min(size(identityMap['Email'])) FROM {table}")
+    cur.execute(
+        f"SELECT sum(size(segmentMembership.ups)), min(size(identityMap)), "
+        f"min(size(identityMap['Email'])) FROM {table}"
+    )
     assert cur.fetchone() == (total, 0, -1)  # size(NULL) is -1 as in Spark
-    cur.execute(f"SELECT pos, col FROM (SELECT posexplode(map_keys(segmentMembership.ups)) FROM {table}) "
-                "WHERE pos = 0")
+    cur.execute(
+        f"SELECT pos, col FROM (SELECT posexplode(map_keys(segmentMembership.ups)) FROM {table}) "
+        "WHERE pos = 0"
+    )
     assert len(cur.fetchall()) == n_profiles - empty
-    cur.execute(f"SELECT id, `primary` FROM (SELECT inline(ids) FROM (SELECT explode(identityMap) AS (ns, ids) "
-                f"FROM {table})) ORDER BY id LIMIT 1")
+    cur.execute(
+        f"SELECT id, `primary` FROM (SELECT inline(ids) FROM (SELECT explode(identityMap) AS (ns, ids) "
+        f"FROM {table})) ORDER BY id LIMIT 1"
+    )
     assert cur.fetchone() == ("user000@example.com", True)
     cur.execute("SELECT explode(array(10, 20)) AS x, 'a'")
     assert cur.fetchall() == [(10, "a"), (20, "a")]
@@ -137,30 +176,46 @@ def test_struct_paths_map_lookups_and_functions(cur: Any, qs: Any) -> None:
     table = qs.SMALL_TABLE
     row = next(r for r in qs.SMALL_ROWS if "aud-1" in r["segmentMembership"]["ups"])
     email = row[f"_{qs.TENANT}"]["identification"]["core"]["email"]
-    cur.execute(f"SELECT segmentMembership.ups['aud-1'].status, person.name.lastName, "
-                f"segmentMembership['ups']['aud-1'].version FROM {table} "
-                f"WHERE _{qs.TENANT}.identification.core.email = %s AND _acp_batchid = %s", (email, row["_acp_batchid"]))
+    cur.execute(
+        f"SELECT segmentMembership.ups['aud-1'].status, person.name.lastName, "
+        f"segmentMembership['ups']['aud-1'].version FROM {table} "
+        f"WHERE _{qs.TENANT}.identification.core.email = %s AND _acp_batchid = %s",
+        (email, row["_acp_batchid"]),
+    )
     membership = row["segmentMembership"]["ups"]["aud-1"]
     assert cur.fetchone() == (membership["status"], row["person"]["name"]["lastName"], membership["version"])
-    cur.execute("SELECT sha2('abc', 256), concat('a', 'b'), concat('a', NULL), array_join(array('x', 'y'), '-'), "
-                "to_json(named_struct('a', 1, 'b', CAST(NULL AS STRING), 't', TIMESTAMP '2026-01-02 03:04:05')), "
-                "size(collect_list(x)), count(*) FROM (SELECT explode(array(1, NULL, 3)) AS x)")
-    assert cur.fetchone() == (hashlib.sha256(b"abc").hexdigest(), "ab", None, "x-y",
-                              '{"a":1,"t":"2026-01-02T03:04:05.000Z"}', 2, 3)
+    cur.execute(
+        "SELECT sha2('abc', 256), concat('a', 'b'), concat('a', NULL), array_join(array('x', 'y'), '-'), "
+        "to_json(named_struct('a', 1, 'b', CAST(NULL AS STRING), 't', TIMESTAMP '2026-01-02 03:04:05')), "
+        "size(collect_list(x)), count(*) FROM (SELECT explode(array(1, NULL, 3)) AS x)"
+    )
+    assert cur.fetchone() == (
+        hashlib.sha256(b"abc").hexdigest(),
+        "ab",
+        None,
+        "x-y",
+        '{"a":1,"t":"2026-01-02T03:04:05.000Z"}',
+        2,
+        3,
+    )
 
 
 def test_hash_pmod_buckets_are_non_negative_and_cover_everything(cur: Any, qs: Any) -> None:
     table = qs.SMALL_TABLE
-    cur.execute(f"SELECT min(hash(_acp_batchid || _demoemea.identification.core.ecid)), "
-                f"min(pmod(hash(_demoemea.identification.core.ecid), 7)), "
-                f"max(pmod(hash(_demoemea.identification.core.ecid), 7)) FROM {table}")
+    cur.execute(
+        f"SELECT min(hash(_acp_batchid || _demoemea.identification.core.ecid)), "
+        f"min(pmod(hash(_demoemea.identification.core.ecid), 7)), "
+        f"max(pmod(hash(_demoemea.identification.core.ecid), 7)) FROM {table}"
+    )
     lowest_hash, low, high = cur.fetchone()
     assert lowest_hash < 0  # hash() is signed like Spark's, so pmod() is what keeps buckets >= 0
     assert 0 <= low <= high < 7
     seen = Counter()
     for bucket in range(7):
-        cur.execute(f"SELECT _acp_batchid, _demoemea.identification.core.ecid FROM {table} "
-                    f"WHERE pmod(hash(_demoemea.identification.core.ecid), 7) = {bucket}")
+        cur.execute(
+            f"SELECT _acp_batchid, _demoemea.identification.core.ecid FROM {table} "
+            f"WHERE pmod(hash(_demoemea.identification.core.ecid), 7) = {bucket}"
+        )
         seen.update(cur.fetchall())
     assert sum(seen.values()) == len(qs.SMALL_ROWS) and set(seen.values()) == {1}
 
@@ -170,8 +225,10 @@ def test_system_columns_hidden_from_star_unless_asked(dsn: dict[str, Any], qs: A
     with psycopg2.connect(**dsn) as conn, conn.cursor() as cur:
         cur.execute(f"SELECT * FROM {qs.SMALL_TABLE} WHERE _acp_batchid = %s LIMIT 1", (qs.BATCHES[0][0],))
         assert [c.name for c in cur.description] == visible
-        cur.execute(f"SELECT t.* FROM {qs.SMALL_TABLE} t WHERE _acp_system_metadata.acp_sourceBatchId = %s",
-                    (qs.BATCHES[0][1],))
+        cur.execute(
+            f"SELECT t.* FROM {qs.SMALL_TABLE} t WHERE _acp_system_metadata.acp_sourceBatchId = %s",
+            (qs.BATCHES[0][1],),
+        )
         assert [c.name for c in cur.description] == visible and len(cur.fetchall()) == 120
         cur.execute("set drop_system_columns=false")
         cur.execute(f"SELECT * FROM {qs.SMALL_TABLE} LIMIT 1")
@@ -179,11 +236,18 @@ def test_system_columns_hidden_from_star_unless_asked(dsn: dict[str, Any], qs: A
 
 
 def test_complex_columns_as_tuple_text_or_json(dsn: dict[str, Any], qs: Any) -> None:
-    row = next(r for r in qs.SMALL_ROWS if r["person"]["name"]["firstName"] == "Jo, Jr."
-               and r["person"]["name"]["lastName"] == "O'Brien" and r["segmentMembership"]["ups"])
+    row = next(
+        r
+        for r in qs.SMALL_ROWS
+        if r["person"]["name"]["firstName"] == "Jo, Jr."
+        and r["person"]["name"]["lastName"] == "O'Brien"
+        and r["segmentMembership"]["ups"]
+    )
     email = row[f"_{qs.TENANT}"]["identification"]["core"]["email"]
-    sql = (f"SELECT person, identityMap, segmentMembership FROM {qs.SMALL_TABLE} "
-           f"WHERE _demoemea.identification.core.email = %s AND _acp_batchid = %s")
+    sql = (
+        f"SELECT person, identityMap, segmentMembership FROM {qs.SMALL_TABLE} "
+        f"WHERE _demoemea.identification.core.email = %s AND _acp_batchid = %s"
+    )
     with psycopg2.connect(**dsn) as conn, conn.cursor() as cur:
         cur.execute(sql, (email, row["_acp_batchid"]))
         person, identity, _ = cur.fetchone()
@@ -196,20 +260,28 @@ def test_complex_columns_as_tuple_text_or_json(dsn: dict[str, Any], qs: Any) -> 
         person, identity, membership = (json.loads(v) for v in cur.fetchone())
     assert person == {"name": {"firstName": "Jo, Jr.", "lastName": "O'Brien"}}  # NULL fields left out
     assert identity == {"Email": [{"id": email, "primary": True, "authenticatedState": "authenticated"}]}
-    assert membership == {"ups": {k: {"status": m["status"], "version": m["version"],
-                                      "lastQualificationTime": m["lastQualificationTime"].strftime(
-                                          "%Y-%m-%dT%H:%M:%S.000Z")}
-                                  for k, m in row["segmentMembership"]["ups"].items()}}
+    assert membership == {
+        "ups": {
+            k: {
+                "status": m["status"],
+                "version": m["version"],
+                "lastQualificationTime": m["lastQualificationTime"].strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            }
+            for k, m in row["segmentMembership"]["ups"].items()
+        }
+    }
 
 
 def test_show_tables(cur: Any, qs: Any) -> None:
     cur.execute("SHOW TABLES")
     assert [c.name for c in cur.description] == ["name", "dataSetId", "dataSet", "description", "resolved"]
-    assert cur.fetchall() == sorted((t["name"], t["dataSetId"], t["dataSet"], t["description"] or "", "false")
-                                    for t in qs.TABLES)
+    assert cur.fetchall() == sorted(
+        (t["name"], t["dataSetId"], t["dataSet"], t["description"] or "", "false") for t in qs.TABLES
+    )
 
 
 # --- translator units (no server) ---------------------------------------------------------
+
 
 class _Ctx:
     drop_system_columns = True
@@ -245,17 +317,24 @@ def test_translations_are_cached(database: Any) -> None:
 def test_generator_errors_name_the_problem(database: Any) -> None:
     translator = Translator()
     with pytest.raises(QueryServiceError) as info:
-        translator.translate("SELECT explode(_acp_batchid) FROM segment_export_job_dataset_for_cja", _Ctx(database))
+        translator.translate(
+            "SELECT explode(_acp_batchid) FROM segment_export_job_dataset_for_cja", _Ctx(database)
+        )
     assert info.value.sqlstate == "42804" and "array or a map" in info.value.message
     with pytest.raises(QueryServiceError) as info:
-        translator.translate("SELECT explode(segmentMembership.ups) AS k FROM segment_export_job_dataset_for_cja",
-                             _Ctx(database))
+        translator.translate(
+            "SELECT explode(segmentMembership.ups) AS k FROM segment_export_job_dataset_for_cja",
+            _Ctx(database),
+        )
     assert "expected 2 aliases" in info.value.message
 
 
 def test_split_statements_and_java_patterns() -> None:
-    assert split_statements("select 1; select ';' ; -- c;\n select $$a;b$$; /* ; */ ;") == \
-        ["select 1", "select ';'", "-- c;\n select $$a;b$$"]
+    assert split_statements("select 1; select ';' ; -- c;\n select $$a;b$$; /* ; */ ;") == [
+        "select 1",
+        "select ';'",
+        "-- c;\n select $$a;b$$",
+    ]
     assert java_to_strftime("yyyy-MM-dd'T'HH:mm:ss'Z'") == "%Y-%m-%dT%H:%M:%SZ"
     assert java_to_strftime("dd/MM/yy HH:mm:ss.SSS 'o''clock'") == "%d/%m/%y %H:%M:%S.%g o'clock"
     with pytest.raises(QueryServiceError):

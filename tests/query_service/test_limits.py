@@ -89,7 +89,9 @@ def test_limit_zero_override_streams_through_a_named_cursor(dsn: dict[str, Any],
 
 
 def test_hash_partitioned_read_returns_every_membership_once(dsn: dict[str, Any], qs: Any) -> None:
-    expected = {(qs.big_email(i), audience) for i in range(qs.BIG_PROFILES) for audience in ("aud-A", "aud-B")}
+    expected = {
+        (qs.big_email(i), audience) for i in range(qs.BIG_PROFILES) for audience in ("aud-A", "aud-B")
+    }
     n = math.ceil(len(expected) / 45_000)
     seen: Counter[tuple[str, str]] = Counter()
     with closing(psycopg2.connect(**dsn)) as conn:

@@ -30,11 +30,25 @@ class Figures:
     def __init__(self) -> None:
         self.tables: dict[str, list[dict[str, Any]]] = {}
 
-    def record(self, table: str, case: str, outcome: str, *, seconds: float | None = None,
-               retries: dict[str, int] | None = None, **extra: Any) -> None:
-        self.tables.setdefault(table, []).append({
-            "case": case, "outcome": outcome, "seconds": None if seconds is None else round(seconds, 1),
-            "retries": dict(sorted((retries or {}).items())), **extra})
+    def record(
+        self,
+        table: str,
+        case: str,
+        outcome: str,
+        *,
+        seconds: float | None = None,
+        retries: dict[str, int] | None = None,
+        **extra: Any,
+    ) -> None:
+        self.tables.setdefault(table, []).append(
+            {
+                "case": case,
+                "outcome": outcome,
+                "seconds": None if seconds is None else round(seconds, 1),
+                "retries": dict(sorted((retries or {}).items())),
+                **extra,
+            }
+        )
 
 
 _FIGURES = Figures()
@@ -74,11 +88,19 @@ def make_pipeline(airflow_db, dags_folder, audience_ids, tmp_path) -> Iterator[C
     made: list[Pipeline] = []
 
     def make(job_id: str = "rel", **overrides: Any) -> Pipeline:
-        job = RefreshJob.model_validate({
-            "job_id": job_id, "schedule": "0 2 * * *", "poll_interval_seconds": 1, "retries": 2,
-            "retry_delay_seconds": 0, "api_retries": FAST_API_RETRIES,
-            "audiences": [{"id": a} for a in audience_ids],
-            "identity": {"field": "_{tenant}.identification.core.email", "namespace": "Email"}, **overrides})
+        job = RefreshJob.model_validate(
+            {
+                "job_id": job_id,
+                "schedule": "0 2 * * *",
+                "poll_interval_seconds": 1,
+                "retries": 2,
+                "retry_delay_seconds": 0,
+                "api_retries": FAST_API_RETRIES,
+                "audiences": [{"id": a} for a in audience_ids],
+                "identity": {"field": "_{tenant}.identification.core.email", "namespace": "Email"},
+                **overrides,
+            }
+        )
         made.append(Pipeline(job, dags_folder, tmp_path / f"{job_id}-{len(made)}"))
         return made[-1]
 

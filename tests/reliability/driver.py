@@ -71,8 +71,10 @@ def resume(dag: Any, logical_date: datetime) -> Any:
         run.dag = kwargs["dag"]  # the scheduler's view of the DAG, as get_or_create_dagrun sets it
         return run
 
-    with patch.object(SerializedDAG, "clear_dags"), \
-            patch("airflow.models.dagrun.get_or_create_dagrun", side_effect=existing_run):
+    with (
+        patch.object(SerializedDAG, "clear_dags"),
+        patch("airflow.models.dagrun.get_or_create_dagrun", side_effect=existing_run),
+    ):
         return dag.test(logical_date=logical_date)
 
 
@@ -80,8 +82,10 @@ def _states(run: Any) -> dict[str, str]:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        return {(f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id): str(ti.state)
-                for ti in run.get_task_instances(session=session)}
+        return {
+            (f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id): str(ti.state)
+            for ti in run.get_task_instances(session=session)
+        }
 
 
 def main() -> None:
@@ -98,8 +102,13 @@ def main() -> None:
     else:
         killed = fail_killed_tasks(dag, args.logical_date)
         run = resume(dag, args.logical_date)
-    print(RESULT_PREFIX + json.dumps({"state": str(run.state), "run_id": run.run_id, "killed": killed,
-                                      "tasks": _states(run)}), flush=True)
+    print(
+        RESULT_PREFIX
+        + json.dumps(
+            {"state": str(run.state), "run_id": run.run_id, "killed": killed, "tasks": _states(run)}
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

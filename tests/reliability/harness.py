@@ -82,7 +82,9 @@ class RunOutcome:
     def task_log(self, task_id: str) -> str:
         """The log lines of one task (every try; a mapped task's every index)."""
         sections = re.split(r"(?=\[DAG TEST\] starting task_id=)", self.log)
-        return "".join(s for s in sections if re.match(rf"\[DAG TEST\] starting task_id={re.escape(task_id)}\b", s))
+        return "".join(
+            s for s in sections if re.match(rf"\[DAG TEST\] starting task_id={re.escape(task_id)}\b", s)
+        )
 
     def failed_tasks(self) -> list[str]:
         return sorted(t for t, s in self.tasks.items() if s in ("failed", "upstream_failed"))
@@ -95,8 +97,14 @@ class DriverProcess:
         self.log_path = log_path
         self.started = time.monotonic()
         with log_path.open("wb") as out:
-            self.popen = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=env, start_new_session=True)
+            self.popen = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -106,15 +114,31 @@ class DriverProcess:
             self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"the DAG run did not finish within {timeout:.0f} s; log: {self.log_path}") from None
+            raise AssertionError(
+                f"the DAG run did not finish within {timeout:.0f} s; log: {self.log_path}"
+            ) from None
         seconds = time.monotonic() - self.started
         text = self.log()
-        result = next((json.loads(line[len(RESULT_PREFIX):]) for line in reversed(text.splitlines())
-                       if line.startswith(RESULT_PREFIX)), None)
+        result = next(
+            (
+                json.loads(line[len(RESULT_PREFIX) :])
+                for line in reversed(text.splitlines())
+                if line.startswith(RESULT_PREFIX)
+            ),
+            None,
+        )
         if result is None:
-            raise AssertionError(f"the driver exited with {self.popen.returncode} without a result:\n{text[-6000:]}")
-        return RunOutcome(state=result["state"], seconds=seconds, log=text, run_id=result["run_id"],
-                          tasks=result["tasks"], killed=result["killed"])
+            raise AssertionError(
+                f"the driver exited with {self.popen.returncode} without a result:\n{text[-6000:]}"
+            )
+        return RunOutcome(
+            state=result["state"],
+            seconds=seconds,
+            log=text,
+            run_id=result["run_id"],
+            tasks=result["tasks"],
+            killed=result["killed"],
+        )
 
     def kill(self) -> RunOutcome:
         """SIGKILL the process (and anything it started): no cleanup, no ``on_kill``, no ``finally``."""
@@ -142,7 +166,15 @@ class Pipeline:
         self._drivers: list[DriverProcess] = []
 
     def start(self, when: datetime, *, mode: str = "run", conf: dict | None = None) -> DriverProcess:
-        command = [sys.executable, str(DRIVER), mode, "--dag-id", self.dag_id, "--logical-date", when.isoformat()]
+        command = [
+            sys.executable,
+            str(DRIVER),
+            mode,
+            "--dag-id",
+            self.dag_id,
+            "--logical-date",
+            when.isoformat(),
+        ]
         if conf:
             command += ["--conf", json.dumps(conf)]
         log = self.workdir / f"run-{len(self._drivers) + 1:02d}-{mode}.log"
@@ -171,9 +203,15 @@ class Pipeline:
         from airflow.utils.session import create_session
 
         with create_session() as session:
-            raw = session.scalar(select(XComModel.value).where(
-                XComModel.dag_id == self.dag_id, XComModel.run_id == run_id, XComModel.task_id == task_id,
-                XComModel.key == key, XComModel.map_index == -1))
+            raw = session.scalar(
+                select(XComModel.value).where(
+                    XComModel.dag_id == self.dag_id,
+                    XComModel.run_id == run_id,
+                    XComModel.task_id == task_id,
+                    XComModel.key == key,
+                    XComModel.map_index == -1,
+                )
+            )
         return None if raw is None else XComModel.deserialize_value(type("X", (), {"value": raw})())
 
     def task_retries(self, run_id: str) -> int:
@@ -188,6 +226,9 @@ class Pipeline:
         from airflow.utils.session import create_session
 
         with create_session() as session:
-            rows = session.execute(select(TaskInstance.task_id, TaskInstance.map_index, TaskInstance.try_number)
-                                   .where(TaskInstance.dag_id == self.dag_id, TaskInstance.run_id == run_id)).all()
+            rows = session.execute(
+                select(TaskInstance.task_id, TaskInstance.map_index, TaskInstance.try_number).where(
+                    TaskInstance.dag_id == self.dag_id, TaskInstance.run_id == run_id
+                )
+            ).all()
         return {(t if m < 0 else f"{t}[{m}]"): n for t, m, n in rows}

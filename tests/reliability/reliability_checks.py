@@ -27,7 +27,9 @@ def assert_converged(view: JobView, job: RefreshJob) -> dict[str, set[tuple]]:
     live = view.live_batches(profile, "snapshot")
     assert len(live) == 1, f"{len(live)} live snapshot batches: {[b.id for b in live]}"
     snapshot = view.snapshot_records(profile)
-    assert snapshot == view.truth_snapshot(live[0].observed_at), "the live snapshot differs from the ground truth"
+    assert snapshot == view.truth_snapshot(live[0].observed_at), (
+        "the live snapshot differs from the ground truth"
+    )
     if job.publish_events:
         events = view.dataset_id(job.names.event_dataset)
         (batch,) = view.live_batches(events, "events")
@@ -44,11 +46,14 @@ def duplicates(emu: Any, sandbox: str = "prod") -> dict[str, list[str]]:
     def repeated(values: list[Any]) -> list[str]:
         return sorted(str(v) for v, n in Counter(values).items() if n > 1)
 
-    return {"datasets": repeated([d["name"] for d in state["datasets"].values()]),
-            "schemas": repeated([s["title"] for s in state["schemas"]]),
-            "field groups": repeated([g["title"] for g in state["fieldGroups"]]),
-            "descriptors": repeated([(d.get("xdm:sourceSchema"), d.get("xdm:sourceProperty"))
-                                     for d in state["descriptors"]])}
+    return {
+        "datasets": repeated([d["name"] for d in state["datasets"].values()]),
+        "schemas": repeated([s["title"] for s in state["schemas"]]),
+        "field groups": repeated([g["title"] for g in state["fieldGroups"]]),
+        "descriptors": repeated(
+            [(d.get("xdm:sourceSchema"), d.get("xdm:sourceProperty")) for d in state["descriptors"]]
+        ),
+    }
 
 
 def export_jobs_of(emu: Any, job: RefreshJob, sandbox: str = "prod") -> list[dict]:

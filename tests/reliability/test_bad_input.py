@@ -33,9 +33,16 @@ TOO_LONG = "N" * 300
 
 
 def _job(audiences: list[dict], **overrides: Any) -> dict:
-    return {"job_id": "badinput", "schedule": "0 2 * * *", "retries": 0, "poll_interval_seconds": 1,
-            "api_retries": {"max_attempts": 3, "initial_wait_seconds": 0.05, "max_wait_seconds": 1},
-            "audiences": audiences, "identity": {"field": EMAIL, "namespace": "Email"}, **overrides}
+    return {
+        "job_id": "badinput",
+        "schedule": "0 2 * * *",
+        "retries": 0,
+        "poll_interval_seconds": 1,
+        "api_retries": {"max_attempts": 3, "initial_wait_seconds": 0.05, "max_wait_seconds": 1},
+        "audiences": audiences,
+        "identity": {"field": EMAIL, "namespace": "Email"},
+        **overrides,
+    }
 
 
 def _aep_state(emu) -> dict:
@@ -45,6 +52,7 @@ def _aep_state(emu) -> dict:
 
 
 # ------------------------------------------------------------------ rejected when the DAG file is parsed
+
 
 @dataclass(frozen=True)
 class ConfigCase:
@@ -63,47 +71,89 @@ def _set(path: str, value: Any) -> Callable[[dict], None]:
             node[int(last)] = value
         else:
             node[last] = value
+
     return change
 
 
 CONFIG_CASES = [
     ConfigCase("malformed audience id", _set("audiences.0.id", "not an id!"), "audiences.0.id"),
     ConfigCase("SQL injection in an audience id", _set("audiences.0.id", "x' OR '1'='1"), "audiences.0.id"),
-    ConfigCase("statement break in an audience id", _set("audiences.0.id", "abc; DELETE FROM t"), "audiences.0.id"),
-    ConfigCase("path traversal in an audience id", _set("audiences.0.id", "../../export/jobs"), "audiences.0.id"),
+    ConfigCase(
+        "statement break in an audience id", _set("audiences.0.id", "abc; DELETE FROM t"), "audiences.0.id"
+    ),
+    ConfigCase(
+        "path traversal in an audience id", _set("audiences.0.id", "../../export/jobs"), "audiences.0.id"
+    ),
     ConfigCase("empty audience list", _set("audiences", []), "audiences"),
-    ConfigCase("the same audience twice", lambda j: j["audiences"].append(dict(j["audiences"][0])), "audiences"),
-    ConfigCase("an audience with both id and name", _set("audiences.0.name", "Cart abandoners"), "audiences.0"),
-    ConfigCase("an audience with neither id nor name", _set("audiences.0", {"display_name": "x"}), "audiences.0"),
-    ConfigCase("oversize display name (300 chars)", _set("audiences.0.display_name", TOO_LONG),
-               "audiences.0.display_name"),
-    ConfigCase("control character in a display name", _set("audiences.0.display_name", "Gold\x1b[31m"),
-               "audiences.0.display_name"),
-    ConfigCase("bidi override (U+202E) in a display name", _set("audiences.0.display_name", "Gold\u202e"),
-               "audiences.0.display_name"),
-    ConfigCase("injection in the identity field", _set("identity.field", EMAIL + ") OR (1=1"), "identity.field"),
-    ConfigCase("SQL in the identity field", _set("identity.field", "1; DROP TABLE audience_export"),
-               "identity.field"),
-    ConfigCase("injection in the identity namespace", _set("identity.namespace", "Email'; --"),
-               "identity.namespace"),
+    ConfigCase(
+        "the same audience twice", lambda j: j["audiences"].append(dict(j["audiences"][0])), "audiences"
+    ),
+    ConfigCase(
+        "an audience with both id and name", _set("audiences.0.name", "Cart abandoners"), "audiences.0"
+    ),
+    ConfigCase(
+        "an audience with neither id nor name", _set("audiences.0", {"display_name": "x"}), "audiences.0"
+    ),
+    ConfigCase(
+        "oversize display name (300 chars)",
+        _set("audiences.0.display_name", TOO_LONG),
+        "audiences.0.display_name",
+    ),
+    ConfigCase(
+        "control character in a display name",
+        _set("audiences.0.display_name", "Gold\x1b[31m"),
+        "audiences.0.display_name",
+    ),
+    ConfigCase(
+        "bidi override (U+202E) in a display name",
+        _set("audiences.0.display_name", "Gold\u202e"),
+        "audiences.0.display_name",
+    ),
+    ConfigCase(
+        "injection in the identity field", _set("identity.field", EMAIL + ") OR (1=1"), "identity.field"
+    ),
+    ConfigCase(
+        "SQL in the identity field", _set("identity.field", "1; DROP TABLE audience_export"), "identity.field"
+    ),
+    ConfigCase(
+        "injection in the identity namespace", _set("identity.namespace", "Email'; --"), "identity.namespace"
+    ),
     ConfigCase("injection in the tenant", _set("tenant", "acme; DROP"), "tenant"),
     ConfigCase("empty tenant", _set("tenant", ""), "tenant"),
     ConfigCase("path in the sandbox", _set("sandbox", "prod/../dev"), "sandbox"),
     ConfigCase("header injection in the sandbox", _set("sandbox", "prod\r\nx-api-key: stolen"), "sandbox"),
     ConfigCase("path in the job id", _set("job_id", "../other"), "job_id"),
     ConfigCase("injection in the merge policy id", _set("merge_policy_id", "p' --"), "merge_policy_id"),
-    ConfigCase("injection in the CJA connection id", _set("cja_connection_id", "dg_x'; --"), "cja_connection_id"),
-    ConfigCase("injection in the CJA data view id", _set("cja_data_view_id", "dv_1/../../x"), "cja_data_view_id"),
-    ConfigCase("injection in an output field name", _set("output.memberships", "a.b; --"), "output.memberships"),
-    ConfigCase("NUL byte in a dataset name", _set("naming.profile_dataset", "Profiles\x00x"),
-               "naming.profile_dataset"),
-    ConfigCase("oversize dataset name (300 chars)", _set("naming.profile_dataset", TOO_LONG),
-               "naming.profile_dataset"),
-    ConfigCase("newline in the schema title", _set("naming.profile_schema", "Profiles\nx"), "naming.profile_schema"),
+    ConfigCase(
+        "injection in the CJA connection id", _set("cja_connection_id", "dg_x'; --"), "cja_connection_id"
+    ),
+    ConfigCase(
+        "injection in the CJA data view id", _set("cja_data_view_id", "dv_1/../../x"), "cja_data_view_id"
+    ),
+    ConfigCase(
+        "injection in an output field name", _set("output.memberships", "a.b; --"), "output.memberships"
+    ),
+    ConfigCase(
+        "NUL byte in a dataset name",
+        _set("naming.profile_dataset", "Profiles\x00x"),
+        "naming.profile_dataset",
+    ),
+    ConfigCase(
+        "oversize dataset name (300 chars)",
+        _set("naming.profile_dataset", TOO_LONG),
+        "naming.profile_dataset",
+    ),
+    ConfigCase(
+        "newline in the schema title", _set("naming.profile_schema", "Profiles\nx"), "naming.profile_schema"
+    ),
     ConfigCase("control character in the description", _set("description", "report\x07"), "description"),
     ConfigCase("path in the connection id", _set("conn_id", "../adobe"), "conn_id"),
-    ConfigCase("injection in the pool name", _set("query_service_pool", "pool; rm -rf /"), "query_service_pool"),
-    ConfigCase("an unknown batch id column", _set("batch_id_column", "1=1 OR _acp_batchid"), "batch_id_column"),
+    ConfigCase(
+        "injection in the pool name", _set("query_service_pool", "pool; rm -rf /"), "query_service_pool"
+    ),
+    ConfigCase(
+        "an unknown batch id column", _set("batch_id_column", "1=1 OR _acp_batchid"), "batch_id_column"
+    ),
     ConfigCase("an unknown membership status", _set("statuses", ["realized", "exited' --"]), "statuses"),
     ConfigCase("a misspelt setting", _set("audience", []), "audience"),
 ]
@@ -126,8 +176,9 @@ def _import_errors() -> str:
     return "\n".join([*bag.import_errors.values(), *shown])
 
 
-def test_config_cases_are_rejected_when_the_dag_file_is_parsed(emu, dags_folder, audience_ids, monkeypatch,
-                                                              figures):
+def test_config_cases_are_rejected_when_the_dag_file_is_parsed(
+    emu, dags_folder, audience_ids, monkeypatch, figures
+):
     assert len(CONFIG_CASES) + len(RUN_CASES) + 1 >= 25
     dags_folder  # writes the DAG file into the session's DAG folder
     valid = _job([{"id": audience_ids[0], "display_name": "Gold"}, {"id": audience_ids[1]}])
@@ -143,17 +194,27 @@ def test_config_cases_are_rejected_when_the_dag_file_is_parsed(emu, dags_folder,
         assert str(path) in errors, f"{case.name}: no import error naming the file:\n{errors}"
         location = "jobs.0." + case.field
         assert location in errors, f"{case.name}: the error does not name {location}:\n{errors}"
-        figures.record("bad input", case.name, f"DAG import error naming {case.field}",
-                       seconds=time.monotonic() - started, where="jobs file (DAG parse)")
+        figures.record(
+            "bad input",
+            case.name,
+            f"DAG import error naming {case.field}",
+            seconds=time.monotonic() - started,
+            where="jobs file (DAG parse)",
+        )
     path = _write_jobs(b'{"jobs": [{"job_id": "caf\xe9"}]}', monkeypatch)  # Latin-1, not UTF-8
     errors = _import_errors()
     assert str(path) in errors and "not valid UTF-8 at byte" in errors, errors
-    figures.record("bad input", "jobs file not in UTF-8", "DAG import error naming the file and the byte",
-                   where="jobs file (DAG parse)")
+    figures.record(
+        "bad input",
+        "jobs file not in UTF-8",
+        "DAG import error naming the file and the byte",
+        where="jobs file (DAG parse)",
+    )
     assert _aep_state(emu) == before
 
 
 # ------------------------------------------------------------------ rejected by the run, before any write
+
 
 @dataclass(frozen=True)
 class RunCase:
@@ -171,27 +232,55 @@ def _first(ids: list[str]) -> list[dict]:
 
 
 RUN_CASES = [
-    RunCase("unknown audience id", lambda ids: [{"id": ids[0]}, {"id": UUID_NOT_IN_AEP}],
-            ("audiences[1].id", UUID_NOT_IN_AEP)),
+    RunCase(
+        "unknown audience id",
+        lambda ids: [{"id": ids[0]}, {"id": UUID_NOT_IN_AEP}],
+        ("audiences[1].id", UUID_NOT_IN_AEP),
+    ),
     RunCase("unknown audience name", lambda ids: [{"name": "No such audience"}], ("audiences[0].name",)),
-    RunCase("SQL injection as an audience name", lambda ids: [{"name": "Gold' OR '1'='1"}],
-            ("audiences[0].name", "Gold' OR '1'='1")),
-    RunCase("one audience by id and by name", lambda ids: [{"id": ids[0]}, {"name": "Luma - Gold members"}],
-            ("selected twice",)),
-    RunCase("identity field not in the profile schema", _first, ("identity.field", "loyaltyId"),
-            job={"identity": {"field": "_{tenant}.identification.core.loyaltyId"}}),
+    RunCase(
+        "SQL injection as an audience name",
+        lambda ids: [{"name": "Gold' OR '1'='1"}],
+        ("audiences[0].name", "Gold' OR '1'='1"),
+    ),
+    RunCase(
+        "one audience by id and by name",
+        lambda ids: [{"id": ids[0]}, {"name": "Luma - Gold members"}],
+        ("selected twice",),
+    ),
+    RunCase(
+        "identity field not in the profile schema",
+        _first,
+        ("identity.field", "loyaltyId"),
+        job={"identity": {"field": "_{tenant}.identification.core.loyaltyId"}},
+    ),
     RunCase("wrong tenant", _first, ("tenant", "acme"), job={"tenant": "acme"}),
     RunCase("unknown sandbox (job)", _first, ("sandbox", "nosuchsandbox"), job={"sandbox": "nosuchsandbox"}),
-    RunCase("unknown sandbox (connection)", _first, ("sandbox", "nosuchsandbox"),
-            connection={"sandbox": "nosuchsandbox"}),
+    RunCase(
+        "unknown sandbox (connection)",
+        _first,
+        ("sandbox", "nosuchsandbox"),
+        connection={"sandbox": "nosuchsandbox"},
+    ),
     RunCase("wrong client secret", _first, ("client secret", "401"), connection={"password": "wrong-secret"}),
     RunCase("wrong client id", _first, ("client", "40"), connection={"login": "someone-else"}),
     RunCase("missing client secret", _first, ("password (Client secret)",), connection={"password": ""}),
-    RunCase("wrong IMS org", _first, ("org", "403"), connection={"org_id": "NOTMYORG000000000000000@AdobeOrg"}),
-    RunCase("no CA bundle for a private CA (TLS stays verified)", _first, ("TLS verification failed", "ca_bundle"),
-            connection={"ca_bundle": None}),
-    RunCase("events interval that is not a date", _first, ("events_interval_start", "yesterday"),
-            failed_task="plan_run", conf={"events_interval_start": "yesterday", "events_interval_end": "today"}),
+    RunCase(
+        "wrong IMS org", _first, ("org", "403"), connection={"org_id": "NOTMYORG000000000000000@AdobeOrg"}
+    ),
+    RunCase(
+        "no CA bundle for a private CA (TLS stays verified)",
+        _first,
+        ("TLS verification failed", "ca_bundle"),
+        connection={"ca_bundle": None},
+    ),
+    RunCase(
+        "events interval that is not a date",
+        _first,
+        ("events_interval_start", "yesterday"),
+        failed_task="plan_run",
+        conf={"events_interval_start": "yesterday", "events_interval_end": "today"},
+    ),
 ]
 
 
@@ -200,8 +289,9 @@ QUICK = {"unknown audience id", "wrong tenant", "wrong client secret", "events i
 
 
 @pytest.mark.parametrize("case", pick(RUN_CASES, lambda c: c.name in QUICK), ids=lambda c: c.name)
-def test_run_cases_fail_before_any_write_naming_the_field(case, make_pipeline, emu, connection, audience_ids,
-                                                          figures):
+def test_run_cases_fail_before_any_write_naming_the_field(
+    case, make_pipeline, emu, connection, audience_ids, figures
+):
     job = _job(case.audiences(audience_ids), **case.job)
     pipeline = make_pipeline(**job)
     if case.connection:
@@ -216,8 +306,14 @@ def test_run_cases_fail_before_any_write_naming_the_field(case, make_pipeline, e
     assert not missing, f"{case.name}: the failure does not mention {missing}:\n{log[-4000:]}"
     assert outcome.tasks["abort_open_batches"] in ("success", "skipped"), outcome.tasks
     assert _aep_state(emu) == before, f"{case.name}: something was written to AEP"
-    figures.record("bad input", case.name, f"{case.failed_task} failed naming {case.expect[0]!r}; AEP unchanged",
-                   seconds=outcome.seconds, retries=dict(outcome.retries), where="run (before any write)")
+    figures.record(
+        "bad input",
+        case.name,
+        f"{case.failed_task} failed naming {case.expect[0]!r}; AEP unchanged",
+        seconds=outcome.seconds,
+        retries=dict(outcome.retries),
+        where="run (before any write)",
+    )
 
 
 def test_every_task_that_writes_waits_for_validation(make_pipeline):
@@ -249,8 +345,13 @@ def test_zero_member_audiences_end_as_documented(make_pipeline, emu, audience_id
     assert_converged(JobView(emu, "zero_mixed", [audience_ids[0], empty], emu.credentials.tenant), mixed.job)
     members = {row["id"]: row["members"] for row in mixed.xcom(outcome.run_id, "report")["audiences"]}
     assert members[empty] == 0 and members[audience_ids[0]] > 0
-    figures.record("bad input", "a zero-member audience next to others", "success; reported with 0 members",
-                   seconds=outcome.seconds, where="run (legitimate)")
+    figures.record(
+        "bad input",
+        "a zero-member audience next to others",
+        "success; reported with 0 members",
+        seconds=outcome.seconds,
+        where="run (legitimate)",
+    )
 
     alone = make_pipeline("zero_only", audiences=[{"id": empty}])
     outcome = alone.run(logical_date())
@@ -260,5 +361,10 @@ def test_zero_member_audiences_end_as_documented(make_pipeline, emu, audience_id
     assert view.live_batches(view.dataset_id(alone.job.names.profile_dataset), "snapshot") == []
     report = alone.xcom(outcome.run_id, "report")
     assert [row["members"] for row in report["audiences"]] == [0]
-    figures.record("bad input", "only zero-member audiences", "success; nothing published (0 records)",
-                   seconds=outcome.seconds, where="run (legitimate)")
+    figures.record(
+        "bad input",
+        "only zero-member audiences",
+        "success; nothing published (0 records)",
+        seconds=outcome.seconds,
+        where="run (legitimate)",
+    )

@@ -48,22 +48,48 @@ def _hold(route: str) -> Callable[[str | None], dict]:
 
 # Each on the first run of a job of its own (afterwards the objects exist and are only looked up).
 SETUP_POINTS = [
-    KillPoint("setup: creating a dataset", ("ensure_export_dataset", "ensure_profile_dataset"),
-              "catalog.create_dataset", _hold("catalog.create_dataset")),
-    KillPoint("setup: creating the CJA schema", ("ensure_profile_dataset",), "schema_registry.create_schemas",
-              _hold("schema_registry.create_schemas")),
+    KillPoint(
+        "setup: creating a dataset",
+        ("ensure_export_dataset", "ensure_profile_dataset"),
+        "catalog.create_dataset",
+        _hold("catalog.create_dataset"),
+    ),
+    KillPoint(
+        "setup: creating the CJA schema",
+        ("ensure_profile_dataset",),
+        "schema_registry.create_schemas",
+        _hold("schema_registry.create_schemas"),
+    ),
 ]
 # Successive runs of one job, each starting with a live snapshot to protect.
 RUN_POINTS = [
-    KillPoint("export: creating the export job", ("export_audiences",), "segmentation.create_export_job",
-              _hold("segmentation.create_export_job")),
-    KillPoint("export: waiting for the job", ("export_audiences",), "segmentation.get_export_job",
-              _hold("segmentation.get_export_job")),
-    KillPoint("load: partition query", ("load_snapshot[0]",), "query_service.query",
-              _hold(r"QUERY .*SELECT personID, key AS audienceId, value.status AS status.*")),
-    KillPoint("load: uploading the file", ("load_snapshot[0]",), "ingestion.put_file", _hold("ingestion.put_file")),
-    KillPoint("publish: completing the batch", ("publish_snapshot",), "ingestion.complete_batch",
-              _hold("ingestion.complete_batch")),
+    KillPoint(
+        "export: creating the export job",
+        ("export_audiences",),
+        "segmentation.create_export_job",
+        _hold("segmentation.create_export_job"),
+    ),
+    KillPoint(
+        "export: waiting for the job",
+        ("export_audiences",),
+        "segmentation.get_export_job",
+        _hold("segmentation.get_export_job"),
+    ),
+    KillPoint(
+        "load: partition query",
+        ("load_snapshot[0]",),
+        "query_service.query",
+        _hold(r"QUERY .*SELECT personID, key AS audienceId, value.status AS status.*"),
+    ),
+    KillPoint(
+        "load: uploading the file", ("load_snapshot[0]",), "ingestion.put_file", _hold("ingestion.put_file")
+    ),
+    KillPoint(
+        "publish: completing the batch",
+        ("publish_snapshot",),
+        "ingestion.complete_batch",
+        _hold("ingestion.complete_batch"),
+    ),
     # No "reverting the replaced snapshot" point any more: the new batch replaces the live one by batch
     # replay, so AEP swaps them in one step when it succeeds and publish sends no REVERT for it.
 ]
@@ -87,34 +113,63 @@ def kill_and_retry(pipeline: Pipeline, emu, point: KillPoint, when, figures, exp
     """One kill point: hold the step's request, check what is visible, kill, release, retry, check."""
     view = _view(pipeline, emu)
     previous = _live_snapshot(view, pipeline) if exports_before else []
-    emu.admin.set_faults([{**point.rule(previous[0].id if previous else None), "kind": "latency",
-                           "seconds": HOLD_SECONDS, "times": 1}])
+    emu.admin.set_faults(
+        [
+            {
+                **point.rule(previous[0].id if previous else None),
+                "kind": "latency",
+                "seconds": HOLD_SECONDS,
+                "times": 1,
+            }
+        ]
+    )
     driver = pipeline.start(when)
-    poll(lambda: _in_flight(emu, point.route) or driver.popen.poll() is not None, timeout=120,
-         what=f"the held {point.route} request")
-    assert driver.popen.poll() is None, f"{point.step}: the run ended before the kill point:\n{driver.log()[-5000:]}"
+    poll(
+        lambda: _in_flight(emu, point.route) or driver.popen.poll() is not None,
+        timeout=120,
+        what=f"the held {point.route} request",
+    )
+    assert driver.popen.poll() is None, (
+        f"{point.step}: the run ended before the kill point:\n{driver.log()[-5000:]}"
+    )
     if previous and not point.published:  # at the crash: the previous snapshot, alone and whole
         assert [b.id for b in _live_snapshot(view, pipeline)] == [previous[0].id]
-        assert view.snapshot_records(view.dataset_id(pipeline.job.names.profile_dataset)) == \
-            view.truth_snapshot(previous[0].observed_at)
+        assert view.snapshot_records(
+            view.dataset_id(pipeline.job.names.profile_dataset)
+        ) == view.truth_snapshot(previous[0].observed_at)
     killed = driver.kill()
     emu.admin.clear_faults()  # the held request goes on as it would for a client that vanished
     poll(lambda: not _in_flight(emu, point.route), timeout=60, what=f"the released {point.route} request")
     resumed = pipeline.resume(when)
-    assert len(resumed.killed) == 1 and resumed.killed[0] in point.tasks, f"{point.step}: killed {resumed.killed}"
+    assert len(resumed.killed) == 1 and resumed.killed[0] in point.tasks, (
+        f"{point.step}: killed {resumed.killed}"
+    )
     (task,) = resumed.killed
     assert resumed.state == "success", f"{point.step}: the retry did not converge:\n{resumed.log[-6000:]}"
     tries = pipeline.try_numbers(resumed.run_id)
     assert tries[task] == 2, f"{point.step}: {tries}"
     assert_converged(view, pipeline.job)
     assert not any(duplicates(emu).values()), f"{point.step}: {duplicates(emu)}"
-    assert len(export_jobs_of(emu, pipeline.job)) == exports_before + 1, f"{point.step}: an export job was repeated"
-    visible = ("first run: nothing published before" if not previous else
-               "new snapshot live, old one still live until the retry reverted it" if point.published else
-               "previous snapshot live and whole until the new one succeeded")
-    figures.record("crashes", point.step, f"converged; 1 live snapshot = ground truth; no duplicates; {visible}",
-                   seconds=killed.seconds + resumed.seconds, retries=dict(resumed.retries), killed_task=task,
-                   held=point.route, retry_try=tries[task])
+    assert len(export_jobs_of(emu, pipeline.job)) == exports_before + 1, (
+        f"{point.step}: an export job was repeated"
+    )
+    visible = (
+        "first run: nothing published before"
+        if not previous
+        else "new snapshot live, old one still live until the retry reverted it"
+        if point.published
+        else "previous snapshot live and whole until the new one succeeded"
+    )
+    figures.record(
+        "crashes",
+        point.step,
+        f"converged; 1 live snapshot = ground truth; no duplicates; {visible}",
+        seconds=killed.seconds + resumed.seconds,
+        retries=dict(resumed.retries),
+        killed_task=task,
+        held=point.route,
+        retry_try=tries[task],
+    )
 
 
 @pytest.mark.skipif(not FULL, reason="figures script only (CJA_RELIABILITY_FULL=1)")
@@ -130,5 +185,11 @@ def test_a_task_killed_in_any_later_step_converges_on_retry(make_pipeline, emu, 
     first = pipeline.run(logical_date(days_ago=len(points)))
     assert first.state == "success", first.log[-5000:]
     for index, point in enumerate(points):
-        kill_and_retry(pipeline, emu, point, logical_date(days_ago=len(points) - 1 - index), figures,
-                       exports_before=1 + index)
+        kill_and_retry(
+            pipeline,
+            emu,
+            point,
+            logical_date(days_ago=len(points) - 1 - index),
+            figures,
+            exports_before=1 + index,
+        )

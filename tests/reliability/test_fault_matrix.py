@@ -35,6 +35,7 @@ def _no_throttling(emu):
     of their own) are turned off here; its durations and statuses stay. ``adobe_conn`` restores them."""
     emu.admin.knobs(platform_rate_limit=0, cja_rate_limit=False, batch_create_rate_limit=0)
 
+
 pytestmark = pytest.mark.slow
 
 RATE = 0.2
@@ -42,10 +43,20 @@ SEED = 20261129
 CLIENT_TIMEOUT = 1.5  # seconds (connection extra 'timeout'); the latency fault waits longer
 QUERY_ROUTE = "query_service.query"
 # Routes every refresh must call (a guard against the matrix silently covering less).
-CORE_ROUTES = {"ims.token", "segmentation.get_audience", "segmentation.create_export_job",
-               "segmentation.get_export_job", "catalog.create_dataset", "catalog.get_batch", "catalog.list_batches",
-               "schema_registry.create_schemas", "ingestion.create_batch", "ingestion.put_file",
-               "ingestion.complete_batch", QUERY_ROUTE}
+CORE_ROUTES = {
+    "ims.token",
+    "segmentation.get_audience",
+    "segmentation.create_export_job",
+    "segmentation.get_export_job",
+    "catalog.create_dataset",
+    "catalog.get_batch",
+    "catalog.list_batches",
+    "schema_registry.create_schemas",
+    "ingestion.create_batch",
+    "ingestion.put_file",
+    "ingestion.complete_batch",
+    QUERY_ROUTE,
+}
 
 KINDS: dict[str, dict[str, Any]] = {
     "429 with Retry-After: 1": {"kind": "429", "retry_after": 1},
@@ -94,9 +105,16 @@ def baseline(make_pipeline, emu, figures) -> Baseline:
         snapshot = view.snapshot_records(profile)
         assert snapshot == view.truth_snapshot(live.observed_at)
         _BASELINE.append(Baseline(routes, snapshot, live.observed_at))
-        figures.record("faults", "no faults (baseline)", "success; snapshot = ground truth",
-                       seconds=outcome.seconds, retries={}, faults=0, requests=sum(routes.values()),
-                       max_attempts=outcome.max_attempt)
+        figures.record(
+            "faults",
+            "no faults (baseline)",
+            "success; snapshot = ground truth",
+            seconds=outcome.seconds,
+            retries={},
+            faults=0,
+            requests=sum(routes.values()),
+            max_attempts=outcome.max_attempt,
+        )
     return _BASELINE[0]
 
 
@@ -109,8 +127,9 @@ def injected(emu) -> dict[str, int]:
     return {r: sum(v["faults"].values()) for r, v in emu.admin.stats()["routes"].items() if v["faults"]}
 
 
-def run_with_faults(case: str, rules: list[dict], make_pipeline, emu, connection,
-                    figures) -> tuple[RunOutcome, dict[str, int]]:
+def run_with_faults(
+    case: str, rules: list[dict], make_pipeline, emu, connection, figures
+) -> tuple[RunOutcome, dict[str, int]]:
     """Run the refresh under ``rules``; check the end state; return the outcome and faults per route."""
     base = baseline(make_pipeline, emu, figures)
     connection(timeout=CLIENT_TIMEOUT)
@@ -120,20 +139,33 @@ def run_with_faults(case: str, rules: list[dict], make_pipeline, emu, connection
     outcome = pipeline.run(logical_date())
     faults = dict(Counter(injected(emu)) - Counter(faults_before))
     emu.admin.clear_faults()
-    assert outcome.state == "success", f"{case}: the run failed ({outcome.failed_tasks()}):\n{outcome.log[-6000:]}"
+    assert outcome.state == "success", (
+        f"{case}: the run failed ({outcome.failed_tasks()}):\n{outcome.log[-6000:]}"
+    )
     view = view_of(pipeline, emu)
     snapshot = assert_converged(view, pipeline.job)
-    observed_at = view.live_batches(view.dataset_id(pipeline.job.names.profile_dataset), "snapshot")[0].observed_at
+    observed_at = view.live_batches(view.dataset_id(pipeline.job.names.profile_dataset), "snapshot")[
+        0
+    ].observed_at
     same_as_base = view.truth_snapshot(base.observed_at) == view.truth_snapshot(observed_at)
     if same_as_base:  # the memberships did not move between the two exports: the same snapshot
         assert snapshot == base.snapshot
     assert not any(duplicates(emu).values()), duplicates(emu)
     assert len(export_jobs_of(emu, pipeline.job)) == 1
     assert outcome.max_attempt <= pipeline.job.api_retries.max_attempts
-    figures.record("faults", case, "success; snapshot = " + ("fault-free run = " if same_as_base else "")
-                   + "ground truth; no duplicates", seconds=outcome.seconds, retries=dict(outcome.retries),
-                   faults=sum(faults.values()), faults_per_route=faults, max_attempts=outcome.max_attempt,
-                   task_retries=pipeline.task_retries(outcome.run_id))
+    figures.record(
+        "faults",
+        case,
+        "success; snapshot = "
+        + ("fault-free run = " if same_as_base else "")
+        + "ground truth; no duplicates",
+        seconds=outcome.seconds,
+        retries=dict(outcome.retries),
+        faults=sum(faults.values()),
+        faults_per_route=faults,
+        max_attempts=outcome.max_attempt,
+        task_retries=pipeline.task_retries(outcome.run_id),
+    )
     return outcome, faults
 
 
@@ -148,8 +180,7 @@ CASES = [*KINDS] if FULL else []
 @pytest.mark.parametrize("case", [MIXED, *CASES])
 def test_status_and_connection_faults_cost_one_retry_each(case, make_pipeline, emu, connection, figures):
     if case == MIXED:  # every kind, each at RATE / len(KINDS): RATE in all, per route
-        rules = [rule for spec in KINDS.values()
-                 for rule in rest_rules(emu, make_pipeline, figures, spec)]
+        rules = [rule for spec in KINDS.values() for rule in rest_rules(emu, make_pipeline, figures, spec)]
         for rule in rules:
             rule["probability"] = RATE / len(KINDS)
     else:
@@ -162,7 +193,9 @@ def test_status_and_connection_faults_cost_one_retry_each(case, make_pipeline, e
         if resets and route in POLLED_BY_TRIGGERS:
             assert retries <= injected_here, f"{route}: {retries} retries for {injected_here} faults"
         else:
-            assert retries == injected_here, f"{route}: {retries} retries for {injected_here} faults (want one each)"
+            assert retries == injected_here, (
+                f"{route}: {retries} retries for {injected_here} faults (want one each)"
+            )
 
 
 def test_lost_answers_are_found_not_created_twice(make_pipeline, emu, connection, figures):

@@ -35,18 +35,44 @@ class Failure:
 
 
 FAILURES = [
-    Failure("export job FAILED", {"export_job_failures": 1}, "export_audiences",
-            ("ended FAILED", "Export job failed (failure injected by the emulator)", "request id",
-             "clear this task to start a new export")),
-    Failure("export job SUCCEEDED but its batch failed", {"export_batch_failures": 1}, "export_audiences",
-            ("SUCCEEDED but its batch", "Batch failed while writing to the dataset", "Monitoring > Batches")),
-    Failure("ingestion batch failed", {"ingestion_failures": 1}, "publish_snapshot",
-            ("Internal error while processing the batch", "The previous data is untouched"),
-            new_batch_status="failed"),
-    Failure("ingestion batch success with a failed record (partial)", {"partial_ingestion_failures": 1},
-            "publish_snapshot", ("with 1 failed records", "record rejected", "by batch replay",
-                                 "the 1 failed records are missing from it", "trigger a new run"),
-            new_batch_status="success", replaced=True),
+    Failure(
+        "export job FAILED",
+        {"export_job_failures": 1},
+        "export_audiences",
+        (
+            "ended FAILED",
+            "Export job failed (failure injected by the emulator)",
+            "request id",
+            "clear this task to start a new export",
+        ),
+    ),
+    Failure(
+        "export job SUCCEEDED but its batch failed",
+        {"export_batch_failures": 1},
+        "export_audiences",
+        ("SUCCEEDED but its batch", "Batch failed while writing to the dataset", "Monitoring > Batches"),
+    ),
+    Failure(
+        "ingestion batch failed",
+        {"ingestion_failures": 1},
+        "publish_snapshot",
+        ("Internal error while processing the batch", "The previous data is untouched"),
+        new_batch_status="failed",
+    ),
+    Failure(
+        "ingestion batch success with a failed record (partial)",
+        {"partial_ingestion_failures": 1},
+        "publish_snapshot",
+        (
+            "with 1 failed records",
+            "record rejected",
+            "by batch replay",
+            "the 1 failed records are missing from it",
+            "trigger a new run",
+        ),
+        new_batch_status="success",
+        replaced=True,
+    ),
 ]
 
 
@@ -63,14 +89,20 @@ def _snapshot_batches(emu, pipeline: Pipeline) -> dict[str, str]:
     from airflow_cja_audiences.runs import BatchLabel
 
     state = emu.admin.state()["sandboxes"]["prod"]
-    return {b["id"]: b["status"] for b in state["batches"].values()
-            if (label := BatchLabel.parse(b.get("externalId"))) and label.job_id == pipeline.job.job_id
-            and label.kind == "snapshot"}
+    return {
+        b["id"]: b["status"]
+        for b in state["batches"].values()
+        if (label := BatchLabel.parse(b.get("externalId")))
+        and label.job_id == pipeline.job.job_id
+        and label.kind == "snapshot"
+    }
 
 
 def _assert_previous_intact(view: JobView, pipeline: Pipeline, live_id: str, observed_at: str) -> None:
     dataset = view.dataset_id(pipeline.job.names.profile_dataset)
-    assert [b.id for b in view.live_batches(dataset, "snapshot")] == [live_id], "the previous snapshot was replaced"
+    assert [b.id for b in view.live_batches(dataset, "snapshot")] == [live_id], (
+        "the previous snapshot was replaced"
+    )
     assert view.snapshot_records(dataset) == view.truth_snapshot(observed_at), "the previous snapshot changed"
 
 
@@ -105,15 +137,24 @@ def test_remote_failures_end_as_documented_and_keep_the_snapshot(make_pipeline, 
         assert list(new.values()) == ([failure.new_batch_status] if failure.new_batch_status else []), new
         if failure.replaced:
             live = _assert_replaced_less_one_person(view, pipeline, live.id, next(iter(new)))
-            figures.record("remote failures", failure.name, f"{failure.task} failed with AEP's reason; the batch "
-                           f"replaced the previous snapshot by replay and stays live less its failed record",
-                           seconds=outcome.seconds, retries=dict(outcome.retries))
+            figures.record(
+                "remote failures",
+                failure.name,
+                f"{failure.task} failed with AEP's reason; the batch "
+                f"replaced the previous snapshot by replay and stays live less its failed record",
+                seconds=outcome.seconds,
+                retries=dict(outcome.retries),
+            )
             continue
         _assert_previous_intact(view, pipeline, live.id, live.observed_at)
-        figures.record("remote failures", failure.name,
-                       f"{failure.task} failed with AEP's reason; previous snapshot live and whole"
-                       + (f"; new batch {failure.new_batch_status}" if failure.new_batch_status else ""),
-                       seconds=outcome.seconds, retries=dict(outcome.retries))
+        figures.record(
+            "remote failures",
+            failure.name,
+            f"{failure.task} failed with AEP's reason; previous snapshot live and whole"
+            + (f"; new batch {failure.new_batch_status}" if failure.new_batch_status else ""),
+            seconds=outcome.seconds,
+            retries=dict(outcome.retries),
+        )
 
     if FULL:  # with one task retry, a FAILED export is followed by a new export job, and the run succeeds
         retrying = make_pipeline("remote", publish_events=False, retries=1)
@@ -123,9 +164,13 @@ def test_remote_failures_end_as_documented_and_keep_the_snapshot(make_pipeline, 
         assert retrying.try_numbers(recovered.run_id)["export_audiences"] == 2
         assert [j["status"] for j in export_jobs_of(emu, retrying.job)][-2:] == ["FAILED", "SUCCEEDED"]
         (live,) = view.live_batches(view.dataset_id(pipeline.job.names.profile_dataset), "snapshot")
-        figures.record("remote failures", "export job FAILED, with one task retry",
-                       "success: the retry started a new export job (FAILED, then SUCCEEDED)",
-                       seconds=recovered.seconds, retries=dict(recovered.retries))
+        figures.record(
+            "remote failures",
+            "export job FAILED, with one task retry",
+            "success: the retry started a new export job (FAILED, then SUCCEEDED)",
+            seconds=recovered.seconds,
+            retries=dict(recovered.retries),
+        )
 
     # The shrink guard: the same job, now over its smallest audience only (far fewer people).
     profile_dataset = view.dataset_id(pipeline.job.names.profile_dataset)
@@ -135,14 +180,22 @@ def test_remote_failures_end_as_documented_and_keep_the_snapshot(make_pipeline, 
     guarded = smaller.run(logical_date(days_ago=2))
     assert guarded.state == "failed" and guarded.tasks["publish_snapshot"] == "failed", guarded.tasks
     log = guarded.task_log("publish_snapshot")
-    assert "shrink guard" in log and "force_replace=true" in log and "The live snapshot is kept" in log, log[-3000:]
-    assert [b.id for b in view.live_batches(profile_dataset, "snapshot")] == [live.id], "the snapshot was replaced"
+    assert "shrink guard" in log and "force_replace=true" in log and "The live snapshot is kept" in log, log[
+        -3000:
+    ]
+    assert [b.id for b in view.live_batches(profile_dataset, "snapshot")] == [live.id], (
+        "the snapshot was replaced"
+    )
     assert view.snapshot_records(profile_dataset) == live_records, "the live snapshot changed"
     new = {b: s for b, s in _snapshot_batches(emu, smaller).items() if b not in before}
     assert list(new.values()) == ["aborted"], f"the refused batch must be aborted, not left open: {new}"
-    figures.record("remote failures", "shrink guard tripped (snapshot would lose > 50%)",
-                   "publish_snapshot failed (no retry); new batch aborted; previous snapshot live and whole",
-                   seconds=guarded.seconds, retries=dict(guarded.retries))
+    figures.record(
+        "remote failures",
+        "shrink guard tripped (snapshot would lose > 50%)",
+        "publish_snapshot failed (no retry); new batch aborted; previous snapshot live and whole",
+        seconds=guarded.seconds,
+        retries=dict(guarded.retries),
+    )
 
     if not FULL:
         return
@@ -154,6 +207,10 @@ def test_remote_failures_end_as_documented_and_keep_the_snapshot(make_pipeline, 
     (now_live,) = smaller_view.live_batches(dataset, "snapshot")
     assert now_live.id != live.id
     assert smaller_view.snapshot_records(dataset) == smaller_view.truth_snapshot(now_live.observed_at)
-    figures.record("remote failures", "shrink guard, run again with force_replace=true",
-                   "success; the smaller snapshot replaced the old one", seconds=forced.seconds,
-                   retries=dict(forced.retries))
+    figures.record(
+        "remote failures",
+        "shrink guard, run again with force_replace=true",
+        "success; the smaller snapshot replaced the old one",
+        seconds=forced.seconds,
+        retries=dict(forced.retries),
+    )

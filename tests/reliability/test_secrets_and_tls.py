@@ -32,8 +32,15 @@ from harness import logical_date
 PACKAGE = Path(__file__).resolve().parents[2] / "airflow_cja_audiences"
 EMULATOR_PACKAGE = Path(__file__).resolve().parents[2] / "aep-emulator" / "aep_emulator"
 # The emulator's token header (tokens.py): every token it issues starts with this segment.
-_HEADER = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "emulator-key-at-1", "itt": "at"},
-                                              separators=(",", ":")).encode()).rstrip(b"=").decode()
+_HEADER = (
+    base64.urlsafe_b64encode(
+        json.dumps(
+            {"alg": "HS256", "typ": "JWT", "kid": "emulator-key-at-1", "itt": "at"}, separators=(",", ":")
+        ).encode()
+    )
+    .rstrip(b"=")
+    .decode()
+)
 
 
 def metadata_cells() -> Iterator[tuple[str, str]]:
@@ -73,13 +80,24 @@ def find_secrets(places: dict[str, str], secrets: list[str]) -> list[str]:
 @pytest.mark.slow
 def test_no_secret_or_token_in_logs_xcoms_templates_or_errors(make_pipeline, emu, connection, figures):
     cja = emu.admin.state()["cja"]
-    pipeline = make_pipeline("secrets", cja_connection_id=cja["connections"][0]["id"],
-                             cja_data_view_id=cja["dataViews"][0]["id"])
+    pipeline = make_pipeline(
+        "secrets", cja_connection_id=cja["connections"][0]["id"], cja_data_view_id=cja["dataViews"][0]["id"]
+    )
     emu.admin.knobs(token_lifetime=4.0)
     try:
-        emu.admin.set_faults([{"route": r, "kind": k, "probability": p} for r, k, p in (
-            ("ims.token", "500", 0.2), ("catalog.list_datasets", "reset", 0.2), ("ingestion.put_file", "500", 0.2),
-            ("segmentation.get_export_job", "503", 0.2), ("query_service.query", "reset", 0.1))], seed=3)
+        emu.admin.set_faults(
+            [
+                {"route": r, "kind": k, "probability": p}
+                for r, k, p in (
+                    ("ims.token", "500", 0.2),
+                    ("catalog.list_datasets", "reset", 0.2),
+                    ("ingestion.put_file", "500", 0.2),
+                    ("segmentation.get_export_job", "503", 0.2),
+                    ("query_service.query", "reset", 0.1),
+                )
+            ],
+            seed=3,
+        )
         good = pipeline.run(logical_date(days_ago=1))
         emu.admin.clear_faults()
         emu.admin.knobs(ingestion_failures=1)
@@ -97,24 +115,38 @@ def test_no_secret_or_token_in_logs_xcoms_templates_or_errors(make_pipeline, emu
     cells = list(metadata_cells())
     tables = {place.split(".")[0] for place, _ in cells}
     assert {"xcom", "rendered_task_instance_fields", "task_instance"} <= tables
-    assert any(pipeline.dag_id in text for place, text in cells if place.startswith("xcom.")), "no XCom scanned"
+    assert any(pipeline.dag_id in text for place, text in cells if place.startswith("xcom.")), (
+        "no XCom scanned"
+    )
     places.update({f"metadata DB {place}": text for place, text in cells})
     for path in (Path(os.environ["AIRFLOW_HOME"]) / "logs").rglob("*"):
         if path.is_file():
             places[str(path)] = path.read_text(errors="replace")
     hits = find_secrets(places, [emu.credentials.client_secret, *tokens])
     assert hits == [], hits
-    figures.record("secrets", "successful run (faults, 3+ token refreshes, CJA check) and failing run",
-                   f"0 hits for the client secret and {len(tokens)} access tokens in {len(places)} places "
-                   f"(task logs, {len(cells)} metadata DB cells)", seconds=good.seconds + bad.seconds,
-                   retries=dict(good.retries))
+    figures.record(
+        "secrets",
+        "successful run (faults, 3+ token refreshes, CJA check) and failing run",
+        f"0 hits for the client secret and {len(tokens)} access tokens in {len(places)} places "
+        f"(task logs, {len(cells)} metadata DB cells)",
+        seconds=good.seconds + bad.seconds,
+        retries=dict(good.retries),
+    )
 
 
 # ------------------------------------------------------------------ TLS
 
-INSECURE = [r"verify\s*=\s*False", r"CERT_NONE", r"check_hostname\s*=\s*False", r"_create_unverified_context",
-            r"ssl\s*=\s*False", r"disable_warnings", r"InsecureRequestWarning", r"PYTHONHTTPSVERIFY",
-            r"CURL_CA_BUNDLE"]
+INSECURE = [
+    r"verify\s*=\s*False",
+    r"CERT_NONE",
+    r"check_hostname\s*=\s*False",
+    r"_create_unverified_context",
+    r"ssl\s*=\s*False",
+    r"disable_warnings",
+    r"InsecureRequestWarning",
+    r"PYTHONHTTPSVERIFY",
+    r"CURL_CA_BUNDLE",
+]
 # PostgreSQL modes that skip certificate checks. The emulator's server may name them (it answers
 # connection_parameters as Query Service does, and says which modes it accepts); clients may not.
 WEAK_SSLMODE = r"sslmode\W+(disable|allow|prefer|require)\b"
@@ -127,9 +159,15 @@ def test_the_package_has_no_way_to_turn_tls_verification_off():
         return any(re.search(pattern, line) for pattern in patterns) and not line.lstrip().startswith("#")
 
     paths = [*PACKAGE.rglob("*.py"), *EMULATOR_PACKAGE.rglob("*.py")]
-    assert any(p.is_relative_to(EMULATOR_PACKAGE) for p in paths), f"no emulator module under {EMULATOR_PACKAGE}"
-    offenders = [f"{path.relative_to(PACKAGE.parent)}:{n}: {line.strip()}" for path in paths
-                 for n, line in enumerate(path.read_text().splitlines(), 1) if insecure(path, line)]
+    assert any(p.is_relative_to(EMULATOR_PACKAGE) for p in paths), (
+        f"no emulator module under {EMULATOR_PACKAGE}"
+    )
+    offenders = [
+        f"{path.relative_to(PACKAGE.parent)}:{n}: {line.strip()}"
+        for path in paths
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if insecure(path, line)
+    ]
     assert offenders == [], offenders
 
 

@@ -30,17 +30,25 @@ def test_tokens_expiring_mid_run_are_refreshed_once_each(make_pipeline, emu, fig
     finally:
         emu.admin.knobs(token_lifetime=DEFAULT_LIFETIME)
     assert outcome.state == "success", outcome.log[-5000:]
-    assert_converged(JobView(emu, pipeline.job.job_id, [a.id for a in pipeline.job.audiences],
-                             emu.credentials.tenant), pipeline.job)
+    assert_converged(
+        JobView(emu, pipeline.job.job_id, [a.id for a in pipeline.job.audiences], emu.credentials.tenant),
+        pipeline.job,
+    )
     stats = emu.admin.stats()
-    times = stats["tokenTimes"][-(stats["tokensIssued"] - issued_before):]
+    times = stats["tokenTimes"][-(stats["tokensIssued"] - issued_before) :]
     gaps = [later - earlier for earlier, later in zip(times, times[1:])]
     rejected = len(re.findall(r"401 from Adobe; refreshing the access token", outcome.log))
     # One token per lifetime (refreshed at 90% of it), plus the first: never a burst.
     assert len(times) <= outcome.seconds / (0.9 * LIFETIME) + 2, times
     assert len(times) >= 2, "the run should have outlived its first token"
     assert min(gaps) >= 0.8 * LIFETIME, f"two tokens {min(gaps):.2f} s apart: a burst"
-    figures.record("tokens", f"token lifetime {LIFETIME:g} s, run {outcome.seconds:.0f} s",
-                   f"success; {len(times)} tokens, min {min(gaps):.1f} s apart; {rejected} calls answered 401",
-                   seconds=outcome.seconds, retries=dict(outcome.retries), tokens=len(times),
-                   min_gap_seconds=round(min(gaps), 2), rejected_401=rejected)
+    figures.record(
+        "tokens",
+        f"token lifetime {LIFETIME:g} s, run {outcome.seconds:.0f} s",
+        f"success; {len(times)} tokens, min {min(gaps):.1f} s apart; {rejected} calls answered 401",
+        seconds=outcome.seconds,
+        retries=dict(outcome.retries),
+        tokens=len(times),
+        min_gap_seconds=round(min(gaps), 2),
+        rejected_401=rejected,
+    )

@@ -28,8 +28,14 @@ async def _first_event(trigger) -> dict:
 
 
 def test_serialize_round_trip():
-    trigger = ExportJobTrigger(job_id=7, sandbox="dev", poll_interval=2.5, deadline=123.0, started_at=100.0,
-                               hook_params={"max_attempts": 3})
+    trigger = ExportJobTrigger(
+        job_id=7,
+        sandbox="dev",
+        poll_interval=2.5,
+        deadline=123.0,
+        started_at=100.0,
+        hook_params={"max_attempts": 3},
+    )
     classpath, kwargs = trigger.serialize()
     assert classpath == "airflow_cja_audiences.triggers.aep.ExportJobTrigger"
     json.dumps(kwargs)  # plain JSON: nothing the task runner's serde could choke on
@@ -66,7 +72,9 @@ async def test_export_job_timeout(emu):
     try:
         job_id = _start_export(emu)
         started = time.monotonic()
-        event = await _first_event(ExportJobTrigger(job_id=job_id, poll_interval=5, deadline=time.time() + 0.5))
+        event = await _first_event(
+            ExportJobTrigger(job_id=job_id, poll_interval=5, deadline=time.time() + 0.5)
+        )
         assert event["status"] == "timeout" and "deadline" in event["message"]
         assert time.monotonic() - started < 3  # the sleep is cut at the deadline, not a full poll interval
     finally:
@@ -86,7 +94,9 @@ async def test_export_job_still_running_keeps_polling(emu):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        polls = _count(emu.admin.stats(), "segmentation.get_export_job") - _count(before, "segmentation.get_export_job")
+        polls = _count(emu.admin.stats(), "segmentation.get_export_job") - _count(
+            before, "segmentation.get_export_job"
+        )
         assert 3 <= polls <= 7  # bounded by the poll interval
     finally:
         emu.admin.knobs(export_job_seconds=seconds)
@@ -100,15 +110,20 @@ def _count(stats: dict, route: str) -> int:
 async def test_unknown_job_is_an_error_event(emu):
     event = await _first_event(ExportJobTrigger(job_id=987654, poll_interval=0.1))
     assert event["status"] == "error" and "404" in event["message"]
-    assert event["permanent"] is True  # the resumed task fails without retries (operators.base.validate_event)
+    assert (
+        event["permanent"] is True
+    )  # the resumed task fails without retries (operators.base.validate_event)
 
 
 @pytest.mark.asyncio
 async def test_an_error_a_retry_may_fix_is_not_marked_permanent(emu):
     job_id = _start_export(emu)
     emu.admin.set_faults([{"route": "segmentation.get_export_job", "kind": "503", "times": 5}])
-    trigger = ExportJobTrigger(job_id=job_id, poll_interval=0.1,
-                               hook_params={"max_attempts": 2, "initial_retry_wait": 0.01, "max_retry_wait": 0.05})
+    trigger = ExportJobTrigger(
+        job_id=job_id,
+        poll_interval=0.1,
+        hook_params={"max_attempts": 2, "initial_retry_wait": 0.01, "max_retry_wait": 0.05},
+    )
     event = await _first_event(trigger)
     assert event["status"] == "error" and "503" in event["message"] and event["permanent"] is False
 
@@ -116,8 +131,12 @@ async def test_an_error_a_retry_may_fix_is_not_marked_permanent(emu):
 @pytest.mark.asyncio
 async def test_transient_faults_are_retried_in_the_trigger(emu):
     job_id = _start_export(emu)
-    emu.admin.set_faults([{"route": "segmentation.get_export_job", "kind": "503", "times": 2},
-                          {"route": "segmentation.get_export_job", "kind": "reset", "times": 1}])
+    emu.admin.set_faults(
+        [
+            {"route": "segmentation.get_export_job", "kind": "503", "times": 2},
+            {"route": "segmentation.get_export_job", "kind": "reset", "times": 1},
+        ]
+    )
     trigger = ExportJobTrigger(job_id=job_id, poll_interval=0.1, hook_params={"initial_retry_wait": 0.05})
     event = await _first_event(trigger)
     assert event["status"] == "success"
@@ -133,14 +152,20 @@ async def test_waits_of_one_loop_share_one_http_session_until_the_last_ends(emu)
         shared = first._aiohttp_session
         async with second.async_session():
             assert second._aiohttp_session is shared
-            assert (await first.aget_export_job(job_id)).id == (await second.aget_export_job(job_id)).id == job_id
+            assert (
+                (await first.aget_export_job(job_id)).id
+                == (await second.aget_export_job(job_id)).id
+                == job_id
+            )
         assert not shared.closed, "closed while a hook still used it"
     assert shared.closed and not platform._SHARED_SESSIONS
     async with first.async_session():  # a later wait opens a new one
         assert first._aiohttp_session is not shared and not first._aiohttp_session.closed
 
-    triggers = [ExportJobTrigger(job_id=_start_export(emu), poll_interval=0.1, deadline=time.time() + 60)
-                for _ in range(5)]
+    triggers = [
+        ExportJobTrigger(job_id=_start_export(emu), poll_interval=0.1, deadline=time.time() + 60)
+        for _ in range(5)
+    ]
     events = await asyncio.gather(*(_first_event(t) for t in triggers))
     assert [e["status"] for e in events] == ["success"] * 5
     assert not platform._SHARED_SESSIONS, "the last trigger to end must close the shared session"
@@ -167,14 +192,17 @@ async def test_batch_trigger_success_and_failure(emu, tmp_path):
     from airflow_cja_audiences.models import PROFILE_CLASS
 
     registry = SchemaRegistryHook()
-    group, _ = registry.ensure_field_group(xdm.profile_field_group("Trig group", "demoemea", OutputFields()),
-                                           "demoemea")
+    group, _ = registry.ensure_field_group(
+        xdm.profile_field_group("Trig group", "demoemea", OutputFields()), "demoemea"
+    )
     schema, _ = registry.ensure_schema(xdm.schema_body("Trig schema", PROFILE_CLASS, [group.id]))
     dataset, _ = CatalogHook().ensure_dataset("Trig dataset", schema_id=schema.id)
     hook = BatchIngestionHook()
     outcomes = {}
-    for name, record in (("good", {"_id": "1", "personID": "a@example.com"}),
-                         ("bad", {"_id": "2", "personID": "b@example.com", "unknownField": 1})):
+    for name, record in (
+        ("good", {"_id": "1", "personID": "a@example.com"}),
+        ("bad", {"_id": "2", "personID": "b@example.com", "unknownField": 1}),
+    ):
         batch = hook.create_batch(dataset.id, external_id=f"trigger:{name}")
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(record) + "\n")

@@ -15,9 +15,16 @@ def _batch(batch_id: str, query_id: str | None = None, **extra) -> Batch:
 
 
 def _query(state: str = "SUCCESS", **extra) -> BatchQuery:
-    return BatchQuery.model_validate({"id": "q1", "state": state, "request": {"name": "label"},
-                                      "created": "2026-12-06T08:00:00.000Z", "updated": "2026-12-06T08:01:00.000Z",
-                                      **extra})
+    return BatchQuery.model_validate(
+        {
+            "id": "q1",
+            "state": state,
+            "request": {"name": "label"},
+            "created": "2026-12-06T08:00:00.000Z",
+            "updated": "2026-12-06T08:01:00.000Z",
+            **extra,
+        }
+    )
 
 
 def test_states() -> None:
@@ -37,7 +44,9 @@ def test_the_linked_batch_is_the_querys() -> None:
     assert batch_written_by([other, mine], _query()).id == "b1"
 
 
-@pytest.mark.parametrize("batches", [[], [_batch("b1", created=1796544010000)], [_batch("b1", "q1"), _batch("b2", "q1")]])
+@pytest.mark.parametrize(
+    "batches", [[], [_batch("b1", created=1796544010000)], [_batch("b1", "q1"), _batch("b2", "q1")]]
+)
 def test_no_guessing_when_catalog_does_not_tell(batches) -> None:
     with pytest.raises(AepError, match="cannot tell which batch query q1 wrote"):
         batch_written_by(batches, _query())

@@ -26,10 +26,14 @@ def _write(tmp_path: Path, data, name: str = "jobs.json") -> Path:
 
 
 # A 9-level "billion laughs": ~600 bytes of YAML that expand to 9**9 (387 million) strings.
-ALIAS_BOMB = "\n".join(
-    ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    + [f"{c}: &{c} [{','.join('*' + p for _ in range(9))}]" for p, c in zip("abcdefgh", "bcdefghi")]
-    + ["jobs: *i"]) + "\n"
+ALIAS_BOMB = (
+    "\n".join(
+        ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+        + [f"{c}: &{c} [{','.join('*' + p for _ in range(9))}]" for p, c in zip("abcdefgh", "bcdefghi")]
+        + ["jobs: *i"]
+    )
+    + "\n"
+)
 
 
 def test_alias_bomb_fails_fast_and_small(tmp_path):
@@ -54,16 +58,20 @@ def test_recursive_alias_is_refused(tmp_path):
 
 
 def test_moderate_aliases_are_fine(tmp_path):
-    text = ("common: &identity {field: '_{tenant}.identification.core.email'}\n"
-            "jobs:\n"
-            "  - {job_id: one, audiences: [{id: a-1}], identity: *identity}\n"
-            "  - {job_id: two, audiences: [{id: a-2}], identity: *identity}\n")
+    text = (
+        "common: &identity {field: '_{tenant}.identification.core.email'}\n"
+        "jobs:\n"
+        "  - {job_id: one, audiences: [{id: a-1}], identity: *identity}\n"
+        "  - {job_id: two, audiences: [{id: a-2}], identity: *identity}\n"
+    )
     # 'common' is not a key of the jobs file: anchors must live inside a job or be repeated
     with pytest.raises(ValueError, match="unknown top-level keys"):
         read_jobs_file(_write(tmp_path, text, "jobs.yaml"))
-    text = ("jobs:\n"
-            "  - {job_id: one, audiences: [{id: a-1}], identity: &identity {field: '_{tenant}.identification.core.email'}}\n"
-            "  - {job_id: two, audiences: [{id: a-2}], identity: *identity}\n")
+    text = (
+        "jobs:\n"
+        "  - {job_id: one, audiences: [{id: a-1}], identity: &identity {field: '_{tenant}.identification.core.email'}}\n"
+        "  - {job_id: two, audiences: [{id: a-2}], identity: *identity}\n"
+    )
     result = read_jobs_file(_write(tmp_path, text, "jobs.yaml"))
     assert [j.job_id for j in result.jobs] == ["one", "two"] and result.errors == []
 
@@ -81,12 +89,15 @@ def test_job_count_is_capped(tmp_path):
     with pytest.raises(ValueError, match=r"jobs: 1001 jobs, more than the 1000") as info:
         read_jobs_file(path)
     assert "split them over several jobs files" in str(info.value)
-    assert len(read_jobs_file(_write(tmp_path, {"jobs": [_job(f"j{i}") for i in range(config.MAX_JOBS)]})).jobs) \
+    assert (
+        len(read_jobs_file(_write(tmp_path, {"jobs": [_job(f"j{i}") for i in range(config.MAX_JOBS)]})).jobs)
         == config.MAX_JOBS
+    )
 
 
-@pytest.mark.parametrize("schedule", ["0 25 * * *", "every day", "@sometimes", "* * *", "0 2 * * * * * *", "",
-                                      "0 2 31 2 mon-"])
+@pytest.mark.parametrize(
+    "schedule", ["0 25 * * *", "every day", "@sometimes", "* * *", "0 2 * * * * * *", "", "0 2 31 2 mon-"]
+)
 def test_bad_schedule_names_file_job_and_field(tmp_path, schedule):
     path = _write(tmp_path, {"jobs": [_job("good"), _job("nightly", schedule=schedule)]})
     result = read_jobs_file(path)
@@ -100,8 +111,20 @@ def test_bad_schedule_names_file_job_and_field(tmp_path, schedule):
     assert "jobs.1.schedule" in str(info.value)
 
 
-@pytest.mark.parametrize("schedule", ["@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly",
-                                      "0 2 * * *", "*/15 6-18 * * mon-fri", None])
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        "@hourly",
+        "@daily",
+        "@weekly",
+        "@monthly",
+        "@quarterly",
+        "@yearly",
+        "0 2 * * *",
+        "*/15 6-18 * * mon-fri",
+        None,
+    ],
+)
 def test_good_schedules(schedule):
     assert RefreshJob.model_validate(_job("ok", schedule=schedule)).schedule == schedule
 
@@ -113,8 +136,17 @@ def test_presets_are_airflows():
 
 
 def test_one_invalid_job_does_not_hide_the_others(tmp_path):
-    path = _write(tmp_path, {"jobs": [_job("first"), _job("broken", audiences=[{"id": "x' OR 1=1"}]),
-                                      {"job_id": "../evil", "audiences": []}, _job("last")]})
+    path = _write(
+        tmp_path,
+        {
+            "jobs": [
+                _job("first"),
+                _job("broken", audiences=[{"id": "x' OR 1=1"}]),
+                {"job_id": "../evil", "audiences": []},
+                _job("last"),
+            ]
+        },
+    )
     result = read_jobs_file(path)
     assert [j.job_id for j in result.jobs] == ["first", "last"]
     assert [(e.index, e.job_id) for e in result.errors] == [(1, "broken"), (2, None)]
@@ -131,21 +163,26 @@ def test_duplicate_job_ids_are_both_invalid(tmp_path):
 
 def test_error_text_is_bounded_and_does_not_echo_huge_values(tmp_path):
     huge = "N" * 50_000
-    path = _write(tmp_path, {"jobs": [_job("big", description=huge, audiences=[{"id": huge}] * 50,
-                                           unknown_setting=huge)]})
+    path = _write(
+        tmp_path,
+        {"jobs": [_job("big", description=huge, audiences=[{"id": huge}] * 50, unknown_setting=huge)]},
+    )
     result = read_jobs_file(path)
     (error,) = result.errors
     assert len(error.message) < 5000, len(error.message)
     assert "jobs.0.audiences.0.id" in error.message and "more errors" in error.message
 
 
-@pytest.mark.parametrize("content, message", [
-    ("[]", "expected a mapping"),
-    ('{"jobs": []}', "non-empty list"),
-    ('{"jobs": [{"job_id": "x"}], "version": 2}', "version"),
-    ('{"jobs": [], "extra": 1}', "unknown top-level keys"),
-    ("[" * 100_000, "cannot be parsed"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[]", "expected a mapping"),
+        ('{"jobs": []}', "non-empty list"),
+        ('{"jobs": [{"job_id": "x"}], "version": 2}', "version"),
+        ('{"jobs": [], "extra": 1}', "unknown top-level keys"),
+        ("[" * 100_000, "cannot be parsed"),
+    ],
+)
 def test_file_level_errors_name_the_file(tmp_path, content, message):
     path = _write(tmp_path, content)
     with pytest.raises(ValueError, match=message) as info:

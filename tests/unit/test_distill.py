@@ -19,10 +19,10 @@ from typing import Any
 import duckdb
 import pytest
 
-from airflow_cja_audiences import distill, sql
-from airflow_cja_audiences.config import RefreshJob
 from aep_emulator import synthetic
 from aep_emulator.query_service.translate import Translator
+from airflow_cja_audiences import distill, sql
+from airflow_cja_audiences.config import RefreshJob
 from airflow_cja_audiences.transform import RecordSpec, iter_json_lines
 
 TENANT = "demoemea"
@@ -51,39 +51,60 @@ def _membership(status: str, when: str) -> dict[str, Any]:
 
 
 PROFILES = [  # (email, {audience: (status, time)}, batch)
-    ("ann@example.com", {"aud-1": ("realized", "2026-03-01 10:00:00"), "aud-2": ("existing", "2026-02-01 00:00:00")}, BATCH),
-    ("ann@example.com", {"aud-1": ("existing", "2026-01-01 09:00:00"), "aud-3": ("realized", "2026-03-02 00:00:00")}, BATCH),
+    (
+        "ann@example.com",
+        {"aud-1": ("realized", "2026-03-01 10:00:00"), "aud-2": ("existing", "2026-02-01 00:00:00")},
+        BATCH,
+    ),
+    (
+        "ann@example.com",
+        {"aud-1": ("existing", "2026-01-01 09:00:00"), "aud-3": ("realized", "2026-03-02 00:00:00")},
+        BATCH,
+    ),
     ('bob "the" \\builder', {"aud-2": ("realized", "2026-03-01 00:00:00")}, BATCH),
     ("carl@example.com", {"aud-1": ("exited", "2026-03-01 00:00:00")}, BATCH),  # not a member
     ("dora@example.com", {"aud-3": ("existing", "2026-03-01 00:00:00")}, "01JOTHERBATCH00000000000001"),
     (None, {"aud-1": ("realized", "2026-03-01 00:00:00")}, BATCH),  # unidentified
     ("", {"aud-1": ("realized", "2026-03-01 00:00:00")}, BATCH),  # empty id: skipped by both paths
-    ("émile@example.com", {"aud-3": ("existing", "2026-03-01 00:00:00"), "aud-9": ("realized", "2026-03-01 00:00:00")},
-     BATCH),  # aud-9 is not the job's
+    (
+        "émile@example.com",
+        {"aud-3": ("existing", "2026-03-01 00:00:00"), "aud-9": ("realized", "2026-03-01 00:00:00")},
+        BATCH,
+    ),  # aud-9 is not the job's
 ]
 
 
 @pytest.fixture(scope="module")
 def db() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    con.execute(f"CREATE TABLE export (_demoemea STRUCT(identification STRUCT(core STRUCT(email VARCHAR))), "
-                f"segmentMembership {synthetic.SEGMENT_MEMBERSHIP_TYPE}, _acp_batchid VARCHAR, "
-                f"_acp_system_metadata {synthetic.SYSTEM_METADATA_TYPE})")
+    con.execute(
+        f"CREATE TABLE export (_demoemea STRUCT(identification STRUCT(core STRUCT(email VARCHAR))), "
+        f"segmentMembership {synthetic.SEGMENT_MEMBERSHIP_TYPE}, _acp_batchid VARCHAR, "
+        f"_acp_system_metadata {synthetic.SYSTEM_METADATA_TYPE})"
+    )
     membership_type = re.search(r"MAP\(VARCHAR, (.*)\)\)$", synthetic.SEGMENT_MEMBERSHIP_TYPE)[1]  # type: ignore[index]
     for email, memberships, batch in PROFILES:
         keys = list(memberships)
         values = [{"status": s, "lastQualificationTime": t} for s, t in memberships.values()]
-        con.execute(f"INSERT INTO export SELECT {{'identification': {{'core': {{'email': ?}}}}}}, "
-                    f"{{'ups': MAP(?::VARCHAR[], ?::{membership_type}[])}}, ?, "
-                    f"{{'acp_sourceBatchId': ?, 'commitBatchId': ?, 'ingestTime': 0}}",
-                    [email, keys, values, batch, batch, batch])
+        con.execute(
+            f"INSERT INTO export SELECT {{'identification': {{'core': {{'email': ?}}}}}}, "
+            f"{{'ups': MAP(?::VARCHAR[], ?::{membership_type}[])}}, ?, "
+            f"{{'acp_sourceBatchId': ?, 'commitBatchId': ?, 'ingestTime': 0}}",
+            [email, keys, values, batch, batch, batch],
+        )
     return con
 
 
 def _job(layout: str, **extra: Any) -> RefreshJob:
-    return RefreshJob.model_validate({"job_id": "distill_job", "audiences": [{"id": a} for a in AUDIENCES],
-                                      "identity": {"field": "_{tenant}.identification.core.email"},
-                                      "layout": layout, **extra})
+    return RefreshJob.model_validate(
+        {
+            "job_id": "distill_job",
+            "audiences": [{"id": a} for a in AUDIENCES],
+            "identity": {"field": "_{tenant}.identification.core.email"},
+            "layout": layout,
+            **extra,
+        }
+    )
 
 
 def _client_records(db: duckdb.DuckDBPyConnection, job: RefreshJob) -> list[dict]:
@@ -96,12 +117,21 @@ def _client_records(db: duckdb.DuckDBPyConnection, job: RefreshJob) -> list[dict
 
 def _server_records(db: duckdb.DuckDBPyConnection, job: RefreshJob) -> list[dict]:
     q = sql.build_membership_query(job, table="export", batch_id=BATCH, tenant=TENANT)
-    statement = distill.snapshot_insert_sql(q, target_table="cja_profiles", job_id=job.job_id, tenant=TENANT,
-                                            audience_names=AUDIENCES, layout=job.layout, fields=job.output)
+    statement = distill.snapshot_insert_sql(
+        q,
+        target_table="cja_profiles",
+        job_id=job.job_id,
+        tenant=TENANT,
+        audience_names=AUDIENCES,
+        layout=job.layout,
+        fields=job.output,
+    )
     head, select = statement.split("\n", 1)
     assert head == "INSERT INTO cja_profiles"
     translated = Translator().translate(select, _Ctx(db))
-    return [json.loads(line) for (line,) in db.execute(f"SELECT to_json(r) FROM ({translated.sql}) r").fetchall()]
+    return [
+        json.loads(line) for (line,) in db.execute(f"SELECT to_json(r) FROM ({translated.sql}) r").fetchall()
+    ]
 
 
 def _by_id(records: list[dict]) -> dict[str, dict]:
@@ -124,13 +154,24 @@ def test_first_row_wins_and_names_survive(db: duckdb.DuckDBPyConnection) -> None
     members = ann[f"_{TENANT}"]["audienceMembership"]
     assert [m["audienceMembershipId"] for m in members] == ["aud-1", "aud-2", "aud-3"]
     assert members[0]["lastQualificationTime"] == "2026-01-01T09:00:00Z"  # the earlier of ann's two rows
-    assert ann[f"_{TENANT}"]["audienceMembershipNames"] == ",".join(AUDIENCES[a] for a in ("aud-1", "aud-2", "aud-3"))
+    assert ann[f"_{TENANT}"]["audienceMembershipNames"] == ",".join(
+        AUDIENCES[a] for a in ("aud-1", "aud-2", "aud-3")
+    )
 
 
 def test_custom_output_fields(db: duckdb.DuckDBPyConnection) -> None:
-    job = _job("per_person", output={"memberships": "segs", "audience_id": "segId", "audience_ids": "segIds",
-                                     "audience_names": "segNames", "audience_name": "segName", "status": "st",
-                                     "qualification_time": "at"})
+    job = _job(
+        "per_person",
+        output={
+            "memberships": "segs",
+            "audience_id": "segId",
+            "audience_ids": "segIds",
+            "audience_names": "segNames",
+            "audience_name": "segName",
+            "status": "st",
+            "qualification_time": "at",
+        },
+    )
     assert _by_id(_server_records(db, job)) == _by_id(_client_records(db, job))
 
 
@@ -146,6 +187,8 @@ def test_refuses_what_it_cannot_write_safely() -> None:
         distill.snapshot_insert_sql(q, **ok, layout="events")
     with pytest.raises(ValueError, match="lone surrogate"):
         distill.snapshot_insert_sql(q, **{**ok, "audience_names": {**AUDIENCES, "aud-1": "\ud800"}})
-    statement = distill.snapshot_insert_sql(q, **{**ok, "audience_names": {**AUDIENCES, "aud-1": "x' OR '1'='1"}})
+    statement = distill.snapshot_insert_sql(
+        q, **{**ok, "audience_names": {**AUDIENCES, "aud-1": "x' OR '1'='1"}}
+    )
     assert "OR '1'='1" not in statement  # names go in as hex, never as quoted text
     assert distill.text_literal("", "name") == "''"

@@ -31,13 +31,19 @@ def test_retry_after_http_date():
 
 
 def test_nan_retry_after_header_does_not_become_zero():
-    error = api_error_from_response(status=429, method="GET", url="https://x/y", text="", headers={"Retry-After": "nan"})
+    error = api_error_from_response(
+        status=429, method="GET", url="https://x/y", text="", headers={"Retry-After": "nan"}
+    )
     assert error.retry_after is None  # before: max(0.0, nan) == 0.0, a busy loop of retries
 
 
 def test_redirect_error_names_status_and_target_without_query_or_user_info():
-    error = redirect_error(status=307, method="POST", url="https://ims.example/ims/token/v3",
-                           location="https://user:pw@evil.example:8443/grab?secret=1#x")
+    error = redirect_error(
+        status=307,
+        method="POST",
+        url="https://ims.example/ims/token/v3",
+        location="https://user:pw@evil.example:8443/grab?secret=1#x",
+    )
     assert isinstance(error, AepRedirectError) and error.status == 307
     text = str(error)
     assert "HTTP 307" in text and "redirect to https://evil.example:8443/grab refused" in text
@@ -45,8 +51,11 @@ def test_redirect_error_names_status_and_target_without_query_or_user_info():
 
 
 def test_relative_and_missing_locations():
-    assert "https://ims.example/elsewhere" in str(redirect_error(status=302, method="GET", url="https://ims.example/a/b",
-                                                                 location="/elsewhere"))
-    assert "(no Location header)" in str(redirect_error(status=301, method="GET", url="https://x/", location=None))
+    assert "https://ims.example/elsewhere" in str(
+        redirect_error(status=302, method="GET", url="https://ims.example/a/b", location="/elsewhere")
+    )
+    assert "(no Location header)" in str(
+        redirect_error(status=301, method="GET", url="https://x/", location=None)
+    )
     long = redirect_error(status=302, method="GET", url="https://x/", location="https://x/" + "a" * 5000)
     assert len(str(long)) < 1000

@@ -67,8 +67,13 @@ def test_untimed_pair_of_a_live_interval_is_kept():
     # Interval of 10 days ago; the full exports bracketing its end are e11 (before) and e9 (after);
     # e10 is a filtered backfill export inside the interval's end day.
     interval = (NOW - timedelta(days=11), NOW - timedelta(days=10))
-    exports = [export("e12", 12), export("e11", 10.5), export("f10", 10.2, filtered=True), export("e9", 9),
-               export("e8", 8)]
+    exports = [
+        export("e12", 12),
+        export("e11", 10.5),
+        export("f10", 10.2, filtered=True),
+        export("e9", 9),
+        export("e8", 8),
+    ]
     decision = exports_to_prune(exports, [Holder("ev", "events", "f10", interval)], now=NOW, retention=WEEK)
     assert {"e11", "f10", "e9"} <= set(decision.keep)
     assert set(decision.revert) == {"e12"}  # before the interval: cannot prove anything in it
@@ -80,13 +85,16 @@ def test_an_in_progress_events_batch_protects_its_sources_too():
     # A manual run publishing an old interval is loading now: its sources must not vanish under it.
     interval = (NOW - timedelta(days=60), NOW - timedelta(days=59))
     exports = [export("e60", 59.5), export("e58", 58.5), export("e1", 1)]
-    decision = exports_to_prune(exports, [Holder("open-ev", "events", "e1", interval)], now=NOW, retention=WEEK)
+    decision = exports_to_prune(
+        exports, [Holder("open-ev", "events", "e1", interval)], now=NOW, retention=WEEK
+    )
     assert {"e60", "e58"} <= set(decision.keep) and not decision.revert
 
 
 def test_a_holder_naming_an_unknown_export_keeps_nothing_extra_and_reports_only_listed_exports():
-    decision = exports_to_prune([export("e9", 9), export("e1", 1)], [Holder("snap", "snapshot", "gone")], now=NOW,
-                                retention=WEEK)
+    decision = exports_to_prune(
+        [export("e9", 9), export("e1", 1)], [Holder("snap", "snapshot", "gone")], now=NOW, retention=WEEK
+    )
     assert set(decision.keep) == {"e1"} and set(decision.revert) == {"e9"}
 
 

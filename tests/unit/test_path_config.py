@@ -28,7 +28,9 @@ def test_bad_path_names_file_job_and_field(tmp_path: Path, value) -> None:
     result = read_jobs_file(path)
     assert [(j.job_id, j.path) for j in result.jobs] == [("good", "server")]
     (error,) = result.errors
-    assert error.job_id == "bad" and "jobs.1.path" in error.message and "'client' or 'server'" in error.message
+    assert (
+        error.job_id == "bad" and "jobs.1.path" in error.message and "'client' or 'server'" in error.message
+    )
 
 
 @pytest.mark.parametrize("minutes", [0, 24 * 60 + 1])

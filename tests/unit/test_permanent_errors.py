@@ -15,12 +15,27 @@ from airflow_cja_audiences.errors import (
 
 
 def _api(status: int):
-    return api_error_from_response(status=status, method="GET", url="https://x/y", text='{"title": "t"}', headers={})
+    return api_error_from_response(
+        status=status, method="GET", url="https://x/y", text='{"title": "t"}', headers={}
+    )
 
 
-@pytest.mark.parametrize("status, permanent", [(400, True), (401, True), (403, True), (404, True), (409, True),
-                                                (422, True), (501, True), (429, False), (500, False), (502, False),
-                                                (503, False)])
+@pytest.mark.parametrize(
+    "status, permanent",
+    [
+        (400, True),
+        (401, True),
+        (403, True),
+        (404, True),
+        (409, True),
+        (422, True),
+        (501, True),
+        (429, False),
+        (500, False),
+        (502, False),
+        (503, False),
+    ],
+)
 def test_http_errors(status, permanent):
     assert is_permanent(_api(status)) is permanent
 

@@ -9,13 +9,30 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PURE = ("config", "errors", "export_check", "missing", "models", "report", "runs", "sql", "transform", "validation", "waits", "xdm")
+PURE = (
+    "config",
+    "distill",
+    "errors",
+    "export_check",
+    "missing",
+    "models",
+    "report",
+    "runs",
+    "scanplan",
+    "sql",
+    "transform",
+    "validation",
+    "waits",
+    "xdm",
+)
 
 
 @pytest.mark.parametrize("name", PURE)
 def test_pure_module_imports_no_airflow(name):
-    probe = (f"import sys, airflow_cja_audiences.{name}; "
-             "print(sorted(m for m in sys.modules if m == 'airflow' or m.startswith('airflow.')))")
+    probe = (
+        f"import sys, airflow_cja_audiences.{name}; "
+        "print(sorted(m for m in sys.modules if m == 'airflow' or m.startswith('airflow.')))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", f"airflow_cja_audiences.{name} imports {out.stdout.strip()}"
 

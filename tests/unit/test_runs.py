@@ -42,23 +42,37 @@ def test_manual_run_without_interval_refreshes_the_snapshot_only():
 
 
 def test_manual_events_interval_from_the_trigger_form():
-    plan = plan_run(run_type="manual", interval=None, publish_events=True, now=NOW, manual_interval=DAY,
-                    force_snapshot=False)
+    plan = plan_run(
+        run_type="manual",
+        interval=None,
+        publish_events=True,
+        now=NOW,
+        manual_interval=DAY,
+        force_snapshot=False,
+    )
     assert (plan.snapshot, plan.events) == (False, True)
 
 
 def test_interval_older_than_exit_retention_warns_naming_it():
     old = (NOW - timedelta(days=40), NOW - timedelta(days=39))
     plan = plan_run(run_type="backfill", interval=old, publish_events=True, now=NOW)
-    assert len(plan.warnings) == 1 and plan.interval_start in plan.warnings[0] and "30 days" in plan.warnings[0]
+    assert (
+        len(plan.warnings) == 1 and plan.interval_start in plan.warnings[0] and "30 days" in plan.warnings[0]
+    )
     assert not plan_run(run_type="backfill", interval=DAY, publish_events=True, now=NOW).warnings
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"run_type": "backfill", "interval": DAY, "publish_events": False}, "publish nothing"),
-    ({"run_type": "scheduled", "interval": (DAY[1], DAY[0]), "publish_events": True}, "not after"),
-    ({"run_type": "scheduled", "interval": (NOW, NOW + timedelta(days=1)), "publish_events": True}, "future"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"run_type": "backfill", "interval": DAY, "publish_events": False}, "publish nothing"),
+        ({"run_type": "scheduled", "interval": (DAY[1], DAY[0]), "publish_events": True}, "not after"),
+        (
+            {"run_type": "scheduled", "interval": (NOW, NOW + timedelta(days=1)), "publish_events": True},
+            "future",
+        ),
+    ],
+)
 def test_impossible_plans_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         plan_run(now=NOW, **kwargs)
@@ -67,21 +81,38 @@ def test_impossible_plans_are_refused(kwargs, message):
 def test_labels_round_trip_and_name_their_slot():
     snap = BatchLabel.for_run(job_id="luma", kind="snapshot", export_batch_id="01ABC", run_id="scheduled__x")
     again = BatchLabel.for_run(job_id="luma", kind="snapshot", export_batch_id="01DEF", run_id="scheduled__y")
-    events = BatchLabel.for_run(job_id="luma", kind="events", export_batch_id="01ABC", run_id="r",
-                                interval_start="2026-11-28T02:00:00Z", interval_end="2026-11-29T02:00:00Z")
+    events = BatchLabel.for_run(
+        job_id="luma",
+        kind="events",
+        export_batch_id="01ABC",
+        run_id="r",
+        interval_start="2026-11-28T02:00:00Z",
+        interval_end="2026-11-29T02:00:00Z",
+    )
     assert BatchLabel.parse(snap.external_id) == snap
     assert snap.supersedes(again) and not snap.supersedes(events) and not events.supersedes(snap)
     assert events.scope == "20261128T020000Z_20261129T020000Z" and events.interval == DAY
     other_job = BatchLabel.for_run(job_id="other", kind="snapshot", export_batch_id="01ABC", run_id="r")
     assert not snap.supersedes(other_job)
-    for foreign in (None, "", "somebody-else's-batch", "cjaaud|x|weird|s|b|r", "cjaaud|bad id!|snapshot|s|b|r"):
+    for foreign in (
+        None,
+        "",
+        "somebody-else's-batch",
+        "cjaaud|x|weird|s|b|r",
+        "cjaaud|bad id!|snapshot|s|b|r",
+    ):
         assert BatchLabel.parse(foreign) is None
 
 
 def _events_label(start: datetime, end: datetime) -> BatchLabel:
-    return BatchLabel.for_run(job_id="luma", kind="events", export_batch_id="01ABC", run_id="r",
-                              interval_start=start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                              interval_end=end.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return BatchLabel.for_run(
+        job_id="luma",
+        kind="events",
+        export_batch_id="01ABC",
+        run_id="r",
+        interval_start=start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        interval_end=end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
 
 
 def test_events_batches_supersede_the_intervals_inside_theirs_only():
@@ -95,8 +126,14 @@ def test_events_batches_supersede_the_intervals_inside_theirs_only():
 def test_backfill_ignores_the_trigger_forms_interval_and_says_so():
     """The Backfill dialog's "override parameters" gives every run the same form values."""
     form = (DAY[0] - timedelta(days=3), DAY[0] - timedelta(days=2))
-    plan = plan_run(run_type="backfill", interval=DAY, publish_events=True, now=NOW, manual_interval=form,
-                    force_snapshot=True)
+    plan = plan_run(
+        run_type="backfill",
+        interval=DAY,
+        publish_events=True,
+        now=NOW,
+        manual_interval=form,
+        force_snapshot=True,
+    )
     assert (plan.snapshot, plan.events) == (False, True)
     assert (plan.interval_start, plan.interval_end) == ("2026-11-28T02:00:00Z", "2026-11-29T02:00:00Z")
     assert any("ignored" in w and "2026-11-25T02:00:00Z" in w for w in plan.warnings)
@@ -106,14 +143,17 @@ def test_backfill_ignores_the_trigger_forms_interval_and_says_so():
 H = timedelta(hours=1)
 
 
-@pytest.mark.parametrize("live, hull, taken", [
-    ([], DAY, []),
-    ([(DAY[0] - 24 * H, DAY[0]), (DAY[1], DAY[1] + 24 * H)], DAY, []),  # touching is not overlapping
-    ([(DAY[0] + H, DAY[1] + H)], (DAY[0], DAY[1] + H), [0]),  # schedule moved from 02:00 to 03:00
-    ([(DAY[0] + 2 * H, DAY[0] + 3 * H), (DAY[0] - 5 * H, DAY[0] + H)], (DAY[0] - 5 * H, DAY[1]), [0, 1]),
-    # transitively: the first widens the hull into the second
-    ([(DAY[1] + H, DAY[1] + 30 * H), (DAY[1] - H, DAY[1] + 2 * H)], (DAY[0], DAY[1] + 30 * H), [0, 1]),
-])
+@pytest.mark.parametrize(
+    "live, hull, taken",
+    [
+        ([], DAY, []),
+        ([(DAY[0] - 24 * H, DAY[0]), (DAY[1], DAY[1] + 24 * H)], DAY, []),  # touching is not overlapping
+        ([(DAY[0] + H, DAY[1] + H)], (DAY[0], DAY[1] + H), [0]),  # schedule moved from 02:00 to 03:00
+        ([(DAY[0] + 2 * H, DAY[0] + 3 * H), (DAY[0] - 5 * H, DAY[0] + H)], (DAY[0] - 5 * H, DAY[1]), [0, 1]),
+        # transitively: the first widens the hull into the second
+        ([(DAY[1] + H, DAY[1] + 30 * H), (DAY[1] - H, DAY[1] + 2 * H)], (DAY[0], DAY[1] + 30 * H), [0, 1]),
+    ],
+)
 def test_events_hull_covers_every_overlapping_live_interval(live, hull, taken):
     assert events_hull(DAY, live) == (hull, taken)
 
@@ -142,25 +182,51 @@ def test_event_sources_are_bounded():
     assert len(chosen.batches) == 10 and chosen.dropped == 20
 
 
-def _open(batch_id: str, interval, created: int, live: bool = False, run_key: str = "other") -> OpenEventsBatch:
+def _open(
+    batch_id: str, interval, created: int, live: bool = False, run_key: str = "other"
+) -> OpenEventsBatch:
     return OpenEventsBatch(batch_id, interval, created, run_key, live)
 
 
 def test_the_first_of_two_overlapping_open_batches_publishes_the_other_waits():
     shifted = (DAY[0] + H, DAY[1] + H)
     kwargs = {"run_key": "mine", "interval": DAY, "replaced": set()}
-    assert events_publish_conflict(mine_id="M", mine_created_ms=100, others=[_open("X", shifted, 200)], **kwargs) is None
-    assert "being published" in events_publish_conflict(mine_id="M", mine_created_ms=100,
-                                                         others=[_open("X", shifted, 50)], **kwargs)
+    assert (
+        events_publish_conflict(mine_id="M", mine_created_ms=100, others=[_open("X", shifted, 200)], **kwargs)
+        is None
+    )
+    assert "being published" in events_publish_conflict(
+        mine_id="M", mine_created_ms=100, others=[_open("X", shifted, 50)], **kwargs
+    )
     # An open batch left behind by a run that died hours ago does not block anyone for ever.
-    assert events_publish_conflict(mine_id="M", mine_created_ms=7 * 3600_000,
-                                   others=[_open("X", shifted, 50)], **kwargs) is None
+    assert (
+        events_publish_conflict(
+            mine_id="M", mine_created_ms=7 * 3600_000, others=[_open("X", shifted, 50)], **kwargs
+        )
+        is None
+    )
     # A live batch this run planned to replace is no conflict; one that went live since is.
-    assert events_publish_conflict(mine_id="M", mine_created_ms=100, others=[_open("X", shifted, 50, live=True)],
-                                   run_key="mine", interval=DAY, replaced={"X"}) is None
-    assert "went live" in events_publish_conflict(mine_id="M", mine_created_ms=100,
-                                                  others=[_open("X", shifted, 50, live=True)], **kwargs)
+    assert (
+        events_publish_conflict(
+            mine_id="M",
+            mine_created_ms=100,
+            others=[_open("X", shifted, 50, live=True)],
+            run_key="mine",
+            interval=DAY,
+            replaced={"X"},
+        )
+        is None
+    )
+    assert "went live" in events_publish_conflict(
+        mine_id="M", mine_created_ms=100, others=[_open("X", shifted, 50, live=True)], **kwargs
+    )
     # Disjoint intervals and this run's own earlier batches never conflict.
-    assert events_publish_conflict(mine_id="M", mine_created_ms=100,
-                                   others=[_open("X", (DAY[1], DAY[1] + 24 * H), 50),
-                                           _open("Y", DAY, 50, run_key="mine")], **kwargs) is None
+    assert (
+        events_publish_conflict(
+            mine_id="M",
+            mine_created_ms=100,
+            others=[_open("X", (DAY[1], DAY[1] + 24 * H), 50), _open("Y", DAY, 50, run_key="mine")],
+            **kwargs,
+        )
+        is None
+    )

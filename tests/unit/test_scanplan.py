@@ -12,7 +12,12 @@ from airflow_cja_audiences.sql import Partition
 
 
 def _plan(rows: int, **kw: object) -> scanplan.PartitionPlan:
-    args: dict = {"scan_seconds": 50.0, "rows_per_second": 20_000.0, "budget_seconds": 300.0, "concurrency": 5}
+    args: dict = {
+        "scan_seconds": 50.0,
+        "rows_per_second": 20_000.0,
+        "budget_seconds": 300.0,
+        "concurrency": 5,
+    }
     args.update(kw)
     return plan_by_time(rows, **args)
 
@@ -88,24 +93,39 @@ def test_rows_partitioning_keeps_the_old_plan_within_max_map_length() -> None:
     assert "max_map_length" in str(info.value) and "1026" in str(info.value)
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"rows_per_second": 0}, "rows_per_second"), ({"budget_seconds": 600}, "budget_seconds"),
-    ({"scan_seconds": -1}, "scan_seconds"), ({"concurrency": 0}, "concurrency"),
-    ({"max_map_length": True}, "max_map_length"), ({"qs_factor": 0.5}, "qs_factor"),
-    ({"scan_seconds": float("nan")}, "scan_seconds"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"rows_per_second": 0}, "rows_per_second"),
+        ({"budget_seconds": 600}, "budget_seconds"),
+        ({"scan_seconds": -1}, "scan_seconds"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"max_map_length": True}, "max_map_length"),
+        ({"qs_factor": 0.5}, "qs_factor"),
+        ({"scan_seconds": float("nan")}, "scan_seconds"),
+    ],
+)
 def test_bad_inputs_name_the_field(kw: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         _plan(10, **kw)
 
 
-@pytest.mark.parametrize("message, kind", [
-    ("Statement timeout: the query ran longer than the maximum of 600 seconds allowed for ad hoc queries", "timeout"),
-    ("Query timed out after 10 minutes", "timeout"),
-    ("Query result exceeds the maximum of 50,000 rows for ad hoc queries returned to PostgreSQL clients", "rows"),
-    ("LIMIT exceeds max value: 100001 is higher than the maximum of 100,000", "rows"),
-    ("insufficient resources", "unknown"),
-])
+@pytest.mark.parametrize(
+    "message, kind",
+    [
+        (
+            "Statement timeout: the query ran longer than the maximum of 600 seconds allowed for ad hoc queries",
+            "timeout",
+        ),
+        ("Query timed out after 10 minutes", "timeout"),
+        (
+            "Query result exceeds the maximum of 50,000 rows for ad hoc queries returned to PostgreSQL clients",
+            "rows",
+        ),
+        ("LIMIT exceeds max value: 100001 is higher than the maximum of 100,000", "rows"),
+        ("insufficient resources", "unknown"),
+    ],
+)
 def test_53400_is_told_apart_by_its_message(message: str, kind: str) -> None:
     assert limit_kind(message) == kind
 

@@ -20,14 +20,28 @@ def test_default_names_give_each_job_its_own_datasets_even_with_shared_audiences
 
 @pytest.mark.parametrize("field", ["profile_dataset", "event_dataset"])
 def test_two_jobs_naming_one_cja_dataset_are_refused(field):
-    with pytest.raises(ValueError, match=rf"jobs 'a' and 'b' both write CJA dataset 'Shared' \(naming.{field}\)"):
-        JobsFile.model_validate({"jobs": [{"job_id": "a", **BASE, "naming": {field: "Shared"}},
-                                          {"job_id": "b", **BASE, "naming": {field: "Shared"}}]})
+    with pytest.raises(
+        ValueError, match=rf"jobs 'a' and 'b' both write CJA dataset 'Shared' \(naming.{field}\)"
+    ):
+        JobsFile.model_validate(
+            {
+                "jobs": [
+                    {"job_id": "a", **BASE, "naming": {field: "Shared"}},
+                    {"job_id": "b", **BASE, "naming": {field: "Shared"}},
+                ]
+            }
+        )
 
 
 def test_same_dataset_name_in_other_sandboxes_is_fine():
-    jobs = JobsFile.model_validate({"jobs": [{"job_id": "a", **BASE, "sandbox": "prod", "naming": {"profile_dataset": "S"}},
-                                             {"job_id": "b", **BASE, "sandbox": "dev", "naming": {"profile_dataset": "S"}}]})
+    jobs = JobsFile.model_validate(
+        {
+            "jobs": [
+                {"job_id": "a", **BASE, "sandbox": "prod", "naming": {"profile_dataset": "S"}},
+                {"job_id": "b", **BASE, "sandbox": "dev", "naming": {"profile_dataset": "S"}},
+            ]
+        }
+    )
     assert len(jobs.jobs) == 2
 
 
@@ -41,7 +55,9 @@ class _Catalog:
 
 def _batch(job_id: str, status: str) -> Batch:
     label = BatchLabel.for_run(job_id=job_id, kind="snapshot", export_batch_id="01EXPORTBATCH", run_id="r")
-    return Batch.model_validate({"id": f"b-{job_id}-{status}", "status": status, "externalId": label.external_id})
+    return Batch.model_validate(
+        {"id": f"b-{job_id}-{status}", "status": status, "externalId": label.external_id}
+    )
 
 
 def test_ensure_refuses_a_dataset_holding_another_jobs_live_batches():

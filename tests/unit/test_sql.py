@@ -39,8 +39,11 @@ def make_query(**overrides: Any) -> MembershipQuery:
 
 # --- golden SQL ---------------------------------------------------------------------------------
 
+
 def test_membership_sql_golden() -> None:
-    assert sql.membership_sql(make_query(), Partition(4, 1)) == """\
+    assert (
+        sql.membership_sql(make_query(), Partition(4, 1))
+        == """\
 SELECT personID, key AS audienceId, value.status AS status,
        concat(date_format(value.lastQualificationTime, 'yyyy-MM-dd'), 'T', date_format(value.lastQualificationTime, 'HH:mm:ss'), 'Z') AS qualificationTime
 FROM (
@@ -53,12 +56,15 @@ FROM (
 WHERE key IN ('4d4c6a59-2b4d-4bbd-9aa4-7c3b3f54d2e1', 'aud-7')
   AND value.status IN ('realized', 'existing')
 ORDER BY personID, audienceId, qualificationTime, status"""
+    )
 
 
 def test_whole_result_has_no_partition_filter_and_count_keeps_null_persons() -> None:
     q = make_query()
     assert "pmod" not in sql.membership_sql(q)
-    assert sql.count_sql(q) == """\
+    assert (
+        sql.count_sql(q)
+        == """\
 SELECT count(*) AS memberships, count(personID) AS identified
 FROM (
     SELECT _acme.identification.core.email AS personID, explode(segmentMembership.ups)
@@ -67,14 +73,20 @@ FROM (
 )
 WHERE key IN ('4d4c6a59-2b4d-4bbd-9aa4-7c3b3f54d2e1', 'aud-7')
   AND value.status IN ('realized', 'existing')"""
+    )
     assert "AND pmod(hash(_acme.identification.core.email), 2) = 0\n)" in sql.count_sql(q, Partition(2, 0))
 
 
 def test_events_sql_golden() -> None:
     """Only realized (entered) and exited rows are events; existing is a re-assertion. Several exports
     are read and what they show alike comes back once."""
-    window = TimeWindow("2026-11-28T00:00:00Z", datetime(2026, 11, 29, 1, 0, tzinfo=timezone(timedelta(hours=1))))
-    assert sql.events_sql(make_query(), window, Partition(2, 1), sources=["01PREVIOUS", "01EQ1C48TR4GD4FE7NH2522TCQ"]) \
+    window = TimeWindow(
+        "2026-11-28T00:00:00Z", datetime(2026, 11, 29, 1, 0, tzinfo=timezone(timedelta(hours=1)))
+    )
+    assert (
+        sql.events_sql(
+            make_query(), window, Partition(2, 1), sources=["01PREVIOUS", "01EQ1C48TR4GD4FE7NH2522TCQ"]
+        )
         == """\
 SELECT DISTINCT personID, key AS audienceId, value.status AS status,
        concat(date_format(value.lastQualificationTime, 'yyyy-MM-dd'), 'T', date_format(value.lastQualificationTime, 'HH:mm:ss'), 'Z') AS qualificationTime
@@ -90,6 +102,7 @@ WHERE key IN ('4d4c6a59-2b4d-4bbd-9aa4-7c3b3f54d2e1', 'aud-7')
   AND value.lastQualificationTime >= '2026-11-28T00:00:00Z'
   AND value.lastQualificationTime < '2026-11-29T00:00:00Z'
 ORDER BY personID, audienceId, qualificationTime, status"""
+    )
     # Without sources: this run's export alone.
     assert "acp_sourceBatchId = '01EQ1C48TR4GD4FE7NH2522TCQ'" in sql.events_sql(make_query(), window)
     with pytest.raises(ValueError, match="source batch id"):
@@ -97,8 +110,14 @@ ORDER BY personID, audienceId, qualificationTime, status"""
 
 
 def test_job_choices_reach_the_sql() -> None:
-    job = RefreshJob.model_validate(job_config(statuses=["existing"], batch_id_column="_acp_batchid",
-                                               identity={"field": "person.crmId"}, tenant=None))
+    job = RefreshJob.model_validate(
+        job_config(
+            statuses=["existing"],
+            batch_id_column="_acp_batchid",
+            identity={"field": "person.crmId"},
+            tenant=None,
+        )
+    )
     q = sql.build_membership_query(job, table="t2", batch_id="b-1", tenant="_other")
     text = sql.membership_sql(q)
     assert "value.status IN ('existing')" in text
@@ -143,9 +162,9 @@ HOSTILE: list[Any] = [
     "a''b",
     "a\\",
     "a\\' OR 1=1",
-    "a\u2019b",           # right single quotation mark
-    "a\u02bcb",           # modifier letter apostrophe
-    "\uff07a",            # fullwidth apostrophe
+    "a\u2019b",  # right single quotation mark
+    "a\u02bcb",  # modifier letter apostrophe
+    "\uff07a",  # fullwidth apostrophe
     "a -- comment",
     "--a",
     "a/*x*/b",
@@ -160,7 +179,7 @@ HOSTILE: list[Any] = [
     " a",
     "a ",
     "",
-    "\u0430",             # Cyrillic a
+    "\u0430",  # Cyrillic a
     "{table}",
     "${x}",
     "x" * 10_000,
@@ -182,17 +201,32 @@ def _raises_naming(exc: pytest.ExceptionInfo[BaseException], field: str) -> None
 
 
 @pytest.mark.parametrize("value", HOSTILE, ids=repr)
-@pytest.mark.parametrize("where, field", [
-    (lambda x: {"audiences": [{"id": x}]}, "audiences.0.id"),
-    (lambda x: {"statuses": [x]}, "statuses.0"),
-    (lambda x: {"identity": {"field": x}}, "identity.field"),
-    (lambda x: {"identity": {"field": f"_{{tenant}}.{x}" if isinstance(x, str) else x}}, "identity.field"),
-    (lambda x: {"tenant": x}, "tenant"),
-    (lambda x: {"batch_id_column": x}, "batch_id_column"),
-    (lambda x: {"job_id": x}, "job_id"),
-    (lambda x: {"output": {"audience_id": x}}, "output.audience_id"),
-], ids=["audience id", "status", "identity field", "identity field segment", "tenant",
-        "batch id column", "job id", "output field name"])
+@pytest.mark.parametrize(
+    "where, field",
+    [
+        (lambda x: {"audiences": [{"id": x}]}, "audiences.0.id"),
+        (lambda x: {"statuses": [x]}, "statuses.0"),
+        (lambda x: {"identity": {"field": x}}, "identity.field"),
+        (
+            lambda x: {"identity": {"field": f"_{{tenant}}.{x}" if isinstance(x, str) else x}},
+            "identity.field",
+        ),
+        (lambda x: {"tenant": x}, "tenant"),
+        (lambda x: {"batch_id_column": x}, "batch_id_column"),
+        (lambda x: {"job_id": x}, "job_id"),
+        (lambda x: {"output": {"audience_id": x}}, "output.audience_id"),
+    ],
+    ids=[
+        "audience id",
+        "status",
+        "identity field",
+        "identity field segment",
+        "tenant",
+        "batch id column",
+        "job id",
+        "output field name",
+    ],
+)
 def test_hostile_config_strings_are_rejected_naming_the_field(where: Any, field: str, value: Any) -> None:
     if value is None and field == "tenant":
         pytest.skip("tenant is optional; None means 'read it from Schema Registry'")
@@ -204,12 +238,16 @@ def test_hostile_config_strings_are_rejected_naming_the_field(where: Any, field:
 
 
 @pytest.mark.parametrize("value", HOSTILE, ids=repr)
-@pytest.mark.parametrize("kwarg, field", [
-    ("table", "table"),
-    ("batch_id", "batch id"),
-    ("tenant", "tenant"),
-    ("audience_ids", "audience_ids"),
-], ids=["table", "batch id", "tenant", "audience ids"])
+@pytest.mark.parametrize(
+    "kwarg, field",
+    [
+        ("table", "table"),
+        ("batch_id", "batch id"),
+        ("tenant", "tenant"),
+        ("audience_ids", "audience_ids"),
+    ],
+    ids=["table", "batch id", "tenant", "audience ids"],
+)
 def test_hostile_run_time_values_are_rejected_at_the_builder(kwarg: str, field: str, value: Any) -> None:
     if kwarg == "tenant" and value is None:
         value = "'"  # None means "use the job's tenant"; covered by test_missing_tenant_is_named
@@ -224,8 +262,14 @@ def test_hostile_run_time_values_are_rejected_at_the_builder(kwarg: str, field: 
 def test_hostile_values_cannot_bypass_the_builder(value: Any) -> None:
     """Constructing the query object directly runs the same checks (build time, not config time)."""
     base: dict[str, Any] = {"table": "t", "person_field": "a.b", "audience_ids": ("x",), "batch_id": "b"}
-    for field, bad in [("table", value), ("person_field", value), ("batch_id", value),
-                       ("batch_id_column", value), ("audience_ids", (value,)), ("statuses", (value,))]:
+    for field, bad in [
+        ("table", value),
+        ("person_field", value),
+        ("batch_id", value),
+        ("batch_id_column", value),
+        ("audience_ids", (value,)),
+        ("statuses", (value,)),
+    ]:
         with pytest.raises(ValueError) as exc:
             MembershipQuery(**{**base, field: bad})
         _raises_naming(exc, field.replace("_", " ") if field in ("person_field", "batch_id") else field)
@@ -251,7 +295,9 @@ def test_exited_is_not_a_member_status() -> None:
     with pytest.raises(ValidationError):
         RefreshJob.model_validate(job_config(statuses=["realized", "exited"]))
     with pytest.raises(ValueError, match="statuses"):
-        MembershipQuery(table="t", person_field="a.b", audience_ids=("x",), batch_id="b", statuses=("exited",))
+        MembershipQuery(
+            table="t", person_field="a.b", audience_ids=("x",), batch_id="b", statuses=("exited",)
+        )
 
 
 def test_audience_ids_must_be_distinct_and_not_a_lone_string() -> None:
@@ -264,29 +310,33 @@ def test_audience_ids_must_be_distinct_and_not_a_lone_string() -> None:
         make_query(audience_ids=[])
 
 
-@pytest.mark.parametrize("value", [
-    "2026-11-28T00:00:00Z' OR '1'='1",
-    "2026-11-28 00:00:00Z",
-    "2026-11-28T00:00:00",
-    "2026-11-28T00:00:00+00:00",
-    "2026-13-01T00:00:00Z",
-    "2026-02-30T00:00:00Z",
-    "2026-11-28T24:00:00Z",
-    "2026-11-28T00:00:00.1234567Z",
-    "\uff12026-11-28T00:00:00Z",
-    "2026-11-28T00:00:00Z\n",
-    datetime(2026, 11, 28),              # naive
-    1764288000,
-    None,
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-11-28T00:00:00Z' OR '1'='1",
+        "2026-11-28 00:00:00Z",
+        "2026-11-28T00:00:00",
+        "2026-11-28T00:00:00+00:00",
+        "2026-13-01T00:00:00Z",
+        "2026-02-30T00:00:00Z",
+        "2026-11-28T24:00:00Z",
+        "2026-11-28T00:00:00.1234567Z",
+        "\uff12026-11-28T00:00:00Z",
+        "2026-11-28T00:00:00Z\n",
+        datetime(2026, 11, 28),  # naive
+        1764288000,
+        None,
+    ],
+)
 def test_hostile_timestamps_are_rejected(value: Any) -> None:
     with pytest.raises(ValueError, match="window start"):
         TimeWindow(value, "2030-01-01T00:00:00Z")
 
 
 def test_window_is_normalised_to_utc_and_ordered() -> None:
-    w = TimeWindow(datetime(2026, 11, 28, 2, 0, 0, 250, tzinfo=timezone(timedelta(hours=2))),
-                   "2026-11-28T01:00:00Z")
+    w = TimeWindow(
+        datetime(2026, 11, 28, 2, 0, 0, 250, tzinfo=timezone(timedelta(hours=2))), "2026-11-28T01:00:00Z"
+    )
     assert (w.start, w.end) == ("2026-11-28T00:00:00.000250Z", "2026-11-28T01:00:00Z")
     with pytest.raises(ValueError, match="before its end"):
         TimeWindow("2026-11-28T01:00:00Z", "2026-11-28T01:00:00Z")
@@ -305,34 +355,42 @@ def test_template_is_rendered_with_built_values_only() -> None:
     q = make_query(template=TEMPLATE)
     text = sql.membership_sql(q, Partition(4, 3))
     assert "SELECT _acme.identification.core.email AS personID" in text
-    assert "FROM audience_export WHERE _acp_system_metadata.acp_sourceBatchId = '01EQ1C48TR4GD4FE7NH2522TCQ'" in text
+    assert (
+        "FROM audience_export WHERE _acp_system_metadata.acp_sourceBatchId = '01EQ1C48TR4GD4FE7NH2522TCQ'"
+        in text
+    )
     assert "key IN ('4d4c6a59-2b4d-4bbd-9aa4-7c3b3f54d2e1', 'aud-7')" in text
     assert "value.status IN ('realized', 'existing')" in text
     assert "pmod(hash(personID), 4) = 3" in text
     assert "'{x}' = '{x}'" in text  # doubled braces are literal braces
-    assert sql.count_sql(q).startswith("SELECT count(*) AS memberships, count(personID) AS identified\nFROM (\nSELECT")
+    assert sql.count_sql(q).startswith(
+        "SELECT count(*) AS memberships, count(personID) AS identified\nFROM (\nSELECT"
+    )
     with pytest.raises(ValueError, match="snapshot query only"):
         sql.events_sql(q, TimeWindow("2026-11-28T00:00:00Z", "2026-11-29T00:00:00Z"))
 
 
-@pytest.mark.parametrize("template, message", [
-    (TEMPLATE.replace("{table}", "{table.__class__}"), "'table.__class__' is unknown"),
-    (TEMPLATE.replace("{table}", "{table[0]}"), "unknown"),
-    (TEMPLATE.replace("{table}", "{table!r}"), "format spec or conversion"),
-    (TEMPLATE.replace("{table}", "{table:>40}"), "format spec or conversion"),
-    (TEMPLATE + " {0}", "'0' is unknown"),
-    (TEMPLATE + " {}", "'' is unknown"),
-    (TEMPLATE + " {tenant}", "'tenant' is unknown"),
-    (TEMPLATE + " {", "literal braces"),
-    (TEMPLATE + " }", "literal braces"),
-    (TEMPLATE.replace("{batch_filter}", "TRUE"), "must use {batch_filter}"),
-    (TEMPLATE.replace("AND {partition_filter}", ""), "must use {partition_filter}"),
-    (TEMPLATE + "; DROP TABLE x", "single statement"),
-    (TEMPLATE + "\x00", "control character U\\+0000"),
-    ("   ", "must not be empty"),
-    (b"SELECT 1", "must be a string"),
-    ("x" * 100_001, "limit is 100000"),
-])
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        (TEMPLATE.replace("{table}", "{table.__class__}"), "'table.__class__' is unknown"),
+        (TEMPLATE.replace("{table}", "{table[0]}"), "unknown"),
+        (TEMPLATE.replace("{table}", "{table!r}"), "format spec or conversion"),
+        (TEMPLATE.replace("{table}", "{table:>40}"), "format spec or conversion"),
+        (TEMPLATE + " {0}", "'0' is unknown"),
+        (TEMPLATE + " {}", "'' is unknown"),
+        (TEMPLATE + " {tenant}", "'tenant' is unknown"),
+        (TEMPLATE + " {", "literal braces"),
+        (TEMPLATE + " }", "literal braces"),
+        (TEMPLATE.replace("{batch_filter}", "TRUE"), "must use {batch_filter}"),
+        (TEMPLATE.replace("AND {partition_filter}", ""), "must use {partition_filter}"),
+        (TEMPLATE + "; DROP TABLE x", "single statement"),
+        (TEMPLATE + "\x00", "control character U\\+0000"),
+        ("   ", "must not be empty"),
+        (b"SELECT 1", "must be a string"),
+        ("x" * 100_001, "limit is 100000"),
+    ],
+)
 def test_bad_templates_are_rejected(template: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make_query(template=template)
@@ -343,7 +401,11 @@ def test_bad_templates_are_rejected(template: Any, message: str) -> None:
 hash_values = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 
 
-@given(count=st.integers(0, 2_000_000), max_rows=st.integers(1000, 60_000), hashes=st.lists(hash_values, max_size=20))
+@given(
+    count=st.integers(0, 2_000_000),
+    max_rows=st.integers(1000, 60_000),
+    hashes=st.lists(hash_values, max_size=20),
+)
 def test_a_plan_covers_every_hash_exactly_once(count: int, max_rows: int, hashes: list[int]) -> None:
     plan = sql.plan_partitions(count, max_rows)
     assert len(plan) * max_rows >= count
@@ -361,9 +423,14 @@ def test_split_children_cover_their_parent_exactly(mr: tuple[int, int], h: int) 
 
 
 @settings(max_examples=200)
-@given(count=st.integers(0, 500_000), splits=st.lists(st.integers(0, 10**6), max_size=20),
-       hashes=st.lists(hash_values, min_size=1, max_size=30))
-def test_splitting_any_buckets_of_a_plan_keeps_an_exact_cover(count: int, splits: list[int], hashes: list[int]) -> None:
+@given(
+    count=st.integers(0, 500_000),
+    splits=st.lists(st.integers(0, 10**6), max_size=20),
+    hashes=st.lists(hash_values, min_size=1, max_size=30),
+)
+def test_splitting_any_buckets_of_a_plan_keeps_an_exact_cover(
+    count: int, splits: list[int], hashes: list[int]
+) -> None:
     plan = sql.plan_partitions(count, 40_000)
     for pick in splits:
         victim = plan.pop(pick % len(plan))

@@ -33,7 +33,9 @@ T1, T2 = "2026-11-28T02:00:00Z", "2026-11-20T13:45:59Z"
 
 
 def spec(layout: tr.Layout = "per_person", **kw: Any) -> RecordSpec:
-    return RecordSpec(job_id="luma", tenant="acme", audience_names=kw.pop("names", NAMES), layout=layout, **kw)
+    return RecordSpec(
+        job_id="luma", tenant="acme", audience_names=kw.pop("names", NAMES), layout=layout, **kw
+    )
 
 
 def records(rows: Sequence[tuple[Any, ...]], s: RecordSpec | None = None) -> list[dict[str, Any]]:
@@ -46,8 +48,11 @@ def md5_hex(*parts: str) -> str:
 
 # --- layouts ------------------------------------------------------------------------------------
 
-ROWS = [("jane@example.com", "aud-1", "realized", T1), ("jane@example.com", "aud-7", "existing", T2),
-        ("john@example.com", "aud-7", "realized", T1)]
+ROWS = [
+    ("jane@example.com", "aud-1", "realized", T1),
+    ("jane@example.com", "aud-7", "existing", T2),
+    ("john@example.com", "aud-7", "realized", T1),
+]
 
 
 def test_per_person_record() -> None:
@@ -56,20 +61,38 @@ def test_per_person_record() -> None:
         "personID": "jane@example.com",
         "_acme": {
             "audienceMembership": [
-                {"audienceMembershipId": "aud-1", "audienceMembershipName": "Luma - Gold members",
-                 "status": "realized", "lastQualificationTime": T1},
-                {"audienceMembershipId": "aud-7", "audienceMembershipName": 'Cart "abandoners", EU',
-                 "status": "existing", "lastQualificationTime": T2}],
+                {
+                    "audienceMembershipId": "aud-1",
+                    "audienceMembershipName": "Luma - Gold members",
+                    "status": "realized",
+                    "lastQualificationTime": T1,
+                },
+                {
+                    "audienceMembershipId": "aud-7",
+                    "audienceMembershipName": 'Cart "abandoners", EU',
+                    "status": "existing",
+                    "lastQualificationTime": T2,
+                },
+            ],
             "audienceMembershipIds": "aud-1,aud-7",
-            "audienceMembershipNames": 'Luma - Gold members,Cart "abandoners", EU'}}
+            "audienceMembershipNames": 'Luma - Gold members,Cart "abandoners", EU',
+        },
+    }
     assert len(records(ROWS)) == 2
 
 
 def test_per_membership_record_has_a_stable_id_per_person_and_audience() -> None:
     out = records(ROWS, spec("per_membership"))
-    assert out[1] == {"_id": md5_hex("luma", "jane@example.com", "aud-7"), "personID": "jane@example.com",
-                      "_acme": {"audienceMembershipId": "aud-7", "audienceMembershipName": 'Cart "abandoners", EU',
-                                "status": "existing", "lastQualificationTime": T2}}
+    assert out[1] == {
+        "_id": md5_hex("luma", "jane@example.com", "aud-7"),
+        "personID": "jane@example.com",
+        "_acme": {
+            "audienceMembershipId": "aud-7",
+            "audienceMembershipName": 'Cart "abandoners", EU',
+            "status": "existing",
+            "lastQualificationTime": T2,
+        },
+    }
     assert len(out) == 3
 
 
@@ -77,25 +100,60 @@ def test_event_records() -> None:
     rows = [("jane@example.com", "aud-1", "realized", T1), ("jane@example.com", "aud-7", "exited", T2)]
     out = records(rows, spec("events"))
     assert out == [
-        {"_id": md5_hex("luma", "jane@example.com", "aud-1", "entered", T1), "timestamp": T1,
-         "_acme": {"personID": "jane@example.com", "audienceMembershipId": "aud-1",
-                   "audienceMembershipName": "Luma - Gold members", "audienceEventType": "entered"}},
-        {"_id": md5_hex("luma", "jane@example.com", "aud-7", "exited", T2), "timestamp": T2,
-         "_acme": {"personID": "jane@example.com", "audienceMembershipId": "aud-7",
-                   "audienceMembershipName": 'Cart "abandoners", EU', "audienceEventType": "exited"}}]
+        {
+            "_id": md5_hex("luma", "jane@example.com", "aud-1", "entered", T1),
+            "timestamp": T1,
+            "_acme": {
+                "personID": "jane@example.com",
+                "audienceMembershipId": "aud-1",
+                "audienceMembershipName": "Luma - Gold members",
+                "audienceEventType": "entered",
+            },
+        },
+        {
+            "_id": md5_hex("luma", "jane@example.com", "aud-7", "exited", T2),
+            "timestamp": T2,
+            "_acme": {
+                "personID": "jane@example.com",
+                "audienceMembershipId": "aud-7",
+                "audienceMembershipName": 'Cart "abandoners", EU',
+                "audienceEventType": "exited",
+            },
+        },
+    ]
 
 
 def test_configured_field_names_and_tenant_are_used() -> None:
-    fields = OutputFields(memberships="m", audience_ids="ids", audience_names="names", audience_id="id",
-                          audience_name="name", status="st", qualification_time="qt", event_type="ev")
-    out = records(ROWS[:1], RecordSpec(job_id="luma", tenant="_demoemea", audience_names=NAMES, fields=fields))
-    assert out[0]["_demoemea"] == {"m": [{"id": "aud-1", "name": "Luma - Gold members", "st": "realized", "qt": T1}],
-                                   "ids": "aud-1", "names": "Luma - Gold members"}
+    fields = OutputFields(
+        memberships="m",
+        audience_ids="ids",
+        audience_names="names",
+        audience_id="id",
+        audience_name="name",
+        status="st",
+        qualification_time="qt",
+        event_type="ev",
+    )
+    out = records(
+        ROWS[:1], RecordSpec(job_id="luma", tenant="_demoemea", audience_names=NAMES, fields=fields)
+    )
+    assert out[0]["_demoemea"] == {
+        "m": [{"id": "aud-1", "name": "Luma - Gold members", "st": "realized", "qt": T1}],
+        "ids": "aud-1",
+        "names": "Luma - Gold members",
+    }
 
 
 def test_spec_from_job() -> None:
-    job = RefreshJob.model_validate({"job_id": "j1", "audiences": [{"id": "aud-1"}], "layout": "per_membership",
-                                     "statuses": ["existing"], "identity": {"field": "a.b"}})
+    job = RefreshJob.model_validate(
+        {
+            "job_id": "j1",
+            "audiences": [{"id": "aud-1"}],
+            "layout": "per_membership",
+            "statuses": ["existing"],
+            "identity": {"field": "a.b"},
+        }
+    )
     s = RecordSpec.from_job(job, tenant="acme", audience_names={"aud-1": "A"})
     assert (s.layout, s.statuses, s.job_id) == ("per_membership", ("existing",), "j1")
     e = RecordSpec.from_job(job, tenant="acme", audience_names={"aud-1": "A"}, events=True)
@@ -111,13 +169,16 @@ def test_existing_is_never_an_event() -> None:
 def test_the_output_is_exactly_the_bytes_we_expect() -> None:
     """Pins the wire format: compact JSON, one object per line, fields in this order."""
     line = next(iter_json_lines(ROWS[2:], spec()))
-    assert line == (b'{"_id":"' + md5_hex("luma", "john@example.com").encode() + b'","personID":"john@example.com",'
-                    b'"_acme":{"audienceMembership":[{"audienceMembershipId":"aud-7","audienceMembershipName":'
-                    b'"Cart \\"abandoners\\", EU","status":"realized","lastQualificationTime":"2026-11-28T02:00:00Z"}],'
-                    b'"audienceMembershipIds":"aud-7","audienceMembershipNames":"Cart \\"abandoners\\", EU"}}\n')
+    assert line == (
+        b'{"_id":"' + md5_hex("luma", "john@example.com").encode() + b'","personID":"john@example.com",'
+        b'"_acme":{"audienceMembership":[{"audienceMembershipId":"aud-7","audienceMembershipName":'
+        b'"Cart \\"abandoners\\", EU","status":"realized","lastQualificationTime":"2026-11-28T02:00:00Z"}],'
+        b'"audienceMembershipIds":"aud-7","audienceMembershipNames":"Cart \\"abandoners\\", EU"}}\n'
+    )
 
 
 # --- stable ids ---------------------------------------------------------------------------------
+
 
 @given(st.text(), st.text())
 def test_stable_id_is_md5_of_the_joined_key(a: str, b: str) -> None:
@@ -135,8 +196,24 @@ def test_ids_do_not_depend_on_the_run_or_the_batching() -> None:
 
 # --- hostile and malformed values -----------------------------------------------------------------
 
-@pytest.mark.parametrize("person", ['a"b', "a\\b", "a\nb", "a\x00b", "a\x1fb", "a\u2028b", "\u00e9l\u00e8ve@x.fr",
-                                    "'; DROP TABLE x; --", "\U0001f600", "a\x7fb", "x" * 10_000, "\ufeffa"])
+
+@pytest.mark.parametrize(
+    "person",
+    [
+        'a"b',
+        "a\\b",
+        "a\nb",
+        "a\x00b",
+        "a\x1fb",
+        "a\u2028b",
+        "\u00e9l\u00e8ve@x.fr",
+        "'; DROP TABLE x; --",
+        "\U0001f600",
+        "a\x7fb",
+        "x" * 10_000,
+        "\ufeffa",
+    ],
+)
 def test_person_ids_are_escaped_by_the_json_encoder(person: str) -> None:
     for layout in ("per_person", "per_membership", "events"):
         lines = list(iter_json_lines([(person, "aud-1", "realized", T1)], spec(layout)))  # type: ignore[arg-type]
@@ -162,24 +239,29 @@ def test_lone_surrogates_are_refused_clearly() -> None:
 
 
 @pytest.mark.parametrize("layout", ["per_person", "per_membership", "events"])
-@pytest.mark.parametrize("row, message", [
-    (("p", "aud-2", "realized", T1), "audience 'aud-2' is not one of this job's audiences"),
-    (("p", "aud-1", "exited", T1), "status 'exited' is not accepted"),
-    (("p", "aud-1", "Realized", T1), "status 'Realized' is not accepted"),
-    (("p", ["aud-1"], "realized", T1), "is not one of this job's audiences"),
-    (("p", "aud-1", None, T1), "status None is not accepted"),
-    ((7, "aud-1", "realized", T1), "personID must be text, got int"),
-    ((b"p", "aud-1", "realized", T1), "personID must be text, got bytes"),
-    (("p", "aud-1", "realized", None), "qualificationTime None is not an ISO-8601 UTC time"),
-    (("p", "aud-1", "realized", "2026-11-28 02:00:00"), "is not an ISO-8601 UTC time"),
-    (("p", "aud-1", "realized", "2026-11-28T02:00:00+00:00"), "is not an ISO-8601 UTC time"),
-    (("p", "aud-1", "realized", '2026-11-28T02:00:0"Z'), "is not an ISO-8601 UTC time"),
-    (("p", "aud-1", "realized", "２026-11-28T02:00:00Z"), "is not an ISO-8601 UTC time"),
-    (("p", "aud-1", "realized", "2026-11-28T02:00:00Z\n"), "is not an ISO-8601 UTC time"),
-    (("p", "aud-1", "realized", 1764295200), "is not an ISO-8601 UTC time"),
-    (("p", "aud-1", "realized"), "rows must have 4 columns"),
-])
-def test_malformed_rows_fail_naming_what_is_wrong(layout: tr.Layout, row: tuple[Any, ...], message: str) -> None:
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (("p", "aud-2", "realized", T1), "audience 'aud-2' is not one of this job's audiences"),
+        (("p", "aud-1", "exited", T1), "status 'exited' is not accepted"),
+        (("p", "aud-1", "Realized", T1), "status 'Realized' is not accepted"),
+        (("p", ["aud-1"], "realized", T1), "is not one of this job's audiences"),
+        (("p", "aud-1", None, T1), "status None is not accepted"),
+        ((7, "aud-1", "realized", T1), "personID must be text, got int"),
+        ((b"p", "aud-1", "realized", T1), "personID must be text, got bytes"),
+        (("p", "aud-1", "realized", None), "qualificationTime None is not an ISO-8601 UTC time"),
+        (("p", "aud-1", "realized", "2026-11-28 02:00:00"), "is not an ISO-8601 UTC time"),
+        (("p", "aud-1", "realized", "2026-11-28T02:00:00+00:00"), "is not an ISO-8601 UTC time"),
+        (("p", "aud-1", "realized", '2026-11-28T02:00:0"Z'), "is not an ISO-8601 UTC time"),
+        (("p", "aud-1", "realized", "２026-11-28T02:00:00Z"), "is not an ISO-8601 UTC time"),
+        (("p", "aud-1", "realized", "2026-11-28T02:00:00Z\n"), "is not an ISO-8601 UTC time"),
+        (("p", "aud-1", "realized", 1764295200), "is not an ISO-8601 UTC time"),
+        (("p", "aud-1", "realized"), "rows must have 4 columns"),
+    ],
+)
+def test_malformed_rows_fail_naming_what_is_wrong(
+    layout: tr.Layout, row: tuple[Any, ...], message: str
+) -> None:
     if layout == "events" and "'exited'" in message:
         pytest.skip("exited is an event status")
     good = ("a", "aud-1", "realized", T1)
@@ -198,8 +280,12 @@ def test_times_are_checked_per_item_not_just_in_total() -> None:
 
 
 def test_rows_without_a_person_are_skipped_and_counted() -> None:
-    rows = [(None, "aud-1", "realized", None), ("", "aud-1", "realized", T1), ("a", "aud-1", "realized", T1),
-            ("", "aud-7", "realized", T1)]
+    rows = [
+        (None, "aud-1", "realized", None),
+        ("", "aud-1", "realized", T1),
+        ("a", "aud-1", "realized", T1),
+        ("", "aud-7", "realized", T1),
+    ]
     enc = RecordEncoder(spec())
     chunks = list(enc.encode([rows]))
     assert (enc.rows, enc.records, enc.skipped_rows) == (4, 1, 3)
@@ -220,30 +306,39 @@ def test_person_order_is_checked() -> None:
 
 
 def test_duplicate_memberships_keep_the_first_row() -> None:
-    rows = [("a", "aud-1", "existing", T2), ("a", "aud-1", "realized", T1), ("a", "aud-7", "realized", T1),
-            ("a", "aud-7", "realized", T1)]
+    rows = [
+        ("a", "aud-1", "existing", T2),
+        ("a", "aud-1", "realized", T1),
+        ("a", "aud-7", "realized", T1),
+        ("a", "aud-7", "realized", T1),
+    ]
     enc = RecordEncoder(spec())
     out = [json.loads(x) for c in enc.encode([rows[:3], rows[3:]]) for x in c.data.splitlines()]
     assert [(m["audienceMembershipId"], m["status"]) for m in out[0]["_acme"]["audienceMembership"]] == [
-        ("aud-1", "existing"), ("aud-7", "realized")]
+        ("aud-1", "existing"),
+        ("aud-7", "realized"),
+    ]
     assert out[0]["_acme"]["audienceMembershipIds"] == "aud-1,aud-7"
     assert enc.duplicate_rows == 2
     per_row = RecordEncoder(spec("per_membership"))
     assert sum(c.records for c in per_row.encode([rows])) == 2 and per_row.duplicate_rows == 2
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"job_id": "a b"}, "job id"),
-    ({"tenant": "ac'me"}, "tenant id"),
-    ({"audience_names": {}}, "non-empty mapping"),
-    ({"audience_names": {"a'1": "x"}}, "audience id"),
-    ({"audience_names": {"aud-1": 3}}, "must be a string"),
-    ({"layout": "per_row"}, "layout"),
-    ({"statuses": ("exited",)}, "statuses"),
-    ({"statuses": ("realized", "realized")}, "statuses"),
-    ({"statuses": "realized"}, "statuses"),
-    ({"fields": {"memberships": "m"}}, "OutputFields"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"job_id": "a b"}, "job id"),
+        ({"tenant": "ac'me"}, "tenant id"),
+        ({"audience_names": {}}, "non-empty mapping"),
+        ({"audience_names": {"a'1": "x"}}, "audience id"),
+        ({"audience_names": {"aud-1": 3}}, "must be a string"),
+        ({"layout": "per_row"}, "layout"),
+        ({"statuses": ("exited",)}, "statuses"),
+        ({"statuses": ("realized", "realized")}, "statuses"),
+        ({"statuses": "realized"}, "statuses"),
+        ({"fields": {"memberships": "m"}}, "OutputFields"),
+    ],
+)
 def test_spec_is_validated(kwargs: dict[str, Any], message: str) -> None:
     base: dict[str, Any] = {"job_id": "j", "tenant": "acme", "audience_names": NAMES}
     with pytest.raises(ValueError, match=message):
@@ -254,11 +349,17 @@ def test_spec_is_validated(kwargs: dict[str, Any], message: str) -> None:
 
 AUDS = [f"aud-{i}" for i in range(6)]
 persons = st.text(min_size=1, max_size=12)
-times = st.datetimes(timezones=st.none()).map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%SZ")).filter(
-    lambda t: len(t) == 20)  # %Y gives fewer than 4 digits before year 1000
-memberships = st.dictionaries(st.tuples(persons, st.sampled_from(AUDS)),
-                              st.tuples(st.sampled_from(["realized", "existing"]), times), max_size=60)
-NAMES6 = {a: f"Name {a} \"x\\y\"" for a in AUDS}
+times = (
+    st.datetimes(timezones=st.none())
+    .map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    .filter(lambda t: len(t) == 20)
+)  # %Y gives fewer than 4 digits before year 1000
+memberships = st.dictionaries(
+    st.tuples(persons, st.sampled_from(AUDS)),
+    st.tuples(st.sampled_from(["realized", "existing"]), times),
+    max_size=60,
+)
+NAMES6 = {a: f'Name {a} "x\\y"' for a in AUDS}
 
 
 def as_rows(m: dict[tuple[str, str], tuple[str, str]]) -> list[tuple[str, str, str, str]]:
@@ -280,8 +381,11 @@ def test_every_row_appears_exactly_once_per_person(m: dict[Any, Any], cuts: list
     rows = as_rows(m)
     lines = encode_all(spec(names=NAMES6), batches_of(rows, cuts))
     recs = [json.loads(x) for x in lines]
-    seen = [(r["personID"], x["audienceMembershipId"], x["status"], x["lastQualificationTime"])
-            for r in recs for x in r["_acme"]["audienceMembership"]]
+    seen = [
+        (r["personID"], x["audienceMembershipId"], x["status"], x["lastQualificationTime"])
+        for r in recs
+        for x in r["_acme"]["audienceMembership"]
+    ]
     assert sorted(seen) == rows  # each input row exactly once, nothing else
     assert len(recs) == len({p for p, _ in m})
     assert len({r["_id"] for r in recs}) == len(recs)
@@ -289,7 +393,9 @@ def test_every_row_appears_exactly_once_per_person(m: dict[Any, Any], cuts: list
         assert r["_id"] == stable_id("luma", r["personID"])
         ms = r["_acme"]["audienceMembership"]
         assert r["_acme"]["audienceMembershipIds"] == ",".join(x["audienceMembershipId"] for x in ms)
-        assert r["_acme"]["audienceMembershipNames"] == ",".join(NAMES6[x["audienceMembershipId"]] for x in ms)
+        assert r["_acme"]["audienceMembershipNames"] == ",".join(
+            NAMES6[x["audienceMembershipId"]] for x in ms
+        )
     assert b"".join(lines) == b"".join(encode_all(spec(names=NAMES6), [rows]))  # batching is invisible
 
 
@@ -302,15 +408,23 @@ def test_one_record_per_row_layouts(m: dict[Any, Any], layout: tr.Layout) -> Non
     recs = [json.loads(x) for x in encode_all(spec(layout, names=NAMES6), [rows])]
     assert len(recs) == len(rows)
     if layout == "per_membership":
-        got = [(r["personID"], r["_acme"]["audienceMembershipId"], r["_acme"]["status"],
-                r["_acme"]["lastQualificationTime"]) for r in recs]
+        got = [
+            (
+                r["personID"],
+                r["_acme"]["audienceMembershipId"],
+                r["_acme"]["status"],
+                r["_acme"]["lastQualificationTime"],
+            )
+            for r in recs
+        ]
         assert got == rows
         assert [r["_id"] for r in recs] == [stable_id("luma", p, a) for p, a, _, _ in rows]
     else:
         got = [(r["_acme"]["personID"], r["_acme"]["audienceMembershipId"], r["timestamp"]) for r in recs]
         assert got == [(p, a, t) for p, a, _, t in rows]
         assert [r["_acme"]["audienceEventType"] for r in recs] == [
-            "entered" if s == "realized" else "exited" for _, _, s, _ in rows]
+            "entered" if s == "realized" else "exited" for _, _, s, _ in rows
+        ]
     assert len({r["_id"] for r in recs}) == len(recs)
 
 
@@ -332,13 +446,15 @@ def test_partitioning_persons_does_not_change_the_records(m: dict[Any, Any], par
 
 @settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(memberships, st.integers(60, 3000), st.lists(st.integers(0, 100), max_size=4))
-def test_files_roll_at_the_bound_without_splitting_records(tmp_path_factory: Any, m: dict[Any, Any],
-                                                           bound: int, cuts: list[int]) -> None:
+def test_files_roll_at_the_bound_without_splitting_records(
+    tmp_path_factory: Any, m: dict[Any, Any], bound: int, cuts: list[int]
+) -> None:
     out = tmp_path_factory.mktemp("files")
     rows = as_rows(m)
     reported: list[WrittenFile] = []
-    summary = write_jsonl(batches_of(rows, cuts), spec(names=NAMES6), out, "snap", max_file_bytes=bound,
-                          on_file=reported.append)
+    summary = write_jsonl(
+        batches_of(rows, cuts), spec(names=NAMES6), out, "snap", max_file_bytes=bound, on_file=reported.append
+    )
     expected = b"".join(line + b"\n" for line in encode_all(spec(names=NAMES6), [rows]))
     assert list(summary.files) == reported
     assert [f.path.name for f in reported] == [f"snap-{i:05d}.json" for i in range(len(reported))]
@@ -347,13 +463,18 @@ def test_files_roll_at_the_bound_without_splitting_records(tmp_path_factory: Any
         data = f.path.read_bytes()
         assert data.endswith(b"\n") and len(data) == f.bytes and data.count(b"\n") == f.records
         assert f.bytes <= bound or f.records == 1  # only a lone oversized record may exceed the bound
-    assert (summary.records, summary.bytes, summary.rows) == (len({p for p, _ in m}), len(expected), len(rows))
+    assert (summary.records, summary.bytes, summary.rows) == (
+        len({p for p, _ in m}),
+        len(expected),
+        len(rows),
+    )
     for a, b in zip(reported, reported[1:]):  # files are filled: the next record did not fit
         first_next = b.path.read_bytes().split(b"\n")[0]
         assert a.bytes + len(first_next) + 1 > bound
 
 
 # --- writer ---------------------------------------------------------------------------------------
+
 
 def test_each_file_is_reported_closed_and_can_be_deleted_at_once(tmp_path: Path) -> None:
     rows = [(f"p{i:03d}", "aud-1", "realized", T1) for i in range(100)]
@@ -383,8 +504,14 @@ def test_an_error_deletes_the_unfinished_file_and_reports_nothing_more(tmp_path:
     good = [(f"p{i:03d}", "aud-1", "realized", T1) for i in range(30)]
     reported: list[WrittenFile] = []
     with pytest.raises(ValueError, match="qualificationTime"):
-        write_jsonl([good, [("zzz", "aud-1", "realized", "nope")]], spec(), tmp_path, "x",
-                    max_file_bytes=1_000_000, on_file=reported.append)
+        write_jsonl(
+            [good, [("zzz", "aud-1", "realized", "nope")]],
+            spec(),
+            tmp_path,
+            "x",
+            max_file_bytes=1_000_000,
+            on_file=reported.append,
+        )
     assert reported == [] and list(tmp_path.iterdir()) == []
 
 
@@ -417,6 +544,7 @@ def test_trie_cache_limit_does_not_change_the_output(monkeypatch: pytest.MonkeyP
 
 # --- prefetch -------------------------------------------------------------------------------------
 
+
 class FakeCursor:
     """fetchmany() over a list, optionally slow or failing, counting what it fetched."""
 
@@ -432,7 +560,7 @@ class FakeCursor:
         if self.fail_after is not None and self.calls > self.fail_after:
             raise ConnectionError("server closed the connection")
         time.sleep(self.delay)
-        out = self.data[self.pos:self.pos + size]
+        out = self.data[self.pos : self.pos + size]
         self.pos += len(out)
         return out
 
@@ -517,8 +645,10 @@ def test_sql_and_transform_stay_pure() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, airflow_cja_audiences.sql, airflow_cja_audiences.transform; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('airflow', 'duckdb', 'pandas') "
-            "or '.emulator' in m))")
+    code = (
+        "import sys, airflow_cja_audiences.sql, airflow_cja_audiences.transform; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('airflow', 'duckdb', 'pandas') "
+        "or '.emulator' in m))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

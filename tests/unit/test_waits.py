@@ -19,9 +19,19 @@ from airflow_cja_audiences.models import (
 from airflow_cja_audiences.waits import wait_until_terminal
 
 
-@pytest.mark.parametrize("raw, outcome", [("NEW", None), ("PROCESSING", None), ("SUCCEEDED", "success"),
-                                          ("succeeded", "success"), ("FAILED", "failed"), ("CANCELLED", "failed"),
-                                          ("QUEUED", None), ("", None)])
+@pytest.mark.parametrize(
+    "raw, outcome",
+    [
+        ("NEW", None),
+        ("PROCESSING", None),
+        ("SUCCEEDED", "success"),
+        ("succeeded", "success"),
+        ("FAILED", "failed"),
+        ("CANCELLED", "failed"),
+        ("QUEUED", None),
+        ("", None),
+    ],
+)
 def test_export_job_outcomes(raw, outcome):
     # A status Adobe may add later (QUEUED here) reads as still running, never as an end.
     assert EXPORT_JOB_STATUS.outcome(raw) == outcome
@@ -31,11 +41,25 @@ def test_export_job_outcomes(raw, outcome):
     assert job.is_success is (outcome == "success") and job.is_failed is (outcome == "failed")
 
 
-@pytest.mark.parametrize("raw, outcome", [("loading", None), ("processing", None), ("staging", None),
-                                          ("retrying", None), ("success", "success"), ("Active", "success"),
-                                          ("failed", "failed"), ("failure", "failed"), ("aborted", "failed"),
-                                          ("abandoned", "failed"), ("stalled", "failed"), ("inactive", "gone"),
-                                          ("DELETED", "gone"), ("archived", None)])
+@pytest.mark.parametrize(
+    "raw, outcome",
+    [
+        ("loading", None),
+        ("processing", None),
+        ("staging", None),
+        ("retrying", None),
+        ("success", "success"),
+        ("Active", "success"),
+        ("failed", "failed"),
+        ("failure", "failed"),
+        ("aborted", "failed"),
+        ("abandoned", "failed"),
+        ("stalled", "failed"),
+        ("inactive", "gone"),
+        ("DELETED", "gone"),
+        ("archived", None),
+    ],
+)
 def test_batch_outcomes(raw, outcome):
     batch = Batch.model_validate({"id": "b", "status": raw})
     assert batch.outcome == outcome == BATCH_STATUS.outcome(raw)
@@ -73,7 +97,9 @@ def _fetcher(statuses: list[str], clock: _Clock):
 
     def fetch() -> Batch:
         seen.append(clock.now)
-        return Batch.model_validate({"id": "b1", "status": statuses.pop(0) if len(statuses) > 1 else statuses[0]})
+        return Batch.model_validate(
+            {"id": "b1", "status": statuses.pop(0) if len(statuses) > 1 else statuses[0]}
+        )
 
     return fetch, seen
 
@@ -82,8 +108,15 @@ def test_waits_until_terminal_and_returns_the_object(caplog):
     clock = _Clock()
     fetch, seen = _fetcher(["loading", "processing", "processing", "success"], clock)
     with caplog.at_level(logging.INFO, logger="airflow_cja_audiences.waits"):
-        batch = wait_until_terminal(fetch, status_type=BATCH_STATUS, what="batch b1", deadline=clock.now + 100,
-                                    poll_interval=5, clock=clock, sleep=clock.sleep)
+        batch = wait_until_terminal(
+            fetch,
+            status_type=BATCH_STATUS,
+            what="batch b1",
+            deadline=clock.now + 100,
+            poll_interval=5,
+            clock=clock,
+            sleep=clock.sleep,
+        )
     assert batch.status == "success" and len(seen) == 4 and clock.sleeps == [5, 5, 5]
     assert "batch b1 is success after 15 s" in caplog.text
     assert caplog.text.count("is processing") == 1  # logged on change, not on every poll
@@ -93,8 +126,15 @@ def test_unknown_status_keeps_waiting_until_the_deadline_then_times_out():
     clock = _Clock()
     fetch, seen = _fetcher(["archived"], clock)
     with pytest.raises(AepWaitTimeoutError, match="batch b1 is still archived after 12 s") as info:
-        wait_until_terminal(fetch, status_type=BATCH_STATUS, what="batch b1", deadline=clock.now + 12,
-                            poll_interval=5, clock=clock, sleep=clock.sleep)
+        wait_until_terminal(
+            fetch,
+            status_type=BATCH_STATUS,
+            what="batch b1",
+            deadline=clock.now + 12,
+            poll_interval=5,
+            clock=clock,
+            sleep=clock.sleep,
+        )
     # polls at 0, 5, 10 and exactly at the deadline (12), never after it
     assert [t - 1_000 for t in seen] == [0, 5, 10, 12]
     assert info.value.state == "archived" and not is_permanent(info.value)  # a task retry waits again
@@ -104,8 +144,19 @@ def test_first_object_saves_a_request_and_a_terminal_one_returns_at_once():
     clock = _Clock()
     fetch, seen = _fetcher(["success"], clock)
     done = Batch.model_validate({"id": "b1", "status": "failed"})
-    assert wait_until_terminal(fetch, status_type=BATCH_STATUS, what="b", deadline=clock.now, poll_interval=1,
-                               first=done, clock=clock, sleep=clock.sleep) is done
+    assert (
+        wait_until_terminal(
+            fetch,
+            status_type=BATCH_STATUS,
+            what="b",
+            deadline=clock.now,
+            poll_interval=1,
+            first=done,
+            clock=clock,
+            sleep=clock.sleep,
+        )
+        is done
+    )
     assert seen == [] and clock.sleeps == []
 
 
@@ -119,4 +170,6 @@ def test_deadline_is_required_and_checked():
             wait_until_terminal(fetch, status_type=BATCH_STATUS, what="b", deadline=bad, poll_interval=1)
     for bad in (0, -1, math.inf, None):
         with pytest.raises(AepConfigError, match="poll_interval must be"):
-            wait_until_terminal(fetch, status_type=BATCH_STATUS, what="b", deadline=clock.now, poll_interval=bad)
+            wait_until_terminal(
+                fetch, status_type=BATCH_STATUS, what="b", deadline=clock.now, poll_interval=bad
+            )

@@ -51,11 +51,19 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("aep_emulator.query_service.batch")
 
 SUBMITTED, IN_PROGRESS, SUCCESS, FAILED, KILLED, TIMEOUT = (
-    "SUBMITTED", "IN_PROGRESS", "SUCCESS", "FAILED", "KILLED", "TIMEOUT")
+    "SUBMITTED",
+    "IN_PROGRESS",
+    "SUCCESS",
+    "FAILED",
+    "KILLED",
+    "TIMEOUT",
+)
 TERMINAL = frozenset({SUCCESS, FAILED, KILLED, TIMEOUT})
 ORIGIN = "query"  # Catalog batch origin (emulator-internal; Catalog shows it through relatedObjects)
-_INSERT_RE = re.compile(r"\A\s*INSERT\s+INTO\s+(?P<table>[A-Za-z_][A-Za-z0-9_]*)\s+(?P<select>(?:SELECT|WITH)\b.*)\Z",
-                        re.IGNORECASE | re.DOTALL)
+_INSERT_RE = re.compile(
+    r"\A\s*INSERT\s+INTO\s+(?P<table>[A-Za-z_][A-Za-z0-9_]*)\s+(?P<select>(?:SELECT|WITH)\b.*)\Z",
+    re.IGNORECASE | re.DOTALL,
+)
 _CTAS_RE = re.compile(r"\A\s*CREATE\s+TABLE\b", re.IGNORECASE)
 _FETCH_CHUNK = 10_000
 # How many problems a failed query lists (guess: Adobe's errors array shape for batch queries).
@@ -64,7 +72,11 @@ _TRANSLATOR = Translator()
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 @dataclass
@@ -95,13 +107,28 @@ class BatchQuery:
         if self.state not in TERMINAL:
             links["cancel"] = {"href": href, "method": "PATCH", "body": '{ "op": "cancel"}'}
         if self.dataset_id:
-            links["referenced_datasets"] = [{"id": self.dataset_id,
-                                             "href": f"{base_url}/data/foundation/catalog/dataSets/{self.dataset_id}"}]
-        return {"isInsertInto": self.is_insert_into, "isCTAS": False, "request": dict(self.request),
-                "state": self.state, "rowCount": self.row_count, "errors": [dict(e) for e in self.errors],
-                "version": self.version, "id": self.id, "elapsedTime": self.elapsed_ms,
-                "created": _iso(self.created), "updated": _iso(self.updated), "client": "API",
-                "userId": self.user_id, "_links": links}
+            links["referenced_datasets"] = [
+                {
+                    "id": self.dataset_id,
+                    "href": f"{base_url}/data/foundation/catalog/dataSets/{self.dataset_id}",
+                }
+            ]
+        return {
+            "isInsertInto": self.is_insert_into,
+            "isCTAS": False,
+            "request": dict(self.request),
+            "state": self.state,
+            "rowCount": self.row_count,
+            "errors": [dict(e) for e in self.errors],
+            "version": self.version,
+            "id": self.id,
+            "elapsedTime": self.elapsed_ms,
+            "created": _iso(self.created),
+            "updated": _iso(self.updated),
+            "client": "API",
+            "userId": self.user_id,
+            "_links": links,
+        }
 
 
 class _Context:
@@ -130,8 +157,9 @@ class _Context:
 def submit(state: EmulatorState, sandbox: SandboxState, body: dict[str, Any], user_id: str) -> BatchQuery:
     """Register a query and start it in the executor (call under the state lock)."""
     now = state.now_ms()
-    query = BatchQuery(id=str(uuid.uuid4()), sandbox=sandbox.name, request=body, user_id=user_id,
-                       created=now, updated=now)
+    query = BatchQuery(
+        id=str(uuid.uuid4()), sandbox=sandbox.name, request=body, user_id=user_id, created=now, updated=now
+    )
     sandbox.batch_queries[query.id] = query
     state.executor.submit(_run, state, sandbox, query)
     log.info("batch query %s submitted (%s)", query.id, body.get("name") or "unnamed")
@@ -157,8 +185,11 @@ def _target(sandbox: SandboxState, table: str) -> cat.Dataset:
     for dataset in sandbox.catalog.datasets.values():
         if dataset.table.lower() == table.lower():
             return dataset
-    raise QueryServiceError(err.UNDEFINED_TABLE, f"Table not found: relation \"{table}\" does not exist",
-                            hint="INSERT INTO needs the table name of an existing dataset of this sandbox")
+    raise QueryServiceError(
+        err.UNDEFINED_TABLE,
+        f'Table not found: relation "{table}" does not exist',
+        hint="INSERT INTO needs the table name of an existing dataset of this sandbox",
+    )
 
 
 def _parse(sql: object) -> tuple[str, str]:
@@ -169,19 +200,23 @@ def _parse(sql: object) -> tuple[str, str]:
     if ";" in text:
         raise QueryServiceError(err.SYNTAX_ERROR, "a batch query is one statement")
     if _CTAS_RE.match(text):
-        raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
-                                "CREATE TABLE AS SELECT is not modelled by the Query Service emulator; "
-                                "use INSERT INTO an existing dataset")
+        raise QueryServiceError(
+            err.FEATURE_NOT_SUPPORTED,
+            "CREATE TABLE AS SELECT is not modelled by the Query Service emulator; "
+            "use INSERT INTO an existing dataset",
+        )
     match = _INSERT_RE.match(text)
     if match is None:
         if re.match(r"\s*INSERT\s+INTO\s+\S+\s*\(", text, re.IGNORECASE):
             raise QueryServiceError(err.SYNTAX_ERROR, "INSERT INTO: the SELECT must not be parenthesised")
         if re.match(r"\s*INSERT\b", text, re.IGNORECASE):
             raise QueryServiceError(err.SYNTAX_ERROR, "syntax error: expected INSERT INTO <table> SELECT ...")
-        raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
-                                "the Query Service emulator runs batch queries of the form "
-                                "INSERT INTO <table> SELECT ... only (ad hoc SELECTs go over the PostgreSQL "
-                                "endpoint; REST returns no rows)")
+        raise QueryServiceError(
+            err.FEATURE_NOT_SUPPORTED,
+            "the Query Service emulator runs batch queries of the form "
+            "INSERT INTO <table> SELECT ... only (ad hoc SELECTs go over the PostgreSQL "
+            "endpoint; REST returns no rows)",
+        )
     return match["table"], match["select"]
 
 
@@ -202,11 +237,15 @@ def _run(state: EmulatorState, sandbox: SandboxState, query: BatchQuery) -> None
             dataset = _target(sandbox, table)
             query.dataset_id = dataset.id
             if dataset.has_table:
-                raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
-                                        f"INSERT INTO {dataset.table}: writing into a profile export (union "
-                                        f"schema) dataset is not modelled by the Query Service emulator")
+                raise QueryServiceError(
+                    err.FEATURE_NOT_SUPPORTED,
+                    f"INSERT INTO {dataset.table}: writing into a profile export (union "
+                    f"schema) dataset is not modelled by the Query Service emulator",
+                )
             schema = sandbox.registry.record_schema(dataset.schema_id)
-            tables = {name.lower(): name for name, (owner, _) in state.tables.items() if owner == sandbox.name}
+            tables = {
+                name.lower(): name for name, (owner, _) in state.tables.items() if owner == sandbox.name
+            }
         cursor = state.cursor()
         try:
             translation = _TRANSLATOR.translate(select, _Context(cursor, tables))
@@ -222,17 +261,28 @@ def _run(state: EmulatorState, sandbox: SandboxState, query: BatchQuery) -> None
             now = state.now_ms()
             batch.records_path = records_path
             batch.status, batch.completed = cat.SUCCESS, now
-            batch.metrics = {"inputRecordCount": rows, "outputRecordCount": rows, "failedRecordCount": 0,
-                             "inputByteSize": size}
+            batch.metrics = {
+                "inputRecordCount": rows,
+                "outputRecordCount": rows,
+                "failedRecordCount": 0,
+                "inputByteSize": size,
+            }
             batch.touch(now)
             query.row_count = rows
             _finish(state, query, SUCCESS, [])
-        log.info("batch query %s SUCCESS: %d records into batch %s of dataset %s", query.id, rows, batch.id,
-                 dataset.id)
+        log.info(
+            "batch query %s SUCCESS: %d records into batch %s of dataset %s",
+            query.id,
+            rows,
+            batch.id,
+            dataset.id,
+        )
     except _Cancelled:
         with state.lock:
             _fail_batch(state, batch, "query cancelled")
-            _finish(state, query, KILLED, [{"code": err.QUERY_CANCELED, "message": "query cancelled by request"}])
+            _finish(
+                state, query, KILLED, [{"code": err.QUERY_CANCELED, "message": "query cancelled by request"}]
+            )
     except QueryServiceError as exc:
         with state.lock:
             _fail_batch(state, batch, str(exc))
@@ -255,13 +305,24 @@ class _Cancelled(Exception):
     pass
 
 
-def _open_batch(state: EmulatorState, sandbox: SandboxState, dataset: cat.Dataset, query: BatchQuery) -> cat.Batch:
+def _open_batch(
+    state: EmulatorState, sandbox: SandboxState, dataset: cat.Dataset, query: BatchQuery
+) -> cat.Batch:
     now = state.now_ms()
-    batch = cat.Batch(id=cat.new_batch_id(), sandbox=sandbox.name, dataset_id=dataset.id, origin=ORIGIN,
-                      status=cat.LOADING, created=now, updated=now, started=now,
-                      created_client=state.settings.client_id, input_format={"format": "parquet"},
-                      # Guess: Adobe does not document how Catalog links a batch to the query that wrote it.
-                      related=[{"type": "query", "id": query.id}])
+    batch = cat.Batch(
+        id=cat.new_batch_id(),
+        sandbox=sandbox.name,
+        dataset_id=dataset.id,
+        origin=ORIGIN,
+        status=cat.LOADING,
+        created=now,
+        updated=now,
+        started=now,
+        created_client=state.settings.client_id,
+        input_format={"format": "parquet"},
+        # Guess: Adobe does not document how Catalog links a batch to the query that wrote it.
+        related=[{"type": "query", "id": query.id}],
+    )
     sandbox.catalog.batches[batch.id] = batch
     query.batch_id = batch.id
     return batch
@@ -276,8 +337,9 @@ def _fail_batch(state: EmulatorState, batch: cat.Batch | None, reason: str) -> N
     batch.touch(now)
 
 
-def _write(cursor: duckdb.DuckDBPyConnection, select_sql: str, schema: Any, path: Any,
-           query: BatchQuery) -> tuple[int, int]:
+def _write(
+    cursor: duckdb.DuckDBPyConnection, select_sql: str, schema: Any, path: Any, query: BatchQuery
+) -> tuple[int, int]:
     """Stream the select's rows as JSON records into ``path``; every record must fit the schema."""
     rows = size = 0
     result = cursor.execute(f"SELECT to_json(_row) FROM ({select_sql}) AS _row")
@@ -293,7 +355,8 @@ def _write(cursor: duckdb.DuckDBPyConnection, select_sql: str, schema: Any, path
                     raise QueryServiceError(
                         err.DATATYPE_MISMATCH,
                         f"record {rows + 1} does not fit the schema of the target dataset ({code}: {message}); "
-                        f"nothing was written")
+                        f"nothing was written",
+                    )
                 out.write(line)
                 out.write("\n")
                 size += len(line) + 1

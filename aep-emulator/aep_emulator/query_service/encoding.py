@@ -23,16 +23,26 @@ _TIMESTAMP_IDS = frozenset({"timestamp", "timestamp_s", "timestamp_ms", "timesta
 
 _OIDS: dict[str, int] = {
     "boolean": pg.BOOL,
-    "tinyint": pg.INT2, "smallint": pg.INT2, "utinyint": pg.INT2,
-    "integer": pg.INT4, "usmallint": pg.INT4,
-    "bigint": pg.INT8, "uinteger": pg.INT8,
-    "ubigint": pg.NUMERIC, "hugeint": pg.NUMERIC, "uhugeint": pg.NUMERIC, "decimal": pg.NUMERIC,
-    "float": pg.FLOAT4, "double": pg.FLOAT8,
+    "tinyint": pg.INT2,
+    "smallint": pg.INT2,
+    "utinyint": pg.INT2,
+    "integer": pg.INT4,
+    "usmallint": pg.INT4,
+    "bigint": pg.INT8,
+    "uinteger": pg.INT8,
+    "ubigint": pg.NUMERIC,
+    "hugeint": pg.NUMERIC,
+    "uhugeint": pg.NUMERIC,
+    "decimal": pg.NUMERIC,
+    "float": pg.FLOAT4,
+    "double": pg.FLOAT8,
     "varchar": pg.TEXT,
     "blob": pg.BYTEA,
     "date": pg.DATE,
     "time": pg.TIME,
-    "timestamp": pg.TIMESTAMP, "timestamp_s": pg.TIMESTAMP, "timestamp_ms": pg.TIMESTAMP,
+    "timestamp": pg.TIMESTAMP,
+    "timestamp_s": pg.TIMESTAMP,
+    "timestamp_ms": pg.TIMESTAMP,
     "timestamp_ns": pg.TIMESTAMP,
     "timestamp with time zone": pg.TIMESTAMPTZ,
     "interval": pg.INTERVAL,
@@ -77,6 +87,7 @@ def _not_null(expr: str, rendered: str) -> str:
 
 # --- scalar text ------------------------------------------------------------------------------
 
+
 def _scalar_text(expr: str, duck_type: Any) -> str:
     tid = type_id(duck_type)
     if tid == "varchar":
@@ -85,8 +96,10 @@ def _scalar_text(expr: str, duck_type: Any) -> str:
         return f"CASE WHEN ({expr}) THEN 't' WHEN NOT ({expr}) THEN 'f' END"
     if tid in ("float", "double"):
         # PostgreSQL spells the special values out; DuckDB prints inf/nan.
-        return (f"CASE WHEN isnan({expr}) THEN 'NaN' WHEN isinf({expr}) AND ({expr}) > 0 THEN 'Infinity' "
-                f"WHEN isinf({expr}) THEN '-Infinity' ELSE CAST({expr} AS VARCHAR) END")
+        return (
+            f"CASE WHEN isnan({expr}) THEN 'NaN' WHEN isinf({expr}) AND ({expr}) > 0 THEN 'Infinity' "
+            f"WHEN isinf({expr}) THEN '-Infinity' ELSE CAST({expr} AS VARCHAR) END"
+        )
     if tid == "blob":
         return f"'\\x' || lower(hex({expr}))"
     if tid in _TIMESTAMP_IDS:
@@ -96,6 +109,7 @@ def _scalar_text(expr: str, duck_type: Any) -> str:
 
 
 # --- Spark to_json ----------------------------------------------------------------------------
+
 
 def spark_json_sql(expr: str, duck_type: Any, depth: int = 0) -> str:
     """JSON text of ``expr`` as Spark's ``to_json`` writes it; NULL stays NULL.
@@ -110,28 +124,52 @@ def spark_json_sql(expr: str, duck_type: Any, depth: int = 0) -> str:
         parts = []
         for name, child in _children(duck_type):
             value = spark_json_sql(_field(expr, name), child, depth + 1)
-            parts.append(f"CASE WHEN {value} IS NULL THEN NULL "
-                         f"ELSE {quote_literal(_json_string(name) + ':')} || {value} END")
+            parts.append(
+                f"CASE WHEN {value} IS NULL THEN NULL "
+                f"ELSE {quote_literal(_json_string(name) + ':')} || {value} END"
+            )
         body = f"concat_ws(',', {', '.join(parts)})" if parts else "''"
         return _not_null(expr, f"'{{' || {body} || '}}'")
     if tid in ("list", "array"):
         element = spark_json_sql(var, _element_type(duck_type), depth + 1)
-        return _not_null(expr, f"'[' || array_to_string(list_transform({expr}, lambda {var}: "
-                               f"coalesce({element}, 'null')), ',') || ']'")
+        return _not_null(
+            expr,
+            f"'[' || array_to_string(list_transform({expr}, lambda {var}: "
+            f"coalesce({element}, 'null')), ',') || ']'",
+        )
     if tid == "map":
         key_type, value_type = _map_types(duck_type)
         key = f"CAST(json_quote({_scalar_text(_field(var, 'key'), key_type)}) AS VARCHAR)"
         value = spark_json_sql(_field(var, "value"), value_type, depth + 1)
-        return _not_null(expr, f"'{{' || array_to_string(list_transform(map_entries({expr}), lambda {var}: "
-                               f"{key} || ':' || coalesce({value}, 'null')), ',') || '}}'")
+        return _not_null(
+            expr,
+            f"'{{' || array_to_string(list_transform(map_entries({expr}), lambda {var}: "
+            f"{key} || ':' || coalesce({value}, 'null')), ',') || '}}'",
+        )
     if tid in _TIMESTAMP_IDS or tid == "timestamp with time zone":
-        return _not_null(expr, f"'\"' || strftime(CAST({expr} AS TIMESTAMP), '%Y-%m-%dT%H:%M:%S.%gZ') || '\"'")
+        return _not_null(
+            expr, f"'\"' || strftime(CAST({expr} AS TIMESTAMP), '%Y-%m-%dT%H:%M:%S.%gZ') || '\"'"
+        )
     if tid == "date":
         return _not_null(expr, f"'\"' || strftime({expr}, '%Y-%m-%d') || '\"'")
     if tid == "blob":
         return _not_null(expr, f"'\"' || to_base64({expr}) || '\"'")
-    if tid in ("boolean", "tinyint", "smallint", "integer", "bigint", "hugeint", "utinyint", "usmallint",
-               "uinteger", "ubigint", "uhugeint", "decimal", "float", "double"):
+    if tid in (
+        "boolean",
+        "tinyint",
+        "smallint",
+        "integer",
+        "bigint",
+        "hugeint",
+        "utinyint",
+        "usmallint",
+        "uinteger",
+        "ubigint",
+        "uhugeint",
+        "decimal",
+        "float",
+        "double",
+    ):
         return f"CAST(json_quote({expr}) AS VARCHAR)"
     return f"CAST(json_quote(CAST({expr} AS VARCHAR)) AS VARCHAR)"
 
@@ -141,6 +179,7 @@ def _json_string(text: str) -> str:
 
 
 # --- Query Service tuple text -----------------------------------------------------------------
+
 
 def _tuple_text(expr: str, duck_type: Any, depth: int) -> str:
     """Composite text as production prints complex columns without ``auto_to_json``.
@@ -153,20 +192,26 @@ def _tuple_text(expr: str, duck_type: Any, depth: int) -> str:
     tid = type_id(duck_type)
     var = f"_e{depth}"
     if tid == "struct":
-        parts = [_nested_text(_field(expr, name), child, depth + 1, quote_complex=True)
-                 for name, child in _children(duck_type)]
+        parts = [
+            _nested_text(_field(expr, name), child, depth + 1, quote_complex=True)
+            for name, child in _children(duck_type)
+        ]
         body = f"concat_ws(',', {', '.join(parts)})" if parts else "''"
         return _not_null(expr, f"'(' || {body} || ')'")
     if tid in ("list", "array"):
         element = _nested_text(var, _element_type(duck_type), depth + 1, quote_complex=False)
-        return _not_null(expr, f"'{{' || array_to_string(list_transform({expr}, lambda {var}: {element}), ',')"
-                               f" || '}}'")
+        return _not_null(
+            expr, f"'{{' || array_to_string(list_transform({expr}, lambda {var}: {element}), ',') || '}}'"
+        )
     if tid == "map":
         key_type, value_type = _map_types(duck_type)
         key = _nested_text(_field(var, "key"), key_type, depth + 1, quote_complex=True)
         value = _nested_text(_field(var, "value"), value_type, depth + 1, quote_complex=True)
-        return _not_null(expr, f"'[' || array_to_string(list_transform(map_entries({expr}), lambda {var}: "
-                               f"{key} || ' -> ' || {value}), ', ') || ']'")
+        return _not_null(
+            expr,
+            f"'[' || array_to_string(list_transform(map_entries({expr}), lambda {var}: "
+            f"{key} || ' -> ' || {value}), ', ') || ']'",
+        )
     if tid == "union":
         return f"CAST({expr} AS VARCHAR)"
     return _scalar_text(expr, duck_type)
@@ -195,6 +240,7 @@ def pg_text_sql(expr: str, duck_type: Any, *, auto_to_json: bool) -> str:
 
 # --- DataRow messages -------------------------------------------------------------------------
 
+
 def _int32_bytes(expr: str) -> str:
     # DuckDB has no integer-to-bytes cast, but INTEGER -> BIT -> BLOB yields the 4 big-endian bytes
     # (-1 gives ff ff ff ff, PostgreSQL's NULL length); ~3x cheaper than printf('%08x') + unhex.
@@ -212,7 +258,8 @@ def datarow_sql(source_sql: str, column_types: Sequence[Any], *, auto_to_json: b
         raise ValueError("a result needs at least one column")
     names = ", ".join(f"c{i}" for i in range(n))
     encoded = ", ".join(
-        f"encode({pg_text_sql(f'c{i}', t, auto_to_json=auto_to_json)}) AS b{i}" for i, t in enumerate(column_types)
+        f"encode({pg_text_sql(f'c{i}', t, auto_to_json=auto_to_json)}) AS b{i}"
+        for i, t in enumerate(column_types)
     )
     total = " + ".join(["6"] + [f"coalesce(octet_length(b{i}), 0)" for i in range(n)]) + f" + {4 * n}"
     pieces = ["'D'::BLOB", _int32_bytes(total), f"'\\x{n >> 8:02x}\\x{n & 255:02x}'::BLOB"]
@@ -222,11 +269,14 @@ def datarow_sql(source_sql: str, column_types: Sequence[Any], *, auto_to_json: b
     return f"SELECT {' || '.join(pieces)} FROM (SELECT {encoded} FROM ({source_sql}) AS _q({names}))"
 
 
-def values_sql(source_sql: str, column_types: Sequence[Any], text_columns: Sequence[bool], *,
-               auto_to_json: bool) -> str:
+def values_sql(
+    source_sql: str, column_types: Sequence[Any], text_columns: Sequence[bool], *, auto_to_json: bool
+) -> str:
     """Query for the binary-format path: text columns rendered in SQL, binary ones returned raw."""
     n = len(column_types)
     names = ", ".join(f"c{i}" for i in range(n))
-    exprs = [pg_text_sql(f"c{i}", t, auto_to_json=auto_to_json) if as_text else f"c{i}"
-             for i, (t, as_text) in enumerate(zip(column_types, text_columns))]
+    exprs = [
+        pg_text_sql(f"c{i}", t, auto_to_json=auto_to_json) if as_text else f"c{i}"
+        for i, (t, as_text) in enumerate(zip(column_types, text_columns))
+    ]
     return f"SELECT {', '.join(exprs)} FROM ({source_sql}) AS _q({names})"

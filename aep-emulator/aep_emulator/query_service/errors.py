@@ -76,14 +76,24 @@ class QueryServiceError(Exception):
 # message decides first.
 _MESSAGE_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"Table with name .* does not exist|Table .* does not exist", re.S), UNDEFINED_TABLE),
-    (re.compile(r"Referenced column .* not found|Column .* not found|"
-                r"Could not find key|does not have a column named|Values list .* does not have a column",
-                re.S), UNDEFINED_COLUMN),
+    (
+        re.compile(
+            r"Referenced column .* not found|Column .* not found|"
+            r"Could not find key|does not have a column named|Values list .* does not have a column",
+            re.S,
+        ),
+        UNDEFINED_COLUMN,
+    ),
     (re.compile(r"Could not find (struct )?(field|key)", re.S), UNDEFINED_COLUMN),
     (re.compile(r"ambiguous", re.I), AMBIGUOUS_COLUMN),
-    (re.compile(r"No function matches|Scalar Function with name .* does not exist|"
-                r"Function with name .* does not exist|Table Function with name .* does not exist", re.S),
-     UNDEFINED_FUNCTION),
+    (
+        re.compile(
+            r"No function matches|Scalar Function with name .* does not exist|"
+            r"Function with name .* does not exist|Table Function with name .* does not exist",
+            re.S,
+        ),
+        UNDEFINED_FUNCTION,
+    ),
     (re.compile(r"must appear in the GROUP BY clause|GROUP BY", re.S), GROUPING_ERROR),
     (re.compile(r"Could not convert|Conversion Error|Could not parse", re.S), INVALID_TEXT_REPRESENTATION),
     (re.compile(r"Division by zero", re.I), DIVISION_BY_ZERO),

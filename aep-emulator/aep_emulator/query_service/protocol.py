@@ -54,8 +54,19 @@ JSONB = 3802
 
 # typlen reported in RowDescription (-1 = variable length)
 TYPE_LENGTHS: dict[int, int] = {
-    BOOL: 1, INT2: 2, INT4: 4, INT8: 8, OID: 4, FLOAT4: 4, FLOAT8: 8, DATE: 4, TIME: 8,
-    TIMESTAMP: 8, TIMESTAMPTZ: 8, INTERVAL: 16, UUID: 16,
+    BOOL: 1,
+    INT2: 2,
+    INT4: 4,
+    INT8: 8,
+    OID: 4,
+    FLOAT4: 4,
+    FLOAT8: 8,
+    DATE: 4,
+    TIME: 8,
+    TIMESTAMP: 8,
+    TIMESTAMPTZ: 8,
+    INTERVAL: 16,
+    UUID: 16,
 }
 
 _PG_EPOCH_DATE = dt.date(2000, 1, 1)
@@ -103,17 +114,17 @@ class MessageReader:
                 pending = self._end - self._start
                 size = max(len(self._buf), need * 2 if need > len(self._buf) else len(self._buf))
                 newbuf = bytearray(size)
-                newbuf[:pending] = self._buf[self._start:self._end]
+                newbuf[:pending] = self._buf[self._start : self._end]
                 self._buf, self._view = newbuf, memoryview(newbuf)
                 self._start, self._end = 0, pending
-            n = self._sock.recv_into(self._view[self._end:])
+            n = self._sock.recv_into(self._view[self._end :])
             if not n:
                 raise ConnectionClosed("client closed the connection")
             self._end += n
 
     def read_exact(self, n: int) -> bytes:
         self._fill(n)
-        data = bytes(self._buf[self._start:self._start + n])
+        data = bytes(self._buf[self._start : self._start + n])
         self._start += n
         return data
 
@@ -129,7 +140,7 @@ class MessageReader:
     def read_message(self) -> tuple[bytes, bytes]:
         """Read one typed message: (type byte, payload)."""
         self._fill(5)
-        kind = bytes(self._buf[self._start:self._start + 1])
+        kind = bytes(self._buf[self._start : self._start + 1])
         (length,) = _I32.unpack_from(self._buf, self._start + 1)
         if length < 4 or length > MAX_MESSAGE:
             raise QueryServiceError(PROTOCOL_VIOLATION, f"invalid message length {length}")
@@ -164,12 +175,12 @@ class PayloadParser:
         end = self.data.find(b"\x00", self.pos)
         if end < 0:
             raise _malformed()
-        value = self.data[self.pos:end].decode("utf-8")
+        value = self.data[self.pos : end].decode("utf-8")
         self.pos = end + 1
         return value
 
     def raw(self, n: int) -> bytes:
-        value = self.data[self.pos:self.pos + n]
+        value = self.data[self.pos : self.pos + n]
         if len(value) != n or n < 0:
             raise _malformed()
         self.pos += n
@@ -192,6 +203,7 @@ def parse_startup_params(payload: bytes) -> dict[str, str]:
 
 
 # --- backend messages -----------------------------------------------------------------------
+
 
 def message(kind: bytes, payload: bytes = b"") -> bytes:
     return _HEADER.pack(kind, len(payload) + 4) + payload
@@ -257,8 +269,12 @@ def row_description(columns: Sequence[Column], formats: Sequence[int]) -> bytes:
 
 
 def error_response(err: QueryServiceError, *, notice: bool = False) -> bytes:
-    fields = [b"S" + cstr(err.severity), b"V" + cstr(err.severity), b"C" + cstr(err.sqlstate),
-              b"M" + cstr(err.message)]
+    fields = [
+        b"S" + cstr(err.severity),
+        b"V" + cstr(err.severity),
+        b"C" + cstr(err.sqlstate),
+        b"M" + cstr(err.message),
+    ]
     if err.detail:
         fields.append(b"D" + cstr(err.detail))
     if err.hint:
@@ -281,6 +297,7 @@ def data_row(values: Sequence[bytes | None]) -> bytes:
 
 
 # --- parameter decoding (Bind) --------------------------------------------------------------
+
 
 def _parse_bool(text: str) -> bool:
     low = text.strip().lower()
@@ -314,8 +331,12 @@ def _decode_numeric_binary(data: bytes) -> Decimal:
 
 _TEXT_DECODERS: dict[int, Callable[[str], Any]] = {
     BOOL: _parse_bool,
-    INT2: int, INT4: int, INT8: int, OID: int,
-    FLOAT4: float, FLOAT8: float,
+    INT2: int,
+    INT4: int,
+    INT8: int,
+    OID: int,
+    FLOAT4: float,
+    FLOAT8: float,
     NUMERIC: Decimal,
     DATE: dt.date.fromisoformat,
     TIMESTAMP: _parse_timestamp,
@@ -338,9 +359,12 @@ _BINARY_DECODERS: dict[int, Callable[[bytes], Any]] = {
     TIMESTAMPTZ: lambda b: _PG_EPOCH_TZ + dt.timedelta(microseconds=_I64.unpack(b)[0]),
     UUID: lambda b: str(uuid.UUID(bytes=b)),
     BYTEA: bytes,
-    TEXT: lambda b: b.decode("utf-8"), VARCHAR: lambda b: b.decode("utf-8"),
-    BPCHAR: lambda b: b.decode("utf-8"), UNKNOWN: lambda b: b.decode("utf-8"),
-    JSON: lambda b: b.decode("utf-8"), JSONB: lambda b: b[1:].decode("utf-8"),
+    TEXT: lambda b: b.decode("utf-8"),
+    VARCHAR: lambda b: b.decode("utf-8"),
+    BPCHAR: lambda b: b.decode("utf-8"),
+    UNKNOWN: lambda b: b.decode("utf-8"),
+    JSON: lambda b: b.decode("utf-8"),
+    JSONB: lambda b: b[1:].decode("utf-8"),
     0: lambda b: b.decode("utf-8"),
 }
 
@@ -356,17 +380,20 @@ def decode_parameter(raw: bytes | None, type_oid: int, fmt: int) -> Any:
             return decoder(text) if decoder else text
         decoder_b = _BINARY_DECODERS.get(type_oid)
         if decoder_b is None:
-            raise QueryServiceError(FEATURE_NOT_SUPPORTED,
-                                    f"binary format is not supported for parameters of type oid {type_oid}")
+            raise QueryServiceError(
+                FEATURE_NOT_SUPPORTED, f"binary format is not supported for parameters of type oid {type_oid}"
+            )
         return decoder_b(raw)
     except QueryServiceError:
         raise
     except (ValueError, struct.error, UnicodeDecodeError, ArithmeticError) as exc:
-        raise QueryServiceError(INVALID_TEXT_REPRESENTATION,
-                                f"invalid input for parameter of type oid {type_oid}: {exc}") from exc
+        raise QueryServiceError(
+            INVALID_TEXT_REPRESENTATION, f"invalid input for parameter of type oid {type_oid}: {exc}"
+        ) from exc
 
 
 # --- binary result encoding (only when a client asks for result format 1) -------------------
+
 
 def _encode_numeric_binary(value: Decimal) -> bytes:
     """PostgreSQL's binary numeric: base-10000 digit groups, a group weight and a display scale."""

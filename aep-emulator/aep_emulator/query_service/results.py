@@ -68,7 +68,7 @@ class BufferedRows(RowSource):
         end = len(self._rows) if limit is None else min(len(self._rows), self._pos + limit)
         while self._pos < end:
             start, self._pos = self._pos, min(end, self._pos + FETCH_CHUNK * 4)
-            yield self._rows[start:self._pos]
+            yield self._rows[start : self._pos]
 
     @property
     def exhausted(self) -> bool:
@@ -90,8 +90,14 @@ class StreamingRows(RowSource):
 
     _END = object()
 
-    def __init__(self, columns: list[pg.Column], formats: list[int], cursor: duckdb.DuckDBPyConnection,
-                 encode: Callable[[list[tuple[Any, ...]]], list[bytes]], read_ahead: int = 3) -> None:
+    def __init__(
+        self,
+        columns: list[pg.Column],
+        formats: list[int],
+        cursor: duckdb.DuckDBPyConnection,
+        encode: Callable[[list[tuple[Any, ...]]], list[bytes]],
+        read_ahead: int = 3,
+    ) -> None:
         self.columns, self.formats = columns, formats
         self._cursor: duckdb.DuckDBPyConnection | None = cursor
         self._encode = encode
@@ -179,7 +185,9 @@ def blob_rows(rows: list[tuple[Any, ...]]) -> list[bytes]:
     return [r[0] for r in rows]
 
 
-def value_encoder(columns: Sequence[pg.Column], formats: Sequence[int]) -> Callable[[list[tuple[Any, ...]]], list[bytes]]:
+def value_encoder(
+    columns: Sequence[pg.Column], formats: Sequence[int]
+) -> Callable[[list[tuple[Any, ...]]], list[bytes]]:
     """Python encoder for the (rare) binary-format path: text columns arrive pre-rendered."""
     encoders: list[Callable[[Any], bytes]] = []
     for col, fmt in zip(columns, formats):
@@ -188,8 +196,9 @@ def value_encoder(columns: Sequence[pg.Column], formats: Sequence[int]) -> Calla
         else:
             enc = pg.BINARY_ENCODERS.get(col.type_oid)
             if enc is None:
-                raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
-                                        f"binary format is not supported for column \"{col.name}\"")
+                raise QueryServiceError(
+                    err.FEATURE_NOT_SUPPORTED, f'binary format is not supported for column "{col.name}"'
+                )
             encoders.append(enc)
 
     def encode(rows: list[tuple[Any, ...]]) -> list[bytes]:
@@ -198,7 +207,9 @@ def value_encoder(columns: Sequence[pg.Column], formats: Sequence[int]) -> Calla
     return encode
 
 
-def transcode_to_binary(rows: list[bytes], columns: Sequence[pg.Column], formats: Sequence[int]) -> list[bytes]:
+def transcode_to_binary(
+    rows: list[bytes], columns: Sequence[pg.Column], formats: Sequence[int]
+) -> list[bytes]:
     """Re-encode text DataRows with some columns in binary (FETCH of a text cursor asking for binary)."""
     out = []
     for row in rows:
@@ -213,8 +224,10 @@ def transcode_to_binary(rows: list[bytes], columns: Sequence[pg.Column], formats
                 value = pg.decode_parameter(raw, columns[i].type_oid, 0)
                 encoder = pg.BINARY_ENCODERS.get(columns[i].type_oid)
                 if encoder is None:
-                    raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
-                                            f"binary format is not supported for column \"{columns[i].name}\"")
+                    raise QueryServiceError(
+                        err.FEATURE_NOT_SUPPORTED,
+                        f'binary format is not supported for column "{columns[i].name}"',
+                    )
                 raw = encoder(value)
             values.append(raw)
         out.append(pg.data_row(values))
@@ -226,8 +239,10 @@ class FetchRows(RowSource):
 
     def __init__(self, cursor: RowSource, count: int | None, formats: list[int]) -> None:
         if formats != cursor.formats and any(cursor.formats):
-            raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
-                                    "FETCH in text format from a BINARY cursor is not supported by the emulator")
+            raise QueryServiceError(
+                err.FEATURE_NOT_SUPPORTED,
+                "FETCH in text format from a BINARY cursor is not supported by the emulator",
+            )
         self.columns = cursor.columns
         self.formats = formats
         self._cursor = cursor
@@ -264,6 +279,8 @@ def expand_formats(codes: Sequence[int], ncols: int) -> list[int]:
     if len(codes) == 1:
         return [codes[0]] * ncols
     if len(codes) != ncols:
-        raise QueryServiceError(err.PROTOCOL_VIOLATION,
-                                f"bind message has {len(codes)} result formats but query has {ncols} columns")
+        raise QueryServiceError(
+            err.PROTOCOL_VIOLATION,
+            f"bind message has {len(codes)} result formats but query has {ncols} columns",
+        )
     return list(codes)

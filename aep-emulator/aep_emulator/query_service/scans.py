@@ -64,8 +64,9 @@ class ScanCost:
 #: per query stands for Spark's job start-up and queueing that even small ad hoc queries show.
 REALISTIC_SECONDS_PER_MILLION_ROWS = 5.0
 REALISTIC_SECONDS_PER_QUERY = 2.0
-REALISTIC = ScanCost(seconds_per_million_rows=REALISTIC_SECONDS_PER_MILLION_ROWS,
-                     seconds_per_query=REALISTIC_SECONDS_PER_QUERY)
+REALISTIC = ScanCost(
+    seconds_per_million_rows=REALISTIC_SECONDS_PER_MILLION_ROWS, seconds_per_query=REALISTIC_SECONDS_PER_QUERY
+)
 
 
 @dataclass
@@ -81,8 +82,9 @@ class _Totals:
 class ScanModel:
     """The cost in force, the statistics, and the callback that says what a query reads (thread-safe)."""
 
-    def __init__(self, scan_of: Callable[[str, Sequence[Any]], Scan] | None = None,
-                 cost: ScanCost = ScanCost()) -> None:
+    def __init__(
+        self, scan_of: Callable[[str, Sequence[Any]], Scan] | None = None, cost: ScanCost = ScanCost()
+    ) -> None:
         self._scan_of = scan_of
         self._cost = cost
         self._totals = _Totals()
@@ -114,8 +116,11 @@ class ScanModel:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {**asdict(self._totals), "modelled_seconds": round(self._totals.modelled_seconds, 3),
-                    "cost": asdict(self._cost)}
+            return {
+                **asdict(self._totals),
+                "modelled_seconds": round(self._totals.modelled_seconds, 3),
+                "cost": asdict(self._cost),
+            }
 
     def reset(self) -> None:
         with self._lock:

@@ -108,8 +108,12 @@ class QueryServiceServer:
         self._before_statement = before_statement
         self._max_sessions = max_sessions
         self._sessions = 0  # admitted sessions (logged in, not yet closed)
-        self.limits = Limits(max_rows=max_rows, max_explicit_limit=max_explicit_limit,
-                             timeout_seconds=timeout_seconds, over_limit=over_limit)
+        self.limits = Limits(
+            max_rows=max_rows,
+            max_explicit_limit=max_explicit_limit,
+            timeout_seconds=timeout_seconds,
+            over_limit=over_limit,
+        )
         self.translator = Translator()
         self.scans = scans if scans is not None else ScanModel()
         self._listener: socket.socket | None = None
@@ -131,11 +135,18 @@ class QueryServiceServer:
         self._listener = listener
         self._watchdog = Watchdog()
         self._stopping.clear()
-        self._accept_thread = threading.Thread(target=self._accept_loop, name=f"qs-accept-{self.port}", daemon=True)
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name=f"qs-accept-{self.port}", daemon=True
+        )
         self._accept_thread.start()
-        log.info("Query Service emulator listening on %s:%d (TLS %s, max_rows=%d, timeout=%gs)", self.host,
-                 self.port, "required" if self.ssl_context else "off", self.limits.max_rows,
-                 self.limits.timeout_seconds)
+        log.info(
+            "Query Service emulator listening on %s:%d (TLS %s, max_rows=%d, timeout=%gs)",
+            self.host,
+            self.port,
+            "required" if self.ssl_context else "off",
+            self.limits.max_rows,
+            self.limits.timeout_seconds,
+        )
 
     def stop(self) -> None:
         """Close the listener and every session (running queries are interrupted)."""
@@ -206,10 +217,13 @@ class QueryServiceServer:
                 return
         log.info("session %d refused: %d of %d Query Service sessions in use", conn.pid, active, limit)
         # Text: Adobe's guardrails doc; SQLSTATE and detail: guesses (PostgreSQL's too_many_connections).
-        raise QueryServiceError(err.TOO_MANY_CONNECTIONS, SESSION_LIMIT_MESSAGE, severity="FATAL",
-                                detail=f"{active} of the organization's {limit} concurrent Query Service sessions "
-                                       f"are in use",
-                                hint="close an idle session or try again later")
+        raise QueryServiceError(
+            err.TOO_MANY_CONNECTIONS,
+            SESSION_LIMIT_MESSAGE,
+            severity="FATAL",
+            detail=f"{active} of the organization's {limit} concurrent Query Service sessions are in use",
+            hint="close an idle session or try again later",
+        )
 
     def _release(self) -> None:
         with self._lock:
@@ -222,9 +236,18 @@ class QueryServiceServer:
 
     def _new_session(self, conn: _Connection, user: str, database: str, startup: dict[str, str]) -> Session:
         assert self._watchdog is not None
-        return Session(user=user, database=database, pid=conn.pid, connect=self._connect,
-                       list_tables=self._list_tables, translator=self.translator, watchdog=self._watchdog,
-                       limits=self.limits, startup=startup, scans=self.scans)
+        return Session(
+            user=user,
+            database=database,
+            pid=conn.pid,
+            connect=self._connect,
+            list_tables=self._list_tables,
+            translator=self.translator,
+            watchdog=self._watchdog,
+            limits=self.limits,
+            startup=startup,
+            scans=self.scans,
+        )
 
 
 class _Connection:
@@ -267,8 +290,11 @@ class _Connection:
             self._fatal(exc)
         except Exception:  # never let one client's failure take the server down
             log.exception("connection %d failed", self.pid)
-            self._fatal(QueryServiceError(err.INTERNAL_ERROR, "internal error in the Query Service emulator",
-                                          severity="FATAL"))
+            self._fatal(
+                QueryServiceError(
+                    err.INTERNAL_ERROR, "internal error in the Query Service emulator", severity="FATAL"
+                )
+            )
         finally:
             if self.session is not None:
                 self.session.close()
@@ -322,11 +348,14 @@ class _Connection:
                 return False
             if code >> 16 == 3:
                 break
-            raise QueryServiceError(err.PROTOCOL_VIOLATION, f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}")
+            raise QueryServiceError(
+                err.PROTOCOL_VIOLATION, f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}"
+            )
         if self.server.ssl_context is not None and not tls:
-            raise QueryServiceError(err.INVALID_AUTHORIZATION_SPECIFICATION,
-                                    "SSL connection is required: connect with sslmode=require (or verify-ca / "
-                                    "verify-full)")
+            raise QueryServiceError(
+                err.INVALID_AUTHORIZATION_SPECIFICATION,
+                "SSL connection is required: connect with sslmode=require (or verify-ca / verify-full)",
+            )
         params = pg.parse_startup_params(payload)
         unsupported = [k for k in params if k.startswith("_pq_.")]
         if code & 0xFFFF or unsupported:
@@ -405,7 +434,9 @@ class _Connection:
         if not isinstance(exc, QueryServiceError):
             # A bug in the emulator, not in the client's SQL: say so, log it, keep the session.
             log.exception("session %d: internal error", session.pid)
-            exc = QueryServiceError(err.INTERNAL_ERROR, f"internal error in the Query Service emulator: {exc!r}")
+            exc = QueryServiceError(
+                err.INTERNAL_ERROR, f"internal error in the Query Service emulator: {exc!r}"
+            )
         if exc.severity == "FATAL":
             raise exc
         log.debug("session %d: %s %s", session.pid, exc.sqlstate, exc.message)
@@ -434,8 +465,12 @@ class _Connection:
             target, name = p.raw(1), p.cstring()
             if target == b"S":
                 oids, columns = extended.describe_statement(name)
-                writer.write([pg.parameter_description(oids),
-                              pg.row_description(columns, [0] * len(columns)) if columns else pg.NO_DATA])
+                writer.write(
+                    [
+                        pg.parameter_description(oids),
+                        pg.row_description(columns, [0] * len(columns)) if columns else pg.NO_DATA,
+                    ]
+                )
             else:
                 described = extended.describe_portal(name)
                 writer.write([pg.row_description(*described) if described else pg.NO_DATA])
@@ -450,7 +485,9 @@ class _Connection:
                 extended.close_portal(name)
             writer.write([pg.CLOSE_COMPLETE])
         elif kind in (b"d", b"c", b"f"):
-            raise QueryServiceError(err.FEATURE_NOT_SUPPORTED, "COPY is not supported by the Query Service emulator")
+            raise QueryServiceError(
+                err.FEATURE_NOT_SUPPORTED, "COPY is not supported by the Query Service emulator"
+            )
         elif kind == b"F":
             raise QueryServiceError(err.FEATURE_NOT_SUPPORTED, "function calls are not supported")
         else:

@@ -64,11 +64,18 @@ VERSION_STRING = "PostgreSQL 9.6.0 on x86_64-pc-linux-gnu (Adobe Experience Plat
 
 # Parameters PostgreSQL reports with ParameterStatus (GUC_REPORT), with their spelling.
 REPORTED = {
-    "server_version": "server_version", "server_encoding": "server_encoding", "client_encoding": "client_encoding",
-    "application_name": "application_name", "datestyle": "DateStyle", "intervalstyle": "IntervalStyle",
-    "timezone": "TimeZone", "integer_datetimes": "integer_datetimes",
-    "standard_conforming_strings": "standard_conforming_strings", "is_superuser": "is_superuser",
-    "session_authorization": "session_authorization", "default_transaction_read_only": "default_transaction_read_only",
+    "server_version": "server_version",
+    "server_encoding": "server_encoding",
+    "client_encoding": "client_encoding",
+    "application_name": "application_name",
+    "datestyle": "DateStyle",
+    "intervalstyle": "IntervalStyle",
+    "timezone": "TimeZone",
+    "integer_datetimes": "integer_datetimes",
+    "standard_conforming_strings": "standard_conforming_strings",
+    "is_superuser": "is_superuser",
+    "session_authorization": "session_authorization",
+    "default_transaction_read_only": "default_transaction_read_only",
     "in_hot_standby": "in_hot_standby",
 }
 
@@ -96,12 +103,46 @@ DEFAULT_SETTINGS: dict[str, str] = {
     "drop_system_columns": "true",
 }
 # Statements PostgreSQL or Query Service know, which the emulator does not model (0A000, not 42601).
-_KNOWN_UNSUPPORTED = frozenset({
-    "CREATE", "INSERT", "UPDATE", "DELETE", "MERGE", "DROP", "ALTER", "TRUNCATE", "COPY", "GRANT", "REVOKE",
-    "ANALYZE", "VACUUM", "LISTEN", "UNLISTEN", "NOTIFY", "CALL", "DO", "LOCK", "REFRESH", "COMMENT", "CHECKPOINT",
-    "REINDEX", "CLUSTER", "SECURITY", "IMPORT", "LOAD", "INSTALL", "ATTACH", "DETACH", "PRAGMA", "USE", "DESCRIBE",
-    "EXPORT", "SUMMARIZE", "CHECKOUT",
-})
+_KNOWN_UNSUPPORTED = frozenset(
+    {
+        "CREATE",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "MERGE",
+        "DROP",
+        "ALTER",
+        "TRUNCATE",
+        "COPY",
+        "GRANT",
+        "REVOKE",
+        "ANALYZE",
+        "VACUUM",
+        "LISTEN",
+        "UNLISTEN",
+        "NOTIFY",
+        "CALL",
+        "DO",
+        "LOCK",
+        "REFRESH",
+        "COMMENT",
+        "CHECKPOINT",
+        "REINDEX",
+        "CLUSTER",
+        "SECURITY",
+        "IMPORT",
+        "LOAD",
+        "INSTALL",
+        "ATTACH",
+        "DETACH",
+        "PRAGMA",
+        "USE",
+        "DESCRIBE",
+        "EXPORT",
+        "SUMMARIZE",
+        "CHECKOUT",
+    }
+)
 _UTF8_NAMES = frozenset({"utf8", "utf-8", "unicode"})
 _TRUE = frozenset({"true", "on", "1", "yes", "t"})
 
@@ -132,6 +173,7 @@ class Limits:
 
 
 # --- running-query bookkeeping ----------------------------------------------------------------
+
 
 class Watchdog:
     """One thread that fires deadlines (statement timeouts) for all sessions."""
@@ -199,6 +241,7 @@ class _Running:
 
 # --- statements and portals -------------------------------------------------------------------
 
+
 @dataclass
 class Outcome:
     """What running a statement produced: rows (with a tag built from their count) or just a tag."""
@@ -253,7 +296,9 @@ class _StatementContext:
 
     def tables(self) -> Mapping[str, str]:
         if self._tables is None:
-            self._tables = {t["name"].lower(): t["name"] for t in self._session.list_tables() if t.get("name")}
+            self._tables = {
+                t["name"].lower(): t["name"] for t in self._session.list_tables() if t.get("name")
+            }
         return self._tables
 
     def session_function(self, name: str, args: Sequence[str]) -> str | None:
@@ -263,28 +308,59 @@ class _StatementContext:
 # --- the session ------------------------------------------------------------------------------
 
 # FROM/JOIN over PostgreSQL's catalogs (not calls such as pg_catalog.version(), which are translated).
-_CATALOG_RE = re.compile(r"\b(from|join)\s+(pg_catalog\s*\.\s*\w+|information_schema\s*\.\s*\w+|pg_\w+)", re.I)
+_CATALOG_RE = re.compile(
+    r"\b(from|join)\s+(pg_catalog\s*\.\s*\w+|information_schema\s*\.\s*\w+|pg_\w+)", re.I
+)
 _DECLARE_RE = re.compile(
     r"^DECLARE\s+(?P<name>\"(?:[^\"]|\"\")+\"|[A-Za-z_][\w$]*)\s+(?P<opts>(?:(?:BINARY|ASENSITIVE|INSENSITIVE|NO\s+SCROLL"
-    r"|SCROLL)\s+)*)CURSOR\s+(?:(?P<hold>WITH|WITHOUT)\s+HOLD\s+)?FOR\s+(?P<query>.*)$", re.I | re.S)
+    r"|SCROLL)\s+)*)CURSOR\s+(?:(?P<hold>WITH|WITHOUT)\s+HOLD\s+)?FOR\s+(?P<query>.*)$",
+    re.I | re.S,
+)
 _FETCH_RE = re.compile(
     r"^(?P<verb>FETCH|MOVE)\s+(?:(?P<dir>NEXT|PRIOR|FIRST|LAST|ALL|FORWARD\s+ALL|BACKWARD\s+ALL|FORWARD|BACKWARD"
     r"|ABSOLUTE\s+[-+]?\d+|RELATIVE\s+[-+]?\d+|FORWARD\s+[-+]?\d+|BACKWARD\s+[-+]?\d+|[-+]?\d+)\s+)?"
-    r"(?:(?:FROM|IN)\s+)?(?P<name>\"(?:[^\"]|\"\")+\"|[A-Za-z_][\w$]*)\s*$", re.I | re.S)
-_SET_RE = re.compile(r"^SET\s+(?:(?P<scope>SESSION|LOCAL)\s+)?(?P<name>[A-Za-z_][\w.]*)\s*(?:TO|=)\s*(?P<value>.*)$",
-                     re.I | re.S)
+    r"(?:(?:FROM|IN)\s+)?(?P<name>\"(?:[^\"]|\"\")+\"|[A-Za-z_][\w$]*)\s*$",
+    re.I | re.S,
+)
+_SET_RE = re.compile(
+    r"^SET\s+(?:(?P<scope>SESSION|LOCAL)\s+)?(?P<name>[A-Za-z_][\w.]*)\s*(?:TO|=)\s*(?P<value>.*)$",
+    re.I | re.S,
+)
 _SET_TZ_RE = re.compile(r"^SET\s+(?:(?:SESSION|LOCAL)\s+)?TIME\s+ZONE\s+(?P<value>.*)$", re.I | re.S)
-_SAVEPOINT_RE = re.compile(r"^(?:SAVEPOINT|RELEASE(?:\s+SAVEPOINT)?)\s+(?P<name>\"(?:[^\"]|\"\")+\"|\w+)\s*$", re.I)
+_SAVEPOINT_RE = re.compile(
+    r"^(?:SAVEPOINT|RELEASE(?:\s+SAVEPOINT)?)\s+(?P<name>\"(?:[^\"]|\"\")+\"|\w+)\s*$", re.I
+)
 _ROLLBACK_TO_RE = re.compile(
-    r"^ROLLBACK(?:\s+(?:WORK|TRANSACTION))?\s+TO\s+(?:SAVEPOINT\s+)?(?P<name>\"(?:[^\"]|\"\")+\"|\w+)\s*$", re.I)
-_PREPARE_RE = re.compile(r"^PREPARE\s+(?P<name>\"(?:[^\"]|\"\")+\"|\w+)\s*(?:\((?P<types>[^)]*)\))?\s+AS\s+(?P<body>.*)$",
-                         re.I | re.S)
-_EXECUTE_RE = re.compile(r"^EXECUTE\s+(?P<name>\"(?:[^\"]|\"\")+\"|\w+)\s*(?:\((?P<args>.*)\))?\s*$", re.I | re.S)
+    r"^ROLLBACK(?:\s+(?:WORK|TRANSACTION))?\s+TO\s+(?:SAVEPOINT\s+)?(?P<name>\"(?:[^\"]|\"\")+\"|\w+)\s*$",
+    re.I,
+)
+_PREPARE_RE = re.compile(
+    r"^PREPARE\s+(?P<name>\"(?:[^\"]|\"\")+\"|\w+)\s*(?:\((?P<types>[^)]*)\))?\s+AS\s+(?P<body>.*)$",
+    re.I | re.S,
+)
+_EXECUTE_RE = re.compile(
+    r"^EXECUTE\s+(?P<name>\"(?:[^\"]|\"\")+\"|\w+)\s*(?:\((?P<args>.*)\))?\s*$", re.I | re.S
+)
 _TYPE_OIDS_BY_NAME = {
-    "int": pg.INT4, "integer": pg.INT4, "int4": pg.INT4, "bigint": pg.INT8, "int8": pg.INT8, "smallint": pg.INT2,
-    "int2": pg.INT2, "text": pg.TEXT, "varchar": pg.VARCHAR, "boolean": pg.BOOL, "bool": pg.BOOL,
-    "float8": pg.FLOAT8, "double precision": pg.FLOAT8, "float4": pg.FLOAT4, "real": pg.FLOAT4,
-    "numeric": pg.NUMERIC, "date": pg.DATE, "timestamp": pg.TIMESTAMP, "timestamptz": pg.TIMESTAMPTZ,
+    "int": pg.INT4,
+    "integer": pg.INT4,
+    "int4": pg.INT4,
+    "bigint": pg.INT8,
+    "int8": pg.INT8,
+    "smallint": pg.INT2,
+    "int2": pg.INT2,
+    "text": pg.TEXT,
+    "varchar": pg.VARCHAR,
+    "boolean": pg.BOOL,
+    "bool": pg.BOOL,
+    "float8": pg.FLOAT8,
+    "double precision": pg.FLOAT8,
+    "float4": pg.FLOAT4,
+    "real": pg.FLOAT4,
+    "numeric": pg.NUMERIC,
+    "date": pg.DATE,
+    "timestamp": pg.TIMESTAMP,
+    "timestamptz": pg.TIMESTAMPTZ,
 }
 
 
@@ -435,10 +511,12 @@ class Session:
                 err.INSUFFICIENT_RESOURCES,
                 f"Statement timeout: the query ran longer than the maximum of {self.limits.timeout_seconds:g} "
                 "seconds allowed for ad hoc queries",
-                hint="Filter the data further, or run it as a batch query (CREATE TABLE AS SELECT).")
+                hint="Filter the data further, or run it as a batch query (CREATE TABLE AS SELECT).",
+            )
         if running.reason == "shutdown":
-            return QueryServiceError(err.ADMIN_SHUTDOWN, "terminating connection due to administrator command",
-                                     severity="FATAL")
+            return QueryServiceError(
+                err.ADMIN_SHUTDOWN, "terminating connection due to administrator command", severity="FATAL"
+            )
         return QueryServiceError(err.QUERY_CANCELED, "canceling statement due to user request")
 
     def _stream(self, source: RowSource, limit: int | None) -> Iterator[list[bytes]]:
@@ -465,16 +543,24 @@ class Session:
         command = self._command_for(sql, words)
         if command is not None:
             run, describe, tx_control = command
-            return Statement(sql, "command", list(param_oids), command=run, describe=describe,
-                             transaction_control=tx_control)
+            return Statement(
+                sql,
+                "command",
+                list(param_oids),
+                command=run,
+                describe=describe,
+                transaction_control=tx_control,
+            )
         if head in ("SELECT", "WITH", "VALUES", "FROM", "TABLE") or sql.lstrip().startswith("("):
             if _CATALOG_RE.search(code_only(sql)):
                 return self._catalog_statement(sql, param_oids)
             return Statement(sql, "query", list(param_oids), translation=self._translate(sql))
         if head in _KNOWN_UNSUPPORTED or sql.lstrip().startswith("$$"):
-            raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
-                                    f"{head or 'anonymous block'} statements are not supported by the Query Service "
-                                    "emulator (it serves ad hoc queries; batch queries are not modelled)")
+            raise QueryServiceError(
+                err.FEATURE_NOT_SUPPORTED,
+                f"{head or 'anonymous block'} statements are not supported by the Query Service "
+                "emulator (it serves ad hoc queries; batch queries are not modelled)",
+            )
         raise QueryServiceError(err.SYNTAX_ERROR, f'syntax error at or near "{sql.split()[0]}"')
 
     def _translate(self, sql: str) -> Translation:
@@ -484,9 +570,13 @@ class Session:
         """PostgreSQL catalog look-ups (psycopg's hstore probe, pg_cursors, ...): no rows."""
         names = _select_list_names(sql)
         log.debug("answering catalog query with no rows: %s", sql)
-        return Statement(sql, "command", list(param_oids),
-                         command=lambda s, params, formats: Outcome("SELECT", BufferedRows.text(names, [])),
-                         describe=lambda s: [pg.Column(n, pg.TEXT) for n in names])
+        return Statement(
+            sql,
+            "command",
+            list(param_oids),
+            command=lambda s, params, formats: Outcome("SELECT", BufferedRows.text(names, [])),
+            describe=lambda s: [pg.Column(n, pg.TEXT) for n in names],
+        )
 
     def _command_for(self, sql: str, words: list[str]) -> tuple[Any, Any, bool] | None:
         head = words[0] if words else ""
@@ -559,23 +649,26 @@ class Session:
 
     def _savepoint(self, name: str) -> Outcome:
         if self.tx_status == "I":
-            raise QueryServiceError(err.NO_ACTIVE_SQL_TRANSACTION, "SAVEPOINT can only be used in transaction blocks")
+            raise QueryServiceError(
+                err.NO_ACTIVE_SQL_TRANSACTION, "SAVEPOINT can only be used in transaction blocks"
+            )
         self._savepoints.append(name)
         return Outcome("SAVEPOINT")
 
     def _release(self, name: str) -> Outcome:
         if name not in self._savepoints:
             raise QueryServiceError(err.INVALID_SAVEPOINT_SPECIFICATION, f'savepoint "{name}" does not exist')
-        del self._savepoints[len(self._savepoints) - 1 - self._savepoints[::-1].index(name):]
+        del self._savepoints[len(self._savepoints) - 1 - self._savepoints[::-1].index(name) :]
         return Outcome("RELEASE")
 
     def _rollback_to(self, name: str) -> Outcome:
         if self.tx_status == "I":
-            raise QueryServiceError(err.NO_ACTIVE_SQL_TRANSACTION,
-                                    "ROLLBACK TO SAVEPOINT can only be used in transaction blocks")
+            raise QueryServiceError(
+                err.NO_ACTIVE_SQL_TRANSACTION, "ROLLBACK TO SAVEPOINT can only be used in transaction blocks"
+            )
         if name not in self._savepoints:
             raise QueryServiceError(err.INVALID_SAVEPOINT_SPECIFICATION, f'savepoint "{name}" does not exist')
-        del self._savepoints[len(self._savepoints) - self._savepoints[::-1].index(name):]
+        del self._savepoints[len(self._savepoints) - self._savepoints[::-1].index(name) :]
         self.tx_status = "T"
         return Outcome("ROLLBACK")
 
@@ -598,12 +691,22 @@ class Session:
 
     def _set(self, name: str, value: str, *, local: bool = False) -> Outcome:
         if name == "client_encoding" and value.lower() not in _UTF8_NAMES:
-            raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
-                                    f"client_encoding {value} is not supported; the emulator speaks UTF8 only")
+            raise QueryServiceError(
+                err.FEATURE_NOT_SUPPORTED,
+                f"client_encoding {value} is not supported; the emulator speaks UTF8 only",
+            )
         if name == "client_encoding":
             value = "UTF8"
-        if name in ("auto_to_json", "drop_system_columns") and value.lower() not in _TRUE | {"false", "off", "0", "no", "f"}:
-            raise QueryServiceError(err.INVALID_PARAMETER_VALUE, f'parameter "{name}" requires a Boolean value')
+        if name in ("auto_to_json", "drop_system_columns") and value.lower() not in _TRUE | {
+            "false",
+            "off",
+            "0",
+            "no",
+            "f",
+        }:
+            raise QueryServiceError(
+                err.INVALID_PARAMETER_VALUE, f'parameter "{name}" requires a Boolean value'
+            )
         if local and self.tx_status != "I":
             self._local_saved.setdefault(name, self.settings.get(name, ""))
         elif local:
@@ -631,19 +734,38 @@ class Session:
         target = re.sub(r"\s+", " ", text[4:].strip()).lower()
         if target == "tables":
             names = ["name", "dataSetId", "dataSet", "description", "resolved"]
-            return ((lambda s, p, f: Outcome("SHOW", BufferedRows.text(names, s._table_rows()), row_tag="SELECT")),
-                    (lambda s: [pg.Column(n, pg.TEXT) for n in names]), False)
+            return (
+                (
+                    lambda s, p, f: Outcome(
+                        "SHOW", BufferedRows.text(names, s._table_rows()), row_tag="SELECT"
+                    )
+                ),
+                (lambda s: [pg.Column(n, pg.TEXT) for n in names]),
+                False,
+            )
         if target == "all":
             names = ["name", "setting", "description"]
-            return ((lambda s, p, f: Outcome("SHOW", BufferedRows.text(
-                        names, [(k, v, "") for k, v in sorted(s.settings.items())]), row_tag="SHOW")),
-                    (lambda s: [pg.Column(n, pg.TEXT) for n in names]), False)
-        name = {"transaction isolation level": "transaction_isolation", "time zone": "timezone"}.get(target, target)
+            return (
+                (
+                    lambda s, p, f: Outcome(
+                        "SHOW",
+                        BufferedRows.text(names, [(k, v, "") for k, v in sorted(s.settings.items())]),
+                        row_tag="SHOW",
+                    )
+                ),
+                (lambda s: [pg.Column(n, pg.TEXT) for n in names]),
+                False,
+            )
+        name = {"transaction isolation level": "transaction_isolation", "time zone": "timezone"}.get(
+            target, target
+        )
         name = _ident(name) if name.startswith('"') else name
 
         def run(s: Session, p: Any, f: Any) -> Outcome:
             if name not in s.settings:
-                raise QueryServiceError(err.UNDEFINED_OBJECT, f'unrecognized configuration parameter "{name}"')
+                raise QueryServiceError(
+                    err.UNDEFINED_OBJECT, f'unrecognized configuration parameter "{name}"'
+                )
             return Outcome("SHOW", BufferedRows.text([name], [(s.settings[name],)]), row_tag="SHOW")
 
         return run, (lambda s: [pg.Column(name, pg.TEXT)]), False
@@ -651,10 +773,16 @@ class Session:
     def _table_rows(self) -> list[tuple[str | None, ...]]:
         rows = []
         for table in sorted(self.list_tables(), key=lambda t: t.get("name", "")):
-            rows.append((table.get("name"), table.get("dataSetId"), table.get("dataSet"),
-                         table.get("description") or "",
-                         # "resolved" is printed as false in every documented example; meaning unknown.
-                         "false"))
+            rows.append(
+                (
+                    table.get("name"),
+                    table.get("dataSetId"),
+                    table.get("dataSet"),
+                    table.get("description") or "",
+                    # "resolved" is printed as false in every documented example; meaning unknown.
+                    "false",
+                )
+            )
         return rows
 
     def _discard(self) -> Outcome:
@@ -672,7 +800,9 @@ class Session:
         name = _ident(match["name"])
         options = match["opts"].upper()
         if "SCROLL" in options and "NO SCROLL" not in options:
-            raise QueryServiceError(err.FEATURE_NOT_SUPPORTED, "SCROLL cursors are not supported by the emulator")
+            raise QueryServiceError(
+                err.FEATURE_NOT_SUPPORTED, "SCROLL cursors are not supported by the emulator"
+            )
         binary = "BINARY" in options
         holdable = (match["hold"] or "").upper() == "WITH"
         query = match["query"].strip()
@@ -682,14 +812,22 @@ class Session:
 
         def run(s: Session, params: Sequence[Any], formats: Any) -> Outcome:
             if not holdable and s.tx_status == "I":
-                raise QueryServiceError(err.NO_ACTIVE_SQL_TRANSACTION,
-                                        "DECLARE CURSOR can only be used in transaction blocks")
+                raise QueryServiceError(
+                    err.NO_ACTIVE_SQL_TRANSACTION, "DECLARE CURSOR can only be used in transaction blocks"
+                )
             if name in s.portals:
                 raise QueryServiceError(err.DUPLICATE_CURSOR, f'cursor "{name}" already exists')
             assert inner.translation is not None
             source = s.run_query(inner.translation, params, [1] if binary else [0], sql=query)
-            portal = Portal(name, inner, list(params), source.formats, Outcome("SELECT", source),
-                            is_cursor=True, holdable=holdable)
+            portal = Portal(
+                name,
+                inner,
+                list(params),
+                source.formats,
+                Outcome("SELECT", source),
+                is_cursor=True,
+                holdable=holdable,
+            )
             s.portals[name] = portal
             return Outcome("DECLARE CURSOR")
 
@@ -715,14 +853,18 @@ class Session:
             assert source is not None
             to_skip = skip(source.position)
             if to_skip is None:
-                raise QueryServiceError(err.OBJECT_NOT_IN_PREREQUISITE_STATE, "cursor can only scan forward",
-                                        hint="Declare it with SCROLL to enable backward scan (not supported "
-                                             "by the emulator).")
+                raise QueryServiceError(
+                    err.OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    "cursor can only scan forward",
+                    hint="Declare it with SCROLL to enable backward scan (not supported by the emulator).",
+                )
             moved = sum(len(c) for c in s._stream(source, to_skip)) if to_skip else 0
             if verb == "MOVE":
                 moved += sum(len(c) for c in s._stream(source, count))
                 return Outcome(f"MOVE {moved}")
-            wanted = expand_formats(formats, len(source.columns)) if formats is not None else list(source.formats)
+            wanted = (
+                expand_formats(formats, len(source.columns)) if formats is not None else list(source.formats)
+            )
             return Outcome("FETCH", FetchRows(source, count, wanted), row_tag="FETCH")
 
         def describe(s: Session) -> list[pg.Column] | None:
@@ -756,12 +898,18 @@ class Session:
         if not match:
             raise QueryServiceError(err.SYNTAX_ERROR, "syntax error in PREPARE")
         name = _ident(match["name"])
-        oids = [_TYPE_OIDS_BY_NAME.get(t.strip().lower(), 0) for t in (match["types"] or "").split(",") if t.strip()]
+        oids = [
+            _TYPE_OIDS_BY_NAME.get(t.strip().lower(), 0)
+            for t in (match["types"] or "").split(",")
+            if t.strip()
+        ]
         body = match["body"]
 
         def run(s: Session, p: Any, f: Any) -> Outcome:
             if name in s.statements:
-                raise QueryServiceError(err.DUPLICATE_PREPARED_STATEMENT, f'prepared statement "{name}" already exists')
+                raise QueryServiceError(
+                    err.DUPLICATE_PREPARED_STATEMENT, f'prepared statement "{name}" already exists'
+                )
             s.statements[name] = s.prepare(body, oids)
             return Outcome("PREPARE")
 
@@ -777,7 +925,9 @@ class Session:
         def run(s: Session, p: Any, formats: list[int] | None) -> Outcome:
             statement = s.statements.get(name)
             if statement is None:
-                raise QueryServiceError(err.INVALID_SQL_STATEMENT_NAME, f'prepared statement "{name}" does not exist')
+                raise QueryServiceError(
+                    err.INVALID_SQL_STATEMENT_NAME, f'prepared statement "{name}" does not exist'
+                )
             values: list[Any] = []
             if args:  # evaluate the argument expressions with DuckDB
                 translation = s._translate(f"SELECT {args}")
@@ -796,7 +946,9 @@ class Session:
         else:
             name = _ident(target)
             if name not in self.statements:
-                raise QueryServiceError(err.INVALID_SQL_STATEMENT_NAME, f'prepared statement "{name}" does not exist')
+                raise QueryServiceError(
+                    err.INVALID_SQL_STATEMENT_NAME, f'prepared statement "{name}" does not exist'
+                )
             del self.statements[name]
         return Outcome("DEALLOCATE")
 
@@ -819,22 +971,28 @@ class Session:
         return run, (lambda s: [pg.Column("QUERY PLAN", pg.TEXT)]), False
 
     # -- queries --
-    def run_query(self, translation: Translation, params: Sequence[Any], formats: Sequence[int], *,
-                  sql: str) -> RowSource:
+    def run_query(
+        self, translation: Translation, params: Sequence[Any], formats: Sequence[int], *, sql: str
+    ) -> RowSource:
         """Execute a translated query under the limits; return its encoded rows."""
         limit = translation.explicit_limit
         if limit is not None and limit > self.limits.max_explicit_limit:
             raise QueryServiceError(
                 err.INSUFFICIENT_RESOURCES,
                 f"LIMIT exceeds max value: {limit} is higher than the maximum of {self.limits.max_explicit_limit:,}",
-                hint="Use a smaller LIMIT, or LIMIT 0 to lift the row cap of ad hoc queries.")
-        values = list(params)[:translation.param_count]
+                hint="Use a smaller LIMIT, or LIMIT 0 to lift the row cap of ad hoc queries.",
+            )
+        values = list(params)[: translation.param_count]
         self._model_scan(sql, values)
         try:
             return self._guarded(lambda running: self._start(translation, values, formats, running))
         except QueryServiceError as exc:
-            if exc.sqlstate not in (err.UNDEFINED_COLUMN, err.UNDEFINED_TABLE, err.UNDEFINED_FUNCTION,
-                                    err.DATATYPE_MISMATCH):
+            if exc.sqlstate not in (
+                err.UNDEFINED_COLUMN,
+                err.UNDEFINED_TABLE,
+                err.UNDEFINED_FUNCTION,
+                err.DATATYPE_MISMATCH,
+            ):
                 raise
             # A cached translation can go stale when the REST side re-creates a table; retry fresh once.
             self._translator.forget(sql)
@@ -854,8 +1012,9 @@ class Session:
             if running.interrupted.wait(seconds) or running.reason is not None:
                 raise self._interrupted(running)
 
-    def _start(self, translation: Translation, params: list[Any], formats: Sequence[int],
-               running: _Running) -> RowSource:
+    def _start(
+        self, translation: Translation, params: list[Any], formats: Sequence[int], running: _Running
+    ) -> RowSource:
         """Run the query on a fresh DuckDB cursor and return its rows, enforcing the row cap.
 
         A capped query must be counted before its first row goes out (to truncate or fail as
@@ -896,7 +1055,7 @@ class Session:
             if self.limits.over_limit == "error":
                 raise self._over_the_cap()
             log.info("ad hoc result cut at %d rows (production's implicit LIMIT)", self.limits.max_rows)
-            del rows[self.limits.max_rows:]
+            del rows[self.limits.max_rows :]
         return BufferedRows(columns, fmts, encode(rows))
 
     def _over_the_cap(self) -> QueryServiceError:
@@ -905,9 +1064,10 @@ class Session:
             f"Query result exceeds the maximum of {self.limits.max_rows:,} rows for ad hoc queries "
             "returned to PostgreSQL clients",
             detail="Query Service documents an implicit LIMIT for this case (the emulator's default, "
-                   "over_limit='truncate'); this emulator runs with over_limit='error'.",
+            "over_limit='truncate'); this emulator runs with over_limit='error'.",
             hint="Partition the query (for example WHERE pmod(hash(id), n) = i), add LIMIT, or run a batch "
-                 "query (CREATE TABLE AS SELECT).")
+            "query (CREATE TABLE AS SELECT).",
+        )
 
     # -- shared by simple and extended protocol --
     def describe_statement(self, statement: Statement) -> list[pg.Column] | None:
@@ -925,12 +1085,15 @@ class Session:
             return statement.describe(self)
         return None
 
-    def execute_statement(self, statement: Statement, params: Sequence[Any],
-                          formats: list[int] | None) -> Outcome:
+    def execute_statement(
+        self, statement: Statement, params: Sequence[Any], formats: list[int] | None
+    ) -> Outcome:
         """Run a prepared statement (query or command) and return its outcome (rows not yet sent)."""
         if self.tx_status == "E" and not statement.transaction_control:
-            raise QueryServiceError(err.IN_FAILED_SQL_TRANSACTION,
-                                    "current transaction is aborted, commands ignored until end of transaction block")
+            raise QueryServiceError(
+                err.IN_FAILED_SQL_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            )
         if statement.kind == "empty":
             return Outcome("")
         if statement.kind == "command":
@@ -940,7 +1103,9 @@ class Session:
         source = self.run_query(statement.translation, params, formats or [], sql=statement.sql)
         return Outcome("SELECT", source)
 
-    def send_rows(self, outcome: Outcome, limit: int | None, write: Callable[[list[bytes]], None]) -> tuple[int, bool]:
+    def send_rows(
+        self, outcome: Outcome, limit: int | None, write: Callable[[list[bytes]], None]
+    ) -> tuple[int, bool]:
         """Write up to ``limit`` DataRows of ``outcome``; return (rows written, source exhausted)."""
         assert outcome.rows is not None
         sent = 0
@@ -998,7 +1163,11 @@ def _select_list_names(sql: str) -> list[str]:
         import sqlglot
 
         tree = sqlglot.parse_one(sql, read="postgres")
-        names = [e.alias_or_name or "?column?" for e in tree.expressions] if isinstance(tree, sqlglot.exp.Select) else []
+        names = (
+            [e.alias_or_name or "?column?" for e in tree.expressions]
+            if isinstance(tree, sqlglot.exp.Select)
+            else []
+        )
     except Exception:  # any parse problem: one anonymous column is still a valid empty answer
         names = []
     return names or ["?column?"]
@@ -1013,24 +1182,37 @@ class ExtendedProtocol:
     def parse(self, name: str, sql: str, param_oids: list[int]) -> None:
         s = self.session
         if name and name in s.statements:
-            raise QueryServiceError(err.DUPLICATE_PREPARED_STATEMENT, f'prepared statement "{name}" already exists')
+            raise QueryServiceError(
+                err.DUPLICATE_PREPARED_STATEMENT, f'prepared statement "{name}" already exists'
+            )
         s.statements[name] = s.prepare(sql, param_oids)
 
-    def bind(self, portal_name: str, statement_name: str, param_formats: list[int],
-             values: list[bytes | None], result_formats: list[int]) -> None:
+    def bind(
+        self,
+        portal_name: str,
+        statement_name: str,
+        param_formats: list[int],
+        values: list[bytes | None],
+        result_formats: list[int],
+    ) -> None:
         s = self.session
         statement = s.statements.get(statement_name)
         if statement is None:
-            raise QueryServiceError(err.INVALID_SQL_STATEMENT_NAME,
-                                    f'prepared statement "{statement_name}" does not exist')
+            raise QueryServiceError(
+                err.INVALID_SQL_STATEMENT_NAME, f'prepared statement "{statement_name}" does not exist'
+            )
         expected = max(statement.param_count, len(statement.param_oids))
         if len(values) != expected:
-            raise QueryServiceError(err.PROTOCOL_VIOLATION,
-                                    f"bind message supplies {len(values)} parameters, but prepared statement "
-                                    f"\"{statement_name}\" requires {expected}")
+            raise QueryServiceError(
+                err.PROTOCOL_VIOLATION,
+                f"bind message supplies {len(values)} parameters, but prepared statement "
+                f'"{statement_name}" requires {expected}',
+            )
         formats = expand_formats(param_formats, len(values)) if values else []
         oids = statement.param_oids
-        params = [pg.decode_parameter(v, oids[i] if i < len(oids) else 0, formats[i]) for i, v in enumerate(values)]
+        params = [
+            pg.decode_parameter(v, oids[i] if i < len(oids) else 0, formats[i]) for i, v in enumerate(values)
+        ]
         old = s.portals.get(portal_name)
         if old is not None:
             if portal_name:
@@ -1042,10 +1224,14 @@ class ExtendedProtocol:
         s = self.session
         statement = s.statements.get(name)
         if statement is None:
-            raise QueryServiceError(err.INVALID_SQL_STATEMENT_NAME, f'prepared statement "{name}" does not exist')
+            raise QueryServiceError(
+                err.INVALID_SQL_STATEMENT_NAME, f'prepared statement "{name}" does not exist'
+            )
         count = max(statement.param_count, len(statement.param_oids))
-        oids = [statement.param_oids[i] if i < len(statement.param_oids) and statement.param_oids[i] else pg.TEXT
-                for i in range(count)]
+        oids = [
+            statement.param_oids[i] if i < len(statement.param_oids) and statement.param_oids[i] else pg.TEXT
+            for i in range(count)
+        ]
         return oids, s.describe_statement(statement)
 
     def describe_portal(self, name: str) -> tuple[list[pg.Column], list[int]] | None:

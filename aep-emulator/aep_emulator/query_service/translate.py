@@ -45,7 +45,9 @@ log = logging.getLogger(__name__)
 SYSTEM_COLUMNS = ("_acp_batchid", "_acp_system_metadata")
 ALLOWED_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
 
-_GENERATORS = frozenset({"EXPLODE", "EXPLODE_OUTER", "POSEXPLODE", "POSEXPLODE_OUTER", "INLINE", "INLINE_OUTER"})
+_GENERATORS = frozenset(
+    {"EXPLODE", "EXPLODE_OUTER", "POSEXPLODE", "POSEXPLODE_OUTER", "INLINE", "INLINE_OUTER"}
+)
 _TYPED_SCALARS = frozenset({"SIZE", "TO_JSON"})
 _PLAIN_REWRITES = frozenset({"HASH", "PMOD", "DATE_FORMAT"})
 
@@ -223,8 +225,10 @@ def java_to_strftime(pattern: str) -> str:
                 j += 1
             convert = _JAVA_LETTERS.get(ch)
             if convert is None:
-                raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
-                                        f"date_format pattern letter '{ch}' is not supported by the emulator")
+                raise QueryServiceError(
+                    err.FEATURE_NOT_SUPPORTED,
+                    f"date_format pattern letter '{ch}' is not supported by the emulator",
+                )
             out.append(convert(j - i))
             i = j
         else:
@@ -234,6 +238,7 @@ def java_to_strftime(pattern: str) -> str:
 
 
 # --- translation ------------------------------------------------------------------------------
+
 
 class TranslateContext(Protocol):
     """What the translator needs from the session."""
@@ -256,7 +261,7 @@ class Translation:
 
     sql: str
     explicit_limit: int | None  # literal LIMIT of the outermost query (None: no LIMIT)
-    lift_row_cap: bool          # Query Service's documented `LIMIT 0` override of the row cap
+    lift_row_cap: bool  # Query Service's documented `LIMIT 0` override of the row cap
     param_count: int
 
 
@@ -305,8 +310,9 @@ class _Job:
     # -- entry point --
     def run(self) -> Translation:
         if re.search(r"\bSNAPSHOT\s+(SINCE|AS\s+OF|BETWEEN)\b", code_only(self.sql), re.I):
-            raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
-                                    "SNAPSHOT clauses are not supported by the Query Service emulator")
+            raise QueryServiceError(
+                err.FEATURE_NOT_SUPPORTED, "SNAPSHOT clauses are not supported by the Query Service emulator"
+            )
         tree = self._parse()
         self._replace_session_functions(tree)
         self._preserve_item_names(tree)
@@ -318,8 +324,12 @@ class _Job:
         self._rewrite_typed_scalars(tree)  # leftovers: outside any SELECT (VALUES) or in LATERAL VIEW args
         explicit_limit, lift = self._top_limit(tree)
         params = [_literal_int(p.this) or 0 for p in tree.find_all(exp.Parameter)]
-        return Translation(sql=tree.sql(dialect="duckdb"), explicit_limit=explicit_limit, lift_row_cap=lift,
-                           param_count=max(params, default=0))
+        return Translation(
+            sql=tree.sql(dialect="duckdb"),
+            explicit_limit=explicit_limit,
+            lift_row_cap=lift,
+            param_count=max(params, default=0),
+        )
 
     def _parse(self) -> exp.Expression:
         try:
@@ -328,13 +338,16 @@ class _Job:
             message = str(exc).splitlines()[0] if str(exc) else "syntax error"
             raise QueryServiceError(err.SYNTAX_ERROR, f"syntax error: {_plain(message)}") from exc
         if len(trees) != 1:
-            raise QueryServiceError(err.SYNTAX_ERROR, "cannot insert multiple commands into a prepared statement")
+            raise QueryServiceError(
+                err.SYNTAX_ERROR, "cannot insert multiple commands into a prepared statement"
+            )
         tree = trees[0]
         if not isinstance(tree, (exp.Query, exp.Values)):
             raise QueryServiceError(
                 err.FEATURE_NOT_SUPPORTED,
                 f"{type(tree).__name__.upper()} statements are not supported by the Query Service emulator "
-                "(it serves ad hoc SELECT queries; batch queries are not modelled)")
+                "(it serves ad hoc SELECT queries; batch queries are not modelled)",
+            )
         return tree
 
     # -- session functions --
@@ -344,22 +357,30 @@ class _Job:
             args: list[str] = []
             target = node
             if isinstance(node, exp.Dot):
-                if isinstance(node.this, (exp.Identifier, exp.Column)) and node.this.name.lower() == "pg_catalog" \
-                        and isinstance(node.expression, exp.Anonymous):
+                if (
+                    isinstance(node.this, (exp.Identifier, exp.Column))
+                    and node.this.name.lower() == "pg_catalog"
+                    and isinstance(node.expression, exp.Anonymous)
+                ):
                     name = node.expression.name.lower()
                     args = [a.name for a in node.expression.expressions]
             elif type(node) in _SESSION_FUNCTION_CLASSES:
                 name = _SESSION_FUNCTION_CLASSES[type(node)]
-            elif isinstance(node, exp.Anonymous) and node.name.lower() in _SESSION_FUNCTION_NAMES \
-                    and not isinstance(node.parent, exp.Dot):
+            elif (
+                isinstance(node, exp.Anonymous)
+                and node.name.lower() in _SESSION_FUNCTION_NAMES
+                and not isinstance(node.parent, exp.Dot)
+            ):
                 name = node.name.lower()
                 args = [a.name for a in node.expressions]
             if name is None:
                 continue
             value = self.ctx.session_function(name, args)
             if value is None:
-                raise QueryServiceError(err.UNDEFINED_OBJECT, f"unrecognized configuration parameter "
-                                                              f"\"{args[0] if args else name}\"")
+                raise QueryServiceError(
+                    err.UNDEFINED_OBJECT,
+                    f'unrecognized configuration parameter "{args[0] if args else name}"',
+                )
             if name not in _CONSTANT_SESSION_FUNCTIONS:
                 self.session_dependent = True
             target.replace(exp.Literal.string(value))
@@ -368,11 +389,14 @@ class _Job:
     def _resolve_tables(self, tree: exp.Expression) -> None:
         for table in list(tree.find_all(exp.Table)):
             if isinstance(table.this, exp.Func):
-                fname = (table.this.name if isinstance(table.this, exp.Anonymous) else
-                         table.this.sql_name()).lower()
+                fname = (
+                    table.this.name if isinstance(table.this, exp.Anonymous) else table.this.sql_name()
+                ).lower()
                 if fname not in ALLOWED_TABLE_FUNCTIONS:
-                    raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
-                                            f"table function {fname}() is not supported by the Query Service emulator")
+                    raise QueryServiceError(
+                        err.FEATURE_NOT_SUPPORTED,
+                        f"table function {fname}() is not supported by the Query Service emulator",
+                    )
                 continue
             name = table.name
             if not name:
@@ -381,20 +405,27 @@ class _Job:
             if not schema and name.lower() in self._cte_names:
                 continue
             if table.catalog or schema not in ("", "public"):
-                raise QueryServiceError(err.UNDEFINED_TABLE,
-                                        f"relation \"{table.sql(dialect='spark')}\" does not exist",
-                                        hint="SHOW TABLES lists the datasets of this sandbox.")
+                raise QueryServiceError(
+                    err.UNDEFINED_TABLE,
+                    f'relation "{table.sql(dialect="spark")}" does not exist',
+                    hint="SHOW TABLES lists the datasets of this sandbox.",
+                )
             actual = self._tables.get(name.lower())
             if actual is None:
-                raise QueryServiceError(err.UNDEFINED_TABLE, f"Table not found: relation \"{name}\" does not exist",
-                                        hint="SHOW TABLES lists the datasets of this sandbox.")
+                raise QueryServiceError(
+                    err.UNDEFINED_TABLE,
+                    f'Table not found: relation "{name}" does not exist',
+                    hint="SHOW TABLES lists the datasets of this sandbox.",
+                )
             table.set("db", None)
 
     def _columns_of(self, table: str) -> list[str]:
         key = table.lower()
         if key not in self._table_columns:
             ident = exp.to_identifier(self._tables[key]).sql(dialect="duckdb")
-            self._table_columns[key] = [name for name, _ in self.ctx.describe(f"SELECT * FROM {ident} LIMIT 0")]
+            self._table_columns[key] = [
+                name for name, _ in self.ctx.describe(f"SELECT * FROM {ident} LIMIT 0")
+            ]
         return self._table_columns[key]
 
     # -- rewrites without types --
@@ -409,16 +440,19 @@ class _Job:
                 # Spark's hash is a signed 32-bit murmur3; any deterministic hash will do here, but it
                 # must be able to go negative so that pmod() (not %) is what keeps buckets >= 0.
                 placeholders = ", ".join(f"__a{i}" for i in range(len(args)))
-                new = _fragment(f"(CAST(hash({placeholders}) % 4294967296 AS BIGINT) - 2147483648)",
-                                **{f"a{i}": a for i, a in enumerate(args)})
+                new = _fragment(
+                    f"(CAST(hash({placeholders}) % 4294967296 AS BIGINT) - 2147483648)",
+                    **{f"a{i}": a for i, a in enumerate(args)},
+                )
             elif name == "PMOD":
                 self._arity(name, args, 2)
                 new = _fragment("(((__a % __n) + __n) % __n)", a=args[0], n=args[1])
             else:  # DATE_FORMAT
                 self._arity(name, args, 2)
                 if not (isinstance(args[1], exp.Literal) and args[1].is_string):
-                    raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
-                                            "date_format() needs a literal pattern in the emulator")
+                    raise QueryServiceError(
+                        err.FEATURE_NOT_SUPPORTED, "date_format() needs a literal pattern in the emulator"
+                    )
                 fmt = java_to_strftime(args[1].this).replace("'", "''")
                 new = _fragment(f"strftime(CAST(__x AS TIMESTAMP), '{fmt}')", x=args[0])
             node.replace(new)
@@ -426,8 +460,9 @@ class _Job:
     @staticmethod
     def _arity(name: str, args: Sequence[exp.Expression], count: int) -> None:
         if len(args) != count:
-            raise QueryServiceError(err.UNDEFINED_FUNCTION,
-                                    f"{name.lower()}() takes {count} arguments, got {len(args)}")
+            raise QueryServiceError(
+                err.UNDEFINED_FUNCTION, f"{name.lower()}() takes {count} arguments, got {len(args)}"
+            )
 
     @staticmethod
     def _preserve_item_names(tree: exp.Expression) -> None:
@@ -437,7 +472,8 @@ class _Job:
             items = []
             for item in select.expressions:
                 if not isinstance(item, (exp.Alias, exp.Aliases, exp.Star, exp.Column)) and any(
-                        n.name.upper() in rewritten for n in item.find_all(exp.Anonymous)):
+                    n.name.upper() in rewritten for n in item.find_all(exp.Anonymous)
+                ):
                     name = item.sql(dialect="spark", normalize_functions="lower")
                     item = exp.alias_(item, name, quoted=True)
                 items.append(item)
@@ -476,8 +512,11 @@ class _Job:
         return [t for _, t in self.ctx.describe(probe.sql(dialect="duckdb"))]
 
     def _rewrite_generators(self, select: exp.Select) -> None:
-        found = {id(n): n for n in select.find_all(exp.Anonymous)
-                 if n.name.upper() in _GENERATORS and self._owned(select, n)}
+        found = {
+            id(n): n
+            for n in select.find_all(exp.Anonymous)
+            if n.name.upper() in _GENERATORS and self._owned(select, n)
+        }
         if not found:
             return
 
@@ -489,12 +528,15 @@ class _Job:
         calls = [(item, call) for item in items if (call := generator_of(item)) is not None]
         if len(calls) != len(found):
             name = next(n for i, n in found.items() if all(i != id(c) for _, c in calls)).name.lower()
-            raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
-                                    f"{name}() is only supported as a whole SELECT item or in LATERAL VIEW")
+            raise QueryServiceError(
+                err.FEATURE_NOT_SUPPORTED,
+                f"{name}() is only supported as a whole SELECT item or in LATERAL VIEW",
+            )
         for _, call in calls:
             self._arity(call.name, call.expressions, 1)
-        types = dict(zip((id(c) for _, c in calls),
-                         self._probe_types(select, [c.expressions[0] for _, c in calls])))
+        types = dict(
+            zip((id(c) for _, c in calls), self._probe_types(select, [c.expressions[0] for _, c in calls]))
+        )
         new_items: list[exp.Expression] = []
         for item in items:
             call = generator_of(item)
@@ -507,19 +549,25 @@ class _Job:
                 aliases = [item.alias]
             else:
                 aliases = None
-            new_items.extend(self._expand_generator(call.name.upper(), call.expressions[0], types[id(call)],
-                                                    aliases, outer=False))
+            new_items.extend(
+                self._expand_generator(
+                    call.name.upper(), call.expressions[0], types[id(call)], aliases, outer=False
+                )
+            )
         select.set("expressions", new_items)
 
-    def _expand_generator(self, name: str, arg: exp.Expression, ty: Any, aliases: list[str] | None, *,
-                          outer: bool) -> list[exp.Expression]:
+    def _expand_generator(
+        self, name: str, arg: exp.Expression, ty: Any, aliases: list[str] | None, *, outer: bool
+    ) -> list[exp.Expression]:
         """Select items (UNNEST ... AS name) equivalent to one Spark generator call."""
         tid = type_id(ty)
         outer = outer or name.endswith("_OUTER")
         base = name.removesuffix("_OUTER")
         if tid not in ("map", "list", "array"):
-            raise QueryServiceError(err.DATATYPE_MISMATCH,
-                                    f"cannot resolve {name.lower()}(): input must be an array or a map, not {ty}")
+            raise QueryServiceError(
+                err.DATATYPE_MISMATCH,
+                f"cannot resolve {name.lower()}(): input must be an array or a map, not {ty}",
+            )
         count = "cardinality(__x)" if tid == "map" else "len(__x)"
 
         def guard(list_expr: str) -> str:
@@ -532,14 +580,20 @@ class _Job:
         if base == "INLINE":
             element = ty.children[0][1] if tid != "map" else None
             if element is None or type_id(element) != "struct":
-                raise QueryServiceError(err.DATATYPE_MISMATCH,
-                                        f"cannot resolve {name.lower()}(): input must be an array of structs")
+                raise QueryServiceError(
+                    err.DATATYPE_MISMATCH,
+                    f"cannot resolve {name.lower()}(): input must be an array of structs",
+                )
             for field, _ in element.children:
                 lit = "'" + field.replace("'", "''") + "'"
-                columns.append((f"UNNEST({guard(f'list_transform(__x, lambda _g: struct_extract(_g, {lit}))')})",
-                                field))
+                columns.append(
+                    (f"UNNEST({guard(f'list_transform(__x, lambda _g: struct_extract(_g, {lit}))')})", field)
+                )
         elif tid == "map":
-            columns += [(f"UNNEST({guard('map_keys(__x)')})", "key"), (f"UNNEST({guard('map_values(__x)')})", "value")]
+            columns += [
+                (f"UNNEST({guard('map_keys(__x)')})", "key"),
+                (f"UNNEST({guard('map_values(__x)')})", "value"),
+            ]
         else:
             columns.append((f"UNNEST({guard('__x')})", "col"))
         if aliases is not None:
@@ -547,7 +601,8 @@ class _Job:
                 raise QueryServiceError(
                     err.SYNTAX_ERROR,
                     f"The number of aliases supplied in the AS clause does not match the number of columns "
-                    f"output by the UDTF expected {len(columns)} aliases but got {', '.join(aliases)}")
+                    f"output by the UDTF expected {len(columns)} aliases but got {', '.join(aliases)}",
+                )
             columns = [(sql, alias) for (sql, _), alias in zip(columns, aliases)]
         return [exp.alias_(_fragment(sql, x=arg), alias) for sql, alias in columns]
 
@@ -559,27 +614,37 @@ class _Job:
         for index, lateral in enumerate(laterals):
             func = lateral.this
             if not (isinstance(func, exp.Anonymous) and func.name.upper() in _GENERATORS):
-                raise QueryServiceError(err.FEATURE_NOT_SUPPORTED,
-                                        "LATERAL VIEW supports explode/posexplode/inline[_outer] only")
+                raise QueryServiceError(
+                    err.FEATURE_NOT_SUPPORTED, "LATERAL VIEW supports explode/posexplode/inline[_outer] only"
+                )
             self._arity(func.name, func.expressions, 1)
             select.set("joins", list(joins))
             (ty,) = self._probe_types(select, [func.expressions[0]])
             alias = lateral.args.get("alias")
             names = [c.name for c in alias.columns] if alias is not None and alias.columns else None
-            items = self._expand_generator(func.name.upper(), func.expressions[0], ty, names,
-                                           outer=bool(lateral.args.get("outer")))
+            items = self._expand_generator(
+                func.name.upper(), func.expressions[0], ty, names, outer=bool(lateral.args.get("outer"))
+            )
             table_alias = alias.name if alias is not None and alias.name else f"_lateral_view{index}"
             sub = exp.Select(expressions=items)
-            joins.append(exp.Join(this=exp.Lateral(this=exp.Subquery(this=sub),
-                                                   alias=exp.TableAlias(this=exp.to_identifier(table_alias))),
-                                  kind="CROSS"))
+            joins.append(
+                exp.Join(
+                    this=exp.Lateral(
+                        this=exp.Subquery(this=sub), alias=exp.TableAlias(this=exp.to_identifier(table_alias))
+                    ),
+                    kind="CROSS",
+                )
+            )
         select.set("joins", joins)
         select.set("laterals", [lat for lat in select.args.get("laterals") or [] if not lat.args.get("view")])
 
     def _rewrite_typed_scalars(self, scope: exp.Expression, select: exp.Select | None = None) -> None:
         """Rewrite size()/to_json() under ``scope``: of ``select`` only, or (select=None) all left."""
-        nodes = [n for n in scope.find_all(exp.Anonymous)
-                 if n.name.upper() in _TYPED_SCALARS and (select is None or self._owned(select, n))]
+        nodes = [
+            n
+            for n in scope.find_all(exp.Anonymous)
+            if n.name.upper() in _TYPED_SCALARS and (select is None or self._owned(select, n))
+        ]
         for node in sorted(nodes, key=lambda n: -n.depth):  # innermost first: outer probes see rewritten args
             self._arity(node.name, node.expressions, 1)
             arg = node.expressions[0]
@@ -591,8 +656,10 @@ class _Job:
                 elif tid in ("list", "array"):
                     new = _fragment("coalesce(len(__x), -1)", x=arg)
                 else:
-                    raise QueryServiceError(err.DATATYPE_MISMATCH,
-                                            f"cannot resolve size(): input must be an array or a map, not {ty}")
+                    raise QueryServiceError(
+                        err.DATATYPE_MISMATCH,
+                        f"cannot resolve size(): input must be an array or a map, not {ty}",
+                    )
             else:  # TO_JSON
                 new = _fragment(spark_json_sql("__x", ty), x=arg)
             node.replace(new)
@@ -603,18 +670,29 @@ class _Job:
         sources: dict[str, str] = {}  # alias (lower) -> table (lower), base tables only
         from_ = select.args.get("from_")
         for source in ([from_.this] if from_ else []) + [j.this for j in select.args.get("joins") or []]:
-            if isinstance(source, exp.Table) and not isinstance(source.this, exp.Func) and source.name \
-                    and source.name.lower() not in self._cte_names and source.name.lower() in self._tables:
+            if (
+                isinstance(source, exp.Table)
+                and not isinstance(source.this, exp.Func)
+                and source.name
+                and source.name.lower() not in self._cte_names
+                and source.name.lower() in self._tables
+            ):
                 sources[source.alias_or_name.lower()] = source.name.lower()
         if not sources:
             return
         for item in select.expressions:
             if isinstance(item, exp.Star):
-                excluded = [exp.column(col, table=alias) for alias, table in sources.items()
-                            for col in self._system_columns(table)]
+                excluded = [
+                    exp.column(col, table=alias)
+                    for alias, table in sources.items()
+                    for col in self._system_columns(table)
+                ]
                 star = item
-            elif isinstance(item, exp.Column) and isinstance(item.this, exp.Star) \
-                    and item.table.lower() in sources:
+            elif (
+                isinstance(item, exp.Column)
+                and isinstance(item.this, exp.Star)
+                and item.table.lower() in sources
+            ):
                 excluded = [exp.column(col) for col in self._system_columns(sources[item.table.lower()])]
                 star = item.this
             else:
@@ -663,7 +741,9 @@ class Translator:
         try:
             translation = job.run()
         except SqlglotError as exc:  # anything sqlglot could not make sense of is the SQL's fault
-            raise QueryServiceError(err.SYNTAX_ERROR, f"syntax error: {_plain(str(exc).splitlines()[0])}") from exc
+            raise QueryServiceError(
+                err.SYNTAX_ERROR, f"syntax error: {_plain(str(exc).splitlines()[0])}"
+            ) from exc
         log.debug("translated %r -> %r", sql, translation.sql)
         if not job.session_dependent:
             with self._lock:

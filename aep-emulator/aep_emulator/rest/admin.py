@@ -126,11 +126,13 @@ def _jsonl(rows: Iterator[Any]) -> StreamingResponse:
         for row in rows:
             text = row if isinstance(row, str) else json.dumps(_jsonable(row), default=str)
             yield (text + "\n").encode("utf-8")
+
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
 def admin(handler: Any) -> Any:
     """Render admin errors as ``{"error": message}``."""
+
     def run(call: Call) -> Response:
         try:
             return handler(call)
@@ -138,6 +140,7 @@ def admin(handler: Any) -> Any:
             return ok({"error": str(exc)}, exc.status)
         except (ValueError, KeyError) as exc:
             return ok({"error": str(exc).strip("'\"")}, 404 if isinstance(exc, KeyError) else 400)
+
     return run
 
 
@@ -148,8 +151,15 @@ def state_view(call: Call) -> Response:
 
 def stats(call: Call) -> Response:
     state = call.state
-    return ok({**state.faults.stats(), "tableScans": dict(state.table_scans), "throttled": dict(state.throttled), "tokensIssued": state.tokens.issued,
-               "tokenTimes": [t for t, _ in state.tokens.issued_log]})
+    return ok(
+        {
+            **state.faults.stats(),
+            "tableScans": dict(state.table_scans),
+            "throttled": dict(state.throttled),
+            "tokensIssued": state.tokens.issued,
+            "tokenTimes": [t for t, _ in state.tokens.issued_log],
+        }
+    )
 
 
 def query_service_scans(call: Call) -> Response:
@@ -158,7 +168,9 @@ def query_service_scans(call: Call) -> Response:
         body = _body(call)
         unknown = set(body) - {"seconds_per_million_rows", "seconds_per_query"}
         if unknown:
-            raise AdminError(400, f"unknown fields {sorted(unknown)}; use seconds_per_million_rows, seconds_per_query")
+            raise AdminError(
+                400, f"unknown fields {sorted(unknown)}; use seconds_per_million_rows, seconds_per_query"
+            )
         model.configure(replace(model.cost, **body))
         log.info("Query Service scan cost now %s", model.cost)
     elif call.method == "DELETE":
@@ -183,6 +195,7 @@ def dataset_records(call: Call) -> Response:
         if first is not None:
             yield first
             yield from rows
+
     return _jsonl(chain())
 
 
@@ -206,9 +219,11 @@ def ui_page(call: Call, kind: str) -> Response:
     found = objects.get(resource_id)
     if found is None:
         raise AdminError(404, f"no {kind} {resource_id!r} in sandbox {sandbox!r}")
-    body = (f"<!doctype html><title>AEP emulator: {html.escape(kind)} {html.escape(resource_id)}</title>"
-            f"<h1>{html.escape(kind)} {html.escape(resource_id)}</h1><p>sandbox {html.escape(sandbox)}</p>"
-            f"<pre>{html.escape(json.dumps(_jsonable(found), indent=2, sort_keys=True))}</pre>")
+    body = (
+        f"<!doctype html><title>AEP emulator: {html.escape(kind)} {html.escape(resource_id)}</title>"
+        f"<h1>{html.escape(kind)} {html.escape(resource_id)}</h1><p>sandbox {html.escape(sandbox)}</p>"
+        f"<pre>{html.escape(json.dumps(_jsonable(found), indent=2, sort_keys=True))}</pre>"
+    )
     return Response(body, media_type="text/html")
 
 
@@ -218,8 +233,9 @@ def _audiences(call: Call) -> list[str] | None:
 
 
 def truth_snapshot(call: Call) -> Response:
-    sql = groundtruth.snapshot_sql(call.state, _audiences(call), call.query.getlist("status") or None,
-                                   _instant(call.param("at"), "at"))
+    sql = groundtruth.snapshot_sql(
+        call.state, _audiences(call), call.query.getlist("status") or None, _instant(call.param("at"), "at")
+    )
     return _jsonl(groundtruth.iter_rows(call.state, sql))
 
 
@@ -232,8 +248,11 @@ def _window(call: Call) -> tuple[int, int]:
 
 def truth_transitions(call: Call) -> Response:
     start, end = _window(call)
-    return _jsonl(groundtruth.iter_rows(call.state, groundtruth.transitions_sql(call.state, _audiences(call),
-                                                                                start, end)))
+    return _jsonl(
+        groundtruth.iter_rows(
+            call.state, groundtruth.transitions_sql(call.state, _audiences(call), start, end)
+        )
+    )
 
 
 def truth_profile(call: Call) -> Response:
@@ -258,12 +277,20 @@ def clock(call: Call) -> Response:
         elif "set" in body:
             state.clock.set(parse_instant(str(body["set"])))
         elif "frozen" not in body:
-            raise AdminError(400, 'give {"advance_seconds": n}, {"set": "<RFC 3339 instant>"} and/or {"frozen": bool}')
+            raise AdminError(
+                400, 'give {"advance_seconds": n}, {"set": "<RFC 3339 instant>"} and/or {"frozen": bool}'
+            )
         if "frozen" in body:
             state.clock.freeze(body["frozen"])
         log.info("clock now %s%s", iso(state.clock.now()), " (frozen)" if state.clock.frozen else "")
-    return ok({"now": iso(state.clock.now()), "anchor": iso(state.settings.anchor),
-               "offsetSeconds": state.clock.offset_seconds, "frozen": state.clock.frozen})
+    return ok(
+        {
+            "now": iso(state.clock.now()),
+            "anchor": iso(state.settings.anchor),
+            "offsetSeconds": state.clock.offset_seconds,
+            "frozen": state.clock.frozen,
+        }
+    )
 
 
 def memberships(call: Call) -> Response:
@@ -278,8 +305,13 @@ def memberships(call: Call) -> Response:
         intervals = call.state.set_membership(index, audience, member, _instant(body.get("at"), "at"))
     except KeyError:
         raise AdminError(404, f"unknown audience {audience}") from None
-    return ok({"profile_index": index, "audience_id": audience,
-               "intervals": [{"enter": iso_s(e), "exit": iso_s(x)} for e, x in intervals]})
+    return ok(
+        {
+            "profile_index": index,
+            "audience_id": audience,
+            "intervals": [{"enter": iso_s(e), "exit": iso_s(x)} for e, x in intervals],
+        }
+    )
 
 
 def audience(call: Call) -> Response:
@@ -342,15 +374,27 @@ def add_connection_dataset(call: Call) -> Response:
     body = _body(call)
     dataset = state.sandboxes[conn.sandbox].catalog.datasets.get(str(body.get("dataSetId")))
     if dataset is None:
-        raise AdminError(400, f"dataSetId {body.get('dataSetId')!r} is not a dataset of sandbox {conn.sandbox}")
+        raise AdminError(
+            400, f"dataSetId {body.get('dataSetId')!r} is not a dataset of sandbox {conn.sandbox}"
+        )
     kind = body.get("type", "profile")
     if kind not in ("event", "profile", "lookup", "summary"):
         raise AdminError(400, "type must be event, profile, lookup or summary")
-    conn.datasets = [d for d in conn.datasets if d["dataSetId"] != dataset.id] + [{
-        "dataSetId": dataset.id, "type": kind, "domain": "catalog", "name": dataset.name,
-        "visitorId": body.get("visitorId", "personID"), "identityNamespace": body.get("identityNamespace"),
-        "usePrimaryIdNamespace": body.get("identityNamespace") is None, "schemaId": dataset.schema_id,
-        "timestampId": body.get("timestampId"), "streaming": False, "backfills": []}]
+    conn.datasets = [d for d in conn.datasets if d["dataSetId"] != dataset.id] + [
+        {
+            "dataSetId": dataset.id,
+            "type": kind,
+            "domain": "catalog",
+            "name": dataset.name,
+            "visitorId": body.get("visitorId", "personID"),
+            "identityNamespace": body.get("identityNamespace"),
+            "usePrimaryIdNamespace": body.get("identityNamespace") is None,
+            "schemaId": dataset.schema_id,
+            "timestampId": body.get("timestampId"),
+            "streaming": False,
+            "backfills": [],
+        }
+    ]
     log.info("CJA UI action: dataset %s added to connection %s as %s", dataset.id, conn.id, kind)
     return ok(conn.to_json({"name", "dataSets"}))
 
@@ -369,9 +413,18 @@ def add_view_dimension(call: Call) -> Response:
     return ok(dim)
 
 
-def _ep(method: Any, path: str, name: str, handler: Any, *, body: bool = False, locked: bool = True) -> Endpoint:
-    return Endpoint(method, path, f"admin.{name}", admin(handler), auth=Auth.NONE,
-                    body=Body.BYTES if body else Body.NONE, locked=locked)
+def _ep(
+    method: Any, path: str, name: str, handler: Any, *, body: bool = False, locked: bool = True
+) -> Endpoint:
+    return Endpoint(
+        method,
+        path,
+        f"admin.{name}",
+        admin(handler),
+        auth=Auth.NONE,
+        body=Body.BYTES if body else Body.NONE,
+        locked=locked,
+    )
 
 
 ENDPOINTS = [
@@ -379,8 +432,14 @@ ENDPOINTS = [
     _ep("GET", "/stats", "stats", stats, locked=False),
     _ep("GET", "/routes", "routes", route_names, locked=False),
     _ep("GET", "/tokens", "tokens", issued_tokens, locked=False),
-    _ep(("GET", "POST", "DELETE"), "/query-service/scans", "query_service_scans", query_service_scans, body=True,
-        locked=False),
+    _ep(
+        ("GET", "POST", "DELETE"),
+        "/query-service/scans",
+        "query_service_scans",
+        query_service_scans,
+        body=True,
+        locked=False,
+    ),
     _ep("GET", "/datasets/{id}/records", "dataset_records", dataset_records, locked=False),
     _ep("GET", "/batches/{id}/rows", "batch_rows", batch_rows, locked=False),
     _ep("GET", "/truth/snapshot", "truth_snapshot", truth_snapshot, locked=False),
@@ -392,9 +451,16 @@ ENDPOINTS = [
     _ep(("GET", "POST"), "/knobs", "knobs", knobs, body=True),
     _ep(("GET", "POST", "DELETE"), "/faults", "faults", faults, body=True),
     _ep("POST", "/reset", "reset", reset, locked=False),
-    _ep("POST", "/cja/connections/{id}/datasets", "add_connection_dataset", add_connection_dataset, body=True),
+    _ep(
+        "POST", "/cja/connections/{id}/datasets", "add_connection_dataset", add_connection_dataset, body=True
+    ),
     _ep("POST", "/cja/dataviews/{id}/dimensions", "add_view_dimension", add_view_dimension, body=True),
-    *(_ep("GET", path, f"ui_{kind}", lambda call, kind=kind: ui_page(call, kind), locked=False)
-      for path, kind in (("/ui/dataset/browse/{id}", "dataset"), ("/ui/monitoring/batches/{id}", "batches"),
-                         ("/ui/segmentation/export-jobs/{id}", "export-jobs"))),
+    *(
+        _ep("GET", path, f"ui_{kind}", lambda call, kind=kind: ui_page(call, kind), locked=False)
+        for path, kind in (
+            ("/ui/dataset/browse/{id}", "dataset"),
+            ("/ui/monitoring/batches/{id}", "batches"),
+            ("/ui/segmentation/export-jobs/{id}", "export-jobs"),
+        )
+    ),
 ]

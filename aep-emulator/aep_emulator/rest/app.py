@@ -46,15 +46,27 @@ SERVICES = [
     ("", cja.ENDPOINTS, "cja"),
     (admin.PREFIX, admin.ENDPOINTS, "admin"),
 ]
-CATCH_ALLS = [(p, s) for p, _, s in SERVICES if p] + [("/data/connections", "cja"), ("/data/dataviews", "cja")]
+CATCH_ALLS = [(p, s) for p, _, s in SERVICES if p] + [
+    ("/data/connections", "cja"),
+    ("/data/dataviews", "cja"),
+]
 # One route serves several ?action= verbs; faults and stats name them apart, as the hooks' logs do.
 ACTION_NAMES = {
-    "ingestion.file_action": {"INITIALIZE": "ingestion.initialize_file", "COMPLETE": "ingestion.complete_file"},
-    "ingestion.batch_action": {a: f"ingestion.{a.lower()}_batch" for a in ("COMPLETE", "ABORT", "FAIL", "REVERT")},
+    "ingestion.file_action": {
+        "INITIALIZE": "ingestion.initialize_file",
+        "COMPLETE": "ingestion.complete_file",
+    },
+    "ingestion.batch_action": {
+        a: f"ingestion.{a.lower()}_batch" for a in ("COMPLETE", "ABORT", "FAIL", "REVERT")
+    },
 }
 UNFAULTED_PREFIX = "/emulator/"  # the admin API and /health are never faulted
-_STATUS_TEXT = {429: "Too many requests", 500: "Internal server error", 502: "Bad gateway",
-                503: "Service unavailable"}
+_STATUS_TEXT = {
+    429: "Too many requests",
+    500: "Internal server error",
+    502: "Bad gateway",
+    503: "Service unavailable",
+}
 
 
 async def health(request: Request) -> Response:
@@ -69,10 +81,18 @@ def build_app(state: EmulatorState) -> EmulatorMiddleware:
         routes.append(common.unmodelled_route(prefix, f"{service}.unmodelled"))
     routes.append(common.unmodelled_route("", "unknown"))
     state.route_table = [{"name": r.name, "path": r.path, "methods": sorted(r.methods or [])} for r in routes]
-    state.route_table += [{"name": name, "path": next(r.path for r in routes if r.name == route) + f"?action={action}",
-                           "methods": ["POST"]} for route, names in ACTION_NAMES.items() for action, name in names.items()]
-    state.route_table.append({"name": QUERY_SERVICE_ROUTE, "path": "(PostgreSQL protocol: each statement)",
-                              "methods": ["QUERY"]})
+    state.route_table += [
+        {
+            "name": name,
+            "path": next(r.path for r in routes if r.name == route) + f"?action={action}",
+            "methods": ["POST"],
+        }
+        for route, names in ACTION_NAMES.items()
+        for action, name in names.items()
+    ]
+    state.route_table.append(
+        {"name": QUERY_SERVICE_ROUTE, "path": "(PostgreSQL protocol: each statement)", "methods": ["QUERY"]}
+    )
     return EmulatorMiddleware(Starlette(routes=routes), state)
 
 
@@ -132,17 +152,28 @@ class EmulatorMiddleware:
         finally:
             faults.finished(name)
         level = logging.INFO if self.state.settings.log_requests else logging.DEBUG
-        log.log(level, "%s %s -> %s [%s] %.1f ms x-request-id=%s", method, path, status, name,
-                (time.perf_counter() - started) * 1000, request_id)
+        log.log(
+            level,
+            "%s %s -> %s [%s] %.1f ms x-request-id=%s",
+            method,
+            path,
+            status,
+            name,
+            (time.perf_counter() - started) * 1000,
+            request_id,
+        )
 
     async def _inject(self, rule: FaultRule, send: Send, request_id: str) -> None:
         if rule.kind in STATUS_KINDS:
             code = int(rule.kind)
-            body = json.dumps({"error_code": f"{code}050" if code == 429 else f"{code}000",
-                               "message": _STATUS_TEXT[code]}).encode()
-            headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json"),
-                                                  (b"content-length", str(len(body)).encode()),
-                                                  (b"x-request-id", request_id.encode())]
+            body = json.dumps(
+                {"error_code": f"{code}050" if code == 429 else f"{code}000", "message": _STATUS_TEXT[code]}
+            ).encode()
+            headers: list[tuple[bytes, bytes]] = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+            ]
             if rule.retry_after is not None:
                 value = int(rule.retry_after) if float(rule.retry_after).is_integer() else rule.retry_after
                 headers.append((b"retry-after", str(value).encode()))
@@ -151,9 +182,17 @@ class EmulatorMiddleware:
             return
         # Connection-level faults: the client must see a broken connection, not an HTTP status.
         if rule.kind == "truncate":
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096"),
-                                    (b"x-request-id", request_id.encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", b"4096"),
+                        (b"x-request-id", request_id.encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": b'{"partial": "', "more_body": True})
         _abort(send)
 

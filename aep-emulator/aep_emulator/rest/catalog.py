@@ -36,13 +36,16 @@ def error(status: int, number: int, detail: str, title: str = "Bad request") -> 
 def _dataset(call: Call, dataset_id: str) -> Dataset:
     dataset = call.sandbox.catalog.datasets.get(dataset_id)
     if dataset is None:
-        raise error(404, 1404, f"Dataset {dataset_id} was not found in sandbox {call.sandbox.name}", "Not found")
+        raise error(
+            404, 1404, f"Dataset {dataset_id} was not found in sandbox {call.sandbox.name}", "Not found"
+        )
     return dataset
 
 
 def dataset_json(call: Call, dataset: Dataset) -> dict:
-    return dataset.to_json(call.state.settings.org_id, call.client_id,
-                           call.sandbox.catalog.last_batch(dataset.id))
+    return dataset.to_json(
+        call.state.settings.org_id, call.client_id, call.sandbox.catalog.last_batch(dataset.id)
+    )
 
 
 def _project(call: Call, body: dict) -> dict:
@@ -95,7 +98,7 @@ def _listing(call: Call, items: list[tuple[str, dict]], special: dict[str, Any] 
         rows = sort_items(rows, call.param("orderBy"))
     except FilterError as exc:
         raise error(400, 1400, str(exc)) from None
-    page = rows[start:start + limit]
+    page = rows[start : start + limit]
     return ok({r.pop("_id"): _project(call, r) for r in page})
 
 
@@ -131,7 +134,9 @@ def create_dataset(call: Call) -> Response:
         raise error(400, 1405, "'tags' must map tag names to arrays of strings")
     if any(k.startswith("adobe") for k in tags):
         raise error(400, 1406, "tags starting with 'adobe' are reserved for Adobe")
-    extra = {k: v for k, v in body.items() if k not in ("name", "description", "schemaRef", "tags", "dataSourceId")}
+    extra = {
+        k: v for k, v in body.items() if k not in ("name", "description", "schemaRef", "tags", "dataSourceId")
+    }
     data_source = body.get("dataSourceId")
     if data_source is not None and (isinstance(data_source, bool) or not isinstance(data_source, int)):
         # Guess at the code: Catalog's spec types dataSourceId integer; the answer to another type is
@@ -140,10 +145,18 @@ def create_dataset(call: Call) -> Response:
     if call.param("requestDataSource", "").lower() == "true" and data_source is None:
         data_source = secrets.randbelow(900_000) + 100_000  # an integer, as Catalog's spec types it
     dataset = call.state.create_dataset(
-        call.sandbox, name=name, schema_id=schema_id,
+        call.sandbox,
+        name=name,
+        schema_id=schema_id,
         content_type=ref.get("contentType") or "application/vnd.adobe.xed+json;version=1",
-        has_table=union, now_ms=call.state.now_ms(), description=str(body.get("description") or ""),
-        tags=tags, extra=extra, data_source_id=data_source, data_behavior=behavior)
+        has_table=union,
+        now_ms=call.state.now_ms(),
+        description=str(body.get("description") or ""),
+        tags=tags,
+        extra=extra,
+        data_source_id=data_source,
+        data_behavior=behavior,
+    )
     log.info("dataset %s %r created in %s (table %s)", dataset.id, name, call.sandbox.name, dataset.table)
     return ok([f"@/dataSets/{dataset.id}"], 201, {"Location": f"{PREFIX}/dataSets/{dataset.id}"})
 
@@ -162,7 +175,9 @@ def patch_dataset(call: Call) -> Response:
     editable = {"name": dataset.name, "description": dataset.description, "tags": dict(dataset.tags)}
 
     def allowed(path: str) -> bool:
-        return path in ("/name", "/description") or (path.startswith("/tags/") and not path.startswith("/tags/adobe"))
+        return path in ("/name", "/description") or (
+            path.startswith("/tags/") and not path.startswith("/tags/adobe")
+        )
 
     try:
         patched = apply_json_patch(editable, call.json(), allowed)
@@ -202,8 +217,11 @@ def _time_bound(op: str) -> Any:
         try:
             bound = int(spec)
         except ValueError:
-            raise FilterError(f"createdAfter/createdBefore must be epoch milliseconds, got {spec!r}") from None
+            raise FilterError(
+                f"createdAfter/createdBefore must be epoch milliseconds, got {spec!r}"
+            ) from None
         return row["created"] > bound if op == ">" else row["created"] < bound
+
     return check
 
 
@@ -223,20 +241,38 @@ def last_batches(call: Call) -> Response:
         raise error(400, 1408, "query parameter dataSetId is required")
     catalog = call.sandbox.catalog
     _dataset(call, dataset_id)
-    last, ok_batch, bad = (catalog.last_batch(dataset_id), catalog.last_batch(dataset_id, "success"),
-                           catalog.last_batch(dataset_id, "failed"))
+    last, ok_batch, bad = (
+        catalog.last_batch(dataset_id),
+        catalog.last_batch(dataset_id, "success"),
+        catalog.last_batch(dataset_id, "failed"),
+    )
     # Guess: shape of the lastBatches answer (id-keyed like other Catalog reads).
-    return ok({dataset_id: {"lastBatchId": last.id if last else None, "lastBatchStatus": last.status if last else None,
-                            "lastSuccessfulBatchId": ok_batch.id if ok_batch else None,
-                            "lastFailedBatchId": bad.id if bad else None}})
+    return ok(
+        {
+            dataset_id: {
+                "lastBatchId": last.id if last else None,
+                "lastBatchStatus": last.status if last else None,
+                "lastSuccessfulBatchId": ok_batch.id if ok_batch else None,
+                "lastFailedBatchId": bad.id if bad else None,
+            }
+        }
+    )
 
 
 ENDPOINTS = [
-    Endpoint("POST", "/dataSets", "catalog.create_dataset", create_dataset, body=Body.BYTES, content_types=JSON),
+    Endpoint(
+        "POST", "/dataSets", "catalog.create_dataset", create_dataset, body=Body.BYTES, content_types=JSON
+    ),
     Endpoint("GET", "/dataSets", "catalog.list_datasets", list_datasets),
     Endpoint("GET", "/dataSets/{id}", "catalog.get_dataset", get_dataset),
-    Endpoint("PATCH", "/dataSets/{id}", "catalog.patch_dataset", patch_dataset, body=Body.BYTES,
-             content_types=("application/json-patch+json", "application/json")),
+    Endpoint(
+        "PATCH",
+        "/dataSets/{id}",
+        "catalog.patch_dataset",
+        patch_dataset,
+        body=Body.BYTES,
+        content_types=("application/json-patch+json", "application/json"),
+    ),
     Endpoint("DELETE", "/dataSets/{id}", "catalog.delete_dataset", delete_dataset),
     Endpoint("GET", "/batches", "catalog.list_batches", list_batches),
     Endpoint("GET", "/batches/{id}", "catalog.get_batch", get_batch),

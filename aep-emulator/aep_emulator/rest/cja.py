@@ -25,14 +25,18 @@ def _expansion(call: Call) -> set[str]:
 
 
 def _page(call: Call) -> tuple[int, int]:
-    return (call.int_param("page", 0, service="CJA"),
-            call.int_param("limit", 10, minimum=1, maximum=1000, service="CJA"))
+    return (
+        call.int_param("page", 0, service="CJA"),
+        call.int_param("limit", 10, minimum=1, maximum=1000, service="CJA"),
+    )
 
 
 def _connection(call: Call, conn_id: str) -> Connection:
     conn = call.state.cja.connections.get(conn_id)
     if conn is None:
-        raise errors.cja_error(404, "resource_not_found", f"Connection {conn_id} was not found", call.request_id)
+        raise errors.cja_error(
+            404, "resource_not_found", f"Connection {conn_id} was not found", call.request_id
+        )
     return conn
 
 
@@ -46,7 +50,9 @@ def _data_view(call: Call, dv_id: str) -> DataView:
 def _sorted(call: Call, items: list[dict]) -> list[dict]:
     prop = call.param("sortProperty")
     if prop:
-        items.sort(key=lambda i: str(i.get(prop, "")), reverse=(call.param("sortDirection") or "").upper() == "DESC")
+        items.sort(
+            key=lambda i: str(i.get(prop, "")), reverse=(call.param("sortDirection") or "").upper() == "DESC"
+        )
     return items
 
 
@@ -64,7 +70,9 @@ def get_connection(call: Call) -> Response:
 def list_data_views(call: Call) -> Response:
     org = call.state.settings.org_id
     parent = call.param("parentDataGroupId")
-    items = [v.to_json(org) for v in call.state.cja.data_views.values() if not parent or v.parent_id == parent]
+    items = [
+        v.to_json(org) for v in call.state.cja.data_views.values() if not parent or v.parent_id == parent
+    ]
     page, limit = _page(call)
     return ok(spring_page(_sorted(call, items), page, limit))
 
@@ -77,11 +85,17 @@ def update_data_view(call: Call) -> Response:
     view = _data_view(call, call.path_params["id"])
     body = call.json()
     if not isinstance(body, dict):
-        raise errors.cja_error(400, "invalid_request", "the request body must be a JSON object", call.request_id)
+        raise errors.cja_error(
+            400, "invalid_request", "the request body must be a JSON object", call.request_id
+        )
     unknown = set(body) - set(DataView.EDITABLE) - {"id"}
     if unknown:
-        raise errors.cja_error(400, "invalid_request", f"fields {sorted(unknown)} cannot be updated "
-                                                       f"(editable: {sorted(DataView.EDITABLE)})", call.request_id)
+        raise errors.cja_error(
+            400,
+            "invalid_request",
+            f"fields {sorted(unknown)} cannot be updated (editable: {sorted(DataView.EDITABLE)})",
+            call.request_id,
+        )
     if "parentDataGroupId" in body:
         _connection(call, body["parentDataGroupId"])
     for key, attr in DataView.EDITABLE.items():
@@ -89,8 +103,14 @@ def update_data_view(call: Call) -> Response:
             setattr(view, attr, body[key])
     view.modified = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     log.info("data view %s updated: %s", view.id, sorted(body))
-    return ok({"id": view.id, **{k: body[k] for k in body if k != "id"}, "modifiedDate": view.modified,
-               "modifiedBy": call.client_id})
+    return ok(
+        {
+            "id": view.id,
+            **{k: body[k] for k in body if k != "id"},
+            "modifiedDate": view.modified,
+            "modifiedBy": call.client_id,
+        }
+    )
 
 
 def list_dimensions(call: Call) -> Response:
@@ -109,7 +129,14 @@ ENDPOINTS = [
     Endpoint("GET", "/data/connections/{id}", "cja.get_connection", get_connection, auth=Auth.CJA),
     Endpoint("GET", "/data/dataviews", "cja.list_dataviews", list_data_views, auth=Auth.CJA),
     Endpoint("GET", "/data/dataviews/{id}", "cja.get_dataview", get_data_view, auth=Auth.CJA),
-    Endpoint("PUT", "/data/dataviews/{id}", "cja.update_dataview", update_data_view, auth=Auth.CJA,
-             body=Body.BYTES, content_types=("application/json",)),
+    Endpoint(
+        "PUT",
+        "/data/dataviews/{id}",
+        "cja.update_dataview",
+        update_data_view,
+        auth=Auth.CJA,
+        body=Body.BYTES,
+        content_types=("application/json",),
+    ),
     Endpoint("GET", "/data/dataviews/{id}/dimensions", "cja.list_dimensions", list_dimensions, auth=Auth.CJA),
 ]

@@ -66,24 +66,41 @@ class Call:
         try:
             return json.loads(self.body or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise errors.legacy(400, "BadRequestError", f"The request body is not valid JSON: {exc}") from None
+            raise errors.legacy(
+                400, "BadRequestError", f"The request body is not valid JSON: {exc}"
+            ) from None
 
     def param(self, name: str, default: str | None = None) -> str | None:
         return self.query.get(name, default)
 
-    def int_param(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None,
-                  service: str = "EMULATOR") -> int:
+    def int_param(
+        self,
+        name: str,
+        default: int,
+        *,
+        minimum: int = 0,
+        maximum: int | None = None,
+        service: str = "EMULATOR",
+    ) -> int:
         raw = self.query.get(name)
         if raw is None or raw == "":
             return default
         try:
             value = int(raw)
         except ValueError:
-            raise ServiceError(400, f"{service}-1000-400", "Bad request",
-                               f"query parameter {name} must be an integer, got {raw!r}") from None
+            raise ServiceError(
+                400,
+                f"{service}-1000-400",
+                "Bad request",
+                f"query parameter {name} must be an integer, got {raw!r}",
+            ) from None
         if value < minimum:
-            raise ServiceError(400, f"{service}-1000-400", "Bad request",
-                               f"query parameter {name} must be >= {minimum}, got {value}")
+            raise ServiceError(
+                400,
+                f"{service}-1000-400",
+                "Bad request",
+                f"query parameter {name} must be >= {minimum}, got {value}",
+            )
         return min(value, maximum) if maximum is not None else value
 
     @property
@@ -140,8 +157,12 @@ def authenticate(state: EmulatorState, headers: Headers, auth: Auth) -> tuple[To
     if sandbox is None:
         # Guess: no public source shows the answer for an unknown sandbox; a problem-details 403
         # naming the sandbox is the most useful plausible form.
-        raise ServiceError(403, "SMS-1003-403", "Sandbox validation error",
-                           f"Sandbox '{name}' does not exist or is not enabled for organization {org}.")
+        raise ServiceError(
+            403,
+            "SMS-1003-403",
+            "Sandbox validation error",
+            f"Sandbox '{name}' does not exist or is not enabled for organization {org}.",
+        )
     return info, sandbox
 
 
@@ -191,8 +212,11 @@ def _check_content_type(headers: Headers, accepted: tuple[str, ...]) -> None:
     media = headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in accepted:
         if accepted == ("application/octet-stream",):
-            raise errors.legacy(415, "UnsupportedMediaTypeError",
-                                f"Content-Type must be application/octet-stream, got {media or 'none'}")
+            raise errors.legacy(
+                415,
+                "UnsupportedMediaTypeError",
+                f"Content-Type must be application/octet-stream, got {media or 'none'}",
+            )
         raise errors.missing_content_type(" or ".join(accepted))
 
 
@@ -204,9 +228,13 @@ async def _stream_to_file(request: Request, directory: Path, limit: int) -> Path
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise ServiceError(400, "INGEST-1413-400", "Payload too large",
-                                   f"the request body exceeds {limit} bytes; split the file or use the "
-                                   f"large-file upload (INITIALIZE / PATCH / COMPLETE)")
+                raise ServiceError(
+                    400,
+                    "INGEST-1413-400",
+                    "Payload too large",
+                    f"the request body exceeds {limit} bytes; split the file or use the "
+                    f"large-file upload (INITIALIZE / PATCH / COMPLETE)",
+                )
             handle.write(chunk)
     except BaseException:
         handle.close()
@@ -233,9 +261,15 @@ def wrap(endpoint: Endpoint, state: EmulatorState, upload_limit: int = UPLOAD_LI
 
     async def run(request: Request) -> Response:
         request_id = request.scope.get("state", {}).get("request_id") or errors.new_request_id()
-        call = Call(state=state, method=request.method, path=request.url.path,
-                    path_params=dict(request.path_params), query=request.query_params,
-                    headers=request.headers, request_id=request_id)
+        call = Call(
+            state=state,
+            method=request.method,
+            path=request.url.path,
+            path_params=dict(request.path_params),
+            query=request.query_params,
+            headers=request.headers,
+            request_id=request_id,
+        )
         try:
             if endpoint.auth is not Auth.NONE:
                 call.token, call.sandbox = authenticate(state, request.headers, endpoint.auth)
@@ -250,8 +284,12 @@ def wrap(endpoint: Endpoint, state: EmulatorState, upload_limit: int = UPLOAD_LI
         except errors.HttpError as exc:
             return exc.response()
         except ServiceError as exc:
-            return errors.problem(exc, request_id, sandbox=call.sandbox.name if call.sandbox else None,
-                                  org_id=state.settings.org_id)
+            return errors.problem(
+                exc,
+                request_id,
+                sandbox=call.sandbox.name if call.sandbox else None,
+                org_id=state.settings.org_id,
+            )
         except NotModelled as exc:
             return errors.not_implemented(request.method, request.url.path, request_id, exc.what)
         except Exception as exc:  # a bug in the emulator: say so instead of hanging up

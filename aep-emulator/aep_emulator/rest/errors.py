@@ -24,10 +24,15 @@ from aep_emulator.errors import ServiceError
 ERRORS_NS = "http://ns.adobe.com/aep/errors/"
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None,
-                  media_type: str = "application/json") -> Response:
-    return Response(json.dumps(body, separators=(",", ":"), default=str).encode("utf-8"), status_code=status,
-                    headers=headers, media_type=media_type)
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None, media_type: str = "application/json"
+) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":"), default=str).encode("utf-8"),
+        status_code=status,
+        headers=headers,
+        media_type=media_type,
+    )
 
 
 class HttpError(Exception):
@@ -52,7 +57,9 @@ def ims(status: int, error: str, description: str) -> HttpError:
 
 
 def legacy(status: int, title: str, detail: str) -> HttpError:
-    return HttpError(status, {"type": "/placeholder/type/uri", "status": status, "title": title, "detail": detail})
+    return HttpError(
+        status, {"type": "/placeholder/type/uri", "status": status, "title": title, "detail": detail}
+    )
 
 
 def missing_content_type(expected: str) -> HttpError:
@@ -68,16 +75,31 @@ def problem(err: ServiceError, request_id: str, *, sandbox: str | None, org_id: 
     """Problem details (shape 2) with the request id in ``report``."""
     now = datetime.now(timezone.utc)
     service = err.code.split("-", 1)[0]
-    report: dict[str, Any] = {"requestId": request_id, "timestamp": now.strftime("%m-%d-%Y %H:%M:%S"),
-                              "detailed-message": err.detail, "sub-errors": [],
-                              "tenantInfo": {"sandboxName": sandbox, "imsOrgId": org_id}}
+    report: dict[str, Any] = {
+        "requestId": request_id,
+        "timestamp": now.strftime("%m-%d-%Y %H:%M:%S"),
+        "detailed-message": err.detail,
+        "sub-errors": [],
+        "tenantInfo": {"sandboxName": sandbox, "imsOrgId": org_id},
+    }
     if service == "XDM":
         report["registryRequestId"] = request_id
     report.update(err.extra)
-    body = {"type": ERRORS_NS + err.code, "title": err.title, "status": err.status, "detail": err.detail,
-            "report": report,
-            "error-chain": [{"serviceId": service, "errorCode": err.code, "invokingServiceId": service,
-                             "unixTimeStampMs": int(time.time() * 1000)}]}
+    body = {
+        "type": ERRORS_NS + err.code,
+        "title": err.title,
+        "status": err.status,
+        "detail": err.detail,
+        "report": report,
+        "error-chain": [
+            {
+                "serviceId": service,
+                "errorCode": err.code,
+                "invokingServiceId": service,
+                "unixTimeStampMs": int(time.time() * 1000),
+            }
+        ],
+    }
     return json_response(body, err.status, err.headers or None)
 
 
@@ -85,15 +107,33 @@ def not_implemented(method: str, path: str, request_id: str, what: str | None = 
     detail = f"{method} {path} is not modelled by the AEP emulator"
     if what:
         detail += f": {what}"
-    detail += (". The emulator answers 501 instead of pretending; see docs/ARCHITECTURE.md (The emulator) for what "
-               "it models")
-    return json_response({"type": ERRORS_NS + "EMULATOR-501", "title": "Not implemented by the emulator",
-                          "status": 501, "detail": detail, "report": {"requestId": request_id}}, 501)
+    detail += (
+        ". The emulator answers 501 instead of pretending; see docs/ARCHITECTURE.md (The emulator) for what "
+        "it models"
+    )
+    return json_response(
+        {
+            "type": ERRORS_NS + "EMULATOR-501",
+            "title": "Not implemented by the emulator",
+            "status": 501,
+            "detail": detail,
+            "report": {"requestId": request_id},
+        },
+        501,
+    )
 
 
 def internal_error(request_id: str, exc: BaseException) -> Response:
-    return json_response({"type": ERRORS_NS + "EMULATOR-500", "title": "Internal emulator error", "status": 500,
-                          "detail": f"{type(exc).__name__}: {exc}", "report": {"requestId": request_id}}, 500)
+    return json_response(
+        {
+            "type": ERRORS_NS + "EMULATOR-500",
+            "title": "Internal emulator error",
+            "status": 500,
+            "detail": f"{type(exc).__name__}: {exc}",
+            "report": {"requestId": request_id},
+        },
+        500,
+    )
 
 
 def new_request_id() -> str:

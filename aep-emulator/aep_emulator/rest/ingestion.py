@@ -46,12 +46,20 @@ def _open_batch(call: Call) -> Batch:
     """The batch of a file route; it must be loading and belong to the dataset in the path."""
     batch = _batch(call, call.path_params["batch"])
     if batch.origin != "ingestion":
-        raise error(400, 1426, f"Batch {batch.id} was written by a Query Service batch query; it takes no files")  # guess
+        raise error(
+            400, 1426, f"Batch {batch.id} was written by a Query Service batch query; it takes no files"
+        )  # guess
     if batch.dataset_id != call.path_params["dataset"]:
-        raise error(404, 1405, f"Batch {batch.id} does not belong to dataset {call.path_params['dataset']}",
-                    "Not found")
+        raise error(
+            404,
+            1405,
+            f"Batch {batch.id} does not belong to dataset {call.path_params['dataset']}",
+            "Not found",
+        )
     if batch.status != cat.LOADING:
-        raise error(400, 1410, f"Batch {batch.id} is {batch.status}; files can only be uploaded while loading")
+        raise error(
+            400, 1410, f"Batch {batch.id} is {batch.status}; files can only be uploaded while loading"
+        )
     return batch
 
 
@@ -76,9 +84,13 @@ def _batch_rate(call: Call) -> None:
     if limit > 0 and not limiter.allow(call.client_id, limit):
         retry_after = limiter.retry_after(call.client_id, limit)
         call.state.count_throttled("ingestion.create_batch")
-        raise ServiceError(429, "INGEST-1429-429", "Too many requests",
-                           f"more than {limit} batches created in the last minute by this client; retry later",
-                           headers={"Retry-After": str(retry_after)})
+        raise ServiceError(
+            429,
+            "INGEST-1429-429",
+            "Too many requests",
+            f"more than {limit} batches created in the last minute by this client; retry later",
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
 def create_batch(call: Call) -> Response:
@@ -108,11 +120,22 @@ def create_batch(call: Call) -> Response:
         replay = _replay(call, replay, dataset_id)
     _batch_rate(call)  # a valid request counts against the rate
     now_ms = call.state.now_ms()
-    batch = Batch(id=cat.new_batch_id(), sandbox=call.sandbox.name, dataset_id=dataset_id, origin="ingestion",
-                  status=cat.LOADING, created=now_ms, updated=now_ms, created_client=call.client_id,
-                  input_format={"format": "json", **{k: v for k, v in fmt.items() if k != "format"}},
-                  external_id=body.get("externalId"), replay=replay, tags=tags,
-                  partial_percent=None if partial is None else float(partial), diagnostics=diagnostics)
+    batch = Batch(
+        id=cat.new_batch_id(),
+        sandbox=call.sandbox.name,
+        dataset_id=dataset_id,
+        origin="ingestion",
+        status=cat.LOADING,
+        created=now_ms,
+        updated=now_ms,
+        created_client=call.client_id,
+        input_format={"format": "json", **{k: v for k, v in fmt.items() if k != "format"}},
+        external_id=body.get("externalId"),
+        replay=replay,
+        tags=tags,
+        partial_percent=None if partial is None else float(partial),
+        diagnostics=diagnostics,
+    )
     call.sandbox.catalog.batches[batch.id] = batch
     log.info("batch %s created for dataset %s", batch.id, dataset_id)
     return ok(batch.to_json(call.state.settings.org_id), 201)
@@ -128,21 +151,36 @@ def _replay(call: Call, replay: object, dataset_id: str) -> dict:
     "nothing" would silently leave two snapshots live. The error code and wording are guesses too.
     ``predecessorsByExternalId`` (in Catalog's spec) is not modelled: 501.
     """
-    if not isinstance(replay, dict) or not isinstance(replay.get("predecessors"), list) \
-            or not replay["predecessors"] or not all(isinstance(p, str) and p for p in replay["predecessors"]):
+    if (
+        not isinstance(replay, dict)
+        or not isinstance(replay.get("predecessors"), list)
+        or not replay["predecessors"]
+        or not all(isinstance(p, str) and p for p in replay["predecessors"])
+    ):
         if isinstance(replay, dict) and "predecessorsByExternalId" in replay:
             raise NotModelled("replay.predecessorsByExternalId (replay.predecessors is modelled)")
-        raise error(400, 1406, "replay must be {\"predecessors\": [one or more batch ids], \"reason\": \"replace\"}")
+        raise error(
+            400, 1406, 'replay must be {"predecessors": [one or more batch ids], "reason": "replace"}'
+        )
     ids = [p[2:-1] if p.startswith("${") and p.endswith("}") else p for p in replay["predecessors"]]
     for old_id in ids:
         old = call.sandbox.catalog.batches.get(old_id)
         if old is None:
-            raise error(400, 1407, f"replay predecessor {old_id} is not a batch of sandbox {call.sandbox.name}")
+            raise error(
+                400, 1407, f"replay predecessor {old_id} is not a batch of sandbox {call.sandbox.name}"
+            )
         if old.dataset_id != dataset_id:
-            raise error(400, 1408, f"replay predecessor {old_id} belongs to dataset {old.dataset_id}, not {dataset_id}")
+            raise error(
+                400,
+                1408,
+                f"replay predecessor {old_id} belongs to dataset {old.dataset_id}, not {dataset_id}",
+            )
         if old.status != cat.SUCCESS:
-            raise error(400, 1409, f"replay predecessor {old_id} is {old.status}; only a successful batch can be "
-                                   f"replaced")
+            raise error(
+                400,
+                1409,
+                f"replay predecessor {old_id} is {old.status}; only a successful batch can be replaced",
+            )
     return {"predecessors": ids, "reason": replay.get("reason", "replace")}
 
 
@@ -166,7 +204,9 @@ def batch_action(call: Call) -> Response:
         if batch.status == cat.ABORTED:
             pass  # Guess: repeating ABORT converges (a retry after a lost answer must not fail)
         elif batch.status not in cat.IN_PROGRESS | {cat.LOADING}:
-            raise error(400, 1422, f"Batch {batch.id} is {batch.status}; ABORT is only possible while in progress")
+            raise error(
+                400, 1422, f"Batch {batch.id} is {batch.status}; ABORT is only possible while in progress"
+            )
         else:
             batch.status, batch.work = cat.ABORTED, None
             batch.touch(call.state.now_ms())
@@ -192,8 +232,12 @@ def _revert(call: Call) -> Response:
     """
     batch = call.sandbox.catalog.batches.get(call.path_params["batch"])
     if batch is None:
-        raise error(404, 1404, f"Batch {call.path_params['batch']} was not found in sandbox {call.sandbox.name}",
-                    "Not found")
+        raise error(
+            404,
+            1404,
+            f"Batch {call.path_params['batch']} was not found in sandbox {call.sandbox.name}",
+            "Not found",
+        )
     if batch.status == cat.INACTIVE:
         return empty(200)
     if batch.status != cat.SUCCESS:
@@ -205,7 +249,9 @@ def _revert(call: Call) -> Response:
 def _record_schema(call: Call, schema_id: str) -> xdm.RecordSchema:
     if schema_id == xdm.UNION_ID:
         union = xdm.union_schema(call.state.settings.tenant, call.state.settings.org_id)
-        return xdm.RecordSchema(properties=union["properties"], required=(), tenant=call.state.settings.tenant)
+        return xdm.RecordSchema(
+            properties=union["properties"], required=(), tenant=call.state.settings.tenant
+        )
     return call.sandbox.registry.record_schema(schema_id)
 
 
@@ -235,13 +281,19 @@ def file_action(call: Call) -> Response:
     if action == "COMPLETE":
         entry = batch.files.get(path)
         if entry is None or not entry.large:
-            raise error(404, 1430, f"file {path} was not initialized as a large file in batch {batch.id}", "Not found")
+            raise error(
+                404, 1430, f"file {path} was not initialized as a large file in batch {batch.id}", "Not found"
+            )
         expected = 0
         for start, end in sorted(entry.ranges):
             if start != expected:
                 what = "gap" if start > expected else "overlap"
-                raise error(400, 1431, f"file {path}: the uploaded ranges have a {what} at byte {min(start, expected)} "
-                                       f"(expected the next chunk to start at {expected}, got {start})")
+                raise error(
+                    400,
+                    1431,
+                    f"file {path}: the uploaded ranges have a {what} at byte {min(start, expected)} "
+                    f"(expected the next chunk to start at {expected}, got {start})",
+                )
             expected = end + 1
         if expected == 0:
             raise error(400, 1432, f"file {path}: no chunk was uploaded")
@@ -254,7 +306,9 @@ def patch_file(call: Call) -> Response:
     batch, path = _open_batch(call), _file_path(call)
     entry = batch.files.get(path)
     if entry is None or not entry.large or entry.complete:
-        raise error(400, 1434, f"file {path} is not an initialized, incomplete large file of batch {batch.id}")
+        raise error(
+            400, 1434, f"file {path} is not an initialized, incomplete large file of batch {batch.id}"
+        )
     match = RANGE.match(call.headers.get("content-range", "").strip())
     if not match:
         raise error(400, 1435, "Content-Range must be 'bytes {start}-{end}' (inclusive)")
@@ -288,14 +342,22 @@ def batch_meta(call: Call) -> Response:
     path = (call.param("path") or "").strip("/")
     base = f"https://{call.headers.get('host', 'platform.adobe.io')}/data/foundation/export/batches/{batch.id}/meta"
     if path == "input_files":
-        files = [{"name": p, "length": str(f.size),
-                  "_links": {"self": {"href": f"{base}?path=input_files/{p}"}}} for p, f in sorted(batch.files.items())]
+        files = [
+            {"name": p, "length": str(f.size), "_links": {"self": {"href": f"{base}?path=input_files/{p}"}}}
+            for p, f in sorted(batch.files.items())
+        ]
         return ok({"data": files, "_page": {"limit": 100, "count": len(files)}})
     if path == "row_errors":
         directory = batch.row_errors_dir
         names = sorted(p.name for p in directory.iterdir()) if directory and directory.exists() else []
-        data = [{"name": n, "length": str((directory / n).stat().st_size),
-                 "_links": {"self": {"href": f"{base}?path=row_errors%2F{n}"}}} for n in names]
+        data = [
+            {
+                "name": n,
+                "length": str((directory / n).stat().st_size),
+                "_links": {"self": {"href": f"{base}?path=row_errors%2F{n}"}},
+            }
+            for n in names
+        ]
         return ok({"data": data, "_page": {"limit": 100, "count": len(data)}})
     if path.startswith("row_errors/"):
         name = path.split("/", 1)[1]
@@ -303,12 +365,20 @@ def batch_meta(call: Call) -> Response:
         if target is None or "/" in name or not target.is_file():
             raise error(404, 1440, f"no diagnostics file {name} for batch {batch.id}", "Not found")
         return Response(target.read_bytes(), media_type="application/json")
-    raise NotModelled(f"batch meta path {path!r} (input_files, row_errors and row_errors/<file> are modelled)")
+    raise NotModelled(
+        f"batch meta path {path!r} (input_files, row_errors and row_errors/<file> are modelled)"
+    )
 
 
 ENDPOINTS = [
-    Endpoint("POST", "/batches", "ingestion.create_batch", create_batch, body=Body.BYTES,
-             content_types=("application/json",)),
+    Endpoint(
+        "POST",
+        "/batches",
+        "ingestion.create_batch",
+        create_batch,
+        body=Body.BYTES,
+        content_types=("application/json",),
+    ),
     Endpoint("POST", "/batches/{batch}", "ingestion.batch_action", batch_action),
     Endpoint("PUT", FILES, "ingestion.put_file", put_file, body=Body.FILE, content_types=OCTET),
     Endpoint("POST", FILES, "ingestion.file_action", file_action),

@@ -25,19 +25,38 @@ PREFIX = "/data/foundation/query"
 def connection_parameters(call: Call) -> Response:
     state = call.state
     if state.pg_port is None:
-        raise NotModelled("Query Service connection parameters: this emulator runs without its PostgreSQL "
-                          "endpoint (start it with --pg-port)")
+        raise NotModelled(
+            "Query Service connection parameters: this emulator runs without its PostgreSQL "
+            "endpoint (start it with --pg-port)"
+        )
     token = call.headers.get("authorization", "").partition(" ")[2].strip()
-    return ok({"host": state.pg_host, "port": state.pg_port, "dbName": f"{call.sandbox.name}:all",
-               "username": state.settings.org_id, "token": token, "compressedToken": token,
-               "websocketHost": None, "sslmode": "require" if state.settings.tls else "disable"})
+    return ok(
+        {
+            "host": state.pg_host,
+            "port": state.pg_port,
+            "dbName": f"{call.sandbox.name}:all",
+            "username": state.settings.org_id,
+            "token": token,
+            "compressedToken": token,
+            "websocketHost": None,
+            "sslmode": "require" if state.settings.tls else "disable",
+        }
+    )
 
 
 # -- batch queries ---------------------------------------------------------------------------------
 # Error bodies: Query Service's own error shape for /queries is not documented; these use the
 # platform's problem shape with guessed codes (marked as guesses).
-_BODY_FIELDS = {"dbName", "sql", "name", "description", "queryParameters", "templateId", "ctasParameters",
-                "insertIntoParameters"}
+_BODY_FIELDS = {
+    "dbName",
+    "sql",
+    "name",
+    "description",
+    "queryParameters",
+    "templateId",
+    "ctasParameters",
+    "insertIntoParameters",
+}
 
 
 def _sandbox(call: Call) -> SandboxState:
@@ -63,12 +82,15 @@ def create_query(call: Call) -> Response:
     sandbox = _sandbox(call)
     db_name = body.get("dbName")
     if db_name != f"{sandbox.name}:all":
-        raise _bad_request(f"dbName must be '{sandbox.name}:all' (the sandbox of x-sandbox-name), "
-                           f"got {db_name!r}")
+        raise _bad_request(
+            f"dbName must be '{sandbox.name}:all' (the sandbox of x-sandbox-name), got {db_name!r}"
+        )
     if body.get("templateId") is not None:
         raise NotModelled("Query Service query templates (templateId)")
     if body.get("ctasParameters") is not None or body.get("insertIntoParameters") is not None:
-        raise NotModelled("Query Service ctasParameters/insertIntoParameters (write the INSERT INTO in the sql)")
+        raise NotModelled(
+            "Query Service ctasParameters/insertIntoParameters (write the INSERT INTO in the sql)"
+        )
     if body.get("queryParameters"):
         raise NotModelled("Query Service queryParameters (parameter substitution)")
     if not isinstance(body.get("sql"), str) or not body["sql"].strip():
@@ -83,7 +105,9 @@ def create_query(call: Call) -> Response:
 def _query(call: Call) -> Any:
     query = _sandbox(call).batch_queries.get(call.path_params["id"])
     if query is None:
-        raise ServiceError(404, "QS-1404-404", "Not found", f"query {call.path_params['id']} was not found")  # guess
+        raise ServiceError(
+            404, "QS-1404-404", "Not found", f"query {call.path_params['id']} was not found"
+        )  # guess
     return query
 
 
@@ -98,17 +122,24 @@ def list_queries(call: Call) -> Response:
     limit = call.int_param("limit", 20, minimum=1, maximum=1000)
     start = call.int_param("start", 0, minimum=0)
     key = order.lstrip("-")
-    queries = sorted(_sandbox(call).batch_queries.values(), key=lambda q: (getattr(q, key), q.id),
-                     reverse=order.startswith("-"))
-    page = queries[start:start + limit]
+    queries = sorted(
+        _sandbox(call).batch_queries.values(),
+        key=lambda q: (getattr(q, key), q.id),
+        reverse=order.startswith("-"),
+    )
+    page = queries[start : start + limit]
     # Adobe pages by timestamps (_page.next is a created time); offsets here are a simplification (guess).
-    body: dict[str, Any] = {"queries": [q.to_json(_base_url(call)) for q in page],
-                            "_page": {"orderby": order, "start": start, "count": len(page)}, "_links": {},
-                            "version": 1}
+    body: dict[str, Any] = {
+        "queries": [q.to_json(_base_url(call)) for q in page],
+        "_page": {"orderby": order, "start": start, "count": len(page)},
+        "_links": {},
+        "version": 1,
+    }
     if start + limit < len(queries):
         body["_page"]["next"] = start + limit
-        body["_links"]["next"] = {"href": f"/data/foundation/query/queries?orderby={order}&limit={limit}"
-                                          f"&start={start + limit}"}
+        body["_links"]["next"] = {
+            "href": f"/data/foundation/query/queries?orderby={order}&limit={limit}&start={start + limit}"
+        }
     return ok(body)
 
 
@@ -118,7 +149,9 @@ def patch_query(call: Call) -> Response:
     op = body.get("op") if isinstance(body, dict) else None
     if op == "cancel":
         if query.state in batch_queries.TERMINAL:
-            raise ServiceError(409, "QS-1409-409", "Conflict", f"query {query.id} is already {query.state}")  # guess
+            raise ServiceError(
+                409, "QS-1409-409", "Conflict", f"query {query.id} is already {query.state}"
+            )  # guess
         batch_queries.cancel(call.state, query)
         return ok({"message": "Query cancel request received", "statusCode": 202}, status=202)
     if op == "soft_delete":
@@ -127,11 +160,25 @@ def patch_query(call: Call) -> Response:
 
 
 ENDPOINTS = [
-    Endpoint("GET", "/connection_parameters", "query.connection_parameters", connection_parameters, locked=False),
-    Endpoint("POST", "/queries", "query.create_query", create_query, body=Body.BYTES,
-             content_types=("application/json",)),
+    Endpoint(
+        "GET", "/connection_parameters", "query.connection_parameters", connection_parameters, locked=False
+    ),
+    Endpoint(
+        "POST",
+        "/queries",
+        "query.create_query",
+        create_query,
+        body=Body.BYTES,
+        content_types=("application/json",),
+    ),
     Endpoint("GET", "/queries", "query.list_queries", list_queries),
     Endpoint("GET", "/queries/{id}", "query.get_query", get_query),
-    Endpoint("PATCH", "/queries/{id}", "query.patch_query", patch_query, body=Body.BYTES,
-             content_types=("application/json",)),
+    Endpoint(
+        "PATCH",
+        "/queries/{id}",
+        "query.patch_query",
+        patch_query,
+        body=Body.BYTES,
+        content_types=("application/json",),
+    ),
 ]

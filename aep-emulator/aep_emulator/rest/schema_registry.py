@@ -37,21 +37,26 @@ def parse_accept(call: Call) -> tuple[str, str | None]:
     media = media.lower()
     prefix, suffix = "application/vnd.adobe.", "+json"
     if not media.startswith(prefix) or not media.endswith(suffix):
-        raise _accept_error(1006, f"The supplied Accept header is not valid: {raw or '(none)'} - A valid Accept "
-                                  f"value should look like application/vnd.adobe.{{xed|xdm}}+json")
+        raise _accept_error(
+            1006,
+            f"The supplied Accept header is not valid: {raw or '(none)'} - A valid Accept "
+            f"value should look like application/vnd.adobe.{{xed|xdm}}+json",
+        )
     version = None
     for param in params:
         key, _, value = param.partition("=")
         if key.strip().lower() == "version":
             version = value.strip()
-    return media[len(prefix):-len(suffix)], version
+    return media[len(prefix) : -len(suffix)], version
 
 
 def _list_accept(call: Call, allowed: set[str]) -> str:
     kind, version = parse_accept(call)
     if version is not None:
-        raise _accept_error(1009, "version must not be supplied in the accept header. Example: "
-                                  "application/vnd.adobe.xed-id+json")
+        raise _accept_error(
+            1009,
+            "version must not be supplied in the accept header. Example: application/vnd.adobe.xed-id+json",
+        )
     if kind not in allowed:
         raise _accept_error(1006, f"Unknown Accept media supplied: {kind}; use one of {sorted(allowed)}")
     return kind
@@ -62,8 +67,11 @@ def _lookup_accept(call: Call) -> str:
     if kind not in LOOKUP_MEDIA:
         raise _accept_error(1006, f"Unknown Accept media supplied: {kind}; use one of {sorted(LOOKUP_MEDIA)}")
     if version is None:
-        raise _accept_error(1008, "version must be supplied in the accept header. Example: "
-                                  "application/vnd.adobe.xed-full-notext+json; version=1")
+        raise _accept_error(
+            1008,
+            "version must be supplied in the accept header. Example: "
+            "application/vnd.adobe.xed-full-notext+json; version=1",
+        )
     if version.split(".")[0] != "1":
         raise not_found("resource", f"{call.path_params.get('ref', '')} with version {version}")
     return kind
@@ -90,19 +98,36 @@ def _list(call: Call, kind: str, extra: list[dict] | None = None) -> Response:
     items.sort(key=lambda b: str(b.get(key, "")), reverse=descending)
     start = call.param("start")
     if start:
-        items = [b for b in items if (str(b.get(key, "")) <= start if descending else str(b.get(key, "")) >= start)]
-    limit = call.int_param("limit", LIST_CAP, minimum=0, maximum=LIST_CAP, service="XDM") \
-        if call.param("orderby") else LIST_CAP  # limit is only honoured together with orderby
+        items = [
+            b for b in items if (str(b.get(key, "")) <= start if descending else str(b.get(key, "")) >= start)
+        ]
+    limit = (
+        call.int_param("limit", LIST_CAP, minimum=0, maximum=LIST_CAP, service="XDM")
+        if call.param("orderby")
+        else LIST_CAP
+    )  # limit is only honoured together with orderby
     page, rest = items[:limit], items[limit:]
     if media == "xed-id":
-        page = [{"$id": b["$id"], "meta:altId": b["meta:altId"], "version": b.get("version", "1.0"),
-                 "title": b.get("title")} for b in page]
+        page = [
+            {
+                "$id": b["$id"],
+                "meta:altId": b["meta:altId"],
+                "version": b.get("version", "1.0"),
+                "title": b.get("title"),
+            }
+            for b in page
+        ]
     next_start = str(rest[0].get(key, "")) if rest else None
     links = {"global_schemas": {"href": f"{PREFIX}/global/{kind}"}}
     if next_start is not None:
         links["next"] = {"href": f"{PREFIX}/tenant/{kind}?orderby={order}&start={next_start}"}
-    return ok({"results": page, "_page": {"orderby": order, "next": next_start, "count": len(page)},
-               "_links": links})
+    return ok(
+        {
+            "results": page,
+            "_page": {"orderby": order, "next": next_start, "count": len(page)},
+            "_links": links,
+        }
+    )
 
 
 def list_schemas(call: Call) -> Response:
@@ -162,8 +187,9 @@ def create_field_group(call: Call) -> Response:
 
 
 def patch_schema(call: Call) -> Response:
-    body = call.sandbox.registry.patch_schema(call.path_params["ref"], call.json(), call.state.now_ms(),
-                                              call.client_id)
+    body = call.sandbox.registry.patch_schema(
+        call.path_params["ref"], call.json(), call.state.now_ms(), call.client_id
+    )
     log.info("schema %s patched (version %s)", body["$id"], body.get("version"))
     return ok(body)
 
@@ -175,14 +201,34 @@ def stats(call: Call) -> Response:
     class_usage: dict[str, list] = {}
     for res in registry.listing("schemas"):
         class_usage.setdefault(res.body.get("meta:class", ""), []).append(
-            {"$id": res.id, "title": res.title, "description": res.body.get("description", "")})
-    return ok({"imsOrg": settings.org_id, "tenantId": settings.tenant,
-               "counts": {"schemas": counts["schemas"], "mixins": counts["mixins"], "datatypes": 0,
-                          "classes": 0, "unions": 1, "descriptors": len(registry.descriptors)},
-               "recentlyCreatedResources": [{"$id": r.id, "title": r.title, "meta:resourceType": r.kind,
-                                             "meta:altId": r.alt_id, "version": r.body.get("version")}
-                                            for r in recent],
-               "recentlyUpdatedResources": [], "classUsage": class_usage})
+            {"$id": res.id, "title": res.title, "description": res.body.get("description", "")}
+        )
+    return ok(
+        {
+            "imsOrg": settings.org_id,
+            "tenantId": settings.tenant,
+            "counts": {
+                "schemas": counts["schemas"],
+                "mixins": counts["mixins"],
+                "datatypes": 0,
+                "classes": 0,
+                "unions": 1,
+                "descriptors": len(registry.descriptors),
+            },
+            "recentlyCreatedResources": [
+                {
+                    "$id": r.id,
+                    "title": r.title,
+                    "meta:resourceType": r.kind,
+                    "meta:altId": r.alt_id,
+                    "version": r.body.get("version"),
+                }
+                for r in recent
+            ],
+            "recentlyUpdatedResources": [],
+            "classUsage": class_usage,
+        }
+    )
 
 
 # -- descriptors -----------------------------------------------------------------------------
@@ -203,8 +249,9 @@ def list_descriptors(call: Call) -> Response:
         return d
 
     if media.startswith("xdm-v2"):
-        return ok({"results": [shape(d) for d in items], "_page": {"count": len(items), "next": None},
-                   "_links": {}})
+        return ok(
+            {"results": [shape(d) for d in items], "_page": {"count": len(items), "next": None}, "_links": {}}
+        )
     grouped: dict[str, list] = {}
     for d in items:
         grouped.setdefault(d["@type"], []).append(shape(d))
@@ -214,7 +261,9 @@ def list_descriptors(call: Call) -> Response:
 def _descriptor_accept(call: Call) -> None:
     kind, _ = parse_accept(call)
     if kind not in ("xdm", "xdm-v2"):
-        raise _accept_error(1006, f"Unknown Accept format available: {kind}; use application/vnd.adobe.xdm+json")
+        raise _accept_error(
+            1006, f"Unknown Accept format available: {kind}; use application/vnd.adobe.xdm+json"
+        )
 
 
 def get_descriptor(call: Call) -> Response:
@@ -224,8 +273,13 @@ def get_descriptor(call: Call) -> Response:
 
 def create_descriptor(call: Call) -> Response:
     body = call.sandbox.registry.create_descriptor(call.json())
-    log.info("descriptor %s (%s on %s%s) created", body["@id"], body["@type"], body["xdm:sourceSchema"],
-             body["xdm:sourceProperty"])
+    log.info(
+        "descriptor %s (%s on %s%s) created",
+        body["@id"],
+        body["@type"],
+        body["xdm:sourceSchema"],
+        body["xdm:sourceProperty"],
+    )
     return ok(body, 201)
 
 
@@ -241,25 +295,61 @@ def delete_descriptor(call: Call) -> Response:
 ENDPOINTS = [
     Endpoint("GET", "/stats", "schema_registry.stats", stats),
     Endpoint("GET", "/tenant/schemas", "schema_registry.list_schemas", list_schemas),
-    Endpoint("POST", "/tenant/schemas", "schema_registry.create_schemas", create_schema, body=Body.BYTES,
-             content_types=JSON),
+    Endpoint(
+        "POST",
+        "/tenant/schemas",
+        "schema_registry.create_schemas",
+        create_schema,
+        body=Body.BYTES,
+        content_types=JSON,
+    ),
     Endpoint("GET", "/tenant/schemas/{ref:path}", "schema_registry.get_schemas", get_schema),
-    Endpoint("PATCH", "/tenant/schemas/{ref:path}", "schema_registry.patch_schemas", patch_schema, body=Body.BYTES,
-             content_types=JSON + ("application/json-patch+json",)),
-    *[e for path in ("fieldgroups", "mixins") for e in (
-        Endpoint("GET", f"/tenant/{path}", "schema_registry.list_fieldgroups", list_field_groups),
-        Endpoint("POST", f"/tenant/{path}", "schema_registry.create_fieldgroups", create_field_group,
-                 body=Body.BYTES, content_types=JSON),
-        Endpoint("GET", f"/tenant/{path}/{{ref:path}}", "schema_registry.get_fieldgroups", get_field_group),
-    )],
+    Endpoint(
+        "PATCH",
+        "/tenant/schemas/{ref:path}",
+        "schema_registry.patch_schemas",
+        patch_schema,
+        body=Body.BYTES,
+        content_types=JSON + ("application/json-patch+json",),
+    ),
+    *[
+        e
+        for path in ("fieldgroups", "mixins")
+        for e in (
+            Endpoint("GET", f"/tenant/{path}", "schema_registry.list_fieldgroups", list_field_groups),
+            Endpoint(
+                "POST",
+                f"/tenant/{path}",
+                "schema_registry.create_fieldgroups",
+                create_field_group,
+                body=Body.BYTES,
+                content_types=JSON,
+            ),
+            Endpoint(
+                "GET", f"/tenant/{path}/{{ref:path}}", "schema_registry.get_fieldgroups", get_field_group
+            ),
+        )
+    ],
     Endpoint("GET", "/tenant/unions", "schema_registry.list_unions", list_unions),
     Endpoint("GET", "/tenant/unions/{ref:path}", "schema_registry.get_union", get_union),
     Endpoint("GET", "/global/classes/{ref:path}", "schema_registry.get_class", get_class),
     Endpoint("GET", "/tenant/descriptors", "schema_registry.list_descriptors", list_descriptors),
-    Endpoint("POST", "/tenant/descriptors", "schema_registry.create_descriptor", create_descriptor,
-             body=Body.BYTES, content_types=JSON),
+    Endpoint(
+        "POST",
+        "/tenant/descriptors",
+        "schema_registry.create_descriptor",
+        create_descriptor,
+        body=Body.BYTES,
+        content_types=JSON,
+    ),
     Endpoint("GET", "/tenant/descriptors/{id}", "schema_registry.get_descriptor", get_descriptor),
-    Endpoint("PUT", "/tenant/descriptors/{id}", "schema_registry.update_descriptor", update_descriptor,
-             body=Body.BYTES, content_types=JSON),
+    Endpoint(
+        "PUT",
+        "/tenant/descriptors/{id}",
+        "schema_registry.update_descriptor",
+        update_descriptor,
+        body=Body.BYTES,
+        content_types=JSON,
+    ),
     Endpoint("DELETE", "/tenant/descriptors/{id}", "schema_registry.delete_descriptor", delete_descriptor),
 ]

@@ -35,19 +35,32 @@ from airflow_cja_audiences.runs import BatchLabel
 
 
 def _context() -> dict[str, Any]:
-    return {"ti": SimpleNamespace(try_number=1, xcom_push=lambda **_: None), "run_id": "manual__t",
-            "task_state_store": None, "params": {}, "dag_run": SimpleNamespace(start_date=None)}
+    return {
+        "ti": SimpleNamespace(try_number=1, xcom_push=lambda **_: None),
+        "run_id": "manual__t",
+        "task_state_store": None,
+        "params": {},
+        "dag_run": SimpleNamespace(start_date=None),
+    }
 
 
 # ------------------------------------------------------------------------------- trigger events
 
-@pytest.mark.parametrize("event, error, permanent", [
-    ({"status": "timeout", "message": "still PROCESSING", "state": "PROCESSING"}, AepWaitTimeoutError, False),
-    ({"status": "error", "message": "HTTP 401", "permanent": True}, AepWaitError, True),
-    ({"status": "error", "message": "connection reset", "permanent": False}, AepWaitError, False),
-    ({"status": "error", "message": "an older trigger's event"}, AepWaitError, False),
-    ({"status": "failed", "message": "FAILED"}, AepObjectFailedError, False),
-])
+
+@pytest.mark.parametrize(
+    "event, error, permanent",
+    [
+        (
+            {"status": "timeout", "message": "still PROCESSING", "state": "PROCESSING"},
+            AepWaitTimeoutError,
+            False,
+        ),
+        ({"status": "error", "message": "HTTP 401", "permanent": True}, AepWaitError, True),
+        ({"status": "error", "message": "connection reset", "permanent": False}, AepWaitError, False),
+        ({"status": "error", "message": "an older trigger's event"}, AepWaitError, False),
+        ({"status": "failed", "message": "FAILED"}, AepObjectFailedError, False),
+    ],
+)
 def test_events_not_accepted_raise_the_typed_wait_error(event, error, permanent):
     with pytest.raises(error, match=event["message"]) as info:
         validate_event(event, what="export job 7")
@@ -64,15 +77,20 @@ def test_unusable_events_are_a_plain_failure(event):
 def test_a_resumed_task_fails_fast_on_a_permanent_trigger_error_and_retries_a_transient_one():
     op = ExportAudiencesOperator(task_id="export", dataset_id="ds", audience_ids=["a"], deferrable=True)
     with pytest.raises(AirflowFailException, match="export: .*HTTP 401.*not retried") as info:
-        op.resume_execution("execute_complete", {"event": {"status": "error", "message": "HTTP 401",
-                                                           "permanent": True}}, _context())
+        op.resume_execution(
+            "execute_complete",
+            {"event": {"status": "error", "message": "HTTP 401", "permanent": True}},
+            _context(),
+        )
     assert isinstance(info.value.__cause__, AepWaitError)
     with pytest.raises(AepWaitTimeoutError):
-        op.resume_execution("execute_complete", {"event": {"status": "timeout", "message": "still NEW"}},
-                            _context())
+        op.resume_execution(
+            "execute_complete", {"event": {"status": "timeout", "message": "still NEW"}}, _context()
+        )
 
 
 # ------------------------------------------------------------------------------- export
+
 
 class _Segmentation(SegmentationHook):
     def __init__(self, statuses: list[str], batch_id: str | None = "01BATCH") -> None:
@@ -80,8 +98,14 @@ class _Segmentation(SegmentationHook):
 
     def _job(self, job_id: int) -> ExportJob:
         status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
-        return ExportJob.model_validate({"id": job_id, "status": status, "errors": [{"code": "E1", "msg": "boom"}],
-                                         "destination": {"datasetId": "ds", "batchId": self.batch_id}})
+        return ExportJob.model_validate(
+            {
+                "id": job_id,
+                "status": status,
+                "errors": [{"code": "E1", "msg": "boom"}],
+                "destination": {"datasetId": "ds", "batchId": self.batch_id},
+            }
+        )
 
     def get_export_job(self, job_id: int) -> ExportJob:
         return self._job(job_id)
@@ -107,15 +131,22 @@ class _Catalog(CatalogHook):
 
 
 def _export(segmentation: _Segmentation, catalog: _Catalog, wait: float = 5.0) -> ExportAudiencesOperator:
-    op = ExportAudiencesOperator(task_id="export", dataset_id="ds", audience_ids=["a"], deferrable=False,
-                                 poll_interval=0.01, wait_timeout=timedelta(seconds=wait))
+    op = ExportAudiencesOperator(
+        task_id="export",
+        dataset_id="ds",
+        audience_ids=["a"],
+        deferrable=False,
+        poll_interval=0.01,
+        wait_timeout=timedelta(seconds=wait),
+    )
     op._hooks = {SegmentationHook: segmentation, CatalogHook: catalog}
     return op
 
 
 def test_export_succeeds_after_waiting_for_job_and_batch():
-    result = _export(_Segmentation(["NEW", "PROCESSING", "SUCCEEDED"]), _Catalog(["processing", "success"])) \
-        .execute(_context())
+    result = _export(
+        _Segmentation(["NEW", "PROCESSING", "SUCCEEDED"]), _Catalog(["processing", "success"])
+    ).execute(_context())
     assert result["export_job_id"] == 42 and result["export_batch_id"] == "01BATCH"
 
 
@@ -143,15 +174,22 @@ def test_a_job_without_its_batch_id_is_a_bad_answer_not_a_config_error():
 
 # ------------------------------------------------------------------------------- publish
 
+
 class _Ingestion(BatchIngestionHook):
     def __init__(self, statuses: list[str], failed_records: int = 0) -> None:
         self.statuses, self.failed_records, self.actions, self.retry_counts = statuses, failed_records, [], {}
 
     def get_batch(self, batch_id: str) -> Batch:
         status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
-        return Batch.model_validate({"id": batch_id, "status": status, "externalId": "x",
-                                     "metrics": {"failedRecordCount": self.failed_records},
-                                     "errors": [{"code": "106", "description": "Dataset file is empty"}]})
+        return Batch.model_validate(
+            {
+                "id": batch_id,
+                "status": status,
+                "externalId": "x",
+                "metrics": {"failedRecordCount": self.failed_records},
+                "errors": [{"code": "106", "description": "Dataset file is empty"}],
+            }
+        )
 
     def list_batches(self, dataset_id: str, **_: Any) -> list[Batch]:
         return []
@@ -167,18 +205,29 @@ class _Ingestion(BatchIngestionHook):
         return SimpleNamespace(ui_url="https://ui.example", sandbox="prod")
 
 
-def _publish(ingestion: _Ingestion, wait: float = 5.0, external_id: str | None = None) -> PublishBatchOperator:
+def _publish(
+    ingestion: _Ingestion, wait: float = 5.0, external_id: str | None = None
+) -> PublishBatchOperator:
     label = BatchLabel.for_run(job_id="j", kind="snapshot", export_batch_id="01EXPORT", run_id="manual__t")
-    op = PublishBatchOperator(task_id="publish", dataset_id="ds", batch_id="01NEW",
-                              external_id=external_id or label.external_id, load_results=[{"records": 3}],
-                              poll_interval=0.01, wait_timeout=timedelta(seconds=wait), deferrable=False)
+    op = PublishBatchOperator(
+        task_id="publish",
+        dataset_id="ds",
+        batch_id="01NEW",
+        external_id=external_id or label.external_id,
+        load_results=[{"records": 3}],
+        poll_interval=0.01,
+        wait_timeout=timedelta(seconds=wait),
+        deferrable=False,
+    )
     op._hooks = {BatchIngestionHook: ingestion}
     return op
 
 
 def test_publish_of_a_failed_batch_fails_without_retries():
     ingestion = _Ingestion(["loading", "processing", "failed"])
-    with pytest.raises(AirflowFailException, match="batch 01NEW failed.*personID is missing.*not retried") as info:
+    with pytest.raises(
+        AirflowFailException, match="batch 01NEW failed.*personID is missing.*not retried"
+    ) as info:
         _publish(ingestion).execute(_context())
     assert isinstance(info.value.__cause__, AepObjectFailedError) and info.value.__cause__.permanent
     assert "clear the whole DAG run" in str(info.value)

@@ -49,13 +49,19 @@ def _finished_export(emu) -> ExportJob:
 
 # ------------------------------------------------------------------------------- poke mode
 
+
 def test_export_job_sensor_returns_the_job_summary(emu):
     job_id = _start_export(emu)
-    result = ExportJobSensor(task_id="wait_export", job_id=str(job_id), deferrable=False, **FAST).execute(_context())
+    result = ExportJobSensor(task_id="wait_export", job_id=str(job_id), deferrable=False, **FAST).execute(
+        _context()
+    )
     job = SegmentationHook().get_export_job(job_id)
     assert job.is_success
-    assert result == {"job_id": job_id, "batch_id": job.destination.batch_id,
-                      "exported_profiles": job.exported_profiles}
+    assert result == {
+        "job_id": job_id,
+        "batch_id": job.destination.batch_id,
+        "exported_profiles": job.exported_profiles,
+    }
     assert result["batch_id"] and result["exported_profiles"] > 0
 
 
@@ -79,7 +85,9 @@ def test_unknown_export_job_fails_at_once(emu):
 def test_server_errors_outlasting_the_hook_retries_are_left_to_the_task_retries(emu):
     job_id = _start_export(emu)
     emu.admin.set_faults([{"route": "segmentation.get_export_job", "kind": "503", "times": 5}])
-    sensor = ExportJobSensor(task_id="wait_export", job_id=job_id, deferrable=False, hook_params=FEW_RETRIES, **FAST)
+    sensor = ExportJobSensor(
+        task_id="wait_export", job_id=job_id, deferrable=False, hook_params=FEW_RETRIES, **FAST
+    )
     with pytest.raises(AepServerError):
         sensor.execute(_context())
 
@@ -94,8 +102,9 @@ def _published_batch(tmp_path) -> str:
     from airflow_cja_audiences.models import PROFILE_CLASS
 
     registry = SchemaRegistryHook()
-    group, _ = registry.ensure_field_group(xdm.profile_field_group("Sensor group", "demoemea", OutputFields()),
-                                           "demoemea")
+    group, _ = registry.ensure_field_group(
+        xdm.profile_field_group("Sensor group", "demoemea", OutputFields()), "demoemea"
+    )
     schema, _ = registry.ensure_schema(xdm.schema_body("Sensor schema", PROFILE_CLASS, [group.id]))
     dataset, _ = CatalogHook().ensure_dataset("Sensor dataset", schema_id=schema.id)
     ingestion = BatchIngestionHook()
@@ -109,7 +118,9 @@ def _published_batch(tmp_path) -> str:
 
 def test_batch_sensor_success_then_reverted(emu, tmp_path):
     batch_id = _published_batch(tmp_path)
-    result = BatchSensor(task_id="wait_batch", batch_id=batch_id, deferrable=False, **FAST).execute(_context())
+    result = BatchSensor(task_id="wait_batch", batch_id=batch_id, deferrable=False, **FAST).execute(
+        _context()
+    )
     assert result == {"batch_id": batch_id, "batch_status": "success", "records": 1, "failed_records": 0}
     BatchIngestionHook().revert_batch(batch_id)
     with pytest.raises(AirflowFailException, match=f"batch {batch_id} is inactive \\(reverted or deleted\\)"):
@@ -118,7 +129,9 @@ def test_batch_sensor_success_then_reverted(emu, tmp_path):
 
 def test_export_batch_sensor(emu):
     batch_id = _finished_export(emu).destination.batch_id
-    result = BatchSensor(task_id="wait_batch", batch_id=batch_id, deferrable=False, **FAST).execute(_context())
+    result = BatchSensor(task_id="wait_batch", batch_id=batch_id, deferrable=False, **FAST).execute(
+        _context()
+    )
     assert result["batch_id"] == batch_id and result["batch_status"] == "success" and result["records"] > 0
 
 
@@ -127,16 +140,20 @@ def test_batch_sensor_aborted_batch_fails_and_open_batch_times_out(emu):
     open_batch = ingestion.create_batch(_dataset_id(), external_id="sensor:open")
     started = time.monotonic()
     with pytest.raises(AirflowSensorTimeout):
-        BatchSensor(task_id="wait_batch", batch_id=open_batch.id, deferrable=False, poke_interval=0.1,
-                    timeout=0.5).execute(_context())
+        BatchSensor(
+            task_id="wait_batch", batch_id=open_batch.id, deferrable=False, poke_interval=0.1, timeout=0.5
+        ).execute(_context())
     assert time.monotonic() - started < 10
     ingestion.abort_batch(open_batch.id)
     with pytest.raises(AirflowFailException, match="is aborted") as info:
-        BatchSensor(task_id="wait_batch", batch_id=open_batch.id, deferrable=False, **FAST).execute(_context())
+        BatchSensor(task_id="wait_batch", batch_id=open_batch.id, deferrable=False, **FAST).execute(
+            _context()
+        )
     assert info.value.__cause__.state == "aborted"
 
 
 # ------------------------------------------------------------------------------- deferrable
+
 
 def test_deferrable_sensor_returns_at_once_when_already_done(emu):
     job = _finished_export(emu)
@@ -150,8 +167,9 @@ def test_deferrable_sensor_defers_with_a_deadline(emu):
     try:
         job_id = _start_export(emu)
         with pytest.raises(TaskDeferred) as info:
-            ExportJobSensor(task_id="wait_export", job_id=job_id, deferrable=True, poke_interval=2,
-                            timeout=600).execute(_context())
+            ExportJobSensor(
+                task_id="wait_export", job_id=job_id, deferrable=True, poke_interval=2, timeout=600
+            ).execute(_context())
     finally:
         emu.admin.knobs(export_job_seconds=seconds)
     trigger = info.value.trigger
@@ -167,12 +185,20 @@ def test_deferrable_sensor_defers_with_a_deadline(emu):
 
 def test_deferred_sensor_events():
     sensor = BatchSensor(task_id="wait_batch", batch_id="b1", deferrable=True, **FAST)
-    done = {"status": "success", "batch_id": "b1", "batch_status": "success", "records": 3, "failed_records": 0,
-            "message": "no error details", "elapsed_seconds": 1.0}
+    done = {
+        "status": "success",
+        "batch_id": "b1",
+        "batch_status": "success",
+        "records": 3,
+        "failed_records": 0,
+        "message": "no error details",
+        "elapsed_seconds": 1.0,
+    }
     assert sensor.execute_complete(_context(), done) == {k: v for k, v in done.items() if k != "status"}
     with pytest.raises(AirflowFailException, match="batch b1 ended failed: 106: empty file") as info:
-        sensor.execute_complete(_context(), {"status": "failed", "batch_status": "failed",
-                                             "message": "106: empty file"})
+        sensor.execute_complete(
+            _context(), {"status": "failed", "batch_status": "failed", "message": "106: empty file"}
+        )
     assert isinstance(info.value.__cause__, AepObjectFailedError)
     with pytest.raises(AirflowSensorTimeout, match="still processing"):
         sensor.execute_complete(_context(), {"status": "timeout", "message": "batch b1 still processing"})
@@ -180,4 +206,6 @@ def test_deferred_sensor_events():
         sensor.execute_complete(_context(), {"status": "error", "message": "HTTP 403", "permanent": True})
     assert isinstance(info.value.__cause__, AepWaitError)
     with pytest.raises(AepWaitError, match="connection reset"):  # transient: the task's retries
-        sensor.execute_complete(_context(), {"status": "error", "message": "connection reset", "permanent": False})
+        sensor.execute_complete(
+            _context(), {"status": "error", "message": "connection reset", "permanent": False}
+        )
