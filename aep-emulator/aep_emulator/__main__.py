@@ -104,9 +104,10 @@ def parser(defaults: EmulatorSettings = DEFAULTS) -> argparse.ArgumentParser:
     )
     add(
         "--distinct-batch-ids",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS.distinct_batch_ids,
         help="export rows get a physical _acp_batchid unlike the job's (logical) batch id, which they carry "
-        "in _acp_system_metadata.acp_sourceBatchId, as Adobe allows",
+        "in _acp_system_metadata.acp_sourceBatchId, as Adobe allows (default %(default)s; realistic: on)",
     )
     add(
         "--qs-seconds-per-million-rows",
