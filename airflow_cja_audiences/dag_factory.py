@@ -154,12 +154,21 @@ def build_dag(job: RefreshJob) -> DAG:
             pool=job.query_service_pool,
         )  # it opens a Query Service session
         plan = PlanRunOperator(task_id="plan_run", publish_events=job.publish_events)
+        # Find-or-create is not atomic in AEP (Catalog allows two datasets with one name, the Schema
+        # Registry two schemas with one title): runs that overlap (scheduled, manual, backfill) would
+        # each create one, and every later run would refuse the duplicate. One instance of each
+        # ensure_* task at a time across the DAG's runs: the second finds what the first created.
+        one_at_a_time = {"max_active_tis_per_dag": 1}
         export_dataset = EnsureExportDatasetOperator(
-            task_id="ensure_export_dataset", **common, dataset_name=literal(names.export_dataset)
+            task_id="ensure_export_dataset",
+            **common,
+            **one_at_a_time,
+            dataset_name=literal(names.export_dataset),
         )
         profile_dataset = EnsureCjaDatasetOperator(
             task_id="ensure_profile_dataset",
             **common,
+            **one_at_a_time,
             kind="profile",
             tenant=resolve.output["tenant"],
             dataset_name=literal(names.profile_dataset),
@@ -199,6 +208,7 @@ def build_dag(job: RefreshJob) -> DAG:
                 dataset = EnsureCjaDatasetOperator(
                     task_id="ensure_event_dataset",
                     **common,
+                    **one_at_a_time,
                     kind="events",
                     tenant=resolve.output["tenant"],
                     dataset_name=literal(names.event_dataset),

@@ -34,6 +34,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import demo
+
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-client-secret"
 JOB_ID = "bench_server"
@@ -46,43 +48,19 @@ CHILD_ENV = {
 }
 
 
-class Emulator:
+class Emulator(demo.Emulator):
+    """The default-mode emulator with short export jobs (1 s) and batches (0.5 s)."""
+
     def __init__(self, workdir: Path, profiles: int) -> None:
-        ready_file = workdir / "emulator-ready.json"
-        self.log = (workdir / "emulator.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "aep_emulator",
-                "--port",
-                "0",
-                "--pg-port",
-                "0",
-                "--profiles",
-                str(profiles),
-                "--client-secret",
-                SECRET,
-                "--state-dir",
-                str(workdir / "emulator"),
-                "--export-job-seconds",
-                "1",
-                "--batch-seconds",
-                "0.5",
-                "--ready-file",
-                str(ready_file),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=self.log,
+        super().__init__(
+            workdir,
+            profiles,
+            mode="default",
+            secret=SECRET,
+            args=["--export-job-seconds", "1", "--batch-seconds", "0.5"],
             env=CHILD_ENV,
+            start_timeout=300,
         )
-        deadline = time.monotonic() + 300
-        while not ready_file.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the emulator did not start; see {workdir / 'emulator.log'}")
-            time.sleep(0.1)
-        self.ready = json.loads(ready_file.read_text())
 
     def get(self, path: str, *, lines: bool = False, **params: Any) -> Any:
         """JSON, or with ``lines`` the JSON Lines of the answer as objects."""
@@ -95,16 +73,6 @@ class Emulator:
         if lines:
             return [json.loads(line) for line in response.text.splitlines() if line.strip()]
         return response.json()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
 
 
 def _airflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:

@@ -32,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from typing import Any
 
 import psutil
 
+import demo
 from aep_emulator.connection import airflow_connection_env
 from aep_emulator.query_service.scans import (
     REALISTIC_SECONDS_PER_MILLION_ROWS,
@@ -63,66 +63,17 @@ def _log(message: str) -> None:
     print(f"[pipeline_scans {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-class Emulator:
-    def __init__(self, workdir: Path, profiles: int, per_million: float, per_query: float) -> None:
-        ready_file = workdir / "emulator-ready.json"
-        self.stderr = (workdir / "emulator.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "aep_emulator",
-                "--port",
-                "0",
-                "--pg-port",
-                "0",
-                "--profiles",
-                str(profiles),
-                "--client-secret",
-                SECRET,
-                "--state-dir",
-                str(workdir / "emulator"),
-                "--export-job-seconds",
-                "3",
-                "--batch-seconds",
-                "1",
-                "--ready-file",
-                str(ready_file),
-                "--qs-seconds-per-million-rows",
-                str(per_million),
-                "--qs-seconds-per-query",
-                str(per_query),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=self.stderr,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        deadline = time.monotonic() + 600
-        while not ready_file.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the emulator did not start; see {workdir / 'emulator.log'}")
-            time.sleep(0.2)
-        self.ready = json.loads(ready_file.read_text())
-
-    def admin(self, method: str, path: str, body: dict | None = None) -> Any:
-        import requests
-
-        response = requests.request(
-            method, self.ready["base_url"] + path, json=body, timeout=60, verify=self.ready["ca_bundle"]
-        )
-        response.raise_for_status()
-        return response.json()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.stderr.close()
+def _emulator(workdir: Path, profiles: int, per_million: float, per_query: float) -> demo.Emulator:
+    """The default-mode emulator (export jobs 3 s, batches 1 s) with the scan-cost model switched on."""
+    return demo.Emulator(
+        workdir,
+        profiles,
+        mode="default",
+        secret=SECRET,
+        args=["--qs-seconds-per-million-rows", str(per_million), "--qs-seconds-per-query", str(per_query)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_timeout=600,
+    )
 
 
 def _airflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -192,7 +143,7 @@ def _jobs_file(path: Path, mode: str) -> None:
 
 def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-pipeline-{mode}-"))
-    emulator = Emulator(workdir, args.profiles, args.seconds_per_million_rows, args.seconds_per_query)
+    emulator = _emulator(workdir, args.profiles, args.seconds_per_million_rows, args.seconds_per_query)
     result: dict[str, Any] = {"mode": mode, "runs": []}
     try:
         home = workdir / "airflow"
@@ -259,7 +210,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _floor(emulator: Emulator, env: dict[str, str]) -> dict[str, Any]:
+def _floor(emulator: demo.Emulator, env: dict[str, str]) -> dict[str, Any]:
     """One LIMIT 0 query over the latest export's snapshot rows: modelled scan seconds, rows, wall seconds."""
     os.environ.update({k: v for k, v in env.items() if k.startswith("AIRFLOW_CONN_")})
     import yaml

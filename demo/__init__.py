@@ -23,8 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from aep_emulator.connection import airflow_connection_env
 
@@ -39,9 +41,21 @@ def _log(message: str) -> None:
 
 
 class Emulator:
-    """The emulator as a subprocess; stopped on exit whatever happens."""
+    """The emulator as a subprocess; stopped on exit whatever happens. The benchmarks start theirs
+    through it too: ``args`` are appended to the command line (the last of a repeated option wins),
+    ``env`` replaces the child's environment, ``start_timeout`` allows for large data sets."""
 
-    def __init__(self, workdir: Path, profiles: int, mode: str = "realistic") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        profiles: int,
+        mode: str = "realistic",
+        *,
+        secret: str = SECRET,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        start_timeout: float = 120.0,
+    ) -> None:
         self.workdir = workdir
         # Default mode: export jobs of 3 s and batches of 1 s; realistic mode brings its own durations.
         timing = ["--export-job-seconds", "3", "--batch-seconds", "1"] if mode == "default" else []
@@ -59,7 +73,7 @@ class Emulator:
                 "--profiles",
                 str(profiles),
                 "--client-secret",
-                SECRET,
+                secret,
                 "--state-dir",
                 str(workdir / "emulator"),
                 "--mode",
@@ -67,11 +81,13 @@ class Emulator:
                 *timing,
                 "--ready-file",
                 str(ready_file),
+                *args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=self.stderr,
+            env=None if env is None else dict(env),
         )
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + start_timeout
         while not ready_file.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
@@ -79,11 +95,11 @@ class Emulator:
             time.sleep(0.1)
         self.ready = json.loads(ready_file.read_text())
 
-    def admin(self, method: str, path: str, body: dict | None = None) -> dict:
+    def admin(self, method: str, path: str, body: dict | None = None, timeout: float = 60) -> Any:
         import requests
 
         response = requests.request(
-            method, self.ready["base_url"] + path, json=body, timeout=30, verify=self.ready["ca_bundle"]
+            method, self.ready["base_url"] + path, json=body, timeout=timeout, verify=self.ready["ca_bundle"]
         )
         response.raise_for_status()
         return response.json()
@@ -92,7 +108,7 @@ class Emulator:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

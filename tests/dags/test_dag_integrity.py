@@ -38,6 +38,11 @@ def test_dag_shape(dagbag):
     assert [str(a.uri) for a in tasks["report"].outlets] == ["aep://default/cja-audiences/luma_loyalty"]
     assert tasks["report"].trigger_rule == "none_failed"
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
+    # Overlapping runs (scheduled, manual, backfill) must not both create a dataset or schema: AEP
+    # accepts duplicate names, and later runs refuse them (seen in tests/compose when two runs raced).
+    ensure = [t for t in tasks if t.startswith("ensure_")]
+    assert sorted(ensure) == ["ensure_event_dataset", "ensure_export_dataset", "ensure_profile_dataset"]
+    assert all(tasks[t].max_active_tis_per_dag == 1 for t in ensure)
 
 
 def test_params_are_the_dags_and_reach_every_task(dagbag):
