@@ -7,7 +7,6 @@ fails with a message naming the field before anything is written to AEP.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
 from datetime import date
@@ -329,10 +328,6 @@ class RefreshJob(StrictModel):
     def identity_path(self, tenant: str) -> str:
         """The identity field path with ``_{tenant}`` resolved."""
         return v.resolve_tenant_path(self.identity.field, tenant)
-
-    def partitions_for(self, row_count: int) -> int:
-        """Hash buckets needed so that each query stays under ``max_rows_per_query`` on average."""
-        return max(1, math.ceil(row_count / self.max_rows_per_query))
 
 
 class JobsFile(StrictModel):

@@ -54,7 +54,6 @@ MIN_PARALLEL_ROWS = 50_000
 DEFAULT_QS_FACTOR = 2.0
 
 LimitKind = Literal["timeout", "rows", "unknown"]
-LIMIT_SQLSTATE = "53400"
 
 
 class PlanError(ValueError):

@@ -59,13 +59,14 @@ EXITED = "exited"
 EVENT_STATUSES = ("realized", EXITED)
 #: The batch-id system columns a query may filter on (https://experienceleague.adobe.com/en/docs/experience-platform/query/use-cases/data-exploration).
 BATCH_ID_COLUMNS = ("_acp_system_metadata.acp_sourceBatchId", "_acp_batchid")
-#: ISO-8601 UTC with a literal ``Z``, built from single-quoted pieces: a ``date_format`` pattern with
-#: quoted letters would need a double-quoted string, which Query Service documents as an identifier.
-TIME_FORMAT = "yyyy-MM-dd'T'HH:mm:ss'Z'"  # what the expression below produces
 
 
 def iso_utc(timestamp_sql: str) -> str:
-    """SQL for ``timestamp_sql`` formatted as ``TIME_FORMAT`` (session time zone UTC)."""
+    """SQL for ``timestamp_sql`` as ISO-8601 UTC with a literal ``Z`` (``yyyy-MM-dd'T'HH:mm:ss'Z'``;
+    session time zone UTC).
+
+    Built from single-quoted pieces: a ``date_format`` pattern with quoted letters would need a
+    double-quoted string, which Query Service documents as an identifier."""
     return f"concat(date_format({timestamp_sql}, 'yyyy-MM-dd'), 'T', date_format({timestamp_sql}, 'HH:mm:ss'), 'Z')"
 
 
@@ -547,9 +548,6 @@ def export_rows_sql(q: MembershipQuery) -> str:
 # ---------------------------------------------------------------------------------------------
 # Per-audience counts (small results: one row per audience)
 # ---------------------------------------------------------------------------------------------
-
-#: Columns of :func:`change_counts_sql`.
-CHANGE_COLUMNS = ("audienceId", "members", "entered", "entered_untimed", "exited", "untraced")
 
 
 def change_counts_sql(

@@ -25,24 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from collections import Counter
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import datetime, timedelta
 
 import yaml
 
 import demo
-from aep_emulator.connection import airflow_connection_env
-
-JOB_ID = "luma_loyalty"
-
-
-def _iso(instant: datetime) -> str:
-    return instant.strftime("%Y-%m-%dT%H:%M:%SZ")
+from benchmarks._daily_runs import JOB_ID, daily_runs, iso
 
 
 def _get_lines(emulator: demo.Emulator, path: str, params: dict) -> list[dict]:
@@ -70,7 +60,7 @@ def _compare(
     )
     rows = []
     for start, end in days:
-        s, e = _iso(start), _iso(end)
+        s, e = iso(start), iso(end)
         truth = {
             (x["email"], x["audience_id"], x["event"], x["time"])
             for x in _get_lines(
@@ -106,30 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         "--measure-only", action="store_true", help="exit 0 even with false or duplicate events"
     )
     args = parser.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="cja-event-history-"))
-    emulator = None
-    try:
-        emulator = demo.Emulator(workdir, args.profiles)
-        home = workdir / "airflow"
-        env = {
-            **os.environ,
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(demo.ROOT / "dags"),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            **airflow_connection_env("adobe_experience_platform_default", emulator.ready, demo.SECRET),
-        }
-        if demo._airflow(env, "db", "migrate", capture=True).returncode != 0:
-            raise RuntimeError("airflow db migrate failed")
-        demo._airflow(env, "pools", "set", "cja_audiences_query_service", "4", "Query Service", capture=True)
-        today = datetime.now(timezone.utc).replace(hour=2, minute=0, second=0, microsecond=0)
-        if today > datetime.now(timezone.utc):
-            today -= timedelta(days=1)
-        ends = [today - timedelta(days=k) for k in range(args.days - 1, -1, -1)]
-        for k, end in enumerate(ends):
-            emulator.admin("POST", "/emulator/clock", {"set": _iso(end + timedelta(seconds=args.delay))})
-            demo._run_dag(env, end, workdir / f"run{k + 1}.log")
+    with daily_runs("cja-event-history-", args.profiles) as runs:
+        emulator = runs.emulator
+        ends = runs.run(args.days, args.delay)
         state = emulator.admin("GET", "/emulator/state")
         sandbox = state["sandboxes"]["prod"]
         job = next(
@@ -151,14 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             dataset_id,
             [(end - timedelta(days=1), end) for end in ends],
         )
-    finally:
-        if emulator is not None:
-            emulator.stop()
     header = ("interval", "event", "truth", "published", "exact", "duplicates", "false")
     widths = [max(len(str(r[h])) for r in [dict(zip(header, header)), *rows]) for h in header]
     for r in [dict(zip(header, header)), *rows]:
         print("  ".join(str(r[h]).rjust(w) for h, w in zip(header, widths)))
-    shutil.rmtree(workdir, ignore_errors=True)
     bad = sum(r["duplicates"] + r["false"] for r in rows)
     print(
         f"\n{bad} duplicate or false events; {sum(r['exact'] for r in rows)} of "

@@ -19,23 +19,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import shutil
 import statistics
 import sys
-import tempfile
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-import demo
-from aep_emulator.connection import airflow_connection_env
 from airflow_cja_audiences.runs import BatchLabel
-
-JOB_ID = "luma_loyalty"
-
-
-def _iso(instant: datetime) -> str:
-    return instant.strftime("%Y-%m-%dT%H:%M:%SZ")
+from benchmarks._daily_runs import JOB_ID, daily_runs
 
 
 def overlaps(batches: dict[str, dict], job_id: str) -> list[dict]:
@@ -73,35 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profiles", type=int, default=20_000)
     parser.add_argument("--measure-only", action="store_true", help="exit 0 even when snapshots overlapped")
     args = parser.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="cja-snapshot-swap-"))
-    emulator = None
-    try:
-        emulator = demo.Emulator(workdir, args.profiles)
-        home = workdir / "airflow"
-        env = {
-            **os.environ,
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(demo.ROOT / "dags"),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            **airflow_connection_env("adobe_experience_platform_default", emulator.ready, demo.SECRET),
-        }
-        if demo._airflow(env, "db", "migrate", capture=True).returncode != 0:
-            raise RuntimeError("airflow db migrate failed")
-        demo._airflow(env, "pools", "set", "cja_audiences_query_service", "4", "Query Service", capture=True)
-        today = datetime.now(timezone.utc).replace(hour=2, minute=0, second=0, microsecond=0)
-        if today > datetime.now(timezone.utc):
-            today -= timedelta(days=1)
-        ends = [today - timedelta(days=k) for k in range(args.runs - 1, -1, -1)]
-        for k, end in enumerate(ends):
-            emulator.admin("POST", "/emulator/clock", {"set": _iso(end + timedelta(seconds=90))})
-            demo._run_dag(env, end, workdir / f"run{k + 1}.log")
-        rows = overlaps(emulator.admin("GET", "/emulator/state")["sandboxes"]["prod"]["batches"], JOB_ID)
-    finally:
-        if emulator is not None:
-            emulator.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+    with daily_runs("cja-snapshot-swap-", args.profiles) as runs:
+        runs.run(args.runs, delay_s=90)
+        rows = overlaps(runs.emulator.admin("GET", "/emulator/state")["sandboxes"]["prod"]["batches"], JOB_ID)
     for row in rows:
         print(
             f"{row['replaced']} replaced by {row['by']} ({'batch replay' if row['replay'] else 'explicit revert'}): "

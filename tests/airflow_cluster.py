@@ -22,7 +22,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -404,9 +403,6 @@ class AirflowCluster(AirflowApi):
         self._session.close()
         if self._db_created:
             self._drop_database()
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> AirflowCluster:
         return self.start()

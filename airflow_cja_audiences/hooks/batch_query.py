@@ -64,9 +64,6 @@ class BatchQuery(AdobeModel):
     def created_ms(self) -> int | None:
         return _epoch_ms(self.created)
 
-    def updated_ms(self) -> int | None:
-        return _epoch_ms(self.updated)
-
     def error_summary(self, limit: int = 5) -> str:
         parts = [
             f"{e.get('code', '?')}: {e.get('message') or e.get('description') or ''}".strip()

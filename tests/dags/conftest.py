@@ -14,3 +14,9 @@ def emu(realistic_emu):
 @pytest.fixture(autouse=True)
 def _adobe(adobe_conn):
     yield
+
+
+@pytest.fixture
+def audiences(emu) -> list[str]:
+    """The ids of the emulator's first three audiences (the operator-level tests select these)."""
+    return [a["id"] for a in emu.admin.state()["audiences"][:3]]

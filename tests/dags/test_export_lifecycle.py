@@ -11,110 +11,63 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_cja_audiences.config import RefreshJob
-from airflow_cja_audiences.operators.export import ExportAudiencesOperator
 from airflow_cja_audiences.operators.load import LoadPartitionOperator, PrepareLoadOperator
 from airflow_cja_audiences.operators.publish import PublishBatchOperator
 from airflow_cja_audiences.operators.retention import PruneExportsOperator
-from airflow_cja_audiences.operators.setup import EnsureCjaDatasetOperator, EnsureExportDatasetOperator
 
-TENANT = "demoemea"
+from task_context import (
+    FakeStore,
+    ensure_export_dataset,
+    ensure_profile_dataset,
+    export_operator,
+    load_arguments,
+    prod_state,
+    refresh_job,
+    task_context,
+)
+
 DAY = 86_400
 
 
-class _TI:
-    try_number = 1
-
-    def __init__(self) -> None:
-        self.xcoms: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcoms[key] = value
-
-
-class _Store(dict):
-    def set(self, key: str, value: Any, **_: Any) -> None:
-        self[key] = value
-
-    def delete(self, key: str) -> None:
-        self.pop(key, None)
-
-
 def _context(run_id: str = "scheduled__lifecycle") -> dict:
-    return {
-        "ti": _TI(),
-        "run_id": run_id,
-        "task_state_store": _Store(),
-        "params": {},
-        "dag_run": SimpleNamespace(start_date=datetime.now(timezone.utc), run_type="scheduled"),
-    }
-
-
-def _job(audiences: list[str], **extra: Any) -> RefreshJob:
-    return RefreshJob.model_validate(
-        {
-            "job_id": "lifecycle",
-            "audiences": [{"id": a} for a in audiences],
-            "identity": {"field": "_{tenant}.identification.core.email"},
-            "tenant": TENANT,
-            "publish_events": False,
-            **extra,
-        }
-    )
+    """A scheduled run's task, first try, with a fresh state store."""
+    return task_context(FakeStore(), run_id=run_id, run_type="scheduled")
 
 
 def _batches(emu) -> dict[str, dict]:
-    return emu.admin.state()["sandboxes"]["prod"]["batches"]
+    return prod_state(emu)["batches"]
 
 
 class Pipeline:
     """export -> prepare -> load -> publish of one job's snapshot, step by step."""
 
     def __init__(self, emu, audiences: list[str], **extra: Any) -> None:
-        self.emu, self.audiences, self.job = emu, audiences, _job(audiences, **extra)
-        names = self.job.names
-        export_ds = EnsureExportDatasetOperator(task_id="x", dataset_name=names.export_dataset).execute(
-            _context()
+        self.emu, self.audiences, self.job = (
+            emu,
+            audiences,
+            refresh_job("lifecycle", audiences, publish_events=False, **extra),
         )
+        export_ds = ensure_export_dataset(self.job)
         self.export_dataset, self.table = export_ds["dataset_id"], export_ds["table_name"]
-        self.dataset = EnsureCjaDatasetOperator(
-            task_id="c",
-            kind="profile",
-            tenant=TENANT,
-            dataset_name=names.profile_dataset,
-            schema_title=names.profile_schema,
-            field_group_title=names.field_group,
-        ).execute(_context())["dataset_id"]
+        self.dataset = ensure_profile_dataset(self.job)
 
     def export(self) -> str:
-        op = ExportAudiencesOperator(
-            task_id="export",
-            dataset_id=self.export_dataset,
-            audience_ids=self.audiences,
-            fields=[self.job.identity_path(TENANT)],
-            poll_interval=0.1,
-            deferrable=False,
-        )
-        return op.execute(_context())["export_batch_id"]
+        return export_operator(self.job, self.export_dataset).execute(_context())["export_batch_id"]
 
     def common(self, export_batch_id: str) -> dict[str, Any]:
-        return {
-            "job": self.job.model_dump(mode="json"),
-            "kind": "snapshot",
-            "tenant": TENANT,
-            "table_name": self.table,
-            "export_batch_id": export_batch_id,
-            "dataset_id": self.dataset,
-            "audiences": [{"id": a, "name": f"Audience {a[:4]}"} for a in self.audiences],
-        }
+        return load_arguments(
+            self.job,
+            export_batch_id=export_batch_id,
+            table_name=self.table,
+            dataset_id=self.dataset,
+            audiences=self.audiences,
+        )
 
     def prepare(self, export_batch_id: str, run_id: str) -> tuple[dict, list]:
         ctx = _context(run_id)
@@ -160,11 +113,6 @@ class Pipeline:
             and b.get("origin") == "ingestion"
             and any(o.get("id") == self.dataset for o in b.get("relatedObjects", []))
         ]
-
-
-@pytest.fixture
-def audiences(emu) -> list[str]:
-    return [a["id"] for a in emu.admin.state()["audiences"][:3]]
 
 
 def _overlap(batches: dict[str, dict], old: str, new: str) -> float:

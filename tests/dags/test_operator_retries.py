@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
@@ -25,73 +23,36 @@ from airflow_cja_audiences.operators.load import LoadPartitionOperator, PrepareL
 from airflow_cja_audiences.operators.publish import PublishBatchOperator
 from airflow_cja_audiences.operators.setup import EnsureCjaDatasetOperator, EnsureExportDatasetOperator
 
-TENANT = "demoemea"
-
-
-class FakeTI:
-    def __init__(self, try_number: int = 1) -> None:
-        self.try_number = try_number
-        self.xcoms: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcoms[key] = value
-
-
-class FakeStore(dict):
-    def set(self, key: str, value: Any, **_: Any) -> None:
-        self[key] = value
-
-    def delete(self, key: str) -> None:
-        self.pop(key, None)
+from task_context import (
+    TENANT,
+    FakeStore,
+    ensure_export_dataset,
+    ensure_profile_dataset,
+    export_operator,
+    load_arguments,
+    prod_state,
+    refresh_job,
+    task_context,
+)
 
 
 def _context(store: FakeStore | None = None, try_number: int = 1, run_id: str = "manual__retry-test") -> dict:
-    return {
-        "ti": FakeTI(try_number),
-        "run_id": run_id,
-        "task_state_store": store,
-        "params": {},
-        "dag_run": SimpleNamespace(start_date=datetime.now(timezone.utc), run_type="manual"),
-    }
-
-
-def _prod(emu) -> dict:
-    return emu.admin.state()["sandboxes"]["prod"]
+    return task_context(store, try_number, run_id)
 
 
 def _named(emu, kind: str, name: str) -> list:
-    objects = _prod(emu)[kind]
+    objects = prod_state(emu)[kind]
     items = objects.values() if isinstance(objects, dict) else objects
     return [o for o in items if (o.get("name") or o.get("title")) == name]
 
 
 def _job(audiences: list[str], **extra) -> RefreshJob:
-    return RefreshJob.model_validate(
-        {
-            "job_id": "retries",
-            "audiences": [{"id": a} for a in audiences],
-            "identity": {"field": "_{tenant}.identification.core.email"},
-            "tenant": TENANT,
-            **extra,
-        }
-    )
+    return refresh_job("retries", audiences, **extra)
 
 
 def _export(emu, job: RefreshJob, dataset_id: str, store: FakeStore | None = None, try_number: int = 1):
-    op = ExportAudiencesOperator(
-        task_id="export",
-        dataset_id=dataset_id,
-        audience_ids=[a.id for a in job.audiences],
-        fields=[job.identity_path(TENANT)],
-        poll_interval=0.1,
-        deferrable=False,
-    )
+    op = export_operator(job, dataset_id)
     return op, op.execute(_context(store, try_number))
-
-
-@pytest.fixture
-def audiences(emu) -> list[str]:
-    return [a["id"] for a in emu.admin.state()["audiences"][:3]]
 
 
 def test_setup_steps_run_twice_create_once(emu):
@@ -110,7 +71,7 @@ def test_setup_steps_run_twice_create_once(emu):
     )
     first, second = cja_op.execute(_context()), cja_op.execute(_context(try_number=2))
     assert first == second
-    state = _prod(emu)
+    state = prod_state(emu)
     assert len(_named(emu, "datasets", names.profile_dataset)) == 1
     assert sum(1 for s in state["schemas"] if s.get("title") == names.profile_schema) == 1
     assert sum(1 for g in state["fieldGroups"] if g.get("title") == names.field_group) == 1
@@ -119,12 +80,10 @@ def test_setup_steps_run_twice_create_once(emu):
 
 def test_export_retry_reattaches_instead_of_exporting_twice(emu, audiences):
     job = _job(audiences)
-    dataset = EnsureExportDatasetOperator(task_id="x", dataset_name=job.names.export_dataset).execute(
-        _context()
-    )
+    dataset = ensure_export_dataset(job)
     store = FakeStore()
     op, _ = _export(emu, job, dataset["dataset_id"], store)  # warm-up: a finished export forgets its job
-    jobs_before = len(_prod(emu)["exportJobs"])
+    jobs_before = len(prod_state(emu)["exportJobs"])
 
     # Try 1 dies right after creating the job (the id is stored), try 2 must re-attach.
     from airflow_cja_audiences.hooks.segmentation import SegmentationHook
@@ -139,7 +98,7 @@ def test_export_retry_reattaches_instead_of_exporting_twice(emu, audiences):
     lost = hook.create_export_job(op._request(), created_after_ms=0)
     _, result = _export(emu, job, dataset["dataset_id"], store, try_number=2)
     assert result["export_job_id"] == lost.id
-    assert len(_prod(emu)["exportJobs"]) == jobs_before + 2  # two exports, never a third
+    assert len(prod_state(emu)["exportJobs"]) == jobs_before + 2  # two exports, never a third
     # A new run (first try, empty store) exports afresh instead of taking an earlier run's job.
     _, fresh = _export(emu, job, dataset["dataset_id"], FakeStore())
     assert fresh["export_job_id"] not in (created.id, lost.id)
@@ -151,9 +110,7 @@ def test_export_of_an_unknown_field_fails_naming_it_and_its_batch(emu, audiences
     from airflow_cja_audiences.errors import AepObjectFailedError
 
     job = _job(audiences)
-    dataset = EnsureExportDatasetOperator(task_id="x", dataset_name=job.names.export_dataset).execute(
-        _context()
-    )
+    dataset = ensure_export_dataset(job)
     op = ExportAudiencesOperator(
         task_id="export",
         dataset_id=dataset["dataset_id"],
@@ -171,9 +128,7 @@ def test_batch_wait_resumes_without_the_defers_kwargs(emu, audiences):
     """``dag.test()`` resumes a deferred task with the event alone (the defer's kwargs are lost): the
     export task still finds its job, from the state store or by the batch it waited for."""
     job = _job(audiences)
-    dataset = EnsureExportDatasetOperator(task_id="x", dataset_name=job.names.export_dataset).execute(
-        _context()
-    )
+    dataset = ensure_export_dataset(job)
     op, done = _export(emu, job, dataset["dataset_id"])
     event = {"status": "success", "batch_id": done["export_batch_id"], "batch_status": "success"}
     stored = FakeStore(export_job_id=done["export_job_id"])
@@ -182,15 +137,13 @@ def test_batch_wait_resumes_without_the_defers_kwargs(emu, audiences):
 
 
 def _load_all(job: RefreshJob, export: dict, dataset_id: str, audiences: list[str], *, try_number: int = 1):
-    common = {
-        "job": job.model_dump(mode="json"),
-        "kind": "snapshot",
-        "tenant": TENANT,
-        "table_name": export["table_name"],
-        "export_batch_id": export["export_batch_id"],
-        "audiences": [{"id": a, "name": f"Audience {a[:4]}"} for a in audiences],
-        "dataset_id": dataset_id,
-    }
+    common = load_arguments(
+        job,
+        export_batch_id=export["export_batch_id"],
+        table_name=export["table_name"],
+        dataset_id=dataset_id,
+        audiences=audiences,
+    )
     ctx = _context(try_number=try_number)
     partitions = PrepareLoadOperator(task_id="prepare", **common).execute(ctx)
     batch_id = ctx["ti"].xcoms["batch_id"]
@@ -201,22 +154,8 @@ def _load_all(job: RefreshJob, export: dict, dataset_id: str, audiences: list[st
     return ctx["ti"].xcoms, results
 
 
-def _profile_dataset(job: RefreshJob) -> str:
-    n = job.names
-    return EnsureCjaDatasetOperator(
-        task_id="c",
-        kind="profile",
-        tenant=TENANT,
-        dataset_name=n.profile_dataset,
-        schema_title=n.profile_schema,
-        field_group_title=n.field_group,
-    ).execute(_context())["dataset_id"]
-
-
 def _snapshot_export(emu, job: RefreshJob) -> dict:
-    dataset = EnsureExportDatasetOperator(task_id="x", dataset_name=job.names.export_dataset).execute(
-        _context()
-    )
+    dataset = ensure_export_dataset(job)
     _, result = _export(emu, job, dataset["dataset_id"], FakeStore())
     return {**result, "table_name": dataset["table_name"]}
 
@@ -224,7 +163,7 @@ def _snapshot_export(emu, job: RefreshJob) -> dict:
 def test_prepare_load_publish_retried_leave_one_live_snapshot(emu, audiences):
     job = _job(audiences, query_partitioning="rows", max_rows_per_query=100)
     export = _snapshot_export(emu, job)
-    dataset_id = _profile_dataset(job)
+    dataset_id = ensure_profile_dataset(job)
     pushed, results = _load_all(job, export, dataset_id, audiences)
     again, results_again = _load_all(job, export, dataset_id, audiences, try_number=2)
     assert again["batch_id"] == pushed["batch_id"]  # the open batch is found by its label
@@ -243,7 +182,7 @@ def test_prepare_load_publish_retried_leave_one_live_snapshot(emu, audiences):
     second = publish.execute(_context(try_number=2))
     live = [
         b
-        for b in _prod(emu)["batches"].values()
+        for b in prod_state(emu)["batches"].values()
         if b["status"] == "success" and any(o.get("id") == dataset_id for o in b.get("relatedObjects", []))
     ]
     assert [b["id"] for b in live] == [pushed["batch_id"]] and first["records"] == second["records"]
@@ -271,7 +210,7 @@ def test_partition_cut_at_the_row_cap_is_split(audiences, monkeypatch):
         clear_token_cache()
         job = _job(audiences, query_partitioning="rows", max_rows_per_query=140, query_service_row_limit=150)
         export = _snapshot_export(small, job)
-        dataset_id = _profile_dataset(job)
+        dataset_id = ensure_profile_dataset(job)
         pushed, results = _load_all(job, export, dataset_id, audiences)
         assert pushed["memberships"] > 150
         assert sum(r["rows"] for r in results) == pushed["memberships"]
@@ -322,7 +261,7 @@ def test_time_partitions_lift_the_row_cap_and_a_scan_timeout_fails_with_advice(a
         job = _job(audiences)
         assert job.query_partitioning == "time"
         export = _snapshot_export(small, job)
-        dataset_id = _profile_dataset(job)
+        dataset_id = ensure_profile_dataset(job)
         small.admin.scans("DELETE")
         pushed, results = _load_all(job, export, dataset_id, audiences)
         assert pushed["memberships"] > 150 and len(results) == 1 and results[0]["splits"] == 0
@@ -354,11 +293,11 @@ def test_time_partitions_lift_the_row_cap_and_a_scan_timeout_fails_with_advice(a
         rows_job = _job(
             audiences, query_partitioning="rows", max_rows_per_query=100
         )  # > 150 rows: 2+ partitions
-        batches_before = len(_prod(small)["batches"])
+        batches_before = len(prod_state(small)["batches"])
         with pytest.raises(AirflowFailException, match="max_map_length") as info:
             _load_all(rows_job, export, dataset_id, audiences, try_number=1)
         assert "AIRFLOW__CORE__MAX_MAP_LENGTH=" in str(info.value)
-        assert len(_prod(small)["batches"]) == batches_before  # failed before opening a batch
+        assert len(prod_state(small)["batches"]) == batches_before  # failed before opening a batch
         clear_token_cache()
 
 
@@ -372,7 +311,7 @@ def test_cleared_load_task_of_a_published_run_fails_fast(emu, audiences):
 
     job = _job(audiences, query_partitioning="rows", max_rows_per_query=100)
     export = _snapshot_export(emu, job)
-    dataset_id = _profile_dataset(job)
+    dataset_id = ensure_profile_dataset(job)
     pushed, results = _load_all(job, export, dataset_id, audiences)
     PublishBatchOperator(
         task_id="publish",
@@ -383,7 +322,7 @@ def test_cleared_load_task_of_a_published_run_fails_fast(emu, audiences):
         poll_interval=0.1,
         deferrable=False,
     ).execute(_context())
-    files_before = len(_prod(emu)["batches"][pushed["batch_id"]]["files"])
+    files_before = len(prod_state(emu)["batches"][pushed["batch_id"]]["files"])
     cleared = LoadPartitionOperator(
         task_id="load",
         batch_id=pushed["batch_id"],
@@ -399,8 +338,8 @@ def test_cleared_load_task_of_a_published_run_fails_fast(emu, audiences):
     with pytest.raises(AirflowFailException, match="clear the whole DAG run") as info:
         cleared.execute(_context(try_number=1, run_id="scheduled__old-run"))
     assert pushed["batch_id"] in str(info.value) and "'success'" in str(info.value)
-    assert len(_prod(emu)["batches"][pushed["batch_id"]]["files"]) == files_before
-    assert _prod(emu)["batches"][pushed["batch_id"]]["status"] == "success"
+    assert len(prod_state(emu)["batches"][pushed["batch_id"]]["files"]) == files_before
+    assert prod_state(emu)["batches"][pushed["batch_id"]]["status"] == "success"
 
 
 def _resolve(audiences: list[dict], **kwargs):

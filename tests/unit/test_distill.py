@@ -46,10 +46,6 @@ class _Ctx:
         return None
 
 
-def _membership(status: str, when: str) -> dict[str, Any]:
-    return {"status": status, "lastQualificationTime": when}
-
-
 PROFILES = [  # (email, {audience: (status, time)}, batch)
     (
         "ann@example.com",
