@@ -17,7 +17,7 @@ import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aep_emulator.memberships import OVERRIDE_TABLE, STATUSES, apply_override, epoch
 from aep_emulator.synthetic import profile_attribute_columns
@@ -193,14 +193,6 @@ def set_membership(
         intervals,
     )
     return intervals
-
-
-def to_jsonable(rows: list[dict]) -> list[dict[str, Any]]:
-    """Datetimes as ISO strings (for the admin API)."""
-    return [
-        {k: (v.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(v, datetime) else v) for k, v in row.items()}
-        for row in rows
-    ]
 
 
 def dumps(row: dict) -> str:
