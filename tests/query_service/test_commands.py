@@ -106,3 +106,26 @@ def test_only_commit_and_rollback_are_transaction_control():
         if isinstance(cmd.classify(s), cmd.TRANSACTION_CONTROL)
     ]
     assert control == ["COMMIT", "ROLLBACK"]
+
+
+@pytest.mark.parametrize(
+    ("direction", "position", "skip", "count"),
+    [
+        ("NEXT", 4, 0, 1),
+        ("FORWARD ALL", 4, 0, None),
+        ("ABSOLUTE 3", 0, 2, 1),
+        ("ABSOLUTE 3", 5, None, 1),  # backwards: a NO SCROLL cursor refuses
+        ("RELATIVE 2", 0, 1, 1),
+        ("10", 0, 0, 10),
+        ("-1", 0, None, -1),
+        ("PRIOR", 3, None, 0),
+    ],
+)
+def test_fetch_plan(direction, position, skip, count):
+    plan_skip, plan_count = cmd.fetch_plan(direction)
+    assert (plan_skip(position), plan_count) == (skip, count)
+
+
+def test_select_list_names_of_a_catalog_query():
+    assert cmd.select_list_names("SELECT oid, typname AS name FROM pg_type") == ["oid", "name"]
+    assert cmd.select_list_names("SELECT FROM WHERE") == ["?column?"]

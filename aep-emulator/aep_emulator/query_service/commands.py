@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlglot
@@ -518,3 +519,35 @@ def _unsupported(head: str) -> QueryServiceError:
         f"{head or 'anonymous block'} statements are not supported by the Query Service "
         "emulator (it serves ad hoc queries; batch queries are not modelled)",
     )
+
+
+# --- helpers the session's handlers share ---------------------------------------------------
+
+
+def fetch_plan(direction: str) -> tuple[Callable[[int], int | None], int | None]:
+    """(rows to skip given the cursor position -> None if backwards, rows to fetch -> None for all)."""
+    number = re.search(r"[-+]?\d+", direction)
+    n = int(number.group(0)) if number else None
+    if direction in ("NEXT", "FORWARD"):
+        return (lambda pos: 0), 1
+    if direction in ("ALL", "FORWARD ALL"):
+        return (lambda pos: 0), None
+    if direction.startswith("ABSOLUTE") and n is not None:
+        return (lambda pos: n - 1 - pos if n > pos else None), 1
+    if direction.startswith("RELATIVE") and n is not None:
+        return (lambda pos: n - 1 if n > 0 else None), 1
+    if (direction.startswith("FORWARD") or direction[0] in "+-0123456789") and n is not None:
+        return (lambda pos: 0 if n >= 0 else None), n
+    return (lambda pos: None), 0  # PRIOR, FIRST, LAST, BACKWARD: this cursor cannot go back
+
+
+def select_list_names(sql: str) -> list[str]:
+    """Output column names of a catalog query, read leniently (it is answered with no rows)."""
+    try:
+        tree = sqlglot.parse_one(sql, read="postgres")
+        names = (
+            [e.alias_or_name or "?column?" for e in tree.expressions] if isinstance(tree, exp.Select) else []
+        )
+    except Exception:  # any parse problem: one anonymous column is still a valid empty answer
+        names = []
+    return names or ["?column?"]

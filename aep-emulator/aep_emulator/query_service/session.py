@@ -5,6 +5,9 @@ A :class:`Session` owns the transaction status (I/T/E), savepoints, prepared sta
 DuckDB cursor for metadata probes. Every query runs on its own fresh DuckDB cursor so that a
 timeout or cancel interrupts exactly that query.
 
+What a statement is comes from :mod:`.commands` (sqlglot-based classification into typed commands);
+this module executes them. The extended query protocol's message handling is in :mod:`.extended`.
+
 Query Service limits (guardrails.md, writing-queries.md, troubleshooting-guide.md):
 
 * an ad hoc query returning more than ``max_rows`` rows: production documents an implicit
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -349,7 +351,7 @@ class Session:
 
     def close(self) -> None:
         for portal in list(self.portals.values()):
-            self._drop_portal(portal)
+            self.drop_portal(portal)
         self.portals.clear()
         if self._meta is not None:
             try:
@@ -467,7 +469,7 @@ class Session:
 
     def _catalog_statement(self, sql: str, param_oids: Sequence[int]) -> Statement:
         """PostgreSQL catalog look-ups (psycopg's hstore probe, pg_cursors, ...): no rows."""
-        names = _select_list_names(sql)
+        names = cmd.select_list_names(sql)
         log.debug("answering catalog query with no rows: %s", sql)
         return Statement(
             sql,
@@ -538,7 +540,7 @@ class Session:
         self._local_saved.clear()
         for portal in list(self.portals.values()):
             if not portal.holdable:
-                self._drop_portal(portal)
+                self.drop_portal(portal)
         return Outcome("ROLLBACK" if (failed or not commit) else "COMMIT")
 
     def _savepoint(self, name: str) -> Outcome:
@@ -663,7 +665,7 @@ class Session:
 
     def _discard(self) -> Outcome:
         for portal in list(self.portals.values()):
-            self._drop_portal(portal)
+            self.drop_portal(portal)
         self.statements.clear()
         self._reset("all")
         return Outcome("DISCARD ALL")
@@ -700,7 +702,7 @@ class Session:
 
     def _fetch_command(self, command: cmd.Fetch) -> tuple[_Run, _Describe]:
         verb, name, direction = ("MOVE" if command.move else "FETCH"), command.name, command.direction
-        skip, count = _fetch_plan(direction)
+        skip, count = cmd.fetch_plan(direction)
 
         def cursor(s: Session) -> Portal:
             portal = s.portals.get(name)
@@ -737,16 +739,16 @@ class Session:
     def _close_cursor(self, target: str) -> Outcome:
         if target.upper() == "ALL":
             for portal in [p for p in self.portals.values() if p.is_cursor]:
-                self._drop_portal(portal)
+                self.drop_portal(portal)
             return Outcome("CLOSE CURSOR")
         name = cmd.ident(target)
         portal = self.portals.get(name)
         if portal is None or not portal.is_cursor:
             raise QueryServiceError(err.INVALID_CURSOR_NAME, f'cursor "{name}" does not exist')
-        self._drop_portal(portal)
+        self.drop_portal(portal)
         return Outcome("CLOSE CURSOR")
 
-    def _drop_portal(self, portal: Portal) -> None:
+    def drop_portal(self, portal: Portal) -> None:
         if portal.outcome is not None and portal.outcome.rows is not None:
             portal.outcome.rows.close()
         if self.portals.get(portal.name) is portal:
@@ -974,162 +976,14 @@ class Session:
                 if outcome.rows is not None:
                     write([pg.row_description(outcome.rows.columns, outcome.rows.formats)])
                     count, _ = self.send_rows(outcome, None, write)
-                    write([pg.command_complete(_row_tag(outcome, count))])
+                    write([pg.command_complete(row_tag(outcome, count))])
                 else:
                     write([pg.command_complete(outcome.tag)])
             for name, value in outcome.reported:
                 write([pg.parameter_status(name, value)])
 
 
-def _row_tag(outcome: Outcome, count: int) -> str:
+def row_tag(outcome: Outcome, count: int) -> str:
     if outcome.row_tag in ("SELECT", "FETCH"):
         return f"{outcome.row_tag} {count}"
     return outcome.row_tag
-
-
-def _fetch_plan(direction: str) -> tuple[Callable[[int], int | None], int | None]:
-    """(rows to skip given the cursor position -> None if backwards, rows to fetch -> None for all)."""
-    number = re.search(r"[-+]?\d+", direction)
-    n = int(number.group(0)) if number else None
-    if direction in ("NEXT", "FORWARD"):
-        return (lambda pos: 0), 1
-    if direction in ("ALL", "FORWARD ALL"):
-        return (lambda pos: 0), None
-    if direction.startswith("ABSOLUTE") and n is not None:
-        return (lambda pos: n - 1 - pos if n > pos else None), 1
-    if direction.startswith("RELATIVE") and n is not None:
-        return (lambda pos: n - 1 if n > 0 else None), 1
-    if (direction.startswith("FORWARD") or direction[0] in "+-0123456789") and n is not None:
-        return (lambda pos: 0 if n >= 0 else None), n
-    return (lambda pos: None), 0  # PRIOR, FIRST, LAST, BACKWARD: this cursor cannot go back
-
-
-def _select_list_names(sql: str) -> list[str]:
-    """Output column names of a catalog query, read leniently (it is answered with no rows)."""
-    try:
-        import sqlglot
-
-        tree = sqlglot.parse_one(sql, read="postgres")
-        names = (
-            [e.alias_or_name or "?column?" for e in tree.expressions]
-            if isinstance(tree, sqlglot.exp.Select)
-            else []
-        )
-    except Exception:  # any parse problem: one anonymous column is still a valid empty answer
-        names = []
-    return names or ["?column?"]
-
-
-class ExtendedProtocol:
-    """Parse/Bind/Describe/Execute/Close on top of a :class:`Session` (state lives in the session)."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def parse(self, name: str, sql: str, param_oids: list[int]) -> None:
-        s = self.session
-        if name and name in s.statements:
-            raise QueryServiceError(
-                err.DUPLICATE_PREPARED_STATEMENT, f'prepared statement "{name}" already exists'
-            )
-        s.statements[name] = s.prepare(sql, param_oids)
-
-    def bind(
-        self,
-        portal_name: str,
-        statement_name: str,
-        param_formats: list[int],
-        values: list[bytes | None],
-        result_formats: list[int],
-    ) -> None:
-        s = self.session
-        statement = s.statements.get(statement_name)
-        if statement is None:
-            raise QueryServiceError(
-                err.INVALID_SQL_STATEMENT_NAME, f'prepared statement "{statement_name}" does not exist'
-            )
-        expected = max(statement.param_count, len(statement.param_oids))
-        if len(values) != expected:
-            raise QueryServiceError(
-                err.PROTOCOL_VIOLATION,
-                f"bind message supplies {len(values)} parameters, but prepared statement "
-                f'"{statement_name}" requires {expected}',
-            )
-        formats = expand_formats(param_formats, len(values)) if values else []
-        oids = statement.param_oids
-        params = [
-            pg.decode_parameter(v, oids[i] if i < len(oids) else 0, formats[i]) for i, v in enumerate(values)
-        ]
-        old = s.portals.get(portal_name)
-        if old is not None:
-            if portal_name:
-                raise QueryServiceError(err.DUPLICATE_CURSOR, f'portal "{portal_name}" already exists')
-            s._drop_portal(old)
-        s.portals[portal_name] = Portal(portal_name, statement, params, list(result_formats))
-
-    def describe_statement(self, name: str) -> tuple[list[int], list[pg.Column] | None]:
-        s = self.session
-        statement = s.statements.get(name)
-        if statement is None:
-            raise QueryServiceError(
-                err.INVALID_SQL_STATEMENT_NAME, f'prepared statement "{name}" does not exist'
-            )
-        count = max(statement.param_count, len(statement.param_oids))
-        oids = [
-            statement.param_oids[i] if i < len(statement.param_oids) and statement.param_oids[i] else pg.TEXT
-            for i in range(count)
-        ]
-        return oids, s.describe_statement(statement)
-
-    def describe_portal(self, name: str) -> tuple[list[pg.Column], list[int]] | None:
-        s = self.session
-        portal = self._portal(name)
-        if portal.outcome is None and portal.statement.kind == "query":
-            # Starting the query is how its shape is known; Execute then streams the same result.
-            with s.query_scope():
-                portal.outcome = s.execute_statement(portal.statement, portal.params, portal.result_formats)
-        if portal.outcome is not None:
-            rows = portal.outcome.rows
-            return (rows.columns, rows.formats) if rows is not None else None
-        columns = s.describe_statement(portal.statement)
-        if columns is None:
-            return None
-        return columns, expand_formats(portal.result_formats, len(columns))
-
-    def execute(self, name: str, max_rows: int, write: Callable[[list[bytes]], None]) -> None:
-        s = self.session
-        portal = self._portal(name)
-        with s.query_scope():
-            if portal.outcome is None:
-                portal.outcome = s.execute_statement(portal.statement, portal.params, portal.result_formats)
-            outcome = portal.outcome
-            if portal.statement.kind == "empty":
-                write([pg.EMPTY_QUERY])
-                return
-            if outcome.rows is None:
-                write([pg.command_complete(outcome.tag)])
-                write([pg.parameter_status(n, v) for n, v in outcome.reported])
-                return
-            count, done = s.send_rows(outcome, max_rows if max_rows > 0 else None, write)
-            write([pg.command_complete(_row_tag(outcome, count)) if done else pg.PORTAL_SUSPENDED])
-
-    def close_statement(self, name: str) -> None:
-        self.session.statements.pop(name, None)
-
-    def close_portal(self, name: str) -> None:
-        portal = self.session.portals.get(name)
-        if portal is not None:
-            self.session._drop_portal(portal)
-
-    def sync(self) -> None:
-        """End of an extended-protocol batch: outside a transaction block its portals are gone."""
-        s = self.session
-        if s.tx_status == "I":
-            for portal in [p for p in s.portals.values() if not p.holdable]:
-                s._drop_portal(portal)
-
-    def _portal(self, name: str) -> Portal:
-        portal = self.session.portals.get(name)
-        if portal is None:
-            raise QueryServiceError(err.INVALID_CURSOR_NAME, f'portal "{name}" does not exist')
-        return portal
