@@ -41,6 +41,9 @@ from aep_emulator.query_service.errors import QueryServiceError
         ("SET extra_float_digits = -3", cmd.SetVar("extra_float_digits", "-3")),
         ("SET application_name = 'it''s'", cmd.SetVar("application_name", "it's")),
         ("SET auto_to_json = true", cmd.SetVar("auto_to_json", "true")),
+        # Values sqlglot would rewrite or misread are taken as written.
+        ("SET auto_to_json = TRUE", cmd.SetVar("auto_to_json", "TRUE")),
+        ("SET statement_timeout TO 10s", cmd.SetVar("statement_timeout", "10s")),
         ("SET x TO DEFAULT", cmd.SetVar("x", None)),
         ("SET TIME ZONE 'Europe/Paris'", cmd.SetVar("timezone", "Europe/Paris")),
         ("SET datestyle TO ISO, MDY", cmd.SetVar("datestyle", "ISO, MDY")),

@@ -464,22 +464,16 @@ def _set(tree: exp.Set, text: str) -> Command:
     assignment = item.this
     if not isinstance(assignment, exp.EQ) or not isinstance(assignment.this, exp.Column):
         return _set_text(_rest(text), text)
+    value = assignment.expression
+    if not isinstance(value, (exp.Literal, exp.Var, exp.Column, exp.Identifier)):
+        # Anything else is read from the text as written: sqlglot rewrites some values (TRUE as a
+        # Boolean, E'..' strings) and misreads units (``10s`` as ``10 AS s``).
+        return _set_text(_rest(text), text)
     name = ".".join(p.name for p in assignment.this.parts).lower()
-    value = _set_value(assignment.expression)
-    if value.upper() == "DEFAULT":
+    written = str(value.this) if isinstance(value, exp.Literal) else value.name
+    if written.upper() == "DEFAULT":
         return SetVar(name, None)
-    return SetVar(name, value, local=kind == "LOCAL")
-
-
-def _set_value(node: exp.Expr) -> str:
-    """The value of ``SET name = value`` as PostgreSQL stores it: literals unquoted, words as written."""
-    if isinstance(node, exp.Literal):
-        return str(node.this)
-    if isinstance(node, exp.Boolean):
-        return "true" if node.this else "false"
-    if isinstance(node, (exp.Var, exp.Column, exp.Identifier)):
-        return node.name
-    return unquote_value(node.sql(dialect="postgres"))
+    return SetVar(name, written, local=kind == "LOCAL")
 
 
 def _set_text(rest: str, text: str) -> Command:
