@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import ssl
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import trustme
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 # The names every certificate carries: clients on the same machine connect through one of them.
 LOOPBACK_NAMES = ("127.0.0.1", "::1", "localhost")
+LEAF_DAYS = 825
 # Wildcard bind addresses are not names a client connects to, so they never enter the SAN.
 _WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::"})
 
@@ -50,7 +52,16 @@ def generate(directory: Path, hosts: list[str]) -> TlsFiles:
     directory.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA(organization_name="airflow-cja-audiences emulator CA", path_length=0)
     names = certificate_names(hosts)
-    leaf = ca.issue_cert(*names, common_name="localhost")
+    # The leaf's validity stays what it was before trustme: from a few minutes ago (clock skew) for
+    # 825 days, the longest lifetime Apple's TLS clients accept for a server certificate
+    # (https://support.apple.com/en-us/103769); trustme's default would run to the year 3000.
+    now = datetime.now(timezone.utc)
+    leaf = ca.issue_cert(
+        *names,
+        common_name="localhost",
+        not_before=now - timedelta(minutes=5),
+        not_after=now + timedelta(days=LEAF_DAYS),
+    )
     files = TlsFiles(
         ca_bundle=directory / "ca.pem", cert=directory / "server.pem", key=directory / "server.key"
     )

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import socket
 import ssl
+from datetime import timedelta
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from emulator_fixture import start_subprocess
 
@@ -42,6 +45,11 @@ def test_generated_chain_verifies_under_strict_x509(tmp_path):
     files = tls.generate(tmp_path, ["aep-emulator"])
     assert files.cert.read_text().count("BEGIN CERTIFICATE") == 2  # leaf + CA
     assert files.key.stat().st_mode & 0o077 == 0
+    # Apple's TLS clients want a server certificate valid at most 825 days and marked serverAuth.
+    leaf = x509.load_pem_x509_certificates(files.cert.read_bytes())[0]
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc <= timedelta(days=tls.LEAF_DAYS, minutes=5)
+    eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in eku
     client = ssl.create_default_context(cafile=str(files.ca_bundle))
     client.verify_flags |= ssl.VERIFY_X509_STRICT
     server = tls.server_context(files)
