@@ -1,6 +1,6 @@
 """Local, stateful emulator of the Adobe Experience Platform and CJA APIs (our "moto" for Adobe).
 
-Optional extra ``[emulator]`` (DuckDB, sqlglot, Starlette, uvicorn, cryptography). Never imported by
+Optional extra ``[emulator]`` (DuckDB, sqlglot, Starlette, uvicorn, trustme, jsonpatch). Never imported by
 the provider or the DAGs. Importing this package is cheap: the heavy modules load on first use.
 
 * CLI: ``python -m aep_emulator --help``

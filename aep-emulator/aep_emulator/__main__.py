@@ -7,6 +7,7 @@ same JSON to ``--ready-file``); logs go to stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from aep_emulator.clock import parse_instant
 from aep_emulator.settings import MODES, EmulatorSettings, load_audiences_file, load_faults
@@ -25,6 +27,10 @@ def _scopes(value: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in value.split(",") if s.strip())
 
 
+def _field(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
 def parser(defaults: EmulatorSettings = DEFAULTS) -> argparse.ArgumentParser:
     """The CLI; ``defaults`` are the mode's (``--realistic`` re-parses with the realistic preset, so
     an explicit option still wins over the preset)."""
@@ -34,30 +40,35 @@ def parser(defaults: EmulatorSettings = DEFAULTS) -> argparse.ArgumentParser:
         description="Local emulator of the Adobe Experience Platform and CJA APIs.",
     )
     add = p.add_argument
-    add(
+
+    def setting(flag: str, **options: Any) -> None:
+        """An option for the ``EmulatorSettings`` field of the same name (``--qs-max-rows`` ->
+        ``qs_max_rows``), defaulting to the mode's value; ``settings_from`` copies it as is."""
+        add(flag, default=getattr(DEFAULTS, _field(flag)), **options)
+
+    setting(
         "--mode",
         choices=MODES,
-        default=DEFAULTS.mode,
         help="default: fast and kind; realistic: Adobe's pace and limits on a compressed clock (durations "
         "in minutes, throttling with Retry-After, IMS scope checks, intermediate batch statuses); "
         "see README 'Realistic mode' (default %(default)s)",
     )
     add("--realistic", dest="mode", action="store_const", const="realistic", help="same as --mode realistic")
-    add("--host", default=DEFAULTS.host, help="address to listen on (default %(default)s)")
-    add("--port", type=int, default=DEFAULTS.port, help="REST port; 0 picks a free one (default %(default)s)")
-    add("--profiles", type=int, default=DEFAULTS.profiles, help="synthetic profiles (default %(default)s)")
-    add("--seed", type=int, default=DEFAULTS.seed, help="seed of the synthetic data (default %(default)s)")
-    add("--client-id", default=DEFAULTS.client_id)
-    add("--client-secret", default=DEFAULTS.client_secret)
-    add("--org-id", default=DEFAULTS.org_id)
+    setting("--host", help="address to listen on (default %(default)s)")
+    setting("--port", type=int, help="REST port; 0 picks a free one (default %(default)s)")
+    setting("--profiles", type=int, help="synthetic profiles (default %(default)s)")
+    setting("--seed", type=int, help="seed of the synthetic data (default %(default)s)")
+    setting("--client-id")
+    setting("--client-secret")
+    setting("--org-id")
     add(
         "--sandbox",
         action="append",
         dest="sandboxes",
         help="sandbox name; repeat for several (default: prod). The first is the default sandbox",
     )
-    add("--tenant", default=DEFAULTS.tenant, help="tenant id without '_' (default %(default)s)")
-    add("--token-lifetime", type=float, default=DEFAULTS.token_lifetime, help="seconds (default %(default)s)")
+    setting("--tenant", help="tenant id without '_' (default %(default)s)")
+    setting("--token-lifetime", type=float, help="seconds (default %(default)s)")
     add(
         "--tls-cert",
         type=Path,
@@ -76,50 +87,43 @@ def parser(defaults: EmulatorSettings = DEFAULTS) -> argparse.ArgumentParser:
     add("--no-tls", action="store_true", help="plain HTTP (for debugging only; clients should use TLS)")
     add("--state-dir", type=Path, help="where certificates and uploads go (default: a temporary directory)")
     add("--pg-port", type=int, help="also serve Query Service (PostgreSQL wire) on this port; 0 = free port")
-    add(
+    setting(
         "--qs-max-rows",
         type=int,
-        default=DEFAULTS.qs_max_rows,
         help="rows per ad hoc query (default %(default)s)",
     )
-    add(
+    setting(
         "--qs-over-limit",
         choices=("truncate", "error"),
-        default=DEFAULTS.qs_over_limit,
         help="a result above --qs-max-rows is cut silently as production does (truncate, default) or fails "
         "with SQLSTATE 53400 (error)",
     )
-    add(
+    setting(
         "--qs-timeout-seconds",
         type=float,
-        default=DEFAULTS.qs_timeout_seconds,
         help="ad hoc query time limit (default %(default)s)",
     )
-    add(
+    setting(
         "--qs-max-sessions",
         type=int,
-        default=DEFAULTS.qs_max_sessions,
         help="Query Service sessions the org may have at once; past it a connection fails with 'Session Limit "
         "Reached' (SQLSTATE 53300). 0 = no limit (default %(default)s; realistic: 5)",
     )
-    add(
+    setting(
         "--distinct-batch-ids",
         action=argparse.BooleanOptionalAction,
-        default=DEFAULTS.distinct_batch_ids,
         help="export rows get a physical _acp_batchid unlike the job's (logical) batch id, which they carry "
         "in _acp_system_metadata.acp_sourceBatchId, as Adobe allows (default %(default)s; realistic: on)",
     )
-    add(
+    setting(
         "--qs-seconds-per-million-rows",
         type=float,
-        default=DEFAULTS.qs_seconds_per_million_rows,
         help="scan-cost model: modelled seconds per million export rows a query reads (default %(default)s; "
         "realistic: 5, a guess)",
     )
-    add(
+    setting(
         "--qs-seconds-per-query",
         type=float,
-        default=DEFAULTS.qs_seconds_per_query,
         help="scan-cost model: modelled start-up seconds of each query that reads a dataset (default "
         "%(default)s; realistic: 2, a guess)",
     )
@@ -128,60 +132,51 @@ def parser(defaults: EmulatorSettings = DEFAULTS) -> argparse.ArgumentParser:
         help="RFC 3339 instant: the clock starts there and timelines spread around it "
         "(default: real time, timelines around today 00:00 UTC)",
     )
-    add(
+    setting(
         "--time-scale",
         type=float,
-        default=DEFAULTS.time_scale,
         help="real seconds per emulated Adobe second for job and batch durations (default %(default)s)",
     )
-    add(
+    setting(
         "--export-job-seconds",
         type=float,
-        default=DEFAULTS.export_job_seconds,
         help="duration of an export job, Adobe seconds (default %(default)s)",
     )
-    add(
+    setting(
         "--export-batch-seconds",
         type=float,
-        default=DEFAULTS.export_batch_seconds,
         help="time the export's batch stays staging after its job SUCCEEDED, Adobe seconds (default %(default)s)",
     )
-    add(
+    setting(
         "--batch-seconds",
         type=float,
-        default=DEFAULTS.batch_seconds,
         help="processing time of an ingestion batch, Adobe seconds (default %(default)s)",
     )
-    add(
+    setting(
         "--intermediate-statuses",
         action=argparse.BooleanOptionalAction,
-        default=DEFAULTS.intermediate_statuses,
         help="batches pass Catalog's loaded/staging statuses (default %(default)s)",
     )
-    add(
+    setting(
         "--platform-rate-limit",
         type=int,
-        default=DEFAULTS.platform_rate_limit,
         help="Platform requests per second per client id, then 429 with Retry-After; 0 = unlimited "
         "(default %(default)s)",
     )
-    add(
+    setting(
         "--batch-create-rate-limit",
         type=int,
-        default=DEFAULTS.batch_create_rate_limit,
         help="ingestion batches created per minute per client id; 0 = unlimited (default %(default)s)",
     )
-    add(
+    setting(
         "--ims-scopes",
         type=_scopes,
-        default=DEFAULTS.ims_scopes,
         metavar="A,B,...",
         help="the credential's scopes: a token request asking for another is refused; empty = any",
     )
-    add(
+    setting(
         "--required-scopes",
         type=_scopes,
-        default=DEFAULTS.required_scopes,
         metavar="A,B,...",
         help="scopes every API call's token must carry; empty = none",
     )
@@ -191,10 +186,9 @@ def parser(defaults: EmulatorSettings = DEFAULTS) -> argparse.ArgumentParser:
         help='JSON list of {"id", "name", "probability"} replacing the defaults',
     )
     add("--faults", help="fault rules: inline JSON or a JSON file (see emulator/faults.py)")
-    add(
+    setting(
         "--cja-rate-limit",
         action=argparse.BooleanOptionalAction,
-        default=DEFAULTS.cja_rate_limit,
         help="enforce CJA's 12 requests / 6 s limit (default %(default)s)",
     )
     add("--db-path", type=Path, help="DuckDB database file (default: in memory)")
@@ -205,50 +199,29 @@ def parser(defaults: EmulatorSettings = DEFAULTS) -> argparse.ArgumentParser:
     return p
 
 
+# Options whose value needs converting into its settings field. Every other option named like a
+# settings field is copied as is (most are ``setting(...)`` options above).
+_CONVERTED = ("mode", "sandboxes", "tls_hostnames", "clock_start", "ims_scopes", "required_scopes", "faults")
+
+
 def settings_from(args: argparse.Namespace) -> EmulatorSettings:
+    copied = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(EmulatorSettings)
+        if f.name not in _CONVERTED and hasattr(args, f.name)
+    }
     # The mode's preset first, so a realistic knob without a CLI option still gets its value.
     return EmulatorSettings.for_mode(
         args.mode,
-        host=args.host,
-        port=args.port,
-        profiles=args.profiles,
-        seed=args.seed,
-        client_id=args.client_id,
-        client_secret=args.client_secret,
-        org_id=args.org_id,
+        **copied,
         sandboxes=tuple(args.sandboxes or ("prod",)),
-        tenant=args.tenant,
-        token_lifetime=args.token_lifetime,
         tls=not args.no_tls,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_ca=args.tls_ca,
         tls_hostnames=tuple(args.tls_hostnames or ()),
-        state_dir=args.state_dir,
-        pg_port=args.pg_port,
-        qs_max_rows=args.qs_max_rows,
-        qs_over_limit=args.qs_over_limit,
-        qs_timeout_seconds=args.qs_timeout_seconds,
-        qs_max_sessions=args.qs_max_sessions,
-        distinct_batch_ids=args.distinct_batch_ids,
-        qs_seconds_per_million_rows=args.qs_seconds_per_million_rows,
-        qs_seconds_per_query=args.qs_seconds_per_query,
         clock_start=parse_instant(args.clock_start) if args.clock_start else None,
-        time_scale=args.time_scale,
-        export_job_seconds=args.export_job_seconds,
-        export_batch_seconds=args.export_batch_seconds,
-        batch_seconds=args.batch_seconds,
-        intermediate_statuses=args.intermediate_statuses,
-        platform_rate_limit=args.platform_rate_limit,
-        batch_create_rate_limit=args.batch_create_rate_limit,
         ims_scopes=tuple(args.ims_scopes),
         required_scopes=tuple(args.required_scopes),
         audiences=load_audiences_file(args.audiences_file) if args.audiences_file else None,
         faults=load_faults(args.faults) if args.faults else None,
-        cja_rate_limit=args.cja_rate_limit,
-        db_path=args.db_path,
-        db_memory_limit=args.db_memory_limit,
-        log_requests=args.log_requests,
     )
 
 

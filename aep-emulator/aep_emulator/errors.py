@@ -39,9 +39,5 @@ class NotModelled(Exception):
         self.what = what
 
 
-def bad_request(service: str, number: int, detail: str, title: str = "Bad request") -> ServiceError:
-    return ServiceError(400, f"{service}-{number}-400", title, detail)
-
-
 def not_found(service: str, number: int, detail: str, title: str = "Resource not found") -> ServiceError:
     return ServiceError(404, f"{service}-{number}-404", title, detail)

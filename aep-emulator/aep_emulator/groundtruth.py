@@ -15,24 +15,47 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from aep_emulator.memberships import OVERRIDE_TABLE, STATUSES, apply_override, epoch
+import duckdb
+
+from aep_emulator.catalog import Batch
+from aep_emulator.clock import Clock
+from aep_emulator.memberships import OVERRIDE_TABLE, STATUSES, Timeline, apply_override, epoch
+from aep_emulator.settings import AudienceSpec, EmulatorSettings
 from aep_emulator.synthetic import profile_attribute_columns
 
-if TYPE_CHECKING:  # pragma: no cover
-    from aep_emulator.state import EmulatorState
-
 log = logging.getLogger("aep_emulator.groundtruth")
+
+
+class TruthSource(Protocol):
+    """What the ground truth reads: the membership timeline and its clock, the synthetic profiles'
+    seed, and the DuckDB connection (``state.TruthSource`` provides it). Catalog look-ups (which
+    table holds an export batch, which batches of a dataset are live) are the state's: it resolves
+    them and passes the answer, so this module never walks the sandboxes."""
+
+    @property
+    def settings(self) -> EmulatorSettings: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def timeline(self) -> Timeline: ...
+    @property
+    def audiences(self) -> Sequence[AudienceSpec]: ...
+    @property
+    def lock(self) -> AbstractContextManager[Any]: ...
+    def cursor(self) -> duckdb.DuckDBPyConnection: ...
+    def execute(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]: ...
 
 
 def _ts(seconds: int | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
-def _audiences(state: EmulatorState, audience_ids: list[str] | None) -> list[str]:
+def _audiences(state: TruthSource, audience_ids: list[str] | None) -> list[str]:
     known = [a.id for a in state.audiences]
     if audience_ids is None:
         return known
@@ -42,7 +65,7 @@ def _audiences(state: EmulatorState, audience_ids: list[str] | None) -> list[str
     return list(audience_ids)
 
 
-def _with_profile(state: EmulatorState, inner: str, columns: str) -> str:
+def _with_profile(state: TruthSource, inner: str, columns: str) -> str:
     attrs = profile_attribute_columns(state.settings.seed, "r.idx")
     return (
         f"SELECT r.idx AS profile_index, {attrs['email']} AS email, {attrs['ecid']} AS ecid, "
@@ -53,7 +76,7 @@ def _with_profile(state: EmulatorState, inner: str, columns: str) -> str:
 TIME_COLUMNS = ("last_qualification_time", "time")
 
 
-def iter_rows(state: EmulatorState, sql: str, chunk: int = 10_000) -> Iterator[dict]:
+def iter_rows(state: TruthSource, sql: str, chunk: int = 10_000) -> Iterator[dict]:
     """Rows of a ground-truth query as dicts, fetched in chunks (epoch-second columns become UTC datetimes)."""
     cur = state.cursor()
     try:
@@ -73,7 +96,7 @@ def iter_rows(state: EmulatorState, sql: str, chunk: int = 10_000) -> Iterator[d
         cur.close()
 
 
-def _query(state: EmulatorState, sql: str) -> list[dict]:
+def _query(state: TruthSource, sql: str) -> list[dict]:
     cur = state.cursor()
     try:
         result = cur.execute(sql)
@@ -84,7 +107,7 @@ def _query(state: EmulatorState, sql: str) -> list[dict]:
 
 
 def snapshot_sql(
-    state: EmulatorState,
+    state: TruthSource,
     audience_ids: list[str] | None,
     statuses: list[str] | None,
     at: datetime | int | None,
@@ -104,7 +127,7 @@ def snapshot_sql(
 
 
 def snapshot(
-    state: EmulatorState,
+    state: TruthSource,
     audience_ids: list[str] | None,
     statuses: list[str] | None,
     at: datetime | int | None,
@@ -117,7 +140,7 @@ def snapshot(
 
 
 def transitions_sql(
-    state: EmulatorState, audience_ids: list[str] | None, start: datetime | int, end: datetime | int
+    state: TruthSource, audience_ids: list[str] | None, start: datetime | int, end: datetime | int
 ) -> str:
     tl = state.timeline
     inner = tl.transitions_rows(_audiences(state, audience_ids), epoch(start), epoch(end))
@@ -129,23 +152,14 @@ def transitions_sql(
 
 
 def transitions(
-    state: EmulatorState, audience_ids: list[str] | None, start: datetime | int, end: datetime | int
+    state: TruthSource, audience_ids: list[str] | None, start: datetime | int, end: datetime | int
 ) -> list[dict]:
     """The true timeline events (entered / exited) with time in [start, end), whatever AEP keeps."""
     return list(iter_rows(state, transitions_sql(state, audience_ids, start, end)))
 
 
-def export_rows(state: EmulatorState, batch_id: str) -> list[dict]:
-    """The rows an export batch appended to its dataset's table (system columns included)."""
-    with state.lock:
-        table = None
-        for sandbox in state.sandboxes.values():
-            batch = sandbox.catalog.batches.get(batch_id)
-            if batch is not None and batch.origin == "export":
-                dataset = sandbox.catalog.datasets.get(batch.dataset_id)
-                table = dataset.table if dataset is not None else None
-        if table is None:
-            raise KeyError(f"no export batch {batch_id}")
+def export_rows(state: TruthSource, table: str, batch_id: str) -> list[dict]:
+    """The rows an export batch appended to its dataset's ``table`` (system columns included)."""
     # The Catalog batch is the logical one: rows name it in acp_sourceBatchId (_acp_batchid may differ).
     return _query(
         state,
@@ -154,7 +168,7 @@ def export_rows(state: EmulatorState, batch_id: str) -> list[dict]:
     )
 
 
-def profile(state: EmulatorState, profile_index: int) -> dict:
+def profile(state: TruthSource, profile_index: int) -> dict:
     """The synthetic attributes of one profile."""
     if not 0 <= profile_index < state.settings.profiles:
         raise ValueError(f"profile index must be within [0, {state.settings.profiles})")
@@ -168,7 +182,7 @@ def profile(state: EmulatorState, profile_index: int) -> dict:
 
 
 def set_membership(
-    state: EmulatorState, profile_index: int, audience_id: str, member: bool, at: datetime | int | None
+    state: TruthSource, profile_index: int, audience_id: str, member: bool, at: datetime | int | None
 ) -> list[tuple[int, int | None]]:
     """From ``at`` (default: now) on, the profile is (``member``) or is not a member of the audience,
     until another change. Returns the pair's new interval list (epoch seconds)."""
@@ -195,39 +209,22 @@ def set_membership(
     return intervals
 
 
-def to_jsonable(rows: list[dict]) -> list[dict[str, Any]]:
-    """Datetimes as ISO strings (for the admin API)."""
-    return [
-        {k: (v.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(v, datetime) else v) for k, v in row.items()}
-        for row in rows
-    ]
-
-
 def dumps(row: dict) -> str:
     return json.dumps(row, default=str, separators=(",", ":"))
 
 
-def dataset_records(state: EmulatorState, dataset_id: str, chunk: int = 10_000) -> Iterator[str]:
-    """JSON Lines of the records in the dataset's live (``success``) batches, oldest batch first:
-    what Query Service and a CJA connection would see. Export batches come from the DuckDB table."""
-    with state.lock:
-        state.tick()
-        found = [
-            (sb, sb.catalog.datasets[dataset_id])
-            for sb in state.sandboxes.values()
-            if dataset_id in sb.catalog.datasets
-        ]
-        if not found:
-            raise KeyError(f"no dataset {dataset_id}")
-        sandbox, dataset = found[0]
-        live = [b for b in sandbox.catalog.dataset_batches(dataset_id) if b.status == "success"]
+def dataset_records(
+    state: TruthSource, table: str | None, live: Sequence[Batch], chunk: int = 10_000
+) -> Iterator[str]:
+    """JSON Lines of the records in a dataset's ``live`` (``success``) batches, oldest batch first:
+    what Query Service and a CJA connection would see. Export batches come from the DuckDB
+    ``table`` (None: the dataset has none), ingested ones from their accepted-records file."""
     for batch in live:
-        if batch.origin == "export" and dataset.has_table:
+        if batch.origin == "export" and table is not None:
             cur = state.cursor()
             try:
                 result = cur.execute(
-                    f'SELECT to_json(t) FROM "{dataset.table}" t '
-                    "WHERE _acp_system_metadata.acp_sourceBatchId = ?",
+                    f'SELECT to_json(t) FROM "{table}" t WHERE _acp_system_metadata.acp_sourceBatchId = ?',
                     [batch.id],
                 )
                 while rows := result.fetchmany(chunk):

@@ -1,4 +1,4 @@
-"""Lifecycles of export jobs and batches, advanced lazily from timestamps by ``EmulatorState.tick``.
+"""Lifecycles of export jobs and batches, advanced lazily from timestamps by ``Host.tick``.
 
 Export job: NEW (first quarter of ``export_job_seconds``) -> PROCESSING (the Catalog batch appears and
 ``destination.batchId`` is set) -> SUCCEEDED | FAILED once the time is up and the rows are computed.
@@ -21,17 +21,61 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from concurrent.futures import Executor, Future
+from pathlib import Path
+from typing import Any, Protocol
+
+import duckdb
 
 from aep_emulator import catalog as cat
 from aep_emulator import exports, ingest
-from aep_emulator.catalog import Batch
+from aep_emulator.catalog import Batch, Catalog, Dataset
+from aep_emulator.clock import Clock
 from aep_emulator.exports import ExportJob, ExportRequest
-
-if TYPE_CHECKING:  # pragma: no cover
-    from aep_emulator.state import EmulatorState, SandboxState
+from aep_emulator.knobs import Knobs
+from aep_emulator.memberships import Timeline
+from aep_emulator.settings import EmulatorSettings
 
 log = logging.getLogger("aep_emulator.lifecycle")
+
+
+# The lifecycles see the emulator through these two interfaces only; ``state.Host`` and
+# ``state.Sandbox`` provide them. So ``state`` imports this module and never the reverse, and
+# every change the lifecycles make outside a job or batch is a named call (``watch_job``, ...).
+class Sandbox(Protocol):
+    """The part of a sandbox the lifecycles touch: its Catalog and its export jobs."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def catalog(self) -> Catalog: ...
+    @property
+    def export_jobs(self) -> dict[int, ExportJob]: ...
+
+
+class Host(Protocol):
+    """What the lifecycles need from the emulator: configuration, time, storage, and bookkeeping."""
+
+    @property
+    def settings(self) -> EmulatorSettings: ...
+    @property
+    def knobs(self) -> Knobs: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def timeline(self) -> Timeline: ...
+    @property
+    def executor(self) -> Executor: ...
+    @property
+    def files_dir(self) -> Path: ...
+    def now_ms(self) -> int: ...
+    def cursor(self) -> duckdb.DuckDBPyConnection: ...
+    def execute(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]: ...
+    def new_export_job_id(self) -> int: ...
+    def watch_job(self, sandbox: str, job_id: int) -> None: ...
+    def watch_batch(self, sandbox: str, batch_id: str) -> None: ...
+    def drop_when_done(self, work: Future[Any], table: str) -> None: ...
+    def refresh_export_view(self, sandbox: Sandbox, dataset: Dataset) -> None: ...
 
 
 def batch_table(batch_id: str) -> str:
@@ -39,7 +83,7 @@ def batch_table(batch_id: str) -> str:
     return f"_emu_batch_{batch_id}"
 
 
-def _compute_export(state: EmulatorState, job: ExportJob) -> int:
+def _compute_export(state: Host, job: ExportJob) -> int:
     sql = exports.export_sql(
         state.timeline,
         state.settings.seed,
@@ -62,9 +106,7 @@ def _compute_export(state: EmulatorState, job: ExportJob) -> int:
     return int(rows)
 
 
-def create_export_job(
-    state: EmulatorState, sandbox: SandboxState, request: ExportRequest, request_id: str
-) -> ExportJob:
+def create_export_job(state: Host, sandbox: Sandbox, request: ExportRequest, request_id: str) -> ExportJob:
     """Register a job and start computing its rows (call under the state lock)."""
     now = time.monotonic()
     processing_at, done_at = exports.progress_times(
@@ -84,7 +126,7 @@ def create_export_job(
     now_epoch = state.clock.epoch()
     now_ms = int(now_epoch * 1000)
     job = ExportJob(
-        id=state.next_job_id,
+        id=state.new_export_job_id(),
         sandbox=sandbox.name,
         request=request,
         at=int(now_epoch),
@@ -98,10 +140,9 @@ def create_export_job(
         # Realistic mode: the data lake's physical batch is not the logical one the job reports.
         physical_batch_id=cat.new_batch_id() if state.knobs.distinct_batch_ids else None,
     )
-    state.next_job_id += 1
     job.work = state.executor.submit(_compute_export, state, job)
     sandbox.export_jobs[job.id] = job
-    state.pending_jobs.add((sandbox.name, job.id))
+    state.watch_job(sandbox.name, job.id)
     if failure:
         log.info("export job %s will fail (%s) as the failure knob asked", job.id, failure)
     return job
@@ -110,7 +151,7 @@ def create_export_job(
 CALL_STACK = "com.adobe.aep.unifiedprofile.common.logging.Logger"  # the spec's and docs' example
 
 
-def _fail_job(state: EmulatorState, sandbox: SandboxState, job: ExportJob, code: str, message: str) -> None:
+def _fail_job(state: Host, sandbox: Sandbox, job: ExportJob, code: str, message: str) -> None:
     now_ms = state.now_ms()
     job.status, job.updated_ms, job.end_ms = exports.FAILED, now_ms, now_ms
     # callStack is a string in Segmentation's spec and in the documented FAILED job (never null);
@@ -122,17 +163,17 @@ def _fail_job(state: EmulatorState, sandbox: SandboxState, job: ExportJob, code:
         batch.errors = [{"code": code, "description": message}]
         batch.touch(now_ms)
     if job.work is not None:
-        state.drop_later.append((job.work, batch_table(job.batch_id)))
+        state.drop_when_done(job.work, batch_table(job.batch_id))
 
 
-def cancel_export_job(state: EmulatorState, sandbox: SandboxState, job: ExportJob) -> None:
+def cancel_export_job(state: Host, sandbox: Sandbox, job: ExportJob) -> None:
     """DELETE /export/jobs/{id}: a running job ends FAILED (guess: no CANCELLED status is documented)."""
     if not job.terminal:
         _fail_job(state, sandbox, job, "0100-499", "Export job was cancelled at the client's request")
         log.info("export job %s cancelled", job.id)
 
 
-def advance_export_job(state: EmulatorState, sandbox: SandboxState, job: ExportJob) -> None:
+def advance_export_job(state: Host, sandbox: Sandbox, job: ExportJob) -> None:
     now = time.monotonic()
     if job.status == exports.NEW and now >= job.processing_at:
         now_ms = state.now_ms()
@@ -180,7 +221,7 @@ def advance_export_job(state: EmulatorState, sandbox: SandboxState, job: ExportJ
         # The job is done; Catalog still shows its batch staging for a while (realistic mode).
         batch.status, batch.due = cat.STAGING, time.monotonic() + tail
         batch.touch(now_ms)
-        state.pending_batches.add((sandbox.name, batch.id))
+        state.watch_batch(sandbox.name, batch.id)
         log.info("export job %s SUCCEEDED with %d profiles; its batch %s is staging", job.id, rows, batch.id)
         return
     settle_export_batch(state, sandbox, job, batch)
@@ -189,7 +230,7 @@ def advance_export_job(state: EmulatorState, sandbox: SandboxState, job: ExportJ
     )
 
 
-def settle_export_batch(state: EmulatorState, sandbox: SandboxState, job: ExportJob, batch: Batch) -> None:
+def settle_export_batch(state: Host, sandbox: Sandbox, job: ExportJob, batch: Batch) -> None:
     """The export's batch ends: success (its rows join the dataset) or failed (failure modes)."""
     now_ms = state.now_ms()
     dataset = sandbox.catalog.datasets.get(job.request.dataset_id)
@@ -203,7 +244,7 @@ def settle_export_batch(state: EmulatorState, sandbox: SandboxState, job: Export
                 f"job's fields do not exist in the profile union schema",
             }
         ]
-        state.drop_later.append((job.work, batch_table(job.batch_id)))
+        state.drop_when_done(job.work, batch_table(job.batch_id))
     elif job.failure_mode == "batch":
         # The recipe's trap: the job reports success while the batch it wrote fails in Catalog.
         batch.status = cat.FAILED
@@ -213,7 +254,7 @@ def settle_export_batch(state: EmulatorState, sandbox: SandboxState, job: Export
                 "description": "Batch failed while writing to the dataset (failure injected by the emulator)",
             }
         ]
-        state.drop_later.append((job.work, batch_table(job.batch_id)))
+        state.drop_when_done(job.work, batch_table(job.batch_id))
     elif dataset is None:
         batch.status = cat.FAILED
         batch.errors = [
@@ -222,7 +263,7 @@ def settle_export_batch(state: EmulatorState, sandbox: SandboxState, job: Export
                 "description": f"Destination dataset {job.request.dataset_id} was deleted",
             }
         ]
-        state.drop_later.append((job.work, batch_table(job.batch_id)))
+        state.drop_when_done(job.work, batch_table(job.batch_id))
     else:
         rows = job.exported or 0
         batch.status, batch.live_since = cat.SUCCESS, time.monotonic()
@@ -237,7 +278,7 @@ def settle_export_batch(state: EmulatorState, sandbox: SandboxState, job: Export
 
 
 # -- ingestion batches -------------------------------------------------------------------------
-def complete_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch, schema) -> None:
+def complete_batch(state: Host, sandbox: Sandbox, batch: Batch, schema) -> None:
     """COMPLETE: start validating the uploaded files (call under the state lock)."""
     now_ms = state.now_ms()
     now, duration = time.monotonic(), state.knobs.real_seconds(state.knobs.batch_seconds)
@@ -278,10 +319,10 @@ def complete_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch, sc
             row_errors_dir=batch.row_errors_dir,
             reject_first=reject,
         )
-    state.pending_batches.add((sandbox.name, batch.id))
+    state.watch_batch(sandbox.name, batch.id)
 
 
-def advance_batch(state: EmulatorState, sandbox: SandboxState, batch: Batch) -> bool:
+def advance_batch(state: Host, sandbox: Sandbox, batch: Batch) -> bool:
     """Move a batch in progress on when due; True once the batch needs no more ticks."""
     if batch.status not in cat.IN_PROGRESS:
         return True
@@ -363,8 +404,8 @@ def _will_fail(batch: Batch) -> bool:
 
 
 def revert_batch(
-    state: EmulatorState,
-    sandbox: SandboxState,
+    state: Host,
+    sandbox: Sandbox,
     batch: Batch,
     *,
     by_client: str | None = None,

@@ -14,8 +14,8 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +37,7 @@ from aep_emulator.cja_model import (
 from aep_emulator.clock import Clock
 from aep_emulator.exports import ExportJob, table_ddl
 from aep_emulator.faults import QUERY_SERVICE_ROUTE, STATUS_KINDS, FaultInjector
+from aep_emulator.knobs import Knobs
 from aep_emulator.memberships import OVERRIDE_TABLE, Timeline
 from aep_emulator.query_service.errors import QueryServiceError
 from aep_emulator.query_service.scans import Scan, ScanCost, ScanModel
@@ -51,48 +52,6 @@ log = logging.getLogger("aep_emulator.state")
 NAMESPACE = uuid.UUID("9a4c3e2b-1f6d-4e8a-b7c5-3d2e1f0a9b8c")
 EXPORT_TEMPLATE = "_emu_export_template"  # empty table with the export columns (typed empty datasets)
 FIRST_EXPORT_JOB_ID = 24115  # the id of Adobe's documented example, for familiar-looking ids
-
-
-@dataclass
-class Knobs:
-    """Settings tests may change at run time (``POST /emulator/knobs``)."""
-
-    token_lifetime: float
-    export_job_seconds: float  # durations in Adobe seconds; real = value * time_scale
-    batch_seconds: float
-    cja_rate_limit: bool
-    time_scale: float = 1.0
-    export_batch_seconds: float = 0.0
-    intermediate_statuses: bool = False
-    platform_rate_limit: int = 0  # requests per second per client id (0 = unlimited)
-    batch_create_rate_limit: int = 0  # POST /batches per minute per client id (0 = unlimited)
-    export_job_failures: int = 0  # the next N export jobs end FAILED
-    export_batch_failures: int = 0  # the next N export jobs SUCCEED but their Catalog batch fails
-    ingestion_failures: int = 0  # the next N completed ingestion batches fail (internal error)
-    # The next N completed ingestion batches reject their first record and still succeed, as AEP
-    # reports a batch ingested with partial ingestion allowed: success, with failedRecordCount > 0.
-    partial_ingestion_failures: int = 0
-    qs_max_sessions: int = 0  # Query Service sessions per org at once (0 = no limit); see realistic_qs.py
-    distinct_batch_ids: bool = False  # exports write a physical _acp_batchid unlike their logical batch id
-
-    def update(self, changes: Any) -> None:
-        if not isinstance(changes, dict):
-            raise ValueError("knobs must be a JSON object")
-        unknown = set(changes) - set(asdict(self))
-        if unknown:
-            raise ValueError(f"unknown knobs {sorted(unknown)}; known: {sorted(asdict(self))}")
-        for key, value in changes.items():
-            current = getattr(self, key)
-            if isinstance(current, bool):
-                if not isinstance(value, bool):
-                    raise ValueError(f"knob {key} must be true or false")
-            elif not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"knob {key} must be a non-negative number")
-            setattr(self, key, type(current)(value))
-
-    def real_seconds(self, adobe_seconds: float) -> float:
-        """An Adobe duration on the compressed clock (real seconds)."""
-        return adobe_seconds * self.time_scale
 
 
 @dataclass
@@ -396,7 +355,25 @@ class EmulatorState:
             self.refresh_export_view(sandbox, dataset)
         return dataset
 
-    def refresh_export_view(self, sandbox: SandboxState, dataset: Dataset) -> None:
+    # -- what the lifecycles ask of the state (lifecycle.Host) -------------------------------
+    def new_export_job_id(self) -> int:
+        job_id = self.next_job_id
+        self.next_job_id += 1
+        return job_id
+
+    def watch_job(self, sandbox: str, job_id: int) -> None:
+        """``tick`` advances the job until it is terminal."""
+        self.pending_jobs.add((sandbox, job_id))
+
+    def watch_batch(self, sandbox: str, batch_id: str) -> None:
+        """``tick`` advances the batch until it settles."""
+        self.pending_batches.add((sandbox, batch_id))
+
+    def drop_when_done(self, work: Future[Any], table: str) -> None:
+        """Drop ``table`` once ``work`` (the export computing it) has finished."""
+        self.drop_later.append((work, table))
+
+    def refresh_export_view(self, sandbox: lifecycle.Sandbox, dataset: Dataset) -> None:
         """(Re)define a profile-union dataset's table: a view over the tables of its live export batches.
 
         Appending or reverting a batch is then a change of the view, never a copy of rows; an empty
@@ -564,7 +541,31 @@ class EmulatorState:
         return groundtruth.transitions(self, audience_ids, start, end)
 
     def export_rows(self, batch_id: str) -> list[dict]:
-        return groundtruth.export_rows(self, batch_id)
+        with self.lock:
+            table = None
+            for sandbox in self.sandboxes.values():
+                batch = sandbox.catalog.batches.get(batch_id)
+                if batch is not None and batch.origin == "export":
+                    dataset = sandbox.catalog.datasets.get(batch.dataset_id)
+                    table = dataset.table if dataset is not None else None
+            if table is None:
+                raise KeyError(f"no export batch {batch_id}")
+        return groundtruth.export_rows(self, table, batch_id)
+
+    def dataset_records(self, dataset_id: str) -> Iterator[str]:
+        """JSON Lines of the records in the dataset's live batches (see ``groundtruth.dataset_records``)."""
+        with self.lock:
+            self.tick()
+            found = [
+                (sb, sb.catalog.datasets[dataset_id])
+                for sb in self.sandboxes.values()
+                if dataset_id in sb.catalog.datasets
+            ]
+            if not found:
+                raise KeyError(f"no dataset {dataset_id}")
+            sandbox, dataset = found[0]
+            live = [b for b in sandbox.catalog.dataset_batches(dataset_id) if b.status == "success"]
+        return groundtruth.dataset_records(self, dataset.table if dataset.has_table else None, live)
 
     def set_membership(
         self, profile_index: int, audience_id: str, member: bool, at: datetime | int | None = None

@@ -22,14 +22,9 @@ import duckdb
 from aep_emulator.query_service import errors as err
 from aep_emulator.query_service import protocol as pg
 from aep_emulator.query_service.errors import QueryServiceError
+from aep_emulator.query_service.extended import ExtendedProtocol
 from aep_emulator.query_service.scans import ScanModel
-from aep_emulator.query_service.session import (
-    REPORTED,
-    ExtendedProtocol,
-    Limits,
-    Session,
-    Watchdog,
-)
+from aep_emulator.query_service.session import REPORTED, Limits, Session, Watchdog
 from aep_emulator.query_service.translate import Translator
 from aep_emulator.realistic_qs import SESSION_LIMIT_MESSAGE
 

@@ -5,6 +5,9 @@ A :class:`Session` owns the transaction status (I/T/E), savepoints, prepared sta
 DuckDB cursor for metadata probes. Every query runs on its own fresh DuckDB cursor so that a
 timeout or cancel interrupts exactly that query.
 
+What a statement is comes from :mod:`.commands` (sqlglot-based classification into typed commands);
+this module executes them. The extended query protocol's message handling is in :mod:`.extended`.
+
 Query Service limits (guardrails.md, writing-queries.md, troubleshooting-guide.md):
 
 * an ad hoc query returning more than ``max_rows`` rows: production documents an implicit
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,6 +34,7 @@ from typing import Any
 
 import duckdb
 
+from aep_emulator.query_service import commands as cmd
 from aep_emulator.query_service import errors as err
 from aep_emulator.query_service import protocol as pg
 from aep_emulator.query_service.encoding import datarow_sql, pg_type_oid, values_sql
@@ -46,14 +49,7 @@ from aep_emulator.query_service.results import (
     value_encoder,
 )
 from aep_emulator.query_service.scans import ScanModel
-from aep_emulator.query_service.translate import (
-    Translation,
-    Translator,
-    code_only,
-    leading_words,
-    split_statements,
-    strip_comments,
-)
+from aep_emulator.query_service.translate import Translation, Translator, split_statements
 
 log = logging.getLogger(__name__)
 
@@ -102,66 +98,8 @@ DEFAULT_SETTINGS: dict[str, str] = {
     "auto_to_json": "false",
     "drop_system_columns": "true",
 }
-# Statements PostgreSQL or Query Service know, which the emulator does not model (0A000, not 42601).
-_KNOWN_UNSUPPORTED = frozenset(
-    {
-        "CREATE",
-        "INSERT",
-        "UPDATE",
-        "DELETE",
-        "MERGE",
-        "DROP",
-        "ALTER",
-        "TRUNCATE",
-        "COPY",
-        "GRANT",
-        "REVOKE",
-        "ANALYZE",
-        "VACUUM",
-        "LISTEN",
-        "UNLISTEN",
-        "NOTIFY",
-        "CALL",
-        "DO",
-        "LOCK",
-        "REFRESH",
-        "COMMENT",
-        "CHECKPOINT",
-        "REINDEX",
-        "CLUSTER",
-        "SECURITY",
-        "IMPORT",
-        "LOAD",
-        "INSTALL",
-        "ATTACH",
-        "DETACH",
-        "PRAGMA",
-        "USE",
-        "DESCRIBE",
-        "EXPORT",
-        "SUMMARIZE",
-        "CHECKOUT",
-    }
-)
 _UTF8_NAMES = frozenset({"utf8", "utf-8", "unicode"})
 _TRUE = frozenset({"true", "on", "1", "yes", "t"})
-
-
-def _ident(name: str) -> str:
-    """A SQL identifier as PostgreSQL folds it: quoted keeps case, unquoted is lower-cased."""
-    name = name.strip()
-    if len(name) >= 2 and name[0] == name[-1] == '"':
-        return name[1:-1].replace('""', '"')
-    return name.lower()
-
-
-def _unquote_value(value: str) -> str:
-    value = value.strip()
-    if len(value) >= 2 and value[0] == value[-1] == "'":
-        return value[1:-1].replace("''", "'")
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1]
-    return value
 
 
 @dataclass(frozen=True)
@@ -252,14 +190,20 @@ class Outcome:
     reported: list[tuple[str, str]] = field(default_factory=list)  # ParameterStatus to send
 
 
+# A session command as a closure: (session, parameters, result formats or None) -> outcome; and
+# the closure describing the rows it returns (None: no rows).
+_Run = Callable[["Session", Sequence[Any], "list[int] | None"], Outcome]
+_Describe = Callable[["Session"], "list[pg.Column] | None"]
+
+
 @dataclass
 class Statement:
     sql: str
     kind: str  # "query" | "command" | "empty"
     param_oids: list[int]
     translation: Translation | None = None
-    command: Callable[[Session, Sequence[Any], list[int] | None], Outcome] | None = None
-    describe: Callable[[Session], list[pg.Column] | None] | None = None
+    command: _Run | None = None
+    describe: _Describe | None = None
     transaction_control: bool = False  # allowed in a failed transaction (ROLLBACK, COMMIT)
 
     @property
@@ -307,40 +251,6 @@ class _StatementContext:
 
 # --- the session ------------------------------------------------------------------------------
 
-# FROM/JOIN over PostgreSQL's catalogs (not calls such as pg_catalog.version(), which are translated).
-_CATALOG_RE = re.compile(
-    r"\b(from|join)\s+(pg_catalog\s*\.\s*\w+|information_schema\s*\.\s*\w+|pg_\w+)", re.I
-)
-_DECLARE_RE = re.compile(
-    r"^DECLARE\s+(?P<name>\"(?:[^\"]|\"\")+\"|[A-Za-z_][\w$]*)\s+(?P<opts>(?:(?:BINARY|ASENSITIVE|INSENSITIVE|NO\s+SCROLL"
-    r"|SCROLL)\s+)*)CURSOR\s+(?:(?P<hold>WITH|WITHOUT)\s+HOLD\s+)?FOR\s+(?P<query>.*)$",
-    re.I | re.S,
-)
-_FETCH_RE = re.compile(
-    r"^(?P<verb>FETCH|MOVE)\s+(?:(?P<dir>NEXT|PRIOR|FIRST|LAST|ALL|FORWARD\s+ALL|BACKWARD\s+ALL|FORWARD|BACKWARD"
-    r"|ABSOLUTE\s+[-+]?\d+|RELATIVE\s+[-+]?\d+|FORWARD\s+[-+]?\d+|BACKWARD\s+[-+]?\d+|[-+]?\d+)\s+)?"
-    r"(?:(?:FROM|IN)\s+)?(?P<name>\"(?:[^\"]|\"\")+\"|[A-Za-z_][\w$]*)\s*$",
-    re.I | re.S,
-)
-_SET_RE = re.compile(
-    r"^SET\s+(?:(?P<scope>SESSION|LOCAL)\s+)?(?P<name>[A-Za-z_][\w.]*)\s*(?:TO|=)\s*(?P<value>.*)$",
-    re.I | re.S,
-)
-_SET_TZ_RE = re.compile(r"^SET\s+(?:(?:SESSION|LOCAL)\s+)?TIME\s+ZONE\s+(?P<value>.*)$", re.I | re.S)
-_SAVEPOINT_RE = re.compile(
-    r"^(?:SAVEPOINT|RELEASE(?:\s+SAVEPOINT)?)\s+(?P<name>\"(?:[^\"]|\"\")+\"|\w+)\s*$", re.I
-)
-_ROLLBACK_TO_RE = re.compile(
-    r"^ROLLBACK(?:\s+(?:WORK|TRANSACTION))?\s+TO\s+(?:SAVEPOINT\s+)?(?P<name>\"(?:[^\"]|\"\")+\"|\w+)\s*$",
-    re.I,
-)
-_PREPARE_RE = re.compile(
-    r"^PREPARE\s+(?P<name>\"(?:[^\"]|\"\")+\"|\w+)\s*(?:\((?P<types>[^)]*)\))?\s+AS\s+(?P<body>.*)$",
-    re.I | re.S,
-)
-_EXECUTE_RE = re.compile(
-    r"^EXECUTE\s+(?P<name>\"(?:[^\"]|\"\")+\"|\w+)\s*(?:\((?P<args>.*)\))?\s*$", re.I | re.S
-)
 _TYPE_OIDS_BY_NAME = {
     "int": pg.INT4,
     "integer": pg.INT4,
@@ -441,7 +351,7 @@ class Session:
 
     def close(self) -> None:
         for portal in list(self.portals.values()):
-            self._drop_portal(portal)
+            self.drop_portal(portal)
         self.portals.clear()
         if self._meta is not None:
             try:
@@ -535,40 +445,31 @@ class Session:
 
     # -- statement preparation --
     def prepare(self, sql: str, param_oids: Sequence[int] = ()) -> Statement:
-        """Classify and (for queries) translate one statement; session commands become closures."""
-        if not strip_comments(sql).strip():
+        """Classify (:mod:`.commands`) and, for queries, translate one statement; session commands
+        become closures over the classified command."""
+        command = cmd.classify(sql)
+        if isinstance(command, cmd.Empty):
             return Statement(sql, "empty", list(param_oids))
-        words = leading_words(sql, 4)
-        head = words[0] if words else ""
-        command = self._command_for(sql, words)
-        if command is not None:
-            run, describe, tx_control = command
-            return Statement(
-                sql,
-                "command",
-                list(param_oids),
-                command=run,
-                describe=describe,
-                transaction_control=tx_control,
-            )
-        if head in ("SELECT", "WITH", "VALUES", "FROM", "TABLE") or sql.lstrip().startswith("("):
-            if _CATALOG_RE.search(code_only(sql)):
+        if isinstance(command, cmd.Query):
+            if command.catalog:
                 return self._catalog_statement(sql, param_oids)
             return Statement(sql, "query", list(param_oids), translation=self._translate(sql))
-        if head in _KNOWN_UNSUPPORTED or sql.lstrip().startswith("$$"):
-            raise QueryServiceError(
-                err.FEATURE_NOT_SUPPORTED,
-                f"{head or 'anonymous block'} statements are not supported by the Query Service "
-                "emulator (it serves ad hoc queries; batch queries are not modelled)",
-            )
-        raise QueryServiceError(err.SYNTAX_ERROR, f'syntax error at or near "{sql.split()[0]}"')
+        run, describe = self._command_for(command)
+        return Statement(
+            sql,
+            "command",
+            list(param_oids),
+            command=run,
+            describe=describe,
+            transaction_control=isinstance(command, cmd.TRANSACTION_CONTROL),
+        )
 
     def _translate(self, sql: str) -> Translation:
         return self._translator.translate(sql, _StatementContext(self))
 
     def _catalog_statement(self, sql: str, param_oids: Sequence[int]) -> Statement:
         """PostgreSQL catalog look-ups (psycopg's hstore probe, pg_cursors, ...): no rows."""
-        names = _select_list_names(sql)
+        names = cmd.select_list_names(sql)
         log.debug("answering catalog query with no rows: %s", sql)
         return Statement(
             sql,
@@ -578,53 +479,48 @@ class Session:
             describe=lambda s: [pg.Column(n, pg.TEXT) for n in names],
         )
 
-    def _command_for(self, sql: str, words: list[str]) -> tuple[Any, Any, bool] | None:
-        head = words[0] if words else ""
-        text = strip_comments(sql).strip()
-        if head in ("BEGIN", "START"):
-            return (lambda s, p, f: s._begin()), None, False
-        if head in ("COMMIT", "END"):
-            return (lambda s, p, f: s._end_transaction(commit=True)), None, True
-        if head in ("ROLLBACK", "ABORT"):
-            match = _ROLLBACK_TO_RE.match(text)
-            if match:
-                name = _ident(match["name"])
-                return (lambda s, p, f: s._rollback_to(name)), None, True
-            return (lambda s, p, f: s._end_transaction(commit=False)), None, True
-        if head == "SAVEPOINT" or head == "RELEASE":
-            match = _SAVEPOINT_RE.match(text)
-            if not match:
-                raise QueryServiceError(err.SYNTAX_ERROR, f"syntax error in {head}")
-            name = _ident(match["name"])
-            if head == "SAVEPOINT":
-                return (lambda s, p, f: s._savepoint(name)), None, False
-            return (lambda s, p, f: s._release(name)), None, False
-        if head == "SET":
-            return self._set_command(text), None, False
-        if head == "RESET":
-            target = text[5:].strip().lower()
-            return (lambda s, p, f: s._reset(target)), None, False
-        if head == "SHOW":
-            return self._show_command(text)
-        if head == "DISCARD":
-            return (lambda s, p, f: s._discard()), None, False
-        if head == "DECLARE":
-            return self._declare_command(text), None, False
-        if head in ("FETCH", "MOVE"):
-            return self._fetch_command(text)
-        if head == "CLOSE":
-            target = text[5:].strip()
-            return (lambda s, p, f: s._close_cursor(target)), None, False
-        if head == "PREPARE":
-            return self._prepare_command(text), None, False
-        if head == "EXECUTE":
-            return self._execute_command(text)
-        if head == "DEALLOCATE":
-            target = re.sub(r"^DEALLOCATE\s+(PREPARE\s+)?", "", text, flags=re.I).strip()
-            return (lambda s, p, f: s._deallocate(target)), None, False
-        if head == "EXPLAIN":
-            return self._explain_command(text)
-        return None
+    def _command_for(self, command: cmd.Command) -> tuple[_Run, _Describe | None]:
+        """The closure that runs ``command`` on a session (and the one describing its rows)."""
+        match command:
+            case cmd.Begin():
+                return (lambda s, p, f: s._begin()), None
+            case cmd.Commit():
+                return (lambda s, p, f: s._end_transaction(commit=True)), None
+            case cmd.Rollback(savepoint=None):
+                return (lambda s, p, f: s._end_transaction(commit=False)), None
+            case cmd.Rollback(savepoint=str(name)):
+                return (lambda s, p, f: s._rollback_to(name)), None
+            case cmd.Savepoint(name=name):
+                return (lambda s, p, f: s._savepoint(name)), None
+            case cmd.Release(name=name):
+                return (lambda s, p, f: s._release(name)), None
+            case cmd.SetIgnored():
+                return (lambda s, p, f: Outcome("SET")), None
+            case cmd.SetVar(name=name, value=None):
+                return (lambda s, p, f: s._reset(name)), None
+            case cmd.SetVar(name=name, value=str(value), local=local):
+                return (lambda s, p, f: s._set(name, value, local=local)), None
+            case cmd.Reset(target=target):
+                return (lambda s, p, f: s._reset(target)), None
+            case cmd.Show():
+                return self._show_command(command)
+            case cmd.Discard():
+                return (lambda s, p, f: s._discard()), None
+            case cmd.Declare():
+                return self._declare_command(command), None
+            case cmd.Fetch():
+                return self._fetch_command(command)
+            case cmd.Close(target=target):
+                return (lambda s, p, f: s._close_cursor(target)), None
+            case cmd.Prepare():
+                return self._prepare_command(command), None
+            case cmd.Execute():
+                return self._execute_command(command)
+            case cmd.Deallocate(target=target):
+                return (lambda s, p, f: s._deallocate(target)), None
+            case cmd.Explain():
+                return self._explain_command(command)
+        raise AssertionError(f"unhandled command {command!r}")  # pragma: no cover - classify's types
 
     # -- transactions --
     def _begin(self) -> Outcome:
@@ -644,7 +540,7 @@ class Session:
         self._local_saved.clear()
         for portal in list(self.portals.values()):
             if not portal.holdable:
-                self._drop_portal(portal)
+                self.drop_portal(portal)
         return Outcome("ROLLBACK" if (failed or not commit) else "COMMIT")
 
     def _savepoint(self, name: str) -> Outcome:
@@ -673,22 +569,6 @@ class Session:
         return Outcome("ROLLBACK")
 
     # -- SET / SHOW / RESET --
-    def _set_command(self, text: str) -> Callable[[Session, Sequence[Any], Any], Outcome]:
-        match = _SET_TZ_RE.match(text)
-        if match:
-            name, value, scope = "timezone", _unquote_value(match["value"]), ""
-        else:
-            match = _SET_RE.match(text)
-            if not match:
-                # SET TRANSACTION ..., SET SESSION CHARACTERISTICS ...: accepted, nothing to model.
-                if re.match(r"^SET\s+(SESSION\s+CHARACTERISTICS|TRANSACTION)\b", text, re.I):
-                    return lambda s, p, f: Outcome("SET")
-                raise QueryServiceError(err.SYNTAX_ERROR, f"syntax error in SET: {text}")
-            name, value, scope = match["name"].lower(), _unquote_value(match["value"]), (match["scope"] or "")
-        if value.upper() == "DEFAULT":
-            return lambda s, p, f: s._reset(name)
-        return lambda s, p, f: s._set(name, value, local=scope.upper() == "LOCAL")
-
     def _set(self, name: str, value: str, *, local: bool = False) -> Outcome:
         if name == "client_encoding" and value.lower() not in _UTF8_NAMES:
             raise QueryServiceError(
@@ -730,8 +610,8 @@ class Session:
                 reported.append((REPORTED[name], default))
         return Outcome("RESET", reported=reported)
 
-    def _show_command(self, text: str) -> tuple[Any, Any, bool]:
-        target = re.sub(r"\s+", " ", text[4:].strip()).lower()
+    def _show_command(self, command: cmd.Show) -> tuple[_Run, _Describe]:
+        target = command.target
         if target == "tables":
             names = ["name", "dataSetId", "dataSet", "description", "resolved"]
             return (
@@ -741,7 +621,6 @@ class Session:
                     )
                 ),
                 (lambda s: [pg.Column(n, pg.TEXT) for n in names]),
-                False,
             )
         if target == "all":
             names = ["name", "setting", "description"]
@@ -754,12 +633,11 @@ class Session:
                     )
                 ),
                 (lambda s: [pg.Column(n, pg.TEXT) for n in names]),
-                False,
             )
         name = {"transaction isolation level": "transaction_isolation", "time zone": "timezone"}.get(
             target, target
         )
-        name = _ident(name) if name.startswith('"') else name
+        name = cmd.ident(name) if name.startswith('"') else name
 
         def run(s: Session, p: Any, f: Any) -> Outcome:
             if name not in s.settings:
@@ -768,7 +646,7 @@ class Session:
                 )
             return Outcome("SHOW", BufferedRows.text([name], [(s.settings[name],)]), row_tag="SHOW")
 
-        return run, (lambda s: [pg.Column(name, pg.TEXT)]), False
+        return run, (lambda s: [pg.Column(name, pg.TEXT)])
 
     def _table_rows(self) -> list[tuple[str | None, ...]]:
         rows = []
@@ -787,25 +665,14 @@ class Session:
 
     def _discard(self) -> Outcome:
         for portal in list(self.portals.values()):
-            self._drop_portal(portal)
+            self.drop_portal(portal)
         self.statements.clear()
         self._reset("all")
         return Outcome("DISCARD ALL")
 
     # -- cursors --
-    def _declare_command(self, text: str) -> Callable[[Session, Sequence[Any], Any], Outcome]:
-        match = _DECLARE_RE.match(text)
-        if not match:
-            raise QueryServiceError(err.SYNTAX_ERROR, "syntax error in DECLARE CURSOR")
-        name = _ident(match["name"])
-        options = match["opts"].upper()
-        if "SCROLL" in options and "NO SCROLL" not in options:
-            raise QueryServiceError(
-                err.FEATURE_NOT_SUPPORTED, "SCROLL cursors are not supported by the emulator"
-            )
-        binary = "BINARY" in options
-        holdable = (match["hold"] or "").upper() == "WITH"
-        query = match["query"].strip()
+    def _declare_command(self, command: cmd.Declare) -> _Run:
+        name, query, binary, holdable = command.name, command.query, command.binary, command.holdable
         inner = self.prepare(query)
         if inner.kind != "query":
             raise QueryServiceError(err.SYNTAX_ERROR, "DECLARE CURSOR needs a SELECT query")
@@ -833,14 +700,9 @@ class Session:
 
         return run
 
-    def _fetch_command(self, text: str) -> tuple[Any, Any, bool]:
-        match = _FETCH_RE.match(text)
-        if not match:
-            raise QueryServiceError(err.SYNTAX_ERROR, "syntax error in FETCH/MOVE")
-        verb = match["verb"].upper()
-        name = _ident(match["name"])
-        direction = re.sub(r"\s+", " ", (match["dir"] or "NEXT").upper())
-        skip, count = _fetch_plan(direction)
+    def _fetch_command(self, command: cmd.Fetch) -> tuple[_Run, _Describe]:
+        verb, name, direction = ("MOVE" if command.move else "FETCH"), command.name, command.direction
+        skip, count = cmd.fetch_plan(direction)
 
         def cursor(s: Session) -> Portal:
             portal = s.portals.get(name)
@@ -872,38 +734,30 @@ class Session:
                 return None
             return cursor(s).outcome.rows.columns  # type: ignore[union-attr]
 
-        return run, describe, False
+        return run, describe
 
     def _close_cursor(self, target: str) -> Outcome:
         if target.upper() == "ALL":
             for portal in [p for p in self.portals.values() if p.is_cursor]:
-                self._drop_portal(portal)
+                self.drop_portal(portal)
             return Outcome("CLOSE CURSOR")
-        name = _ident(target)
+        name = cmd.ident(target)
         portal = self.portals.get(name)
         if portal is None or not portal.is_cursor:
             raise QueryServiceError(err.INVALID_CURSOR_NAME, f'cursor "{name}" does not exist')
-        self._drop_portal(portal)
+        self.drop_portal(portal)
         return Outcome("CLOSE CURSOR")
 
-    def _drop_portal(self, portal: Portal) -> None:
+    def drop_portal(self, portal: Portal) -> None:
         if portal.outcome is not None and portal.outcome.rows is not None:
             portal.outcome.rows.close()
         if self.portals.get(portal.name) is portal:
             del self.portals[portal.name]
 
     # -- SQL-level PREPARE / EXECUTE / DEALLOCATE --
-    def _prepare_command(self, text: str) -> Callable[[Session, Sequence[Any], Any], Outcome]:
-        match = _PREPARE_RE.match(text)
-        if not match:
-            raise QueryServiceError(err.SYNTAX_ERROR, "syntax error in PREPARE")
-        name = _ident(match["name"])
-        oids = [
-            _TYPE_OIDS_BY_NAME.get(t.strip().lower(), 0)
-            for t in (match["types"] or "").split(",")
-            if t.strip()
-        ]
-        body = match["body"]
+    def _prepare_command(self, command: cmd.Prepare) -> _Run:
+        name, body = command.name, command.body
+        oids = [_TYPE_OIDS_BY_NAME.get(t, 0) for t in command.type_names]
 
         def run(s: Session, p: Any, f: Any) -> Outcome:
             if name in s.statements:
@@ -915,12 +769,8 @@ class Session:
 
         return run
 
-    def _execute_command(self, text: str) -> tuple[Any, Any, bool]:
-        match = _EXECUTE_RE.match(text)
-        if not match:
-            raise QueryServiceError(err.SYNTAX_ERROR, "syntax error in EXECUTE")
-        name = _ident(match["name"])
-        args = match["args"]
+    def _execute_command(self, command: cmd.Execute) -> tuple[_Run, _Describe]:
+        name, args = command.name, command.args
 
         def run(s: Session, p: Any, formats: list[int] | None) -> Outcome:
             statement = s.statements.get(name)
@@ -938,13 +788,13 @@ class Session:
             statement = s.statements.get(name)
             return s.describe_statement(statement) if statement else None
 
-        return run, describe, False
+        return run, describe
 
     def _deallocate(self, target: str) -> Outcome:
         if target.upper() == "ALL":
             self.statements = {k: v for k, v in self.statements.items() if k == ""}
         else:
-            name = _ident(target)
+            name = cmd.ident(target)
             if name not in self.statements:
                 raise QueryServiceError(
                     err.INVALID_SQL_STATEMENT_NAME, f'prepared statement "{name}" does not exist'
@@ -952,9 +802,8 @@ class Session:
             del self.statements[name]
         return Outcome("DEALLOCATE")
 
-    def _explain_command(self, text: str) -> tuple[Any, Any, bool]:
-        query = re.sub(r"^EXPLAIN\s+(ANALYZE\s+)?(VERBOSE\s+)?", "", text, flags=re.I)
-        inner = self.prepare(query)
+    def _explain_command(self, command: cmd.Explain) -> tuple[_Run, _Describe]:
+        inner = self.prepare(command.query)
         if inner.kind != "query" or inner.translation is None:
             raise QueryServiceError(err.FEATURE_NOT_SUPPORTED, "EXPLAIN supports SELECT queries only")
         translation = inner.translation
@@ -968,7 +817,7 @@ class Session:
             lines = [(line,) for _, text_ in plan for line in str(text_).splitlines()]
             return Outcome("EXPLAIN", BufferedRows.text(["QUERY PLAN"], lines), row_tag="EXPLAIN")
 
-        return run, (lambda s: [pg.Column("QUERY PLAN", pg.TEXT)]), False
+        return run, (lambda s: [pg.Column("QUERY PLAN", pg.TEXT)])
 
     # -- queries --
     def run_query(
@@ -1127,162 +976,14 @@ class Session:
                 if outcome.rows is not None:
                     write([pg.row_description(outcome.rows.columns, outcome.rows.formats)])
                     count, _ = self.send_rows(outcome, None, write)
-                    write([pg.command_complete(_row_tag(outcome, count))])
+                    write([pg.command_complete(row_tag(outcome, count))])
                 else:
                     write([pg.command_complete(outcome.tag)])
             for name, value in outcome.reported:
                 write([pg.parameter_status(name, value)])
 
 
-def _row_tag(outcome: Outcome, count: int) -> str:
+def row_tag(outcome: Outcome, count: int) -> str:
     if outcome.row_tag in ("SELECT", "FETCH"):
         return f"{outcome.row_tag} {count}"
     return outcome.row_tag
-
-
-def _fetch_plan(direction: str) -> tuple[Callable[[int], int | None], int | None]:
-    """(rows to skip given the cursor position -> None if backwards, rows to fetch -> None for all)."""
-    number = re.search(r"[-+]?\d+", direction)
-    n = int(number.group(0)) if number else None
-    if direction in ("NEXT", "FORWARD"):
-        return (lambda pos: 0), 1
-    if direction in ("ALL", "FORWARD ALL"):
-        return (lambda pos: 0), None
-    if direction.startswith("ABSOLUTE") and n is not None:
-        return (lambda pos: n - 1 - pos if n > pos else None), 1
-    if direction.startswith("RELATIVE") and n is not None:
-        return (lambda pos: n - 1 if n > 0 else None), 1
-    if (direction.startswith("FORWARD") or direction[0] in "+-0123456789") and n is not None:
-        return (lambda pos: 0 if n >= 0 else None), n
-    return (lambda pos: None), 0  # PRIOR, FIRST, LAST, BACKWARD: this cursor cannot go back
-
-
-def _select_list_names(sql: str) -> list[str]:
-    """Output column names of a catalog query, read leniently (it is answered with no rows)."""
-    try:
-        import sqlglot
-
-        tree = sqlglot.parse_one(sql, read="postgres")
-        names = (
-            [e.alias_or_name or "?column?" for e in tree.expressions]
-            if isinstance(tree, sqlglot.exp.Select)
-            else []
-        )
-    except Exception:  # any parse problem: one anonymous column is still a valid empty answer
-        names = []
-    return names or ["?column?"]
-
-
-class ExtendedProtocol:
-    """Parse/Bind/Describe/Execute/Close on top of a :class:`Session` (state lives in the session)."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def parse(self, name: str, sql: str, param_oids: list[int]) -> None:
-        s = self.session
-        if name and name in s.statements:
-            raise QueryServiceError(
-                err.DUPLICATE_PREPARED_STATEMENT, f'prepared statement "{name}" already exists'
-            )
-        s.statements[name] = s.prepare(sql, param_oids)
-
-    def bind(
-        self,
-        portal_name: str,
-        statement_name: str,
-        param_formats: list[int],
-        values: list[bytes | None],
-        result_formats: list[int],
-    ) -> None:
-        s = self.session
-        statement = s.statements.get(statement_name)
-        if statement is None:
-            raise QueryServiceError(
-                err.INVALID_SQL_STATEMENT_NAME, f'prepared statement "{statement_name}" does not exist'
-            )
-        expected = max(statement.param_count, len(statement.param_oids))
-        if len(values) != expected:
-            raise QueryServiceError(
-                err.PROTOCOL_VIOLATION,
-                f"bind message supplies {len(values)} parameters, but prepared statement "
-                f'"{statement_name}" requires {expected}',
-            )
-        formats = expand_formats(param_formats, len(values)) if values else []
-        oids = statement.param_oids
-        params = [
-            pg.decode_parameter(v, oids[i] if i < len(oids) else 0, formats[i]) for i, v in enumerate(values)
-        ]
-        old = s.portals.get(portal_name)
-        if old is not None:
-            if portal_name:
-                raise QueryServiceError(err.DUPLICATE_CURSOR, f'portal "{portal_name}" already exists')
-            s._drop_portal(old)
-        s.portals[portal_name] = Portal(portal_name, statement, params, list(result_formats))
-
-    def describe_statement(self, name: str) -> tuple[list[int], list[pg.Column] | None]:
-        s = self.session
-        statement = s.statements.get(name)
-        if statement is None:
-            raise QueryServiceError(
-                err.INVALID_SQL_STATEMENT_NAME, f'prepared statement "{name}" does not exist'
-            )
-        count = max(statement.param_count, len(statement.param_oids))
-        oids = [
-            statement.param_oids[i] if i < len(statement.param_oids) and statement.param_oids[i] else pg.TEXT
-            for i in range(count)
-        ]
-        return oids, s.describe_statement(statement)
-
-    def describe_portal(self, name: str) -> tuple[list[pg.Column], list[int]] | None:
-        s = self.session
-        portal = self._portal(name)
-        if portal.outcome is None and portal.statement.kind == "query":
-            # Starting the query is how its shape is known; Execute then streams the same result.
-            with s.query_scope():
-                portal.outcome = s.execute_statement(portal.statement, portal.params, portal.result_formats)
-        if portal.outcome is not None:
-            rows = portal.outcome.rows
-            return (rows.columns, rows.formats) if rows is not None else None
-        columns = s.describe_statement(portal.statement)
-        if columns is None:
-            return None
-        return columns, expand_formats(portal.result_formats, len(columns))
-
-    def execute(self, name: str, max_rows: int, write: Callable[[list[bytes]], None]) -> None:
-        s = self.session
-        portal = self._portal(name)
-        with s.query_scope():
-            if portal.outcome is None:
-                portal.outcome = s.execute_statement(portal.statement, portal.params, portal.result_formats)
-            outcome = portal.outcome
-            if portal.statement.kind == "empty":
-                write([pg.EMPTY_QUERY])
-                return
-            if outcome.rows is None:
-                write([pg.command_complete(outcome.tag)])
-                write([pg.parameter_status(n, v) for n, v in outcome.reported])
-                return
-            count, done = s.send_rows(outcome, max_rows if max_rows > 0 else None, write)
-            write([pg.command_complete(_row_tag(outcome, count)) if done else pg.PORTAL_SUSPENDED])
-
-    def close_statement(self, name: str) -> None:
-        self.session.statements.pop(name, None)
-
-    def close_portal(self, name: str) -> None:
-        portal = self.session.portals.get(name)
-        if portal is not None:
-            self.session._drop_portal(portal)
-
-    def sync(self) -> None:
-        """End of an extended-protocol batch: outside a transaction block its portals are gone."""
-        s = self.session
-        if s.tx_status == "I":
-            for portal in [p for p in s.portals.values() if not p.holdable]:
-                s._drop_portal(portal)
-
-    def _portal(self, name: str) -> Portal:
-        portal = self.session.portals.get(name)
-        if portal is None:
-            raise QueryServiceError(err.INVALID_CURSOR_NAME, f'portal "{name}" does not exist')
-        return portal

@@ -188,8 +188,8 @@ def route_names(call: Call) -> Response:
 
 def dataset_records(call: Call) -> Response:
     dataset_id = call.path_params["id"]
-    rows = groundtruth.dataset_records(call.state, dataset_id)
-    first = next(rows, None)  # raise "unknown dataset" before the response starts
+    rows = call.state.dataset_records(dataset_id)
+    first = next(rows, None)  # a failing read errors before the response starts
 
     def chain() -> Iterator[str]:
         if first is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 
 from starlette.responses import Response
 
@@ -292,39 +293,32 @@ def delete_descriptor(call: Call) -> Response:
     return empty(204)
 
 
+def _json_body(
+    method: str, path: str, operation: str, handler: Callable[[Call], Response], *, also: tuple[str, ...] = ()
+) -> Endpoint:
+    """A route taking a JSON body (raw bytes, parsed by the handler's ``call.json()``); ``also``:
+    further accepted content types (PATCH takes ``application/json-patch+json``)."""
+    return Endpoint(method, path, operation, handler, body=Body.BYTES, content_types=JSON + also)
+
+
 ENDPOINTS = [
     Endpoint("GET", "/stats", "schema_registry.stats", stats),
     Endpoint("GET", "/tenant/schemas", "schema_registry.list_schemas", list_schemas),
-    Endpoint(
-        "POST",
-        "/tenant/schemas",
-        "schema_registry.create_schemas",
-        create_schema,
-        body=Body.BYTES,
-        content_types=JSON,
-    ),
+    _json_body("POST", "/tenant/schemas", "schema_registry.create_schemas", create_schema),
     Endpoint("GET", "/tenant/schemas/{ref:path}", "schema_registry.get_schemas", get_schema),
-    Endpoint(
+    _json_body(
         "PATCH",
         "/tenant/schemas/{ref:path}",
         "schema_registry.patch_schemas",
         patch_schema,
-        body=Body.BYTES,
-        content_types=JSON + ("application/json-patch+json",),
+        also=("application/json-patch+json",),
     ),
     *[
         e
         for path in ("fieldgroups", "mixins")
         for e in (
             Endpoint("GET", f"/tenant/{path}", "schema_registry.list_fieldgroups", list_field_groups),
-            Endpoint(
-                "POST",
-                f"/tenant/{path}",
-                "schema_registry.create_fieldgroups",
-                create_field_group,
-                body=Body.BYTES,
-                content_types=JSON,
-            ),
+            _json_body("POST", f"/tenant/{path}", "schema_registry.create_fieldgroups", create_field_group),
             Endpoint(
                 "GET", f"/tenant/{path}/{{ref:path}}", "schema_registry.get_fieldgroups", get_field_group
             ),
@@ -334,22 +328,8 @@ ENDPOINTS = [
     Endpoint("GET", "/tenant/unions/{ref:path}", "schema_registry.get_union", get_union),
     Endpoint("GET", "/global/classes/{ref:path}", "schema_registry.get_class", get_class),
     Endpoint("GET", "/tenant/descriptors", "schema_registry.list_descriptors", list_descriptors),
-    Endpoint(
-        "POST",
-        "/tenant/descriptors",
-        "schema_registry.create_descriptor",
-        create_descriptor,
-        body=Body.BYTES,
-        content_types=JSON,
-    ),
+    _json_body("POST", "/tenant/descriptors", "schema_registry.create_descriptor", create_descriptor),
     Endpoint("GET", "/tenant/descriptors/{id}", "schema_registry.get_descriptor", get_descriptor),
-    Endpoint(
-        "PUT",
-        "/tenant/descriptors/{id}",
-        "schema_registry.update_descriptor",
-        update_descriptor,
-        body=Body.BYTES,
-        content_types=JSON,
-    ),
+    _json_body("PUT", "/tenant/descriptors/{id}", "schema_registry.update_descriptor", update_descriptor),
     Endpoint("DELETE", "/tenant/descriptors/{id}", "schema_registry.delete_descriptor", delete_descriptor),
 ]
