@@ -78,6 +78,30 @@ def _name_case(audience_names: Mapping[str, str]) -> str:
     return f"CASE {sql.ROW_COLUMNS[1]} {whens} END"
 
 
+def _inputs(
+    q: sql.MembershipQuery,
+    target_table: str,
+    job_id: str,
+    tenant: str,
+    audience_names: Mapping[str, str],
+    fields: OutputFields | None,
+) -> tuple[str, str, str, OutputFields, dict[str, str]]:
+    """The checked inputs of a batch query: target table, job id literal, tenant, fields, and the name
+    of each audience of ``q``."""
+    if not isinstance(q, sql.MembershipQuery):
+        raise ValueError(f"q must be a MembershipQuery, got {type(q).__name__}")
+    target = sql._checked(v.table_name, target_table, "target table")
+    job = sql.quote_literal(v.job_id(job_id), "job id")
+    tenant = sql._checked(v.tenant_id, tenant, "tenant")
+    f = fields if fields is not None else OutputFields()
+    if not isinstance(f, OutputFields):
+        raise ValueError("fields must be an OutputFields")
+    missing = [a for a in q.audience_ids if a not in audience_names]
+    if missing:
+        raise ValueError(f"audience_names has no name for audience ids {missing}")
+    return target, job, tenant, f, {a: audience_names[a] for a in q.audience_ids}
+
+
 def snapshot_insert_sql(
     q: sql.MembershipQuery,
     *,
@@ -94,20 +118,9 @@ def snapshot_insert_sql(
     ``target_table`` the profile dataset's table (its ``adobe/pqs/table`` tag), ``audience_names`` the
     friendly name of every audience id of ``q``.
     """
-    if not isinstance(q, sql.MembershipQuery):
-        raise ValueError(f"q must be a MembershipQuery, got {type(q).__name__}")
-    target = sql._checked(v.table_name, target_table, "target table")
-    job = sql.quote_literal(v.job_id(job_id), "job id")
-    tenant = sql._checked(v.tenant_id, tenant, "tenant")
     if layout not in LAYOUTS:
         raise ValueError(f"layout {v.shown(layout)}: the server path writes {list(LAYOUTS)}")
-    f = fields if fields is not None else OutputFields()
-    if not isinstance(f, OutputFields):
-        raise ValueError("fields must be an OutputFields")
-    missing = [a for a in q.audience_ids if a not in audience_names]
-    if missing:
-        raise ValueError(f"audience_names has no name for audience ids {missing}")
-    names = {a: audience_names[a] for a in q.audience_ids}
+    target, job, tenant, f, names = _inputs(q, target_table, job_id, tenant, audience_names, fields)
     person, audience, status, when = sql.ROW_COLUMNS
     membership = (
         f"named_struct('{_field(f.audience_id, 'output.audience_id')}', {audience}, "
@@ -167,18 +180,7 @@ def events_insert_sql(
     events dataset's table. The records equal those the client path's transform makes of
     :func:`airflow_cja_audiences.sql.events_sql` rows over the same window and sources.
     """
-    if not isinstance(q, sql.MembershipQuery):
-        raise ValueError(f"q must be a MembershipQuery, got {type(q).__name__}")
-    target = sql._checked(v.table_name, target_table, "target table")
-    job = sql.quote_literal(v.job_id(job_id), "job id")
-    tenant = sql._checked(v.tenant_id, tenant, "tenant")
-    f = fields if fields is not None else OutputFields()
-    if not isinstance(f, OutputFields):
-        raise ValueError("fields must be an OutputFields")
-    missing = [a for a in q.audience_ids if a not in audience_names]
-    if missing:
-        raise ValueError(f"audience_names has no name for audience ids {missing}")
-    names = {a: audience_names[a] for a in q.audience_ids}
+    target, job, tenant, f, names = _inputs(q, target_table, job_id, tenant, audience_names, fields)
     rows = sql.events_sql(q, window, sql.Partition(), sources)  # validates window and sources
     person, audience, status, when = sql.ROW_COLUMNS
     event = (

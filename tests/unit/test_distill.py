@@ -129,8 +129,13 @@ def _server_records(db: duckdb.DuckDBPyConnection, job: RefreshJob) -> list[dict
         layout=job.layout,
         fields=job.output,
     )
+    return _inserted(db, statement, "cja_profiles")
+
+
+def _inserted(db: duckdb.DuckDBPyConnection, statement: str, table: str) -> list[dict]:
+    """The records ``INSERT INTO table SELECT ...`` writes, as JSON (as the emulator writes them)."""
     head, select = statement.split("\n", 1)
-    assert head == "INSERT INTO cja_profiles"
+    assert head == f"INSERT INTO {table}"
     translated = Translator().translate(select, _Ctx(db))
     return [
         json.loads(line) for (line,) in db.execute(f"SELECT to_json(r) FROM ({translated.sql}) r").fetchall()
@@ -223,12 +228,7 @@ def _server_events(db: duckdb.DuckDBPyConnection, job: RefreshJob, sources: list
         audience_names=AUDIENCES,
         fields=job.output,
     )
-    head, select = statement.split("\n", 1)
-    assert head == "INSERT INTO cja_events"
-    translated = Translator().translate(select, _Ctx(db))
-    return [
-        json.loads(line) for (line,) in db.execute(f"SELECT to_json(r) FROM ({translated.sql}) r").fetchall()
-    ]
+    return _inserted(db, statement, "cja_events")
 
 
 @pytest.mark.parametrize("sources", [None, [BATCH, OTHER]])
