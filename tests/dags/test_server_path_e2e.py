@@ -11,6 +11,9 @@ uploaded into the profile dataset's batches).
 
 from __future__ import annotations
 
+from datetime import timedelta
+from types import SimpleNamespace
+
 import pytest
 
 from airflow_cja_audiences.dag_factory import build_dag
@@ -179,3 +182,69 @@ def test_server_path_shrink_guard_reverts_the_new_batch(emu, aep, airflow_db, da
     assert state == "success", report
     assert leaver not in {r[PERSON] for r in aep.records(dataset_id)}
     assert len(aep.live_batches(dataset_id)) == 1
+
+
+def test_server_events_give_way_to_an_overlapping_interval_that_went_live(emu, aep, airflow_db, dags_folder):
+    """Two runs of a server-path job plan overlapping events intervals; the one whose batch went live
+    first stays, the other's batch query is cancelled (or its batch reverted) and its task fails asking
+    for prepare_events to plan again; a retry of the first run's distill_events re-attaches to its query."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_cja_audiences.hooks.batch_query import BatchQueryHook, query_id_of
+    from airflow_cja_audiences.models import Batch
+    from airflow_cja_audiences.operators.distill import DistillEventsOperator
+    from airflow_cja_audiences.runs import BatchLabel, parse_utc, utc_iso
+
+    audiences = [a["id"] for a in emu.admin.state()["audiences"][:3]]
+    job = _job(audiences, job_id="e2e_claims", path="server")
+    dags_folder(job)
+    state, report = _run(build_dag(job), _interval_end(1))
+    assert state == "success", report
+    events_ds = aep.dataset_id(job.names.event_dataset)
+    (live,) = aep.live_batches(events_ds)
+    queries = BatchQueryHook(sandbox="prod")
+    mine = queries.get_query(query_id_of(Batch.model_validate(live)))
+    label = BatchLabel.parse(mine.name)
+    assert label is not None and label.kind == "events"
+    start, end = report["interval"]
+    names = {a["id"]: a["name"] for a in emu.admin.state()["audiences"] if a["id"] in audiences}
+    export_ds = aep.dataset_id(job.names.export_dataset)
+
+    def distill(external_id: str, interval: tuple[str, str]) -> DistillEventsOperator:
+        return DistillEventsOperator(
+            task_id="distill_events",
+            job=job.model_dump(mode="json"),
+            tenant=emu.credentials.tenant,
+            table_name=aep.state()["datasets"][export_ds]["table"],
+            export_batch_id=label.export_batch_id,
+            audiences=[{"id": a, "name": names[a]} for a in audiences],
+            dataset_id=events_ds,
+            interval_start=interval[0],
+            interval_end=interval[1],
+            sources=[label.export_batch_id],
+            external_id=external_id,
+            memberships=1,
+            replaced_batch_ids=[],
+            poll_interval=0.1,
+            deferrable=False,
+        )
+
+    shifted = tuple(utc_iso(parse_utc(t) + timedelta(hours=1)) for t in (start, end))
+    other = BatchLabel.for_run(
+        job_id=job.job_id,
+        kind="events",
+        export_batch_id=label.export_batch_id,
+        run_id="manual__overlapping",
+        interval_start=shifted[0],
+        interval_end=shifted[1],
+    )
+    context = {"run_id": "manual__overlapping", "ti": SimpleNamespace(xcom_push=lambda **_: None)}
+    with pytest.raises(AirflowFailException, match="went live after this run planned") as failed:
+        distill(other.external_id, shifted).execute(context)
+    assert "prepare_events" in str(failed.value)
+    assert [b["id"] for b in aep.live_batches(events_ds)] == [live["id"]]  # only the first run's events
+
+    # The first run's own task, retried: it finds its query (by name) and writes nothing again.
+    result = distill(mine.name, (start, end)).execute(context)
+    assert result["query_id"] == mine.id and result["batch_id"] == live["id"]
+    assert [b["id"] for b in aep.live_batches(events_ds)] == [live["id"]]
