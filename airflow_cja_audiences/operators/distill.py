@@ -125,10 +125,14 @@ class DistillOperator(_MembershipQueryOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         self._skip_unless_enabled()
         if not self.external_id:
-            raise AirflowFailException("external_id (the run's batch label from prepare_snapshot) is empty")
+            raise AirflowFailException(
+                f"external_id (the run's batch label from prepare_{self.kind}) is empty"
+            )
         if self.memberships is not None and not int(self.memberships):
             self.log.info(
-                "The export holds no identified membership of this job: no batch query, nothing written"
+                "The export holds no identified %s of this job%s: no batch query, nothing written",
+                "change event" if self.kind == "events" else "membership",
+                f" in [{self.interval_start}, {self.interval_end})" if self.kind == "events" else "",
             )
             return {"batch_id": "", "records": 0, "query_id": ""}
         queries = self._queries()
