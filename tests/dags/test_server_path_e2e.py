@@ -187,7 +187,8 @@ def test_server_path_shrink_guard_reverts_the_new_batch(emu, aep, airflow_db, da
 def test_server_events_give_way_to_an_overlapping_interval_that_went_live(emu, aep, airflow_db, dags_folder):
     """Two runs of a server-path job plan overlapping events intervals; the one whose batch went live
     first stays, the other's batch query is cancelled (or its batch reverted) and its task fails asking
-    for prepare_events to plan again; a retry of the first run's distill_events re-attaches to its query."""
+    for prepare_events to plan again; prepare_events waits while an overlapping interval of another run
+    is being written; a retry of the first run's distill_events re-attaches to its query."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from airflow_cja_audiences.hooks.batch_query import BatchQueryHook, query_id_of
@@ -243,6 +244,51 @@ def test_server_events_give_way_to_an_overlapping_interval_that_went_live(emu, a
         distill(other.external_id, shifted).execute(context)
     assert "prepare_events" in str(failed.value)
     assert [b["id"] for b in aep.live_batches(events_ds)] == [live["id"]]  # only the first run's events
+
+    # prepare_events of a later run waits (reschedules, to plan again) while another run's overlapping
+    # interval is being written: here an open batch of that run; its in-flight batch query counts alike.
+    from airflow.sdk.exceptions import AirflowRescheduleException
+
+    from airflow_cja_audiences.hooks.ingestion import BatchIngestionHook
+    from airflow_cja_audiences.operators.load import PrepareLoadOperator
+
+    later = (end, utc_iso(parse_utc(end) + timedelta(days=1)))
+    blocking = BatchLabel.for_run(
+        job_id=job.job_id,
+        kind="events",
+        export_batch_id=label.export_batch_id,
+        run_id="backfill__blocking",
+        interval_start=utc_iso(parse_utc(later[0]) + timedelta(hours=1)),
+        interval_end=utc_iso(parse_utc(later[1]) + timedelta(hours=1)),
+    )
+    ingestion = BatchIngestionHook(sandbox="prod")
+    open_batch = ingestion.create_batch(events_ds, external_id=blocking.external_id)
+    pushed: dict = {}
+    prepare = PrepareLoadOperator(
+        task_id="prepare_events",
+        job=job.model_dump(mode="json"),
+        kind="events",
+        tenant=emu.credentials.tenant,
+        table_name=aep.state()["datasets"][export_ds]["table"],
+        export_batch_id=label.export_batch_id,
+        audiences=[{"id": a, "name": names[a]} for a in audiences],
+        dataset_id=events_ds,
+        interval_start=later[0],
+        interval_end=later[1],
+        export_dataset_id=export_ds,
+        open_batch=False,
+    )
+    later_context = {
+        "run_id": "scheduled__later",
+        "ti": SimpleNamespace(xcom_push=lambda key, value: pushed.__setitem__(key, value)),
+    }
+    with pytest.raises(AirflowRescheduleException):
+        prepare.execute(later_context)
+    assert "external_id" not in pushed  # gave way before deciding anything
+    ingestion.abort_batch(open_batch.id)
+    prepare.execute(later_context)
+    assert BatchLabel.parse(pushed["external_id"]).interval == tuple(parse_utc(t) for t in later)
+    assert pushed["batch_id"] == ""  # the server path opens no batch: the batch query writes it
 
     # The first run's own task, retried: it finds its query (by name) and writes nothing again.
     result = distill(mine.name, (start, end)).execute(context)
