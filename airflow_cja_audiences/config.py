@@ -269,9 +269,9 @@ class RefreshJob(StrictModel):
     path: Literal["client", "server"] = Field(
         default="client",
         description=(
-            "Who builds the snapshot's CJA records: 'client' (partition queries streamed through Airflow workers, "
-            "transformed and uploaded) or 'server' (one Query Service batch query, INSERT INTO the profile dataset; "
-            "needs the Data Distiller add-on). Change events always take the client path"
+            "Who builds the CJA records (snapshot and change events): 'client' (partition queries streamed through "
+            "Airflow workers, transformed and uploaded) or 'server' (one Query Service batch query per dataset, "
+            "INSERT INTO the profile or events dataset; needs the Data Distiller add-on)"
         ),
     )
     batch_query_timeout_minutes: int = Field(

@@ -6,6 +6,7 @@ The DAG wires the package's operators (README.md and docs/ARCHITECTURE.md descri
         -> prepare_snapshot -> load_snapshot[partition...] -> publish_snapshot (guard, deferred, replace)
            (path: server -> prepare_snapshot -> distill_snapshot (one batch query, deferred) -> publish_snapshot)
         -> prepare_events   -> load_events[partition...]   -> publish_events   (replace the interval)
+           (path: server -> prepare_events -> distill_events (one batch query, deferred) -> publish_events)
         -> check_cja -> report (Asset event)       abort_open_batches runs only when something failed
 
 Work that grows with audience size (the partitions) is a mapped task under a pool sized to Query
@@ -27,7 +28,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_cja_audiences.config import JobError, RefreshJob, read_jobs_file
 from airflow_cja_audiences.operators.cja import CheckCjaOperator
-from airflow_cja_audiences.operators.distill import DistillSnapshotOperator
+from airflow_cja_audiences.operators.distill import DistillEventsOperator, DistillSnapshotOperator
 from airflow_cja_audiences.operators.export import ExportAudiencesOperator
 from airflow_cja_audiences.operators.load import LoadPartitionOperator, PrepareLoadOperator
 from airflow_cja_audiences.operators.publish import AbortOpenBatchesOperator, PublishBatchOperator
@@ -231,7 +232,7 @@ def build_dag(job: RefreshJob) -> DAG:
                 "interval_end": plan.output["interval_end"],
                 "enabled": enabled,
             }
-            server = kind == "snapshot" and job.path == "server"
+            server = job.path == "server"
             # Every task that opens a Query Service session is in the pool, so the pool bounds the org's
             # sessions from Airflow (Adobe refuses more than the licence's with "Session Limit Reached").
             prepare = PrepareLoadOperator(
@@ -256,12 +257,13 @@ def build_dag(job: RefreshJob) -> DAG:
             if server:
                 # Server path (Data Distiller): one batch query writes the batch; no row reaches a worker.
                 # It opens no Query Service session (REST only), so it is not in the sessions' pool.
-                load = DistillSnapshotOperator(
+                load = (DistillSnapshotOperator if kind == "snapshot" else DistillEventsOperator)(
                     task_id=f"distill_{kind}",
                     **common,
                     **load_args,
                     external_id=prepare.output["external_id"],
                     memberships=prepare.output["memberships"],
+                    replaced_batch_ids=prepare.output["previous_batch_ids"],
                     wait_timeout=timedelta(minutes=job.batch_query_timeout_minutes),
                     poll_interval=job.poll_interval_seconds,
                     deferrable=True,

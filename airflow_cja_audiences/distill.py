@@ -21,6 +21,13 @@ Safety: the statement is built only from values checked here or by :mod:`airflow
 Audience names are free text: they go in as hex of their UTF-8 (``decode(unhex('...'), 'UTF-8')``),
 never as quoted text, so no name can end a literal.
 
+:func:`events_insert_sql` builds the change events of an interval: one record per row of
+:func:`airflow_cja_audiences.sql.events_sql` (the distinct ``realized``/``exited`` rows of the sources
+whose time is in the interval), ``{"_id", "timestamp", "_<tenant>": {"personID", <audience_id>,
+<audience_name>, <event_type>}}``, ``_id`` the transform's ``stable_id(job, person, audience, event type,
+timestamp)``. Entries AEP no longer dates (``existing`` rows, the "untimed" ones prepare_events counts)
+are no events on either path: they are counted, never published.
+
 Query Service facts relied on (experience-platform docs, help/query-service/sql/syntax.md): ``INSERT
 INTO table SELECT ...`` appends a batch to the dataset, the select is not parenthesised, nested fields
 are built as structs under the tenant namespace. Spark SQL functions used: ``named_struct``,
@@ -30,14 +37,16 @@ are built as structs under the tenant namespace. Spark SQL functions used: ``nam
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from airflow_cja_audiences import sql
 from airflow_cja_audiences import validation as v
 from airflow_cja_audiences.config import OutputFields
 
-#: Layouts the server path writes (change events stay on the client path).
+#: Snapshot layouts the server path writes (change events: :func:`events_insert_sql`).
 LAYOUTS = ("per_person", "per_membership")
+#: The event type of a change-event row, by status (the transform's ``EVENT_TYPES``).
+EVENT_TYPES = (("realized", "entered"), (sql.EXITED, "exited"))
 _ROW_NUMBER = "cjaRowNumber"
 _MEMBERSHIPS = "cjaMemberships"
 
@@ -69,6 +78,30 @@ def _name_case(audience_names: Mapping[str, str]) -> str:
     return f"CASE {sql.ROW_COLUMNS[1]} {whens} END"
 
 
+def _inputs(
+    q: sql.MembershipQuery,
+    target_table: str,
+    job_id: str,
+    tenant: str,
+    audience_names: Mapping[str, str],
+    fields: OutputFields | None,
+) -> tuple[str, str, str, OutputFields, dict[str, str]]:
+    """The checked inputs of a batch query: target table, job id literal, tenant, fields, and the name
+    of each audience of ``q``."""
+    if not isinstance(q, sql.MembershipQuery):
+        raise ValueError(f"q must be a MembershipQuery, got {type(q).__name__}")
+    target = sql._checked(v.table_name, target_table, "target table")
+    job = sql.quote_literal(v.job_id(job_id), "job id")
+    tenant = sql._checked(v.tenant_id, tenant, "tenant")
+    f = fields if fields is not None else OutputFields()
+    if not isinstance(f, OutputFields):
+        raise ValueError("fields must be an OutputFields")
+    missing = [a for a in q.audience_ids if a not in audience_names]
+    if missing:
+        raise ValueError(f"audience_names has no name for audience ids {missing}")
+    return target, job, tenant, f, {a: audience_names[a] for a in q.audience_ids}
+
+
 def snapshot_insert_sql(
     q: sql.MembershipQuery,
     *,
@@ -85,20 +118,9 @@ def snapshot_insert_sql(
     ``target_table`` the profile dataset's table (its ``adobe/pqs/table`` tag), ``audience_names`` the
     friendly name of every audience id of ``q``.
     """
-    if not isinstance(q, sql.MembershipQuery):
-        raise ValueError(f"q must be a MembershipQuery, got {type(q).__name__}")
-    target = sql._checked(v.table_name, target_table, "target table")
-    job = sql.quote_literal(v.job_id(job_id), "job id")
-    tenant = sql._checked(v.tenant_id, tenant, "tenant")
     if layout not in LAYOUTS:
         raise ValueError(f"layout {v.shown(layout)}: the server path writes {list(LAYOUTS)}")
-    f = fields if fields is not None else OutputFields()
-    if not isinstance(f, OutputFields):
-        raise ValueError("fields must be an OutputFields")
-    missing = [a for a in q.audience_ids if a not in audience_names]
-    if missing:
-        raise ValueError(f"audience_names has no name for audience ids {missing}")
-    names = {a: audience_names[a] for a in q.audience_ids}
+    target, job, tenant, f, names = _inputs(q, target_table, job_id, tenant, audience_names, fields)
     person, audience, status, when = sql.ROW_COLUMNS
     membership = (
         f"named_struct('{_field(f.audience_id, 'output.audience_id')}', {audience}, "
@@ -137,4 +159,53 @@ def snapshot_insert_sql(
         f"  WHERE {kept}\n"
         f"  GROUP BY {person}\n"
         f")"
+    )
+
+
+def events_insert_sql(
+    q: sql.MembershipQuery,
+    window: sql.TimeWindow,
+    sources: Sequence[str] | None,
+    *,
+    target_table: str,
+    job_id: str,
+    tenant: str,
+    audience_names: Mapping[str, str],
+    fields: OutputFields | None = None,
+) -> str:
+    """``INSERT INTO target_table SELECT ...``: the change events of ``window``, computed by Query Service.
+
+    ``window`` and ``sources`` are what ``prepare_events`` decided (the hull of the run's interval and
+    the live intervals it overlaps; the export batches that prove its events), ``target_table`` the
+    events dataset's table. The records equal those the client path's transform makes of
+    :func:`airflow_cja_audiences.sql.events_sql` rows over the same window and sources.
+    """
+    target, job, tenant, f, names = _inputs(q, target_table, job_id, tenant, audience_names, fields)
+    rows = sql.events_sql(q, window, sql.Partition(), sources)  # validates window and sources
+    person, audience, status, when = sql.ROW_COLUMNS
+    event = (
+        f"CASE {status} "
+        + " ".join(
+            f"WHEN {sql.quote_literal(st, 'status')} THEN {sql.quote_literal(ev, 'event type')}"
+            for st, ev in EVENT_TYPES
+        )
+        + " END"
+    )
+    tenant_struct = (
+        f"named_struct('personID', {person}, "
+        f"'{_field(f.audience_id, 'output.audience_id')}', {audience}, "
+        f"'{_field(f.audience_name, 'output.audience_name')}', {_name_case(names)}, "
+        f"'{_field(f.event_type, 'output.event_type')}', {event})"
+    )
+    # The rows are distinct per (person, audience, status, time), so each record's _id is unique; the
+    # transform drops rows without a person id, NULL (already left out by events_sql) or empty.
+    # `timestamp` is the ISO-8601 text the client path writes (XDM date-time, experience-platform docs
+    # help/xdm/schema/field-constraints.md); the backticks keep the word from reading as a type name.
+    return (
+        f"INSERT INTO {target}\n"
+        f"SELECT md5(concat_ws(chr(31), {job}, {person}, {audience}, {event}, {when})) AS _id,\n"
+        f"       {when} AS `timestamp`,\n"
+        f"       {tenant_struct} AS _{tenant}\n"
+        f"FROM (\n{rows}\n)\n"
+        f"WHERE {person} IS NOT NULL AND {person} <> ''"
     )

@@ -17,6 +17,7 @@ answered from AEP itself, not from Airflow's metadata (which a user may clear).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Literal, cast
@@ -269,13 +270,53 @@ def events_hull(
 
 @dataclass(frozen=True)
 class OpenEventsBatch:
-    """Another run's events batch of the same job, as Catalog lists it."""
+    """Another run's claim on an events interval of the same job: its events batch as Catalog lists
+    it, or (server path) its events batch query while Query Service still runs it."""
 
-    batch_id: str
+    batch_id: str  # the batch's id, or the query's
     interval: tuple[datetime, datetime]
     created_ms: int
     run_key: str
     live: bool  # succeeded (published); else still open
+    what: str = "events batch"  # how messages name it: "events batch" or "events batch query"
+
+
+#: Query Service states of a batch query that may still write a batch (spec ``query.state``).
+QUERY_IN_FLIGHT = ("SUBMITTED", "IN_PROGRESS")
+
+
+def events_query_claims(
+    queries: Iterable[tuple[str, str | None, str, int | None]], job_id: str
+) -> list[OpenEventsBatch]:
+    """The in-flight events batch queries of ``job_id`` as claims on their intervals (server path).
+
+    ``queries``: ``(query id, name, state, created ms)`` as the Query Service REST API lists them. The
+    server path names each batch query after its batch label (:class:`BatchLabel`), so the name says
+    job, interval and run. A query that ended is no claim: if it succeeded, its batch is live and is
+    listed as a batch; if not, it wrote nothing. Queries named otherwise (anyone's) are left out.
+    """
+    claims = []
+    for query_id, name, state, created_ms in queries:
+        label = BatchLabel.parse(name)
+        if (
+            label is None
+            or label.job_id != job_id
+            or label.kind != "events"
+            or label.interval is None
+            or str(state).upper() not in QUERY_IN_FLIGHT
+        ):
+            continue
+        claims.append(
+            OpenEventsBatch(
+                query_id,
+                label.interval,
+                int(created_ms or 0),
+                label.run_key,
+                live=False,
+                what="events batch query",
+            )
+        )
+    return claims
 
 
 #: An open events batch older than this is abandoned (its run died before aborting it): ignored.
@@ -297,13 +338,18 @@ def events_publish_conflict(
     up to ``max_active_runs`` backfill runs). The rule that keeps the live intervals disjoint: of the
     open batches whose intervals overlap, the one created first goes on; the others give way, and a
     run whose hull was computed before an overlapping batch went live must compute it again.
+
+    On the server path no batch exists before Query Service writes it: the claims are the in-flight
+    batch queries (:func:`events_query_claims`) next to the open batches, ``mine_id`` the run's query
+    (or ``""`` with ``mine_created_ms`` = now, to ask before submitting one whether an earlier claim
+    overlaps: then only earlier claims can conflict).
     """
     for other in others:
         if other.batch_id == mine_id or other.run_key == run_key or not overlaps(interval, other.interval):
             continue
         if other.live and other.batch_id not in replaced:
             return (
-                f"events batch {other.batch_id} [{utc_iso(other.interval[0])}, {utc_iso(other.interval[1])}) "
+                f"{other.what} {other.batch_id} [{utc_iso(other.interval[0])}, {utc_iso(other.interval[1])}) "
                 f"went live after this run planned its interval"
             )
         abandoned = other.created_ms < mine_created_ms - ABANDONED_AFTER.total_seconds() * 1000
@@ -313,7 +359,7 @@ def events_publish_conflict(
             and (other.created_ms, other.batch_id) < (mine_created_ms, mine_id)
         ):
             return (
-                f"events batch {other.batch_id} [{utc_iso(other.interval[0])}, {utc_iso(other.interval[1])}) "
+                f"{other.what} {other.batch_id} [{utc_iso(other.interval[0])}, {utc_iso(other.interval[1])}) "
                 f"of another run is being published for an overlapping interval"
             )
     return None

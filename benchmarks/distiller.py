@@ -3,19 +3,20 @@
 Runs ``python -m benchmarks.distiller [--sizes 200000 1000000]``. For each size, one run:
 
 * starts the AEP emulator (HTTPS + Query Service) with that many synthetic profiles, in its own process;
-* runs the refresh DAG of one job (3 audiences, ``path: server``, events off: events always take the
-  client path) with ``airflow dags test`` in a child process, against a fresh SQLite metadata DB;
+* runs the refresh DAG of one job (3 audiences, ``path: server``, snapshot and change events) with
+  ``airflow dags test`` in a child process, against a fresh SQLite metadata DB;
 * reads from the emulator: how many statements read the export dataset's table, split into ad hoc
-  (PostgreSQL: ``prepare_snapshot``'s counts for the identity check and the report) and batch queries
-  (the ``INSERT INTO`` that writes the snapshot), and the records the live snapshot batch holds;
-* takes each step's time from the run's log (``distill_snapshot``: submitting the batch query, waiting for
+  (PostgreSQL: ``prepare_*``'s counts for the identity check and the report) and batch queries
+  (the ``INSERT INTO`` s that write the snapshot and the events), and the records the live snapshot
+  batch holds;
+* takes each step's time from the run's log (``distill_*``: submitting the batch query, waiting for
   it, finding its batch; the emulator writes about as fast as DuckDB reads, real Query Service adds minutes
   of batch start-up);
 * measures the ``airflow dags test`` process's peak RSS (``VmHWM``, sampled: every task of the run executes
   in that process, so it bounds what a worker needs) and the wall time.
 
 Targets (exit 1 when one is missed): exactly one batch-query scan of the export per dataset written
-(one: the profile dataset); ad hoc scans the same at every size (they do not grow with N); peak RSS
+(two: the profile dataset and the events dataset; one live batch in each); ad hoc scans the same at every size (they do not grow with N); peak RSS
 of the task process at the largest size within 10 % (+ 16 MB) of the smallest; the snapshot holds one
 record per member with a person id (checked against the emulator's truth when the size allows).
 """
@@ -160,7 +161,6 @@ def run_once(profiles: int, workdir: Path) -> dict[str, Any]:
                         {
                             "job_id": JOB_ID,
                             "path": "server",
-                            "publish_events": False,
                             "retries": 0,
                             "poll_interval_seconds": 1,
                             "schedule": "0 2 * * *",
@@ -221,11 +221,20 @@ def run_once(profiles: int, workdir: Path) -> dict[str, Any]:
             i for i, d in prod["datasets"].items() if d["name"] == f"CJA audience profiles - {JOB_ID}"
         )
         export_table = prod["datasets"][export_ds]["table"]
-        live = [
-            b
-            for b in prod["batches"].values()
-            if b["status"] == "success" and {"type": "dataSet", "id": profile_ds} in b["relatedObjects"]
-        ]
+        events_ds = next(
+            i
+            for i, d in prod["datasets"].items()
+            if d["name"] == f"CJA audience membership events - {JOB_ID}"
+        )
+
+        def live_in(dataset_id: str) -> list[dict[str, Any]]:
+            return [
+                b
+                for b in prod["batches"].values()
+                if b["status"] == "success" and {"type": "dataSet", "id": dataset_id} in b["relatedObjects"]
+            ]
+
+        live, live_events = live_in(profile_ds), live_in(events_ds)
         scans = emulator.get("/emulator/stats")["tableScans"]
         truth_people = None
         if profiles <= 1_000_000:
@@ -242,7 +251,16 @@ def run_once(profiles: int, workdir: Path) -> dict[str, Any]:
             emails = {row.get("email") for row in rows}
             truth_people = len(emails - {None, ""})
         steps = task_seconds(
-            output, ("export_audiences", "prepare_snapshot", "distill_snapshot", "publish_snapshot")
+            output,
+            (
+                "export_audiences",
+                "prepare_snapshot",
+                "distill_snapshot",
+                "publish_snapshot",
+                "prepare_events",
+                "distill_events",
+                "publish_events",
+            ),
         )
         return {
             "profiles": profiles,
@@ -253,8 +271,10 @@ def run_once(profiles: int, workdir: Path) -> dict[str, Any]:
             "adhoc_scans": scans.get(f"adhoc:{export_table}", 0),
             "live_batches": len(live),
             "records": sum(int(b.get("recordCount") or 0) for b in live),
+            "live_events_batches": len(live_events),
+            "events": sum(int(b.get("recordCount") or 0) for b in live_events),
             "truth_people": truth_people,
-            "datasets_written": 1,
+            "datasets_written": 2,
         }
     finally:
         emulator.stop()
@@ -285,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if r["live_batches"] != 1:
             failures.append(f"{r['profiles']}: {r['live_batches']} live snapshot batches (target: 1)")
+        if r["live_events_batches"] != 1:
+            failures.append(f"{r['profiles']}: {r['live_events_batches']} live events batches (target: 1)")
         if r["truth_people"] is not None and r["records"] != r["truth_people"]:
             failures.append(
                 f"{r['profiles']}: {r['records']} records for {r['truth_people']} members in the truth"

@@ -1,14 +1,18 @@
-"""The server-side path (Data Distiller): Query Service writes the snapshot batch itself.
+"""The server-side path (Data Distiller): Query Service writes the snapshot and events batches itself.
 
-``DistillSnapshotOperator`` submits one batch query, ``INSERT INTO <profile dataset table> SELECT ...``
-(:func:`airflow_cja_audiences.distill.snapshot_insert_sql`), waits for it deferrably
-(:class:`~airflow_cja_audiences.triggers.aep.BatchQueryTrigger`) and finds the Catalog batch it wrote.
-No row passes through a worker. ``publish_snapshot`` then applies the same shrink guard and replaces
-the previous snapshot, as on the client path.
+``DistillSnapshotOperator`` / ``DistillEventsOperator`` submit one batch query, ``INSERT INTO <dataset
+table> SELECT ...`` (:func:`airflow_cja_audiences.distill.snapshot_insert_sql`,
+:func:`~airflow_cja_audiences.distill.events_insert_sql`), wait for it deferrably
+(:class:`~airflow_cja_audiences.triggers.aep.BatchQueryTrigger`) and find the Catalog batch it wrote.
+No row passes through a worker. ``publish_snapshot`` / ``publish_events`` then replace what the batch
+supersedes, as on the client path (prepare_* applied the events guard and planned the interval).
 
-The query is named after the run's batch label (``prepare_snapshot`` decides it): a retried task
-re-attaches to the query it submitted instead of writing a second batch, and later runs tell from the
-query's name which job and slot a batch written by a query belongs to.
+The query is named after the run's batch label (``prepare_*`` decides it): a retried task re-attaches
+to the query it submitted instead of writing a second batch, and later runs tell from the query's name
+which job and slot (snapshot, or events interval) a batch written by a query belongs to. For events,
+that name is also the run's claim on its interval while the query runs: ``prepare_events`` waits while
+an earlier overlapping claim is in flight, and after submitting, the query created first goes on
+(:func:`airflow_cja_audiences.runs.events_publish_conflict`).
 """
 
 from __future__ import annotations
@@ -20,10 +24,17 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from airflow_cja_audiences import distill, hooks, triggers
+from airflow_cja_audiences import distill, hooks, runs, triggers
+from airflow_cja_audiences.errors import AepError
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
 from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, validate_event
-from airflow_cja_audiences.operators.load import _TEMPLATE_FIELDS, _MembershipQueryOperator, _query_failed
+from airflow_cja_audiences.operators.load import (
+    _TEMPLATE_FIELDS,
+    _MembershipQueryOperator,
+    _query_failed,
+    open_event_claims,
+)
+from airflow_cja_audiences.runs import BatchLabel
 
 #: SQLSTATE classes of a query Query Service refuses as written (syntax, unknown table or column,
 #: type mismatch, unsupported feature, bad data): running it again cannot succeed.
@@ -32,17 +43,23 @@ _PERMANENT_SQLSTATE_CLASSES = ("42", "0A", "22")
 _REATTACH_WINDOW = timedelta(days=2)
 
 
-class DistillSnapshotOperator(_MembershipQueryOperator):
-    """Write the job's snapshot records into the profile dataset with one Query Service batch query.
+class DistillOperator(_MembershipQueryOperator):
+    """Write the job's snapshot (``kind="snapshot"``) or one interval's change events (``kind="events"``)
+    into their dataset with one Query Service batch query.
 
-    :param external_id: the run's batch label (``prepare_snapshot``'s ``external_id``): the query's name.
-    :param memberships: ``prepare_snapshot``'s count of identified memberships (0: nothing to write).
+    :param external_id: the run's batch label (``prepare_*``'s ``external_id``): the query's name.
+    :param memberships: ``prepare_*``'s count of identified memberships or events (0: nothing to write).
+    :param replaced_batch_ids: events: ``prepare_events``'s ``previous_batch_ids`` (the live batches its
+        interval replaces: no conflict with them).
     :param wait_timeout: how long to wait for the query (Query Service runs batch queries up to 24 h).
+
+    For events, ``interval_start``/``interval_end``/``sources`` are ``prepare_events``'s (the widened
+    interval, the exports that prove it).
 
     Return value (XCom): ``{batch_id, records, query_id}`` (``batch_id`` "" when nothing was written).
     """
 
-    template_fields = (*_TEMPLATE_FIELDS, "external_id", "memberships")  # type: ignore[assignment]
+    template_fields = (*_TEMPLATE_FIELDS, "external_id", "memberships", "replaced_batch_ids")  # type: ignore[assignment]
     operator_extra_links = (AepBatchLink(),)
 
     def __init__(
@@ -50,18 +67,17 @@ class DistillSnapshotOperator(_MembershipQueryOperator):
         *,
         external_id: str,
         memberships: Any = None,
+        replaced_batch_ids: Any = (),
         poll_interval: float = 15.0,
         wait_timeout: timedelta = timedelta(hours=3),
         deferrable: bool = DEFAULT_DEFERRABLE,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("kind", "snapshot")
         kwargs.setdefault("multiple_outputs", True)
         super().__init__(**kwargs)
-        if self.kind != "snapshot":
-            raise ValueError("the server path writes the snapshot; change events stay on the client path")
         self.external_id = external_id
         self.memberships = memberships
+        self.replaced_batch_ids = replaced_batch_ids
         self.poll_interval = poll_interval
         self.wait_timeout = wait_timeout
         self.deferrable = deferrable
@@ -75,17 +91,31 @@ class DistillSnapshotOperator(_MembershipQueryOperator):
         table = catalog.get_dataset(self.dataset_id).table_name
         if not table:
             raise AirflowFailException(
-                f"profile dataset {self.dataset_id} has no Query Service table name "
+                f"{self.kind} dataset {self.dataset_id} has no Query Service table name "
                 f"(tag adobe/pqs/table): it cannot be written with INSERT INTO"
             )
         job = self.job_config
+        names = {a["id"]: a["name"] for a in self.audiences}
         try:
+            if self.kind == "events":
+                window = self.window()
+                assert window is not None  # kind events: window() fails without an interval
+                return distill.events_insert_sql(
+                    self.query(),
+                    window,
+                    list(self.sources or ()) or None,
+                    target_table=table,
+                    job_id=job.job_id,
+                    tenant=self.tenant,
+                    audience_names=names,
+                    fields=job.output,
+                )
             return distill.snapshot_insert_sql(
                 self.query(),
                 target_table=table,
                 job_id=job.job_id,
                 tenant=self.tenant,
-                audience_names={a["id"]: a["name"] for a in self.audiences},
+                audience_names=names,
                 layout=job.layout,
                 fields=job.output,
             )
@@ -95,15 +125,26 @@ class DistillSnapshotOperator(_MembershipQueryOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         self._skip_unless_enabled()
         if not self.external_id:
-            raise AirflowFailException("external_id (the run's batch label from prepare_snapshot) is empty")
+            raise AirflowFailException(
+                f"external_id (the run's batch label from prepare_{self.kind}) is empty"
+            )
         if self.memberships is not None and not int(self.memberships):
             self.log.info(
-                "The export holds no identified membership of this job: no batch query, nothing written"
+                "The export holds no identified %s of this job%s: no batch query, nothing written",
+                "change event" if self.kind == "events" else "membership",
+                f" in [{self.interval_start}, {self.interval_end})" if self.kind == "events" else "",
             )
             return {"batch_id": "", "records": 0, "query_id": ""}
         queries = self._queries()
         since = int((datetime.now(timezone.utc) - _REATTACH_WINDOW).timestamp() * 1000)
         query = queries.find_query(self.external_id, created_after_ms=since)
+        if query is not None and query.is_success and not self._wrote_live_batch(query):
+            self.log.info(
+                "Batch query %s of this run succeeded earlier, but its batch is no longer live (reverted by "
+                "a shrink guard or a run that gave way): writing it again",
+                query.id,
+            )
+            query = None
         if query is not None:
             self.log.info(
                 "Batch query %s of this run is already %s: waiting for it rather than writing again",
@@ -117,8 +158,10 @@ class DistillSnapshotOperator(_MembershipQueryOperator):
                 statement,
                 name=self.external_id,
                 created_after_ms=since,
-                description=f"airflow-cja-audiences snapshot of job {self.job_config.job_id}",
+                description=f"airflow-cja-audiences {self.kind} of job {self.job_config.job_id}",
             )
+        if self.kind == "events":
+            query = self._claim(query)
         if not query.is_terminal:
             deadline = time.time() + self.wait_timeout.total_seconds()
             if self.deferrable:
@@ -150,6 +193,56 @@ class DistillSnapshotOperator(_MembershipQueryOperator):
         )
         return self._finish(context, str(event.get("query_id") or query_id))
 
+    def _wrote_live_batch(self, query: Any) -> bool:
+        from airflow_cja_audiences.hooks.batch_query import batch_written_by
+
+        try:
+            return bool(
+                batch_written_by(list(self.ingestion().list_batches(self.dataset_id)), query).is_success
+            )
+        except AepError:
+            return False
+
+    def _claim(self, query: Any) -> Any:
+        """Events: this run's query is its claim on the interval; of overlapping claims (other runs'
+        in-flight events queries, open or newly live batches) the one created first goes on.
+
+        Losing means two runs planned overlapping intervals at once (each passed prepare_events' wait
+        before the other submitted) or a batch went live since this run planned: its interval and
+        sources are stale, and only prepare_events can plan them again. The query is cancelled (its
+        batch reverted if it ended first) and the task fails saying so."""
+        label = BatchLabel.parse(self.external_id)
+        if label is None:
+            raise AirflowFailException(
+                f"external_id {self.external_id!r} is not a batch label of this package"
+            )
+        ingestion = self.ingestion()
+        reason = runs.events_publish_conflict(
+            mine_id=query.id,
+            mine_created_ms=query.created_ms() or 0,
+            run_key=label.run_key,
+            interval=label.interval,  # type: ignore[arg-type]
+            replaced=set(self.replaced_batch_ids or ()),
+            others=open_event_claims(self, ingestion, self.dataset_id, label.job_id),
+        )
+        if reason is None:
+            return query
+        self._cancel(query.id)
+        current = self._queries().get_query(query.id)
+        if current.is_success and self._wrote_live_batch(current):
+            from airflow_cja_audiences.hooks.batch_query import batch_written_by
+
+            batch = batch_written_by(list(ingestion.list_batches(self.dataset_id)), current)
+            ingestion.revert_batch(batch.id)
+            self.log.warning(
+                "Batch query %s ended before the cancel: its batch %s is reverted", query.id, batch.id
+            )
+        raise AirflowFailException(
+            f"{reason}. This run's events batch query {query.id} [{label.scope}] is cancelled: its interval and "
+            f"sources were planned without that one. Clear this run's prepare_events task and its downstream "
+            f"tasks to plan again (nothing of this run is live)."
+        )
+
     def _cancel(self, query_id: str) -> None:
         try:
             self._queries().cancel_query(query_id)
@@ -157,7 +250,7 @@ class DistillSnapshotOperator(_MembershipQueryOperator):
         except Exception as exc:  # noqa: BLE001 - the failure being reported matters more than this clean-up
             self.log.warning(
                 "Could not cancel batch query %s (%s); if it still succeeds, its batch is reverted "
-                "by the next run's publish_snapshot",
+                f"by the next run's publish_{self.kind}",
                 query_id,
                 exc,
             )
@@ -169,7 +262,7 @@ class DistillSnapshotOperator(_MembershipQueryOperator):
             codes = [str(e.get("code", "")) for e in query.errors if isinstance(e, dict)]
             message = (
                 f"batch query {query.id} ended {query.state}: {query.error_summary()}. Nothing of it is "
-                f"live; the previous snapshot is untouched."
+                f"live; the previous {self.kind} is untouched."
             )
             if any(code[:2] in _PERMANENT_SQLSTATE_CLASSES for code in codes):
                 raise AirflowFailException(
@@ -196,3 +289,19 @@ class DistillSnapshotOperator(_MembershipQueryOperator):
         )
         self.log_retries()
         return {"batch_id": batch.id, "records": records, "query_id": query.id}
+
+
+class DistillSnapshotOperator(DistillOperator):
+    """:class:`DistillOperator` writing the snapshot (``kind="snapshot"``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("kind", "snapshot")
+        super().__init__(**kwargs)
+
+
+class DistillEventsOperator(DistillOperator):
+    """:class:`DistillOperator` writing one interval's change events (``kind="events"``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("kind", "events")
+        super().__init__(**kwargs)

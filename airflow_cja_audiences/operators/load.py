@@ -259,6 +259,8 @@ class PrepareLoadOperator(_MembershipQueryOperator):
             push_batch_link(context, ingestion.settings, batch_id)
             if events:
                 events.claim(ingestion, batch)
+        elif identified and events:
+            events.wait_for_earlier_claims(ingestion, label)
         self.log.info(
             "%s: %d memberships (%d with a person id) in %d partitions; batch %s; replaces %s",
             self.kind,
@@ -391,7 +393,11 @@ class PrepareLoadOperator(_MembershipQueryOperator):
             raise AepConfigError("an events load needs interval_start and interval_end")
         requested = (runs.parse_utc(self.interval_start), runs.parse_utc(self.interval_end))
         listing = ingestion.list_batches(self.dataset_id)
-        live = [(b, lbl) for b, lbl in events_batches(listing, self.job_config.job_id) if b.is_success]
+        live = [
+            (b, lbl)
+            for b, lbl in events_batches(listing, self.job_config.job_id, query_labels(self))
+            if b.is_success
+        ]
         hull, taken = runs.events_hull(requested, [lbl.interval for _, lbl in live])  # type: ignore[misc]
         replaced = [live[i][0] for i in taken]
         if hull != requested:
@@ -632,36 +638,62 @@ class _EventsPlan:
         """Give way when another run publishes an overlapping interval (see
         :func:`runs.events_publish_conflict`): abort this batch and try again later."""
         label = BatchLabel.parse(mine.external_id)
-        listing = ingestion.list_batches(self.op.dataset_id)
-        others = [
-            runs.OpenEventsBatch(
-                batch.id,
-                other.interval,  # type: ignore[arg-type]
-                int(batch.created or 0),
-                other.run_key,
-                live=batch.is_success,
-            )
-            for batch, other in events_batches(listing, label.job_id)
-        ]
         reason = runs.events_publish_conflict(
             mine_id=mine.id,
             mine_created_ms=int(mine.created or 0),
             run_key=label.run_key,
             interval=self.hull,
             replaced={b.id for b in self.replaced},
-            others=others,
+            others=open_event_claims(self.op, ingestion, self.op.dataset_id, label.job_id, queries=False),
         )
         if reason is None:
             return
         ingestion.abort_batch(mine.id)
-        retry_at = datetime.now(timezone.utc) + timedelta(seconds=RECLAIM_SECONDS)
-        self.op.log.warning(
-            "%s: this run's events batch %s is aborted; trying again at %s",
-            reason,
-            mine.id,
-            runs.utc_iso(retry_at),
+        self._give_way(f"{reason}: this run's events batch {mine.id} is aborted")
+
+    def wait_for_earlier_claims(self, ingestion: Any, label: BatchLabel) -> None:
+        """Server path (no batch before the batch query writes one): give way while an overlapping
+        interval of another run is being written (its batch query in flight, or its batch open), so this
+        run plans again once that one is live. distill_events checks again after submitting
+        (two runs may pass this at once; the query created first goes on)."""
+        reason = runs.events_publish_conflict(
+            mine_id="",
+            mine_created_ms=int(datetime.now(timezone.utc).timestamp() * 1000),
+            run_key=label.run_key,
+            interval=self.hull,
+            replaced={b.id for b in self.replaced},
+            others=open_event_claims(self.op, ingestion, self.op.dataset_id, self.op.job_config.job_id),
         )
+        if reason is not None:
+            self._give_way(f"{reason}: no batch query submitted")
+
+    def _give_way(self, what: str) -> None:
+        retry_at = datetime.now(timezone.utc) + timedelta(seconds=RECLAIM_SECONDS)
+        self.op.log.warning("%s; planning again at %s", what, runs.utc_iso(retry_at))
         raise AirflowRescheduleException(retry_at)
+
+
+def open_event_claims(
+    op: Any, ingestion: Any, dataset_id: str, job_id: str, *, queries: bool = True
+) -> list[runs.OpenEventsBatch]:
+    """Every claim on this job's events intervals: its events batches (live or open, whoever wrote
+    them) and, with ``queries``, its in-flight events batch queries (server path, listed through the
+    Query Service REST API; their names are their batch labels)."""
+    claims = [
+        runs.OpenEventsBatch(
+            batch.id,
+            other.interval,  # type: ignore[arg-type]
+            int(batch.created or 0),
+            other.run_key,
+            live=batch.is_success,
+        )
+        for batch, other in events_batches(ingestion.list_batches(dataset_id), job_id, query_labels(op))
+    ]
+    if queries:
+        since = int((datetime.now(timezone.utc) - runs.ABANDONED_AFTER).timestamp() * 1000)
+        listed = op.hook(hooks.batch_query.BatchQueryHook).recent_queries(created_after_ms=since)
+        claims += runs.events_query_claims(((q.id, q.name, q.state, q.created_ms()) for q in listed), job_id)
+    return claims
 
 
 #: How long an events run that gave way to an overlapping one waits before it plans again.
@@ -772,12 +804,17 @@ def query_labels(op: Any) -> Callable[[Any], str | None]:
     return label
 
 
-def events_batches(batches: Iterable[Any], job_id: str) -> list[tuple[Any, BatchLabel]]:
+def events_batches(
+    batches: Iterable[Any], job_id: str, labels: Callable[[Any], str | None] | None = None
+) -> list[tuple[Any, BatchLabel]]:
     """The job's events batches in a dataset's listing, with their labels: live or still open
-    (failed, aborted and reverted ones are left out)."""
+    (failed, aborted and reverted ones are left out). ``labels``: as for :func:`live_batches` (a batch
+    query's batch has no ``externalId``; its label is its query's name)."""
     found = []
     for batch in batches:
         label = BatchLabel.parse(batch.external_id)
+        if label is None and not batch.external_id and labels is not None and not batch.is_gone:
+            label = BatchLabel.parse(labels(batch))
         if (
             label is not None
             and label.job_id == job_id

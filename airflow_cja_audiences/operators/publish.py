@@ -99,7 +99,7 @@ class PublishBatchOperator(AdobeBaseOperator):
         """Live events intervals stay disjoint: refuse to publish next to a live batch that overlaps
         this one's interval without lying inside it (prepare_events widens the interval over every
         overlapping batch; one that went live since then means the plan is stale)."""
-        for batch, other in events_batches(batches, label.job_id):
+        for batch, other in events_batches(batches, label.job_id, query_labels(self)):
             if batch.id == self.batch_id or not batch.is_success:
                 continue
             mine = label.interval

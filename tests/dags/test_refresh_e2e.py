@@ -9,7 +9,6 @@ interval's entries and exits, and the report's entered/exited counts equal the g
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 
 import pytest
 
@@ -19,48 +18,9 @@ from dag_runs import job as _job
 from dag_runs import run as _run
 
 pytestmark = pytest.mark.slow
-EMAIL = "personID"
 
 
-def _prod(emu) -> dict:
-    return emu.admin.state()["sandboxes"]["prod"]
-
-
-def _dataset_id(emu, name: str) -> str:
-    matches = [i for i, d in _prod(emu)["datasets"].items() if d["name"] == name]
-    assert len(matches) == 1, f"{len(matches)} datasets named {name!r}"
-    return matches[0]
-
-
-def _snapshot_records(emu, dataset_id: str, tenant: str) -> dict[str, set[tuple]]:
-    records = emu.admin.dataset_records(dataset_id)
-    people = [r[EMAIL] for r in records]
-    assert len(people) == len(set(people)), "a person appears in two live records"
-    return {
-        r[EMAIL]: {
-            (m["audienceMembershipId"], m["status"], m["lastQualificationTime"])
-            for m in r[f"_{tenant}"]["audienceMembership"]
-        }
-        for r in records
-    }
-
-
-def _truth_snapshot(emu, audience_ids: list[str]) -> dict[str, set[tuple]]:
-    truth: dict[str, set[tuple]] = defaultdict(set)
-    for row in emu.admin.snapshot(audience_ids, ["realized", "existing"]):
-        truth[row["email"]].add((row["audience_id"], row["status"], row["last_qualification_time"]))
-    return dict(truth)
-
-
-def _live_batches(emu, dataset_id: str) -> list[dict]:
-    return [
-        b
-        for b in _prod(emu)["batches"].values()
-        if b["status"] == "success" and any(o.get("id") == dataset_id for o in b.get("relatedObjects", []))
-    ]
-
-
-def test_two_runs_converge_to_ground_truth(emu, airflow_db, dags_folder):
+def test_two_runs_converge_to_ground_truth(emu, aep, airflow_db, dags_folder):
     audiences = [a["id"] for a in emu.admin.state()["audiences"][:3]]
     job = _job(audiences)
     dag = dags_folder(job)
@@ -70,9 +30,9 @@ def test_two_runs_converge_to_ground_truth(emu, airflow_db, dags_folder):
     try:
         state, report1 = _run(dag, _interval_end(1))
         assert state == "success", report1
-        profile_ds = _dataset_id(emu, job.names.profile_dataset)
-        first = _truth_snapshot(emu, audiences)
-        assert _snapshot_records(emu, profile_ds, tenant) == first
+        profile_ds = aep.dataset_id(job.names.profile_dataset)
+        first = aep.truth_snapshot(audiences)
+        assert aep.snapshot_memberships(profile_ds, tenant) == first
     finally:
         emu.admin.set_clock(now)
 
@@ -86,21 +46,20 @@ def test_two_runs_converge_to_ground_truth(emu, airflow_db, dags_folder):
 
     state, report2 = _run(dag, _interval_end(0))
     assert state == "success", report2
-    second = _truth_snapshot(emu, audiences)
-    records = _snapshot_records(emu, profile_ds, tenant)
+    second = aep.truth_snapshot(audiences)
+    records = aep.snapshot_memberships(profile_ds, tenant)
     assert records == second
     assert leaver not in records and emu.admin.profile(joiner_index)["email"] in records
-    assert len(_live_batches(emu, profile_ds)) == 1  # exactly one live snapshot
+    assert len(aep.live_batches(profile_ds)) == 1  # exactly one live snapshot
     # ... and never two: the second run's batch replaced the first by batch replay, in one step (the
     # emulator's record of when each batch was visible; the explicit revert used to leave a window)
     snapshots = sorted(
         (
             b
-            for b in _prod(emu)["batches"].values()
+            for b in aep.batches(profile_ds)
             if b.get("origin") == "ingestion"
             and b.get("completed")
             and b["status"] in ("success", "inactive")
-            and any(o.get("id") == profile_ds for o in b.get("relatedObjects", []))
         ),
         key=lambda b: b["completed"],
     )
@@ -126,7 +85,7 @@ def test_two_runs_converge_to_ground_truth(emu, airflow_db, dags_folder):
     start, end = report2["interval"]
     view = JobView(emu, job.job_id, audiences, tenant)
     events = view.check_events(
-        _dataset_id(emu, job.names.event_dataset),
+        aep.dataset_id(job.names.event_dataset),
         start,
         end,
         exact=False,

@@ -23,7 +23,7 @@ from aep_emulator import synthetic
 from aep_emulator.query_service.translate import Translator
 from airflow_cja_audiences import distill, sql
 from airflow_cja_audiences.config import RefreshJob
-from airflow_cja_audiences.transform import RecordSpec, iter_json_lines
+from airflow_cja_audiences.transform import RecordSpec, iter_json_lines, stable_id
 
 TENANT = "demoemea"
 BATCH = "01JEXPORTBATCH0000000000001"
@@ -60,6 +60,9 @@ PROFILES = [  # (email, {audience: (status, time)}, batch)
     ('bob "the" \\builder', {"aud-2": ("realized", "2026-03-01 00:00:00")}, BATCH),
     ("carl@example.com", {"aud-1": ("exited", "2026-03-01 00:00:00")}, BATCH),  # not a member
     ("dora@example.com", {"aud-3": ("existing", "2026-03-01 00:00:00")}, "01JOTHERBATCH00000000000001"),
+    # Only in another export (events that read several): a new entry, and a row ann's export shows alike.
+    ("eve@example.com", {"aud-2": ("realized", "2026-03-01 12:00:00")}, "01JOTHERBATCH00000000000001"),
+    ("ann@example.com", {"aud-1": ("realized", "2026-03-01 10:00:00")}, "01JOTHERBATCH00000000000001"),
     (None, {"aud-1": ("realized", "2026-03-01 00:00:00")}, BATCH),  # unidentified
     ("", {"aud-1": ("realized", "2026-03-01 00:00:00")}, BATCH),  # empty id: skipped by both paths
     (
@@ -122,8 +125,13 @@ def _server_records(db: duckdb.DuckDBPyConnection, job: RefreshJob) -> list[dict
         layout=job.layout,
         fields=job.output,
     )
+    return _inserted(db, statement, "cja_profiles")
+
+
+def _inserted(db: duckdb.DuckDBPyConnection, statement: str, table: str) -> list[dict]:
+    """The records ``INSERT INTO table SELECT ...`` writes, as JSON (as the emulator writes them)."""
     head, select = statement.split("\n", 1)
-    assert head == "INSERT INTO cja_profiles"
+    assert head == f"INSERT INTO {table}"
     translated = Translator().translate(select, _Ctx(db))
     return [
         json.loads(line) for (line,) in db.execute(f"SELECT to_json(r) FROM ({translated.sql}) r").fetchall()
@@ -188,3 +196,78 @@ def test_refuses_what_it_cannot_write_safely() -> None:
     )
     assert "OR '1'='1" not in statement  # names go in as hex, never as quoted text
     assert distill.text_literal("", "name") == "''"
+
+
+# -- change events ------------------------------------------------------------------------------
+
+OTHER = "01JOTHERBATCH00000000000001"
+WINDOW = sql.TimeWindow("2026-03-01T00:00:00Z", "2026-03-02T00:00:00Z")
+
+
+def _client_events(db: duckdb.DuckDBPyConnection, job: RefreshJob, sources: list[str] | None) -> list[dict]:
+    q = sql.build_membership_query(job, table="export", batch_id=BATCH, tenant=TENANT)
+    translated = Translator().translate(sql.events_sql(q, WINDOW, sources=sources), _Ctx(db))
+    rows = db.execute(translated.sql).fetchall()
+    spec = RecordSpec.from_job(job, tenant=TENANT, audience_names=AUDIENCES, events=True)
+    return [json.loads(line) for line in iter_json_lines(rows, spec)]
+
+
+def _server_events(db: duckdb.DuckDBPyConnection, job: RefreshJob, sources: list[str] | None) -> list[dict]:
+    q = sql.build_membership_query(job, table="export", batch_id=BATCH, tenant=TENANT)
+    statement = distill.events_insert_sql(
+        q,
+        WINDOW,
+        sources,
+        target_table="cja_events",
+        job_id=job.job_id,
+        tenant=TENANT,
+        audience_names=AUDIENCES,
+        fields=job.output,
+    )
+    return _inserted(db, statement, "cja_events")
+
+
+@pytest.mark.parametrize("sources", [None, [BATCH, OTHER]])
+def test_server_events_equal_client_events(db: duckdb.DuckDBPyConnection, sources: list[str] | None) -> None:
+    job = _job("per_person")
+    client, server = _by_id(_client_events(db, job, sources)), _by_id(_server_events(db, job, sources))
+    assert server == client
+    # In the window: bob's and the empty id's realized aud-2/aud-1 (the empty one skipped), carl's exit;
+    # ann's realized aud-1 at 10:00 is in it too, her aud-3 (03-02) is not. `existing` rows are no events.
+    seen = {(r[f"_{TENANT}"]["personID"], r[f"_{TENANT}"]["audienceMembershipId"]) for r in server.values()}
+    assert seen == {
+        ("ann@example.com", "aud-1"),
+        ('bob "the" \\builder', "aud-2"),
+        ("carl@example.com", "aud-1"),
+        *([("eve@example.com", "aud-2")] if sources else []),
+    }
+    carl = next(r for r in server.values() if r[f"_{TENANT}"]["personID"] == "carl@example.com")
+    assert carl["timestamp"] == "2026-03-01T00:00:00Z"
+    assert carl[f"_{TENANT}"]["audienceEventType"] == "exited"
+    assert carl["_id"] == stable_id(job.job_id, "carl@example.com", "aud-1", "exited", "2026-03-01T00:00:00Z")
+
+
+def test_server_events_read_every_source(db: duckdb.DuckDBPyConnection) -> None:
+    """eve's entry is only in another export: only a run that reads it has her event; ann's entry,
+    which both exports show, is one event (one _id), not two."""
+    job = _job("per_person")
+    only_this = [r[f"_{TENANT}"]["personID"] for r in _server_events(db, job, None)]
+    both = [r[f"_{TENANT}"]["personID"] for r in _server_events(db, job, [BATCH, OTHER])]
+    assert "eve@example.com" not in only_this
+    assert sorted(both) == sorted([*only_this, "eve@example.com"])
+    assert both.count("ann@example.com") == 1
+    assert "dora@example.com" not in both  # existing: no event
+
+
+def test_events_refuse_what_they_cannot_write_safely() -> None:
+    job = _job("per_person")
+    q = sql.build_membership_query(job, table="export", batch_id=BATCH, tenant=TENANT)
+    ok = {"target_table": "cja_events", "job_id": job.job_id, "tenant": TENANT, "audience_names": AUDIENCES}
+    with pytest.raises(ValueError, match="target table"):
+        distill.events_insert_sql(q, WINDOW, None, **{**ok, "target_table": "x y"})
+    with pytest.raises(ValueError, match="source batch id"):
+        distill.events_insert_sql(q, WINDOW, ["'; DROP"], **ok)
+    with pytest.raises(ValueError, match="no name for audience ids"):
+        distill.events_insert_sql(q, WINDOW, None, **{**ok, "audience_names": {"aud-1": "x"}})
+    with pytest.raises(ValueError, match="window"):
+        distill.events_insert_sql(q, "2026-03-01", None, **ok)  # type: ignore[arg-type]

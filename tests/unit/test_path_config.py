@@ -48,8 +48,13 @@ def test_server_path_dag_writes_with_a_batch_query() -> None:
     server = build_dag(RefreshJob.model_validate(_job("s", path="server")))
     assert "load_snapshot" in client.task_dict and "distill_snapshot" not in client.task_dict
     assert "distill_snapshot" in server.task_dict and "load_snapshot" not in server.task_dict
-    assert "load_events" in server.task_dict  # events stay on the client path
-    distill = server.task_dict["distill_snapshot"]
-    assert distill.downstream_task_ids >= {"publish_snapshot"}
-    assert "prepare_snapshot" in distill.upstream_task_ids
-    assert server.task_dict["distill_snapshot"].deferrable is True
+    assert "load_events" in client.task_dict and "distill_events" not in client.task_dict
+    assert "distill_events" in server.task_dict and "load_events" not in server.task_dict
+    for kind in ("snapshot", "events"):
+        distill = server.task_dict[f"distill_{kind}"]
+        assert distill.kind == kind
+        assert distill.downstream_task_ids >= {f"publish_{kind}"}
+        assert f"prepare_{kind}" in distill.upstream_task_ids
+        assert distill.deferrable is True
+        # prepare opens no batch on the server path: the batch query writes it
+        assert server.task_dict[f"prepare_{kind}"].open_batch is False

@@ -13,7 +13,9 @@ from airflow_cja_audiences.runs import (
     choose_event_sources,
     events_hull,
     events_publish_conflict,
+    events_query_claims,
     plan_run,
+    utc_iso,
 )
 
 NOW = datetime(2026, 11, 29, 6, 0, tzinfo=timezone.utc)
@@ -229,4 +231,45 @@ def test_the_first_of_two_overlapping_open_batches_publishes_the_other_waits():
             **kwargs,
         )
         is None
+    )
+
+
+def _label(interval: tuple[datetime, datetime], run_id: str, job_id: str = "job1") -> str:
+    return BatchLabel.for_run(
+        job_id=job_id,
+        kind="events",
+        export_batch_id="01JEXPORTBATCH0000000000001",
+        run_id=run_id,
+        interval_start=utc_iso(interval[0]),
+        interval_end=utc_iso(interval[1]),
+    ).external_id
+
+
+def test_in_flight_events_queries_are_claims_of_their_named_interval():
+    shifted = (DAY[0] + H, DAY[1] + H)
+    listed = [
+        ("Q1", _label(shifted, "other"), "IN_PROGRESS", 50),
+        ("Q2", _label(shifted, "other"), "SUCCESS", 40),  # ended: its batch speaks for it
+        ("Q3", _label(shifted, "other"), "FAILED", 30),  # wrote nothing
+        ("Q4", _label(shifted, "other", job_id="job2"), "SUBMITTED", 20),  # another job
+        ("Q5", "SELECT 1", "SUBMITTED", 10),  # not ours
+        ("Q6", None, "SUBMITTED", 10),
+        ("Q7", _label(shifted, "mine"), "submitted", 5),
+    ]
+    claims = events_query_claims(listed, "job1")
+    assert [(c.batch_id, c.interval, c.created_ms, c.live, c.what) for c in claims] == [
+        ("Q1", shifted, 50, False, "events batch query"),
+        ("Q7", shifted, 5, False, "events batch query"),
+    ]
+    kwargs = {"run_key": claims[1].run_key, "interval": DAY, "replaced": set()}
+    # Asked before submitting (mine_id "", created now): an earlier overlapping query means wait.
+    reason = events_publish_conflict(mine_id="", mine_created_ms=100, others=claims, **kwargs)
+    assert reason is not None and "events batch query Q1" in reason and "being published" in reason
+    # Submitted first: the other query's run gives way, this one goes on (its own Q7 is no conflict).
+    assert events_publish_conflict(mine_id="Q7", mine_created_ms=5, others=claims, **kwargs) is None
+    # A batch query and an open batch count alike: the earlier of the two goes on.
+    batch = _open("B", shifted, 60)
+    assert events_publish_conflict(mine_id="Q0", mine_created_ms=55, others=[batch], **kwargs) is None
+    assert "events batch B" in (
+        events_publish_conflict(mine_id="Q0", mine_created_ms=65, others=[batch], **kwargs) or ""
     )
