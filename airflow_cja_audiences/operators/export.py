@@ -1,4 +1,8 @@
-"""Export audiences with a Segmentation export job and wait for it deferrably (pipeline step 3)."""
+"""Export audiences with a Segmentation export job and wait for it deferrably (pipeline step 3).
+
+An adapter: re-attaching a retry to its job is :mod:`airflow_cja_audiences.pipeline.reattach`, the job's
+and its batch's verdicts :mod:`airflow_cja_audiences.pipeline.exported`; this module waits (deferred or
+not) and keeps the task's state."""
 
 from __future__ import annotations
 
@@ -9,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Context
 
-from airflow_cja_audiences import hooks, triggers, validation
-from airflow_cja_audiences.errors import AepError, AepObjectFailedError, AepResponseError
+from airflow_cja_audiences import hooks, triggers
 from airflow_cja_audiences.links import (
     AepDatasetLink,
     AepExportJobLink,
@@ -18,7 +21,7 @@ from airflow_cja_audiences.links import (
     push_export_job_link,
 )
 from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, validate_event
-from airflow_cja_audiences.pipeline import reattach
+from airflow_cja_audiences.pipeline import exported, reattach
 
 if TYPE_CHECKING:
     from airflow_cja_audiences.hooks.segmentation import SegmentationHook
@@ -153,23 +156,7 @@ class ExportAudiencesOperator(AdobeBaseOperator):
     def _job_done(self, context: Context, job: ExportJob) -> dict[str, Any] | None:
         if not job.is_success:
             self._forget(context)  # so a retry starts a new export job
-            raise AepObjectFailedError(
-                f"export job {job.id} ended {job.status}: {job.error_summary()} "
-                f"(request id {job.request_id or 'n/a'}). Check the audiences and the "
-                f"dataset in AEP, then clear this task to start a new export (a task retry "
-                f"starts one too).",
-                what=f"export job {job.id}",
-                state=job.status,
-            )
-        batch_id = job.destination.batch_id
-        if not batch_id:
-            raise AepResponseError(f"export job {job.id} is {job.status} without a destination batch id")
-        try:  # it is read back with SQL that filters on it
-            validation.batch_id(batch_id)
-        except ValueError as exc:
-            raise AepError(
-                f"export job {job.id} names a destination batch id that is not one: {exc}"
-            ) from None
+        batch_id = exported.destination_batch_id(job)
         catalog = self.hook(hooks.catalog.CatalogHook)
         batch = catalog.get_batch(batch_id)
         if not batch.is_terminal:
@@ -206,19 +193,9 @@ class ExportAudiencesOperator(AdobeBaseOperator):
         self, context: Context, job: ExportJob, ok: bool, batch_status: str, errors: str
     ) -> dict[str, Any]:
         self._forget(context)  # done, or failed: either way a retry starts a new export job
-        if not ok:
-            raise AepObjectFailedError(
-                f"export job {job.id} {job.status} but its batch {job.destination.batch_id} "
-                f"is {batch_status}: {errors}. See Monitoring > Batches in AEP.",
-                what=f"batch {job.destination.batch_id}",
-                state=batch_status,
-            )
-        result = {
-            "export_job_id": job.id,
-            "export_batch_id": job.destination.batch_id,
-            "export_dataset_id": job.destination.dataset_id or self.dataset_id,
-            "exported_profiles": job.exported_profiles,
-        }
+        result = exported.export_result(
+            job, batch_ok=ok, batch_status=batch_status, errors=errors, dataset_id=self.dataset_id
+        )
         self.log.info(
             "Export job %s %s: %s profiles in batch %s",
             job.id,

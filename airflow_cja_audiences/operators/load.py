@@ -1,5 +1,9 @@
 """Query Service -> CJA batch: plan the partitions, then query, transform and upload each one (step 5).
 
+Adapters: the checks, the plan and the counts are :mod:`airflow_cja_audiences.pipeline.prepare`, a
+partition's splitting :mod:`airflow_cja_audiences.pipeline.split`; these operators run the queries,
+the uploads and the XCom plumbing.
+
 ``PrepareLoadOperator`` counts what the export holds for this job, checks the identity field, plans
 hash partitions (sized by time, see :mod:`airflow_cja_audiences.scanplan`: each ``LIMIT 0`` query
 within a time budget, from the time the count query took to scan the export; or by rows, each under
@@ -653,13 +657,7 @@ class LoadPartitionOperator(_MembershipQueryOperator):
     def _require_open_batch(self) -> None:
         """Files can only go into a batch that is still open: a load task cleared (on its own) after its
         run published or aborted the batch would otherwise retry an upload AEP refuses, for minutes."""
-        batch = self.ingestion().get_batch(self.batch_id)
-        if not batch.is_open:
-            raise AirflowFailException(
-                f"batch {self.batch_id} of this run is '{batch.status}', no longer open for files: this load task "
-                f"was probably cleared on its own after its run had published or aborted the batch. One partition "
-                f"cannot be loaded again into it: clear the whole DAG run (all its tasks) or trigger a new run."
-            )
+        prepare.require_open_batch(self.ingestion(), self.batch_id)
 
     def _query(self, part: sql.Partition, *, spec: Any, tmp: Path) -> TransformSummary | split.LimitHit:
         """Run one partition's query into JSON Lines files; a 53400 (row cap, time limit) is returned for

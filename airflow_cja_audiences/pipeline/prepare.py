@@ -20,7 +20,7 @@ from airflow_cja_audiences.errors import AepBadRequestError, AepError
 from airflow_cja_audiences.models import Batch, ExportJob
 from airflow_cja_audiences.pipeline.batches import LabelOf
 from airflow_cja_audiences.pipeline.ports import BatchCreator, BatchReader
-from airflow_cja_audiences.pipeline.refusals import ExportGoneError, IdentityFieldEmptyError
+from airflow_cja_audiences.pipeline.refusals import ClosedBatchError, ExportGoneError, IdentityFieldEmptyError
 from airflow_cja_audiences.runs import BatchLabel
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,19 @@ def require_live_export(
         f"new run.",
         advice="clear the whole DAG run (export_audiences included) or trigger a new run",
     )
+
+
+def require_open_batch(ingestion: BatchReader, batch_id: str) -> None:
+    """Files can only go into a batch that is still open: a load task cleared (on its own) after its
+    run published or aborted the batch would otherwise retry an upload AEP refuses, for minutes."""
+    batch = ingestion.get_batch(batch_id)
+    if not batch.is_open:
+        raise ClosedBatchError(
+            f"batch {batch_id} of this run is '{batch.status}', no longer open for files: this load task "
+            f"was probably cleared on its own after its run had published or aborted the batch. One partition "
+            f"cannot be loaded again into it: clear the whole DAG run (all its tasks) or trigger a new run.",
+            advice="clear the whole DAG run (all its tasks) or trigger a new run",
+        )
 
 
 def check_identified(total: int, identified: int, *, person_field: str, export_batch_id: str) -> None:

@@ -18,6 +18,7 @@ PURE = (
     "models",
     "pipeline",
     "pipeline.batches",
+    "pipeline.exported",
     "pipeline.ports",
     "pipeline.prepare",
     "pipeline.reattach",

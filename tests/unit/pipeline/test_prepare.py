@@ -12,7 +12,7 @@ from airflow_cja_audiences import scanplan
 from airflow_cja_audiences.config import RefreshJob
 from airflow_cja_audiences.errors import AepError, is_permanent
 from airflow_cja_audiences.pipeline import prepare
-from airflow_cja_audiences.pipeline.refusals import ExportGoneError, IdentityFieldEmptyError
+from airflow_cja_audiences.pipeline.refusals import ClosedBatchError, ExportGoneError, IdentityFieldEmptyError
 
 JOB = {
     "job_id": "job",
@@ -134,3 +134,9 @@ def test_snapshot_counts_mark_new_audiences_and_cover_both_exports():
     assert found.counts["aud-2"]["new"] is True and found.counts["aud-2"]["entered"] is None
     assert found.coverage["from_batch_id"] == "PREV" and found.coverage["to_batch_id"] == EXPORT
     assert "PREV" in statements[0]
+
+
+def test_a_load_into_a_batch_no_longer_open_is_refused():
+    prepare.require_open_batch(Ingestion(batch("b", "loading")), "b")
+    with pytest.raises(ClosedBatchError, match="batch b of this run is 'success', no longer open"):
+        prepare.require_open_batch(Ingestion(batch("b", "success")), "b")
