@@ -130,3 +130,9 @@ def test_revert_replaced_with_nothing_published_reverts_what_was_live():
     ingestion = Ingestion(old)
     assert replace.revert_replaced(ingestion, None, 0, [old])["replaced_batch_ids"] == ["old"]
     assert ingestion.reverted == ["old"]
+
+
+def test_a_refusal_tells_the_fail_fast_message_what_to_do():
+    from airflow_cja_audiences.errors import permanent_reason
+
+    assert permanent_reason(ShrinkGuardError("x", advice="force it")) == "force it"
