@@ -300,31 +300,12 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         says it wrote (see :mod:`airflow_cja_audiences.export_check`)."""
         from airflow_cja_audiences.hooks.query_service import QueryServiceError
 
-        job_id = self.export_job_id if self.export_job_id not in (None, "", "None") else None
-        job_counter = None
-        if job_id is not None:
-            try:
-                job_id = int(job_id)
-            except (TypeError, ValueError):
-                raise AirflowFailException(
-                    f"export_job_id {str(job_id)[:50]!r} is not an export job id"
-                ) from None
-            job = self.hook(hooks.segmentation.SegmentationHook).get_export_job(job_id)
-            job_counter = job.metrics.get("totalExportedProfileCounter")
-        expected = export_check.expected_rows(
-            export_job_id=job_id,
-            export_batch_id=self.export_batch_id,
-            job_counter=job_counter,
-            catalog_counter=None,
+        expected = prepare.expected_export_rows(
+            prepare.export_job_id(self.export_job_id),
+            self.export_batch_id,
+            jobs=lambda: self.hook(hooks.segmentation.SegmentationHook),
+            catalog=lambda: self.hook(hooks.catalog.CatalogHook),
         )
-        if expected.rows is None:  # the job reports no count (or no job id): its Catalog batch may
-            batch = self.hook(hooks.catalog.CatalogHook).get_batch(self.export_batch_id)
-            expected = export_check.expected_rows(
-                export_job_id=job_id,
-                export_batch_id=self.export_batch_id,
-                job_counter=None,
-                catalog_counter=batch.metrics.get("outputRecordCount"),
-            )
         try:
             ((read,),) = self.query_service.query_all(sql.export_rows_sql(q))
         except QueryServiceError as exc:
@@ -456,9 +437,10 @@ class PrepareLoadOperator(_MembershipQueryOperator):
 
     def _export_history(self) -> _ExportHistory:
         """This job's successful export jobs into its export dataset, newest first, read lazily."""
-        segmentation = self.hook(hooks.segmentation.SegmentationHook)
         return _ExportHistory(
-            lambda: segmentation.iter_export_jobs(status=ExportJobStatus.SUCCEEDED.value),
+            lambda: self.hook(hooks.segmentation.SegmentationHook).iter_export_jobs(
+                status=ExportJobStatus.SUCCEEDED.value
+            ),
             self.export_dataset_id,
         )
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow_cja_audiences import runs, scanplan, sql, validation
+from airflow_cja_audiences import export_check, runs, scanplan, sql, validation
 from airflow_cja_audiences.config import RefreshJob
-from airflow_cja_audiences.errors import AepBadRequestError, AepError
+from airflow_cja_audiences.errors import AepBadRequestError, AepConfigError, AepError
 from airflow_cja_audiences.models import Batch, ExportJob
 from airflow_cja_audiences.pipeline.batches import LabelOf
-from airflow_cja_audiences.pipeline.ports import BatchCreator, BatchReader
+from airflow_cja_audiences.pipeline.ports import BatchCreator, BatchReader, ExportJobs
 from airflow_cja_audiences.pipeline.refusals import ClosedBatchError, ExportGoneError, IdentityFieldEmptyError
 from airflow_cja_audiences.runs import BatchLabel
 
@@ -60,6 +60,44 @@ def require_live_export(
         f"new run.",
         advice="clear the whole DAG run (export_audiences included) or trigger a new run",
     )
+
+
+def export_job_id(value: Any) -> int | None:
+    """The ``export_job_id`` parameter (templated from XCom: may arrive as "", "None" or a string)."""
+    if value in (None, "", "None"):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise AepConfigError(f"export_job_id {str(value)[:50]!r} is not an export job id") from None
+
+
+def expected_export_rows(
+    job_id: int | None,
+    export_batch_id: str,
+    *,
+    jobs: Callable[[], ExportJobs],
+    catalog: Callable[[], BatchReader],
+) -> export_check.ExpectedRows:
+    """What the export says it wrote: its job's ``totalExportedProfileCounter``, else (no count, or no job
+    id) its Catalog batch's ``outputRecordCount``. ``jobs``/``catalog`` give the hooks, only when needed."""
+    job_counter = (
+        jobs().get_export_job(job_id).metrics.get("totalExportedProfileCounter")
+        if job_id is not None
+        else None
+    )
+    expected = export_check.expected_rows(
+        export_job_id=job_id, export_batch_id=export_batch_id, job_counter=job_counter, catalog_counter=None
+    )
+    if expected.rows is None:
+        batch = catalog().get_batch(export_batch_id)
+        expected = export_check.expected_rows(
+            export_job_id=job_id,
+            export_batch_id=export_batch_id,
+            job_counter=None,
+            catalog_counter=batch.metrics.get("outputRecordCount"),
+        )
+    return expected
 
 
 def require_open_batch(ingestion: BatchReader, batch_id: str) -> None:

@@ -140,3 +140,32 @@ def test_a_load_into_a_batch_no_longer_open_is_refused():
     prepare.require_open_batch(Ingestion(batch("b", "loading")), "b")
     with pytest.raises(ClosedBatchError, match="batch b of this run is 'success', no longer open"):
         prepare.require_open_batch(Ingestion(batch("b", "success")), "b")
+
+
+@pytest.mark.parametrize(("value", "parsed"), [(None, None), ("", None), ("None", None), ("42", 42), (7, 7)])
+def test_export_job_id_from_a_template(value, parsed):
+    assert prepare.export_job_id(value) == parsed
+
+
+def test_export_job_id_that_is_not_one_is_a_config_error():
+    from airflow_cja_audiences.errors import AepConfigError
+
+    with pytest.raises(AepConfigError, match="export_job_id 'abc' is not an export job id"):
+        prepare.export_job_id("abc")
+
+
+def test_expected_rows_from_the_job_else_from_its_catalog_batch():
+    from unit.pipeline.fakes import Segmentation
+
+    counted = Segmentation(export_job(1, metrics={"totalExportedProfileCounter": 12}), export_job(2))
+    catalog = Ingestion(batch(EXPORT, "success", records=9))
+    opened = []
+
+    def cat():
+        opened.append("catalog")
+        return catalog
+
+    got = prepare.expected_export_rows(1, EXPORT, jobs=lambda: counted, catalog=cat)
+    assert (got.rows, opened) == (12, [])  # the catalog is not even asked
+    assert prepare.expected_export_rows(2, EXPORT, jobs=lambda: counted, catalog=cat).rows == 9
+    assert prepare.expected_export_rows(None, EXPORT, jobs=lambda: 1 / 0, catalog=cat).rows == 9
