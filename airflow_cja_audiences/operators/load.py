@@ -663,7 +663,7 @@ class LoadPartitionOperator(_MembershipQueryOperator):
         try:
             # A transient failure re-runs the whole partition query; files keep their names, so the
             # next attempt overwrites what the failed one wrote, and only its own files are uploaded.
-            return self.query_service.retrying(attempt)  # type: ignore[no-any-return]
+            return self.query_service.retrying(attempt)
         except QueryServiceError as exc:
             if not exc.is_limit:
                 raise _query_failed(f"partition {part.label}: {exc}", exc) from exc

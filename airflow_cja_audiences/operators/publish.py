@@ -16,6 +16,7 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_cja_audiences import hooks, triggers
+from airflow_cja_audiences.errors import AepConfigError
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
 from airflow_cja_audiences.models import Batch
 from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, truthy, validate_event
@@ -139,7 +140,8 @@ class PublishBatchOperator(AdobeBaseOperator):
     def _verdict(
         self, context: Context, ok: bool, status: str, failed_records: int, errors: str
     ) -> dict[str, Any]:
-        assert self.batch_id  # only a published batch gets a verdict
+        if not self.batch_id:  # execute publishes nothing, and asks for no verdict, without a batch
+            raise AepConfigError("a verdict was asked for, but this task has no batch_id")
         ingestion = self.hook(hooks.ingestion.BatchIngestionHook)
         status = replace.verdict(
             ingestion,
