@@ -321,6 +321,7 @@ def permanent_reason(exc: BaseException) -> str:
         return "it does not exist in this sandbox: check the ids in the jobs file and the sandbox"
     if isinstance(exc, AepApiError):
         return "AEP rejects this request as it is: retrying it unchanged cannot succeed"
-    if isinstance(exc, AepWaitError) and exc.advice:
-        return exc.advice
+    advice = getattr(exc, "advice", None)  # AepWaitError, the pipeline's refusals: the code that raised knows
+    if isinstance(advice, str) and advice:
+        return advice
     return "the configuration or input is wrong: fix it, then run again"

@@ -1,4 +1,8 @@
-"""Export audiences with a Segmentation export job and wait for it deferrably (pipeline step 3)."""
+"""Export audiences with a Segmentation export job and wait for it deferrably (pipeline step 3).
+
+An adapter: re-attaching a retry to its job is :mod:`airflow_cja_audiences.pipeline.reattach`, the job's
+and its batch's verdicts :mod:`airflow_cja_audiences.pipeline.exported`; this module waits (deferred or
+not) and keeps the task's state."""
 
 from __future__ import annotations
 
@@ -9,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Context
 
-from airflow_cja_audiences import hooks, triggers, validation
-from airflow_cja_audiences.errors import AepError, AepObjectFailedError, AepResponseError
+from airflow_cja_audiences import hooks, triggers
 from airflow_cja_audiences.links import (
     AepDatasetLink,
     AepExportJobLink,
@@ -18,16 +21,11 @@ from airflow_cja_audiences.links import (
     push_export_job_link,
 )
 from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, AdobeBaseOperator, validate_event
+from airflow_cja_audiences.pipeline import exported, reattach
 
 if TYPE_CHECKING:
     from airflow_cja_audiences.hooks.segmentation import SegmentationHook
     from airflow_cja_audiences.models import ExportJob, ExportJobRequest
-
-# task_state_store keys: survive a killed worker, so a retry re-attaches to the job it started.
-_STATE_JOB_ID = "export_job_id"
-_STATE_STARTED_MS = "export_create_started_ms"
-_STATE_EARLIER_JOBS = "export_jobs_before_create"  # identical jobs that existed already: never ours
-_CLOCK_SKEW_MS = 30 * 1000  # tolerated difference between our clock and AEP's
 
 
 class ExportAudiencesOperator(AdobeBaseOperator):
@@ -116,54 +114,16 @@ class ExportAudiencesOperator(AdobeBaseOperator):
     def _attach_or_create(
         self, context: Context, hook: SegmentationHook, request: ExportJobRequest
     ) -> ExportJob:
-        """Re-attach to the job an earlier try of *this task instance* started, else create one.
-
-        The job id is stored right after the create; a try killed between the create and that
-        store leaves only the "about to create" time, and the job is then found by what it asked
-        for, created since then (less a clock-skew margin) - except the identical jobs that existed
-        before the create (an earlier run's a few seconds ago), recorded before it. A first try never
-        looks: a matching job of an earlier run is not ours.
-        """
-        store = self._store(context)
-        if store is not None and (job_id := store.get(_STATE_JOB_ID)) is not None:
-            job = hook.get_export_job(int(job_id))
-            if not job.is_failed:
-                self.log.info(
-                    "Re-attaching to export job %s (%s) started by an earlier try", job.id, job.status
-                )
-                return job
-            self.log.info("Export job %s of an earlier try is %s; starting a new one", job.id, job.status)
-        else:
-            attempt_ms = store.get(_STATE_STARTED_MS) if store is not None else None
-            if attempt_ms is None and store is None and context["ti"].try_number > 1:
-                attempt_ms = int(
-                    context["dag_run"].start_date.timestamp() * 1000
-                )  # no store: the run's start
-            if attempt_ms is not None:
-                run_start = context["dag_run"].start_date
-                floor = max(int(attempt_ms), int(run_start.timestamp() * 1000) if run_start else 0)
-                earlier = set(store.get(_STATE_EARLIER_JOBS) or []) if store is not None else set()
-                existing = hook.find_export_job(
-                    request, created_after_ms=floor - _CLOCK_SKEW_MS, exclude=earlier
-                )
-                if existing is not None:
-                    self.log.info(
-                        "Re-attaching to export job %s (%s), created by an earlier try whose answer was lost",
-                        existing.id,
-                        existing.status,
-                    )
-                    if store is not None:
-                        store.set(_STATE_JOB_ID, existing.id)
-                    return existing
-        now_ms = int(time.time() * 1000)
-        earlier = hook.export_job_ids(request, created_after_ms=now_ms - _CLOCK_SKEW_MS)
-        if store is not None:
-            store.set(_STATE_EARLIER_JOBS, sorted(earlier))
-            store.set(_STATE_STARTED_MS, now_ms)
-        job = hook.create_export_job(request, created_after_ms=now_ms - _CLOCK_SKEW_MS, exclude=earlier)
-        if store is not None:
-            store.set(_STATE_JOB_ID, job.id)
-        return job
+        """Re-attach to the job an earlier try of this task instance started, else create one
+        (:func:`airflow_cja_audiences.pipeline.reattach.attach_or_create`)."""
+        run_start = context["dag_run"].start_date
+        attempt = reattach.TryContext(
+            try_number=context["ti"].try_number,
+            run_start_ms=int(run_start.timestamp() * 1000) if run_start else None,
+        )
+        return reattach.attach_or_create(
+            hook, self._store(context), request, attempt, now_ms=int(time.time() * 1000)
+        )
 
     # ------------------------------------------------------------------ execution
 
@@ -196,23 +156,7 @@ class ExportAudiencesOperator(AdobeBaseOperator):
     def _job_done(self, context: Context, job: ExportJob) -> dict[str, Any] | None:
         if not job.is_success:
             self._forget(context)  # so a retry starts a new export job
-            raise AepObjectFailedError(
-                f"export job {job.id} ended {job.status}: {job.error_summary()} "
-                f"(request id {job.request_id or 'n/a'}). Check the audiences and the "
-                f"dataset in AEP, then clear this task to start a new export (a task retry "
-                f"starts one too).",
-                what=f"export job {job.id}",
-                state=job.status,
-            )
-        batch_id = job.destination.batch_id
-        if not batch_id:
-            raise AepResponseError(f"export job {job.id} is {job.status} without a destination batch id")
-        try:  # it is read back with SQL that filters on it
-            validation.batch_id(batch_id)
-        except ValueError as exc:
-            raise AepError(
-                f"export job {job.id} names a destination batch id that is not one: {exc}"
-            ) from None
+        batch_id = exported.destination_batch_id(job)
         catalog = self.hook(hooks.catalog.CatalogHook)
         batch = catalog.get_batch(batch_id)
         if not batch.is_terminal:
@@ -242,38 +186,16 @@ class ExportAudiencesOperator(AdobeBaseOperator):
         )
 
     def _job_of_batch(self, context: Context, hook: SegmentationHook, event: dict[str, Any]) -> ExportJob:
-        """The job whose batch the trigger waited for, when the resume lost the defer's kwargs
-        (``dag.test()`` replaces them with the event): the id this try stored, else the SUCCEEDED job
-        that names the batch."""
-        store = self._store(context)
-        if store is not None and (stored := store.get(_STATE_JOB_ID)) is not None:
-            return hook.get_export_job(int(stored))
-        batch_id = event.get("batch_id")
-        for job in hook.iter_export_jobs(status="SUCCEEDED"):  # newest first: ours is among the latest
-            if batch_id and job.destination.batch_id == batch_id:
-                return job
-        raise AepError(
-            f"no SUCCEEDED export job names batch {batch_id!r}, the batch this task waited "
-            f"for; clear the task to export again"
-        )
+        """The job whose batch the trigger waited for, when the resume lost the defer's kwargs."""
+        return reattach.job_of_batch(hook, self._store(context), event.get("batch_id"))
 
     def _finish(
         self, context: Context, job: ExportJob, ok: bool, batch_status: str, errors: str
     ) -> dict[str, Any]:
         self._forget(context)  # done, or failed: either way a retry starts a new export job
-        if not ok:
-            raise AepObjectFailedError(
-                f"export job {job.id} {job.status} but its batch {job.destination.batch_id} "
-                f"is {batch_status}: {errors}. See Monitoring > Batches in AEP.",
-                what=f"batch {job.destination.batch_id}",
-                state=batch_status,
-            )
-        result = {
-            "export_job_id": job.id,
-            "export_batch_id": job.destination.batch_id,
-            "export_dataset_id": job.destination.dataset_id or self.dataset_id,
-            "exported_profiles": job.exported_profiles,
-        }
+        result = exported.export_result(
+            job, batch_ok=ok, batch_status=batch_status, errors=errors, dataset_id=self.dataset_id
+        )
         self.log.info(
             "Export job %s %s: %s profiles in batch %s",
             job.id,
@@ -286,10 +208,7 @@ class ExportAudiencesOperator(AdobeBaseOperator):
 
     def _forget(self, context: Context) -> None:
         """A finished job must not be re-attached by a later (cleared) run of this task."""
-        store = self._store(context)
-        if store is not None:
-            for key in (_STATE_JOB_ID, _STATE_STARTED_MS, _STATE_EARLIER_JOBS):
-                store.delete(key)
+        reattach.forget(self._store(context))
 
     def on_kill(self) -> None:
         if self._job_id is not None:

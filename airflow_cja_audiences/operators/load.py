@@ -1,5 +1,9 @@
 """Query Service -> CJA batch: plan the partitions, then query, transform and upload each one (step 5).
 
+Adapters: the checks, the plan and the counts are :mod:`airflow_cja_audiences.pipeline.prepare`, a
+partition's splitting :mod:`airflow_cja_audiences.pipeline.split`; these operators run the queries,
+the uploads and the XCom plumbing.
+
 ``PrepareLoadOperator`` counts what the export holds for this job, checks the identity field, plans
 hash partitions (sized by time, see :mod:`airflow_cja_audiences.scanplan`: each ``LIMIT 0`` query
 within a time budget, from the time the count query took to scan the export; or by rows, each under
@@ -12,13 +16,14 @@ each task uploads what it wrote.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Context, conf
 from airflow.sdk.exceptions import (
@@ -28,13 +33,22 @@ from airflow.sdk.exceptions import (
     AirflowSkipException,
 )
 
-from airflow_cja_audiences import export_check, hooks, runs, scanplan, sql, validation
+from airflow_cja_audiences import export_check, hooks, runs, scanplan, sql
 from airflow_cja_audiences.config import RefreshJob
-from airflow_cja_audiences.errors import AepBadRequestError, AepConfigError, AepError
+from airflow_cja_audiences.errors import AepConfigError
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
 from airflow_cja_audiences.models import ExportJobStatus
 from airflow_cja_audiences.operators.base import AdobeBaseOperator, truthy
+from airflow_cja_audiences.pipeline import prepare, split
+from airflow_cja_audiences.pipeline.batches import QueryLabels
+from airflow_cja_audiences.pipeline.batches import events_batches as events_batches  # re-exported
+from airflow_cja_audiences.pipeline.batches import live_batches as live_batches  # re-exported
+from airflow_cja_audiences.pipeline.prepare import ExportHistory as _ExportHistory
+from airflow_cja_audiences.pipeline.prepare import require_live_export as require_live_export  # re-exported
 from airflow_cja_audiences.runs import BatchLabel, Kind
+
+if TYPE_CHECKING:
+    from airflow_cja_audiences.transform import TransformSummary
 
 _TEMPLATE_FIELDS = (
     "sandbox",
@@ -211,7 +225,7 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         # A reverted export first (one Catalog call, a clear message), then the rows read vs the job's count.
         require_live_export(ingestion, self.export_batch_id, self.kind, self.job_config.export_retention_days)
         self._check_export_read(q)  # before anything is written: an empty read must never publish
-        exports = _ExportHistory(self)
+        exports = self._export_history()
         if self.kind == "events":
             events = self._plan_events(ingestion, exports)
             window, sources, label = events.window, events.sources.batch_ids, events.label(context)
@@ -227,18 +241,9 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         # The count reads the same export batches as the partition queries will: its duration is
         # this run's measured scan time (start-up and queueing included, so on the safe side).
         scan_seconds = time.monotonic() - started
-        if total and not identified:
-            raise AirflowFailException(
-                f"identity.field {q.person_field} is empty in all {total} exported memberships of batch "
-                f"{self.export_batch_id}: is it the right field, and populated in the profiles?"
-            )
-        if identified < total:
-            self.log.warning(
-                "%d of %d memberships have no %s and are skipped (CJA skips records without a person ID)",
-                total - identified,
-                total,
-                q.person_field,
-            )
+        prepare.check_identified(
+            total, identified, person_field=q.person_field, export_batch_id=self.export_batch_id
+        )
         previous = (
             events.replaced
             if events
@@ -255,7 +260,7 @@ class PrepareLoadOperator(_MembershipQueryOperator):
             batch = ingestion.find_batch(
                 self.dataset_id, external_id=label.external_id
             ) or self._create_batch(ingestion, label, [] if events else [b.id for b in previous])
-            batch_id = _checked_batch_id(batch.id)
+            batch_id = prepare.checked_batch_id(batch.id)
             push_batch_link(context, ingestion.settings, batch_id)
             if events:
                 events.claim(ingestion, batch)
@@ -288,58 +293,21 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         return [p.to_dict() for p in partitions]
 
     def _create_batch(self, ingestion: Any, label: BatchLabel, predecessors: list[str]) -> Any:
-        """The target batch. A snapshot replaces the live one by batch replay (``replay.predecessors``):
-        AEP swaps them when the new batch succeeds, so the two are never live at once, and a batch that
-        fails, is aborted (shrink guard) or never completes leaves the old one live. When AEP refuses the
-        replay (a predecessor changed since it was listed), the batch is created without it and the
-        publish task reverts the old one explicitly once the new one succeeded (the fallback)."""
-        if not predecessors:
-            return ingestion.create_batch(self.dataset_id, external_id=label.external_id)
-        try:
-            batch = ingestion.create_batch(
-                self.dataset_id, external_id=label.external_id, replay_predecessors=predecessors
-            )
-        except AepBadRequestError as exc:
-            self.log.warning(
-                "AEP refused a batch replaying %s (%s); creating it without replay: the publish task "
-                "reverts the old snapshot explicitly after the new one succeeded",
-                predecessors,
-                exc,
-            )
-            return ingestion.create_batch(self.dataset_id, external_id=label.external_id)
-        self.log.info("Batch %s replays (replaces) %s when it succeeds", batch.id, predecessors)
-        return batch
+        """The target batch, replaying (replacing) ``predecessors`` when AEP accepts it
+        (:func:`airflow_cja_audiences.pipeline.prepare.create_target_batch`)."""
+        return prepare.create_target_batch(ingestion, self.dataset_id, label, predecessors)
 
     def _check_export_read(self, q: sql.MembershipQuery) -> None:
         """Fail before writing anything when the batch filter does not find the rows the export job
         says it wrote (see :mod:`airflow_cja_audiences.export_check`)."""
         from airflow_cja_audiences.hooks.query_service import QueryServiceError
 
-        job_id = self.export_job_id if self.export_job_id not in (None, "", "None") else None
-        job_counter = None
-        if job_id is not None:
-            try:
-                job_id = int(job_id)
-            except (TypeError, ValueError):
-                raise AirflowFailException(
-                    f"export_job_id {str(job_id)[:50]!r} is not an export job id"
-                ) from None
-            job = self.hook(hooks.segmentation.SegmentationHook).get_export_job(job_id)
-            job_counter = job.metrics.get("totalExportedProfileCounter")
-        expected = export_check.expected_rows(
-            export_job_id=job_id,
-            export_batch_id=self.export_batch_id,
-            job_counter=job_counter,
-            catalog_counter=None,
+        expected = prepare.expected_export_rows(
+            prepare.export_job_id(self.export_job_id),
+            self.export_batch_id,
+            jobs=lambda: self.hook(hooks.segmentation.SegmentationHook),
+            catalog=lambda: self.hook(hooks.catalog.CatalogHook),
         )
-        if expected.rows is None:  # the job reports no count (or no job id): its Catalog batch may
-            batch = self.hook(hooks.catalog.CatalogHook).get_batch(self.export_batch_id)
-            expected = export_check.expected_rows(
-                export_job_id=job_id,
-                export_batch_id=self.export_batch_id,
-                job_counter=None,
-                catalog_counter=batch.metrics.get("outputRecordCount"),
-            )
         try:
             ((read,),) = self.query_service.query_all(sql.export_rows_sql(q))
         except QueryServiceError as exc:
@@ -355,34 +323,15 @@ class PrepareLoadOperator(_MembershipQueryOperator):
     def _plan(self, rows: int, scan_seconds: float) -> Sequence[sql.Partition]:
         """The partitions to map the load over; fails before anything is mapped when no plan fits
         Airflow's ``max_map_length`` (not retried) or the time budget (retried: the scan was measured)."""
-        job = self.job_config
         max_map_length = conf.getint("core", "max_map_length", fallback=scanplan.DEFAULT_MAX_MAP_LENGTH)
         try:
-            if not self.by_time:
-                partitions = scanplan.plan_by_rows(rows, job.max_rows_per_query, max_map_length)
-                self.log.info(
-                    "%s: %d rows in %d partitions of <= %d rows (query_partitioning 'rows': one scan of "
-                    "the export each)",
-                    self.kind,
-                    rows,
-                    len(partitions),
-                    job.max_rows_per_query,
-                )
-                return partitions
-            plan = scanplan.plan_by_time(
-                rows,
-                scan_seconds=scan_seconds,
-                rows_per_second=job.query_service_rows_per_second,
-                budget_seconds=job.query_time_budget_seconds,
-                concurrency=job.query_service_concurrency,
-                max_map_length=max_map_length,
+            return prepare.plan_partitions(
+                self.job_config, self.kind, rows, scan_seconds, max_map_length=max_map_length
             )
         except scanplan.PlanError as exc:
             # A slow scan may be a busy moment (retried); max_map_length is not (fails at once).
             error = AirflowException if exc.measured else AirflowFailException
             raise error(f"planning the {self.kind} load: {exc}") from None
-        self.log.info("%s: %s", self.kind, plan.describe())
-        return plan.partitions
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -479,113 +428,27 @@ class PrepareLoadOperator(_MembershipQueryOperator):
     def _snapshot_counts(
         self, q: sql.MembershipQuery, previous: list[Any], exports: _ExportHistory
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Members; entered/exited between the previous snapshot's export and this one (None where the
-        previous snapshot did not have the audience); members without a person id."""
-        counts: dict[str, dict[str, Any]] = {
-            a["id"]: {
-                "members": 0,
-                "entered": 0,
-                "entered_untimed": 0,
-                "exited": 0,
-                "untraced": 0,
-                "unidentified": 0,
-            }
-            for a in self.audiences
-        }
-        labels = query_labels(self)
-        previous_export = next(
-            (lbl.export_batch_id for b in previous if (lbl := BatchLabel.parse(b.external_id or labels(b)))),
-            None,
+        """Members, entered/exited since the previous snapshot, members without a person id
+        (:func:`airflow_cja_audiences.pipeline.prepare.snapshot_counts`)."""
+        found = prepare.snapshot_counts(
+            self.query_service.query_all,
+            q,
+            [a["id"] for a in self.audiences],
+            previous=previous,
+            labels=query_labels(self),
+            exports=exports,
+            export_batch_id=self.export_batch_id,
         )
-        if previous_export == self.export_batch_id:
-            previous_export = None
-        for audience_id, members, entered, untimed, exited, untraced in self.query_service.query_all(
-            sql.change_counts_sql(q, previous_export)
-        ):
-            counts[audience_id].update(
-                members=int(members),
-                entered=int(entered),
-                entered_untimed=int(untimed),
-                exited=int(exited),
-                untraced=int(untraced),
-            )
-        for audience_id, n in self.query_service.query_all(sql.unidentified_counts_sql(q)):
-            counts[audience_id]["unidentified"] = int(n)
-        earlier = exports.find(previous_export) if previous_export else None
-        for audience_id, value in counts.items():
-            new = previous_export is None or (earlier is not None and audience_id not in earlier.segment_ids)
-            value["new"] = new
-            if new:  # no earlier snapshot of this audience: its members did not "enter"
-                for key in ("entered", "entered_untimed", "exited", "untraced"):
-                    value[key] = None
-        if previous_export is None:
-            self.log.info("No previous snapshot of this job: no entered/exited counts for this run")
-        current = exports.find(self.export_batch_id)
-        coverage = {
-            "from": earlier.at if earlier else None,
-            "from_batch_id": previous_export,
-            "to": current.at if current else None,
-            "to_batch_id": self.export_batch_id,
-        }
-        return counts, coverage
+        return found.counts, found.coverage
 
-
-class _ExportHistory:
-    """This job's successful export jobs into its export dataset, newest first, read lazily."""
-
-    def __init__(self, op: PrepareLoadOperator) -> None:
-        self._op = op
-        self._seen: list[Any] = []
-        self._pages: Any = None
-
-    def _more(self) -> Any:
-        if self._pages is None:
-            if not self._op.export_dataset_id:
-                return None
-            self._pages = iter(
-                self._op.hook(hooks.segmentation.SegmentationHook).iter_export_jobs(
-                    status=ExportJobStatus.SUCCEEDED.value
-                )
-            )
-        for job in self._pages:
-            if (
-                job.destination.dataset_id == self._op.export_dataset_id
-                and job.destination.batch_id
-                and job.creation_time
-            ):
-                self._seen.append(job)
-                return job
-        return None
-
-    def find(self, batch_id: str) -> runs.ExportRef | None:
-        """The export job that wrote ``batch_id`` (None when it is no longer listed)."""
-        for job in self._seen:
-            if job.destination.batch_id == batch_id:
-                return _export_ref(job)
-        while (job := self._more()) is not None:
-            if job.destination.batch_id == batch_id:
-                return _export_ref(job)
-        return None
-
-    def since(self, start: Any) -> list[runs.ExportRef]:
-        """Every export made at or after ``start``, plus the newest full export before it."""
-        start_ms = int(start.timestamp() * 1000)
-        refs = [_export_ref(j) for j in self._seen]
-        while not any(r.at_ms < start_ms and not r.filtered for r in refs):
-            job = self._more()
-            if job is None:
-                break
-            refs.append(_export_ref(job))
-        return refs
-
-
-def _export_ref(job: Any) -> runs.ExportRef:
-    return runs.ExportRef(
-        batch_id=job.destination.batch_id,
-        at_ms=int(job.creation_time),
-        filtered=any("segmentQualificationTime" in s for s in job.filter.get("segments", [])),
-        segment_ids=tuple(job.segment_ids),
-    )
+    def _export_history(self) -> _ExportHistory:
+        """This job's successful export jobs into its export dataset, newest first, read lazily."""
+        return _ExportHistory(
+            lambda: self.hook(hooks.segmentation.SegmentationHook).iter_export_jobs(
+                status=ExportJobStatus.SUCCEEDED.value
+            ),
+            self.export_dataset_id,
+        )
 
 
 class _EventsPlan:
@@ -700,44 +563,6 @@ def open_event_claims(
 RECLAIM_SECONDS = 60
 
 
-def require_live_export(catalog: Any, export_batch_id: str, kind: str, retention_days: float | None) -> None:
-    """Refuse at once to read an export batch whose rows are gone (reverted, deleted, failed).
-
-    Query Service would answer a query over it with zero rows, and the run would publish an empty
-    snapshot (or no events) as if the audiences had emptied. This happens when a task of an old run
-    is cleared after export retention (or someone in AEP) reverted that run's export.
-    """
-    batch = catalog.get_batch(export_batch_id)
-    if batch.is_success:
-        return
-    extra = batch.model_extra or {}
-    when = (
-        runs.utc_iso(datetime.fromtimestamp(batch.updated / 1000, tz=timezone.utc)) if batch.updated else "?"
-    )
-    by = extra.get("updatedUser") or "unknown"
-    retention = (
-        f"this job reverts exports older than export_retention_days ({retention_days:g}) that no live "
-        f"batch needs"
-        if retention_days
-        else "this job keeps its exports (export_retention_days is null)"
-    )
-    raise AirflowFailException(
-        f"export batch {export_batch_id}, which this run's export_audiences wrote, is '{batch.status}' (Catalog last "
-        f"changed it at {when}, by {by}): its rows are gone, so reading it would publish an empty {kind}. It was "
-        f"probably reverted by a later run's prune_exports ({retention}) or in AEP. This run's export cannot be "
-        f"read again: clear the whole DAG run, export_audiences included (it starts a new export), or trigger a "
-        f"new run."
-    )
-
-
-def _checked_batch_id(batch_id: str) -> str:
-    """A batch id from Batch Ingestion goes into URLs, XCom and the clean-up task's template."""
-    try:
-        return validation.batch_id(batch_id)
-    except ValueError as exc:
-        raise AepError(f"Batch Ingestion answered with a batch id that is not one: {exc}") from None
-
-
 def _counted(batches: Iterator[Sequence[Any]], received: list[int]) -> Iterator[Sequence[Any]]:
     """Pass ``batches`` through, adding their rows to ``received[0]`` (did rows arrive before a failure?)."""
     for batch in batches:
@@ -762,69 +587,16 @@ def _push(context: Context, values: dict[str, Any]) -> None:
         context["ti"].xcom_push(key=key, value=value)
 
 
-def live_batches(
-    ingestion: Any,
-    dataset_id: str,
-    label: BatchLabel,
-    batches: Iterable[Any] | None = None,
-    labels: Callable[[Any], str | None] | None = None,
-) -> list[Any]:
-    """Our successful batches in the dataset that publishing ``label`` replaces (newest first).
-
-    ``batches``: the dataset's listing when the caller already has it (default: list it).
-    ``labels``: the label of a batch without ``externalId`` (a batch query's batch is labelled by its
-    query's name: :func:`query_labels`)."""
-    found = []
-    for batch in ingestion.list_batches(dataset_id) if batches is None else batches:
-        if not batch.is_success:
-            continue
-        other = BatchLabel.parse(batch.external_id)
-        if other is None and not batch.external_id and labels is not None:
-            other = BatchLabel.parse(labels(batch))
-        if other is not None and label.supersedes(other):
-            found.append(batch)
-    return found
-
-
-def query_labels(op: Any) -> Callable[[Any], str | None]:
+def query_labels(op: Any) -> QueryLabels:
     """The label of a batch a Query Service batch query wrote (server path): its query's name.
-    Makes no call for batches no query wrote."""
+    Makes no call for batches no query wrote; one per batch and task for the others."""
     from airflow_cja_audiences.hooks.batch_query import query_id_of
 
-    # A query's name never changes: one GET per batch and task.
-    known: dict[str, str | None] = op.__dict__.setdefault("_query_batch_labels", {})
-
-    def label(batch: Any) -> str | None:
-        if query_id_of(batch) is None:
-            return None
-        if batch.id not in known:
-            known[batch.id] = op.hook(hooks.batch_query.BatchQueryHook).label_of_batch(batch)
-        return known[batch.id]
-
-    return label
-
-
-def events_batches(
-    batches: Iterable[Any], job_id: str, labels: Callable[[Any], str | None] | None = None
-) -> list[tuple[Any, BatchLabel]]:
-    """The job's events batches in a dataset's listing, with their labels: live or still open
-    (failed, aborted and reverted ones are left out). ``labels``: as for :func:`live_batches` (a batch
-    query's batch has no ``externalId``; its label is its query's name)."""
-    found = []
-    for batch in batches:
-        label = BatchLabel.parse(batch.external_id)
-        if label is None and not batch.external_id and labels is not None and not batch.is_gone:
-            label = BatchLabel.parse(labels(batch))
-        if (
-            label is not None
-            and label.job_id == job_id
-            and label.kind == "events"
-            and label.interval is not None
-            and not batch.is_failed
-            and not batch.is_gone
-        ):
-            found.append((batch, label))
-    return found
+    return QueryLabels(
+        query_id_of,
+        lambda batch: op.hook(hooks.batch_query.BatchQueryHook).label_of_batch(batch),
+        cache=op.__dict__.setdefault("_query_batch_labels", {}),
+    )
 
 
 class LoadPartitionOperator(_MembershipQueryOperator):
@@ -865,18 +637,18 @@ class LoadPartitionOperator(_MembershipQueryOperator):
             audience_names={a["id"]: a["name"] for a in self.audiences},
             events=self.kind == "events",
         )
-        totals: dict[str, Any] = {
-            "partition": part.to_dict(),
-            "rows": 0,
-            "records": 0,
-            "files": 0,
-            "bytes": 0,
-            "skipped_rows": 0,
-            "splits": 0,
-        }
+        totals = split.LoadTotals(partition=part.to_dict())
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="cja-load-") as tmp:
-            self._load(part, spec, Path(tmp), totals, depth=0)
+            split.load_partition(
+                part,
+                query=functools.partial(self._query, spec=spec, tmp=Path(tmp)),
+                upload=self._upload,
+                totals=totals,
+                by_time=self.by_time,
+                row_limit=self.job_config.query_service_row_limit,
+                max_depth=self.max_split_depth,
+            )
         seconds = (
             time.monotonic() - started
         )  # logged only: the result stays the same when the task is retried
@@ -884,38 +656,33 @@ class LoadPartitionOperator(_MembershipQueryOperator):
             "Partition %s: %d rows -> %d records in %d files (%d bytes) uploaded to batch %s in %.1f s "
             "(%.0f rows/s; compare query_service_rows_per_second: %g)",
             part.label,
-            totals["rows"],
-            totals["records"],
-            totals["files"],
-            totals["bytes"],
+            totals.rows,
+            totals.records,
+            totals.files,
+            totals.bytes,
             self.batch_id,
             seconds,
-            totals["rows"] / seconds if seconds > 0 else 0.0,
+            totals.rows / seconds if seconds > 0 else 0.0,
             self.job_config.query_service_rows_per_second,
         )
         self.log_retries()
-        return totals
+        return totals.to_dict()
 
     def _require_open_batch(self) -> None:
         """Files can only go into a batch that is still open: a load task cleared (on its own) after its
         run published or aborted the batch would otherwise retry an upload AEP refuses, for minutes."""
-        batch = self.ingestion().get_batch(self.batch_id)
-        if not batch.is_open:
-            raise AirflowFailException(
-                f"batch {self.batch_id} of this run is '{batch.status}', no longer open for files: this load task "
-                f"was probably cleared on its own after its run had published or aborted the batch. One partition "
-                f"cannot be loaded again into it: clear the whole DAG run (all its tasks) or trigger a new run."
-            )
+        prepare.require_open_batch(self.ingestion(), self.batch_id)
 
-    def _load(self, part: sql.Partition, spec: Any, tmp: Path, totals: dict[str, Any], depth: int) -> None:
+    def _query(self, part: sql.Partition, *, spec: Any, tmp: Path) -> TransformSummary | split.LimitHit:
+        """Run one partition's query into JSON Lines files; a 53400 (row cap, time limit) is returned for
+        :func:`~airflow_cja_audiences.pipeline.split.load_partition` to decide on, any other failure raised."""
         from airflow_cja_audiences.hooks.query_service import QueryServiceError
         from airflow_cja_audiences.transform import write_jsonl
 
         prefix = f"{self.kind}-part-{part.modulus:05d}-{part.remainder:05d}"
-        reason = None
         received = [0]  # rows the current attempt got before it ended
 
-        def attempt() -> Any:
+        def attempt() -> TransformSummary:
             received[0] = 0
             return write_jsonl(
                 _counted(self.query_service.stream(self.rows_sql(part)), received),
@@ -928,53 +695,16 @@ class LoadPartitionOperator(_MembershipQueryOperator):
         try:
             # A transient failure re-runs the whole partition query; files keep their names, so the
             # next attempt overwrites what the failed one wrote, and only its own files are uploaded.
-            summary = self.query_service.retrying(attempt)
-            if not self.by_time and summary.rows >= self.job_config.query_service_row_limit:
-                # Query Service may cut an ad hoc result at the limit without an error: a full
-                # result is indistinguishable from a truncated one, so never trust it.
-                reason = f"it returned {summary.rows} rows, Query Service's limit (the result may be cut)"
-                for written in summary.files:
-                    written.path.unlink()
+            return self.query_service.retrying(attempt)
         except QueryServiceError as exc:
             if not exc.is_limit:
                 raise _query_failed(f"partition {part.label}: {exc}", exc) from exc
-            reaction = scanplan.limit_reaction(
-                exc.limit_kind or "unknown",
-                partition=part.label,
-                rows_received=received[0],
-                depth=depth,
-                max_depth=self.max_split_depth,
-                error=exc.server_message,
-            )
-            if reaction.action == "fail":
-                raise AirflowFailException(reaction.message) from exc
-            reason = reaction.message
-        if reason is not None:
-            if depth >= self.max_split_depth:
-                # Splitting further cannot help: not retried (a retry would split the same way again).
-                raise AirflowFailException(
-                    f"partition {part.label} is still over the limit after {depth} splits: "
-                    f"{reason}; lower max_rows_per_query or check for a skewed person id"
-                )
-            left, right = part.split()
-            totals["splits"] += 1
-            self.log.warning(
-                "%s; splitting into %s and %s",
-                reason if reason.startswith("partition") else f"Partition {part.label} is too big: {reason}",
-                left.label,
-                right.label,
-            )
-            for child in (left, right):
-                self._load(child, spec, tmp, totals, depth + 1)
-            return
+            return split.LimitHit(exc.limit_kind or "unknown", received[0], exc.server_message, exc)
+
+    def _upload(self, summary: TransformSummary) -> None:
         ingestion = self.ingestion()
         for written in summary.files:
             ingestion.upload_file(
                 self.batch_id, self.dataset_id, f"{self.kind}/{written.path.name}", written.path
             )
             written.path.unlink()
-        totals["rows"] += summary.rows
-        totals["records"] += summary.records
-        totals["files"] += len(summary.files)
-        totals["bytes"] += summary.bytes
-        totals["skipped_rows"] += summary.skipped_rows

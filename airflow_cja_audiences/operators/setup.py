@@ -1,4 +1,6 @@
-"""Read-only resolution and find-or-create setup steps (pipeline steps 1, 2 and 4)."""
+"""Read-only resolution and find-or-create setup steps (pipeline steps 1, 2 and 4).
+
+Adapters over :mod:`airflow_cja_audiences.pipeline.setup`, which holds the decisions."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_cja_audiences import hooks, validation, xdm
 from airflow_cja_audiences.config import AudienceSelector, OutputFields
-from airflow_cja_audiences.errors import AepApiError, AepConfigError, AepError, AepWaitTimeoutError
+from airflow_cja_audiences.errors import AepConfigError, AepWaitTimeoutError
 from airflow_cja_audiences.links import AepDatasetLink, push_dataset_link
 from airflow_cja_audiences.missing import PreviousExports
 from airflow_cja_audiences.models import (
@@ -20,17 +22,10 @@ from airflow_cja_audiences.models import (
     PROFILE_CLASS,
     PROFILE_UNION_ALT_ID,
     PROFILE_UNION_SCHEMA,
-    ExportJobStatus,
 )
 from airflow_cja_audiences.operators.base import AdobeBaseOperator
-from airflow_cja_audiences.runs import BatchLabel, plan_run
-
-# How far back the resolve step looks for this job's earlier snapshots (evidence that an audience
-# AEP no longer has was deleted or renamed, not mistyped), and how much earlier than a snapshot
-# batch the export job that fed it may have been created.
-PREVIOUS_SNAPSHOT_DAYS = 30
-EXPORT_BEFORE_SNAPSHOT_MS = 2 * 86_400_000
-MAX_SNAPSHOT_BATCHES = 500
+from airflow_cja_audiences.pipeline import setup as core
+from airflow_cja_audiences.pipeline.refusals import SharedDatasetError
 
 
 class ResolveAudiencesOperator(AdobeBaseOperator):
@@ -88,7 +83,7 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
             registry = self.hook(hooks.schema_registry.SchemaRegistryHook)
             if self.tenant:
                 tenant = validation.tenant_id(self.tenant)
-                _check_tenant(registry, tenant)
+                core.check_tenant(registry, tenant)
             else:
                 tenant = registry.get_tenant_id()
             identity_path = validation.resolve_tenant_path(self.identity_field, tenant)
@@ -110,7 +105,7 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
         if self.check_identity_field:
             union = self.hook(hooks.schema_registry.SchemaRegistryHook).get_profile_union_schema()
             self.hook(hooks.segmentation.SegmentationHook).require_export_fields(union, [identity_path])
-        _check_resolved(resolved)
+        core.check_resolved(resolved)
         if self.check_query_service:
             self.log.info(
                 "Query Service: %s",
@@ -144,7 +139,7 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
         """This job's earlier snapshot exports, from AEP (read only when an audience is not found)."""
         if not (self.job_id and self.profile_dataset_name):
             return None
-        previous = previous_exports(
+        previous = core.previous_exports(
             self.hook(hooks.catalog.CatalogHook),
             self.hook(hooks.segmentation.SegmentationHook),
             dataset_name=self.profile_dataset_name,
@@ -160,74 +155,12 @@ class ResolveAudiencesOperator(AdobeBaseOperator):
         return previous
 
 
-def previous_exports(
-    catalog: Any,
-    segmentation: Any,
-    *,
-    dataset_name: str,
-    job_id: str,
-    now_ms: int,
-    days: int = PREVIOUS_SNAPSHOT_DAYS,
-) -> PreviousExports:
-    """What the snapshots this job published in the last ``days`` exported, read from AEP only.
-
-    Each snapshot batch we publish carries a label in ``externalId`` naming the export batch it was
-    made from (:class:`~airflow_cja_audiences.runs.BatchLabel`); replaced snapshots stay in Catalog as
-    ``inactive`` (later ``deleted``). The export job whose ``destination.batchId`` is that export
-    batch lists the audience ids in ``filter.segments``. Airflow's metadata (which a user may clear)
-    is not used.
-    """
-    dataset = catalog.find_dataset(dataset_name)
-    if dataset is None:
-        return PreviousExports()
-    since = now_ms - days * 86_400_000
-    created: dict[str, int] = {}  # export batch id -> creation of the earliest snapshot batch made from it
-    for batch in catalog.list_batches(dataset.id, created_after_ms=since, max_items=MAX_SNAPSHOT_BATCHES):
-        label = BatchLabel.parse(batch.external_id)
-        # Live, or replaced by a later run (REVERT -> inactive, later garbage-collected to deleted).
-        published = batch.is_success or batch.is_gone
-        if label is None or label.job_id != job_id or label.kind != "snapshot" or not published:
-            continue
-        when = batch.created or now_ms
-        created[label.export_batch_id] = min(when, created.get(label.export_batch_id, when))
-    if not created:
-        return PreviousExports()
-    audience_ids: dict[str, int] = {}
-    first: dict[str, int] = {}
-    oldest = min(created.values()) - EXPORT_BEFORE_SNAPSHOT_MS
-    wanted = dict(created)
-    for job in segmentation.iter_export_jobs(status=ExportJobStatus.SUCCEEDED.value):  # newest first
-        if job.creation_time is not None and job.creation_time < oldest:
-            break
-        snapshot_ms = wanted.pop(job.destination.batch_id or "", None)
-        if snapshot_ms is None:
-            continue
-        for audience_id in job.segment_ids:
-            audience_ids.setdefault(audience_id, job.id)  # newest first: the latest export that listed it
-            first[audience_id] = min(snapshot_ms, first.get(audience_id, snapshot_ms))
-        if not wanted:
-            break
-    return PreviousExports(audience_ids=audience_ids, first_exported_ms=first, snapshots=len(created))
-
-
 def _refuse_other_jobs(catalog: Any, dataset_id: str, dataset_name: str, job_id: str) -> None:
-    """Fail when the dataset holds live batches another job wrote (their label names the job)."""
-    others = sorted(
-        {
-            label.job_id
-            for batch in catalog.list_batches(dataset_id, max_items=MAX_SNAPSHOT_BATCHES)
-            if batch.is_success
-            and (label := BatchLabel.parse(batch.external_id)) is not None
-            and label.job_id != job_id
-        }
-    )
-    if others:
-        raise AirflowFailException(
-            f"dataset {dataset_name!r} ({dataset_id}) holds live batches of job(s) {', '.join(others)}: two jobs "
-            f"must not share a CJA dataset (each replaces only its own batches, so both would stay live). "
-            f"Give job {job_id!r} its own dataset (naming.*_dataset with {{job_id}}), or revert the other job's "
-            f"batches if it no longer exists"
-        )
+    """Fail (not retried) when the dataset holds live batches another job wrote."""
+    try:
+        core.refuse_other_jobs(catalog, dataset_id, dataset_name, job_id)
+    except SharedDatasetError as exc:
+        raise AirflowFailException(str(exc)) from exc
 
 
 def _rendered_text(op: Any, name: str) -> None:
@@ -236,32 +169,6 @@ def _rendered_text(op: Any, name: str) -> None:
         validation.display_text(getattr(op, name), name)
     except ValueError as exc:
         raise AepConfigError(f"{name} as rendered: {exc}") from None
-
-
-def _check_resolved(resolved: Sequence[Any]) -> None:
-    """What AEP answered goes into the export job and into SQL: each id must be a well-formed audience
-    id (that a look-up by id answers with that id is checked by the hook)."""
-    for audience in resolved:
-        try:
-            validation.audience_id(audience.id)
-        except ValueError as exc:
-            raise AepError(f"AEP answered an audience look-up with an id that is not one: {exc}") from None
-
-
-def _check_tenant(registry: Any, tenant: str) -> None:
-    """A configured tenant must be the sandbox's: a wrong one would otherwise surface later, as the
-    identity field missing from the schema or records written under a namespace nobody reads."""
-    try:
-        actual = registry.get_tenant_id()
-    except AepApiError:
-        raise
-    except AepError:
-        return  # Schema Registry names no tenant: the configured one is all there is to go by
-    if actual != tenant:
-        raise AepConfigError(
-            f"tenant: {tenant!r} is not the tenant of sandbox {registry.sandbox!r} (Schema "
-            f"Registry says {actual!r}); set tenant to {actual!r} or leave it out"
-        )
 
 
 class PlanRunOperator(BaseOperator):
@@ -281,31 +188,17 @@ class PlanRunOperator(BaseOperator):
         self.publish_events = publish_events
 
     def execute(self, context: Context) -> dict[str, Any]:
-        params = context.get("params") or {}
-        start, end = context.get("data_interval_start"), context.get("data_interval_end")
-        interval = (start, end) if start is not None and end is not None and end > start else None
-        manual = None
-        if params.get("events_interval_start") or params.get("events_interval_end"):
-            try:
-                manual = (
-                    _instant(params.get("events_interval_start"), "events_interval_start"),
-                    _instant(params.get("events_interval_end"), "events_interval_end"),
-                )
-            except ValueError as exc:
-                raise AirflowFailException(str(exc)) from exc
-        run_type = str(getattr(context["dag_run"], "run_type", "manual")).rsplit(".", 1)[-1].lower()
-        snapshot_param = params.get("publish_snapshot")
+        run_type = core.run_type_name(getattr(context["dag_run"], "run_type", "manual"))
         try:
-            plan = plan_run(
+            plan = core.plan_this_run(
+                params=context.get("params") or {},
+                data_interval=(context.get("data_interval_start"), context.get("data_interval_end")),
                 run_type=run_type,
-                interval=interval,
                 publish_events=self.publish_events,
                 now=datetime.now(timezone.utc),
-                manual_interval=manual,
-                force_snapshot=None if snapshot_param in (None, True) else bool(snapshot_param),
             )
         except ValueError as exc:
-            raise AirflowFailException(f"cannot plan this run: {exc}") from exc
+            raise AirflowFailException(str(exc)) from exc
         for warning in plan.warnings:
             self.log.warning(warning)
         self.log.info(
@@ -316,16 +209,6 @@ class PlanRunOperator(BaseOperator):
             f"[{plan.interval_start}, {plan.interval_end})" if plan.events else "",
         )
         return plan.to_dict()
-
-
-def _instant(value: Any, name: str) -> datetime:
-    if not value:
-        raise ValueError(f"{name} is required when the other bound is given")
-    try:
-        instant = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{name} {value!r} is not an ISO 8601 date-time") from None
-    return instant if instant.tzinfo else instant.replace(tzinfo=timezone.utc)
 
 
 class EnsureExportDatasetOperator(AdobeBaseOperator):
