@@ -41,7 +41,7 @@ class ExportRequest:
     merge_policy: dict
     echo: dict  # the request as the job shows it (defaults filled in)
     # Paths of ``fields`` the profile union schema lacks: the job is created and SUCCEEDS, and its
-    # batch fails (APE:use-cases/data-ingestion/ingest-aep-segments.md; reference 4.1).
+    # batch fails (https://experienceleague.adobe.com/en/docs/analytics-platform/using/cja-usecases/data-ingestion/ingest-aep-segments).
     unknown_fields: list[str] = field(default_factory=list)
 
 

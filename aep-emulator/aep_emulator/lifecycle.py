@@ -13,7 +13,8 @@ Realistic mode (``knobs.intermediate_statuses``): an ingestion batch goes loadin
 loaded -> processing -> staging -> success (failed straight from processing); an export's batch is
 loading while its job is PROCESSING, then staging for ``export_batch_seconds`` after the job
 SUCCEEDED, then success | failed. The names are Catalog's (its spec's status enum); the order and the
-shares of each phase are guesses (aep-api-reference.md 7.4). Durations are Adobe seconds, turned
+shares of each phase are guesses (statuses: https://experienceleague.adobe.com/en/docs/experience-platform/
+ingestion/batch-ingestion/troubleshooting). Durations are Adobe seconds, turned
 into real ones by ``knobs.time_scale`` (the compressed clock).
 """
 

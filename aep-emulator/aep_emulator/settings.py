@@ -58,24 +58,25 @@ REALISTIC: dict[str, Any] = {
     # Compressed clock: 1 Adobe minute = 0.1 real s, so a 20-min export job takes 2 s and spans about
     # two polls of a 1 s poll interval (every intermediate status is seen) while a run gains seconds.
     "time_scale": 0.1 / 60,
-    # Documented SUCCEEDED export job: totalTimeInMs 1,204,365 = 20 min (EPE:segmentation/api/export-jobs.md).
+    # Documented SUCCEEDED export job: totalTimeInMs 1,204,365 = 20 min (https://experienceleague.adobe.com/en/docs/experience-platform/segmentation/api/export-jobs).
     "export_job_seconds": 20 * 60,
     # Guess: how long Catalog shows the export's batch "staging" after its job SUCCEEDED (undocumented).
     "export_batch_seconds": 2 * 60,
     # Guess: from COMPLETE to success for a small ingestion batch (Adobe documents no duration).
     "batch_seconds": 5 * 60,
     # Batches pass Catalog's intermediate statuses (loaded, staging; names from the Catalog spec's
-    # enum, their order a guess: aep-api-reference.md 7.4).
+    # enum, https://experienceleague.adobe.com/en/docs/experience-platform/ingestion/batch-ingestion/
+    # troubleshooting; their order a guess).
     "intermediate_statuses": True,
-    # CJA: 12 requests / 6 s per user, over it 429 429050 (CJA:getting-started/faq.md).
+    # CJA: 12 requests / 6 s per user, over it 429 429050 (https://developer.adobe.com/cja-apis/docs/getting-started/faq/).
     "cja_rate_limit": True,
     # Guess: Platform publishes no per-client request budget; 20 requests/s per client id is the one
     # Adobe documents for its Admin (Storage Management) APIs, answered 429 with Retry-After.
     "platform_rate_limit": 20,
-    # Batch ingestion: max 138 batches per minute per user (EPE:ingestion/batch-ingestion/overview.md).
+    # Batch ingestion: max 138 batches per minute per user (https://experienceleague.adobe.com/en/docs/experience-platform/ingestion/batch-ingestion/overview).
     "batch_create_rate_limit": 138,
     # IMS: the credential's scopes as Developer Console lists them for an AEP project (the usual AEP
-    # set, UNCONFIRMED: aep-api-reference.md 1); a token request asking for others is refused.
+    # set, UNCONFIRMED; https://developer.adobe.com/developer-console/docs/guides/authentication/ServerToServerAuthentication/); a token request asking for others is refused.
     "ims_scopes": (
         "openid",
         "session",
