@@ -124,6 +124,41 @@ def parser(defaults: EmulatorSettings = DEFAULTS) -> argparse.ArgumentParser:
         "%(default)s; realistic: 2, a guess)",
     )
     add(
+        "--qs-batch-start-seconds",
+        type=float,
+        default=DEFAULTS.qs_batch_start_seconds,
+        help="batch queries: Adobe seconds a query stays SUBMITTED (queueing, start-up) before it reads "
+        "(default %(default)s; realistic: 120, a guess)",
+    )
+    add(
+        "--qs-batch-write-seconds-per-million-records",
+        type=float,
+        default=DEFAULTS.qs_batch_write_seconds_per_million_records,
+        help="batch queries: Adobe seconds per million records written, the batch loading "
+        "(default %(default)s; realistic: 60, a guess)",
+    )
+    add(
+        "--qs-batch-promote-seconds",
+        type=float,
+        default=DEFAULTS.qs_batch_promote_seconds,
+        help="batch queries: Adobe seconds the written batch takes to become a success before the query "
+        "does (default %(default)s; realistic: 300, a guess)",
+    )
+    add(
+        "--qs-batch-concurrency",
+        type=int,
+        default=DEFAULTS.qs_batch_concurrency,
+        help="batch queries running at once; the rest wait SUBMITTED. 0 = no limit (default %(default)s; "
+        "realistic: 5, a guess: Adobe licenses it)",
+    )
+    add(
+        "--qs-batch-max-seconds",
+        type=float,
+        default=DEFAULTS.qs_batch_max_seconds,
+        help="batch queries whose modelled run time exceeds this many Adobe seconds end TIMEOUT. 0 = no "
+        "limit (default %(default)s; realistic: 86400, Adobe's 24 hours)",
+    )
+    add(
         "--clock-start",
         help="RFC 3339 instant: the clock starts there and timelines spread around it "
         "(default: real time, timelines around today 00:00 UTC)",
@@ -233,6 +268,11 @@ def settings_from(args: argparse.Namespace) -> EmulatorSettings:
         distinct_batch_ids=args.distinct_batch_ids,
         qs_seconds_per_million_rows=args.qs_seconds_per_million_rows,
         qs_seconds_per_query=args.qs_seconds_per_query,
+        qs_batch_start_seconds=args.qs_batch_start_seconds,
+        qs_batch_write_seconds_per_million_records=args.qs_batch_write_seconds_per_million_records,
+        qs_batch_promote_seconds=args.qs_batch_promote_seconds,
+        qs_batch_concurrency=args.qs_batch_concurrency,
+        qs_batch_max_seconds=args.qs_batch_max_seconds,
         clock_start=parse_instant(args.clock_start) if args.clock_start else None,
         time_scale=args.time_scale,
         export_job_seconds=args.export_job_seconds,
