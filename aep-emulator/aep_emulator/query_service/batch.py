@@ -250,7 +250,7 @@ def _parse(sql: object) -> tuple[str, str]:
 
 
 class _Slots:
-    """The org's batch-query slots: at most ``limit()`` queries past SUBMITTED at once (0 = no limit)."""
+    """The org's batch-query slots: at most ``limit`` queries past SUBMITTED at once (0 = no limit)."""
 
     def __init__(self) -> None:
         self._running = 0
@@ -269,11 +269,6 @@ class _Slots:
         with self._changed:
             self._running -= 1
             self._changed.notify_all()
-
-    @property
-    def running(self) -> int:
-        with self._changed:
-            return self._running
 
 
 # One set of slots per emulator state (one org), without a field on the state itself.
