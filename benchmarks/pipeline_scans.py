@@ -51,6 +51,9 @@ from aep_emulator.query_service.scans import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+# Child processes (emulator, Airflow) import this checkout's provider AND emulator, not the copies an
+# editable install may point at.
+CHECKOUT_PATH = os.pathsep.join((str(ROOT), str(ROOT / "aep-emulator")))
 DAG_ID = "cja_audiences__luma_loyalty"
 SECRET = "bench-client-secret"
 POOL_SLOTS = 4
@@ -71,7 +74,7 @@ def _emulator(workdir: Path, profiles: int, per_million: float, per_query: float
         mode="default",
         secret=SECRET,
         args=["--qs-seconds-per-million-rows", str(per_million), "--qs-seconds-per-query", str(per_query)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": CHECKOUT_PATH},
         start_timeout=600,
     )
 
@@ -132,8 +135,13 @@ def _plans(output: str) -> list[dict[str, int]]:
 
 
 def _jobs_file(path: Path, mode: str) -> None:
+    """The demo's jobs file; ``mode`` rows/time: the client path partitioned that way; server: the
+    server path (Data Distiller writes the snapshot; events still take the client path)."""
     text = (ROOT / "dags" / "cja_audiences.yaml").read_text()
-    if mode != "main":
+    if mode == "server":
+        text = text.replace("    layout: per_person\n", "    layout: per_person\n    path: server\n")
+        assert "path: server" in text, "the demo jobs file changed: update the benchmark"
+    elif mode != "main":
         text = text.replace(
             "    layout: per_person\n", f"    layout: per_person\n    query_partitioning: {mode}\n"
         )
@@ -141,7 +149,14 @@ def _jobs_file(path: Path, mode: str) -> None:
     path.write_text(text)
 
 
-def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+def _table_scans(emulator: demo.Emulator) -> dict[str, int]:
+    """The emulator's per-table statement counts (``adhoc:<table>``, ``batch:<table>``; never reset)."""
+    return dict(emulator.admin("GET", "/emulator/stats")["tableScans"])
+
+
+def run_mode(mode: str, args: argparse.Namespace, *, floor: bool = True) -> dict[str, Any]:
+    """Run the refresh DAG ``args.runs`` times in ``mode`` (rows, time: client path; server: Data
+    Distiller) against a fresh emulator of ``args.profiles`` profiles; per run, the scan statistics."""
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-pipeline-{mode}-"))
     emulator = _emulator(workdir, args.profiles, args.seconds_per_million_rows, args.seconds_per_query)
     result: dict[str, Any] = {"mode": mode, "runs": []}
@@ -153,7 +168,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": CHECKOUT_PATH,
             "CJA_AUDIENCES_CONFIG": str(workdir / "jobs.yaml"),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -175,6 +190,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             if back:
                 emulator.admin("POST", "/emulator/clock", {"advance_seconds": -86_400 * back})
             emulator.admin("DELETE", "/emulator/query-service/scans")
+            tables_before = _table_scans(emulator)
             logical = today - timedelta(days=back)
             code, output, seconds, rss = _peak_rss_run(
                 [str(Path(sys.executable).with_name("airflow")), "dags", "test", DAG_ID, logical.isoformat()],
@@ -186,12 +202,20 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                     f"{mode} run {run + 1} failed (exit {code}); log: {workdir / f'run{run + 1}.log'}"
                 )
             scans = emulator.admin("GET", "/emulator/query-service/scans")
+            tables_after = _table_scans(emulator)
             entry = {
                 "run": run + 1,
                 "wall_seconds": round(seconds, 1),
                 "peak_rss_mb": round(rss),
                 "scans": scans,
                 "plans": _plans(output),
+                # Statements per dataset table this run, ad hoc (PostgreSQL) and batch (REST INSERT INTO).
+                "table_scans": {
+                    k: v - tables_before.get(k, 0)
+                    for k, v in tables_after.items()
+                    if v != tables_before.get(k, 0)
+                },
+                "batch_query_records": _batch_query_records(emulator),
             }
             result["runs"].append(entry)
             _log(
@@ -199,8 +223,9 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                 f"({scans['batch_scans']} batch scans, {scans['rows_scanned']:,} rows), modelled Query Service "
                 f"{scans['modelled_seconds']:.0f} s, plans {entry['plans']}"
             )
-        result["floor"] = _floor(emulator, env)
-        _log(f"{mode} floor: {result['floor']}")
+        if floor:
+            result["floor"] = _floor(emulator, env)
+            _log(f"{mode} floor: {result['floor']}")
     finally:
         emulator.stop()
         if args.keep:
@@ -208,6 +233,17 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     return result
+
+
+def _batch_query_records(emulator: demo.Emulator) -> int:
+    """Records of the newest successful batch a batch query wrote (0: none; the client path)."""
+    batches = emulator.admin("GET", "/emulator/state")["sandboxes"]["prod"]["batches"].values()
+    written = [
+        b
+        for b in batches
+        if b["status"] == "success" and any(o.get("type") == "query" for o in b["relatedObjects"])
+    ]
+    return int(max(written, key=lambda b: b["created"])["recordCount"] or 0) if written else 0
 
 
 def _floor(emulator: demo.Emulator, env: dict[str, str]) -> dict[str, Any]:

@@ -127,6 +127,36 @@ def parser(defaults: EmulatorSettings = DEFAULTS) -> argparse.ArgumentParser:
         help="scan-cost model: modelled start-up seconds of each query that reads a dataset (default "
         "%(default)s; realistic: 2, a guess)",
     )
+    setting(
+        "--qs-batch-start-seconds",
+        type=float,
+        help="batch queries: Adobe seconds a query stays SUBMITTED (queueing, start-up) before it reads "
+        "(default %(default)s; realistic: 120, a guess)",
+    )
+    setting(
+        "--qs-batch-write-seconds-per-million-records",
+        type=float,
+        help="batch queries: Adobe seconds per million records written, the batch loading "
+        "(default %(default)s; realistic: 60, a guess)",
+    )
+    setting(
+        "--qs-batch-promote-seconds",
+        type=float,
+        help="batch queries: Adobe seconds the written batch takes to become a success before the query "
+        "does (default %(default)s; realistic: 300, a guess)",
+    )
+    setting(
+        "--qs-batch-concurrency",
+        type=int,
+        help="batch queries running at once; the rest wait SUBMITTED. 0 = no limit (default %(default)s; "
+        "realistic: 5, a guess: Adobe licenses it)",
+    )
+    setting(
+        "--qs-batch-max-seconds",
+        type=float,
+        help="batch queries whose modelled run time exceeds this many Adobe seconds end TIMEOUT. 0 = no "
+        "limit (default %(default)s; realistic: 86400, Adobe's 24 hours)",
+    )
     add(
         "--clock-start",
         help="RFC 3339 instant: the clock starts there and timelines spread around it "

@@ -31,6 +31,12 @@ class Knobs:
     partial_ingestion_failures: int = 0
     qs_max_sessions: int = 0  # Query Service sessions per org at once (0 = no limit); see realistic_qs.py
     distinct_batch_ids: bool = False  # exports write a physical _acp_batchid unlike their logical batch id
+    # Batch-query timing, Adobe seconds (query_service/batch.py; 0 = none).
+    qs_batch_start_seconds: float = 0.0
+    qs_batch_write_seconds_per_million_records: float = 0.0
+    qs_batch_promote_seconds: float = 0.0
+    qs_batch_concurrency: int = 0
+    qs_batch_max_seconds: float = 0.0
 
     def update(self, changes: Any) -> None:
         if not isinstance(changes, dict):

@@ -96,6 +96,21 @@ REALISTIC: dict[str, Any] = {
     # Guess: a query's start-up. scans.REALISTIC_SECONDS_PER_QUERY (2 s) is the benchmarks' value; 0.2 s
     # here keeps the end-to-end suites (hundreds of queries) within CI's time while still costing each query.
     "qs_seconds_per_query": 0.2,
+    # Batch queries (Data Distiller INSERT INTO, query_service/batch.py). Their scan pays the scan-cost
+    # model above, like an ad hoc query; the other phases are Adobe seconds on the compressed clock.
+    # Guess: queueing and Spark start-up of a batch query (SUBMITTED); Adobe publishes no figure.
+    "qs_batch_start_seconds": 2 * 60,
+    # Guess: writing the result batch to the data lake, 1 min per million records (undocumented).
+    "qs_batch_write_seconds_per_million_records": 60,
+    # Guess: the written batch's promotion (staging -> success) before the query reports SUCCESS, as
+    # long as an ingested batch's ("batch_seconds"); Adobe documents neither duration nor order.
+    "qs_batch_promote_seconds": 5 * 60,
+    # Batch queries of the org running at once, the rest wait SUBMITTED: Adobe documents the concurrency
+    # as licensed ("Concurrent batch users", EPE:query-service/guardrails.md) and excess queries queued;
+    # 5 (the smallest licensed step Adobe names for users) is a guess.
+    "qs_batch_concurrency": 5,
+    # Batch queries run at most 24 hours, then end TIMEOUT (EPE:query-service/guardrails.md).
+    "qs_batch_max_seconds": 24 * 60 * 60,
 }
 
 
@@ -136,6 +151,12 @@ class EmulatorSettings:
     # Scan-cost model (query_service/scans.py): 0 = no modelled scan time (realistic: scans.REALISTIC).
     qs_seconds_per_million_rows: float = 0.0
     qs_seconds_per_query: float = 0.0
+    # Batch-query timing (query_service/batch.py), Adobe seconds; 0 = none (realistic: see REALISTIC).
+    qs_batch_start_seconds: float = 0.0  # SUBMITTED: queueing and start-up
+    qs_batch_write_seconds_per_million_records: float = 0.0  # IN_PROGRESS, batch loading: the write
+    qs_batch_promote_seconds: float = 0.0  # IN_PROGRESS, batch staging/processing: its promotion
+    qs_batch_concurrency: int = 0  # batch queries running at once; the rest wait SUBMITTED; 0 = no limit
+    qs_batch_max_seconds: float = 0.0  # modelled run time past which a query ends TIMEOUT; 0 = no limit
     clock_start: datetime | None = None  # anchor of the membership timelines; default today 00:00 UTC
     mode: str = "default"  # "realistic": the REALISTIC preset (use EmulatorSettings.realistic())
     # Durations below are in emulated (Adobe) seconds; real seconds = value * time_scale.
@@ -178,6 +199,20 @@ class EmulatorSettings:
             raise ValueError("qs_max_sessions must be >= 0 (0 = no limit)")
         if not 0 <= self.qs_seconds_per_million_rows <= 3600 or not 0 <= self.qs_seconds_per_query <= 3600:
             raise ValueError("qs_seconds_per_million_rows and qs_seconds_per_query must be within [0, 3600]")
+        for name in (
+            "qs_batch_start_seconds",
+            "qs_batch_write_seconds_per_million_records",
+            "qs_batch_promote_seconds",
+            "qs_batch_max_seconds",
+        ):
+            if not 0 <= getattr(self, name) <= 7 * 86400:
+                raise ValueError(
+                    f"{name} must be within [0, 604800] Adobe seconds, got {getattr(self, name)!r}"
+                )
+        if self.qs_batch_concurrency < 0:
+            raise ValueError(
+                f"qs_batch_concurrency must be >= 0 (0 = no limit), got {self.qs_batch_concurrency}"
+            )
         if self.export_job_seconds < 0 or self.batch_seconds < 0 or self.export_batch_seconds < 0:
             raise ValueError("timing knobs must not be negative")
         if not self.time_scale > 0:

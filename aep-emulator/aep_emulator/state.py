@@ -131,6 +131,11 @@ class EmulatorState:
             batch_create_rate_limit=s.batch_create_rate_limit,
             qs_max_sessions=s.qs_max_sessions,
             distinct_batch_ids=s.distinct_batch_ids,
+            qs_batch_start_seconds=s.qs_batch_start_seconds,
+            qs_batch_write_seconds_per_million_records=s.qs_batch_write_seconds_per_million_records,
+            qs_batch_promote_seconds=s.qs_batch_promote_seconds,
+            qs_batch_concurrency=s.qs_batch_concurrency,
+            qs_batch_max_seconds=s.qs_batch_max_seconds,
         )
         self.throttled: dict[str, int] = {}  # route -> 429s answered by the rate limits (GET /emulator/stats)
         # Throttling windows run on real time: they limit the client's pace, which is not compressed.

@@ -20,6 +20,26 @@ fails the whole query (Adobe documents a schema-compatibility check, not its err
 ``{"code": <SQLSTATE>, "message": ...}``. ``CREATE TABLE AS`` and query templates are not modelled
 (the query fails saying so).
 
+Timing (realistic mode; every knob 0 by default, so default-mode queries end as fast as DuckDB
+writes). Adobe documents that batch queries run at most 24 hours, that their concurrency is licensed
+and excess queries wait, and that they are billed in compute hours (guardrails.md); it publishes no
+durations. The phases, each a setting and knob (``qs_batch_*``, values and sources in settings.REALISTIC):
+
+1. ``SUBMITTED``: waits for one of ``qs_batch_concurrency`` slots of the org (guess: excess queries queue
+   rather than fail, as the guardrails say of queries past the licence), then ``qs_batch_start_seconds``
+   of start-up (guess: a Spark job is provisioned per batch query).
+2. ``IN_PROGRESS``: the scan costs what the scan-cost model charges an ad hoc query reading the same
+   rows (:mod:`.scans`, real seconds, counted in ``/emulator/query-service/scans``); then the batch is
+   ``loading`` for ``qs_batch_write_seconds_per_million_records`` per million records written; then
+   ``staging`` (``processing`` without intermediate statuses) for ``qs_batch_promote_seconds``; then the
+   batch is a success and the query ends ``SUCCESS`` (guess: the query reports success once its output is
+   live; the provider reads the batch's status right after the query's).
+3. A query whose modelled run time (scan + write + promotion, Adobe seconds) exceeds
+   ``qs_batch_max_seconds`` ends ``TIMEOUT`` when that limit falls due, its batch failed (guess: with
+   SQLSTATE 53400, the code Adobe documents for the ad hoc time limit).
+
+All waits but the scan are on the compressed clock (``time_scale``); a cancel interrupts any of them.
+
 The SELECT goes through the same Spark -> DuckDB translation as the PostgreSQL endpoint
 (:mod:`.translate`), so the batch query reads exactly what an ad hoc query reads. The records are
 streamed from DuckDB into the batch's JSON Lines file (as an ingested batch's accepted records), so the
@@ -31,8 +51,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -97,6 +119,8 @@ class BatchQuery:
     elapsed_ms: int = 0
     cancel_requested: bool = False
     version: int = 1
+    # Set by a cancel: wakes a query waiting in a modelled phase (queue, start-up, scan, write, promotion).
+    cancelled: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     def to_json(self, base_url: str) -> dict[str, Any]:
         href = f"{base_url}/data/foundation/query/queries/{self.id}"
@@ -161,7 +185,11 @@ def submit(state: EmulatorState, sandbox: SandboxState, body: dict[str, Any], us
         id=str(uuid.uuid4()), sandbox=sandbox.name, request=body, user_id=user_id, created=now, updated=now
     )
     sandbox.batch_queries[query.id] = query
-    state.executor.submit(_run, state, sandbox, query)
+    # A thread of its own, not the state's executor: a query waiting out its modelled time must not hold
+    # one of the two workers exports and ingestion share.
+    threading.Thread(
+        target=_run, args=(state, sandbox, query), name=f"batch-query-{query.id[:8]}", daemon=True
+    ).start()
     log.info("batch query %s submitted (%s)", query.id, body.get("name") or "unnamed")
     return query
 
@@ -169,6 +197,7 @@ def submit(state: EmulatorState, sandbox: SandboxState, body: dict[str, Any], us
 def cancel(state: EmulatorState, query: BatchQuery) -> None:
     """``{"op": "cancel"}``: a running query stops at its next chunk and ends KILLED."""
     query.cancel_requested = True
+    query.cancelled.set()
     if query.state == SUBMITTED:
         _finish(state, query, KILLED, [{"code": err.QUERY_CANCELED, "message": "query cancelled by request"}])
 
@@ -220,8 +249,71 @@ def _parse(sql: object) -> tuple[str, str]:
     return match["table"], match["select"]
 
 
+class _Slots:
+    """The org's batch-query slots: at most ``limit`` queries past SUBMITTED at once (0 = no limit)."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._changed = threading.Condition()
+
+    def acquire(self, limit: int, query: BatchQuery) -> None:
+        with self._changed:
+            while limit > 0 and self._running >= limit:
+                if query.cancelled.is_set():
+                    raise _Cancelled()
+                # Woken by a release; the timeout re-checks a cancel (which does not notify this condition).
+                self._changed.wait(0.05)
+            self._running += 1
+
+    def release(self) -> None:
+        with self._changed:
+            self._running -= 1
+            self._changed.notify_all()
+
+
+# One set of slots per emulator state (one org), without a field on the state itself.
+_SLOTS: weakref.WeakKeyDictionary[Any, _Slots] = weakref.WeakKeyDictionary()
+_SLOTS_LOCK = threading.Lock()
+
+
+def _slots(state: EmulatorState) -> _Slots:
+    with _SLOTS_LOCK:
+        slots = _SLOTS.get(state)
+        if slots is None:
+            slots = _SLOTS[state] = _Slots()
+        return slots
+
+
+def _pause(query: BatchQuery, seconds: float) -> None:
+    """Wait ``seconds`` real seconds of a modelled phase; a cancel ends the wait (and the query)."""
+    if seconds > 0 and query.cancelled.wait(seconds):
+        raise _Cancelled()
+    if query.cancel_requested:
+        raise _Cancelled()
+
+
 def _run(state: EmulatorState, sandbox: SandboxState, query: BatchQuery) -> None:
-    """The query's whole life, in an executor thread."""
+    """The query's whole life, in its own thread."""
+    knobs = state.knobs
+    slots = _slots(state)
+    try:
+        slots.acquire(knobs.qs_batch_concurrency, query)
+    except _Cancelled:
+        return  # cancel() already ended a query still SUBMITTED
+    try:
+        _pause(query, knobs.real_seconds(knobs.qs_batch_start_seconds))
+    except _Cancelled:
+        slots.release()
+        return
+    try:
+        _execute(state, sandbox, query)
+    finally:
+        slots.release()
+
+
+def _execute(state: EmulatorState, sandbox: SandboxState, query: BatchQuery) -> None:
+    """From IN_PROGRESS to a terminal state, holding one of the org's slots."""
+    knobs = state.knobs
     with state.lock:
         if query.state in TERMINAL:
             return
@@ -249,6 +341,10 @@ def _run(state: EmulatorState, sandbox: SandboxState, query: BatchQuery) -> None
         cursor = state.cursor()
         try:
             translation = _TRANSLATOR.translate(select, _Context(cursor, tables))
+            # The scan costs what the scan-cost model charges an ad hoc query reading the same rows
+            # (real seconds; also what /emulator/query-service/scans totals).
+            scan_seconds = state.qs_scans.charge(select)
+            _pause(query, scan_seconds)
             with state.lock:
                 batch = _open_batch(state, sandbox, dataset, query)
             directory = state.files_dir / batch.id
@@ -257,6 +353,39 @@ def _run(state: EmulatorState, sandbox: SandboxState, query: BatchQuery) -> None
             rows, size = _write(cursor, translation.sql, schema, records_path, query)
         finally:
             cursor.close()
+        write_seconds = knobs.qs_batch_write_seconds_per_million_records * rows / 1_000_000
+        log.info(
+            "batch query %s read and wrote %d records; modelled: scan %.1f s, write %.1f s, promotion %g s "
+            "(Adobe seconds; the write and promotion run on time scale %g)",
+            query.id,
+            rows,
+            scan_seconds,
+            write_seconds,
+            knobs.qs_batch_promote_seconds,
+            knobs.time_scale,
+        )
+        modelled = scan_seconds + write_seconds + knobs.qs_batch_promote_seconds
+        limit = knobs.qs_batch_max_seconds
+        if limit > 0 and modelled > limit:
+            # The query would run past Query Service's limit: it ends TIMEOUT when the limit falls due.
+            _pause(query, knobs.real_seconds(max(limit - scan_seconds, 0.0)))
+            message = (
+                f"batch query exceeded the maximum execution time of {limit:g} s (modelled {modelled:.0f} s: "
+                f"scan {scan_seconds:.0f} s, writing {rows} records {write_seconds:.0f} s, "
+                f"promotion {knobs.qs_batch_promote_seconds:g} s)"
+            )
+            with state.lock:
+                _fail_batch(state, batch, message)
+                _finish(state, query, TIMEOUT, [{"code": err.INSUFFICIENT_RESOURCES, "message": message}])
+            log.warning("batch query %s TIMEOUT: %s", query.id, message)
+            return
+        _pause(query, knobs.real_seconds(write_seconds))  # the batch is "loading" meanwhile
+        promote = knobs.real_seconds(knobs.qs_batch_promote_seconds)
+        if promote > 0:
+            with state.lock:
+                batch.status = cat.STAGING if knobs.intermediate_statuses else cat.PROCESSING
+                batch.touch(state.now_ms())
+            _pause(query, promote)
         with state.lock:
             now = state.now_ms()
             batch.records_path = records_path
@@ -329,7 +458,7 @@ def _open_batch(
 
 
 def _fail_batch(state: EmulatorState, batch: cat.Batch | None, reason: str) -> None:
-    if batch is None or batch.status != cat.LOADING:
+    if batch is None or batch.status not in (cat.LOADING, cat.STAGING, cat.PROCESSING):
         return
     now = state.now_ms()
     batch.status, batch.completed = cat.FAILED, now
