@@ -13,7 +13,7 @@ a failed or dropped statement is run again on a new connection, one retry each a
 
 ``CJA_RELIABILITY_FULL=1`` (the figures script) runs every kind on its own and the Query Service
 case; the default runs the mixed case (all kinds at once) and lost answers (whose check differs).
-The Query Service retry is also covered by tests/hooks/test_query_service.py.
+The Query Service retry is also covered by tests/unit/hooks/test_query_service.py.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from test_batch_queries import QUERIES, TERMINAL, _exported, _insert_sql, _submit, _table
+from query_service.test_batch import QUERIES, TERMINAL, _exported, _insert_sql, _submit, _table
 
 from aep_emulator.settings import REALISTIC
 
