@@ -283,25 +283,18 @@ class PrepareLoadOperator(_MembershipQueryOperator):
             ) or self._create_batch(ingestion, label, [] if events else [b.id for b in previous])
             batch_id = prepare.checked_batch_id(batch.id)
             push_batch_link(context, ingestion.settings, batch_id)
-            if events:
+            if events:  # client path: this run's open batch is its claim
                 now = datetime.now(timezone.utc)
-                claims = event_plans.open_claims(
-                    ingestion, self.dataset_id, self.job_config.job_id, labels=query_labels(self), now=now
-                )
                 with events_decision(self.log):
-                    event_plans.claim_batch(events, ingestion, batch, claims, now=now)
-        elif identified and events:
+                    event_plans.claim_batch(
+                        events, ingestion, batch, self._event_claims(ingestion, now, queries=False), now=now
+                    )
+        elif identified and events:  # server path: no batch before the batch query writes one
             now = datetime.now(timezone.utc)
-            claims = event_plans.open_claims(
-                ingestion,
-                self.dataset_id,
-                self.job_config.job_id,
-                labels=query_labels(self),
-                queries=self.hook(hooks.batch_query.BatchQueryHook),
-                now=now,
-            )
             with events_decision(self.log):
-                event_plans.wait_for_earlier_claims(events, label, claims, now=now)
+                event_plans.wait_for_earlier_claims(
+                    events, label, self._event_claims(ingestion, now, queries=True), now=now
+                )
         self.log.info(
             "%s: %d memberships (%d with a person id) in %d partitions; batch %s; replaces %s",
             self.kind,
@@ -368,6 +361,18 @@ class PrepareLoadOperator(_MembershipQueryOperator):
             # A slow scan may be a busy moment (retried); max_map_length is not (fails at once).
             error = AirflowException if exc.measured else AirflowFailException
             raise error(f"planning the {self.kind} load: {exc}") from None
+
+    def _event_claims(self, ingestion: Any, now: datetime, *, queries: bool) -> list[runs.OpenEventsBatch]:
+        """This job's claims on events intervals: its events batches and, with ``queries`` (server
+        path), its in-flight events batch queries (:func:`~airflow_cja_audiences.pipeline.events.open_claims`)."""
+        return event_plans.open_claims(
+            ingestion,
+            self.dataset_id,
+            self.job_config.job_id,
+            labels=query_labels(self),
+            queries=self.hook(hooks.batch_query.BatchQueryHook) if queries else None,
+            now=now,
+        )
 
     # -- snapshot --------------------------------------------------------------------------------
 
