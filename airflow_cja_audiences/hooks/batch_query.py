@@ -25,6 +25,10 @@ from airflow_cja_audiences.errors import AepError
 from airflow_cja_audiences.hooks.platform import AdobePlatformHook, path_segment
 from airflow_cja_audiences.models import AdobeModel, Batch
 
+# Pure (the pipeline's server-path decisions use them too); re-exported here where they were first.
+from airflow_cja_audiences.pipeline.distill import batch_written_by as batch_written_by
+from airflow_cja_audiences.pipeline.distill import query_id_of as query_id_of
+
 log = logging.getLogger(__name__)
 
 BASE = "/data/foundation/query"
@@ -80,31 +84,6 @@ def _epoch_ms(text: str | None) -> int | None:
         return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
     except ValueError:
         return None
-
-
-def query_id_of(batch: Batch) -> str | None:
-    """The query that wrote ``batch``, from its ``relatedObjects`` (UNCONFIRMED: how Catalog links a
-    batch query's batch to its query is not documented; the emulator links it this way)."""
-    for obj in batch.related_objects:
-        if isinstance(obj, dict) and obj.get("type") == "query" and isinstance(obj.get("id"), str):
-            return obj["id"]
-    return None
-
-
-def batch_written_by(catalog_batches: list[Batch], query: BatchQuery) -> Batch:
-    """The batch ``query`` wrote, among a dataset's batches: the one Catalog links to the query.
-
-    There is deliberately no guess by creation time: a batch the pipeline cannot tie to its query
-    could not be recognised (and replaced) by later runs either, so two snapshots would stay live.
-    """
-    linked = [b for b in catalog_batches if query_id_of(b) == query.id]
-    if len(linked) == 1:
-        return linked[0]
-    raise AepError(
-        f"cannot tell which batch query {query.id} wrote: {len(linked)} batches of the dataset link to "
-        f"it in Catalog (relatedObjects type 'query'). Without that link later runs could not replace "
-        f"the batch; if Catalog does not link batch query batches to their query, use path: client"
-    )
 
 
 class BatchQueryHook(AdobePlatformHook):

@@ -12,7 +12,9 @@ to the query it submitted instead of writing a second batch, and later runs tell
 which job and slot (snapshot, or events interval) a batch written by a query belongs to. For events,
 that name is also the run's claim on its interval while the query runs: ``prepare_events`` waits while
 an earlier overlapping claim is in flight, and after submitting, the query created first goes on
-(:func:`airflow_cja_audiences.runs.events_publish_conflict`).
+(:func:`airflow_cja_audiences.runs.events_publish_conflict`). Those decisions (re-attach, claim, which
+batch a query wrote, a refused statement) are :mod:`airflow_cja_audiences.pipeline.distill`; this
+operator submits, waits (deferred or not) and cancels.
 """
 
 from __future__ import annotations
@@ -24,23 +26,17 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from airflow_cja_audiences import distill, hooks, runs, triggers
-from airflow_cja_audiences.errors import AepError
+from airflow_cja_audiences import distill, hooks, triggers
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
 from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, validate_event
 from airflow_cja_audiences.operators.load import (
     _TEMPLATE_FIELDS,
     _MembershipQueryOperator,
     _query_failed,
-    open_event_claims,
+    events_decision,
+    query_labels,
 )
-from airflow_cja_audiences.runs import BatchLabel
-
-#: SQLSTATE classes of a query Query Service refuses as written (syntax, unknown table or column,
-#: type mismatch, unsupported feature, bad data): running it again cannot succeed.
-_PERMANENT_SQLSTATE_CLASSES = ("42", "0A", "22")
-#: How far back a retried task looks for the query it submitted (a run rarely lasts longer).
-_REATTACH_WINDOW = timedelta(days=2)
+from airflow_cja_audiences.pipeline import distill as server_path
 
 
 class DistillOperator(_MembershipQueryOperator):
@@ -136,22 +132,11 @@ class DistillOperator(_MembershipQueryOperator):
             )
             return {"batch_id": "", "records": 0, "query_id": ""}
         queries = self._queries()
-        since = int((datetime.now(timezone.utc) - _REATTACH_WINDOW).timestamp() * 1000)
-        query = queries.find_query(self.external_id, created_after_ms=since)
-        if query is not None and query.is_success and not self._wrote_live_batch(query):
-            self.log.info(
-                "Batch query %s of this run succeeded earlier, but its batch is no longer live (reverted by "
-                "a shrink guard or a run that gave way): writing it again",
-                query.id,
-            )
-            query = None
-        if query is not None:
-            self.log.info(
-                "Batch query %s of this run is already %s: waiting for it rather than writing again",
-                query.id,
-                query.state,
-            )
-        else:
+        since = server_path.reattach_since_ms(datetime.now(timezone.utc))
+        query = server_path.attach(
+            queries, self.ingestion(), self.dataset_id, self.external_id, since_ms=since
+        )
+        if query is None:
             statement = self.statement()
             self.log.info("Submitting the batch query (%d characters of SQL):\n%s", len(statement), statement)
             query = queries.create_query(
@@ -161,7 +146,18 @@ class DistillOperator(_MembershipQueryOperator):
                 description=f"airflow-cja-audiences {self.kind} of job {self.job_config.job_id}",
             )
         if self.kind == "events":
-            query = self._claim(query)
+            with events_decision(self.log):
+                query = server_path.claim_query(
+                    queries,
+                    self.ingestion(),
+                    self.dataset_id,
+                    query,
+                    external_id=self.external_id,
+                    replaced=self.replaced_batch_ids or (),
+                    labels=query_labels(self),
+                    cancel=self._cancel,
+                    now=datetime.now(timezone.utc),
+                )
         if not query.is_terminal:
             deadline = time.time() + self.wait_timeout.total_seconds()
             if self.deferrable:
@@ -193,56 +189,6 @@ class DistillOperator(_MembershipQueryOperator):
         )
         return self._finish(context, str(event.get("query_id") or query_id))
 
-    def _wrote_live_batch(self, query: Any) -> bool:
-        from airflow_cja_audiences.hooks.batch_query import batch_written_by
-
-        try:
-            return bool(
-                batch_written_by(list(self.ingestion().list_batches(self.dataset_id)), query).is_success
-            )
-        except AepError:
-            return False
-
-    def _claim(self, query: Any) -> Any:
-        """Events: this run's query is its claim on the interval; of overlapping claims (other runs'
-        in-flight events queries, open or newly live batches) the one created first goes on.
-
-        Losing means two runs planned overlapping intervals at once (each passed prepare_events' wait
-        before the other submitted) or a batch went live since this run planned: its interval and
-        sources are stale, and only prepare_events can plan them again. The query is cancelled (its
-        batch reverted if it ended first) and the task fails saying so."""
-        label = BatchLabel.parse(self.external_id)
-        if label is None:
-            raise AirflowFailException(
-                f"external_id {self.external_id!r} is not a batch label of this package"
-            )
-        ingestion = self.ingestion()
-        reason = runs.events_publish_conflict(
-            mine_id=query.id,
-            mine_created_ms=query.created_ms() or 0,
-            run_key=label.run_key,
-            interval=label.interval,  # type: ignore[arg-type]
-            replaced=set(self.replaced_batch_ids or ()),
-            others=open_event_claims(self, ingestion, self.dataset_id, label.job_id),
-        )
-        if reason is None:
-            return query
-        self._cancel(query.id)
-        current = self._queries().get_query(query.id)
-        if current.is_success and self._wrote_live_batch(current):
-            from airflow_cja_audiences.hooks.batch_query import batch_written_by
-
-            batch = batch_written_by(list(ingestion.list_batches(self.dataset_id)), current)
-            ingestion.revert_batch(batch.id)
-            self.log.warning(
-                "Batch query %s ended before the cancel: its batch %s is reverted", query.id, batch.id
-            )
-        raise AirflowFailException(
-            f"{reason}. This run's events batch query {query.id} [{label.scope}] is cancelled: its interval and "
-            f"sources were planned without that one. Clear this run's prepare_events task and its downstream "
-            f"tasks to plan again (nothing of this run is live)."
-        )
-
     def _cancel(self, query_id: str) -> None:
         try:
             self._queries().cancel_query(query_id)
@@ -259,20 +205,17 @@ class DistillOperator(_MembershipQueryOperator):
         queries = self._queries()
         query = queries.get_query(query_id)
         if not query.is_success:
-            codes = [str(e.get("code", "")) for e in query.errors if isinstance(e, dict)]
             message = (
                 f"batch query {query.id} ended {query.state}: {query.error_summary()}. Nothing of it is "
                 f"live; the previous {self.kind} is untouched."
             )
-            if any(code[:2] in _PERMANENT_SQLSTATE_CLASSES for code in codes):
+            if server_path.refused_statement(query.errors):
                 raise AirflowFailException(
                     f"{message} Query Service refused the statement; running it again cannot succeed."
                 )
             raise _query_failed(message, query)
-        from airflow_cja_audiences.hooks.batch_query import batch_written_by
-
         ingestion = self.ingestion()
-        batch = batch_written_by(list(ingestion.list_batches(self.dataset_id)), query)
+        batch = server_path.batch_written_by(list(ingestion.list_batches(self.dataset_id)), query)
         if not batch.is_success:
             raise AirflowException(
                 f"batch query {query.id} succeeded but its batch {batch.id} is {batch.status}: "

@@ -1,8 +1,9 @@
 """Query Service -> CJA batch: plan the partitions, then query, transform and upload each one (step 5).
 
-Adapters: the checks, the plan and the counts are :mod:`airflow_cja_audiences.pipeline.prepare`, a
+Adapters: the checks, the plan and the counts are :mod:`airflow_cja_audiences.pipeline.prepare`, an
+events run's interval, guard, counts and claims :mod:`airflow_cja_audiences.pipeline.events`, a
 partition's splitting :mod:`airflow_cja_audiences.pipeline.split`; these operators run the queries,
-the uploads and the XCom plumbing.
+the uploads and the XCom plumbing, and turn a give-way into a reschedule.
 
 ``PrepareLoadOperator`` counts what the export holds for this job, checks the identity field, plans
 hash partitions (sized by time, see :mod:`airflow_cja_audiences.scanplan`: each ``LIMIT 0`` query
@@ -20,7 +21,8 @@ import functools
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta, timezone
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,14 +37,16 @@ from airflow.sdk.exceptions import (
 
 from airflow_cja_audiences import export_check, hooks, runs, scanplan, sql
 from airflow_cja_audiences.config import RefreshJob
-from airflow_cja_audiences.errors import AepConfigError
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
 from airflow_cja_audiences.models import ExportJobStatus
 from airflow_cja_audiences.operators.base import AdobeBaseOperator, truthy
+from airflow_cja_audiences.pipeline import events as event_plans
 from airflow_cja_audiences.pipeline import prepare, split
 from airflow_cja_audiences.pipeline.batches import QueryLabels
 from airflow_cja_audiences.pipeline.batches import events_batches as events_batches  # re-exported
 from airflow_cja_audiences.pipeline.batches import live_batches as live_batches  # re-exported
+from airflow_cja_audiences.pipeline.distill import ClaimLostError
+from airflow_cja_audiences.pipeline.events import RECLAIM_SECONDS as RECLAIM_SECONDS  # re-exported
 from airflow_cja_audiences.pipeline.prepare import ExportHistory as _ExportHistory
 from airflow_cja_audiences.pipeline.prepare import require_live_export as require_live_export  # re-exported
 from airflow_cja_audiences.runs import BatchLabel, Kind
@@ -227,8 +231,20 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         self._check_export_read(q)  # before anything is written: an empty read must never publish
         exports = self._export_history()
         if self.kind == "events":
-            events = self._plan_events(ingestion, exports)
-            window, sources, label = events.window, events.sources.batch_ids, events.label(context)
+            events = event_plans.plan_events(
+                ingestion,
+                self.dataset_id,
+                job_id=self.job_config.job_id,
+                export_batch_id=self.export_batch_id,
+                interval_start=self.interval_start,
+                interval_end=self.interval_end,
+                exports=exports,
+                labels=query_labels(self),
+            )
+            window, sources = events.window, events.sources.batch_ids
+            label = events.label(
+                job_id=self.job_config.job_id, export_batch_id=self.export_batch_id, run_id=context["run_id"]
+            )
         else:
             events, window, sources, label = None, None, None, self.label(context)
         started = time.monotonic()
@@ -245,16 +261,21 @@ class PrepareLoadOperator(_MembershipQueryOperator):
             total, identified, person_field=q.person_field, export_batch_id=self.export_batch_id
         )
         previous = (
-            events.replaced
+            list(events.replaced)
             if events
             else live_batches(ingestion, self.dataset_id, label, labels=query_labels(self))
         )
         if events:
-            events.guard(identified, truthy(self.force))
+            with events_decision(self.log):
+                event_plans.guard(events, identified, force=truthy(self.force))
         partitions = self._plan(identified, scan_seconds) if self.open_batch else []
-        counts, coverage = (
-            self._event_counts(q, events) if events else self._snapshot_counts(q, previous, exports)
-        )
+        if events:
+            found = event_plans.event_counts(
+                self.query_service.query_all, q, [a["id"] for a in self.audiences], events
+            )
+            counts, coverage = found.counts, found.coverage
+        else:
+            counts, coverage = self._snapshot_counts(q, previous, exports)
         batch_id = NO_BATCH
         if identified and self.open_batch:
             batch = ingestion.find_batch(
@@ -262,10 +283,18 @@ class PrepareLoadOperator(_MembershipQueryOperator):
             ) or self._create_batch(ingestion, label, [] if events else [b.id for b in previous])
             batch_id = prepare.checked_batch_id(batch.id)
             push_batch_link(context, ingestion.settings, batch_id)
-            if events:
-                events.claim(ingestion, batch)
-        elif identified and events:
-            events.wait_for_earlier_claims(ingestion, label)
+            if events:  # client path: this run's open batch is its claim
+                now = datetime.now(timezone.utc)
+                with events_decision(self.log):
+                    event_plans.claim_batch(
+                        events, ingestion, batch, self._event_claims(ingestion, now, queries=False), now=now
+                    )
+        elif identified and events:  # server path: no batch before the batch query writes one
+            now = datetime.now(timezone.utc)
+            with events_decision(self.log):
+                event_plans.wait_for_earlier_claims(
+                    events, label, self._event_claims(ingestion, now, queries=True), now=now
+                )
         self.log.info(
             "%s: %d memberships (%d with a person id) in %d partitions; batch %s; replaces %s",
             self.kind,
@@ -333,95 +362,17 @@ class PrepareLoadOperator(_MembershipQueryOperator):
             error = AirflowException if exc.measured else AirflowFailException
             raise error(f"planning the {self.kind} load: {exc}") from None
 
-    # -- events ----------------------------------------------------------------------------------
-
-    def _plan_events(self, ingestion: Any, exports: _ExportHistory) -> _EventsPlan:
-        """The interval to publish (the run's, widened over the live intervals it overlaps), the
-        batches it replaces, and the exports that prove its events."""
-        if not (self.interval_start and self.interval_end):
-            raise AepConfigError("an events load needs interval_start and interval_end")
-        requested = (runs.parse_utc(self.interval_start), runs.parse_utc(self.interval_end))
-        listing = ingestion.list_batches(self.dataset_id)
-        live = [
-            (b, lbl)
-            for b, lbl in events_batches(listing, self.job_config.job_id, query_labels(self))
-            if b.is_success
-        ]
-        hull, taken = runs.events_hull(requested, [lbl.interval for _, lbl in live])  # type: ignore[misc]
-        replaced = [live[i][0] for i in taken]
-        if hull != requested:
-            self.log.info(
-                "Events interval [%s, %s) overlaps live events batches %s: publishing their hull "
-                "[%s, %s) once instead",
-                runs.utc_iso(requested[0]),
-                runs.utc_iso(requested[1]),
-                [b.id for b in replaced],
-                runs.utc_iso(hull[0]),
-                runs.utc_iso(hull[1]),
-            )
-        must_read = (
-            self.export_batch_id,
-            *(lbl.export_batch_id for i, (_, lbl) in enumerate(live) if i in taken),
+    def _event_claims(self, ingestion: Any, now: datetime, *, queries: bool) -> list[runs.OpenEventsBatch]:
+        """This job's claims on events intervals: its events batches and, with ``queries`` (server
+        path), its in-flight events batch queries (:func:`~airflow_cja_audiences.pipeline.events.open_claims`)."""
+        return event_plans.open_claims(
+            ingestion,
+            self.dataset_id,
+            self.job_config.job_id,
+            labels=query_labels(self),
+            queries=self.hook(hooks.batch_query.BatchQueryHook) if queries else None,
+            now=now,
         )
-        sources = runs.choose_event_sources(exports.since(hull[0]), hull, must_read=must_read)
-        if self.export_batch_id not in sources.batch_ids:  # its job is not listed (yet): read it all the same
-            sources = runs.EventSources(
-                batches=(*sources.batches, runs.ExportRef(self.export_batch_id, 0)),
-                untimed_pair=sources.untimed_pair,
-                dropped=sources.dropped,
-            )
-        if sources.dropped:
-            self.log.warning(
-                "%d exports of [%s, %s) are not read (at most %d per run): events only they prove "
-                "are missing",
-                sources.dropped,
-                runs.utc_iso(hull[0]),
-                runs.utc_iso(hull[1]),
-                runs.MAX_EVENT_SOURCES,
-            )
-        self.log.info(
-            "Events of [%s, %s) read from %d exports: %s",
-            runs.utc_iso(hull[0]),
-            runs.utc_iso(hull[1]),
-            len(sources.batches),
-            ", ".join(f"{e.batch_id} ({e.at})" for e in sources.batches),
-        )
-        return _EventsPlan(self, requested, hull, replaced, sources)
-
-    def _event_counts(
-        self, q: sql.MembershipQuery, events: _EventsPlan
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        counts: dict[str, dict[str, Any]] = {a["id"]: {"entered": 0, "exited": 0} for a in self.audiences}
-        for audience_id, event, n in self.query_service.query_all(
-            sql.event_counts_sql(q, events.window, events.sources.batch_ids)
-        ):
-            counts[audience_id][event] = int(n)
-        pair = events.sources.untimed_pair
-        untimed: dict[str, int] | None = None
-        if pair is not None:
-            untimed = {a["id"]: 0 for a in self.audiences}
-            for row in self.query_service.query_all(
-                sql.change_counts_sql(q, pair[0].batch_id, batch_id=pair[1].batch_id)
-            ):
-                untimed[row[0]] = int(row[3])
-            for audience_id, n in untimed.items():
-                counts[audience_id]["entered_untimed"] = n
-        coverage = {
-            "interval": [events.window.start, events.window.end],
-            "requested": [runs.utc_iso(events.requested[0]), runs.utc_iso(events.requested[1])],
-            "sources": [
-                {"batch_id": e.batch_id, "at": e.at if e.at_ms else None} for e in events.sources.batches
-            ],
-            "untimed_window": [pair[0].at, pair[1].at] if pair else None,
-            "dropped_sources": events.sources.dropped,
-        }
-        if pair is None:
-            self.log.warning(
-                "No two consecutive full exports of this job bracket [%s, %s): entries that AEP no longer "
-                "shows as realized cannot be counted, let alone published",
-                *coverage["interval"],
-            )
-        return counts, coverage
 
     # -- snapshot --------------------------------------------------------------------------------
 
@@ -451,116 +402,18 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         )
 
 
-class _EventsPlan:
-    """What an events load publishes: its interval (hull), what it replaces and what it reads."""
-
-    def __init__(
-        self,
-        op: PrepareLoadOperator,
-        requested: tuple[Any, Any],
-        hull: tuple[Any, Any],
-        replaced: list[Any],
-        sources: runs.EventSources,
-    ) -> None:
-        self.op, self.requested, self.hull, self.replaced, self.sources = (
-            op,
-            requested,
-            hull,
-            replaced,
-            sources,
-        )
-        self.window = sql.TimeWindow(hull[0], hull[1])
-
-    def label(self, context: Context) -> BatchLabel:
-        return BatchLabel.for_run(
-            job_id=self.op.job_config.job_id,
-            kind="events",
-            export_batch_id=self.op.export_batch_id,
-            run_id=context["run_id"],
-            interval_start=self.window.start,
-            interval_end=self.window.end,
-        )
-
-    def guard(self, events: int, force: bool) -> None:
-        """Never publish fewer events for an interval than are live in it (an export they were read
-        from was reverted, or an earlier version published more): keep what is live, unless forced."""
-        live = sum(b.record_count for b in self.replaced)
-        if events >= live:
-            return
-        message = (
-            f"re-publishing events of [{self.window.start}, {self.window.end}) would replace {live} live events "
-            f"(batches {[b.id for b in self.replaced]}) with {events}: the exports that proved the others are "
-            f"gone, or an earlier version of this package published them. The live events are kept; trigger "
-            f"with force_replace=true to replace them anyway."
-        )
-        if not force:
-            raise AirflowFailException(message)
-        self.op.log.warning("%s -- forced, replacing anyway", message)
-
-    def claim(self, ingestion: Any, mine: Any) -> None:
-        """Give way when another run publishes an overlapping interval (see
-        :func:`runs.events_publish_conflict`): abort this batch and try again later."""
-        label = BatchLabel.parse(mine.external_id)
-        reason = runs.events_publish_conflict(
-            mine_id=mine.id,
-            mine_created_ms=int(mine.created or 0),
-            run_key=label.run_key,
-            interval=self.hull,
-            replaced={b.id for b in self.replaced},
-            others=open_event_claims(self.op, ingestion, self.op.dataset_id, label.job_id, queries=False),
-        )
-        if reason is None:
-            return
-        ingestion.abort_batch(mine.id)
-        self._give_way(f"{reason}: this run's events batch {mine.id} is aborted")
-
-    def wait_for_earlier_claims(self, ingestion: Any, label: BatchLabel) -> None:
-        """Server path (no batch before the batch query writes one): give way while an overlapping
-        interval of another run is being written (its batch query in flight, or its batch open), so this
-        run plans again once that one is live. distill_events checks again after submitting
-        (two runs may pass this at once; the query created first goes on)."""
-        reason = runs.events_publish_conflict(
-            mine_id="",
-            mine_created_ms=int(datetime.now(timezone.utc).timestamp() * 1000),
-            run_key=label.run_key,
-            interval=self.hull,
-            replaced={b.id for b in self.replaced},
-            others=open_event_claims(self.op, ingestion, self.op.dataset_id, self.op.job_config.job_id),
-        )
-        if reason is not None:
-            self._give_way(f"{reason}: no batch query submitted")
-
-    def _give_way(self, what: str) -> None:
-        retry_at = datetime.now(timezone.utc) + timedelta(seconds=RECLAIM_SECONDS)
-        self.op.log.warning("%s; planning again at %s", what, runs.utc_iso(retry_at))
-        raise AirflowRescheduleException(retry_at)
-
-
-def open_event_claims(
-    op: Any, ingestion: Any, dataset_id: str, job_id: str, *, queries: bool = True
-) -> list[runs.OpenEventsBatch]:
-    """Every claim on this job's events intervals: its events batches (live or open, whoever wrote
-    them) and, with ``queries``, its in-flight events batch queries (server path, listed through the
-    Query Service REST API; their names are their batch labels)."""
-    claims = [
-        runs.OpenEventsBatch(
-            batch.id,
-            other.interval,  # type: ignore[arg-type]
-            int(batch.created or 0),
-            other.run_key,
-            live=batch.is_success,
-        )
-        for batch, other in events_batches(ingestion.list_batches(dataset_id), job_id, query_labels(op))
-    ]
-    if queries:
-        since = int((datetime.now(timezone.utc) - runs.ABANDONED_AFTER).timestamp() * 1000)
-        listed = op.hook(hooks.batch_query.BatchQueryHook).recent_queries(created_after_ms=since)
-        claims += runs.events_query_claims(((q.id, q.name, q.state, q.created_ms()) for q in listed), job_id)
-    return claims
-
-
-#: How long an events run that gave way to an overlapping one waits before it plans again.
-RECLAIM_SECONDS = 60
+@contextmanager
+def events_decision(log: Any) -> Iterator[None]:
+    """Translate what :mod:`~airflow_cja_audiences.pipeline.events` (and the server path's claim)
+    decide: a give-way into a reschedule (plan again later, nothing of this run is live), a refusal
+    into ``AirflowFailException`` with its message unchanged and the typed refusal chained."""
+    try:
+        yield
+    except event_plans.GiveWay as way:
+        log.warning("%s; planning again at %s", way.what, runs.utc_iso(way.until))
+        raise AirflowRescheduleException(way.until) from way
+    except (event_plans.EventsShrinkError, ClaimLostError) as exc:
+        raise AirflowFailException(str(exc)) from exc
 
 
 def _counted(batches: Iterator[Sequence[Any]], received: list[int]) -> Iterator[Sequence[Any]]:

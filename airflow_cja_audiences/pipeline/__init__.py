@@ -14,6 +14,10 @@ skip). A decision that must look something up in AEP takes the hook as a small `
 * :mod:`.prepare`   before a load: the export is still live and identified, the batch still open,
                     the partition plan, the target batch (replay), the export history and the
                     snapshot's per-audience counts
+* :mod:`.events`    an events run: the interval it publishes (hull), what it replaces and reads, its
+                    guard and counts, and who goes first when runs overlap (:class:`.events.GiveWay`)
+* :mod:`.distill`   the server path: a retry re-attaches to its batch query by name, the batch a
+                    query wrote, an events query's claim checked after submitting
 * :mod:`.split`     a partition over Query Service's limits is split in two, recursively
 * :mod:`.setup`     resolve/ensure steps: earlier snapshots' exports, shared datasets, tenant, run plan
 """

@@ -5,7 +5,7 @@ The real hooks (``airflow_cja_audiences.hooks``) satisfy them structurally; test
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any, Protocol
 
 from airflow_cja_audiences.models import Batch, Dataset, ExportJob, ExportJobRequest
@@ -31,6 +31,12 @@ class BatchActions(BatchReader, Protocol):
     def abort_batch(self, batch_id: str) -> bool: ...
 
     def get_row_errors(self, batch_id: str, limit: int = 20) -> list[dict[str, Any]]: ...
+
+
+class BatchAborter(Protocol):
+    """Batch Ingestion's abort of an open batch (``BatchIngestionHook.abort_batch``)."""
+
+    def abort_batch(self, batch_id: str) -> bool: ...
 
 
 class BatchCreator(Protocol):
@@ -67,6 +73,43 @@ class ExportJobs(Protocol):
     def create_export_job(
         self, request: ExportJobRequest, *, created_after_ms: int, exclude: Collection[int] = ...
     ) -> ExportJob: ...
+
+
+class BatchQueryState(Protocol):
+    """A Query Service batch query as the pipeline reads it (``hooks.batch_query.BatchQuery``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def name(self) -> str | None: ...
+
+    @property
+    def is_success(self) -> bool: ...
+
+    @property
+    def is_terminal(self) -> bool: ...
+
+    def created_ms(self) -> int | None: ...
+
+
+class QueryLister(Protocol):
+    """Recent batch queries, newest first (``BatchQueryHook.recent_queries``)."""
+
+    def recent_queries(self, *, created_after_ms: int) -> Sequence[BatchQueryState]: ...
+
+
+class BatchQueries(QueryLister, Protocol):
+    """Query Service batch queries: find one by name, read, cancel (``BatchQueryHook``)."""
+
+    def find_query(self, name: str, *, created_after_ms: int) -> BatchQueryState | None: ...
+
+    def get_query(self, query_id: str) -> BatchQueryState: ...
+
+    def cancel_query(self, query_id: str) -> None: ...
 
 
 class StateStore(Protocol):

@@ -18,6 +18,8 @@ PURE = (
     "models",
     "pipeline",
     "pipeline.batches",
+    "pipeline.distill",
+    "pipeline.events",
     "pipeline.exported",
     "pipeline.ports",
     "pipeline.prepare",

@@ -129,3 +129,43 @@ class Store(dict):  # type: ignore[type-arg]
 
     def delete(self, key: str) -> None:
         self.pop(key, None)
+
+
+class Query:
+    """A Query Service batch query (the fields the pipeline reads)."""
+
+    def __init__(self, query_id: str, state: str = "IN_PROGRESS", name: str | None = None, created: int = 0):
+        self.id, self.state, self.name, self.created = query_id, state, name, created
+
+    @property
+    def is_success(self) -> bool:
+        return self.state == "SUCCESS"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in ("SUCCESS", "FAILED", "KILLED", "TIMEOUT")
+
+    def created_ms(self) -> int | None:
+        return self.created
+
+
+class Queries:
+    """Batch queries by id; ``recent_queries`` records how far back it was asked to look."""
+
+    def __init__(self, *queries: Query) -> None:
+        self.queries = {q.id: q for q in queries}
+        self.asked_since: list[int] = []
+        self.cancelled: list[str] = []
+
+    def recent_queries(self, *, created_after_ms: int) -> list[Query]:
+        self.asked_since.append(created_after_ms)
+        return [q for q in self.queries.values() if q.created >= created_after_ms]
+
+    def find_query(self, name: str, *, created_after_ms: int) -> Query | None:
+        return next((q for q in self.queries.values() if q.name == name), None)
+
+    def get_query(self, query_id: str) -> Query:
+        return self.queries[query_id]
+
+    def cancel_query(self, query_id: str) -> None:
+        self.cancelled.append(query_id)
