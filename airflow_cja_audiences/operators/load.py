@@ -7,7 +7,7 @@ the uploads and the XCom plumbing, and turn a give-way into a reschedule.
 
 ``PrepareLoadOperator`` counts what the export holds for this job, checks the identity field, plans
 hash partitions (sized by time, see :mod:`airflow_cja_audiences.scanplan`: each ``LIMIT 0`` query
-within a time budget, from the time the count query took to scan the export; or by rows, each under
+within a time budget, from the time the counting query took to scan the export; or by rows, each under
 Query Service's 50,000-row cap), computes per-audience counts and opens the target batch.
 ``LoadPartitionOperator`` (mapped over the partitions, one task each, so more workers load in
 parallel) streams one partition through a server-side cursor, turns rows into CJA records and
