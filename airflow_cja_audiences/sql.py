@@ -427,12 +427,15 @@ def _select(
     sources: Sequence[str] | None = None,
     distinct: bool = False,
     order: bool = True,
+    counted: bool = True,
 ) -> str:
     """The shared shape: explode the membership maps of the export batch(es) and filter them.
 
     ``rows``: select the row columns of identified persons, ordered; else count all matches.
     ``sources``: read these export batches instead of ``q.batch_id`` alone. ``distinct``: one row per
     (person, audience, status, time), however many of the batches show it (counts count those too).
+    ``counted`` false (with ``distinct`` and not ``rows``): those distinct rows, NULL persons included,
+    uncounted (for an aggregate of one's own).
     """
     val = _values(q, partition)
     # Conditions on the person go inside, on the field path, so that rows are dropped before the
@@ -455,7 +458,7 @@ def _select(
         "WHERE " + "\n  AND ".join(outer)
     )
     sql = f"SELECT {'DISTINCT ' if distinct else ''}{columns}\n{body}"
-    if distinct and not rows:
+    if distinct and not rows and counted:
         return f"SELECT {_COUNT_SELECT}\nFROM (\n{sql}\n)"
     if rows and order:
         # personID first: the transform needs a person's rows to be contiguous. The rest makes the
@@ -650,6 +653,123 @@ def event_counts_sql(q: MembershipQuery, window: TimeWindow, sources: Sequence[s
     event = f"CASE WHEN {ROW_COLUMNS[2]} = {quote_literal(EXITED, 'status')} THEN 'exited' ELSE 'entered' END"
     return (
         f"SELECT {ROW_COLUMNS[1]}, {event} AS event, count(*) AS n\n"
+        f"FROM (\n{rows}\n)\n"
+        f"GROUP BY {ROW_COLUMNS[1]}, {event}\n"
+        f"ORDER BY {ROW_COLUMNS[1]}, event"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# What prepare reads, one statement each (every statement over an export batch is a full scan of
+# it on Query Service: Spark has no index on the batch's rows, so folding counts that read the same
+# batches into one aggregate saves a scan each)
+# ---------------------------------------------------------------------------------------------
+
+#: Columns of :func:`snapshot_counts_sql`, one row per audience.
+SNAPSHOT_COUNT_COLUMNS = (
+    "audienceId",
+    "memberships",
+    "identified",
+    "members",
+    "entered",
+    "entered_untimed",
+    "exited",
+    "untraced",
+)
+
+
+def snapshot_counts_sql(q: MembershipQuery, previous_batch_id: str | None) -> str:
+    """Per audience (:data:`SNAPSHOT_COUNT_COLUMNS`), in one read of this run's export batch and the
+    previous snapshot's export ``previous_batch_id``:
+
+    * ``memberships``, ``identified``: what :func:`count_sql` counts, per audience (their sums are its
+      one row; ``memberships - identified`` are the members without a person id, which
+      :func:`unidentified_counts_sql` counted);
+    * ``members`` .. ``untraced``: what :func:`change_counts_sql` counts (persons without an id are
+      left out of these, as there).
+
+    Rows are first grouped by (person, audience), the NULL person being one group whose row count
+    is kept (``rows_new``) and whose flags are ignored. Audiences with no row in either batch are
+    absent from the result.
+    """
+    if q.template is not None:
+        raise ValueError("snapshot counts use the built-in SQL; they are not available with a template")
+    new = quote_literal(q.batch_id, "batch id")
+    old = (
+        quote_literal(_checked(v.batch_id, previous_batch_id, "previous batch id"), "previous batch id")
+        if previous_batch_id
+        else None
+    )
+    val = _values(q, Partition())
+    batches = f"{new}, {old}" if old else new
+    member = f"status IN ({val['statuses']})"
+    known = f"{PERSON} IS NOT NULL"
+
+    def flag(batch: str | None, condition: str, agg: str = "max") -> str:
+        return f"{agg}(CASE WHEN batchId = {batch} AND {condition} THEN 1 ELSE 0 END)" if batch else "0"
+
+    def persons(condition: str) -> str:
+        return f"sum(CASE WHEN {known} AND {condition} THEN 1 ELSE 0 END)"
+
+    return (
+        f"SELECT audienceId, sum(rows_new) AS memberships,\n"
+        f"       sum(CASE WHEN {known} THEN rows_new ELSE 0 END) AS identified,\n"
+        f"       sum(CASE WHEN {known} THEN in_new ELSE 0 END) AS members,\n"
+        f"       {persons('in_new = 1 AND in_old = 0')} AS entered,\n"
+        f"       {persons('in_new = 1 AND in_old = 0 AND realized_new = 0')} AS entered_untimed,\n"
+        f"       {persons('in_new = 0 AND in_old = 1 AND exited_new = 1')} AS exited,\n"
+        f"       {persons('in_new = 0 AND in_old = 1 AND exited_new = 0')} AS untraced\n"
+        f"FROM (\n"
+        f"    SELECT {PERSON}, audienceId,\n"
+        f"           {flag(new, member, 'sum')} AS rows_new,\n"
+        f"           {flag(new, member)} AS in_new,\n"
+        f"           {flag(new, 'status = ' + quote_literal('realized', 'status'))} AS realized_new,\n"
+        f"           {flag(new, 'status = ' + quote_literal(EXITED, 'status'))} AS exited_new,\n"
+        f"           {flag(old, member)} AS in_old\n"
+        f"    FROM (\n"
+        f"        SELECT {PERSON}, batchId, key AS audienceId, value.status AS status\n"
+        f"        FROM (\n"
+        f"            SELECT {val['person']} AS {PERSON}, {q.batch_id_column} AS batchId, "
+        f"explode(segmentMembership.ups)\n"
+        f"            FROM {val['table']}\n"
+        f"            WHERE {q.batch_id_column} IN ({batches})\n"
+        f"        )\n"
+        f"        WHERE key IN ({val['audience_ids']})\n"
+        f"    )\n"
+        f"    GROUP BY {PERSON}, audienceId\n"
+        f")\n"
+        f"GROUP BY audienceId\n"
+        f"ORDER BY audienceId"
+    )
+
+
+#: Columns of :func:`event_totals_sql`, one row per audience and event type.
+EVENT_TOTAL_COLUMNS = ("audienceId", "event", "memberships", "identified")
+
+
+def event_totals_sql(q: MembershipQuery, window: TimeWindow, sources: Sequence[str] | None = None) -> str:
+    """Per audience and event type (``entered``/``exited``), in one read of the export batches
+    ``sources``: the distinct rows :func:`count_sql` counts for ``window`` (``memberships``) and those
+    with a person id (``identified``: what :func:`event_counts_sql` counts, and :func:`events_sql`
+    publishes). Their sums are :func:`count_sql`'s one row. Groups whose rows all lack a person id
+    have ``identified`` 0 (:func:`event_counts_sql` has no row for them)."""
+    if q.template is not None:
+        raise ValueError("sql templates apply to the snapshot query only; events use the built-in SQL")
+    if not isinstance(window, TimeWindow):
+        raise ValueError(f"window must be a TimeWindow, got {type(window).__name__}")
+    rows = _select(
+        q,
+        EVENT_STATUSES,
+        Partition(),
+        window.conditions(),
+        rows=False,
+        sources=sources,
+        distinct=True,
+        counted=False,
+    )
+    event = f"CASE WHEN {ROW_COLUMNS[2]} = {quote_literal(EXITED, 'status')} THEN 'exited' ELSE 'entered' END"
+    return (
+        f"SELECT {ROW_COLUMNS[1]}, {event} AS event, {_COUNT_SELECT}\n"
         f"FROM (\n{rows}\n)\n"
         f"GROUP BY {ROW_COLUMNS[1]}, {event}\n"
         f"ORDER BY {ROW_COLUMNS[1]}, event"

@@ -7,7 +7,7 @@ the uploads and the XCom plumbing, and turn a give-way into a reschedule.
 
 ``PrepareLoadOperator`` counts what the export holds for this job, checks the identity field, plans
 hash partitions (sized by time, see :mod:`airflow_cja_audiences.scanplan`: each ``LIMIT 0`` query
-within a time budget, from the time the count query took to scan the export; or by rows, each under
+within a time budget, from the time the counting query took to scan the export; or by rows, each under
 Query Service's 50,000-row cap), computes per-audience counts and opens the target batch.
 ``LoadPartitionOperator`` (mapped over the partitions, one task each, so more workers load in
 parallel) streams one partition through a server-side cursor, turns rows into CJA records and
@@ -247,35 +247,49 @@ class PrepareLoadOperator(_MembershipQueryOperator):
             )
         else:
             events, window, sources, label = None, None, None, self.label(context)
-        started = time.monotonic()
-        try:
-            ((total, identified),) = self.query_service.query_all(
-                sql.count_sql(q, window=window, sources=sources)
-            )
-        except QueryServiceError as exc:
-            raise _query_failed(f"counting the export failed: {exc}", exc) from exc
-        # The count reads the same export batches as the partition queries will: its duration is
-        # this run's measured scan time (start-up and queueing included, so on the safe side).
-        scan_seconds = time.monotonic() - started
-        prepare.check_identified(
-            total, identified, person_field=q.person_field, export_batch_id=self.export_batch_id
-        )
         previous = (
             list(events.replaced)
             if events
             else live_batches(ingestion, self.dataset_id, label, labels=query_labels(self))
         )
+        # One statement counts everything prepare needs from the export (totals, per-audience counts,
+        # the comparison with the previous snapshot's export): each statement is a full scan of it.
+        started = time.monotonic()
+        events_read: event_plans.EventsRead | None = None
+        snapshot_read: prepare.SnapshotRead | None = None
+        try:
+            if events:
+                events_read = event_plans.read_events(self.query_service.query_all, q, events)
+                total, identified = events_read.total, events_read.identified
+            else:
+                snapshot_read = prepare.read_snapshot(
+                    self.query_service.query_all,
+                    q,
+                    previous=previous,
+                    labels=query_labels(self),
+                    export_batch_id=self.export_batch_id,
+                )
+                total, identified = snapshot_read.total, snapshot_read.identified
+        except QueryServiceError as exc:
+            raise _query_failed(f"counting the export failed: {exc}", exc) from exc
+        # The count reads the export batches the partition queries will (a snapshot's also reads the
+        # previous snapshot's export): its duration is this run's measured scan time (start-up and
+        # queueing included, so on the safe side).
+        scan_seconds = time.monotonic() - started
+        prepare.check_identified(
+            total, identified, person_field=q.person_field, export_batch_id=self.export_batch_id
+        )
         if events:
             with events_decision(self.log):
                 event_plans.guard(events, identified, force=truthy(self.force))
         partitions = self._plan(identified, scan_seconds) if self.open_batch else []
-        if events:
+        if events and events_read is not None:
             found = event_plans.event_counts(
-                self.query_service.query_all, q, [a["id"] for a in self.audiences], events
+                self.query_service.query_all, q, [a["id"] for a in self.audiences], events, events_read
             )
             counts, coverage = found.counts, found.coverage
-        else:
-            counts, coverage = self._snapshot_counts(q, previous, exports)
+        elif snapshot_read is not None:
+            counts, coverage = self._snapshot_counts(snapshot_read, exports)
         batch_id = NO_BATCH
         if identified and self.open_batch:
             batch = ingestion.find_batch(
@@ -377,16 +391,13 @@ class PrepareLoadOperator(_MembershipQueryOperator):
     # -- snapshot --------------------------------------------------------------------------------
 
     def _snapshot_counts(
-        self, q: sql.MembershipQuery, previous: list[Any], exports: _ExportHistory
+        self, read: prepare.SnapshotRead, exports: _ExportHistory
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Members, entered/exited since the previous snapshot, members without a person id
         (:func:`airflow_cja_audiences.pipeline.prepare.snapshot_counts`)."""
         found = prepare.snapshot_counts(
-            self.query_service.query_all,
-            q,
+            read,
             [a["id"] for a in self.audiences],
-            previous=previous,
-            labels=query_labels(self),
             exports=exports,
             export_batch_id=self.export_batch_id,
         )

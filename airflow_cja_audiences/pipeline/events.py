@@ -167,15 +167,39 @@ class EventCounts:
     coverage: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class EventsRead:
+    """What prepare_events reads from the plan's sources, in one statement (one scan of each):
+    the totals the identity check and the guard use, and the per-audience rows
+    (:data:`airflow_cja_audiences.sql.EVENT_TOTAL_COLUMNS`) :func:`event_counts` uses."""
+
+    total: int  # distinct change rows in the window
+    identified: int  # of them, those with a person id (the events published)
+    rows: Sequence[Sequence[Any]]
+
+
+def read_events(query_all: QueryAll, q: sql.MembershipQuery, plan: EventsPlan) -> EventsRead:
+    """Count the plan's change events per audience and in total, in one statement
+    (:func:`airflow_cja_audiences.sql.event_totals_sql`): every statement is a scan of the sources."""
+    rows = query_all(sql.event_totals_sql(q, plan.window, plan.sources.batch_ids))
+    return EventsRead(sum(int(r[2]) for r in rows), sum(int(r[3]) for r in rows), rows)
+
+
 def event_counts(
-    query_all: QueryAll, q: sql.MembershipQuery, audience_ids: Sequence[str], plan: EventsPlan
+    query_all: QueryAll,
+    q: sql.MembershipQuery,
+    audience_ids: Sequence[str],
+    plan: EventsPlan,
+    read: EventsRead,
 ) -> EventCounts:
-    """Entered/exited per audience in the plan's interval, read from its sources; the entries no export
-    can date (between the untimed pair) as ``entered_untimed``; and what the counts cover."""
+    """Entered/exited per audience in the plan's interval (``read`` from its sources); the entries no
+    export can date (between the untimed pair, one more statement) as ``entered_untimed``; and what
+    the counts cover."""
     window = plan.window
     counts: dict[str, dict[str, Any]] = {a: {"entered": 0, "exited": 0} for a in audience_ids}
-    for audience_id, event, n in query_all(sql.event_counts_sql(q, window, plan.sources.batch_ids)):
-        counts[audience_id][event] = int(n)
+    for audience_id, event, _, n in read.rows:
+        if int(n):  # a group of rows without person ids publishes nothing
+            counts[audience_id][event] = int(n)
     pair = plan.sources.untimed_pair
     if pair is not None:
         untimed = dict.fromkeys(audience_ids, 0)

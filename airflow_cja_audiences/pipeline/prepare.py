@@ -272,13 +272,39 @@ def previous_export(previous: Sequence[Batch], labels: LabelOf, export_batch_id:
     return None if found == export_batch_id else found
 
 
-def snapshot_counts(
+@dataclass(frozen=True)
+class SnapshotRead:
+    """What prepare_snapshot reads from the export, in one statement (one scan of each batch it reads):
+    the totals :func:`check_identified` checks, and the per-audience rows :func:`snapshot_counts` uses."""
+
+    total: int  # memberships of the job's audiences with a member status
+    identified: int  # of them, those with a person id
+    rows: Sequence[Sequence[Any]]  # sql.SNAPSHOT_COUNT_COLUMNS
+    previous_export: str | None  # the export the live snapshot was made from (None: none, or this one)
+
+
+def read_snapshot(
     query_all: QueryAll,
     q: sql.MembershipQuery,
-    audience_ids: Sequence[str],
     *,
     previous: Sequence[Batch],
     labels: LabelOf,
+    export_batch_id: str,
+) -> SnapshotRead:
+    """Count this run's export and compare it with the previous snapshot's, in one statement
+    (:func:`airflow_cja_audiences.sql.snapshot_counts_sql`): on Query Service every statement over
+    the export is a full scan of it."""
+    before = previous_export(previous, labels, export_batch_id)
+    rows = query_all(sql.snapshot_counts_sql(q, before))
+    total = sum(int(r[1]) for r in rows)
+    identified = sum(int(r[2]) for r in rows)
+    return SnapshotRead(total, identified, rows, before)
+
+
+def snapshot_counts(
+    read: SnapshotRead,
+    audience_ids: Sequence[str],
+    *,
     exports: ExportHistory,
     export_batch_id: str,
 ) -> SnapshotCounts:
@@ -288,19 +314,16 @@ def snapshot_counts(
         a: {"members": 0, "entered": 0, "entered_untimed": 0, "exited": 0, "untraced": 0, "unidentified": 0}
         for a in audience_ids
     }
-    before = previous_export(previous, labels, export_batch_id)
-    for audience_id, members, entered, untimed, exited, untraced in query_all(
-        sql.change_counts_sql(q, before)
-    ):
+    before = read.previous_export
+    for audience_id, memberships, identified, members, entered, untimed, exited, untraced in read.rows:
         counts[audience_id].update(
             members=int(members),
             entered=int(entered),
             entered_untimed=int(untimed),
             exited=int(exited),
             untraced=int(untraced),
+            unidentified=int(memberships) - int(identified),
         )
-    for audience_id, n in query_all(sql.unidentified_counts_sql(q)):
-        counts[audience_id]["unidentified"] = int(n)
     earlier = exports.find(before) if before else None
     for audience_id, value in counts.items():
         new = before is None or (earlier is not None and audience_id not in earlier.segment_ids)

@@ -450,3 +450,66 @@ def test_partition_arguments_are_checked() -> None:
     assert Partition(8, 3).label == "p3of8"
     with pytest.raises(ValueError, match="must be a Partition"):
         sql.membership_sql(make_query(), (4, 1))  # type: ignore[arg-type]
+
+
+# --- prepare's folded reads: one statement per export read -------------------------------------
+
+PREVIOUS = "01EQ1C48TR4GD4FE7NH2522PRV"
+
+
+def test_snapshot_counts_sql_reads_both_exports_once_and_keeps_persons_without_an_id() -> None:
+    text = sql.snapshot_counts_sql(make_query(), PREVIOUS)
+    assert text.count("FROM audience_export") == 1  # one read of the export table
+    assert f"_acp_system_metadata.acp_sourceBatchId IN ('{BATCH}', '{PREVIOUS}')" in text
+    # NULL persons stay in the read (they are counted as memberships, not as identified)...
+    assert "email IS NOT NULL" not in text
+    assert "sum(rows_new) AS memberships" in text
+    assert "sum(CASE WHEN personID IS NOT NULL THEN rows_new ELSE 0 END) AS identified" in text
+    # ...and out of the person-level change counts.
+    assert (
+        "sum(CASE WHEN personID IS NOT NULL AND in_new = 1 AND in_old = 0 THEN 1 ELSE 0 END) AS entered"
+        in text
+    )
+    assert (
+        f"max(CASE WHEN batchId = '{PREVIOUS}' AND status IN ('realized', 'existing') THEN 1 ELSE 0 END) AS in_old"
+        in text
+    )
+    assert re.search(r"SELECT audienceId, sum\(rows_new\)", text)
+    assert text.endswith("GROUP BY audienceId\nORDER BY audienceId")
+
+
+def test_snapshot_counts_sql_without_a_previous_export_reads_this_one_alone() -> None:
+    text = sql.snapshot_counts_sql(make_query(), None)
+    assert f"acp_sourceBatchId IN ('{BATCH}')" in text
+    assert "0 AS in_old" in text
+
+
+@pytest.mark.parametrize("previous", ["x'; DROP TABLE t --", "a b", ""])
+def test_snapshot_counts_sql_refuses_a_previous_batch_id_that_is_not_one(previous: str) -> None:
+    if not previous:  # empty: no previous export, not an error
+        assert "0 AS in_old" in sql.snapshot_counts_sql(make_query(), previous)
+        return
+    with pytest.raises(ValueError, match="previous batch id"):
+        sql.snapshot_counts_sql(make_query(), previous)
+
+
+def test_folded_reads_refuse_templates() -> None:
+    q = make_query(template="SELECT * FROM {table} WHERE {batch_filter} AND {partition_filter}")
+    with pytest.raises(ValueError, match="template"):
+        sql.snapshot_counts_sql(q, None)
+    with pytest.raises(ValueError, match="template"):
+        sql.event_totals_sql(q, TimeWindow("2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z"))
+
+
+def test_event_totals_sql_counts_the_distinct_event_rows_per_audience_and_event() -> None:
+    window = TimeWindow("2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z")
+    text = sql.event_totals_sql(make_query(), window, [BATCH, PREVIOUS])
+    assert text.count("FROM audience_export") == 1
+    assert f"IN ('{BATCH}', '{PREVIOUS}')" in text
+    assert "SELECT DISTINCT personID, key AS audienceId" in text
+    assert "email IS NOT NULL" not in text  # count_sql's total counts rows without a person id too
+    assert "value.lastQualificationTime >= '2026-11-01T00:00:00Z'" in text
+    assert "count(*) AS memberships, count(personID) AS identified" in text
+    assert text.endswith("ORDER BY audienceId, event")
+    with pytest.raises(ValueError, match="TimeWindow"):
+        sql.event_totals_sql(make_query(), "2026-11-01")  # type: ignore[arg-type]

@@ -77,6 +77,25 @@ def test_scans_are_counted_and_cost_modelled_time(qs_emu: Any) -> None:
     api.close()
 
 
+def test_one_statement_over_two_batches_is_one_scan_of_both(qs_emu: Any) -> None:
+    """What prepare's folded counts rely on: a statement naming two export batches (this run's and the
+    previous snapshot's) is one scan (one start-up cost) reading the rows of both; two statements over
+    the same batches are two scans, each paying for its batches again."""
+    api, table, jobs = _exports(qs_emu)
+    rows = [j["metrics"]["totalExportedProfileCounter"] for j in jobs]
+    ids = [j["destination"]["batchId"] for j in jobs]
+    qs_emu.admin.scans("DELETE")
+    with _connect(qs_emu, api) as conn:
+        conn.execute(f"SELECT count(*) FROM {table} WHERE _acp_batchid IN (%s, %s)", ids).fetchall()
+        folded = qs_emu.admin.scans()
+        for batch in ids:
+            conn.execute(f"SELECT count(*) FROM {table} WHERE _acp_batchid = %s", (batch,)).fetchall()
+    separate = qs_emu.admin.scans()
+    assert (folded["scans"], folded["batch_scans"], folded["rows_scanned"]) == (1, 2, sum(rows))
+    assert (separate["scans"], separate["batch_scans"], separate["rows_scanned"]) == (3, 4, 2 * sum(rows))
+    api.close()
+
+
 def test_a_scan_longer_than_the_timeout_fails_with_the_timeout_53400(qs_emu: Any) -> None:
     api, table, _ = _exports(qs_emu)
     qs_emu.admin.scans("POST", seconds_per_million_rows=0, seconds_per_query=30)

@@ -339,3 +339,38 @@ def test_split_statements_and_java_patterns() -> None:
     assert java_to_strftime("dd/MM/yy HH:mm:ss.SSS 'o''clock'") == "%d/%m/%y %H:%M:%S.%g o'clock"
     with pytest.raises(QueryServiceError):
         java_to_strftime("QQQ")
+
+
+def test_prepare_folded_counts_equal_the_statements_they_replace(cur: Any, qs: Any) -> None:
+    """prepare reads each export once: the folded per-audience statements give exactly the numbers of
+    count_sql, change_counts_sql, unidentified_counts_sql and event_counts_sql (NULL persons included)."""
+    from airflow_cja_audiences import sql as qsql
+
+    (_, old), (_, new) = qs.BATCHES[0], qs.BATCHES[1]
+    query = qsql.MembershipQuery(
+        table=qs.SMALL_TABLE,
+        person_field=f"_{qs.TENANT}.identification.core.email",
+        audience_ids=("aud-1", "aud-2", "aud-3"),
+        batch_id=new,
+    )
+    assert any(m.email is None and m.source_batch == new for m in qs.memberships())  # the case that matters
+    for previous in (old, None):
+        cur.execute(qsql.snapshot_counts_sql(query, previous))
+        folded = cur.fetchall()
+        cur.execute(qsql.count_sql(query))
+        total, identified = cur.fetchone()
+        assert (sum(r[1] for r in folded), sum(r[2] for r in folded)) == (total, identified)
+        assert total > identified > 0
+        cur.execute(qsql.change_counts_sql(query, previous))
+        assert [(r[0], *r[3:]) for r in folded] == cur.fetchall()
+        cur.execute(qsql.unidentified_counts_sql(query))
+        assert {r[0]: r[1] - r[2] for r in folded if r[1] > r[2]} == dict(cur.fetchall())
+    window = qsql.TimeWindow("2026-11-10T00:00:00Z", "2026-11-20T00:00:00Z")
+    for sources in ([new], [old, new]):
+        cur.execute(qsql.event_totals_sql(query, window, sources))
+        folded = cur.fetchall()
+        assert folded
+        cur.execute(qsql.count_sql(query, window=window, sources=sources))
+        assert (sum(r[2] for r in folded), sum(r[3] for r in folded)) == cur.fetchone()
+        cur.execute(qsql.event_counts_sql(query, window, sources))
+        assert [(a, e, n) for a, e, _, n in folded if n] == cur.fetchall()

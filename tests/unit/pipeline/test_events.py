@@ -129,11 +129,13 @@ def test_event_counts_add_the_untimed_entries_between_two_full_exports():
 
     def query_all(text):
         statements.append(text)
-        if len(statements) == 1:
-            return [("aud-1", "entered", 5), ("aud-2", "exited", 2)]
+        if len(statements) == 1:  # audience, event, distinct rows, of them with a person id
+            return [("aud-1", "entered", 6, 5), ("aud-2", "exited", 2, 2), ("aud-2", "entered", 1, 0)]
         return [("aud-1", 9, 0, 3, 0, 0)]  # change counts: the untimed entries are the fourth column
 
-    found = events.event_counts(query_all, _query(), ["aud-1", "aud-2"], plan)
+    read = events.read_events(query_all, _query(), plan)
+    assert (read.total, read.identified) == (9, 7)
+    found = events.event_counts(query_all, _query(), ["aud-1", "aud-2"], plan, read)
     assert found.counts == {
         "aud-1": {"entered": 5, "exited": 0, "entered_untimed": 3},
         "aud-2": {"entered": 0, "exited": 2, "entered_untimed": 0},
@@ -147,7 +149,7 @@ def test_event_counts_add_the_untimed_entries_between_two_full_exports():
 def test_event_counts_without_a_bracketing_pair_warn_that_untimed_entries_are_missing(caplog):
     plan = _plan(Ingestion())
     with caplog.at_level(logging.WARNING):
-        found = events.event_counts(lambda text: [], _query(), ["aud-1"], plan)
+        found = events.event_counts(lambda text: [], _query(), ["aud-1"], plan, events.EventsRead(0, 0, []))
     assert found.counts == {"aud-1": {"entered": 0, "exited": 0}}
     assert found.coverage["untimed_window"] is None
     assert "No two consecutive full exports" in caplog.text

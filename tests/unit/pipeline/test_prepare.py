@@ -100,9 +100,8 @@ def test_snapshot_counts_mark_new_audiences_and_cover_both_exports():
 
     def query_all(text):
         statements.append(text)
-        if len(statements) == 1:
-            return [("aud-1", 5, 2, 1, 1, 0), ("aud-2", 3, 3, 0, 0, 0)]
-        return [("aud-1", 4)]
+        # memberships, identified, members, entered, entered_untimed, exited, untraced
+        return [("aud-1", 9, 5, 5, 2, 1, 1, 0), ("aud-2", 3, 3, 3, 0, 0, 0, 0)]
 
     from airflow_cja_audiences import sql
 
@@ -113,15 +112,11 @@ def test_snapshot_counts_mark_new_audiences_and_cover_both_exports():
         tenant="acme",
         audience_ids=["aud-1", "aud-2"],
     )
-    found = prepare.snapshot_counts(
-        query_all,
-        q,
-        ["aud-1", "aud-2"],
-        previous=previous,
-        labels=lambda b: None,
-        exports=exports,
-        export_batch_id=EXPORT,
+    read = prepare.read_snapshot(
+        query_all, q, previous=previous, labels=lambda b: None, export_batch_id=EXPORT
     )
+    assert (read.total, read.identified, read.previous_export) == (12, 8, "PREV")
+    found = prepare.snapshot_counts(read, ["aud-1", "aud-2"], exports=exports, export_batch_id=EXPORT)
     assert found.counts["aud-1"] == {
         "members": 5,
         "entered": 2,
@@ -133,7 +128,7 @@ def test_snapshot_counts_mark_new_audiences_and_cover_both_exports():
     }
     assert found.counts["aud-2"]["new"] is True and found.counts["aud-2"]["entered"] is None
     assert found.coverage["from_batch_id"] == "PREV" and found.coverage["to_batch_id"] == EXPORT
-    assert "PREV" in statements[0]
+    assert len(statements) == 1 and "PREV" in statements[0]  # one read of both exports
 
 
 def test_a_load_into_a_batch_no_longer_open_is_refused():
