@@ -566,7 +566,7 @@ def change_counts_sql(
       was purged, or the person lost the identity field or was merged; not an exit.
 
     Persons are matched by the identity field (rows without it are left out: see
-    :func:`unidentified_counts_sql`). Both exports live in the same dataset, so one aggregate over the
+    the per-audience unidentified count). Both exports live in the same dataset, so one aggregate over the
     two batches answers it (no join). Without a previous batch, only ``members`` is meaningful.
     Audiences with no row in either batch are absent from the result.
     """
@@ -615,50 +615,6 @@ def change_counts_sql(
     )
 
 
-def unidentified_counts_sql(q: MembershipQuery) -> str:
-    """Per audience: members in this run's export without the identity field (CJA cannot use them)."""
-    if q.template is not None:
-        raise ValueError("change counts use the built-in SQL; they are not available with a template")
-    val = _values(q, Partition())
-    return (
-        f"SELECT key AS audienceId, count(*) AS unidentified\n"
-        f"FROM (\n"
-        f"    SELECT explode(segmentMembership.ups)\n"
-        f"    FROM {val['table']}\n"
-        f"    WHERE {val['batch_filter']}\n"
-        f"      AND {q.person_field} IS NULL\n"
-        f")\n"
-        f"WHERE key IN ({val['audience_ids']})\n"
-        f"  AND value.status IN ({val['statuses']})\n"
-        f"GROUP BY key\n"
-        f"ORDER BY audienceId"
-    )
-
-
-def event_counts_sql(q: MembershipQuery, window: TimeWindow, sources: Sequence[str] | None = None) -> str:
-    """Per audience and event type (``entered``/``exited``): how many change events
-    :func:`events_sql` publishes for the window (the same distinct rows)."""
-    if not isinstance(window, TimeWindow):
-        raise ValueError(f"window must be a TimeWindow, got {type(window).__name__}")
-    rows = _select(
-        q,
-        EVENT_STATUSES,
-        Partition(),
-        window.conditions(),
-        rows=True,
-        sources=sources,
-        distinct=True,
-        order=False,
-    )
-    event = f"CASE WHEN {ROW_COLUMNS[2]} = {quote_literal(EXITED, 'status')} THEN 'exited' ELSE 'entered' END"
-    return (
-        f"SELECT {ROW_COLUMNS[1]}, {event} AS event, count(*) AS n\n"
-        f"FROM (\n{rows}\n)\n"
-        f"GROUP BY {ROW_COLUMNS[1]}, {event}\n"
-        f"ORDER BY {ROW_COLUMNS[1]}, event"
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # What prepare reads, one statement each (every statement over an export batch is a full scan of
 # it on Query Service: Spark has no index on the batch's rows, so folding counts that read the same
@@ -684,7 +640,7 @@ def snapshot_counts_sql(q: MembershipQuery, previous_batch_id: str | None) -> st
 
     * ``memberships``, ``identified``: what :func:`count_sql` counts, per audience (their sums are its
       one row; ``memberships - identified`` are the members without a person id, which
-      :func:`unidentified_counts_sql` counted);
+      the per-audience unidentified count counted);
     * ``members`` .. ``untraced``: what :func:`change_counts_sql` counts (persons without an id are
       left out of these, as there).
 
@@ -750,9 +706,8 @@ EVENT_TOTAL_COLUMNS = ("audienceId", "event", "memberships", "identified")
 def event_totals_sql(q: MembershipQuery, window: TimeWindow, sources: Sequence[str] | None = None) -> str:
     """Per audience and event type (``entered``/``exited``), in one read of the export batches
     ``sources``: the distinct rows :func:`count_sql` counts for ``window`` (``memberships``) and those
-    with a person id (``identified``: what :func:`event_counts_sql` counts, and :func:`events_sql`
-    publishes). Their sums are :func:`count_sql`'s one row. Groups whose rows all lack a person id
-    have ``identified`` 0 (:func:`event_counts_sql` has no row for them)."""
+    with a person id (``identified``: what :func:`events_sql` publishes). Their sums are :func:`count_sql`'s one row. Groups whose rows all lack a person id
+    have ``identified`` 0."""
     if q.template is not None:
         raise ValueError("sql templates apply to the snapshot query only; events use the built-in SQL")
     if not isinstance(window, TimeWindow):
