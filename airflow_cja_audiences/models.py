@@ -186,6 +186,20 @@ class BatchStatus(_AdobeStatus):
     DELETED = "deleted"  # an inactive batch, garbage-collected
 
 
+class BatchQueryState(_AdobeStatus):
+    """``state`` of a Query Service query (Query Service API spec, ``query.state``;
+    https://experienceleague.adobe.com/en/docs/experience-platform/query/api/queries): a batch query
+    (Data Distiller ``INSERT INTO``) goes SUBMITTED -> IN_PROGRESS -> SUCCESS, or ends FAILED, KILLED
+    (cancelled) or TIMEOUT."""
+
+    SUBMITTED = "SUBMITTED"
+    IN_PROGRESS = "IN_PROGRESS"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+    TIMEOUT = "TIMEOUT"
+
+
 EXPORT_JOB_STATUS: StatusType[ExportJobStatus] = StatusType(
     "export job",
     ExportJobStatus,
@@ -207,6 +221,14 @@ BATCH_STATUS: StatusType[BatchStatus] = StatusType(
         }
     ),
     gone=frozenset({BatchStatus.INACTIVE, BatchStatus.DELETED}),
+)
+
+
+BATCH_QUERY_STATUS: StatusType[BatchQueryState] = StatusType(
+    "batch query",
+    BatchQueryState,
+    success=frozenset({BatchQueryState.SUCCESS}),
+    failed=frozenset({BatchQueryState.FAILED, BatchQueryState.KILLED, BatchQueryState.TIMEOUT}),
 )
 
 

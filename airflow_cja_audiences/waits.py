@@ -3,7 +3,8 @@
 Pure module (no Airflow import). The deferrable twin is :mod:`airflow_cja_audiences.triggers.aep`;
 both read statuses through the object's :class:`~airflow_cja_audiences.models.StatusType`, so a
 status means the same whether a worker or the triggerer waits. The hooks wrap it per object
-(``SegmentationHook.wait_for_export_job``, ``CatalogHook.wait_for_batch``).
+(``SegmentationHook.wait_for_export_job``, ``CatalogHook.wait_for_batch``,
+``BatchQueryHook.wait_for_query``).
 """
 
 from __future__ import annotations

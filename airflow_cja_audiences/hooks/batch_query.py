@@ -23,7 +23,7 @@ from pydantic import Field
 
 from airflow_cja_audiences.errors import AepError
 from airflow_cja_audiences.hooks.platform import AdobePlatformHook, path_segment
-from airflow_cja_audiences.models import AdobeModel, Batch
+from airflow_cja_audiences.models import BATCH_QUERY_STATUS, AdobeModel, Batch, BatchQueryState, StatusType
 
 # Pure (the pipeline's server-path decisions use them too); re-exported here where they were first.
 from airflow_cja_audiences.pipeline.distill import batch_written_by as batch_written_by
@@ -49,8 +49,9 @@ class BatchQuery(AdobeModel):
     updated: str | None = None
     is_insert_into: bool | None = Field(default=None, alias="isInsertInto")
 
-    SUCCESS: ClassVar[str] = "SUCCESS"
-    FAILED: ClassVar[frozenset[str]] = frozenset({"FAILED", "KILLED", "TIMEOUT"})
+    STATUS: ClassVar[StatusType[BatchQueryState]] = BATCH_QUERY_STATUS
+    # Upper-case spellings, for comparing with ``state.upper()`` (derived from BATCH_QUERY_STATUS).
+    FAILED: ClassVar[frozenset[str]] = frozenset(s.value for s in BATCH_QUERY_STATUS.failed)
 
     @property
     def name(self) -> str | None:
@@ -58,12 +59,17 @@ class BatchQuery(AdobeModel):
         return name if isinstance(name, str) else None
 
     @property
+    def status(self) -> str:
+        """The ``state`` (the name every waitable object's status goes by in :mod:`~airflow_cja_audiences.waits`)."""
+        return self.state
+
+    @property
     def is_success(self) -> bool:
-        return self.state.upper() == self.SUCCESS
+        return self.STATUS.outcome(self.state) == "success"
 
     @property
     def is_terminal(self) -> bool:
-        return self.is_success or self.state.upper() in self.FAILED
+        return self.STATUS.outcome(self.state) is not None
 
     def created_ms(self) -> int | None:
         return _epoch_ms(self.created)
@@ -157,6 +163,24 @@ class BatchQueryHook(AdobePlatformHook):
         )
         log.info("Batch query %s submitted (%s): %s", query.id, name, query.state)
         return query
+
+    def wait_for_query(
+        self, query_id: str, *, deadline: float, poll_interval: float = 15.0, first: BatchQuery | None = None
+    ) -> BatchQuery:
+        """Poll the query until it ends (``BATCH_QUERY_STATUS``) and return it; the synchronous twin of
+        ``BatchQueryTrigger``. ``deadline`` (epoch seconds) is required: past it,
+        :class:`~airflow_cja_audiences.errors.AepWaitTimeoutError` (the query is left running: the
+        caller decides whether to cancel it)."""
+        from airflow_cja_audiences.waits import wait_until_terminal
+
+        return wait_until_terminal(
+            lambda: self.get_query(query_id),
+            status_type=BatchQuery.STATUS,
+            what=f"batch query {query_id}",
+            deadline=deadline,
+            poll_interval=poll_interval,
+            first=first,
+        )
 
     def cancel_query(self, query_id: str) -> None:
         self.request_json(

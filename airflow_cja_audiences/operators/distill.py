@@ -27,6 +27,7 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_cja_audiences import distill, hooks, triggers
+from airflow_cja_audiences.errors import AepWaitTimeoutError
 from airflow_cja_audiences.links import AepBatchLink, push_batch_link
 from airflow_cja_audiences.operators.base import DEFAULT_DEFERRABLE, validate_event
 from airflow_cja_audiences.operators.load import (
@@ -168,14 +169,14 @@ class DistillOperator(_MembershipQueryOperator):
                     method_name="execute_complete",
                     kwargs={"query_id": query.id},
                 )
-            while not query.is_terminal:
-                if time.time() > deadline:
-                    self._cancel(query.id)
-                    raise AirflowException(
-                        f"batch query {query.id} still {query.state} after {self.wait_timeout} (cancelled)"
-                    )
-                time.sleep(self.poll_interval)
-                query = queries.get_query(query.id)
+            try:
+                query = queries.wait_for_query(
+                    query.id, deadline=deadline, poll_interval=self.poll_interval, first=query
+                )
+            except AepWaitTimeoutError as exc:
+                # A query left running would write a batch nobody publishes.
+                self._cancel(query.id)
+                raise AirflowException(f"{exc} (cancelled)") from exc
         return self._finish(context, query.id)
 
     def execute_complete(
