@@ -553,6 +553,63 @@ def export_rows_sql(q: MembershipQuery) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+#: How a (person, audience) pair changed between two exports, from the flags
+#: :func:`_person_audience_flags` computes: (column, condition, separator before the FROM).
+_CHANGES = (
+    ("entered", "in_new = 1 AND in_old = 0", ","),
+    ("entered_untimed", "in_new = 1 AND in_old = 0 AND realized_new = 0", ","),
+    ("exited", "in_new = 0 AND in_old = 1 AND exited_new = 1", ","),
+    ("untraced", "in_new = 0 AND in_old = 1 AND exited_new = 0", ""),
+)
+
+
+def _person_audience_flags(
+    q: MembershipQuery,
+    val: dict[str, str],
+    new: str,
+    old: str | None,
+    *,
+    identified_only: bool,
+    with_rows: bool,
+) -> str:
+    """``FROM`` (one row per person and audience over the export batches ``new`` and ``old``, with the
+    flags ``in_new``, ``realized_new``, ``exited_new``, ``in_old``; ``rows_new`` too ``with_rows``)
+    to the end of the statement, grouped by audience: the part :func:`change_counts_sql` and
+    :func:`snapshot_counts_sql` share. Both batches are read in one pass (no join)."""
+
+    def flag(batch: str | None, condition: str, agg: str = "max") -> str:
+        return f"{agg}(CASE WHEN batchId = {batch} AND {condition} THEN 1 ELSE 0 END)" if batch else "0"
+
+    batches = f"{new}, {old}" if old else new
+    member = f"status IN ({val['statuses']})"
+    rows = f"           {flag(new, member, 'sum')} AS rows_new,\n" if with_rows else ""
+    identified = f"              AND {q.person_field} IS NOT NULL\n" if identified_only else ""
+    return (
+        f"FROM (\n"
+        f"    SELECT {PERSON}, audienceId,\n"
+        f"{rows}"
+        f"           {flag(new, member)} AS in_new,\n"
+        f"           {flag(new, 'status = ' + quote_literal('realized', 'status'))} AS realized_new,\n"
+        f"           {flag(new, 'status = ' + quote_literal(EXITED, 'status'))} AS exited_new,\n"
+        f"           {flag(old, member)} AS in_old\n"
+        f"    FROM (\n"
+        f"        SELECT {PERSON}, batchId, key AS audienceId, value.status AS status\n"
+        f"        FROM (\n"
+        f"            SELECT {val['person']} AS {PERSON}, {q.batch_id_column} AS batchId, "
+        f"explode(segmentMembership.ups)\n"
+        f"            FROM {val['table']}\n"
+        f"            WHERE {q.batch_id_column} IN ({batches})\n"
+        f"{identified}"
+        f"        )\n"
+        f"        WHERE key IN ({val['audience_ids']})\n"
+        f"    )\n"
+        f"    GROUP BY {PERSON}, audienceId\n"
+        f")\n"
+        f"GROUP BY audienceId\n"
+        f"ORDER BY audienceId"
+    )
+
+
 def change_counts_sql(
     q: MembershipQuery, previous_batch_id: str | None, *, batch_id: str | None = None
 ) -> str:
@@ -579,39 +636,13 @@ def change_counts_sql(
         else None
     )
     val = _values(q, Partition())
-    batches = f"{new}, {old}" if old else new
-    member = f"status IN ({val['statuses']})"
-
-    def flag(batch: str | None, condition: str) -> str:
-        return f"max(CASE WHEN batchId = {batch} AND {condition} THEN 1 ELSE 0 END)" if batch else "0"
 
     return (
-        f"SELECT audienceId, sum(in_new) AS members,\n"
-        f"       sum(CASE WHEN in_new = 1 AND in_old = 0 THEN 1 ELSE 0 END) AS entered,\n"
-        f"       sum(CASE WHEN in_new = 1 AND in_old = 0 AND realized_new = 0 THEN 1 ELSE 0 END) AS entered_untimed,\n"
-        f"       sum(CASE WHEN in_new = 0 AND in_old = 1 AND exited_new = 1 THEN 1 ELSE 0 END) AS exited,\n"
-        f"       sum(CASE WHEN in_new = 0 AND in_old = 1 AND exited_new = 0 THEN 1 ELSE 0 END) AS untraced\n"
-        f"FROM (\n"
-        f"    SELECT {PERSON}, audienceId,\n"
-        f"           {flag(new, member)} AS in_new,\n"
-        f"           {flag(new, 'status = ' + quote_literal('realized', 'status'))} AS realized_new,\n"
-        f"           {flag(new, 'status = ' + quote_literal(EXITED, 'status'))} AS exited_new,\n"
-        f"           {flag(old, member)} AS in_old\n"
-        f"    FROM (\n"
-        f"        SELECT {PERSON}, batchId, key AS audienceId, value.status AS status\n"
-        f"        FROM (\n"
-        f"            SELECT {val['person']} AS {PERSON}, {q.batch_id_column} AS batchId, "
-        f"explode(segmentMembership.ups)\n"
-        f"            FROM {val['table']}\n"
-        f"            WHERE {q.batch_id_column} IN ({batches})\n"
-        f"              AND {q.person_field} IS NOT NULL\n"
-        f"        )\n"
-        f"        WHERE key IN ({val['audience_ids']})\n"
-        f"    )\n"
-        f"    GROUP BY {PERSON}, audienceId\n"
-        f")\n"
-        f"GROUP BY audienceId\n"
-        f"ORDER BY audienceId"
+        "SELECT audienceId, sum(in_new) AS members,\n"
+        + "".join(
+            f"       sum(CASE WHEN {cond} THEN 1 ELSE 0 END) AS {name}{sep}\n" for name, cond, sep in _CHANGES
+        )
+        + _person_audience_flags(q, val, new, old, identified_only=True, with_rows=False)
     )
 
 
@@ -657,45 +688,17 @@ def snapshot_counts_sql(q: MembershipQuery, previous_batch_id: str | None) -> st
         else None
     )
     val = _values(q, Partition())
-    batches = f"{new}, {old}" if old else new
-    member = f"status IN ({val['statuses']})"
     known = f"{PERSON} IS NOT NULL"
-
-    def flag(batch: str | None, condition: str, agg: str = "max") -> str:
-        return f"{agg}(CASE WHEN batchId = {batch} AND {condition} THEN 1 ELSE 0 END)" if batch else "0"
-
-    def persons(condition: str) -> str:
-        return f"sum(CASE WHEN {known} AND {condition} THEN 1 ELSE 0 END)"
 
     return (
         f"SELECT audienceId, sum(rows_new) AS memberships,\n"
         f"       sum(CASE WHEN {known} THEN rows_new ELSE 0 END) AS identified,\n"
         f"       sum(CASE WHEN {known} THEN in_new ELSE 0 END) AS members,\n"
-        f"       {persons('in_new = 1 AND in_old = 0')} AS entered,\n"
-        f"       {persons('in_new = 1 AND in_old = 0 AND realized_new = 0')} AS entered_untimed,\n"
-        f"       {persons('in_new = 0 AND in_old = 1 AND exited_new = 1')} AS exited,\n"
-        f"       {persons('in_new = 0 AND in_old = 1 AND exited_new = 0')} AS untraced\n"
-        f"FROM (\n"
-        f"    SELECT {PERSON}, audienceId,\n"
-        f"           {flag(new, member, 'sum')} AS rows_new,\n"
-        f"           {flag(new, member)} AS in_new,\n"
-        f"           {flag(new, 'status = ' + quote_literal('realized', 'status'))} AS realized_new,\n"
-        f"           {flag(new, 'status = ' + quote_literal(EXITED, 'status'))} AS exited_new,\n"
-        f"           {flag(old, member)} AS in_old\n"
-        f"    FROM (\n"
-        f"        SELECT {PERSON}, batchId, key AS audienceId, value.status AS status\n"
-        f"        FROM (\n"
-        f"            SELECT {val['person']} AS {PERSON}, {q.batch_id_column} AS batchId, "
-        f"explode(segmentMembership.ups)\n"
-        f"            FROM {val['table']}\n"
-        f"            WHERE {q.batch_id_column} IN ({batches})\n"
-        f"        )\n"
-        f"        WHERE key IN ({val['audience_ids']})\n"
-        f"    )\n"
-        f"    GROUP BY {PERSON}, audienceId\n"
-        f")\n"
-        f"GROUP BY audienceId\n"
-        f"ORDER BY audienceId"
+        + "".join(
+            f"       sum(CASE WHEN {known} AND {cond} THEN 1 ELSE 0 END) AS {name}{sep}\n"
+            for name, cond, sep in _CHANGES
+        )
+        + _person_audience_flags(q, val, new, old, identified_only=False, with_rows=True)
     )
 
 
