@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -232,7 +232,35 @@ BATCH_QUERY_STATUS: StatusType[BatchQueryState] = StatusType(
 )
 
 
-class Batch(AdobeModel):
+class WaitableModel(AdobeModel):
+    """An AEP object a pipeline waits for: its ``status`` read through its :class:`StatusType` (one
+    definition of which statuses end a wait, and how, for the wait, the trigger and the sensor)."""
+
+    STATUS: ClassVar[StatusType[Any]]
+
+    if TYPE_CHECKING:  # a field of each model (a property of BatchQuery's ``state``)
+
+        @property
+        def status(self) -> str: ...
+
+    @property
+    def outcome(self) -> Outcome | None:
+        return self.STATUS.outcome(self.status)
+
+    @property
+    def is_success(self) -> bool:
+        return self.outcome == "success"
+
+    @property
+    def is_failed(self) -> bool:
+        return self.outcome == "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.outcome is not None
+
+
+class Batch(WaitableModel):
     id: str
     status: str  # a BatchStatus, or a value Adobe added since (read as still running)
     created: int | None = None
@@ -259,18 +287,6 @@ class Batch(AdobeModel):
         return None
 
     @property
-    def outcome(self) -> Outcome | None:
-        return BATCH_STATUS.outcome(self.status)
-
-    @property
-    def is_success(self) -> bool:
-        return self.outcome == "success"
-
-    @property
-    def is_failed(self) -> bool:
-        return self.outcome == "failed"
-
-    @property
     def is_gone(self) -> bool:
         """Reverted (``inactive``) or garbage-collected (``deleted``)."""
         return self.outcome == "gone"
@@ -279,10 +295,6 @@ class Batch(AdobeModel):
     def is_open(self) -> bool:
         """Still ``loading``: files can be uploaded, and it can be completed or aborted."""
         return BATCH_STATUS.parse(self.status) is BatchStatus.LOADING
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.outcome is not None
 
     @property
     def failed_record_count(self) -> int:
@@ -324,7 +336,7 @@ class ExportJobDestination(AdobeModel):
     batch_id: str | None = Field(default=None, alias="batchId")
 
 
-class ExportJob(AdobeModel):
+class ExportJob(WaitableModel):
     id: int
     status: str
     destination: ExportJobDestination = Field(default_factory=ExportJobDestination)
@@ -336,23 +348,6 @@ class ExportJob(AdobeModel):
     request_id: str | None = Field(default=None, alias="requestId")
 
     STATUS: ClassVar[StatusType[ExportJobStatus]] = EXPORT_JOB_STATUS
-
-    @property
-    def outcome(self) -> Outcome | None:
-        return EXPORT_JOB_STATUS.outcome(self.status)
-
-    @property
-    def is_success(self) -> bool:
-        return self.outcome == "success"
-
-    @property
-    def is_failed(self) -> bool:
-        """FAILED (or CANCELLED): never re-attached to, and a retry starts a new job."""
-        return self.outcome == "failed"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.outcome is not None
 
     @property
     def exported_profiles(self) -> int | None:

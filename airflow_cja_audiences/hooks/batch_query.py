@@ -23,7 +23,7 @@ from pydantic import Field
 
 from airflow_cja_audiences.errors import AepError
 from airflow_cja_audiences.hooks.platform import AdobePlatformHook, path_segment
-from airflow_cja_audiences.models import BATCH_QUERY_STATUS, AdobeModel, Batch, BatchQueryState, StatusType
+from airflow_cja_audiences.models import BATCH_QUERY_STATUS, Batch, BatchQueryState, StatusType, WaitableModel
 
 # Pure (the pipeline's server-path decisions use them too); re-exported here where they were first.
 from airflow_cja_audiences.pipeline.distill import batch_written_by as batch_written_by
@@ -37,7 +37,7 @@ LIST_PAGE = 50
 MAX_LIST_PAGES = 10
 
 
-class BatchQuery(AdobeModel):
+class BatchQuery(WaitableModel):
     """A Query Service query object (the fields the pipeline reads)."""
 
     id: str
@@ -62,14 +62,6 @@ class BatchQuery(AdobeModel):
     def status(self) -> str:
         """The ``state`` (the name every waitable object's status goes by in :mod:`~airflow_cja_audiences.waits`)."""
         return self.state
-
-    @property
-    def is_success(self) -> bool:
-        return self.STATUS.outcome(self.state) == "success"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.STATUS.outcome(self.state) is not None
 
     def created_ms(self) -> int | None:
         return _epoch_ms(self.created)
