@@ -30,7 +30,11 @@ from airflow_cja_audiences.config import JobError, RefreshJob, read_jobs_file
 from airflow_cja_audiences.operators.cja import CheckCjaOperator
 from airflow_cja_audiences.operators.distill import DistillEventsOperator, DistillSnapshotOperator
 from airflow_cja_audiences.operators.export import ExportAudiencesOperator
-from airflow_cja_audiences.operators.load import LoadPartitionOperator, PrepareLoadOperator
+from airflow_cja_audiences.operators.load import (
+    CheckExportReadOperator,
+    LoadPartitionOperator,
+    PrepareLoadOperator,
+)
 from airflow_cja_audiences.operators.publish import AbortOpenBatchesOperator, PublishBatchOperator
 from airflow_cja_audiences.operators.report import ReportOperator
 from airflow_cja_audiences.operators.retention import PruneExportsOperator
@@ -198,6 +202,19 @@ def build_dag(job: RefreshJob) -> DAG:
         resolve >> plan >> [export_dataset, profile_dataset, export]
 
         job_json = job.model_dump(mode="json")
+        # Once per run, before either prepare: the export is live and the batch filter reads what the
+        # export job wrote (one scan of the export, instead of one in each prepare).
+        check_export = CheckExportReadOperator(
+            task_id="check_export_read",
+            **common,
+            job=job_json,
+            tenant=resolve.output["tenant"],
+            table_name=export_dataset.output["table_name"],
+            export_batch_id=export.output["export_batch_id"],
+            export_job_id=export.output["export_job_id"],
+            audiences=resolve.output["audiences"],
+            pool=job.query_service_pool,
+        )
         loads = {}
         for kind, dataset, enabled, guard in (
             ("snapshot", profile_dataset, plan.output["snapshot"], job.shrink_guard),
@@ -240,11 +257,12 @@ def build_dag(job: RefreshJob) -> DAG:
                 **common,
                 **query_args,
                 export_dataset_id=export.output["export_dataset_id"],
-                export_job_id=export.output["export_job_id"],
+                check_export=False,  # check_export_read did
                 pool=job.query_service_pool,
                 force="{{ params.force_replace }}",
                 open_batch=not server,
             )
+            check_export >> prepare
             # The loads read what prepare decided: the events interval may be widened over live
             # batches it overlaps, and the events are read from several exports.
             load_args = {

@@ -191,6 +191,7 @@ def run_mode(mode: str, args: argparse.Namespace, *, floor: bool = True) -> dict
                 emulator.admin("POST", "/emulator/clock", {"advance_seconds": -86_400 * back})
             emulator.admin("DELETE", "/emulator/query-service/scans")
             tables_before = _table_scans(emulator)
+            written_before = len(_batch_query_batches(emulator))
             logical = today - timedelta(days=back)
             code, output, seconds, rss = _peak_rss_run(
                 [str(Path(sys.executable).with_name("airflow")), "dags", "test", DAG_ID, logical.isoformat()],
@@ -216,6 +217,8 @@ def run_mode(mode: str, args: argparse.Namespace, *, floor: bool = True) -> dict
                     if v != tables_before.get(k, 0)
                 },
                 "batch_query_records": _batch_query_records(emulator),
+                # Batches batch queries wrote this run: one per dataset written (snapshot, events).
+                "batch_query_batches": len(_batch_query_batches(emulator)) - written_before,
             }
             result["runs"].append(entry)
             _log(
@@ -235,14 +238,19 @@ def run_mode(mode: str, args: argparse.Namespace, *, floor: bool = True) -> dict
     return result
 
 
-def _batch_query_records(emulator: demo.Emulator) -> int:
-    """Records of the newest successful batch a batch query wrote (0: none; the client path)."""
+def _batch_query_batches(emulator: demo.Emulator) -> list[dict[str, Any]]:
+    """The successful batches batch queries wrote (none on the client path)."""
     batches = emulator.admin("GET", "/emulator/state")["sandboxes"]["prod"]["batches"].values()
-    written = [
+    return [
         b
         for b in batches
         if b["status"] == "success" and any(o.get("type") == "query" for o in b["relatedObjects"])
     ]
+
+
+def _batch_query_records(emulator: demo.Emulator) -> int:
+    """Records of the newest successful batch a batch query wrote (0: none; the client path)."""
+    written = _batch_query_batches(emulator)
     return int(max(written, key=lambda b: b["created"])["recordCount"] or 0) if written else 0
 
 

@@ -68,51 +68,31 @@ _TEMPLATE_FIELDS = (
 )
 
 
-class _MembershipQueryOperator(AdobeBaseOperator):
-    """Shared parameters: what the export holds for this job and where the records go."""
-
-    template_fields = _TEMPLATE_FIELDS
+class _ExportReader(AdobeBaseOperator):
+    """Reads this run's export through Query Service: which rows the export holds for this job."""
 
     def __init__(
         self,
         *,
         job: dict[str, Any],
-        kind: Kind,
         tenant: str,
         table_name: str,
         export_batch_id: str,
         audiences: list[dict[str, Any]],
-        dataset_id: str,
-        interval_start: str | None = None,
-        interval_end: str | None = None,
-        enabled: bool | str = True,
-        sources: Any = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("sandbox", job.get("sandbox"))
         kwargs.setdefault("adobe_conn_id", job.get("conn_id") or "adobe_experience_platform_default")
         super().__init__(**kwargs)
-        if kind not in ("snapshot", "events"):
-            raise ValueError(f"kind must be 'snapshot' or 'events', not {kind!r}")
         self.job = job
-        self.kind: Kind = kind
         self.tenant = tenant
         self.table_name = table_name
         self.export_batch_id = export_batch_id
         self.audiences = audiences
-        self.dataset_id = dataset_id
-        self.interval_start = interval_start
-        self.interval_end = interval_end
-        self.enabled = enabled
-        self.sources = sources  # events: the export batches to read (prepare_events decides)
 
     @cached_property
     def job_config(self) -> RefreshJob:
         return RefreshJob.model_validate(self.job)
-
-    def _skip_unless_enabled(self) -> None:
-        if not truthy(self.enabled):
-            raise AirflowSkipException(f"this run publishes no {self.kind}")
 
     def query(self) -> sql.MembershipQuery:
         try:
@@ -125,6 +105,99 @@ class _MembershipQueryOperator(AdobeBaseOperator):
             )
         except ValueError as exc:
             raise AirflowFailException(f"invalid query input: {exc}") from exc
+
+    @cached_property
+    def query_service(self) -> Any:
+        # Shares the task's platform hook: its token, retry policy and retry counts.
+        return hooks.query_service.QueryServiceHook(
+            self.adobe_conn_id,
+            sandbox=self.sandbox,
+            platform_hook=self.hook(hooks.platform.AdobePlatformHook),
+        )
+
+    def ingestion(self) -> Any:
+        return self.hook(hooks.ingestion.BatchIngestionHook)
+
+    def check_export_read(self, q: sql.MembershipQuery, export_job_id: Any) -> None:
+        """Fail before writing anything when the batch filter does not find the rows the export job
+        (``export_job_id``, else its Catalog batch) says it wrote (see :mod:`airflow_cja_audiences.export_check`)."""
+        from airflow_cja_audiences.hooks.query_service import QueryServiceError
+
+        expected = prepare.expected_export_rows(
+            prepare.export_job_id(export_job_id),
+            self.export_batch_id,
+            jobs=lambda: self.hook(hooks.segmentation.SegmentationHook),
+            catalog=lambda: self.hook(hooks.catalog.CatalogHook),
+        )
+        try:
+            ((read,),) = self.query_service.query_all(sql.export_rows_sql(q))
+        except QueryServiceError as exc:
+            raise _query_failed(f"counting the export's rows failed: {exc}", exc) from exc
+        verdict = export_check.check_read(expected, int(read), batch_id_column=q.batch_id_column)
+        if verdict.ok:
+            self.log.info("Export read check: %s", verdict.message)
+            return
+        if verdict.retryable:
+            raise AirflowException(verdict.message)
+        raise AirflowFailException(verdict.message)
+
+
+class CheckExportReadOperator(_ExportReader):
+    """Once per run, before anything reads the export for publishing: the export batch is still live,
+    and the batch filter finds as many rows as the export job says it wrote.
+
+    A filter on the wrong batch column reads nothing, and an empty read would publish an empty
+    snapshot (no events) as if the audiences had emptied. One task checks for both kinds: every
+    statement over the export is a full scan of it on Query Service, so the check is not repeated
+    in each ``prepare_*`` (they run with ``check_export=False`` after it).
+    """
+
+    template_fields = ("sandbox", "tenant", "table_name", "export_batch_id", "audiences", "export_job_id")
+
+    def __init__(self, *, export_job_id: int | str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.export_job_id = export_job_id  # whose count the read must match (else its Catalog batch's)
+
+    def execute(self, context: Context) -> None:
+        require_live_export(
+            self.ingestion(),
+            self.export_batch_id,
+            "snapshot (or no events)",
+            self.job_config.export_retention_days,
+        )
+        self.check_export_read(self.query(), self.export_job_id)
+        self.log_retries()
+
+
+class _MembershipQueryOperator(_ExportReader):
+    """Shared parameters: what the export holds for this job and where the records go."""
+
+    template_fields = _TEMPLATE_FIELDS
+
+    def __init__(
+        self,
+        *,
+        kind: Kind,
+        dataset_id: str,
+        interval_start: str | None = None,
+        interval_end: str | None = None,
+        enabled: bool | str = True,
+        sources: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if kind not in ("snapshot", "events"):
+            raise ValueError(f"kind must be 'snapshot' or 'events', not {kind!r}")
+        self.kind: Kind = kind
+        self.dataset_id = dataset_id
+        self.interval_start = interval_start
+        self.interval_end = interval_end
+        self.enabled = enabled
+        self.sources = sources  # events: the export batches to read (prepare_events decides)
+
+    def _skip_unless_enabled(self) -> None:
+        if not truthy(self.enabled):
+            raise AirflowSkipException(f"this run publishes no {self.kind}")
 
     def window(self) -> sql.TimeWindow | None:
         if self.kind != "events":
@@ -147,15 +220,6 @@ class _MembershipQueryOperator(AdobeBaseOperator):
             text = sql.events_sql(q, window, partition, list(self.sources or ()) or None)
         return sql.lift_row_cap(text) if self.by_time else text
 
-    @cached_property
-    def query_service(self) -> Any:
-        # Shares the task's platform hook: its token, retry policy and retry counts.
-        return hooks.query_service.QueryServiceHook(
-            self.adobe_conn_id,
-            sandbox=self.sandbox,
-            platform_hook=self.hook(hooks.platform.AdobePlatformHook),
-        )
-
     def label(self, context: Context) -> BatchLabel:
         return BatchLabel.for_run(
             job_id=self.job_config.job_id,
@@ -165,9 +229,6 @@ class _MembershipQueryOperator(AdobeBaseOperator):
             interval_start=self.interval_start,
             interval_end=self.interval_end,
         )
-
-    def ingestion(self) -> Any:
-        return self.hook(hooks.ingestion.BatchIngestionHook)
 
 
 class PrepareLoadOperator(_MembershipQueryOperator):
@@ -190,6 +251,7 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         *,
         export_dataset_id: str = "",
         export_job_id: int | str | None = None,
+        check_export: bool = True,
         force: bool | str = False,
         open_batch: bool = True,
         **kwargs: Any,
@@ -198,6 +260,9 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         super().__init__(**kwargs)
         self.export_dataset_id = export_dataset_id
         self.export_job_id = export_job_id  # whose counts the read must match (else its Catalog batch's)
+        # False where a CheckExportReadOperator ran before (the refresh DAG's check_export_read): the
+        # read check is a full scan of the export, worth doing once per run, not once per prepare.
+        self.check_export = check_export
         self.force = force
         # False on the server path: a batch query writes the batch, so none is opened and no
         # partitions are planned (prepare only counts, checks identities and labels the run).
@@ -228,7 +293,8 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         q, ingestion = self.query(), self.ingestion()
         # A reverted export first (one Catalog call, a clear message), then the rows read vs the job's count.
         require_live_export(ingestion, self.export_batch_id, self.kind, self.job_config.export_retention_days)
-        self._check_export_read(q)  # before anything is written: an empty read must never publish
+        if self.check_export:  # before anything is written: an empty read must never publish
+            self.check_export_read(q, self.export_job_id)
         exports = self._export_history()
         if self.kind == "events":
             events = event_plans.plan_events(
@@ -339,29 +405,6 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         """The target batch, replaying (replacing) ``predecessors`` when AEP accepts it
         (:func:`airflow_cja_audiences.pipeline.prepare.create_target_batch`)."""
         return prepare.create_target_batch(ingestion, self.dataset_id, label, predecessors)
-
-    def _check_export_read(self, q: sql.MembershipQuery) -> None:
-        """Fail before writing anything when the batch filter does not find the rows the export job
-        says it wrote (see :mod:`airflow_cja_audiences.export_check`)."""
-        from airflow_cja_audiences.hooks.query_service import QueryServiceError
-
-        expected = prepare.expected_export_rows(
-            prepare.export_job_id(self.export_job_id),
-            self.export_batch_id,
-            jobs=lambda: self.hook(hooks.segmentation.SegmentationHook),
-            catalog=lambda: self.hook(hooks.catalog.CatalogHook),
-        )
-        try:
-            ((read,),) = self.query_service.query_all(sql.export_rows_sql(q))
-        except QueryServiceError as exc:
-            raise _query_failed(f"counting the export's rows failed: {exc}", exc) from exc
-        verdict = export_check.check_read(expected, int(read), batch_id_column=q.batch_id_column)
-        if verdict.ok:
-            self.log.info("Export read check: %s", verdict.message)
-            return
-        if verdict.retryable:
-            raise AirflowException(verdict.message)
-        raise AirflowFailException(verdict.message)
 
     def _plan(self, rows: int, scan_seconds: float) -> Sequence[sql.Partition]:
         """The partitions to map the load over; fails before anything is mapped when no plan fits

@@ -7,9 +7,10 @@ and the org's Query Service sessions capped at 5:
 * a job reading by the logical batch (the default ``batch_id_column``) publishes exactly the ground
   truth;
 * a job whose filter names the physical column reads nothing. Without the export read check that run
-  *succeeds* and publishes an empty snapshot (shown first, as the control); with it, ``prepare_snapshot``
-  fails naming the export job, the expected and the read counts, and no batch is ever created in the
-  CJA profile dataset (Catalog).
+  *succeeds* and publishes an empty snapshot (shown first, as the control); with it, ``check_export_read``
+  fails naming the export job, the expected and the read counts, no ``prepare_*`` runs, and no batch is
+  ever created in the CJA profile dataset (Catalog). ``PrepareLoadOperator`` used on its own checks
+  the same way.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def test_realistic_query_service_reads_the_logical_batch_and_refuses_an_empty_re
 ):
     from airflow.sdk.exceptions import AirflowException
 
-    from airflow_cja_audiences.operators.load import PrepareLoadOperator
+    from airflow_cja_audiences.operators.load import CheckExportReadOperator, PrepareLoadOperator
 
     emu.admin.knobs(**REALISTIC_QUERY_SERVICE)
     audiences = [a["id"] for a in emu.admin.state()["audiences"][:2]]
@@ -115,46 +116,50 @@ def test_realistic_query_service_reads_the_logical_batch_and_refuses_an_empty_re
     wrong = make_job(audiences, job_id="realqs_wrong", publish_events=False, batch_id_column="_acp_batchid")
     dag = dags_folder(wrong)
     with monkeypatch.context() as m:
-        m.setattr(PrepareLoadOperator, "_check_export_read", lambda self, q: None)
+        m.setattr(CheckExportReadOperator, "check_export_read", lambda self, q, job_id: None)
         state, tasks, _ = _run(dag, interval_end(1))
     assert state == "success", tasks  # what the check exists for: silently empty
     profile_ds = _dataset_id(emu, wrong.names.profile_dataset)
     assert _snapshot(emu, profile_ds, tenant) == {} != _truth(emu, audiences)
     assert _batches_of(emu, profile_ds) == []
 
-    # 3. With the check: prepare_snapshot fails, nothing downstream loads or publishes, no batch is created.
+    # 3. With the check: check_export_read fails, nothing downstream prepares, loads or publishes, no
+    # batch is created.
     state, tasks, xcoms = _run(dag, interval_end(0))
     assert state == "failed"
-    assert tasks["prepare_snapshot"] == "failed", tasks
+    assert tasks["check_export_read"] == "failed", tasks
+    assert tasks["prepare_snapshot"] != "success", tasks
     assert "success" not in (tasks.get("load_snapshot"), tasks["publish_snapshot"]), tasks
     assert _batches_of(emu, profile_ds) == []
 
-    # The message names the export job, what it wrote and what the read found.
+    # The message names the export job, what it wrote and what the read found; the same from the DAG's
+    # check and from a PrepareLoadOperator used on its own (it checks unless told a check ran).
     export = xcoms["export_audiences"]
     [job] = [j for j in _prod(emu)["exportJobs"] if j["id"] == export["export_job_id"]]
-    op = PrepareLoadOperator(
-        task_id="prepare_snapshot",
-        job=wrong.model_dump(mode="json"),
-        kind="snapshot",
-        tenant=tenant,
-        table_name=xcoms["ensure_export_dataset"]["table_name"],
-        export_batch_id=export["export_batch_id"],
-        export_job_id=export["export_job_id"],
-        audiences=xcoms["resolve_audiences"]["audiences"],
-        dataset_id=profile_ds,
-    )
-    with pytest.raises(AirflowException) as info:
-        op.execute({"ti": SimpleNamespace(xcom_push=lambda **kw: None), "run_id": "manual__check"})
-    message = str(info.value)
+    reads = {
+        "tenant": tenant,
+        "table_name": xcoms["ensure_export_dataset"]["table_name"],
+        "export_batch_id": export["export_batch_id"],
+        "export_job_id": export["export_job_id"],
+        "audiences": xcoms["resolve_audiences"]["audiences"],
+        "job": wrong.model_dump(mode="json"),
+    }
     exported = export["exported_profiles"]
     assert exported and job["metrics"]["totalExportedProfileCounter"] == exported
-    for part in (
-        f"export job {export['export_job_id']}",
-        f"batch {export['export_batch_id']}",
-        "shows 0 rows",
-        f"wrote {exported}",
-        "_acp_batchid",
-        "Nothing published",
+    for op in (
+        CheckExportReadOperator(task_id="check_export_read", **reads),
+        PrepareLoadOperator(task_id="prepare_snapshot", kind="snapshot", dataset_id=profile_ds, **reads),
     ):
-        assert part in message, (part, message)
+        with pytest.raises(AirflowException) as info:
+            op.execute({"ti": SimpleNamespace(xcom_push=lambda **kw: None), "run_id": "manual__check"})
+        message = str(info.value)
+        for part in (
+            f"export job {export['export_job_id']}",
+            f"batch {export['export_batch_id']}",
+            "shows 0 rows",
+            f"wrote {exported}",
+            "_acp_batchid",
+            "Nothing published",
+        ):
+            assert part in message, (op.task_id, part, message)
     assert _batches_of(emu, profile_ds) == []

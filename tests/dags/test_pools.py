@@ -84,7 +84,14 @@ def test_every_query_service_session_is_in_the_pool_and_the_defaults_stay_below_
     from pathlib import Path
 
     dag = _dag("qs_pool_b")
-    sessions = {"resolve_audiences", "prepare_snapshot", "load_snapshot", "prepare_events", "load_events"}
+    sessions = {
+        "resolve_audiences",
+        "check_export_read",
+        "prepare_snapshot",
+        "load_snapshot",
+        "prepare_events",
+        "load_events",
+    }
     pooled = {t.task_id for t in dag.tasks if t.pool == "qs_pool_b"}
     assert sessions & {t.task_id for t in dag.tasks} <= pooled, pooled
     assert DEFAULT_POOL_SLOTS < QUERY_SERVICE_SESSIONS_PER_ORG
