@@ -427,15 +427,12 @@ def _select(
     sources: Sequence[str] | None = None,
     distinct: bool = False,
     order: bool = True,
-    counted: bool = True,
 ) -> str:
     """The shared shape: explode the membership maps of the export batch(es) and filter them.
 
     ``rows``: select the row columns of identified persons, ordered; else count all matches.
     ``sources``: read these export batches instead of ``q.batch_id`` alone. ``distinct``: one row per
     (person, audience, status, time), however many of the batches show it (counts count those too).
-    ``counted`` false (with ``distinct`` and not ``rows``): those distinct rows, NULL persons included,
-    uncounted (for an aggregate of one's own).
     """
     val = _values(q, partition)
     # Conditions on the person go inside, on the field path, so that rows are dropped before the
@@ -458,7 +455,7 @@ def _select(
         "WHERE " + "\n  AND ".join(outer)
     )
     sql = f"SELECT {'DISTINCT ' if distinct else ''}{columns}\n{body}"
-    if distinct and not rows and counted:
+    if distinct and not rows:
         return f"SELECT {_COUNT_SELECT}\nFROM (\n{sql}\n)"
     if rows and order:
         # personID first: the transform needs a person's rows to be contiguous. The rest makes the
@@ -566,21 +563,28 @@ _CHANGES = (
 def _person_audience_flags(
     q: MembershipQuery,
     val: dict[str, str],
-    new: str,
+    new: str | None,
     old: str | None,
     *,
     identified_only: bool,
     with_rows: bool,
+    read: Sequence[str] = (),
+    per_row: Sequence[str] = (),
+    per_group: Sequence[str] = (),
 ) -> str:
     """``FROM`` (one row per person and audience over the export batches ``new`` and ``old``, with the
     flags ``in_new``, ``realized_new``, ``exited_new``, ``in_old``; ``rows_new`` too ``with_rows``)
-    to the end of the statement, grouped by audience: the part :func:`change_counts_sql` and
-    :func:`snapshot_counts_sql` share. Both batches are read in one pass (no join)."""
+    to the end of the statement, grouped by audience: the part :func:`snapshot_counts_sql` and
+    :func:`events_read_sql` share. All batches are read in one pass (no join).
+
+    ``read``: the quoted batches to read instead of ``new`` and ``old`` (their flags still look at
+    those two only); ``per_row``: more columns of each exploded row (``value`` in scope);
+    ``per_group``: more aggregates per person and audience, over those columns."""
 
     def flag(batch: str | None, condition: str, agg: str = "max") -> str:
         return f"{agg}(CASE WHEN batchId = {batch} AND {condition} THEN 1 ELSE 0 END)" if batch else "0"
 
-    batches = f"{new}, {old}" if old else new
+    batches = ", ".join(read) if read else ", ".join(b for b in (new, old) if b)
     member = f"status IN ({val['statuses']})"
     rows = f"           {flag(new, member, 'sum')} AS rows_new,\n" if with_rows else ""
     identified = f"              AND {q.person_field} IS NOT NULL\n" if identified_only else ""
@@ -588,12 +592,15 @@ def _person_audience_flags(
         f"FROM (\n"
         f"    SELECT {PERSON}, audienceId,\n"
         f"{rows}"
-        f"           {flag(new, member)} AS in_new,\n"
+        + "".join(f"           {agg},\n" for agg in per_group)
+        + f"           {flag(new, member)} AS in_new,\n"
         f"           {flag(new, 'status = ' + quote_literal('realized', 'status'))} AS realized_new,\n"
         f"           {flag(new, 'status = ' + quote_literal(EXITED, 'status'))} AS exited_new,\n"
         f"           {flag(old, member)} AS in_old\n"
         f"    FROM (\n"
-        f"        SELECT {PERSON}, batchId, key AS audienceId, value.status AS status\n"
+        f"        SELECT {PERSON}, batchId, key AS audienceId, value.status AS status"
+        + "".join(f",\n               {col}" for col in per_row)
+        + f"\n"
         f"        FROM (\n"
         f"            SELECT {val['person']} AS {PERSON}, {q.batch_id_column} AS batchId, "
         f"explode(segmentMembership.ups)\n"
@@ -607,42 +614,6 @@ def _person_audience_flags(
         f")\n"
         f"GROUP BY audienceId\n"
         f"ORDER BY audienceId"
-    )
-
-
-def change_counts_sql(
-    q: MembershipQuery, previous_batch_id: str | None, *, batch_id: str | None = None
-) -> str:
-    """Per audience, between the export ``previous_batch_id`` and ``batch_id`` (default: this run's):
-
-    * ``members``: members in the newer export;
-    * ``entered``: members now who were not before; ``entered_untimed`` of them show ``existing``,
-      not ``realized``: they entered in between, but AEP no longer says when;
-    * ``exited``: members before whose membership now shows ``exited`` (a proven exit);
-    * ``untraced``: members before who are absent now under the same person id: their membership
-      was purged, or the person lost the identity field or was merged; not an exit.
-
-    Persons are matched by the identity field (rows without it are left out: see
-    the per-audience unidentified count). Both exports live in the same dataset, so one aggregate over the
-    two batches answers it (no join). Without a previous batch, only ``members`` is meaningful.
-    Audiences with no row in either batch are absent from the result.
-    """
-    if q.template is not None:
-        raise ValueError("change counts use the built-in SQL; they are not available with a template")
-    new = quote_literal(_checked(v.batch_id, batch_id or q.batch_id, "batch id"), "batch id")
-    old = (
-        quote_literal(_checked(v.batch_id, previous_batch_id, "previous batch id"), "previous batch id")
-        if previous_batch_id
-        else None
-    )
-    val = _values(q, Partition())
-
-    return (
-        "SELECT audienceId, sum(in_new) AS members,\n"
-        + "".join(
-            f"       sum(CASE WHEN {cond} THEN 1 ELSE 0 END) AS {name}{sep}\n" for name, cond, sep in _CHANGES
-        )
-        + _person_audience_flags(q, val, new, old, identified_only=True, with_rows=False)
     )
 
 
@@ -672,8 +643,15 @@ def snapshot_counts_sql(q: MembershipQuery, previous_batch_id: str | None) -> st
     * ``memberships``, ``identified``: what :func:`count_sql` counts, per audience (their sums are its
       one row; ``memberships - identified`` are the members without a person id, which
       the per-audience unidentified count counted);
-    * ``members`` .. ``untraced``: what :func:`change_counts_sql` counts (persons without an id are
-      left out of these, as there).
+    * ``members``: members in this run's export;
+    * ``entered``: members now who were not before; ``entered_untimed`` of them show ``existing``,
+      not ``realized``: they entered in between, but AEP no longer says when;
+    * ``exited``: members before whose membership now shows ``exited`` (a proven exit);
+    * ``untraced``: members before who are absent now under the same person id: their membership
+      was purged, or the person lost the identity field or was merged; not an exit.
+
+    ``members`` .. ``untraced`` match persons by the identity field: persons without one are left
+    out of them. Without a previous batch, only ``members`` of these is meaningful.
 
     Rows are first grouped by (person, audience), the NULL person being one group whose row count
     is kept (``rows_new``) and whose flags are ignored. Audiences with no row in either batch are
@@ -702,33 +680,80 @@ def snapshot_counts_sql(q: MembershipQuery, previous_batch_id: str | None) -> st
     )
 
 
-#: Columns of :func:`event_totals_sql`, one row per audience and event type.
-EVENT_TOTAL_COLUMNS = ("audienceId", "event", "memberships", "identified")
+#: Columns of :func:`events_read_sql`, one row per audience.
+EVENTS_READ_COLUMNS = (
+    "audienceId",
+    "entered",
+    "entered_identified",
+    "exited",
+    "exited_identified",
+    "entered_untimed",
+)
 
 
-def event_totals_sql(q: MembershipQuery, window: TimeWindow, sources: Sequence[str] | None = None) -> str:
-    """Per audience and event type (``entered``/``exited``), in one read of the export batches
-    ``sources``: the distinct rows :func:`count_sql` counts for ``window`` (``memberships``) and those
-    with a person id (``identified``: what :func:`events_sql` publishes). Their sums are :func:`count_sql`'s one row. Groups whose rows all lack a person id
-    have ``identified`` 0."""
+def events_read_sql(
+    q: MembershipQuery,
+    window: TimeWindow,
+    sources: Sequence[str] | None = None,
+    untimed_pair: tuple[str, str] | None = None,
+) -> str:
+    """Per audience (:data:`EVENTS_READ_COLUMNS`), in one read of the export batches ``sources``
+    (default: this run's) and those of ``untimed_pair`` (earlier, later):
+
+    * ``entered``, ``exited``: the distinct ``realized``/``exited`` rows of ``sources`` in ``window``
+      that :func:`count_sql` counts (their sums are its one row); ``*_identified`` of them those with
+      a person id (what :func:`events_sql` publishes);
+    * ``entered_untimed``: persons (with an id) who are members in the later export of the pair, not
+      in the earlier one, and not ``realized`` in the later one: they entered in between, but AEP no
+      longer says when (0 without a pair).
+
+    Rows are grouped by (person, audience), the NULL person being one group (as ``SELECT DISTINCT``
+    treats NULLs alike), whose events are counted and whose flags are ignored. An event is a distinct
+    time per group: :func:`events_sql`'s rows are distinct per (person, audience, status, time). Audiences
+    with no row in any batch read are absent from the result."""
     if q.template is not None:
         raise ValueError("sql templates apply to the snapshot query only; events use the built-in SQL")
     if not isinstance(window, TimeWindow):
         raise ValueError(f"window must be a TimeWindow, got {type(window).__name__}")
-    rows = _select(
-        q,
-        EVENT_STATUSES,
-        Partition(),
-        window.conditions(),
-        rows=False,
-        sources=sources,
-        distinct=True,
-        counted=False,
-    )
-    event = f"CASE WHEN {ROW_COLUMNS[2]} = {quote_literal(EXITED, 'status')} THEN 'exited' ELSE 'entered' END"
+    if isinstance(sources, (str, bytes)):
+        raise ValueError("sources must be a sequence of batch ids")
+    from_sources: list[str] = []
+    for batch in dict.fromkeys(sources or (q.batch_id,)):
+        from_sources.append(quote_literal(_checked(v.batch_id, batch, "source batch id"), "source batch id"))
+    old = new = None
+    if untimed_pair is not None:
+        old, new = (
+            quote_literal(_checked(v.batch_id, batch, what), what)
+            for batch, what in zip(untimed_pair, ("earlier batch id", "later batch id"), strict=True)
+        )
+    read = list(dict.fromkeys([*from_sources, *(b for b in (new, old) if b)]))
+    # The window and the sources bound the event columns only; the pair's flags look at its batches.
+    where = [f"batchId IN ({', '.join(from_sources)})"] if len(read) > len(from_sources) else []
+    per_row = [
+        "CASE WHEN "
+        + " AND ".join([*where, f"value.status = {quote_literal(status, 'status')}", *window.conditions()])
+        + f" THEN {iso_utc('value.lastQualificationTime')} END AS {name}At"
+        for name, status in (("entered", EVENT_STATUSES[0]), ("exited", EXITED))
+    ]
+    known = f"{PERSON} IS NOT NULL"
+    untimed = next(cond for name, cond, _ in _CHANGES if name == "entered_untimed")
     return (
-        f"SELECT {ROW_COLUMNS[1]}, {event} AS event, {_COUNT_SELECT}\n"
-        f"FROM (\n{rows}\n)\n"
-        f"GROUP BY {ROW_COLUMNS[1]}, {event}\n"
-        f"ORDER BY {ROW_COLUMNS[1]}, event"
+        "SELECT audienceId,\n"
+        + "".join(
+            f"       sum({name}) AS {name},\n"
+            f"       sum(CASE WHEN {known} THEN {name} ELSE 0 END) AS {name}_identified,\n"
+            for name in ("entered", "exited")
+        )
+        + f"       sum(CASE WHEN {known} AND {untimed} THEN 1 ELSE 0 END) AS entered_untimed\n"
+        + _person_audience_flags(
+            q,
+            _values(q, Partition()),
+            new,
+            old,
+            identified_only=False,
+            with_rows=False,
+            read=read,
+            per_row=per_row,
+            per_group=[f"count(DISTINCT {name}At) AS {name}" for name in ("entered", "exited")],
+        )
     )

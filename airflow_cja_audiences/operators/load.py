@@ -319,7 +319,8 @@ class PrepareLoadOperator(_MembershipQueryOperator):
             else live_batches(ingestion, self.dataset_id, label, labels=query_labels(self))
         )
         # One statement counts everything prepare needs from the export (totals, per-audience counts,
-        # the comparison with the previous snapshot's export): each statement is a full scan of it.
+        # the comparison with the previous snapshot's export or the events' untimed pair): each
+        # statement is a full scan of it.
         started = time.monotonic()
         events_read: event_plans.EventsRead | None = None
         snapshot_read: prepare.SnapshotRead | None = None
@@ -339,8 +340,8 @@ class PrepareLoadOperator(_MembershipQueryOperator):
         except QueryServiceError as exc:
             raise _query_failed(f"counting the export failed: {exc}", exc) from exc
         # The count reads the export batches the partition queries will (a snapshot's also reads the
-        # previous snapshot's export): its duration is this run's measured scan time (start-up and
-        # queueing included, so on the safe side).
+        # previous snapshot's export, an events one its untimed pair): its duration is this run's
+        # measured scan time (start-up and queueing included, so on the safe side).
         scan_seconds = time.monotonic() - started
         prepare.check_identified(
             total, identified, person_field=q.person_field, export_batch_id=self.export_batch_id
@@ -350,9 +351,7 @@ class PrepareLoadOperator(_MembershipQueryOperator):
                 event_plans.guard(events, identified, force=truthy(self.force))
         partitions = self._plan(identified, scan_seconds) if self.open_batch else []
         if events and events_read is not None:
-            found = event_plans.event_counts(
-                self.query_service.query_all, q, [a["id"] for a in self.audiences], events, events_read
-            )
+            found = event_plans.event_counts([a["id"] for a in self.audiences], events, events_read)
             counts, coverage = found.counts, found.coverage
         elif snapshot_read is not None:
             counts, coverage = self._snapshot_counts(snapshot_read, exports)

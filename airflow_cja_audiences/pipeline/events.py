@@ -169,9 +169,9 @@ class EventCounts:
 
 @dataclass(frozen=True)
 class EventsRead:
-    """What prepare_events reads from the plan's sources, in one statement (one scan of each):
-    the totals the identity check and the guard use, and the per-audience rows
-    (:data:`airflow_cja_audiences.sql.EVENT_TOTAL_COLUMNS`) :func:`event_counts` uses."""
+    """What prepare_events reads from the plan's sources and untimed pair, in one statement (one scan
+    of each): the totals the identity check and the guard use, and the per-audience rows
+    (:data:`airflow_cja_audiences.sql.EVENTS_READ_COLUMNS`) :func:`event_counts` uses."""
 
     total: int  # distinct change rows in the window
     identified: int  # of them, those with a person id (the events published)
@@ -179,34 +179,39 @@ class EventsRead:
 
 
 def read_events(query_all: QueryAll, q: sql.MembershipQuery, plan: EventsPlan) -> EventsRead:
-    """Count the plan's change events per audience and in total, in one statement
-    (:func:`airflow_cja_audiences.sql.event_totals_sql`): every statement is a scan of the sources."""
-    rows = query_all(sql.event_totals_sql(q, plan.window, plan.sources.batch_ids))
-    return EventsRead(sum(int(r[2]) for r in rows), sum(int(r[3]) for r in rows), rows)
+    """Count the plan's change events per audience and in total, and the entries between its untimed
+    pair, in one statement (:func:`airflow_cja_audiences.sql.events_read_sql`): every statement is a
+    scan of the batches it reads."""
+    pair = plan.sources.untimed_pair
+    rows = query_all(
+        sql.events_read_sql(
+            q,
+            plan.window,
+            plan.sources.batch_ids,
+            (pair[0].batch_id, pair[1].batch_id) if pair is not None else None,
+        )
+    )
+    return EventsRead(
+        sum(int(r[1]) + int(r[3]) for r in rows), sum(int(r[2]) + int(r[4]) for r in rows), rows
+    )
 
 
-def event_counts(
-    query_all: QueryAll,
-    q: sql.MembershipQuery,
-    audience_ids: Sequence[str],
-    plan: EventsPlan,
-    read: EventsRead,
-) -> EventCounts:
-    """Entered/exited per audience in the plan's interval (``read`` from its sources); the entries no
-    export can date (between the untimed pair, one more statement) as ``entered_untimed``; and what
+def event_counts(audience_ids: Sequence[str], plan: EventsPlan, read: EventsRead) -> EventCounts:
+    """Entered/exited per audience in the plan's interval, the entries no export can date (between
+    the untimed pair) as ``entered_untimed``, all from ``read`` (no statement of its own); and what
     the counts cover."""
     window = plan.window
-    counts: dict[str, dict[str, Any]] = {a: {"entered": 0, "exited": 0} for a in audience_ids}
-    for audience_id, event, _, n in read.rows:
-        if int(n):  # a group of rows without person ids publishes nothing
-            counts[audience_id][event] = int(n)
     pair = plan.sources.untimed_pair
+    counts: dict[str, dict[str, Any]] = {a: {"entered": 0, "exited": 0} for a in audience_ids}
     if pair is not None:
-        untimed = dict.fromkeys(audience_ids, 0)
-        for row in query_all(sql.change_counts_sql(q, pair[0].batch_id, batch_id=pair[1].batch_id)):
-            untimed[row[0]] = int(row[3])
-        for audience_id, n in untimed.items():
-            counts[audience_id]["entered_untimed"] = n
+        for audience_id in audience_ids:
+            counts[audience_id]["entered_untimed"] = 0
+    for audience_id, _, entered, _, exited, untimed in read.rows:
+        # events of the NULL person are in the totals only: nothing publishes them
+        counts[audience_id]["entered"] = int(entered)
+        counts[audience_id]["exited"] = int(exited)
+        if pair is not None:
+            counts[audience_id]["entered_untimed"] = int(untimed)
     coverage: dict[str, Any] = {
         "interval": [window.start, window.end],
         "requested": [runs.utc_iso(plan.requested[0]), runs.utc_iso(plan.requested[1])],

@@ -498,18 +498,58 @@ def test_folded_reads_refuse_templates() -> None:
     with pytest.raises(ValueError, match="template"):
         sql.snapshot_counts_sql(q, None)
     with pytest.raises(ValueError, match="template"):
-        sql.event_totals_sql(q, TimeWindow("2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z"))
+        sql.events_read_sql(q, TimeWindow("2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z"))
 
 
-def test_event_totals_sql_counts_the_distinct_event_rows_per_audience_and_event() -> None:
+EARLIER = "01EQ1C48TR4GD4FE7NH2522ERL"
+
+
+def test_events_read_sql_reads_the_sources_and_the_untimed_pair_once() -> None:
     window = TimeWindow("2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z")
-    text = sql.event_totals_sql(make_query(), window, [BATCH, PREVIOUS])
-    assert text.count("FROM audience_export") == 1
-    assert f"IN ('{BATCH}', '{PREVIOUS}')" in text
-    assert "SELECT DISTINCT personID, key AS audienceId" in text
-    assert "email IS NOT NULL" not in text  # count_sql's total counts rows without a person id too
-    assert "value.lastQualificationTime >= '2026-11-01T00:00:00Z'" in text
-    assert "count(*) AS memberships, count(personID) AS identified" in text
-    assert text.endswith("ORDER BY audienceId, event")
+    text = sql.events_read_sql(make_query(), window, [BATCH, PREVIOUS, BATCH], (EARLIER, BATCH))
+    assert text.count("FROM audience_export") == 1  # one read of every batch
+    assert f"acp_sourceBatchId IN ('{BATCH}', '{PREVIOUS}', '{EARLIER}')" in text
+    assert "email IS NOT NULL" not in text  # the totals count rows without a person id too
+    # the events: distinct times per (person, audience), of the sources only, in the window only
+    events = f"CASE WHEN batchId IN ('{BATCH}', '{PREVIOUS}') AND value.status = 'realized' AND "
+    assert events + "value.lastQualificationTime >= '2026-11-01T00:00:00Z' AND " in text
+    assert "count(DISTINCT enteredAt) AS entered,\n" in text
+    assert "count(DISTINCT exitedAt) AS exited,\n" in text
+    assert "sum(CASE WHEN personID IS NOT NULL THEN exited ELSE 0 END) AS exited_identified" in text
+    # the pair: persons with an id only, flags of its two batches
+    assert (
+        "sum(CASE WHEN personID IS NOT NULL AND in_new = 1 AND in_old = 0 AND realized_new = 0 "
+        "THEN 1 ELSE 0 END) AS entered_untimed" in text
+    )
+    assert f"max(CASE WHEN batchId = '{EARLIER}' AND status IN ('realized', 'existing')" in text
+    assert (
+        f"max(CASE WHEN batchId = '{BATCH}' AND status = 'realized' THEN 1 ELSE 0 END) AS realized_new"
+        in text
+    )
+    assert text.endswith("GROUP BY audienceId\nORDER BY audienceId")
+
+
+def test_events_read_sql_without_an_untimed_pair_reads_the_sources_alone() -> None:
+    window = TimeWindow("2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z")
+    text = sql.events_read_sql(make_query(), window)
+    assert f"acp_sourceBatchId IN ('{BATCH}')" in text
+    assert "batchId IN" not in text  # every batch read is a source
+    assert "0 AS in_new" in text and "0 AS in_old" in text
     with pytest.raises(ValueError, match="TimeWindow"):
-        sql.event_totals_sql(make_query(), "2026-11-01")  # type: ignore[arg-type]
+        sql.events_read_sql(make_query(), "2026-11-01")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("sources", "pair", "what"),
+    [
+        (["x'; DROP TABLE t --"], None, "source batch id"),
+        ([BATCH], ("a b", BATCH), "earlier batch id"),
+        ([BATCH], (EARLIER, "x' OR 1=1"), "later batch id"),
+    ],
+)
+def test_events_read_sql_refuses_batch_ids_that_are_not_ones(
+    sources: list[str], pair: tuple[str, str] | None, what: str
+) -> None:
+    window = TimeWindow("2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z")
+    with pytest.raises(ValueError, match=what):
+        sql.events_read_sql(make_query(), window, sources, pair)

@@ -94,6 +94,79 @@ def _small_profiles() -> list[dict[str, Any]]:
 
 
 SMALL_ROWS = _small_profiles()
+
+FOLD_TABLE = "events_fold_export"
+#: An untimed pair's earlier and later export, and one more source export (of the same persons).
+FOLD_BATCHES = ("01HFOLD0001", "01HFOLD0002", "01HFOLD0003")
+#: Times around the window [2026-11-10, 2026-11-20) the fold test uses: out, on both bounds, within
+#: (two in one second: the event time is formatted to the second).
+FOLD_TIMES = tuple(
+    dt.datetime(2026, 11, 10) + d
+    for d in (
+        dt.timedelta(days=-1),
+        dt.timedelta(0),
+        dt.timedelta(days=3),
+        dt.timedelta(days=5, microseconds=250_000),
+        dt.timedelta(days=5, microseconds=750_000),
+        dt.timedelta(days=10),
+    )
+)
+
+
+def _fold_profiles() -> list[dict[str, Any]]:
+    """Few persons, few times and statuses, so that the same event shows in several exports (the
+    third repeats the second for even persons), NULL persons share events, and persons enter
+    between the first two exports without a realized status."""
+    rng = random.Random(20261206)
+    profiles: list[dict[str, Any]] = []
+    later: dict[int, dict[str, dict[str, Any]]] = {}
+    for batch in FOLD_BATCHES:
+        for i in range(48):
+            email = None if i % 12 in (1, 4) else f"fold{i:02d}@example.com"
+            if batch == FOLD_BATCHES[2] and i % 2 == 0:
+                ups = later[i]
+            else:
+                ups = {
+                    audience: {
+                        "status": rng.choice(STATUSES),
+                        "lastQualificationTime": rng.choice(FOLD_TIMES),
+                        "version": "1",
+                        "validUntil": None,
+                    }
+                    for audience in rng.sample((*AUDIENCES, "aud-9"), rng.randint(0, 3))
+                }
+            if email is None and batch != FOLD_BATCHES[2]:
+                # the NULL person "enters" aud-3 untimed (its flags must be ignored)
+                if batch == FOLD_BATCHES[0]:
+                    ups.pop("aud-3", None)
+                else:
+                    ups["aud-3"] = {
+                        "status": "existing",
+                        "lastQualificationTime": FOLD_TIMES[2],
+                        "version": "1",
+                        "validUntil": None,
+                    }
+            if batch == FOLD_BATCHES[1]:
+                later[i] = ups
+            profiles.append(
+                {
+                    "identityMap": {},
+                    f"_{TENANT}": {
+                        "identification": {
+                            "core": {"email": email, "ecid": f"ecid-{i}", "crmId": None, "phoneNumber": None}
+                        }
+                    },
+                    "person": {"name": {"firstName": f"F{i}", "lastName": f"L{i}"}, "gender": None},
+                    "personalEmail": {"address": email},
+                    "segmentMembership": {"ups": ups},
+                    "_acp_batchid": batch,
+                    "_acp_system_metadata": {"acp_sourceBatchId": batch},
+                }
+            )
+    return profiles
+
+
+FOLD_ROWS = _fold_profiles()
 MAP_FIELDS = frozenset({"identityMap", "ups"})
 
 
@@ -143,12 +216,14 @@ def sql_literal(value: Any, *, as_map: bool = False) -> str:
     raise TypeError(type(value))
 
 
-def _create_small(db: duckdb.DuckDBPyConnection) -> None:
-    db.execute(f"CREATE TABLE {SMALL_TABLE} ({EXPORT_COLUMNS})")
+def _create_small(
+    db: duckdb.DuckDBPyConnection, table: str = SMALL_TABLE, rows: list[dict[str, Any]] = SMALL_ROWS
+) -> None:
+    db.execute(f"CREATE TABLE {table} ({EXPORT_COLUMNS})")
     values = ",\n".join(
-        "(" + ", ".join(sql_literal(row[c], as_map=c in MAP_FIELDS) for c in row) + ")" for row in SMALL_ROWS
+        "(" + ", ".join(sql_literal(row[c], as_map=c in MAP_FIELDS) for c in row) + ")" for row in rows
     )
-    db.execute(f"INSERT INTO {SMALL_TABLE} VALUES {values}")
+    db.execute(f"INSERT INTO {table} VALUES {values}")
 
 
 def big_email(i: int) -> str:
@@ -190,6 +265,7 @@ def _create_big(db: duckdb.DuckDBPyConnection) -> None:
 def database() -> Iterator[duckdb.DuckDBPyConnection]:
     db = duckdb.connect()
     _create_small(db)
+    _create_small(db, FOLD_TABLE, FOLD_ROWS)
     _create_big(db)
     # An internal table the REST side might keep: it must not be readable through Query Service.
     db.execute("CREATE TABLE emulator_internal_state AS SELECT 'secret' AS value")
@@ -203,6 +279,12 @@ TABLES = [
         "dataSetId": "6500000000000000000000a1",
         "dataSet": "CJA audience export",
         "description": "profiles exported for CJA",
+    },
+    {
+        "name": FOLD_TABLE,
+        "dataSetId": "6500000000000000000000c3",
+        "dataSet": "Events fold export",
+        "description": "exports whose events repeat",
     },
     {
         "name": BIG_TABLE,
@@ -292,6 +374,9 @@ def qs() -> SimpleNamespace:
         USER=USER,
         AUDIENCES=AUDIENCES,
         BATCHES=BATCHES,
+        FOLD_TABLE=FOLD_TABLE,
+        FOLD_BATCHES=FOLD_BATCHES,
+        FOLD_ROWS=FOLD_ROWS,
         BIG_PROFILES=BIG_PROFILES,
         BIG_BATCH=BIG_BATCH,
         TABLES=TABLES,

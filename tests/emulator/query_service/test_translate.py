@@ -361,13 +361,13 @@ def test_prepare_folded_counts_equal_the_statements_they_replace(cur: Any, qs: A
         total, identified = cur.fetchone()
         assert (sum(r[1] for r in folded), sum(r[2] for r in folded)) == (total, identified)
         assert total > identified > 0
-        cur.execute(qsql.change_counts_sql(query, previous))
+        cur.execute(change_counts_sql(query, previous))
         assert [(r[0], *r[3:]) for r in folded] == cur.fetchall()
         cur.execute(unidentified_counts_sql(query))
         assert {r[0]: r[1] - r[2] for r in folded if r[1] > r[2]} == dict(cur.fetchall())
     window = qsql.TimeWindow("2026-11-10T00:00:00Z", "2026-11-20T00:00:00Z")
     for sources in ([new], [old, new]):
-        cur.execute(qsql.event_totals_sql(query, window, sources))
+        cur.execute(event_totals_sql(query, window, sources))
         folded = cur.fetchall()
         assert folded
         cur.execute(qsql.count_sql(query, window=window, sources=sources))
@@ -376,8 +376,155 @@ def test_prepare_folded_counts_equal_the_statements_they_replace(cur: Any, qs: A
         assert [(a, e, n) for a, e, _, n in folded if n] == cur.fetchall()
 
 
+def test_prepare_events_reads_events_and_untimed_entries_in_one_statement(cur: Any, qs: Any) -> None:
+    """sql.events_read_sql gives per audience exactly event_totals_sql's numbers for the sources and
+    change_counts_sql's untimed entries for the pair, whether the pair's batches are sources or not,
+    and without a pair: on exports whose events repeat, with NULL persons and times on the bounds."""
+    from airflow_cja_audiences import sql as qsql
+
+    earlier, later, other = qs.FOLD_BATCHES
+    query = qsql.MembershipQuery(
+        table=qs.FOLD_TABLE,
+        person_field=f"_{qs.TENANT}.identification.core.email",
+        audience_ids=("aud-1", "aud-2", "aud-3"),
+        batch_id=later,
+    )
+    window = qsql.TimeWindow("2026-11-10T00:00:00Z", "2026-11-20T00:00:00Z")
+
+    def rows(text: str) -> list[tuple[Any, ...]]:
+        cur.execute(text)
+        return [tuple(r) for r in cur.fetchall()]
+
+    def reference(sources: list[str], pair: tuple[str, str] | None) -> dict[str, tuple[int, ...]]:
+        found: dict[str, list[int]] = {a: [0] * 5 for a in query.audience_ids}
+        for audience, event, memberships, identified in rows(event_totals_sql(query, window, sources)):
+            at = 0 if event == "entered" else 2
+            found[audience][at : at + 2] = [memberships, identified]
+        if pair is not None:
+            for row in rows(change_counts_sql(query, pair[0], batch_id=pair[1])):
+                found[row[0]][4] = row[3]
+        return {a: tuple(n) for a, n in found.items()}
+
+    cases: list[tuple[list[str], tuple[str, str] | None]] = [
+        ([later, other], (earlier, later)),  # the steady state: the earlier export is no source
+        ([other], (earlier, later)),  # neither of the pair is a source
+        ([earlier, later, other], (earlier, later)),
+        ([later, other], None),
+        ([later], (other, later)),
+    ]
+    untimed = 0
+    for sources, pair in cases:
+        folded = rows(qsql.events_read_sql(query, window, sources, pair))
+        assert [c.name for c in cur.description] == list(qsql.EVENTS_READ_COLUMNS)
+        got = {r[0]: tuple(int(n) for n in r[1:]) for r in folded}
+        got = {a: got.get(a, (0,) * 5) for a in query.audience_ids}
+        assert got == reference(sources, pair), (sources, pair)
+        untimed += sum(n[4] for n in got.values())
+        if pair is None:
+            assert all(n[4] == 0 for n in got.values())
+    assert untimed > 0  # the pair has entries it cannot date
+
+    # The data has what makes the fold hard: events both sources show, events of NULL persons,
+    # rows out of the window, and entries between the pair that are in sources as well.
+    both = rows(event_totals_sql(query, window, [later, other]))
+    alone = rows(event_totals_sql(query, window, [later])) + rows(event_totals_sql(query, window, [other]))
+    assert sum(r[2] for r in both) < sum(r[2] for r in alone)
+    assert sum(r[2] for r in both) > sum(r[3] for r in both)
+    assert any(
+        not window.start <= m["lastQualificationTime"].isoformat() + "Z" < window.end
+        for row in qs.FOLD_ROWS
+        for m in row["segmentMembership"]["ups"].values()
+    )
+
+    def unidentified(batch: str, audience: str) -> set[str]:
+        return {
+            row["segmentMembership"]["ups"][audience]["status"]
+            for row in qs.FOLD_ROWS
+            if row["_acp_batchid"] == batch
+            and row[f"_{qs.TENANT}"]["identification"]["core"]["email"] is None
+            and audience in row["segmentMembership"]["ups"]
+        }
+
+    # the NULL person "enters" aud-3 without a realized status: not an untimed entry of anyone
+    assert not unidentified(earlier, "aud-3") and unidentified(later, "aud-3") == {"existing"}
+
+
 # The separate statements prepare ran before it read the export once (sql.snapshot_counts_sql and
-# sql.event_totals_sql replaced them): kept here as the reference the folded statements must equal.
+# sql.events_read_sql replaced them): kept here as the reference the folded statements must equal.
+
+
+def event_totals_sql(q: Any, window: Any, sources: list[str] | None = None) -> str:
+    """Per audience and event type (``entered``/``exited``): the distinct change rows of ``sources``
+    in ``window`` (``memberships``; NULL persons alike) and those with a person id (``identified``)."""
+    from airflow_cja_audiences import sql as qsql
+
+    val = qsql._values(q, qsql.Partition())
+    event = "CASE WHEN status = 'exited' THEN 'exited' ELSE 'entered' END"
+    return (
+        f"SELECT audienceId, {event} AS event, count(*) AS memberships, count(personID) AS identified\n"
+        f"FROM (\n"
+        f"SELECT DISTINCT personID, key AS audienceId, value.status AS status,\n"
+        f"       {qsql.iso_utc('value.lastQualificationTime')} AS qualificationTime\n"
+        f"FROM (\n"
+        f"    SELECT {val['person']} AS personID, explode(segmentMembership.ups)\n"
+        f"    FROM {val['table']}\n"
+        f"    WHERE {qsql._batches_filter(q, sources)}\n"
+        f")\n"
+        f"WHERE key IN ({val['audience_ids']})\n"
+        f"  AND value.status IN ('realized', 'exited')\n"
+        f"  AND " + "\n  AND ".join(window.conditions()) + "\n"
+        f")\n"
+        f"GROUP BY audienceId, {event}\n"
+        f"ORDER BY audienceId, event"
+    )
+
+
+def change_counts_sql(q: Any, previous_batch_id: str | None, *, batch_id: str | None = None) -> str:
+    """Per audience, between the exports ``previous_batch_id`` and ``batch_id`` (default: this run's),
+    persons with an id only: members now; entered (members now, not before), entered_untimed (of
+    them, not realized now); exited (members before, exited now); untraced (members before, absent)."""
+    from airflow_cja_audiences import sql as qsql
+
+    val = qsql._values(q, qsql.Partition())
+    new = qsql.quote_literal(batch_id or q.batch_id, "batch id")
+    old = qsql.quote_literal(previous_batch_id, "batch id") if previous_batch_id else None
+    member, realized, exited = f"status IN ({val['statuses']})", "status = 'realized'", "status = 'exited'"
+
+    def flag(batch: str | None, condition: str) -> str:
+        return f"max(CASE WHEN batchId = {batch} AND {condition} THEN 1 ELSE 0 END)" if batch else "0"
+
+    changes = (
+        ("entered", "in_new = 1 AND in_old = 0"),
+        ("entered_untimed", "in_new = 1 AND in_old = 0 AND realized_new = 0"),
+        ("exited", "in_new = 0 AND in_old = 1 AND exited_new = 1"),
+        ("untraced", "in_new = 0 AND in_old = 1 AND exited_new = 0"),
+    )
+    return (
+        "SELECT audienceId, sum(in_new) AS members,\n"
+        + ",\n".join(f"       sum(CASE WHEN {cond} THEN 1 ELSE 0 END) AS {name}" for name, cond in changes)
+        + "\n"
+        f"FROM (\n"
+        f"    SELECT personID, audienceId,\n"
+        f"           {flag(new, member)} AS in_new,\n"
+        f"           {flag(new, realized)} AS realized_new,\n"
+        f"           {flag(new, exited)} AS exited_new,\n"
+        f"           {flag(old, member)} AS in_old\n"
+        f"    FROM (\n"
+        f"        SELECT personID, batchId, key AS audienceId, value.status AS status\n"
+        f"        FROM (\n"
+        f"            SELECT {val['person']} AS personID, {q.batch_id_column} AS batchId, "
+        f"explode(segmentMembership.ups)\n"
+        f"            FROM {val['table']}\n"
+        f"            WHERE {q.batch_id_column} IN ({', '.join(b for b in (new, old) if b)})\n"
+        f"              AND {q.person_field} IS NOT NULL\n"
+        f"        )\n"
+        f"        WHERE key IN ({val['audience_ids']})\n"
+        f"    )\n"
+        f"    GROUP BY personID, audienceId\n"
+        f")\n"
+        f"GROUP BY audienceId\n"
+        f"ORDER BY audienceId"
+    )
 
 
 def unidentified_counts_sql(q: Any) -> str:

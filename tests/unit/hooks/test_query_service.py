@@ -210,8 +210,16 @@ def test_change_counts_between_two_exports_equal_ground_truth(emu, audiences):
     finally:
         emu.admin.advance_clock(-3 * 86_400)
     q = sql.build_membership_query(_job(wanted), table=table, batch_id=second_batch)
-    rows = QueryServiceHook().query_all(sql.change_counts_sql(q, first_batch))
-    got = {r[0]: tuple(int(x) for x in r[1:]) for r in rows}
+    hook = QueryServiceHook()
+    # snapshot_counts_sql's columns from members on; events_read_sql's untimed entries of the pair
+    got = {
+        r[0]: tuple(int(x) for x in r[3:]) for r in hook.query_all(sql.snapshot_counts_sql(q, first_batch))
+    }
+    window = sql.TimeWindow("2026-01-01T00:00:00Z", "2027-01-01T00:00:00Z")
+    untimed = {
+        r[0]: int(r[5])
+        for r in hook.query_all(sql.events_read_sql(q, window, [second_batch], (first_batch, second_batch)))
+    }
     old = {(e, a) for e, a, _, _ in before}
     new = {(e, a) for e, a, _, _ in after}
     status_now = {(e, a): s for e, a, s, _ in after}
@@ -230,6 +238,7 @@ def test_change_counts_between_two_exports_equal_ground_truth(emu, audiences):
         for a in wanted
     }
     assert {a: got.get(a, (0, 0, 0, 0, 0)) for a in wanted} == expected
+    assert {a: untimed.get(a, 0) for a in wanted} == {a: v[2] for a, v in expected.items()}
     assert any(v[1] and v[3] for v in expected.values())  # the clock move really changed memberships
     assert any(v[2] for v in expected.values())  # and 3 days turn some entries existing: untimed
 

@@ -129,13 +129,12 @@ def test_event_counts_add_the_untimed_entries_between_two_full_exports():
 
     def query_all(text):
         statements.append(text)
-        if len(statements) == 1:  # audience, event, distinct rows, of them with a person id
-            return [("aud-1", "entered", 6, 5), ("aud-2", "exited", 2, 2), ("aud-2", "entered", 1, 0)]
-        return [("aud-1", 9, 0, 3, 0, 0)]  # change counts: the untimed entries are the fourth column
+        # audience, entered (of them with a person id), exited (of them with a person id), untimed
+        return [("aud-1", 6, 5, 0, 0, 3), ("aud-2", 1, 0, 2, 2, 0)]
 
     read = events.read_events(query_all, _query(), plan)
     assert (read.total, read.identified) == (9, 7)
-    found = events.event_counts(query_all, _query(), ["aud-1", "aud-2"], plan, read)
+    found = events.event_counts(["aud-1", "aud-2"], plan, read)
     assert found.counts == {
         "aud-1": {"entered": 5, "exited": 0, "entered_untimed": 3},
         "aud-2": {"entered": 0, "exited": 2, "entered_untimed": 0},
@@ -143,16 +142,26 @@ def test_event_counts_add_the_untimed_entries_between_two_full_exports():
     assert found.coverage["interval"] == [DAY2, DAY3]
     assert found.coverage["untimed_window"] == ["2026-11-01T06:00:00Z", "2026-11-03T06:00:00Z"]
     assert {s["batch_id"] for s in found.coverage["sources"]} == {"AFTER", EXPORT}
-    assert len(statements) == 2
+    # one statement reads the sources and the untimed pair (BEFORE is no source) for all the counts
+    assert plan.sources.batch_ids == ["AFTER", EXPORT]
+    assert statements == [sql.events_read_sql(_query(), plan.window, ["AFTER", EXPORT], ("BEFORE", "AFTER"))]
 
 
 def test_event_counts_without_a_bracketing_pair_warn_that_untimed_entries_are_missing(caplog):
     plan = _plan(Ingestion())
+    statements = []
+
+    def query_all(text):
+        statements.append(text)
+        return [("aud-1", 2, 1, 0, 0, 0)]
+
+    read = events.read_events(query_all, _query(), plan)
     with caplog.at_level(logging.WARNING):
-        found = events.event_counts(lambda text: [], _query(), ["aud-1"], plan, events.EventsRead(0, 0, []))
-    assert found.counts == {"aud-1": {"entered": 0, "exited": 0}}
+        found = events.event_counts(["aud-1"], plan, read)
+    assert found.counts == {"aud-1": {"entered": 1, "exited": 0}}
     assert found.coverage["untimed_window"] is None
     assert "No two consecutive full exports" in caplog.text
+    assert statements == [sql.events_read_sql(_query(), plan.window, plan.sources.batch_ids, None)]
 
 
 def test_a_run_whose_batch_came_second_aborts_it_and_gives_way():
