@@ -191,7 +191,7 @@ def run_mode(mode: str, args: argparse.Namespace, *, floor: bool = True) -> dict
                 emulator.admin("POST", "/emulator/clock", {"advance_seconds": -86_400 * back})
             emulator.admin("DELETE", "/emulator/query-service/scans")
             tables_before = _table_scans(emulator)
-            written_before = len(_batch_query_batches(emulator))
+            written_before = set(_batch_query_batches(emulator))
             logical = today - timedelta(days=back)
             code, output, seconds, rss = _peak_rss_run(
                 [str(Path(sys.executable).with_name("airflow")), "dags", "test", DAG_ID, logical.isoformat()],
@@ -216,10 +216,12 @@ def run_mode(mode: str, args: argparse.Namespace, *, floor: bool = True) -> dict
                     for k, v in tables_after.items()
                     if v != tables_before.get(k, 0)
                 },
-                "batch_query_records": _batch_query_records(emulator),
-                # Batches batch queries wrote this run: one per dataset written (snapshot, events).
-                "batch_query_batches": len(_batch_query_batches(emulator)) - written_before,
             }
+            # Batches batch queries wrote this run: one per dataset written (snapshot, events); the
+            # largest is the snapshot's.
+            written = {k: v for k, v in _batch_query_batches(emulator).items() if k not in written_before}
+            entry["batch_query_batches"] = len(written)
+            entry["batch_query_records"] = max(written.values(), default=0)
             result["runs"].append(entry)
             _log(
                 f"{mode} run {run + 1}: {seconds:.0f} s wall, peak RSS {rss:.0f} MB, {scans['scans']} scans "
@@ -238,20 +240,15 @@ def run_mode(mode: str, args: argparse.Namespace, *, floor: bool = True) -> dict
     return result
 
 
-def _batch_query_batches(emulator: demo.Emulator) -> list[dict[str, Any]]:
-    """The successful batches batch queries wrote (none on the client path)."""
-    batches = emulator.admin("GET", "/emulator/state")["sandboxes"]["prod"]["batches"].values()
-    return [
-        b
-        for b in batches
+def _batch_query_batches(emulator: demo.Emulator) -> dict[str, int]:
+    """{batch id: records} of the successful batches batch queries wrote (none on the client path).
+    Catalog keeps a replaced batch, so ids, not counts, tell this run's from the earlier runs'."""
+    batches = emulator.admin("GET", "/emulator/state")["sandboxes"]["prod"]["batches"]
+    return {
+        batch_id: int(b["recordCount"] or 0)
+        for batch_id, b in batches.items()
         if b["status"] == "success" and any(o.get("type") == "query" for o in b["relatedObjects"])
-    ]
-
-
-def _batch_query_records(emulator: demo.Emulator) -> int:
-    """Records of the newest successful batch a batch query wrote (0: none; the client path)."""
-    written = _batch_query_batches(emulator)
-    return int(max(written, key=lambda b: b["created"])["recordCount"] or 0) if written else 0
+    }
 
 
 def _floor(emulator: demo.Emulator, env: dict[str, str]) -> dict[str, Any]:

@@ -66,31 +66,47 @@ def _small_profiles() -> list[dict[str, Any]]:
                         "validUntil": None,
                     }
             profiles.append(
-                {
-                    "identityMap": {
-                        "Email": [{"id": email, "primary": True, "authenticatedState": "authenticated"}]
-                    }
-                    if email
-                    else {},
-                    f"_{TENANT}": {
-                        "identification": {
-                            "core": {"email": email, "ecid": f"ecid-{i}", "crmId": None, "phoneNumber": None}
-                        }
-                    },
-                    "person": {
-                        "name": {
-                            "firstName": "Jo, Jr." if i % 7 == 0 else f"First{i}",
-                            "lastName": "O'Brien" if i % 5 == 0 else f"Last{i}",
-                        },
-                        "gender": None,
-                    },
-                    "personalEmail": {"address": email},
-                    "segmentMembership": {"ups": ups},
-                    "_acp_batchid": batch,
-                    "_acp_system_metadata": {"acp_sourceBatchId": source},
-                }
+                _profile(
+                    i,
+                    email,
+                    ups,
+                    batch=batch,
+                    source=source,
+                    first="Jo, Jr." if i % 7 == 0 else f"First{i}",
+                    last="O'Brien" if i % 5 == 0 else f"Last{i}",
+                    identity_map=True,
+                )
             )
     return profiles
+
+
+def _profile(
+    i: int,
+    email: str | None,
+    ups: dict[str, dict[str, Any]],
+    *,
+    batch: str,
+    source: str,
+    first: str,
+    last: str,
+    identity_map: bool,
+) -> dict[str, Any]:
+    """One row of an export table: profile ``i`` with ``email`` (None: no identity) and its memberships."""
+    return {
+        "identityMap": {"Email": [{"id": email, "primary": True, "authenticatedState": "authenticated"}]}
+        if email and identity_map
+        else {},
+        f"_{TENANT}": {
+            "identification": {
+                "core": {"email": email, "ecid": f"ecid-{i}", "crmId": None, "phoneNumber": None}
+            }
+        },
+        "person": {"name": {"firstName": first, "lastName": last}, "gender": None},
+        "personalEmail": {"address": email},
+        "segmentMembership": {"ups": ups},
+        "_acp_batchid": batch,
+        "_acp_system_metadata": {"acp_sourceBatchId": source},
+    }
 
 
 SMALL_ROWS = _small_profiles()
@@ -149,19 +165,9 @@ def _fold_profiles() -> list[dict[str, Any]]:
             if batch == FOLD_BATCHES[1]:
                 later[i] = ups
             profiles.append(
-                {
-                    "identityMap": {},
-                    f"_{TENANT}": {
-                        "identification": {
-                            "core": {"email": email, "ecid": f"ecid-{i}", "crmId": None, "phoneNumber": None}
-                        }
-                    },
-                    "person": {"name": {"firstName": f"F{i}", "lastName": f"L{i}"}, "gender": None},
-                    "personalEmail": {"address": email},
-                    "segmentMembership": {"ups": ups},
-                    "_acp_batchid": batch,
-                    "_acp_system_metadata": {"acp_sourceBatchId": batch},
-                }
+                _profile(
+                    i, email, ups, batch=batch, source=batch, first=f"F{i}", last=f"L{i}", identity_map=False
+                )
             )
     return profiles
 
