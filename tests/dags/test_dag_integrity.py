@@ -43,6 +43,11 @@ def test_dag_shape(dagbag):
     ensure = [t for t in tasks if t.startswith("ensure_")]
     assert sorted(ensure) == ["ensure_event_dataset", "ensure_export_dataset", "ensure_profile_dataset"]
     assert all(tasks[t].max_active_tis_per_dag == 1 for t in ensure)
+    # The export read check (a full scan of the export) runs once, before both prepares, not in each.
+    for kind in ("snapshot", "events"):
+        prepare = tasks[f"prepare_{kind}"]
+        assert "check_export_read" in prepare.upstream_task_ids and prepare.check_export is False
+    assert {"export_audiences", "ensure_export_dataset"} <= tasks["check_export_read"].upstream_task_ids
 
 
 def test_params_are_the_dags_and_reach_every_task(dagbag):
