@@ -170,18 +170,31 @@ def build_dag(job: RefreshJob) -> DAG:
             **one_at_a_time,
             dataset_name=literal(names.export_dataset),
         )
-        profile_dataset = EnsureCjaDatasetOperator(
-            task_id="ensure_profile_dataset",
-            **common,
-            **one_at_a_time,
-            kind="profile",
-            tenant=resolve.output["tenant"],
-            dataset_name=literal(names.profile_dataset),
-            schema_title=literal(names.profile_schema),
-            field_group_title=literal(names.field_group),
-            identity_namespace=job.identity.namespace,
-            output_fields=job.output.model_dump(),
-            job_id=job.job_id,
+
+        def cja_dataset(
+            task_id: str, kind: str, dataset: str, schema: str, field_group: str
+        ) -> EnsureCjaDatasetOperator:
+            # A CJA dataset the job writes (profile: the snapshot; events: the change events).
+            return EnsureCjaDatasetOperator(
+                task_id=task_id,
+                **common,
+                **one_at_a_time,
+                kind=kind,
+                tenant=resolve.output["tenant"],
+                dataset_name=literal(dataset),
+                schema_title=literal(schema),
+                field_group_title=literal(field_group),
+                identity_namespace=job.identity.namespace,
+                output_fields=job.output.model_dump(),
+                job_id=job.job_id,
+            )
+
+        profile_dataset = cja_dataset(
+            "ensure_profile_dataset",
+            "profile",
+            names.profile_dataset,
+            names.profile_schema,
+            names.field_group,
         )
         export = ExportAudiencesOperator(
             task_id="export_audiences",
@@ -223,18 +236,12 @@ def build_dag(job: RefreshJob) -> DAG:
             if kind == "events":
                 if not job.publish_events:
                     continue
-                dataset = EnsureCjaDatasetOperator(
-                    task_id="ensure_event_dataset",
-                    **common,
-                    **one_at_a_time,
-                    kind="events",
-                    tenant=resolve.output["tenant"],
-                    dataset_name=literal(names.event_dataset),
-                    schema_title=literal(names.event_schema),
-                    field_group_title=literal(names.event_field_group),
-                    identity_namespace=job.identity.namespace,
-                    output_fields=job.output.model_dump(),
-                    job_id=job.job_id,
+                dataset = cja_dataset(
+                    "ensure_event_dataset",
+                    "events",
+                    names.event_dataset,
+                    names.event_schema,
+                    names.event_field_group,
                 )
                 plan >> dataset
             query_args = {
