@@ -136,19 +136,35 @@ def test_batch_wait_resumes_without_the_defers_kwargs(emu, audiences):
     assert op.batch_complete(_context(None), event=event)["export_job_id"] == done["export_job_id"]
 
 
-def _load_all(job: RefreshJob, export: dict, dataset_id: str, audiences: list[str], *, try_number: int = 1):
-    common = load_arguments(
+def _arguments(job: RefreshJob, export: dict, dataset_id: str, audiences: list[str]) -> dict:
+    return load_arguments(
         job,
         export_batch_id=export["export_batch_id"],
         table_name=export["table_name"],
         dataset_id=dataset_id,
         audiences=audiences,
     )
+
+
+def _load_operator(
+    job: RefreshJob, export: dict, dataset_id: str, audiences: list[str], batch_id: str, partition: dict
+) -> LoadPartitionOperator:
+    """The load of ``partition`` into ``batch_id``, as the DAG maps it."""
+    return LoadPartitionOperator(
+        task_id="load",
+        batch_id=batch_id,
+        partition=partition,
+        **_arguments(job, export, dataset_id, audiences),
+    )
+
+
+def _load_all(job: RefreshJob, export: dict, dataset_id: str, audiences: list[str], *, try_number: int = 1):
     ctx = _context(try_number=try_number)
-    partitions = PrepareLoadOperator(task_id="prepare", **common).execute(ctx)
+    prepare = PrepareLoadOperator(task_id="prepare", **_arguments(job, export, dataset_id, audiences))
+    partitions = prepare.execute(ctx)
     batch_id = ctx["ti"].xcoms["batch_id"]
     results = [
-        LoadPartitionOperator(task_id="load", batch_id=batch_id, partition=p, **common).execute(_context())
+        _load_operator(job, export, dataset_id, audiences, batch_id, p).execute(_context())
         for p in partitions
     ]
     return ctx["ti"].xcoms, results
@@ -215,17 +231,8 @@ def test_partition_cut_at_the_row_cap_is_split(audiences, monkeypatch):
         assert pushed["memberships"] > 150
         assert sum(r["rows"] for r in results) == pushed["memberships"]
         # The whole result as one partition is certainly cut at 150 rows: it must be split until it fits.
-        whole = LoadPartitionOperator(
-            task_id="load",
-            batch_id=pushed["batch_id"],
-            partition={"modulus": 1, "remainder": 0},
-            job=job.model_dump(mode="json"),
-            kind="snapshot",
-            tenant=TENANT,
-            table_name=export["table_name"],
-            export_batch_id=export["export_batch_id"],
-            dataset_id=dataset_id,
-            audiences=[{"id": a, "name": a} for a in audiences],
+        whole = _load_operator(
+            job, export, dataset_id, audiences, pushed["batch_id"], {"modulus": 1, "remainder": 0}
         ).execute(_context())
         assert whole["splits"] >= 1 and whole["rows"] == pushed["memberships"]
         clear_token_cache()
@@ -270,18 +277,7 @@ def test_time_partitions_lift_the_row_cap_and_a_scan_timeout_fails_with_advice(a
         # the export read check (rows the batch filter finds vs the export job's count) + one read for
         # every count prepare needs (totals, per-audience, changes) + the one partition query
         assert scans["scans"] == 3, scans
-        load = LoadPartitionOperator(
-            task_id="load",
-            batch_id=pushed["batch_id"],
-            partition=results[0]["partition"],
-            job=job.model_dump(mode="json"),
-            kind="snapshot",
-            tenant=TENANT,
-            table_name=export["table_name"],
-            export_batch_id=export["export_batch_id"],
-            dataset_id=dataset_id,
-            audiences=[{"id": a, "name": a} for a in audiences],
-        )
+        load = _load_operator(job, export, dataset_id, audiences, pushed["batch_id"], results[0]["partition"])
         small.admin.scans("POST", seconds_per_query=30)
         try:
             with pytest.raises(AirflowFailException, match="smaller partitions cannot help") as info:
@@ -323,18 +319,7 @@ def test_cleared_load_task_of_a_published_run_fails_fast(emu, audiences):
         deferrable=False,
     ).execute(_context())
     files_before = len(prod_state(emu)["batches"][pushed["batch_id"]]["files"])
-    cleared = LoadPartitionOperator(
-        task_id="load",
-        batch_id=pushed["batch_id"],
-        partition=results[0]["partition"],
-        job=job.model_dump(mode="json"),
-        kind="snapshot",
-        tenant=TENANT,
-        table_name=export["table_name"],
-        export_batch_id=export["export_batch_id"],
-        dataset_id=dataset_id,
-        audiences=[{"id": a, "name": a} for a in audiences],
-    )
+    cleared = _load_operator(job, export, dataset_id, audiences, pushed["batch_id"], results[0]["partition"])
     with pytest.raises(AirflowFailException, match="clear the whole DAG run") as info:
         cleared.execute(_context(try_number=1, run_id="scheduled__old-run"))
     assert pushed["batch_id"] in str(info.value) and "'success'" in str(info.value)
