@@ -58,14 +58,11 @@ def realistic_emu() -> Iterator:
 @pytest.fixture
 def adobe_conn(emu, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     """The default Adobe connection pointed at the emulator; emulator state and token cache reset after."""
-    from aep_emulator.connection import airflow_connection
-    from airflow_cja_audiences import DEFAULT_CONN_ID
     from airflow_cja_audiences.hooks.platform import clear_token_cache
 
-    conn = airflow_connection(emu.ready, emu.credentials.client_secret)
-    monkeypatch.setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}", json.dumps(conn))
-    clear_token_cache()
-    yield conn
+    from emulator_fixture import point_default_connection
+
+    yield point_default_connection(emu, monkeypatch.setenv)
     clear_token_cache()
     emu.admin.clear_faults()
     emu.admin.knobs(

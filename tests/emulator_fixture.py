@@ -26,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -383,3 +385,30 @@ def start_in_process(settings: Any = None, **overrides: Any) -> RunningEmulator:
     )
     emu._stop, emu.server, emu.state = server.stop, server, server.state
     return emu
+
+
+def point_default_connection(emu: RunningEmulator, setenv: Callable[[str, str], None]) -> dict[str, Any]:
+    """Point the provider's default Adobe connection at ``emu`` (``setenv``: e.g. pytest's
+    ``monkeypatch.setenv``, so the test undoes it) and forget cached tokens; returns the connection."""
+    from aep_emulator.connection import airflow_connection
+    from airflow_cja_audiences import DEFAULT_CONN_ID
+    from airflow_cja_audiences.hooks.platform import clear_token_cache
+
+    conn = airflow_connection(emu.ready, emu.credentials.client_secret)
+    setenv(f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}", json.dumps(conn))
+    clear_token_cache()
+    return conn
+
+
+@contextmanager
+def connected_subprocess(setenv: Callable[[str, str], None], **kwargs: Any) -> Iterator[RunningEmulator]:
+    """:func:`start_subprocess` (``kwargs``) with the default connection pointed at it; the cached
+    tokens, which belong to it, are forgotten again when it stops."""
+    from airflow_cja_audiences.hooks.platform import clear_token_cache
+
+    with start_subprocess(**kwargs) as running:
+        point_default_connection(running, setenv)
+        try:
+            yield running
+        finally:
+            clear_token_cache()

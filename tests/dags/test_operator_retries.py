@@ -213,17 +213,11 @@ def test_prepare_load_publish_retried_leave_one_live_snapshot(emu, audiences):
 def test_partition_cut_at_the_row_cap_is_split(audiences, monkeypatch):
     """An emulator with a 150-row cap cuts results silently (as production does at 50,000); a job
     whose partitions are too big for it still loads every membership, by splitting them."""
-    from aep_emulator.connection import airflow_connection
-    from airflow_cja_audiences.hooks.platform import clear_token_cache
+    from emulator_fixture import connected_subprocess
 
-    from emulator_fixture import start_subprocess
-
-    with start_subprocess(profiles=400, pg=True, realistic=True, args=["--qs-max-rows", "150"]) as small:
-        monkeypatch.setenv(
-            f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}",
-            json.dumps(airflow_connection(small.ready, small.credentials.client_secret)),
-        )
-        clear_token_cache()
+    with connected_subprocess(
+        monkeypatch.setenv, profiles=400, pg=True, realistic=True, args=["--qs-max-rows", "150"]
+    ) as small:
         job = _job(audiences, query_partitioning="rows", max_rows_per_query=140, query_service_row_limit=150)
         export = _snapshot_export(small, job)
         dataset_id = ensure_profile_dataset(job)
@@ -235,7 +229,6 @@ def test_partition_cut_at_the_row_cap_is_split(audiences, monkeypatch):
             job, export, dataset_id, audiences, pushed["batch_id"], {"modulus": 1, "remainder": 0}
         ).execute(_context())
         assert whole["splits"] >= 1 and whole["rows"] == pushed["memberships"]
-        clear_token_cache()
 
 
 def test_time_partitions_lift_the_row_cap_and_a_scan_timeout_fails_with_advice(audiences, monkeypatch):
@@ -244,10 +237,7 @@ def test_time_partitions_lift_the_row_cap_and_a_scan_timeout_fails_with_advice(a
     a plan beyond Airflow's max_map_length fails in prepare, before any batch is opened."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from aep_emulator.connection import airflow_connection
-    from airflow_cja_audiences.hooks.platform import clear_token_cache
-
-    from emulator_fixture import start_subprocess
+    from emulator_fixture import connected_subprocess
 
     args = [
         "--qs-max-rows",
@@ -259,12 +249,7 @@ def test_time_partitions_lift_the_row_cap_and_a_scan_timeout_fails_with_advice(a
         "--batch-seconds",
         "0.1",
     ]
-    with start_subprocess(profiles=400, pg=True, args=args) as small:
-        monkeypatch.setenv(
-            f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}",
-            json.dumps(airflow_connection(small.ready, small.credentials.client_secret)),
-        )
-        clear_token_cache()
+    with connected_subprocess(monkeypatch.setenv, profiles=400, pg=True, args=args) as small:
         job = _job(audiences)
         assert job.query_partitioning == "time"
         export = _snapshot_export(small, job)
@@ -294,7 +279,6 @@ def test_time_partitions_lift_the_row_cap_and_a_scan_timeout_fails_with_advice(a
             _load_all(rows_job, export, dataset_id, audiences, try_number=1)
         assert "AIRFLOW__CORE__MAX_MAP_LENGTH=" in str(info.value)
         assert len(prod_state(small)["batches"]) == batches_before  # failed before opening a batch
-        clear_token_cache()
 
 
 # ------------------------------------------------------------------ what a retry cannot fix fails at once

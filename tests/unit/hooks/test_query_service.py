@@ -123,22 +123,14 @@ def test_recipe_query_corrected_runs_through_psycopg2(emu, audiences):
 def test_too_many_rows_are_cut_like_production_and_partitions_fit(audiences, monkeypatch):
     """With the row limit lowered to 150, the whole read is silently cut at 150 rows (production's
     implicit LIMIT); hash partitions of at most 100 rows read everything."""
-    import json
+    from emulator_fixture import connected_subprocess
 
-    from aep_emulator.connection import airflow_connection
-    from airflow_cja_audiences import DEFAULT_CONN_ID
-    from airflow_cja_audiences.hooks.platform import clear_token_cache
-
-    from emulator_fixture import start_subprocess
-
-    with start_subprocess(
-        profiles=600, pg=True, args=["--qs-max-rows", "150", "--export-job-seconds", "0.2"]
-    ) as small:
-        monkeypatch.setenv(
-            f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}",
-            json.dumps(airflow_connection(small.ready, small.credentials.client_secret)),
-        )
-        clear_token_cache()
+    with connected_subprocess(
+        monkeypatch.setenv,
+        profiles=600,
+        pg=True,
+        args=["--qs-max-rows", "150", "--export-job-seconds", "0.2"],
+    ):
         table, batch_id = _export(audiences[:5])
         q = sql.build_membership_query(_job(audiences[:5]), table=table, batch_id=batch_id)
         hook = QueryServiceHook()
@@ -154,14 +146,9 @@ def test_too_many_rows_are_cut_like_production_and_partitions_fit(audiences, mon
 def test_row_cap_and_timeout_are_both_53400_and_told_apart(audiences, monkeypatch):
     """Query Service uses 53400 for its row cap and its 10-minute limit: the hook says which by the
     server's message (not by the statement it quotes, which ends with LIMIT 0)."""
-    import json
-
-    from aep_emulator.connection import airflow_connection
-    from airflow_cja_audiences import DEFAULT_CONN_ID
-    from airflow_cja_audiences.hooks.platform import clear_token_cache
     from airflow_cja_audiences.hooks.query_service import QueryServiceError
 
-    from emulator_fixture import start_subprocess
+    from emulator_fixture import connected_subprocess
 
     args = [
         "--qs-max-rows",
@@ -173,12 +160,7 @@ def test_row_cap_and_timeout_are_both_53400_and_told_apart(audiences, monkeypatc
         "--export-job-seconds",
         "0.2",
     ]
-    with start_subprocess(profiles=600, pg=True, args=args) as small:
-        monkeypatch.setenv(
-            f"AIRFLOW_CONN_{DEFAULT_CONN_ID.upper()}",
-            json.dumps(airflow_connection(small.ready, small.credentials.client_secret)),
-        )
-        clear_token_cache()
+    with connected_subprocess(monkeypatch.setenv, profiles=600, pg=True, args=args) as small:
         table, batch_id = _export(audiences[:5])
         q = sql.build_membership_query(_job(audiences[:5]), table=table, batch_id=batch_id)
         hook = QueryServiceHook()
@@ -192,7 +174,6 @@ def test_row_cap_and_timeout_are_both_53400_and_told_apart(audiences, monkeypatc
             list(hook.stream(sql.lift_row_cap(sql.membership_sql(q))))
         assert (timeout.value.is_limit, timeout.value.limit_kind) == (True, "timeout"), str(timeout.value)
         assert small.admin.scans()["scans"] >= 3
-        clear_token_cache()
 
 
 def test_change_counts_between_two_exports_equal_ground_truth(emu, audiences):
