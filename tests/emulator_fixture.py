@@ -248,6 +248,23 @@ class RunningEmulator:
     def api(self) -> ApiClient:
         return ApiClient(self.base_url, self.ca_bundle, self.credentials)
 
+    def pg_connect(self, token: str, *, sandbox: str = "prod", **options: Any) -> Any:
+        """A psycopg (3) connection to the emulator's Query Service as Adobe documents it: the org as
+        user, an access token as password, ``<sandbox>:all``, TLS verified against its CA."""
+        import psycopg
+
+        return psycopg.connect(
+            host=self.pg_host,
+            port=self.pg_port,
+            user=self.credentials.org_id,
+            password=token,
+            dbname=f"{sandbox}:all",
+            sslmode="verify-full",
+            sslrootcert=self.ca_bundle,
+            gssencmode="disable",
+            **options,
+        )
+
     def stop(self) -> None:
         self.admin.close()
         if self._stop is not None:

@@ -109,16 +109,7 @@ def test_exported_batch_is_queryable_over_the_postgres_wire(cli_emulator):
         f"AS personID, explode(segmentMembership.ups) FROM {table} WHERE _acp_batchid = %s) "
         f"WHERE key = %s AND value.status IN ('realized', 'existing')"
     )
-    with psycopg.connect(
-        host=emu.pg_host,
-        port=emu.pg_port,
-        user=emu.credentials.org_id,
-        password=api.token(),
-        dbname="prod:all",
-        sslmode="verify-full",
-        sslrootcert=emu.ca_bundle,
-        gssencmode="disable",
-    ) as conn:
+    with emu.pg_connect(api.token()) as conn:
         total = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         rows = conn.execute(sql, (batch, audiences[1])).fetchall()
     assert (

@@ -20,17 +20,7 @@ def qs_emu() -> Any:
 
 
 def _connect(emu: Any, api: Any) -> psycopg.Connection:
-    return psycopg.connect(
-        host=emu.pg_host,
-        port=emu.pg_port,
-        user=emu.credentials.org_id,
-        password=api.token(),
-        dbname="prod:all",
-        sslmode="verify-full",
-        sslrootcert=emu.ca_bundle,
-        gssencmode="disable",
-        autocommit=True,
-    )
+    return emu.pg_connect(api.token(), autocommit=True)
 
 
 def _exports(emu: Any) -> tuple[Any, str, list[dict]]:
