@@ -210,16 +210,21 @@ def test_server_events_give_way_to_an_overlapping_interval_that_went_live(emu, a
     start, end = report["interval"]
     names = {a["id"]: a["name"] for a in emu.admin.state()["audiences"] if a["id"] in audiences}
     export_ds = aep.dataset_id(job.names.export_dataset)
+    # What the events tasks of this job read (the first run's export) and where they write.
+    events_args = {
+        "job": job.model_dump(mode="json"),
+        "kind": "events",
+        "tenant": emu.credentials.tenant,
+        "table_name": aep.state()["datasets"][export_ds]["table"],
+        "export_batch_id": label.export_batch_id,
+        "audiences": [{"id": a, "name": names[a]} for a in audiences],
+        "dataset_id": events_ds,
+    }
 
     def distill(external_id: str, interval: tuple[str, str]) -> DistillEventsOperator:
         return DistillEventsOperator(
             task_id="distill_events",
-            job=job.model_dump(mode="json"),
-            tenant=emu.credentials.tenant,
-            table_name=aep.state()["datasets"][export_ds]["table"],
-            export_batch_id=label.export_batch_id,
-            audiences=[{"id": a, "name": names[a]} for a in audiences],
-            dataset_id=events_ds,
+            **events_args,
             interval_start=interval[0],
             interval_end=interval[1],
             sources=[label.export_batch_id],
@@ -266,13 +271,7 @@ def test_server_events_give_way_to_an_overlapping_interval_that_went_live(emu, a
     pushed: dict = {}
     prepare = PrepareLoadOperator(
         task_id="prepare_events",
-        job=job.model_dump(mode="json"),
-        kind="events",
-        tenant=emu.credentials.tenant,
-        table_name=aep.state()["datasets"][export_ds]["table"],
-        export_batch_id=label.export_batch_id,
-        audiences=[{"id": a, "name": names[a]} for a in audiences],
-        dataset_id=events_ds,
+        **events_args,
         interval_start=later[0],
         interval_end=later[1],
         export_dataset_id=export_ds,
