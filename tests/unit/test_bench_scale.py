@@ -67,3 +67,19 @@ def test_each_missed_goal_is_reported() -> None:
     assert "2 batch-query reads" in text
     assert "server peak RSS grows with N" in text
     assert len(failures) == 4
+
+
+def test_server_path_reads_the_export_once_per_dataset_written() -> None:
+    """Snapshot and events both by batch queries: two reads for two datasets written pass; two reads
+    for one dataset, or reads with nothing written, miss."""
+    results = copy.deepcopy(_results())
+    run = results["10000000"]["server"]["runs"][0]
+    run["table_scans"][f"batch:{EXPORT}"], run["batch_query_batches"] = 2, 2
+    assert scale.report(results, COST)[1] == []
+    for written in (1, 0):
+        run["batch_query_batches"] = written
+        failures = scale.report(results, COST)[1]
+        assert failures == [
+            f"10,000,000 server run 1: 2 batch-query reads of the export for {written} dataset(s) written "
+            f"(target: one each)"
+        ]
